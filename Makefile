@@ -1,0 +1,36 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck bench bench-sql clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+## Run the main job end to end against the local Postgres and Redis.
+demo: $(STAMP)
+	$(BIN)/ezq demo
+
+## Run the whole suite against the local Postgres and Redis (a throwaway database).
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy service
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.stream_assembly
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,251 @@
+"""The ``ezq`` command line. Errors print one line and exit non-zero."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from typing import Any
+
+import click
+
+from service.errors import ConfigError, EzqError
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+def _uuid(value: str, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a UUID", param_hint=what) from None
+
+
+def _pairs(values: tuple[str, ...], option: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=option)
+        try:
+            out[key] = json.loads(raw)
+        except ValueError:
+            out[key] = raw
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """ezq: LLM chat completions as background jobs."""
+
+
+# --- database ------------------------------------------------------------------------
+
+
+@cli.group()
+def db() -> None:
+    """Create and migrate the database."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Create the database if it is missing, then migrate it to REVISION."""
+    from service.db import migrate
+
+    if migrate.create_database_if_missing():
+        click.echo("created the database", err=True)
+    migrate.upgrade(revision)
+    click.echo(f"database at {revision}", err=True)
+
+
+@db.command("downgrade")
+@click.argument("revision")
+def db_downgrade(revision: str) -> None:
+    """Migrate the database down to REVISION (``base`` drops everything)."""
+    from service.db import migrate
+
+    migrate.downgrade(revision)
+
+
+@db.command("current")
+def db_current() -> None:
+    """Print the database's migration revision."""
+    from service.db import migrate
+
+    migrate.current()
+
+
+# --- running -------------------------------------------------------------------------
+
+
+@cli.command(
+    "worker", context_settings={"ignore_unknown_options": True, "allow_extra_args": True}
+)
+@click.pass_context
+def worker(ctx: click.Context) -> None:
+    """Run a Celery worker (extra arguments go to ``celery worker``, e.g. -c 64 or -B)."""
+    from service.config import get_settings
+    from service.worker.app import app
+
+    settings = get_settings()
+    settings.require_api_key()
+    _check_schema()
+    argv = [
+        "worker",
+        "--pool",
+        "threads",
+        "--concurrency",
+        str(settings.ezq_worker_concurrency),
+        "--queues",
+        settings.ezq_queue,
+        "--loglevel",
+        settings.ezq_log_level,
+        *ctx.args,
+    ]
+    app.worker_main(argv=argv)
+
+
+def _check_schema() -> None:
+    from sqlalchemy import text
+
+    from service.db.session import get_engine
+
+    with get_engine().connect() as conn:
+        found = conn.execute(
+            text("SELECT to_regclass('public.alembic_version') IS NOT NULL")
+        ).scalar()
+    if not found:
+        raise ConfigError("DATABASE_URL: the database has no ezq schema; run `ezq db upgrade`")
+
+
+@cli.command("enqueue")
+@click.option("--model", "-m", required=True, help="Model id, e.g. claude-sonnet-4-6.")
+@click.option("--system", help="A system prompt to send first.")
+@click.option("--conversation", help="Continue this conversation (id).")
+@click.option("--tenant", help="Tenant to attribute the job to.")
+@click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Metadata tag (repeatable).")
+@click.option("--param", multiple=True, metavar="KEY=VALUE", help="Gateway parameter, e.g. temperature=0.2.")
+@click.option("--idempotency-key", help="Same key and request returns the first job.")
+@click.option("--callback-url", help="POST a signed webhook here when the job ends.")
+@click.option("--wait", is_flag=True, help="Wait for the job to end and print it as JSON.")
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds to --wait at most.")
+@click.argument("prompt")
+def enqueue(
+    model: str,
+    system: str | None,
+    conversation: str | None,
+    tenant: str | None,
+    meta: tuple[str, ...],
+    param: tuple[str, ...],
+    idempotency_key: str | None,
+    callback_url: str | None,
+    wait: bool,
+    timeout: float,
+    prompt: str,
+) -> None:
+    """Enqueue PROMPT as a chat completion; print the job id (or the job, with --wait)."""
+    from service.producer import enqueue_completion, get_job
+
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": prompt}
+    ]
+    job_id = enqueue_completion(
+        model,
+        messages,
+        conversation_id=_uuid(conversation, "--conversation") if conversation else None,
+        params=_pairs(param, "--param") or None,
+        tenant=tenant,
+        metadata=_pairs(meta, "--meta") or None,
+        idempotency_key=idempotency_key,
+        callback_url=callback_url,
+    )
+    if not wait:
+        click.echo(str(job_id))
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        job = get_job(job_id)
+        if job["status"] in TERMINAL:
+            _print_json(job)
+            if job["status"] != "succeeded":
+                sys.exit(1)
+            return
+        if time.monotonic() > deadline:
+            _print_json(job)
+            raise EzqError(f"job {job_id} still {job['status']} after {timeout:g}s")
+        time.sleep(0.2)
+
+
+@cli.command("show")
+@click.argument("job_id")
+def show(job_id: str) -> None:
+    """Print a job as JSON: status, attempts, content, finish reason, usage, error."""
+    from service.producer import get_job
+
+    _print_json(get_job(_uuid(job_id, "JOB_ID")))
+
+
+@cli.command("conversation")
+@click.argument("conversation_id")
+def conversation(conversation_id: str) -> None:
+    """Print a conversation's messages and jobs as JSON."""
+    from service.producer import get_conversation
+
+    _print_json(get_conversation(_uuid(conversation_id, "CONVERSATION_ID")))
+
+
+@cli.command("fake-gateway")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8765, show_default=True)
+def fake_gateway(host: str, port: int) -> None:
+    """Serve the fake ezrouter (for tests, demos and benchmarks) until interrupted."""
+    from service.fake_gateway import serve
+
+    serve(host=host, port=port)
+
+
+@cli.command("demo")
+def demo() -> None:
+    """Run a two-turn conversation end to end and print the replies and usage."""
+    from service.demo import run_demo
+
+    run_demo()
+
+
+def _database_hint(error: Exception) -> str:
+    from sqlalchemy import make_url
+
+    from service.config import get_settings
+
+    url = make_url(get_settings().database_url).render_as_string(hide_password=True)
+    first = str(getattr(error, "orig", error)).strip().splitlines()[0]
+    return f"cannot reach the database at {url}: {first}"
+
+
+def main() -> None:
+    """Entry point: run the CLI, turning expected errors into one line on stderr."""
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ConfigError as exc:
+        click.echo(f"ezq: configuration error: {exc}", err=True)
+        sys.exit(2)
+    except EzqError as exc:
+        click.echo(f"ezq: error: {exc}", err=True)
+        sys.exit(1)
+    except OperationalError as exc:
+        click.echo(f"ezq: error: {_database_hint(exc)}", err=True)
+        sys.exit(1)

@@ -1,0 +1,27 @@
+"""What one successful gateway call produced."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """An assembled reply: the stream reached its end with a finish reason."""
+
+    content: str | None
+    finish_reason: str
+    tool_calls: list[dict[str, Any]] | None
+    reasoning_content: str | None
+    usage: dict[str, Any] | None
+    first_token_at: datetime | None
+    request_id: str | None
+    http_status: int = 200
+
+    def reply_message(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": self.content}
+        if self.tool_calls:
+            message["tool_calls"] = self.tool_calls
+        return message

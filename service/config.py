@@ -1,0 +1,98 @@
+"""Configuration: one typed ``Settings`` read from the environment, on demand."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service import constants as c
+from service.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    """Every setting ezq reads. Field names are the environment variable names."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    ezrouter_api_key: SecretStr | None = None
+    ezrouter_base_url: str = c.DEFAULT_EZROUTER_BASE_URL
+    database_url: str = c.DEFAULT_DATABASE_URL
+    celery_broker_url: str = c.DEFAULT_BROKER_URL
+    celery_result_backend: str | None = None
+
+    ezq_queue: str = Field(default=c.DEFAULT_QUEUE, min_length=1)
+    ezq_max_attempts: int = Field(default=c.MAX_ATTEMPTS, ge=1, le=100)
+    ezq_retry_backoff_base: float = Field(default=c.RETRY_BACKOFF_BASE_S, gt=0)
+    ezq_retry_backoff_max: float = Field(default=c.RETRY_BACKOFF_MAX_S, gt=0)
+    ezq_gateway_connect_timeout: float = Field(default=c.GATEWAY_CONNECT_TIMEOUT_S, gt=0)
+    ezq_gateway_read_timeout: float = Field(default=c.GATEWAY_READ_TIMEOUT_S, gt=0)
+    ezq_gateway_attempt_deadline: float = Field(default=c.GATEWAY_ATTEMPT_DEADLINE_S, gt=0)
+    ezq_worker_concurrency: int = Field(default=c.WORKER_CONCURRENCY, ge=1, le=1000)
+    ezq_max_request_bytes: int = Field(default=c.MAX_REQUEST_BYTES, ge=1_000)
+    ezq_log_level: str = "INFO"
+
+    @field_validator("ezrouter_base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str) -> str:
+        # SQLAlchemy needs the driver named; people paste plain postgres URLs.
+        for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+            if value.startswith(prefix):
+                return "postgresql+psycopg://" + value[len(prefix) :]
+        raise ValueError("must be a postgresql:// URL")
+
+    @field_validator("celery_broker_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "redis+socket://")):
+            raise ValueError("must be a redis:// URL (the broker is Redis)")
+        return value
+
+    @field_validator("ezq_log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    @property
+    def result_backend(self) -> str:
+        return self.celery_result_backend or self.celery_broker_url
+
+    @property
+    def lease_seconds(self) -> float:
+        return self.ezq_gateway_attempt_deadline + c.LEASE_MARGIN_S
+
+    def require_api_key(self) -> str:
+        """The gateway key, or a ConfigError naming the variable."""
+        if self.ezrouter_api_key is None or not self.ezrouter_api_key.get_secret_value():
+            raise ConfigError("EZROUTER_API_KEY: not set; the worker needs it to call ezrouter")
+        return self.ezrouter_api_key.get_secret_value()
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    name = str(first["loc"][0]).upper() if first["loc"] else "settings"
+    value = first.get("input")
+    secret = any(word in name for word in ("KEY", "SECRET", "PASSWORD"))
+    hidden = secret or isinstance(value, dict) or value is None
+    shown = "" if hidden else f" (got {value!r})"
+    return f"{name}: {first['msg']}{shown}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once; a bad variable raises one ConfigError line."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None

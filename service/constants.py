@@ -1,0 +1,57 @@
+"""Named defaults, with their units, for everything tunable in ezq."""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Task names are a public contract: other services' Celery apps send these by name.
+TASK_CHAT_COMPLETION: Final = "ezq.chat_completion"
+TASK_DELIVER_WEBHOOK: Final = "ezq.deliver_webhook"
+TASK_SWEEP: Final = "ezq.sweep"
+DEFAULT_QUEUE: Final = "ezq"
+
+DEFAULT_EZROUTER_BASE_URL: Final = "https://www.ezrouter.dev/v1"
+DEFAULT_DATABASE_URL: Final = "postgresql+psycopg://postgres@127.0.0.1:5432/ezq"
+DEFAULT_BROKER_URL: Final = "redis://127.0.0.1:6379/0"
+
+# Gateway timeouts. ezrouter signals overload as latency, never as 429, so a stalled
+# stream must be cut by us: a read timeout between chunks and a wall-clock deadline for
+# the whole attempt (a trickling stream never trips the read timeout).
+GATEWAY_CONNECT_TIMEOUT_S: Final = 10.0
+GATEWAY_READ_TIMEOUT_S: Final = 60.0
+GATEWAY_ATTEMPT_DEADLINE_S: Final = 600.0
+
+# Retries of gateway calls (connection errors and 5xx only).
+MAX_ATTEMPTS: Final = 5
+RETRY_BACKOFF_BASE_S: Final = 2.0
+RETRY_BACKOFF_MAX_S: Final = 300.0
+
+# How long a claimed job is owned by the worker that claimed it; past this a redelivered
+# message may take it over. Must exceed the attempt deadline.
+LEASE_MARGIN_S: Final = 60.0
+
+# How a job waits for an earlier turn of its conversation to finish.
+TURN_WAIT_FIRST_S: Final = 0.5
+TURN_WAIT_MAX_S: Final = 10.0
+
+# The Redis transport redelivers an unacknowledged message after this long; it must exceed
+# the longest job, retries' countdowns included, or a slow job runs twice.
+BROKER_VISIBILITY_TIMEOUT_S: Final = 6 * 3600
+
+# Worker: gateway calls are I/O bound, so one process keeps many in flight on threads.
+WORKER_CONCURRENCY: Final = 32
+
+# Request limits, checked at enqueue.
+MAX_REQUEST_BYTES: Final = 1_000_000
+MAX_MESSAGES: Final = 1_000
+MAX_MODEL_LENGTH: Final = 200
+MAX_TENANT_LENGTH: Final = 200
+MAX_IDEMPOTENCY_KEY_LENGTH: Final = 255
+MAX_METADATA_BYTES: Final = 16_000
+
+# Error text stored from the gateway is capped so a huge upstream body cannot bloat rows.
+MAX_STORED_ERROR_CHARS: Final = 2_000
+
+# The sweep republishes queued jobs that have not started after this long, and running
+# jobs whose lease has expired.
+SWEEP_STALE_AFTER_S: Final = 600.0

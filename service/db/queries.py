@@ -1,0 +1,479 @@
+"""All SQL for conversations, jobs, attempts and usage. Callers own the transaction."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from service import constants as c
+from service.completion import Completion
+from service.db.models import (
+    TERMINAL_STATUSES,
+    Conversation,
+    Job,
+    JobAttempt,
+    Message,
+    TokenUsage,
+)
+from service.errors import (
+    ConversationNotFound,
+    GatewayError,
+    IdempotencyConflict,
+    InvalidRequest,
+    JobNotFound,
+)
+from service.tokens import TokenCounts
+from service.validation import CompletionRequest
+
+# --- creating jobs -------------------------------------------------------------------
+
+
+def _existing_by_key(session: Session, tenant: str | None, key: str) -> Job | None:
+    stmt = select(Job).where(
+        func.coalesce(Job.tenant, "") == (tenant or ""), Job.idempotency_key == key
+    )
+    return session.scalars(stmt).first()
+
+
+def _check_idempotent(job: Job, request: CompletionRequest) -> uuid.UUID:
+    if job.request_hash != request.fingerprint():
+        raise IdempotencyConflict(request.idempotency_key or "", job.id)
+    return job.id
+
+
+def _conversation_for(session: Session, request: CompletionRequest) -> uuid.UUID:
+    if request.conversation_id is None:
+        conversation = Conversation(tenant=request.tenant, meta=request.metadata)
+        session.add(conversation)
+        session.flush()
+        return conversation.id
+    # Locking the conversation serialises enqueues of one conversation, so the order of
+    # ``enqueue_seq`` is the order in which turns were committed.
+    conversation = session.get(Conversation, request.conversation_id, with_for_update=True)
+    if conversation is None:
+        raise ConversationNotFound(request.conversation_id)
+    if conversation.tenant is not None and request.tenant != conversation.tenant:
+        raise InvalidRequest("tenant", f"conversation {conversation.id} belongs to another tenant")
+    return conversation.id
+
+
+def create_job(
+    session: Session, request: CompletionRequest, *, job_id: uuid.UUID | None = None
+) -> tuple[uuid.UUID, bool]:
+    """Write a queued job; return its id and whether it is new.
+
+    An idempotency key already used for the same request returns the first job's id;
+    used for a different request it raises IdempotencyConflict. A ``job_id`` already
+    present (a redelivered foreign message) returns that job.
+    """
+    if job_id is not None:
+        existing = session.get(Job, job_id)
+        if existing is not None:
+            return existing.id, False
+    if request.idempotency_key is not None:
+        found = _existing_by_key(session, request.tenant, request.idempotency_key)
+        if found is not None:
+            return _check_idempotent(found, request), False
+    # A savepoint, so a lost race undoes only this attempt, not the caller's transaction.
+    savepoint = session.begin_nested()
+    conversation_id = _conversation_for(session, request)
+    values: dict[str, Any] = {
+        "id": job_id or uuid.uuid4(),
+        "conversation_id": conversation_id,
+        "status": "queued",
+        "model": request.model,
+        "params": request.params,
+        "input_messages": list(request.messages),
+        "tenant": request.tenant,
+        "meta": request.metadata,
+        "idempotency_key": request.idempotency_key,
+        "request_hash": request.fingerprint(),
+    }
+    stmt = insert(Job).values(**values).on_conflict_do_nothing().returning(Job.id)
+    new_id = session.execute(stmt).scalar_one_or_none()
+    if new_id is not None:
+        savepoint.commit()
+        return new_id, True
+    # Lost a race with a concurrent insert of the same key or id.
+    savepoint.rollback()
+    if request.idempotency_key is not None:
+        found = _existing_by_key(session, request.tenant, request.idempotency_key)
+        if found is not None:
+            return _check_idempotent(found, request), False
+    if job_id is not None and session.get(Job, job_id, populate_existing=True) is not None:
+        return job_id, False
+    raise RuntimeError("job insert conflicted but no conflicting job was found")
+
+
+# --- claiming and running ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """The job is ours for this attempt; here is everything the gateway call needs."""
+
+    job_id: uuid.UUID
+    conversation_id: uuid.UUID
+    attempt: int
+    model: str
+    params: dict[str, Any]
+    messages: list[dict[str, Any]]
+    tenant: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AlreadyFinished:
+    job_id: uuid.UUID
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class Busy:
+    """Another worker holds a live lease on this job."""
+
+    job_id: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class WaitForTurn:
+    """An earlier turn of the conversation has not finished yet."""
+
+    job_id: uuid.UUID
+    blocking_job_id: uuid.UUID
+
+
+ClaimOutcome = Claimed | AlreadyFinished | Busy | WaitForTurn
+
+
+def _history(session: Session, conversation_id: uuid.UUID) -> list[dict[str, Any]]:
+    rows = session.execute(
+        select(
+            Message.role, Message.content, Message.name, Message.tool_calls, Message.tool_call_id
+        )
+        .where(Message.conversation_id == conversation_id)
+        .order_by(Message.seq)
+    ).all()
+    history = []
+    for role, content, name, tool_calls, tool_call_id in rows:
+        message: dict[str, Any] = {"role": role, "content": content}
+        if name is not None:
+            message["name"] = name
+        if tool_calls is not None:
+            message["tool_calls"] = tool_calls
+        if tool_call_id is not None:
+            message["tool_call_id"] = tool_call_id
+        history.append(message)
+    return history
+
+
+def claim_job(session: Session, job_id: uuid.UUID, *, lease_seconds: float) -> ClaimOutcome:
+    """Take the job for one attempt, if it is its turn and nobody else holds it."""
+    job = session.get(Job, job_id, with_for_update=True)
+    if job is None:
+        raise JobNotFound(job_id)
+    if job.status in TERMINAL_STATUSES:
+        return AlreadyFinished(job.id, job.status)
+    now = session.execute(select(func.now())).scalar_one()
+    if job.status == "running" and job.lease_expires_at and job.lease_expires_at > now:
+        return Busy(job.id)
+    # One turn at a time per conversation: lock the conversation row so that two workers
+    # claiming two turns decide one after the other.
+    session.execute(
+        select(Conversation.id).where(Conversation.id == job.conversation_id).with_for_update()
+    )
+    blocker = session.execute(
+        select(Job.id)
+        .where(
+            Job.conversation_id == job.conversation_id,
+            Job.id != job.id,
+            Job.status.not_in(TERMINAL_STATUSES),
+            (Job.enqueue_seq < job.enqueue_seq)
+            | ((Job.status == "running") & (Job.lease_expires_at > now)),
+        )
+        .order_by(Job.enqueue_seq)
+        .limit(1)
+    ).scalar_one_or_none()
+    if blocker is not None:
+        return WaitForTurn(job.id, blocker)
+    if job.status == "running":
+        # The previous holder's lease ran out: its worker died mid-attempt.
+        session.execute(
+            update(JobAttempt)
+            .where(
+                JobAttempt.job_id == job.id,
+                JobAttempt.attempt == job.attempts,
+                JobAttempt.finished_at.is_(None),
+            )
+            .values(
+                finished_at=now,
+                error_type="worker_lost",
+                error="lease expired before the attempt finished",
+                retryable=True,
+            )
+        )
+    job.attempts += 1
+    job.status = "running"
+    job.started_at = job.started_at or now
+    job.lease_expires_at = now + timedelta(seconds=lease_seconds)
+    session.add(JobAttempt(job_id=job.id, attempt=job.attempts, started_at=now))
+    messages = _history(session, job.conversation_id) + list(job.input_messages)
+    return Claimed(
+        job_id=job.id,
+        conversation_id=job.conversation_id,
+        attempt=job.attempts,
+        model=job.model,
+        params=dict(job.params),
+        messages=messages,
+        tenant=job.tenant,
+    )
+
+
+def _owned(session: Session, job_id: uuid.UUID, attempt: int) -> Job | None:
+    """The job, locked, if this attempt still owns it; None after a takeover or finish."""
+    job = session.get(Job, job_id, with_for_update=True)
+    if job is None or job.status != "running" or job.attempts != attempt:
+        return None
+    return job
+
+
+def _finish_attempt(
+    session: Session, job_id: uuid.UUID, attempt: int, values: dict[str, Any]
+) -> None:
+    session.execute(
+        update(JobAttempt)
+        .where(JobAttempt.job_id == job_id, JobAttempt.attempt == attempt)
+        .values(finished_at=func.now(), **values)
+    )
+
+
+def record_success(
+    session: Session,
+    claimed: Claimed,
+    completion: Completion,
+    tokens: TokenCounts | None,
+) -> Job | None:
+    """Store the reply, the history and the usage; None if this attempt lost the job.
+
+    The job's own messages join the history together with its reply, so a failed turn
+    leaves the history untouched and concurrent turns never interleave.
+    """
+    job = _owned(session, claimed.job_id, claimed.attempt)
+    if job is None:
+        return None
+    next_seq = session.execute(
+        select(func.coalesce(func.max(Message.seq), 0)).where(
+            Message.conversation_id == job.conversation_id
+        )
+    ).scalar_one()
+    new_messages = [*job.input_messages, completion.reply_message()]
+    session.execute(
+        insert(Message),
+        [
+            {
+                "conversation_id": job.conversation_id,
+                "seq": next_seq + i + 1,
+                "role": m["role"],
+                "content": m.get("content"),
+                "name": m.get("name"),
+                "tool_calls": m.get("tool_calls"),
+                "tool_call_id": m.get("tool_call_id"),
+                "job_id": job.id,
+            }
+            for i, m in enumerate(new_messages)
+        ],
+    )
+    if tokens is not None and completion.usage is not None:
+        session.execute(
+            insert(TokenUsage)
+            .values(
+                job_id=job.id,
+                conversation_id=job.conversation_id,
+                model=job.model,
+                tenant=job.tenant,
+                meta=job.meta,
+                prompt_tokens=tokens.prompt_tokens,
+                cached_tokens=tokens.cached_tokens,
+                uncached_prompt_tokens=tokens.uncached_prompt_tokens,
+                completion_tokens=tokens.completion_tokens,
+                reasoning_tokens=tokens.reasoning_tokens,
+                total_tokens=tokens.total_tokens,
+                raw_usage=completion.usage,
+                usage_issues=tokens.issues or None,
+            )
+            .on_conflict_do_nothing(index_elements=["job_id"])
+        )
+    job.status = "succeeded"
+    job.finish_reason = completion.finish_reason
+    job.first_token_at = completion.first_token_at
+    job.finished_at = session.execute(select(func.now())).scalar_one()
+    job.lease_expires_at = None
+    job.error_type = job.error_status = job.error = None
+    _finish_attempt(
+        session,
+        job.id,
+        claimed.attempt,
+        {
+            "http_status": completion.http_status,
+            "first_token_at": completion.first_token_at,
+            "gateway_request_id": completion.request_id,
+        },
+    )
+    return job
+
+
+def _clip(text_value: str) -> str:
+    if len(text_value) <= c.MAX_STORED_ERROR_CHARS:
+        return text_value
+    return text_value[: c.MAX_STORED_ERROR_CHARS] + "…"
+
+
+def record_failure(
+    session: Session, claimed: Claimed, error: GatewayError, *, final: bool
+) -> Job | None:
+    """Record a failed attempt; ``final`` ends the job, otherwise it waits to be retried."""
+    job = _owned(session, claimed.job_id, claimed.attempt)
+    if job is None:
+        return None
+    message = _clip(error.message)
+    _finish_attempt(
+        session,
+        job.id,
+        claimed.attempt,
+        {
+            "http_status": error.status,
+            "error_type": error.error_type,
+            "error": message,
+            "gateway_request_id": error.request_id,
+            "retryable": error.retryable,
+        },
+    )
+    job.error_type = error.error_type
+    job.error_status = error.status
+    job.error = _clip(error.describe())
+    job.lease_expires_at = None
+    if final:
+        job.status = "failed"
+        job.finished_at = session.execute(select(func.now())).scalar_one()
+    else:
+        job.status = "retrying"
+    return job
+
+
+# --- reading -------------------------------------------------------------------------
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def job_view(session: Session, job_id: uuid.UUID) -> dict[str, Any]:
+    """The job as callers see it: status, reply, usage and error, JSON-ready."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    reply = session.execute(
+        select(Message.content, Message.tool_calls)
+        .where(Message.job_id == job.id, Message.role == "assistant")
+        .order_by(Message.seq.desc())
+        .limit(1)
+    ).first()
+    usage = session.scalars(select(TokenUsage).where(TokenUsage.job_id == job.id)).first()
+    return {
+        "job_id": str(job.id),
+        "conversation_id": str(job.conversation_id),
+        "status": job.status,
+        "model": job.model,
+        "attempts": job.attempts,
+        "content": reply.content if reply else None,
+        "tool_calls": reply.tool_calls if reply else None,
+        "finish_reason": job.finish_reason,
+        "usage": (
+            {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "cached_tokens": usage.cached_tokens,
+                "total_tokens": usage.total_tokens,
+            }
+            if usage
+            else None
+        ),
+        "error": (
+            {"type": job.error_type, "status": job.error_status, "message": job.error}
+            if job.error_type
+            else None
+        ),
+        "tenant": job.tenant,
+        "metadata": job.meta,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "first_token_at": _iso(job.first_token_at),
+        "finished_at": _iso(job.finished_at),
+    }
+
+
+def conversation_view(session: Session, conversation_id: uuid.UUID) -> dict[str, Any]:
+    conversation = session.get(Conversation, conversation_id)
+    if conversation is None:
+        raise ConversationNotFound(conversation_id)
+    messages = session.scalars(
+        select(Message).where(Message.conversation_id == conversation_id).order_by(Message.seq)
+    ).all()
+    jobs = session.execute(
+        select(Job.id, Job.status)
+        .where(Job.conversation_id == conversation_id)
+        .order_by(Job.enqueue_seq)
+    ).all()
+    return {
+        "conversation_id": str(conversation.id),
+        "tenant": conversation.tenant,
+        "metadata": conversation.meta,
+        "created_at": _iso(conversation.created_at),
+        "messages": [
+            {
+                k: v
+                for k, v in {
+                    "seq": m.seq,
+                    "role": m.role,
+                    "content": m.content,
+                    "name": m.name,
+                    "tool_calls": m.tool_calls,
+                    "tool_call_id": m.tool_call_id,
+                    "job_id": str(m.job_id) if m.job_id else None,
+                }.items()
+                if v is not None
+            }
+            for m in messages
+        ],
+        "jobs": [{"job_id": str(job_id), "status": status} for job_id, status in jobs],
+    }
+
+
+def stale_job_ids(session: Session, *, older_than_s: float, limit: int = 500) -> list[uuid.UUID]:
+    """Jobs that should be moving but may have lost their broker message."""
+    stmt = text(
+        """
+        SELECT id FROM jobs
+        WHERE (status IN ('queued', 'retrying')
+               AND coalesce(started_at, created_at) < now() - make_interval(secs => :age))
+           OR (status = 'running' AND lease_expires_at < now())
+        ORDER BY enqueue_seq
+        LIMIT :limit
+        """
+    )
+    return list(session.execute(stmt, {"age": older_than_s, "limit": limit}).scalars())
+
+
+def next_waiting_job(session: Session, conversation_id: uuid.UUID) -> uuid.UUID | None:
+    """The earliest queued turn of the conversation, if any."""
+    return session.execute(
+        select(Job.id)
+        .where(Job.conversation_id == conversation_id, Job.status == "queued")
+        .order_by(Job.enqueue_seq)
+        .limit(1)
+    ).scalar_one_or_none()

@@ -1,0 +1,127 @@
+"""The ezq error tree, organised by who has to act.
+
+Caller errors (``EzqCallerError``) mean the request itself is wrong: fix it and try again.
+Gateway errors (``GatewayError``) come from talking to ezrouter and are split into
+retryable (connection trouble, 5xx, a broken stream) and permanent (every 4xx).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class EzqError(Exception):
+    """Base class of every error ezq raises on purpose."""
+
+
+class ConfigError(EzqError):
+    """A setting is missing or malformed."""
+
+
+class EzqCallerError(EzqError):
+    """The request is wrong; nothing was written."""
+
+
+class InvalidRequest(EzqCallerError):
+    """A field of the request is invalid."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{field}: {reason}")
+
+
+class ConversationNotFound(EzqCallerError):
+    """The conversation does not exist."""
+
+    def __init__(self, conversation_id: object) -> None:
+        self.conversation_id = conversation_id
+        super().__init__(f"conversation_id: no conversation {conversation_id}")
+
+
+class JobNotFound(EzqCallerError):
+    """The job does not exist."""
+
+    def __init__(self, job_id: object) -> None:
+        self.job_id = job_id
+        super().__init__(f"no job {job_id}")
+
+
+class IdempotencyConflict(EzqCallerError):
+    """The idempotency key was already used for a different request."""
+
+    def __init__(self, key: str, job_id: object) -> None:
+        self.key = key
+        self.job_id = job_id
+        super().__init__(
+            f"idempotency_key: {key!r} was already used by job {job_id} for a different request"
+        )
+
+
+class GatewayError(EzqError):
+    """A gateway call failed.
+
+    ``status`` is the HTTP status when the gateway answered, ``request_id`` the
+    ``x-oneapi-request-id`` it sent, ``error_type`` a stable short name stored on the job.
+    """
+
+    retryable: bool = False
+    error_type: str = "gateway_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        request_id: str | None = None,
+        body: Any = None,
+    ) -> None:
+        self.message = message
+        self.status = status
+        self.request_id = request_id
+        self.body = body
+        super().__init__(message)
+
+    def describe(self) -> str:
+        """One line for the job's ``error`` column: status first, then the message."""
+        prefix = f"HTTP {self.status}: " if self.status is not None else ""
+        return f"{prefix}{self.message}"
+
+
+class RetryableGatewayError(GatewayError):
+    """Worth another attempt: the gateway or the network failed, not the request."""
+
+    retryable = True
+
+
+class GatewayConnectionError(RetryableGatewayError):
+    """No usable answer: connect failure, reset, or a timeout."""
+
+    error_type = "connection_error"
+
+
+class GatewayTimeout(GatewayConnectionError):
+    """The connect, read or per-attempt deadline passed."""
+
+    error_type = "timeout"
+
+
+class BrokenStream(GatewayConnectionError):
+    """The stream ended before its end (no finish reason, no ``[DONE]``) or was garbled.
+
+    Counted as a connection error: what arrived is not a reply and is never stored.
+    """
+
+    error_type = "broken_stream"
+
+
+class GatewayServerError(RetryableGatewayError):
+    """HTTP 5xx, or an error frame inside a stream that had started."""
+
+    error_type = "server_error"
+
+
+class PermanentGatewayError(GatewayError):
+    """Any 4xx (429 included): retrying the same request cannot help."""
+
+    error_type = "client_error"

@@ -1,0 +1,75 @@
+"""Logging: one format, and a filter that keeps secrets out of every log line."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+
+# Bearer tokens, ezrouter/OpenAI-style keys and Standard Webhooks secrets.
+_PATTERNS = [
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._\-]+"),
+    re.compile(r"\bsk-[A-Za-z0-9._\-]{6,}"),
+    re.compile(r"\bwhsec_[A-Za-z0-9+/=]+"),
+]
+REDACTED = "[redacted]"
+
+
+class RedactSecrets(logging.Filter):
+    """Rewrites each record so that known secrets and key-shaped strings never print."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+
+    def _clean(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        for pattern in _PATTERNS:
+            text = pattern.sub(
+                lambda m: (m.group(1) if m.groups() else "") + REDACTED, text
+            )
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = self._clean(message)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self._clean(record.exc_text)
+        if cleaned != message or record.args:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+def known_secrets() -> list[str]:
+    """The configured secret values, for exact-match redaction."""
+    from service.config import get_settings
+
+    settings = get_settings()
+    secrets: list[str] = []
+    if settings.ezrouter_api_key is not None:
+        secrets.append(settings.ezrouter_api_key.get_secret_value())
+    for name in ("webhook_secret",):
+        value = getattr(settings, name, None)
+        if value is not None:
+            secrets.extend(v for v in value.get_secret_value().split(",") if v)
+    return secrets
+
+
+def install_redaction(loggers: Iterable[logging.Logger] = ()) -> RedactSecrets:
+    """Attach the redaction filter to every handler of the root logger and ``loggers``."""
+    redactor = RedactSecrets(known_secrets())
+    for logger in (logging.getLogger(), *loggers):
+        for handler in logger.handlers:
+            if not any(isinstance(f, RedactSecrets) for f in handler.filters):
+                handler.addFilter(redactor)
+    return redactor
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Plain stderr logging for CLI commands, secrets redacted."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_redaction()

@@ -1,0 +1,71 @@
+"""Enqueueing jobs from Python."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from service.config import get_settings
+from service.db import queries
+from service.db.session import transaction
+from service.validation import validate_request
+
+log = logging.getLogger(__name__)
+
+
+def enqueue_completion(
+    model: str,
+    messages: list[dict[str, Any]],
+    *,
+    conversation_id: uuid.UUID | str | None = None,
+    params: dict[str, Any] | None = None,
+    tenant: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    idempotency_key: str | None = None,
+    callback_url: str | None = None,
+) -> uuid.UUID:
+    """Validate the request, store the job, publish it, and return the job id.
+
+    The job row is written in one transaction and the Celery message is sent only after
+    it commits, so a worker never sees a job that is not there. Raises ``InvalidRequest``
+    (naming the field), ``ConversationNotFound`` or ``IdempotencyConflict``, and then
+    nothing is written. With a new ``conversation_id`` of None a conversation is started;
+    its id is on the job (``ezq show``).
+    """
+    # Imported here so that validating and storing need no broker configuration.
+    from service.worker.app import publish_job
+
+    request = validate_request(
+        model=model,
+        messages=messages,
+        conversation_id=conversation_id,
+        params=params,
+        tenant=tenant,
+        metadata=metadata,
+        idempotency_key=idempotency_key,
+        callback_url=callback_url,
+        max_request_bytes=get_settings().ezq_max_request_bytes,
+    )
+    with transaction() as session:
+        job_id, created = queries.create_job(session, request)
+    if created:
+        try:
+            publish_job(job_id)
+        except Exception:
+            # The job is durably stored; the periodic sweep publishes it once the broker is
+            # back, so the caller gets its id rather than an error that invites a duplicate.
+            log.exception("job %s stored but its message could not be published yet", job_id)
+    return job_id
+
+
+def get_job(job_id: uuid.UUID | str) -> dict[str, Any]:
+    """The job's JSON view: status, attempts, reply content, finish reason, usage, error."""
+    with transaction() as session:
+        return queries.job_view(session, uuid.UUID(str(job_id)))
+
+
+def get_conversation(conversation_id: uuid.UUID | str) -> dict[str, Any]:
+    """The conversation's ordered messages and its jobs."""
+    with transaction() as session:
+        return queries.conversation_view(session, uuid.UUID(str(conversation_id)))

@@ -1,0 +1,55 @@
+"""The Celery app. Configuration is read from settings lazily, on first use."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from service import constants as c
+from service.config import get_settings
+
+
+def celery_config() -> dict[str, Any]:
+    settings = get_settings()
+    transport = {"visibility_timeout": c.BROKER_VISIBILITY_TIMEOUT_S}
+    return {
+        "broker_url": settings.celery_broker_url,
+        "result_backend": settings.result_backend,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_default_queue": settings.ezq_queue,
+        "task_routes": {"ezq.*": {"queue": settings.ezq_queue}},
+        # At-least-once delivery: a message is acknowledged only after the task ran, a
+        # worker that dies mid-task gives it back, and each thread takes one at a time.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": transport,
+        "result_expires": 7 * 24 * 3600,
+        "result_extended": True,
+        "broker_connection_retry_on_startup": True,
+        "worker_pool": "threads",
+        "worker_concurrency": settings.ezq_worker_concurrency,
+        "worker_hijack_root_logger": True,
+        "worker_redirect_stdouts": False,
+        "beat_schedule": {
+            "ezq-sweep": {"task": c.TASK_SWEEP, "schedule": 60.0},
+        },
+    }
+
+
+app = Celery("ezq", include=["service.worker.tasks"])
+app.add_defaults(celery_config)
+
+
+def publish_job(job_id: object) -> None:
+    """Send the run message for a stored job. The task id is the job id."""
+    app.send_task(
+        c.TASK_CHAT_COMPLETION,
+        kwargs={"job_id": str(job_id)},
+        task_id=str(job_id),
+        queue=get_settings().ezq_queue,
+    )

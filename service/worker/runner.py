@@ -1,0 +1,177 @@
+"""Running one job: claim, call the gateway, record the outcome. No Celery here."""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from service import constants as c
+from service.completion import Completion
+from service.config import Settings
+from service.db import queries
+from service.db.session import transaction
+from service.errors import GatewayError
+from service.gateway.retry import backoff_seconds
+from service.tokens import normalise_usage
+
+log = logging.getLogger(__name__)
+
+
+class Gateway(Protocol):
+    def complete(
+        self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
+    ) -> Completion: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The job has ended (now or earlier); ``result`` is its JSON view."""
+
+    result: dict[str, Any]
+
+    @property
+    def failed(self) -> bool:
+        return self.result["status"] != "succeeded"
+
+
+@dataclass(frozen=True, slots=True)
+class RunAgainLater:
+    """Deliver the job again after ``countdown`` seconds."""
+
+    countdown: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeftAlone:
+    """Another worker is running this job; this delivery is a duplicate."""
+
+
+Outcome = Finished | RunAgainLater | LeftAlone
+
+
+class JobLog(logging.LoggerAdapter[logging.Logger]):
+    """Puts job, attempt and conversation on every line."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = self.extra or {}
+        return (
+            f"[job={extra.get('job')} attempt={extra.get('attempt')} "
+            f"conversation={extra.get('conversation')}] {msg}",
+            kwargs,
+        )
+
+
+def turn_wait_seconds(deliveries: int) -> float:
+    """How long a job waits before checking again whether its turn has come."""
+    return min(c.TURN_WAIT_MAX_S, c.TURN_WAIT_FIRST_S * 2 ** min(deliveries, 10))
+
+
+def run_job(
+    job_id: uuid.UUID,
+    *,
+    gateway: Gateway,
+    settings: Settings,
+    publish: Callable[[uuid.UUID], None],
+    deliveries: int = 0,
+    rng: random.Random | None = None,
+) -> Outcome:
+    """Take the job through one attempt and say what should happen next.
+
+    No transaction or connection is held across the gateway call: the claim commits a
+    lease first, and the outcome is written in a second short transaction that checks the
+    lease is still ours, so a duplicate delivery cannot store a second reply.
+    """
+    with transaction() as session:
+        claim = queries.claim_job(session, job_id, lease_seconds=settings.lease_seconds)
+        if isinstance(claim, queries.AlreadyFinished):
+            return Finished(queries.job_view(session, job_id))
+    if isinstance(claim, queries.Busy):
+        log.info("[job=%s] already running elsewhere; duplicate delivery ignored", job_id)
+        return LeftAlone()
+    if isinstance(claim, queries.WaitForTurn):
+        return RunAgainLater(
+            turn_wait_seconds(deliveries), f"waiting for earlier turn {claim.blocking_job_id}"
+        )
+
+    jlog = JobLog(
+        log, {"job": claim.job_id, "attempt": claim.attempt, "conversation": claim.conversation_id}
+    )
+    jlog.info("calling %s with %d messages", claim.model, len(claim.messages))
+    try:
+        completion = gateway.complete(claim.model, claim.messages, claim.params)
+    except GatewayError as error:
+        return _failed_attempt(claim, error, settings=settings, publish=publish, jlog=jlog, rng=rng)
+
+    tokens = normalise_usage(completion.usage) if completion.usage is not None else None
+    if completion.usage is None:
+        jlog.warning("stream ended without a usage object; no usage row written")
+    elif tokens is not None and tokens.issues:
+        jlog.warning("usage object does not add up: %s", "; ".join(tokens.issues))
+    with transaction() as session:
+        job = queries.record_success(session, claim, completion, tokens)
+        view = queries.job_view(session, job_id)
+        waiting = queries.next_waiting_job(session, claim.conversation_id)
+    if job is None:
+        jlog.warning("lost the job before recording the reply; reply discarded")
+    else:
+        jlog.info(
+            "succeeded: finish_reason=%s request_id=%s",
+            completion.finish_reason,
+            completion.request_id,
+        )
+    _publish_next(waiting, publish)
+    return Finished(view)
+
+
+def _failed_attempt(
+    claim: queries.Claimed,
+    error: GatewayError,
+    *,
+    settings: Settings,
+    publish: Callable[[uuid.UUID], None],
+    jlog: JobLog,
+    rng: random.Random | None,
+) -> Outcome:
+    final = not error.retryable or claim.attempt >= settings.ezq_max_attempts
+    with transaction() as session:
+        job = queries.record_failure(session, claim, error, final=final)
+        view = queries.job_view(session, claim.job_id)
+        waiting = queries.next_waiting_job(session, claim.conversation_id) if final else None
+    if job is None:
+        jlog.warning("lost the job before recording the failure")
+        return Finished(view) if view["status"] in ("succeeded", "failed", "cancelled") else LeftAlone()
+    if final:
+        jlog.warning(
+            "failed (%s, request_id=%s): %s", error.error_type, error.request_id, error.describe()
+        )
+        _publish_next(waiting, publish)
+        return Finished(view)
+    countdown = backoff_seconds(
+        claim.attempt,
+        base=settings.ezq_retry_backoff_base,
+        cap=settings.ezq_retry_backoff_max,
+        rng=rng,
+    )
+    jlog.warning(
+        "attempt failed (%s, request_id=%s), retrying in %.1fs: %s",
+        error.error_type,
+        error.request_id,
+        countdown,
+        error.describe(),
+    )
+    return RunAgainLater(countdown, error.error_type)
+
+
+def _publish_next(job_id: uuid.UUID | None, publish: Callable[[uuid.UUID], None]) -> None:
+    # The next turn is waiting on a timer; wake it now rather than at its next check.
+    if job_id is None:
+        return
+    try:
+        publish(job_id)
+    except Exception:  # the waiting turn's own timer still wakes it
+        log.warning("could not publish the next turn %s", job_id, exc_info=True)

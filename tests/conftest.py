@@ -1,0 +1,235 @@
+"""Fixtures: a throwaway database built by the migrations, a real Redis queue, the fake
+gateway as a real HTTP server, and a real ``ezq worker`` subprocess."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN_DSN = os.environ.get("EZQ_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("EZQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# Key-shaped on purpose, so that the redaction patterns and the exact-value filter are both
+# exercised, and unique so that finding it anywhere proves a leak.
+API_KEY = "sk-ezq-test-" + secrets.token_hex(16)
+
+
+def _require(service: str, check: Callable[[], object]) -> None:
+    try:
+        check()
+    except Exception as exc:  # any failure means the service is not usable
+        pytest.exit(f"{service} is not reachable for the tests: {exc}", returncode=3)
+
+
+def _database_exists_check() -> None:
+    with psycopg.connect(ADMIN_DSN, connect_timeout=3) as conn:
+        conn.execute("SELECT 1")
+
+
+@pytest.fixture(scope="session")
+def test_ids() -> dict[str, str]:
+    suffix = secrets.token_hex(4)
+    return {"db": f"ezq_test_{suffix}", "queue": f"ezq-test-{suffix}"}
+
+
+@pytest.fixture(scope="session")
+def database_url(test_ids: dict[str, str]) -> Iterator[str]:
+    """A fresh database, migrated to head by the real ``ezq db upgrade``, dropped after."""
+    _require("PostgreSQL", _database_exists_check)
+    name = test_ids["db"]
+    url = ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
+    env = {**os.environ, "DATABASE_URL": url}
+    subprocess.run(
+        [sys.executable, "-m", "service", "db", "upgrade"], check=True, env=env, cwd="/"
+    )
+    yield url
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+        )
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+@pytest.fixture(scope="session")
+def fake_gateway_server() -> Iterator[Any]:
+    from service.fake_gateway import FakeGateway
+
+    with FakeGateway(api_keys={API_KEY}).start() as gateway:
+        yield gateway
+
+
+@pytest.fixture
+def fake_gateway(fake_gateway_server: Any) -> Iterator[Any]:
+    """The running fake ezrouter, with no faults and no recorded requests."""
+    fake_gateway_server.reset()
+    yield fake_gateway_server
+    fake_gateway_server.reset()
+
+
+@pytest.fixture(scope="session")
+def service_env(
+    database_url: str, test_ids: dict[str, str], fake_gateway_server: Any
+) -> dict[str, str]:
+    """The environment of the test worker, and of this process's producer calls."""
+    _require("Redis", lambda: redis.Redis.from_url(REDIS_URL, socket_timeout=3).ping())
+    return {
+        "DATABASE_URL": database_url,
+        "CELERY_BROKER_URL": REDIS_URL,
+        "EZQ_QUEUE": test_ids["queue"],
+        "EZROUTER_BASE_URL": fake_gateway_server.url,
+        "EZROUTER_API_KEY": API_KEY,
+        "EZQ_MAX_ATTEMPTS": "3",
+        "EZQ_RETRY_BACKOFF_BASE": "0.05",
+        "EZQ_RETRY_BACKOFF_MAX": "0.2",
+        "EZQ_GATEWAY_CONNECT_TIMEOUT": "2",
+        "EZQ_GATEWAY_READ_TIMEOUT": "1.5",
+        "EZQ_GATEWAY_ATTEMPT_DEADLINE": "4",
+        "EZQ_WORKER_CONCURRENCY": "8",
+        "EZQ_LOG_LEVEL": "DEBUG",
+    }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _producer_settings(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Point this process's settings at the test services, for tests that need them."""
+    needs_services = any(
+        "service_env" in item.fixturenames or "worker" in item.fixturenames
+        for item in request.session.items
+    )
+    if not needs_services:
+        yield
+        return
+    env = request.getfixturevalue("service_env")
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    _reset_settings()
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    _reset_settings()
+
+
+def _reset_settings() -> None:
+    from service.config import get_settings
+    from service.db.session import dispose_engines
+
+    get_settings.cache_clear()
+    dispose_engines()
+
+
+class WorkerProcess:
+    """A running ``ezq worker`` subprocess and its log."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, extra_args: list[str]) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service", "worker", *extra_args],
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd="/",
+        )
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{self.log()}")
+            if " ready." in self.log():
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"worker not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def worker(
+    service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    """One real Celery worker for the session, consuming the test queue."""
+    redis.Redis.from_url(REDIS_URL).delete(service_env["EZQ_QUEUE"])
+    process = WorkerProcess(service_env, tmp_path_factory.mktemp("worker") / "worker.log", [])
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def worker_factory(
+    service_env: dict[str, str], tmp_path: Path
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start extra workers with their own settings (own queue); stopped after the test."""
+    started: list[WorkerProcess] = []
+
+    def start(*, env: dict[str, str] | None = None, args: list[str] | None = None) -> WorkerProcess:
+        merged = {**service_env, **(env or {})}
+        process = WorkerProcess(merged, tmp_path / f"worker-{len(started)}.log", args or [])
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def wait_for_job(job_id: uuid.UUID | str, timeout: float = 30.0) -> dict[str, Any]:
+    """Poll the database until the job ends; return its JSON view."""
+    from service.producer import get_job
+
+    deadline = time.monotonic() + timeout
+    while True:
+        job = get_job(job_id)
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} still {job['status']} after {timeout}s: {job}")
+        time.sleep(0.05)
+
+
+def sql(query: str, **params: Any) -> list[tuple[Any, ...]]:
+    """Run a query against the test database and return all rows."""
+    from sqlalchemy import text
+
+    from service.db.session import get_engine
+
+    with get_engine().connect() as conn:
+        return [tuple(row) for row in conn.execute(text(query), params).all()]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

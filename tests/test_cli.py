@@ -1,0 +1,146 @@
+"""The ``ezq`` command line, run as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from typing import Any
+
+import pytest
+
+from tests.conftest import sql
+
+
+def ezq(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+        cwd="/",
+    )
+
+
+@pytest.mark.usefixtures("worker")
+def test_enqueue_wait_show_and_conversation(service_env: dict[str, str], fake_gateway: Any) -> None:
+    """enqueue --wait prints the finished job; show and conversation print the same data."""
+    done = ezq(
+        "enqueue", "--model", "kimi-k2.6", "--system", "be kind", "--tenant", "cli",
+        "--meta", "feature=cli", "--meta", "n=3", "--param", "temperature=0.3", "--wait",
+        "hello cli",
+        env=service_env,
+    )
+    assert done.returncode == 0, done.stderr
+    job = json.loads(done.stdout)
+    assert job["status"] == "succeeded"
+    assert job["content"] == "echo[2]: hello cli"
+    assert job["metadata"] == {"feature": "cli", "n": 3}
+    assert fake_gateway.requests[-1].body["temperature"] == 0.3
+
+    shown = ezq("show", job["job_id"], env=service_env)
+    assert shown.returncode == 0
+    assert json.loads(shown.stdout)["usage"] == job["usage"]
+
+    second = ezq(
+        "enqueue", "-m", "kimi-k2.6", "--conversation", job["conversation_id"], "--tenant", "cli",
+        "--wait", "again",
+        env=service_env,
+    )
+    assert json.loads(second.stdout)["content"] == "echo[4]: again"
+    conv = json.loads(ezq("conversation", job["conversation_id"], env=service_env).stdout)
+    assert [m["role"] for m in conv["messages"]] == ["system", "user", "assistant", "user", "assistant"]
+    assert len(conv["jobs"]) == 2
+
+
+def test_enqueue_prints_the_job_id(service_env: dict[str, str]) -> None:
+    """Without --wait, enqueue prints only the new job's id."""
+    out = ezq("enqueue", "--model", "glm-5.1", "--idempotency-key", uuid.uuid4().hex, "x", env=service_env)
+    assert out.returncode == 0, out.stderr
+    job_id = uuid.UUID(out.stdout.strip())
+    assert sql("SELECT model FROM jobs WHERE id = :j", j=job_id) == [("glm-5.1",)]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["enqueue", "--model", "", "hi"], "model: must not be empty"),
+        (["enqueue", "--model", "m", "--param", "temperature=9", "hi"], "params.temperature"),
+        (["enqueue", "--model", "m", "--param", "bogus", "hi"], "KEY=VALUE"),
+        (["enqueue", "--model", "m", "--conversation", str(uuid.UUID(int=1)), "hi"], "no conversation"),
+        (["show", str(uuid.UUID(int=2))], "no job"),
+        (["show", "nope"], "is not a UUID"),
+        (["conversation", str(uuid.UUID(int=3))], "no conversation"),
+    ],
+)
+def test_errors_are_one_clear_line(service_env: dict[str, str], args: list[str], expected: str) -> None:
+    """Bad input exits non-zero with one line naming the problem, and no traceback."""
+    out = ezq(*args, env=service_env)
+    assert out.returncode != 0
+    assert expected in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"EZQ_MAX_ATTEMPTS": "lots"}, "EZQ_MAX_ATTEMPTS"),
+        ({"DATABASE_URL": "mysql://x/y"}, "DATABASE_URL"),
+        ({"CELERY_BROKER_URL": "amqp://guest@localhost//"}, "CELERY_BROKER_URL"),
+        ({"EZROUTER_BASE_URL": "ftp://x"}, "EZROUTER_BASE_URL"),
+        ({"EZQ_GATEWAY_READ_TIMEOUT": "-1"}, "EZQ_GATEWAY_READ_TIMEOUT"),
+    ],
+)
+def test_bad_settings_fail_with_one_line(env: dict[str, str], expected: str) -> None:
+    """A malformed variable fails at start-up with one line naming it, never a traceback."""
+    out = ezq("enqueue", "--model", "m", "hi", env=env)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert expected in lines[0]
+
+
+def test_worker_without_api_key_refuses_to_start(service_env: dict[str, str]) -> None:
+    """The worker needs EZROUTER_API_KEY and says so in one line."""
+    env = {**service_env, "EZROUTER_API_KEY": ""}
+    out = ezq("worker", env=env, timeout=30)
+    assert out.returncode == 2
+    assert "EZROUTER_API_KEY" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_unreachable_database_is_one_line() -> None:
+    """A database that cannot be reached is reported in one line, password hidden."""
+    out = ezq(
+        "show", str(uuid.UUID(int=4)),
+        env={"DATABASE_URL": "postgresql://ezq:hunter2@127.0.0.1:1/ezq"},
+    )
+    assert out.returncode == 1
+    assert "cannot reach the database" in out.stderr
+    assert "hunter2" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_db_upgrade_works_from_any_folder(tmp_path: Any) -> None:
+    """`ezq db upgrade` creates and migrates a database from outside the checkout."""
+    import psycopg
+
+    from tests.conftest import ADMIN_DSN
+
+    name = f"ezq_cli_{uuid.uuid4().hex[:8]}"
+    url = ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "service", "db", "upgrade"],
+            capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "DATABASE_URL": url},
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT count(*) FROM alembic_version").fetchone() == (1,)
+    finally:
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')

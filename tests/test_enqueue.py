@@ -1,0 +1,126 @@
+"""Producing jobs from Python: validation, idempotency, and nothing written on bad input."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from service import (
+    ConversationNotFound,
+    IdempotencyConflict,
+    InvalidRequest,
+    enqueue_completion,
+)
+from tests.conftest import sql
+
+pytestmark = pytest.mark.usefixtures("service_env")
+
+USER = [{"role": "user", "content": "hi"}]
+
+
+def counts() -> tuple[Any, ...]:
+    return sql(
+        "SELECT (SELECT count(*) FROM jobs), (SELECT count(*) FROM conversations),"
+        " (SELECT count(*) FROM messages)"
+    )[0]
+
+
+BAD = [
+    ({"model": None, "messages": USER}, "model"),
+    ({"model": "", "messages": USER}, "model"),
+    ({"model": "m", "messages": []}, "messages"),
+    ({"model": "m", "messages": None}, "messages"),
+    ({"model": "m", "messages": "hi"}, "messages"),
+    ({"model": "m", "messages": ["hi"]}, "messages[0]"),
+    ({"model": "m", "messages": [{"content": "hi"}]}, "messages[0].role"),
+    ({"model": "m", "messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
+    ({"model": "m", "messages": [*USER, {"role": "user"}]}, "messages[1]"),
+    ({"model": "m", "messages": [{"role": "user", "content": 42}]}, "messages[0].content"),
+    ({"model": "m", "messages": [{"role": "tool", "content": "x"}]}, "messages[0]"),
+    ({"model": "m", "messages": [{"role": "user", "content": "x", "extra": 1}]}, "messages[0].extra"),
+    ({"model": "m", "messages": USER, "params": [1, 2]}, "params"),
+    ({"model": "m", "messages": USER, "params": "hot"}, "params"),
+    ({"model": "m", "messages": USER, "params": {"temperature": 7}}, "params.temperature"),
+    ({"model": "m", "messages": USER, "params": {"max_tokens": 0}}, "params.max_tokens"),
+    ({"model": "m", "messages": USER, "params": {"stream": False}}, "params.stream"),
+    ({"model": "m", "messages": USER, "params": {"tools": [{"type": "x"}]}}, "params.tools"),
+    ({"model": "m", "messages": USER, "metadata": ["a"]}, "metadata"),
+    ({"model": "m", "messages": USER, "conversation_id": "not-a-uuid"}, "conversation_id"),
+    ({"model": "m", "messages": USER, "tenant": 5}, "tenant"),
+    ({"model": "m", "messages": [{"role": "user", "content": "x" * 1_100_000}]}, "messages"),
+    ({"model": "m", "messages": USER * 1001}, "messages"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "field"), BAD, ids=[f for _, f in BAD])
+def test_bad_input_is_refused_naming_the_field(kwargs: dict[str, Any], field: str) -> None:
+    """Bad input raises InvalidRequest naming the field, and nothing is written."""
+    before = counts()
+    model = kwargs.pop("model")
+    messages = kwargs.pop("messages")
+    with pytest.raises(InvalidRequest) as caught:
+        enqueue_completion(model, messages, **kwargs)
+    assert caught.value.field == field
+    assert str(caught.value).startswith(field + ":")
+    assert counts() == before
+
+
+def test_unknown_conversation_is_refused() -> None:
+    """A conversation id that does not exist is refused, nothing written."""
+    before = counts()
+    with pytest.raises(ConversationNotFound):
+        enqueue_completion("m", USER, conversation_id=uuid.uuid4())
+    assert counts() == before
+
+
+def test_conversation_of_another_tenant_is_refused() -> None:
+    """A turn for another tenant's conversation is refused."""
+    job_id = enqueue_completion("m", USER, tenant="a")
+    (conversation_id,) = sql("SELECT conversation_id FROM jobs WHERE id = :j", j=job_id)[0]
+    before = counts()
+    with pytest.raises(InvalidRequest, match="tenant"):
+        enqueue_completion("m", USER, conversation_id=conversation_id, tenant="b")
+    assert counts() == before
+
+
+def test_same_idempotency_key_and_request_returns_the_first_job() -> None:
+    """Repeating a request with its idempotency key returns the first job's id."""
+    key = uuid.uuid4().hex
+    first = enqueue_completion("m", USER, tenant="t", idempotency_key=key)
+    before = counts()
+    again = enqueue_completion("m", USER, tenant="t", idempotency_key=key)
+    assert again == first
+    assert counts() == before
+
+
+def test_same_idempotency_key_with_another_request_is_refused() -> None:
+    """Reusing an idempotency key for a different request is an IdempotencyConflict."""
+    key = uuid.uuid4().hex
+    first = enqueue_completion("m", USER, idempotency_key=key)
+    before = counts()
+    with pytest.raises(IdempotencyConflict) as caught:
+        enqueue_completion("m", [{"role": "user", "content": "other"}], idempotency_key=key)
+    assert caught.value.job_id == first
+    assert counts() == before
+
+
+def test_idempotency_keys_are_per_tenant() -> None:
+    """The same key under two tenants makes two jobs."""
+    key = uuid.uuid4().hex
+    assert enqueue_completion("m", USER, tenant="x", idempotency_key=key) != enqueue_completion(
+        "m", USER, tenant="y", idempotency_key=key
+    )
+
+
+def test_job_row_keeps_its_request() -> None:
+    """The stored job holds its model, params, tenant, metadata and new messages."""
+    job_id = enqueue_completion(
+        "m", USER, params={"temperature": 0.5}, tenant="t", metadata={"feature": "f"}
+    )
+    row = sql(
+        "SELECT model, params, tenant, metadata, input_messages FROM jobs WHERE id = :j",
+        j=job_id,
+    )
+    assert row == [("m", {"temperature": 0.5}, "t", {"feature": "f"}, USER)]

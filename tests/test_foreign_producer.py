@@ -1,0 +1,103 @@
+"""Another service's Celery app sends ezq.chat_completion by name, without our code."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from tests.conftest import REDIS_URL, sql, wait_for_job
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+@pytest.fixture
+def foreign_app(service_env: dict[str, str]) -> Iterator[Celery]:
+    """A Celery app that knows nothing of ezq but the task name and queue."""
+    app = Celery("billing-service", broker=REDIS_URL, backend=REDIS_URL)
+    app.conf.task_serializer = "json"
+    app.conf.result_serializer = "json"
+    app.conf.accept_content = ["json"]
+    yield app
+    app.close()
+
+
+def test_send_task_runs_and_returns_the_json_result(
+    foreign_app: Celery, service_env: dict[str, str], fake_gateway: Any
+) -> None:
+    """send_task with the request fields creates the job and returns its JSON dict."""
+    result = foreign_app.send_task(
+        "ezq.chat_completion",
+        kwargs={
+            "model": "deepseek-v4-flash",
+            "messages": [{"role": "user", "content": "from afar"}],
+            "tenant": "billing",
+            "metadata": {"feature": "invoices"},
+        },
+        queue=service_env["EZQ_QUEUE"],
+    )
+    value = result.get(timeout=30)
+
+    assert value["status"] == "succeeded"
+    assert value["content"] == "echo[1]: from afar"
+    assert value["finish_reason"] == "stop"
+    assert value["job_id"] == result.id
+    assert set(value["usage"]) == {"prompt_tokens", "completion_tokens", "cached_tokens", "total_tokens"}
+    assert uuid.UUID(value["conversation_id"])
+    assert sql("SELECT tenant, metadata FROM jobs WHERE id = :j", j=result.id) == [
+        ("billing", {"feature": "invoices"})
+    ]
+
+
+def test_send_task_with_its_own_job_id_and_a_second_turn(
+    foreign_app: Celery, service_env: dict[str, str], fake_gateway: Any
+) -> None:
+    """A foreign producer may choose the job id and continue a conversation."""
+    job_id = str(uuid.uuid4())
+    first = foreign_app.send_task(
+        "ezq.chat_completion",
+        kwargs={"job_id": job_id, "model": "glm-5.1", "messages": [{"role": "user", "content": "a"}]},
+        queue=service_env["EZQ_QUEUE"],
+    ).get(timeout=30)
+    assert first["job_id"] == job_id
+    second = foreign_app.send_task(
+        "ezq.chat_completion",
+        kwargs={
+            "model": "glm-5.1",
+            "messages": [{"role": "user", "content": "b"}],
+            "conversation_id": first["conversation_id"],
+        },
+        queue=service_env["EZQ_QUEUE"],
+    ).get(timeout=30)
+    assert second["content"] == "echo[3]: b"
+
+
+def test_send_task_with_bad_input_fails_and_writes_nothing(
+    foreign_app: Celery, service_env: dict[str, str]
+) -> None:
+    """A malformed foreign request fails the task with the field named; no row is written."""
+    result = foreign_app.send_task(
+        "ezq.chat_completion",
+        kwargs={"model": "glm-5.1", "messages": [{"role": "robot", "content": "x"}]},
+        queue=service_env["EZQ_QUEUE"],
+    )
+    with pytest.raises(Exception, match=r"messages\[0\]\.role"):
+        result.get(timeout=30)
+    assert sql("SELECT count(*) FROM jobs WHERE id = :j", j=result.id) == [(0,)]
+
+
+def test_failed_job_fails_the_task(
+    foreign_app: Celery, service_env: dict[str, str], fake_gateway: Any
+) -> None:
+    """A job that ends failed makes the task fail, so a chain stops there."""
+    result = foreign_app.send_task(
+        "ezq.chat_completion",
+        kwargs={"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]},
+        queue=service_env["EZQ_QUEUE"],
+    )
+    with pytest.raises(Exception, match="failed"):
+        result.get(timeout=30)
+    assert wait_for_job(result.id)["error"]["status"] == 403

@@ -1,0 +1,61 @@
+"""The gateway key never reaches logs, task messages or the database."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from service.logsetup import RedactSecrets
+from tests.conftest import API_KEY, sql, wait_for_job
+
+
+def test_redaction_filter_hides_known_and_key_shaped_secrets() -> None:
+    """Configured secrets, sk- keys, whsec_ secrets and bearer tokens are replaced."""
+    record = logging.LogRecord(
+        "x", logging.INFO, __file__, 1,
+        "key %s, other sk-abcdef123456, whsec_c2VjcmV0, Authorization: Bearer tok.en-1",
+        ("my-very-own-secret",), None,
+    )
+    RedactSecrets(["my-very-own-secret"]).filter(record)
+    text = record.getMessage()
+    for secret in ("my-very-own-secret", "sk-abcdef123456", "whsec_c2VjcmV0", "tok.en-1"):
+        assert secret not in text
+    assert text.count("[redacted]") == 4
+
+
+@pytest.mark.usefixtures("worker")
+def test_api_key_is_used_but_never_stored_or_logged(worker: Any, fake_gateway: Any) -> None:
+    """The key authenticates the calls but appears in no log line, task message or row."""
+    from service import enqueue_completion
+
+    job = wait_for_job(
+        enqueue_completion("claude-haiku-4-5", [{"role": "user", "content": "secret test"}])
+    )
+    assert job["status"] == "succeeded"
+    assert fake_gateway.requests[-1].headers["authorization"] == f"Bearer {API_KEY}"
+
+    log = worker.log()
+    assert "calling claude-haiku-4-5" in log, "the worker log is being captured"
+    assert API_KEY not in log
+
+    for table in ("conversations", "messages", "jobs", "job_attempts", "token_usage"):
+        rows = sql(f"SELECT count(*) FROM {table} t WHERE t::text LIKE :k", k=f"%{API_KEY}%")
+        assert rows == [(0,)], table
+
+    import redis
+
+    from tests.conftest import REDIS_URL
+
+    client = redis.Redis.from_url(REDIS_URL)
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key)
+        values: list[bytes] = []
+        if kind == b"string":
+            values = [client.get(key) or b""]
+        elif kind == b"list":
+            values = client.lrange(key, 0, -1)
+        elif kind == b"hash":
+            values = list(client.hgetall(key).values())
+        assert all(API_KEY.encode() not in v for v in values), key
