@@ -29,8 +29,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy service
 
+## Hot-path benchmarks, each against its baseline run side by side.
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.stream_assembly
+	$(BIN)/python -m benchmarks.pipeline
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
