@@ -27,7 +27,9 @@ ADMIN_DSN = os.environ.get("EZQ_BENCH_ADMIN_DSN", "postgresql://postgres@127.0.0
 MODEL = "deepseek-v4-flash"
 
 
-def run(pool: list[str], *, jobs: int, env: dict[str, str], gateway: FakeGateway, latency: float) -> dict[str, float]:
+def run(
+    pool: list[str], *, jobs: int, env: dict[str, str], gateway: FakeGateway, latency: float
+) -> dict[str, float]:
     from service.config import get_settings
     from service.db.session import dispose_engines
     from service.producer import enqueue_completion
@@ -41,7 +43,9 @@ def run(pool: list[str], *, jobs: int, env: dict[str, str], gateway: FakeGateway
     with log.open("wb") as out:
         worker = subprocess.Popen(
             [sys.executable, "-m", "service", "worker", *pool, "--loglevel", "WARNING"],
-            env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
         try:
             time.sleep(4)
@@ -49,7 +53,8 @@ def run(pool: list[str], *, jobs: int, env: dict[str, str], gateway: FakeGateway
             gateway.add_faults(Fault(kind="normal", latency=latency, times=jobs))
             start = time.perf_counter()
             ids = [
-                enqueue_completion(MODEL, [{"role": "user", "content": f"job {i}"}]) for i in range(jobs)
+                enqueue_completion(MODEL, [{"role": "user", "content": f"job {i}"}])
+                for i in range(jobs)
             ]
             enqueued = time.perf_counter() - start
             with psycopg.connect(env["DATABASE_URL"]) as conn:
@@ -94,8 +99,12 @@ def main() -> None:
 
     name = f"ezq_bench_{secrets.token_hex(4)}"
     url = ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
-    subprocess.run([sys.executable, "-m", "service", "db", "upgrade"], check=True,
-                   env={**os.environ, "DATABASE_URL": url}, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "service", "db", "upgrade"],
+        check=True,
+        env={**os.environ, "DATABASE_URL": url},
+        capture_output=True,
+    )
     try:
         with FakeGateway(reply_words=args.words).start() as gateway:
             env = {
@@ -108,20 +117,29 @@ def main() -> None:
             results = {
                 f"prefork, {cores} processes (baseline)": run(
                     ["--pool", "prefork", "--concurrency", cores],
-                    jobs=args.jobs, env=env, gateway=gateway, latency=args.latency),
+                    jobs=args.jobs,
+                    env=env,
+                    gateway=gateway,
+                    latency=args.latency,
+                ),
                 "threads, 32 (default)": run(
-                    [], jobs=args.jobs, env=env, gateway=gateway, latency=args.latency),
+                    [], jobs=args.jobs, env=env, gateway=gateway, latency=args.latency
+                ),
             }
     finally:
         with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+            )
             conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
 
     print(f"\n{args.jobs} jobs, gateway latency {args.latency}s, {args.words}-word replies")
     print(f"  {'pool':<34}{'jobs/s':>9}{'p50 s':>9}{'p95 s':>9}{'enqueue':>12}{'failed':>8}")
     for name_, r in results.items():
-        print(f"  {name_:<34}{r['jobs/s']:>9.1f}{r['p50 s']:>9.2f}{r['p95 s']:>9.2f}"
-              f"{r['enqueue ms/job']:>9.2f} ms{int(r['failed']):>8}")
+        print(
+            f"  {name_:<34}{r['jobs/s']:>9.1f}{r['p50 s']:>9.2f}{r['p95 s']:>9.2f}"
+            f"{r['enqueue ms/job']:>9.2f} ms{int(r['failed']):>8}"
+        )
     base, ours = list(results.values())
     print(f"  threads / prefork throughput: {ours['jobs/s'] / base['jobs/s']:.1f}x")
 

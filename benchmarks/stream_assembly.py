@@ -34,12 +34,29 @@ MODEL = "claude-sonnet-4-6"
 def sse_body(chunks: int) -> bytes:
     frames = []
     base = {"id": "msg_01abc", "object": "chat.completion.chunk", "created": 1, "model": MODEL}
-    frames.append({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+    frames.append(
+        {
+            **base,
+            "choices": [
+                {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+            ],
+        }
+    )
     for i in range(chunks):
-        frames.append({**base, "choices": [{"index": 0, "delta": {"content": f"word{i} "}, "finish_reason": None}]})
+        frames.append(
+            {
+                **base,
+                "choices": [{"index": 0, "delta": {"content": f"word{i} "}, "finish_reason": None}],
+            }
+        )
     frames.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-    usage = {"prompt_tokens": 100, "completion_tokens": chunks, "total_tokens": 100 + chunks,
-             "prompt_tokens_details": {"cached_tokens": 0}, "output_tokens": 0}
+    usage = {
+        "prompt_tokens": 100,
+        "completion_tokens": chunks,
+        "total_tokens": 100 + chunks,
+        "prompt_tokens_details": {"cached_tokens": 0},
+        "output_tokens": 0,
+    }
     frames.append({**base, "choices": [], "usage": usage})
     body = "".join(f"data: {json.dumps(f)}\n\n" for f in frames) + "data: [DONE]\n\n"
     return body.encode()
@@ -86,12 +103,19 @@ def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, float]:
     return statistics.median(samples), peak / 1024
 
 
-def report(title: str, chunks: int, baseline: tuple[float, float], ours: tuple[float, float]) -> None:
+def report(
+    title: str, chunks: int, baseline: tuple[float, float], ours: tuple[float, float]
+) -> None:
     print(f"\n{title}")
     print(f"  {'path':<34}{'per call':>12}{'per chunk':>12}{'peak mem':>12}")
-    for name, (t, mem) in (("SDK typed chunks (baseline)", baseline), ("raw frames + StreamAssembler", ours)):
+    for name, (t, mem) in (
+        ("SDK typed chunks (baseline)", baseline),
+        ("raw frames + StreamAssembler", ours),
+    ):
         print(f"  {name:<34}{t * 1e3:>9.2f} ms{t / chunks * 1e6:>9.2f} us{mem:>9.0f} KiB")
-    print(f"  speed-up: {baseline[0] / ours[0]:.2f}x   memory: {baseline[1] / max(ours[1], 1):.2f}x less")
+    print(
+        f"  speed-up: {baseline[0] / ours[0]:.2f}x   memory: {baseline[1] / max(ours[1], 1):.2f}x less"
+    )
 
 
 def main() -> None:
@@ -121,7 +145,9 @@ def main() -> None:
         def via_sdk() -> None:
             parts = []
             stream = sdk.chat.completions.create(
-                model=MODEL, messages=messages, stream=True,  # type: ignore[arg-type]
+                model=MODEL,
+                messages=messages,
+                stream=True,  # type: ignore[arg-type]
                 stream_options={"include_usage": True},
             )
             for chunk in stream:

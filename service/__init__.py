@@ -22,7 +22,16 @@ _EXPORTS = {
     "JobNotFound": "service.errors",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "ConversationNotFound",
+    "EzqError",
+    "IdempotencyConflict",
+    "InvalidRequest",
+    "JobNotFound",
+    "enqueue_completion",
+    "get_conversation",
+    "get_job",
+]
 
 if TYPE_CHECKING:
     from service.errors import (

@@ -84,9 +84,7 @@ def db_current() -> None:
 # --- running -------------------------------------------------------------------------
 
 
-@cli.command(
-    "worker", context_settings={"ignore_unknown_options": True, "allow_extra_args": True}
-)
+@cli.command("worker", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.pass_context
 def worker(ctx: click.Context) -> None:
     """Run a Celery worker (extra arguments go to ``celery worker``, e.g. -c 64 or -B)."""
@@ -130,7 +128,9 @@ def _check_schema() -> None:
 @click.option("--conversation", help="Continue this conversation (id).")
 @click.option("--tenant", help="Tenant to attribute the job to.")
 @click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Metadata tag (repeatable).")
-@click.option("--param", multiple=True, metavar="KEY=VALUE", help="Gateway parameter, e.g. temperature=0.2.")
+@click.option(
+    "--param", multiple=True, metavar="KEY=VALUE", help="Gateway parameter, e.g. temperature=0.2."
+)
 @click.option("--idempotency-key", help="Same key and request returns the first job.")
 @click.option("--callback-url", help="POST a signed webhook here when the job ends.")
 @click.option("--wait", is_flag=True, help="Wait for the job to end and print it as JSON.")

@@ -125,17 +125,23 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def _report(jobs: list[dict[str, Any]]) -> None:
     console.print(f"\nConversation {jobs[0]['conversation_id']}\n")
     for turn, job in enumerate(jobs, start=1):
-        console.print(f"[bold]Turn {turn}[/] ({job['status']}, {job['attempts']} attempt(s))")
+        console.print(
+            f"[bold]Turn {turn}[/] job {job['job_id']} ({job['status']}, "
+            f"{job['attempts']} attempt(s))"
+        )
         console.print(job["content"] if job["content"] is not None else job["error"])
         console.print()
     table = Table(title="Token usage")
-    for column in ("turn", "job", "prompt", "cached", "completion", "total"):
-        table.add_column(column, justify="right" if column not in ("job",) else "left")
+    for column in ("turn", "model", "prompt", "cached", "completion", "total"):
+        table.add_column(column, justify="left" if column == "model" else "right")
     for turn, job in enumerate(jobs, start=1):
         usage = job["usage"] or {}
         table.add_row(
             str(turn),
-            job["job_id"],
-            *(str(usage.get(k, "-")) for k in ("prompt_tokens", "cached_tokens", "completion_tokens", "total_tokens")),
+            job["model"],
+            *(
+                str(usage.get(k, "-"))
+                for k in ("prompt_tokens", "cached_tokens", "completion_tokens", "total_tokens")
+            ),
         )
     console.print(table)

@@ -27,9 +27,7 @@ class RedactSecrets(logging.Filter):
             if secret in text:
                 text = text.replace(secret, REDACTED)
         for pattern in _PATTERNS:
-            text = pattern.sub(
-                lambda m: (m.group(1) if m.groups() else "") + REDACTED, text
-            )
+            text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + REDACTED, text)
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:

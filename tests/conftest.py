@@ -51,9 +51,7 @@ def database_url(test_ids: dict[str, str]) -> Iterator[str]:
     name = test_ids["db"]
     url = ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
     env = {**os.environ, "DATABASE_URL": url}
-    subprocess.run(
-        [sys.executable, "-m", "service", "db", "upgrade"], check=True, env=env, cwd="/"
-    )
+    subprocess.run([sys.executable, "-m", "service", "db", "upgrade"], check=True, env=env, cwd="/")
     yield url
     with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
         conn.execute(

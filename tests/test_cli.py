@@ -14,7 +14,9 @@ import pytest
 from tests.conftest import sql
 
 
-def ezq(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def ezq(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "service", *args],
         capture_output=True,
@@ -29,8 +31,20 @@ def ezq(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> s
 def test_enqueue_wait_show_and_conversation(service_env: dict[str, str], fake_gateway: Any) -> None:
     """enqueue --wait prints the finished job; show and conversation print the same data."""
     done = ezq(
-        "enqueue", "--model", "kimi-k2.6", "--system", "be kind", "--tenant", "cli",
-        "--meta", "feature=cli", "--meta", "n=3", "--param", "temperature=0.3", "--wait",
+        "enqueue",
+        "--model",
+        "kimi-k2.6",
+        "--system",
+        "be kind",
+        "--tenant",
+        "cli",
+        "--meta",
+        "feature=cli",
+        "--meta",
+        "n=3",
+        "--param",
+        "temperature=0.3",
+        "--wait",
         "hello cli",
         env=service_env,
     )
@@ -46,19 +60,34 @@ def test_enqueue_wait_show_and_conversation(service_env: dict[str, str], fake_ga
     assert json.loads(shown.stdout)["usage"] == job["usage"]
 
     second = ezq(
-        "enqueue", "-m", "kimi-k2.6", "--conversation", job["conversation_id"], "--tenant", "cli",
-        "--wait", "again",
+        "enqueue",
+        "-m",
+        "kimi-k2.6",
+        "--conversation",
+        job["conversation_id"],
+        "--tenant",
+        "cli",
+        "--wait",
+        "again",
         env=service_env,
     )
     assert json.loads(second.stdout)["content"] == "echo[4]: again"
     conv = json.loads(ezq("conversation", job["conversation_id"], env=service_env).stdout)
-    assert [m["role"] for m in conv["messages"]] == ["system", "user", "assistant", "user", "assistant"]
+    assert [m["role"] for m in conv["messages"]] == [
+        "system",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+    ]
     assert len(conv["jobs"]) == 2
 
 
 def test_enqueue_prints_the_job_id(service_env: dict[str, str]) -> None:
     """Without --wait, enqueue prints only the new job's id."""
-    out = ezq("enqueue", "--model", "glm-5.1", "--idempotency-key", uuid.uuid4().hex, "x", env=service_env)
+    out = ezq(
+        "enqueue", "--model", "glm-5.1", "--idempotency-key", uuid.uuid4().hex, "x", env=service_env
+    )
     assert out.returncode == 0, out.stderr
     job_id = uuid.UUID(out.stdout.strip())
     assert sql("SELECT model FROM jobs WHERE id = :j", j=job_id) == [("glm-5.1",)]
@@ -70,13 +99,18 @@ def test_enqueue_prints_the_job_id(service_env: dict[str, str]) -> None:
         (["enqueue", "--model", "", "hi"], "model: must not be empty"),
         (["enqueue", "--model", "m", "--param", "temperature=9", "hi"], "params.temperature"),
         (["enqueue", "--model", "m", "--param", "bogus", "hi"], "KEY=VALUE"),
-        (["enqueue", "--model", "m", "--conversation", str(uuid.UUID(int=1)), "hi"], "no conversation"),
+        (
+            ["enqueue", "--model", "m", "--conversation", str(uuid.UUID(int=1)), "hi"],
+            "no conversation",
+        ),
         (["show", str(uuid.UUID(int=2))], "no job"),
         (["show", "nope"], "is not a UUID"),
         (["conversation", str(uuid.UUID(int=3))], "no conversation"),
     ],
 )
-def test_errors_are_one_clear_line(service_env: dict[str, str], args: list[str], expected: str) -> None:
+def test_errors_are_one_clear_line(
+    service_env: dict[str, str], args: list[str], expected: str
+) -> None:
     """Bad input exits non-zero with one line naming the problem, and no traceback."""
     out = ezq(*args, env=service_env)
     assert out.returncode != 0
@@ -115,7 +149,8 @@ def test_worker_without_api_key_refuses_to_start(service_env: dict[str, str]) ->
 def test_unreachable_database_is_one_line() -> None:
     """A database that cannot be reached is reported in one line, password hidden."""
     out = ezq(
-        "show", str(uuid.UUID(int=4)),
+        "show",
+        str(uuid.UUID(int=4)),
         env={"DATABASE_URL": "postgresql://ezq:hunter2@127.0.0.1:1/ezq"},
     )
     assert out.returncode == 1
@@ -135,7 +170,10 @@ def test_db_upgrade_works_from_any_folder(tmp_path: Any) -> None:
     try:
         out = subprocess.run(
             [sys.executable, "-m", "service", "db", "upgrade"],
-            capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "DATABASE_URL": url},
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env={**os.environ, "DATABASE_URL": url},
             timeout=60,
         )
         assert out.returncode == 0, out.stderr

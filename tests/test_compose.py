@@ -42,7 +42,8 @@ def test_every_ezq_command_in_compose_exists() -> None:
         for depth in range(len(words), 0, -1):
             out = subprocess.run(
                 [sys.executable, "-m", "service", *words[:depth], "--help"],
-                capture_output=True, text=True,
+                capture_output=True,
+                text=True,
             )
             if out.returncode == 0:
                 break

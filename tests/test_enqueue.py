@@ -39,7 +39,10 @@ BAD = [
     ({"model": "m", "messages": [*USER, {"role": "user"}]}, "messages[1]"),
     ({"model": "m", "messages": [{"role": "user", "content": 42}]}, "messages[0].content"),
     ({"model": "m", "messages": [{"role": "tool", "content": "x"}]}, "messages[0]"),
-    ({"model": "m", "messages": [{"role": "user", "content": "x", "extra": 1}]}, "messages[0].extra"),
+    (
+        {"model": "m", "messages": [{"role": "user", "content": "x", "extra": 1}]},
+        "messages[0].extra",
+    ),
     ({"model": "m", "messages": USER, "params": [1, 2]}, "params"),
     ({"model": "m", "messages": USER, "params": "hot"}, "params"),
     ({"model": "m", "messages": USER, "params": {"temperature": 7}}, "params.temperature"),

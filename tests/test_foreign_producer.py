@@ -45,7 +45,12 @@ def test_send_task_runs_and_returns_the_json_result(
     assert value["content"] == "echo[1]: from afar"
     assert value["finish_reason"] == "stop"
     assert value["job_id"] == result.id
-    assert set(value["usage"]) == {"prompt_tokens", "completion_tokens", "cached_tokens", "total_tokens"}
+    assert set(value["usage"]) == {
+        "prompt_tokens",
+        "completion_tokens",
+        "cached_tokens",
+        "total_tokens",
+    }
     assert uuid.UUID(value["conversation_id"])
     assert sql("SELECT tenant, metadata FROM jobs WHERE id = :j", j=result.id) == [
         ("billing", {"feature": "invoices"})
@@ -59,7 +64,11 @@ def test_send_task_with_its_own_job_id_and_a_second_turn(
     job_id = str(uuid.uuid4())
     first = foreign_app.send_task(
         "ezq.chat_completion",
-        kwargs={"job_id": job_id, "model": "glm-5.1", "messages": [{"role": "user", "content": "a"}]},
+        kwargs={
+            "job_id": job_id,
+            "model": "glm-5.1",
+            "messages": [{"role": "user", "content": "a"}],
+        },
         queue=service_env["EZQ_QUEUE"],
     ).get(timeout=30)
     assert first["job_id"] == job_id

@@ -143,9 +143,7 @@ def test_client_errors_fail_at_once(fake_gateway: Any, status: int) -> None:
 
 def test_unknown_model_is_refused_by_the_gateway_and_not_retried(fake_gateway: Any) -> None:
     """A model the gateway does not know fails with 403 access_denied, once."""
-    job = wait_for_job(
-        enqueue_completion("no-such-model", [{"role": "user", "content": "hi"}])
-    )
+    job = wait_for_job(enqueue_completion("no-such-model", [{"role": "user", "content": "hi"}]))
     assert job["status"] == "failed"
     assert job["attempts"] == 1
     assert job["error"]["status"] == 403

@@ -25,7 +25,7 @@ def status_error(status: int) -> openai.APIStatusError:
     response = httpx2.Response(
         status, request=REQUEST, headers={"x-oneapi-request-id": "rid-1"}, json={}
     )
-    body = {"error": {"code": "", "message": f"boom (request id: rid-1)", "type": "upstream_error"}}
+    body = {"error": {"code": "", "message": "boom (request id: rid-1)", "type": "upstream_error"}}
     client = openai.OpenAI(api_key="sk-unused", base_url="http://127.0.0.1:9/v1")
     return client._make_status_error(f"Error code: {status}", body=body, response=response)
 

@@ -14,9 +14,13 @@ from tests.conftest import API_KEY, sql, wait_for_job
 def test_redaction_filter_hides_known_and_key_shaped_secrets() -> None:
     """Configured secrets, sk- keys, whsec_ secrets and bearer tokens are replaced."""
     record = logging.LogRecord(
-        "x", logging.INFO, __file__, 1,
+        "x",
+        logging.INFO,
+        __file__,
+        1,
         "key %s, other sk-abcdef123456, whsec_c2VjcmV0, Authorization: Bearer tok.en-1",
-        ("my-very-own-secret",), None,
+        ("my-very-own-secret",),
+        None,
     )
     RedactSecrets(["my-very-own-secret"]).filter(record)
     text = record.getMessage()

@@ -40,8 +40,15 @@ def assemble(lines: list[bytes]) -> StreamAssembler:
 def test_usage_on_a_separate_empty_choices_chunk() -> None:
     """Usage on a trailing chunk with "choices": [] is read without indexing choices."""
     a = assemble(
-        [delta("", role="assistant"), b"", delta("Hel"), delta("lo"), delta(finish="stop"),
-         frame(id="msg_01x", choices=[], usage=USAGE), b"data: [DONE]"]
+        [
+            delta("", role="assistant"),
+            b"",
+            delta("Hel"),
+            delta("lo"),
+            delta(finish="stop"),
+            frame(id="msg_01x", choices=[], usage=USAGE),
+            b"data: [DONE]",
+        ]
     )
     result = a.result(request_id="r")
     assert (result.content, result.finish_reason, result.usage) == ("Hello", "stop", USAGE)
@@ -60,8 +67,14 @@ def test_usage_on_the_finish_chunk() -> None:
 def test_keepalive_comments_and_other_fields_are_ignored() -> None:
     """SSE comments and event/id/retry fields are not frames."""
     result = assemble(
-        [b": ping", b"event: message", b"id: 3", b"retry: 10", delta("ok", finish="stop"),
-         b"data:[DONE]"]
+        [
+            b": ping",
+            b"event: message",
+            b"id: 3",
+            b"retry: 10",
+            delta("ok", finish="stop"),
+            b"data:[DONE]",
+        ]
     ).result(request_id=None)
     assert result.content == "ok"
 
@@ -69,19 +82,34 @@ def test_keepalive_comments_and_other_fields_are_ignored() -> None:
 def test_tool_call_fragments_are_merged() -> None:
     """Tool-call name and argument fragments are concatenated per index."""
     lines = [
-        delta(tool_calls=[{"index": 0, "id": "call_1", "type": "function",
-                           "function": {"name": "get_weather", "arguments": ""}}]),
+        delta(
+            tool_calls=[
+                {
+                    "index": 0,
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": ""},
+                }
+            ]
+        ),
         delta(tool_calls=[{"index": 0, "function": {"arguments": '{"city": '}}]),
         delta(tool_calls=[{"index": 0, "function": {"arguments": '"Paris"}'}}]),
-        delta(tool_calls=[{"index": 1, "id": "call_2", "function": {"name": "now", "arguments": "{}"}}]),
+        delta(
+            tool_calls=[
+                {"index": 1, "id": "call_2", "function": {"name": "now", "arguments": "{}"}}
+            ]
+        ),
         delta(finish="tool_calls"),
         b"data: [DONE]",
     ]
     result = assemble(lines).result(request_id=None)
     assert result.content is None
     assert result.tool_calls == [
-        {"id": "call_1", "type": "function",
-         "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+        {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+        },
         {"id": "call_2", "type": "function", "function": {"name": "now", "arguments": "{}"}},
     ]
 
@@ -125,5 +153,5 @@ def test_error_frame_counts_as_a_server_error() -> None:
 
 def test_split_lines_across_chunk_boundaries() -> None:
     """Lines split across network chunks, and CRLF endings, come out whole."""
-    chunks = [b"data: {\"a\"", b": 1}\r\n\r\nda", b"ta: [DONE]\n"]
+    chunks = [b'data: {"a"', b": 1}\r\n\r\nda", b"ta: [DONE]\n"]
     assert list(split_lines(chunks)) == [b'data: {"a": 1}', b"", b"data: [DONE]"]

@@ -55,12 +55,12 @@ def _conversation_for(session: Session, request: CompletionRequest) -> uuid.UUID
         return conversation.id
     # Locking the conversation serialises enqueues of one conversation, so the order of
     # ``enqueue_seq`` is the order in which turns were committed.
-    conversation = session.get(Conversation, request.conversation_id, with_for_update=True)
-    if conversation is None:
+    existing = session.get(Conversation, request.conversation_id, with_for_update=True)
+    if existing is None:
         raise ConversationNotFound(request.conversation_id)
-    if conversation.tenant is not None and request.tenant != conversation.tenant:
-        raise InvalidRequest("tenant", f"conversation {conversation.id} belongs to another tenant")
-    return conversation.id
+    if existing.tenant is not None and request.tenant != existing.tenant:
+        raise InvalidRequest("tenant", f"conversation {existing.id} belongs to another tenant")
+    return existing.id
 
 
 def create_job(

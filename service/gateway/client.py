@@ -148,9 +148,9 @@ class GatewayClient:
         deadline = time.monotonic() + self._deadline_s
         request_id: str | None = None
         try:
-            with self._client.chat.completions.with_streaming_response.create(
+            with self._client.chat.completions.with_streaming_response.create(  # type: ignore[call-overload]
                 model=model,
-                messages=messages,  # type: ignore[arg-type]
+                messages=messages,
                 stream=True,
                 stream_options={"include_usage": True},
                 extra_body=extra_body,
@@ -159,8 +159,9 @@ class GatewayClient:
                 request_id = response.headers.get(REQUEST_ID_HEADER)
                 content_type = response.headers.get("content-type", "")
                 if "text/event-stream" not in content_type:
+                    shown = content_type or "no content-type"
                     raise BrokenStream(
-                        f"HTTP {response.status_code} with a non-SSE body ({content_type or 'no content-type'})",
+                        f"HTTP {response.status_code} with a non-SSE body ({shown})",
                         status=response.status_code,
                         request_id=request_id,
                     )

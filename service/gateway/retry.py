@@ -33,4 +33,4 @@ def backoff_seconds(
     ``attempt`` is the number of the attempt that just failed (1 for the first).
     """
     ceiling = min(cap, base * 2 ** (attempt - 1))
-    return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
+    return float(ceiling / 2 + (rng or random).uniform(0, ceiling / 2))

@@ -25,11 +25,11 @@ class StreamAssembler:
         "_content",
         "_reasoning",
         "_tool_calls",
-        "finish_reason",
-        "usage",
         "done",
+        "finish_reason",
         "first_token_at",
         "frames",
+        "usage",
     )
 
     def __init__(self) -> None:

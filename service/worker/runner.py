@@ -35,7 +35,7 @@ class Finished:
 
     @property
     def failed(self) -> bool:
-        return self.result["status"] != "succeeded"
+        return bool(self.result["status"] != "succeeded")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +68,7 @@ class JobLog(logging.LoggerAdapter[logging.Logger]):
 
 def turn_wait_seconds(deliveries: int) -> float:
     """How long a job waits before checking again whether its turn has come."""
-    return min(c.TURN_WAIT_MAX_S, c.TURN_WAIT_FIRST_S * 2 ** min(deliveries, 10))
+    return float(min(c.TURN_WAIT_MAX_S, c.TURN_WAIT_FIRST_S * 2 ** min(deliveries, 10)))
 
 
 def run_job(
@@ -144,7 +144,11 @@ def _failed_attempt(
         waiting = queries.next_waiting_job(session, claim.conversation_id) if final else None
     if job is None:
         jlog.warning("lost the job before recording the failure")
-        return Finished(view) if view["status"] in ("succeeded", "failed", "cancelled") else LeftAlone()
+        return (
+            Finished(view)
+            if view["status"] in ("succeeded", "failed", "cancelled")
+            else LeftAlone()
+        )
     if final:
         jlog.warning(
             "failed (%s, request_id=%s): %s", error.error_type, error.request_id, error.describe()
