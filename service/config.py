@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     ezq_gateway_attempt_deadline: float = Field(default=c.GATEWAY_ATTEMPT_DEADLINE_S, gt=0)
     ezq_worker_concurrency: int = Field(default=c.WORKER_CONCURRENCY, ge=1, le=1000)
     ezq_max_request_bytes: int = Field(default=c.MAX_REQUEST_BYTES, ge=1_000)
+    ezq_sweep_stale_after: float = Field(default=c.SWEEP_STALE_AFTER_S, gt=0)
     ezq_log_level: str = "INFO"
 
     @field_validator("ezrouter_base_url")

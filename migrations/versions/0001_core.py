@@ -82,6 +82,12 @@ def upgrade() -> None:
         sa.Column("first_token_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column(
+            "dispatched_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
         sa.CheckConstraint(
             "status IN ('queued', 'running', 'retrying', 'succeeded', 'failed', 'cancelled')",
             name=op.f("ck_jobs_status"),

@@ -117,6 +117,9 @@ class Job(Base):
     first_token_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     lease_expires_at: Mapped[datetime | None]
+    # When the job's latest run message was published, or, for a retry, becomes due. The
+    # sweep republishes a job only when this is long past: its message was lost.
+    dispatched_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
     __table_args__ = (
         CheckConstraint(_in("status", JOB_STATUSES), name="status"),

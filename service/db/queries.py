@@ -334,9 +334,14 @@ def _clip(text_value: str) -> str:
 
 
 def record_failure(
-    session: Session, claimed: Claimed, error: GatewayError, *, final: bool
+    session: Session,
+    claimed: Claimed,
+    error: GatewayError,
+    *,
+    final: bool,
+    retry_in_s: float = 0.0,
 ) -> Job | None:
-    """Record a failed attempt; ``final`` ends the job, otherwise it waits to be retried."""
+    """Record a failed attempt; ``final`` ends the job, else it is retried in ``retry_in_s``."""
     job = _owned(session, claimed.job_id, claimed.attempt)
     if job is None:
         return None
@@ -362,6 +367,9 @@ def record_failure(
         job.finished_at = session.execute(select(func.now())).scalar_one()
     else:
         job.status = "retrying"
+        job.dispatched_at = session.execute(
+            select(func.now() + timedelta(seconds=retry_in_s))
+        ).scalar_one()
     return job
 
 
@@ -454,16 +462,35 @@ def conversation_view(session: Session, conversation_id: uuid.UUID) -> dict[str,
     }
 
 
-def stale_job_ids(session: Session, *, older_than_s: float, limit: int = 500) -> list[uuid.UUID]:
-    """Jobs that should be moving but may have lost their broker message."""
+def redispatch_stale_jobs(
+    session: Session, *, older_than_s: float, limit: int = 500
+) -> list[uuid.UUID]:
+    """Mark and return jobs whose run message looks lost, for the sweep to republish.
+
+    A queued or retrying job qualifies when its message was due more than ``older_than_s``
+    ago and no earlier turn holds it back; a running job when its lease has expired (its
+    worker died). Each job is picked at most once per window, so a long broker backlog
+    does not fill the queue with copies.
+    """
     stmt = text(
         """
-        SELECT id FROM jobs
-        WHERE (status IN ('queued', 'retrying')
-               AND coalesce(started_at, created_at) < now() - make_interval(secs => :age))
-           OR (status = 'running' AND lease_expires_at < now())
-        ORDER BY enqueue_seq
-        LIMIT :limit
+        UPDATE jobs SET dispatched_at = now()
+        WHERE id IN (
+            SELECT j.id FROM jobs j
+            WHERE j.dispatched_at < now() - make_interval(secs => :age)
+              AND (
+                (j.status IN ('queued', 'retrying') AND NOT EXISTS (
+                    SELECT 1 FROM jobs e
+                    WHERE e.conversation_id = j.conversation_id
+                      AND e.enqueue_seq < j.enqueue_seq
+                      AND e.status NOT IN ('succeeded', 'failed', 'cancelled')))
+                OR (j.status = 'running' AND j.lease_expires_at < now())
+              )
+            ORDER BY j.enqueue_seq
+            LIMIT :limit
+            FOR UPDATE SKIP LOCKED
+        )
+        RETURNING id
         """
     )
     return list(session.execute(stmt, {"age": older_than_s, "limit": limit}).scalars())

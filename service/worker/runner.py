@@ -138,8 +138,14 @@ def _failed_attempt(
     rng: random.Random | None,
 ) -> Outcome:
     final = not error.retryable or claim.attempt >= settings.ezq_max_attempts
+    countdown = backoff_seconds(
+        claim.attempt,
+        base=settings.ezq_retry_backoff_base,
+        cap=settings.ezq_retry_backoff_max,
+        rng=rng,
+    )
     with transaction() as session:
-        job = queries.record_failure(session, claim, error, final=final)
+        job = queries.record_failure(session, claim, error, final=final, retry_in_s=countdown)
         view = queries.job_view(session, claim.job_id)
         waiting = queries.next_waiting_job(session, claim.conversation_id) if final else None
     if job is None:
@@ -155,12 +161,6 @@ def _failed_attempt(
         )
         _publish_next(waiting, publish)
         return Finished(view)
-    countdown = backoff_seconds(
-        claim.attempt,
-        base=settings.ezq_retry_backoff_base,
-        cap=settings.ezq_retry_backoff_max,
-        rng=rng,
-    )
     jlog.warning(
         "attempt failed (%s, request_id=%s), retrying in %.1fs: %s",
         error.error_type,

@@ -138,7 +138,9 @@ def chat_completion(
 def sweep() -> dict[str, int]:
     """Republish jobs that should be moving but have no message in flight."""
     with transaction() as session:
-        stale = queries.stale_job_ids(session, older_than_s=c.SWEEP_STALE_AFTER_S)
+        stale = queries.redispatch_stale_jobs(
+            session, older_than_s=get_settings().ezq_sweep_stale_after
+        )
     for job_id in stale:
         publish_job(job_id)
     if stale:
