@@ -200,6 +200,27 @@ def conversation(conversation_id: str) -> None:
     _print_json(get_conversation(_uuid(conversation_id, "CONVERSATION_ID")))
 
 
+@cli.command("api")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+@click.option("--workers", default=1, show_default=True, help="Server processes.")
+def api(host: str, port: int, workers: int) -> None:
+    """Serve the HTTP interface (POST /v1/jobs, GET /v1/jobs/ID, /healthz)."""
+    import uvicorn
+
+    from service.config import get_settings
+
+    get_settings().api_tokens(required=True)
+    uvicorn.run(
+        "service.api.app:create_server_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=get_settings().ezq_log_level.lower(),
+    )
+
+
 @cli.command("fake-gateway")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8765, show_default=True)

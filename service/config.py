@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     ezq_worker_concurrency: int = Field(default=c.WORKER_CONCURRENCY, ge=1, le=1000)
     ezq_max_request_bytes: int = Field(default=c.MAX_REQUEST_BYTES, ge=1_000)
     ezq_sweep_stale_after: float = Field(default=c.SWEEP_STALE_AFTER_S, gt=0)
+    ezq_api_tokens: SecretStr | None = None
     ezq_log_level: str = "INFO"
 
     @field_validator("ezrouter_base_url")
@@ -72,6 +73,18 @@ class Settings(BaseSettings):
     @property
     def lease_seconds(self) -> float:
         return self.ezq_gateway_attempt_deadline + c.LEASE_MARGIN_S
+
+    def api_tokens(self, *, required: bool = False) -> list[str]:
+        """The bearer tokens the HTTP interface accepts (``EZQ_API_TOKENS``, comma-separated)."""
+        raw = self.ezq_api_tokens.get_secret_value() if self.ezq_api_tokens else ""
+        tokens = [t.strip() for t in raw.split(",") if t.strip()]
+        if required and not tokens:
+            raise ConfigError(
+                "EZQ_API_TOKENS: not set; the HTTP interface needs at least one token"
+            )
+        if any(len(t) < 16 for t in tokens):
+            raise ConfigError("EZQ_API_TOKENS: every token must be at least 16 characters")
+        return tokens
 
     def require_api_key(self) -> str:
         """The gateway key, or a ConfigError naming the variable."""

@@ -50,6 +50,7 @@ def known_secrets() -> list[str]:
     secrets: list[str] = []
     if settings.ezrouter_api_key is not None:
         secrets.append(settings.ezrouter_api_key.get_secret_value())
+    secrets.extend(settings.api_tokens())
     for name in ("webhook_secret",):
         value = getattr(settings, name, None)
         if value is not None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service.errors import BrokenStream, GatewayServerError
 from service.gateway.stream import StreamAssembler, split_lines
@@ -155,3 +158,29 @@ def test_split_lines_across_chunk_boundaries() -> None:
     """Lines split across network chunks, and CRLF endings, come out whole."""
     chunks = [b'data: {"a"', b": 1}\r\n\r\nda", b"ta: [DONE]\n"]
     assert list(split_lines(chunks)) == [b'data: {"a": 1}', b"", b"data: [DONE]"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=40))
+def test_any_network_chunking_assembles_the_same_reply(cuts: list[int]) -> None:
+    """However the bytes are split into network reads, the assembled reply is the same."""
+    body = (
+        b"\r\n\r\n".join(
+            [
+                delta("", role="assistant"),
+                *(delta(f"w{i} ") for i in range(30)),
+                delta(finish="stop"),
+                frame(id="m", choices=[], usage=USAGE),
+                b"data: [DONE]",
+            ]
+        )
+        + b"\r\n\r\n"
+    )
+    bounds = sorted({min(c, len(body)) for c in cuts} | {0, len(body)})
+    pieces = [body[a:b] for a, b in itertools.pairwise(bounds)]
+    assembler = StreamAssembler()
+    for line in split_lines(pieces):
+        assembler.feed(line)
+    result = assembler.result(request_id=None)
+    assert result.content == "".join(f"w{i} " for i in range(30))
+    assert result.usage == USAGE

@@ -1,0 +1,1 @@
+"""The HTTP interface: enqueue jobs and read them back over JSON."""

@@ -1,0 +1,153 @@
+"""The HTTP interface, served by the real `ezq api` command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import free_port, sql
+
+TOKEN = "ezq-test-token-" + uuid.uuid4().hex
+USER = [{"role": "user", "content": "over http"}]
+
+
+@pytest.fixture(scope="module")
+def api(service_env: dict[str, str]) -> Iterator[httpx.Client]:
+    """`ezq api` on a free port, and a client that sends the bearer token."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "api", "--port", str(port)],
+        env={**os.environ, **service_env, "EZQ_API_TOKENS": f"other-token-0123456789,{TOKEN}"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise RuntimeError(proc.stdout.read().decode() if proc.stdout else "api did not start")
+        time.sleep(0.1)
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+        yield client
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def jobs_count() -> int:
+    return int(sql("SELECT count(*) FROM jobs")[0][0])
+
+
+@pytest.mark.usefixtures("worker")
+def test_post_then_get_a_finished_job(api: httpx.Client, fake_gateway: Any) -> None:
+    """POST /v1/jobs answers 202 with the queued job; GET returns it once it succeeded."""
+    created = api.post("/v1/jobs", json={"model": "glm-5.1", "messages": USER, "tenant": "web"})
+    assert created.status_code == 202, created.text
+    job = created.json()
+    assert created.headers["location"] == f"/v1/jobs/{job['job_id']}"
+    assert job["tenant"] == "web"
+    deadline = time.monotonic() + 30
+    while job["status"] not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+        job = api.get(f"/v1/jobs/{job['job_id']}").json()
+    assert job["status"] == "succeeded"
+    assert job["content"] == "echo[1]: over http"
+    conversation = api.get(f"/v1/conversations/{job['conversation_id']}").json()
+    assert [m["role"] for m in conversation["messages"]] == ["user", "assistant"]
+
+
+def test_requests_without_a_valid_token_are_refused(api: httpx.Client) -> None:
+    """No token or a wrong token is a 401, and nothing is written."""
+    before = jobs_count()
+    for headers in ({}, {"Authorization": "Bearer nope"}):
+        response = httpx.post(
+            f"{api.base_url}/v1/jobs", json={"model": "m", "messages": USER}, headers=headers
+        )
+        assert response.status_code == 401
+        assert response.json()["error"]["type"] == "unauthorized"
+    assert jobs_count() == before
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"messages": USER}, "model"),
+        ({"model": "m", "messages": [{"role": "bot", "content": "x"}]}, "messages[0].role"),
+        ({"model": "m", "messages": USER, "params": 3}, "params"),
+        ({"model": "m", "messages": USER, "surprise": 1}, "surprise"),
+        ([1, 2], "body"),
+    ],
+)
+def test_bad_input_is_a_422_naming_the_field(api: httpx.Client, body: Any, field: str) -> None:
+    """Invalid bodies answer 422 with the field at fault; nothing is written."""
+    before = jobs_count()
+    response = api.post("/v1/jobs", json=body)
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert (error["type"], error["field"]) == ("invalid_request", field)
+    assert jobs_count() == before
+
+
+def test_unknown_ids_are_404(api: httpx.Client) -> None:
+    """Unknown jobs, conversations and malformed ids answer 404."""
+    assert api.get(f"/v1/jobs/{uuid.uuid4()}").status_code == 404
+    assert api.get("/v1/jobs/not-a-uuid").status_code == 404
+    assert api.get(f"/v1/conversations/{uuid.uuid4()}").status_code == 404
+    response = api.post(
+        "/v1/jobs", json={"model": "m", "messages": USER, "conversation_id": str(uuid.uuid4())}
+    )
+    assert response.status_code == 404
+    assert response.json()["error"]["type"] == "conversation_not_found"
+
+
+def test_idempotency_key_header(api: httpx.Client) -> None:
+    """The Idempotency-Key header returns the first job for the same body, 409 otherwise."""
+    key = uuid.uuid4().hex
+    first = api.post(
+        "/v1/jobs", json={"model": "m", "messages": USER}, headers={"Idempotency-Key": key}
+    )
+    again = api.post(
+        "/v1/jobs", json={"model": "m", "messages": USER}, headers={"Idempotency-Key": key}
+    )
+    other = api.post(
+        "/v1/jobs",
+        json={"model": "m", "messages": [{"role": "user", "content": "different"}]},
+        headers={"Idempotency-Key": key},
+    )
+    assert first.json()["job_id"] == again.json()["job_id"]
+    assert other.status_code == 409
+    assert other.json()["error"]["job_id"] == first.json()["job_id"]
+
+
+def test_healthz_needs_no_token(api: httpx.Client) -> None:
+    """/healthz reports the database and the broker without authentication."""
+    response = httpx.get(f"{api.base_url}/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"database": "ok", "broker": "ok"}
+
+
+def test_api_refuses_to_start_without_tokens(service_env: dict[str, str]) -> None:
+    """`ezq api` without EZQ_API_TOKENS stops with one line naming the variable."""
+    out = subprocess.run(
+        [sys.executable, "-m", "service", "api", "--port", str(free_port())],
+        env={**os.environ, **service_env, "EZQ_API_TOKENS": ""},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2
+    assert "EZQ_API_TOKENS" in out.stderr
