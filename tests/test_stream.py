@@ -184,3 +184,20 @@ def test_any_network_chunking_assembles_the_same_reply(cuts: list[int]) -> None:
     result = assembler.result(request_id=None)
     assert result.content == "".join(f"w{i} " for i in range(30))
     assert result.usage == USAGE
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'data: {"choices": [null]}',
+        b'data: {"choices": [{"delta": "text"}]}',
+        b'data: {"choices": [{"delta": {"tool_calls": [7]}}]}',
+        b'data: {"choices": "abc"}',
+        b'data: {"usage": 5}',
+        b"data: [1, 2]",
+    ],
+)
+def test_frames_of_an_unexpected_shape_are_a_broken_stream(payload: bytes) -> None:
+    """Valid JSON in a shape no chunk has is a broken stream, never a crash of the worker."""
+    with pytest.raises(BrokenStream):
+        assemble([delta("a"), payload])

@@ -65,11 +65,16 @@ class StreamAssembler:
             raise _error_frame(error)
         usage = frame.get("usage")
         if usage:
+            if not isinstance(usage, dict):
+                raise BrokenStream(f"usage is not an object: {payload[:200]!r}")
             self.usage = usage
         # A usage-only final chunk has "choices": []; never index blindly.
         choices = frame.get("choices")
         if choices:
-            self._choice(choices[0])
+            try:
+                self._choice(choices[0])
+            except (AttributeError, TypeError, KeyError, IndexError):
+                raise BrokenStream(f"unexpected frame shape: {payload[:200]!r}") from None
 
     def _choice(self, choice: dict[str, Any]) -> None:
         delta = choice.get("delta")
