@@ -1,0 +1,72 @@
+"""Celery side of webhooks: the ``ezq.deliver_webhook`` task, publishing, and the sweep."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from celery import Task
+from sqlalchemy.exc import OperationalError
+
+from service import constants as c
+from service.config import get_settings
+from service.db.session import transaction
+from service.errors import ConfigError, EzqCallerError
+from service.webhooks import outbox
+from service.webhooks.delivery import deliver
+from service.worker.app import app
+
+log = logging.getLogger(__name__)
+
+
+def publish_delivery(delivery_id: uuid.UUID, countdown: float | None = None) -> None:
+    """Send a delivery message; it carries only the delivery id, never a secret."""
+    app.send_task(
+        c.TASK_DELIVER_WEBHOOK,
+        kwargs={"delivery_id": str(delivery_id)},
+        queue=get_settings().ezq_queue,
+        countdown=countdown,
+    )
+
+
+def publish_deliveries(delivery_ids: list[uuid.UUID]) -> None:
+    """Publish deliveries just committed; one that cannot be published waits for the sweep."""
+    for delivery_id in delivery_ids:
+        try:
+            publish_delivery(delivery_id)
+        except Exception:  # the row is committed: the sweep publishes it later
+            log.warning("[webhook=%s] could not publish; the sweep will", delivery_id)
+
+
+def republish_due_deliveries(*, grace_seconds: float = c.WEBHOOK_SWEEP_GRACE_S) -> int:
+    """Publish due deliveries that have no message in flight; return how many."""
+    with transaction() as session:
+        due = outbox.take_republishable(session, grace_seconds=grace_seconds)
+    publish_deliveries(due)
+    if due:
+        log.info("sweep published %d due webhook deliveries", len(due))
+    return len(due)
+
+
+@app.task(
+    name=c.TASK_DELIVER_WEBHOOK,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    max_retries=None,
+    throws=(ConfigError, EzqCallerError),
+)
+def deliver_webhook(self: Task, delivery_id: str) -> dict[str, Any]:
+    """Make one attempt at a webhook delivery; return what happened."""
+    try:
+        the_id = uuid.UUID(delivery_id)
+    except ValueError:
+        raise EzqCallerError(f"delivery_id: {delivery_id!r} is not a UUID") from None
+    try:
+        outcome = deliver(the_id, settings=get_settings(), publish=publish_delivery)
+    except OperationalError as exc:
+        # The database is unreachable: nothing was decided, so deliver again later.
+        log.warning("[webhook=%s] database unavailable, retrying: %s", the_id, exc.orig)
+        raise self.retry(countdown=5.0, exc=exc) from None
+    return outcome.as_dict()
