@@ -1,0 +1,239 @@
+"""``ezq prices ...``, ``ezq usage`` and ``ezq db grant-readonly``.
+
+Only click is imported here; each command imports what it needs when it runs, so that
+``ezq --help`` and the worker's start stay cheap.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+_FORMAT = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="A table for people, or exact machine output.",
+)
+
+
+@click.group("prices")
+def prices() -> None:
+    """Model prices in USD per million tokens, versioned by start time."""
+
+
+@prices.command("set")
+@click.argument("model")
+@click.option(
+    "--input", "input_", required=True, metavar="USD", help="Per million uncached input tokens."
+)
+@click.option(
+    "--cached-input", required=True, metavar="USD", help="Per million cached input tokens."
+)
+@click.option("--output", required=True, metavar="USD", help="Per million output tokens.")
+@click.option(
+    "--from",
+    "start",
+    metavar="WHEN",
+    help="YYYY-MM-DD (midnight UTC) or an ISO 8601 time; default: now.",
+)
+def prices_set(model: str, input_: str, cached_input: str, output: str, start: str | None) -> None:
+    """Give MODEL a price from --from on. Usage written earlier keeps its cost."""
+    from service import constants as c
+    from service.db.session import transaction
+    from service.errors import InvalidRequest
+    from service.usage.money import parse_price
+    from service.usage.periods import parse_instant
+    from service.usage.prices import PriceInput, add_price
+
+    if not model.strip() or len(model) > c.MAX_MODEL_LENGTH:
+        raise InvalidRequest("MODEL", f"must be 1 to {c.MAX_MODEL_LENGTH} characters")
+    price = PriceInput(
+        model=model,
+        input_per_mtok=parse_price(input_, "--input"),
+        cached_input_per_mtok=parse_price(cached_input, "--cached-input"),
+        output_per_mtok=parse_price(output, "--output"),
+        effective_from=parse_instant(start, "--from") if start else None,
+    )
+    with transaction() as session:
+        row = add_price(session, price)
+    if row is None:
+        click.echo(f"{model}: unchanged, that price already applies", err=True)
+    else:
+        click.echo(f"{model}: price {row.id} from {row.effective_from.isoformat()}", err=True)
+
+
+@prices.command("list")
+@click.option("--model", help="Only this model.")
+@_FORMAT
+def prices_list(model: str | None, fmt: str) -> None:
+    """Every price; "in effect" marks the one new usage gets now."""
+    import json
+
+    from service.db.session import transaction
+    from service.usage import render
+    from service.usage.prices import list_prices
+
+    with transaction() as session:
+        rows = list_prices(session, model)
+    if fmt == "json":
+        click.echo(json.dumps(render.price_records(rows), indent=2))
+    elif fmt == "csv":
+        render.write_csv(sys.stdout, render.PRICE_COLUMNS, render.price_records(rows))
+    else:
+        render.console_for(sys.stdout).print(render.prices_table(rows))
+
+
+@prices.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def prices_import(file: Path) -> None:
+    """Import prices from a CSV file, all or nothing.
+
+    Header: model,input_per_mtok,cached_input_per_mtok,output_per_mtok,effective_from.
+    An empty effective_from means now; a line that repeats a price already there is
+    skipped, so importing a file twice is harmless.
+    """
+    from service.db.session import transaction
+    from service.usage.price_file import import_prices, read_price_file
+
+    lines = read_price_file(file)
+    with transaction() as session:
+        result = import_prices(session, file, lines)
+    click.echo(f"imported {result.added} prices, {result.unchanged} unchanged", err=True)
+
+
+@prices.command("recompute")
+@click.option("--since", required=True, metavar="WHEN", help="Nd or YYYY-MM-DD (UTC).")
+@click.option("--model", help="Only this model's usage.")
+def prices_recompute(since: str, model: str | None) -> None:
+    """Price usage rows written since WHEN that have no cost; priced rows never change.
+
+    A row takes the price that was in effect when it was written or, when it predates
+    its model's first price, that first price.
+    """
+    from service.db.session import transaction
+    from service.usage.costs import price_unpriced_usage
+    from service.usage.periods import parse_since, start_of
+
+    start = start_of(parse_since(since, "--since"))
+    with transaction() as session:
+        done = price_unpriced_usage(session, since=start, model=model)
+    click.echo(f"priced {done.priced} usage rows")
+    if done.still_unpriced:
+        models = ", ".join(done.models_without_price)
+        click.echo(f"{done.still_unpriced} rows still unpriced: no price for {models}", err=True)
+
+
+@click.command("usage")
+@click.option(
+    "--since",
+    default="7d",
+    show_default=True,
+    metavar="Nd|DATE",
+    help="First UTC day: Nd is the last N days, today included.",
+)
+@click.option("--until", metavar="DATE", help="Last UTC day, included (default: today).")
+@click.option(
+    "--by",
+    multiple=True,
+    metavar="DIM",
+    help="day, month, model, tenant or tag:KEY; repeat or comma-separate (default: day).",
+)
+@click.option("--tenant", multiple=True, help="Only these tenants (repeatable).")
+@click.option("--model", multiple=True, help="Only these models (repeatable).")
+@_FORMAT
+@click.option(
+    "--chart",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Also write daily tokens and cost stacked by model to this PNG (ezq[charts]).",
+)
+def usage(
+    since: str,
+    until: str | None,
+    by: tuple[str, ...],
+    tenant: tuple[str, ...],
+    model: tuple[str, ...],
+    fmt: str,
+    chart: Path | None,
+) -> None:
+    """Tokens and cost over whole UTC days, with totals. Unpriced usage is shown as such."""
+    from service.db.session import transaction
+    from service.usage import render
+    from service.usage.periods import parse_day, parse_since, today_utc
+    from service.usage.report import (
+        ReportQuery,
+        daily_by_model,
+        parse_dimensions,
+        run_report,
+    )
+
+    if chart is not None:
+        from service.usage.chart import require_matplotlib, write_chart
+
+        require_matplotlib()
+
+    query = ReportQuery(
+        since=parse_since(since, "--since"),
+        until=parse_day(until, "--until") if until else today_utc(),
+        by=parse_dimensions(by) or ("day",),
+        tenants=tenant,
+        models=model,
+    )
+    with transaction() as session:
+        report = run_report(session, query)
+        cells = daily_by_model(session, query) if chart is not None else []
+    if chart is not None:
+        write_chart(chart, query, cells)
+        click.echo(f"wrote {chart}", err=True)
+    if fmt == "json":
+        render.write_report_json(sys.stdout, report)
+    elif fmt == "csv":
+        render.write_report_csv(sys.stdout, report)
+    else:
+        render.console_for(sys.stdout).print(render.report_table(report))
+
+
+@click.command("grant-readonly")
+@click.argument("role")
+@click.option("--login", is_flag=True, help="Let ROLE log in (asks for its password).")
+@click.option("--password-stdin", is_flag=True, help="With --login: read the password from stdin.")
+def grant_readonly(role: str, login: bool, password_stdin: bool) -> None:
+    """Give ROLE read-only access: SELECT on ezq's tables and views, nothing else.
+
+    ROLE is created NOLOGIN if missing (grant it to people's login roles), or LOGIN with
+    --login. Tables and views added by later migrations are covered too.
+    """
+    from service.db.session import transaction
+    from service.errors import InvalidRequest
+    from service.usage.roles import check_role_name
+    from service.usage.roles import grant_readonly as grant
+
+    check_role_name(role)
+    password: str | None = None
+    if password_stdin and not login:
+        raise InvalidRequest("--password-stdin", "only makes sense with --login")
+    if login:
+        password = (
+            sys.stdin.readline().rstrip("\r\n")
+            if password_stdin
+            else click.prompt("password", hide_input=True, confirmation_prompt=True)
+        )
+        if not password:
+            raise InvalidRequest("password", "must not be empty")
+    with transaction() as session:
+        done = grant(session, role, password=password)
+    if done.created:
+        what = f"created role {role} ({'LOGIN' if done.login else 'NOLOGIN'})"
+    elif done.login:
+        what = f"role {role} already exists; set its password and LOGIN"
+    else:
+        what = f"role {role} already exists"
+    click.echo(
+        f"{what}; it may read every table and view in schema {done.schema}, now and after"
+        " later migrations, and change nothing",
+        err=True,
+    )

@@ -1,0 +1,181 @@
+"""What usage costs, in SQL and NUMERIC end to end. Callers own the transaction.
+
+A usage row is priced once, in the statement that writes it, from the model's price in
+effect at that moment, and keeps the id of that price row; later prices never touch it.
+A model without a price gives a NULL cost (never 0) until ``price_unpriced_usage``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import (
+    BindParameter,
+    ColumnClause,
+    ColumnElement,
+    FromClause,
+    Numeric,
+    Table,
+    Update,
+    bindparam,
+    extract,
+    func,
+    literal_column,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.dialects.postgresql import Insert, insert
+from sqlalchemy.orm import Session
+
+from service.db.models import ModelPrice, TokenUsage
+
+# Multiplying by this literal keeps every digit (scale 10 + 6); dividing by 1e6 would round
+# to PostgreSQL's division scale.
+PER_TOKEN: ColumnClause[Decimal] = literal_column("0.000001", Numeric())
+
+_PRICE_COLUMNS = (
+    ModelPrice.id,
+    ModelPrice.input_per_mtok,
+    ModelPrice.cached_input_per_mtok,
+    ModelPrice.output_per_mtok,
+)
+
+
+def usage_table() -> Table:
+    table = TokenUsage.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+def cost_of(usage: FromClause, price: FromClause) -> ColumnElement[Any]:
+    """Cost in USD of a usage row at a price row: cached tokens at the cached-input rate.
+
+    Cached and uncached prompt tokens partition ``prompt_tokens``, so nothing is billed
+    twice; reasoning tokens are part of ``completion_tokens`` and billed as output.
+    """
+    return (
+        usage.c.uncached_prompt_tokens * price.c.input_per_mtok
+        + usage.c.cached_tokens * price.c.cached_input_per_mtok
+        + usage.c.completion_tokens * price.c.output_per_mtok
+    ) * PER_TOKEN
+
+
+def price_at(model: ColumnElement[str], at: ColumnElement[datetime]) -> FromClause:
+    """A lateral subquery: the model's price in effect at ``at`` (the newest that started
+    by then), none when the model had no price yet."""
+    return (
+        select(*_PRICE_COLUMNS)
+        .where(ModelPrice.model == model, ModelPrice.effective_from <= at)
+        .order_by(ModelPrice.effective_from.desc())
+        .limit(1)
+        .lateral("price")
+    )
+
+
+def _parameter(key: str) -> BindParameter[Any]:
+    # The column's own type, so that e.g. a None usage_issues binds as SQL NULL.
+    return bindparam(key, type_=TokenUsage.__mapper__.c[key].type)
+
+
+@lru_cache(maxsize=8)
+def _priced_insert(keys: tuple[str, ...]) -> Insert:
+    # Built once per set of keys: making the statement costs more than running it.
+    usage = select(*(_parameter(key).label(key) for key in keys)).subquery("usage")
+    price = price_at(usage.c.model, func.now())
+    priced = select(
+        *usage.c, price.c.id.label("price_id"), cost_of(usage, price).label("cost_usd")
+    ).select_from(usage.outerjoin(price, true()))
+    table = usage_table()
+    targets = [TokenUsage.__mapper__.c[key] for key in keys]
+    return (
+        insert(table)
+        .from_select([*targets, table.c.price_id, table.c.cost_usd], priced)
+        .on_conflict_do_nothing(index_elements=[table.c.job_id])
+    )
+
+
+def insert_priced_usage(session: Session, **values: Any) -> None:
+    """INSERT one ``token_usage`` row (keys are ``TokenUsage`` attributes), priced within.
+
+    One statement and no extra round trip on the worker's hot path: the price in effect is
+    picked by a lateral subquery on ``model_prices`` (newest ``effective_from`` not after
+    ``now()``, the row's own ``created_at``). A second insert for the same job does nothing.
+    """
+    session.execute(_priced_insert(tuple(values)), values)
+
+
+@dataclass(frozen=True, slots=True)
+class Repricing:
+    """What ``price_unpriced_usage`` did."""
+
+    priced: int
+    still_unpriced: int
+    models_without_price: list[str]
+
+
+def _unpriced_since(since: datetime, model: str | None) -> list[ColumnElement[bool]]:
+    conditions = [TokenUsage.cost_usd.is_(None), TokenUsage.created_at >= since]
+    if model is not None:
+        conditions.append(TokenUsage.model == model)
+    return conditions
+
+
+def _recompute_statement(since: datetime, model: str | None) -> Update:
+    usage = usage_table().alias("u")
+    # The price in effect when the row was written; a row older than its model's first
+    # price (the case this exists for) takes that first price.
+    price = (
+        select(*_PRICE_COLUMNS)
+        .where(ModelPrice.model == usage.c.model)
+        .order_by(
+            (ModelPrice.effective_from <= usage.c.created_at).desc(),
+            func.abs(extract("epoch", ModelPrice.effective_from - usage.c.created_at)),
+        )
+        .limit(1)
+        .lateral("price")
+    )
+    conditions = [usage.c.cost_usd.is_(None), usage.c.created_at >= since]
+    if model is not None:
+        conditions.append(usage.c.model == model)
+    priced = (
+        select(
+            usage.c.id,
+            price.c.id.label("price_id"),
+            cost_of(usage, price).label("cost_usd"),
+        )
+        .select_from(usage.join(price, true()))
+        .where(*conditions)
+        .cte("priced")
+    )
+    table = usage_table()
+    return (
+        update(table)
+        # Re-checked here so that a concurrent recompute cannot overwrite a cost.
+        .where(table.c.id == priced.c.id, table.c.cost_usd.is_(None))
+        .values(cost_usd=priced.c.cost_usd, price_id=priced.c.price_id)
+    )
+
+
+def price_unpriced_usage(
+    session: Session, *, since: datetime, model: str | None = None
+) -> Repricing:
+    """Price the usage rows written since ``since`` that have no cost; priced rows stay."""
+    result = session.execute(_recompute_statement(since, model))
+    priced = int(getattr(result, "rowcount", 0))
+    remaining = (
+        select(TokenUsage.model, func.count())
+        .where(*_unpriced_since(since, model))
+        .group_by(TokenUsage.model)
+        .order_by(TokenUsage.model)
+    )
+    left = session.execute(remaining).all()
+    return Repricing(
+        priced=priced,
+        still_unpriced=sum(count for _, count in left),
+        models_without_price=[name for name, _ in left],
+    )

@@ -1,0 +1,168 @@
+"""Showing reports and price lists: a rich table for people, exact CSV and JSON for programs.
+
+Machine formats carry every digit: amounts are decimal strings (JSON numbers would go
+through binary floats in most readers) and an unpriced cost is null / empty, never 0.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import IO, Any
+
+from rich.console import Console
+from rich.table import Table
+
+from service.usage.money import plain, usd
+from service.usage.prices import PriceRow
+from service.usage.report import TOTAL_FIELDS, Report, Totals
+
+FORMATS = ("table", "csv", "json")
+_HEADINGS = {
+    "jobs": "Jobs",
+    "prompt_tokens": "Prompt",
+    "cached_tokens": "Cached",
+    "uncached_prompt_tokens": "Uncached",
+    "completion_tokens": "Completion",
+    "total_tokens": "Total tokens",
+    "cost_usd": "Cost (USD)",
+    "unpriced_jobs": "Unpriced jobs",
+}
+
+
+def _machine(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return plain(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return value
+
+
+def _totals_record(totals: Totals) -> dict[str, Any]:
+    return {name: _machine(getattr(totals, name)) for name in TOTAL_FIELDS}
+
+
+def report_records(report: Report) -> list[dict[str, Any]]:
+    """One dict per row: the grouping keys, then the totals, all JSON-ready."""
+    return [
+        {**dict(zip(report.columns, row.keys, strict=True)), **_totals_record(row.totals)}
+        for row in report.rows
+    ]
+
+
+def write_report_json(out: IO[str], report: Report) -> None:
+    query = report.query
+    document = {
+        "since": query.since.isoformat(),
+        "until": query.until.isoformat(),
+        "timezone": "UTC",
+        "by": list(query.by),
+        "tenants": list(query.tenants) or None,
+        "models": list(query.models) or None,
+        "rows": report_records(report),
+        "totals": _totals_record(report.totals),
+    }
+    out.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_csv(out: IO[str], columns: Sequence[str], records: list[dict[str, Any]]) -> None:
+    """A header and one line per record; None is an empty cell."""
+    writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+
+
+def write_report_csv(out: IO[str], report: Report) -> None:
+    """Rows only, no totals line, so that summing a column gives the total."""
+    write_csv(out, [*report.columns, *TOTAL_FIELDS], report_records(report))
+
+
+def _cost_cell(totals: Totals) -> str:
+    if totals.cost_usd is None:
+        return "[yellow]unpriced[/]" if totals.unpriced_jobs else "-"
+    return usd(totals.cost_usd)
+
+
+def _count_cells(totals: Totals) -> list[str]:
+    unpriced = f"[yellow]{totals.unpriced_jobs:,}[/]" if totals.unpriced_jobs else "0"
+    counted = [f"{getattr(totals, name):,}" for name in TOTAL_FIELDS[:6]]
+    return [*counted, _cost_cell(totals), unpriced]
+
+
+def report_table(report: Report) -> Table:
+    query = report.query
+    title = f"Usage {query.since} to {query.until} (UTC days, both included)"
+    table = Table(title=title, title_justify="left")
+    for name in report.columns:
+        table.add_column(name if name.startswith("tag:") else name.capitalize())
+    for name in TOTAL_FIELDS:
+        table.add_column(_HEADINGS[name], justify="right")
+    for row in report.rows:
+        keys = [key if key is not None else "[dim](none)[/]" for key in row.keys]
+        table.add_row(*keys, *_count_cells(row.totals))
+    label = ["[bold]Total[/]"] + [""] * (len(report.columns) - 1) if report.columns else []
+    table.add_section()
+    table.add_row(*label, *_count_cells(report.totals), style="bold")
+    if report.totals.unpriced_jobs:
+        table.caption = "Unpriced jobs are not in the cost: ezq prices set, then recompute."
+    return table
+
+
+def price_records(prices: list[PriceRow]) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": price.id,
+            "model": price.model,
+            "effective_from": _machine(price.effective_from),
+            "input_per_mtok": _machine(price.input_per_mtok),
+            "cached_input_per_mtok": _machine(price.cached_input_per_mtok),
+            "output_per_mtok": _machine(price.output_per_mtok),
+            "currency": price.currency,
+            "in_effect": price.in_effect,
+        }
+        for price in prices
+    ]
+
+
+PRICE_COLUMNS = (
+    "id",
+    "model",
+    "effective_from",
+    "input_per_mtok",
+    "cached_input_per_mtok",
+    "output_per_mtok",
+    "currency",
+    "in_effect",
+)
+
+
+def prices_table(prices: list[PriceRow]) -> Table:
+    table = Table(title="Prices in USD per million tokens", title_justify="left")
+    table.add_column("Id", justify="right")
+    table.add_column("Model")
+    table.add_column("From (UTC)")
+    for heading in ("Input", "Cached input", "Output"):
+        table.add_column(heading, justify="right")
+    table.add_column("In effect")
+    for price in prices:
+        table.add_row(
+            str(price.id),
+            price.model,
+            f"{price.effective_from.astimezone(UTC):%Y-%m-%d %H:%M:%S}",
+            plain(price.input_per_mtok),
+            plain(price.cached_input_per_mtok),
+            plain(price.output_per_mtok),
+            "[green]yes[/]" if price.in_effect else "",
+        )
+    return table
+
+
+def console_for(out: IO[str]) -> Console:
+    """A console on ``out``; when that is not a terminal, wide enough never to cut a cell."""
+    console = Console(file=out)
+    if not console.is_terminal:
+        console = Console(file=out, width=1000, no_color=True)
+    return console

@@ -1,0 +1,138 @@
+"""``ezq db grant-readonly``: a role that can read every table and view and write nothing."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import errors, sql
+
+pytestmark = pytest.mark.usefixtures("service_env")
+
+VIEWS = ("usage_daily", "usage_monthly", "job_costs", "conversation_usage")
+WRITES = (
+    "INSERT INTO model_prices (model, input_per_mtok, cached_input_per_mtok, output_per_mtok)"
+    " VALUES ('ro', 1, 1, 1)",
+    "UPDATE token_usage SET cost_usd = 0",
+    "DELETE FROM jobs",
+    "UPDATE model_prices SET input_per_mtok = 0",
+    "CREATE TABLE ro_made_this (x int)",
+    "TRUNCATE token_usage",
+)
+
+
+def ezq(*args: str, stdin: str | None = None) -> Any:
+    return subprocess.run(
+        [sys.executable, "-m", "service", "db", "grant-readonly", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        env=dict(os.environ),
+        timeout=60,
+        cwd="/",
+    )
+
+
+def connect() -> psycopg.Connection[Any]:
+    return psycopg.connect(os.environ["DATABASE_URL"].replace("+psycopg", ""))
+
+
+@pytest.fixture
+def role() -> Iterator[str]:
+    """A fresh role name; the role and its privileges are dropped afterwards."""
+    name = f"ezq_ro_{secrets.token_hex(4)}"
+    yield name
+    with connect() as conn:
+        conn.autocommit = True
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone():
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+def as_role(conn: psycopg.Connection[Any], role: str, statement: str) -> Exception | None:
+    """Run ``statement`` as ``role`` in a transaction that is rolled back; its error, if any."""
+    try:
+        with conn.transaction(force_rollback=True):
+            conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+            cursor = conn.execute(statement)
+            if cursor.description is not None:
+                cursor.fetchall()
+    except psycopg.Error as exc:
+        return exc
+    return None
+
+
+def tables(conn: psycopg.Connection[Any]) -> list[str]:
+    rows = conn.execute(
+        "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY 1"
+    ).fetchall()
+    return [name for (name,) in rows]
+
+
+def test_readonly_role_selects_everything_and_writes_nothing(role: str) -> None:
+    """The role can SELECT every ezq table and view, and cannot insert, update or delete."""
+    done = ezq(role)
+    assert done.returncode == 0, done.stderr
+    assert f"created role {role} (NOLOGIN)" in done.stderr
+    with connect() as conn:
+        assert conn.execute(
+            "SELECT rolcanlogin, rolsuper, rolcreaterole, rolcreatedb FROM pg_roles"
+            " WHERE rolname = %s",
+            (role,),
+        ).fetchone() == (False, False, False, False)
+        readable = [*VIEWS, *tables(conn)]
+        assert {"token_usage", "model_prices", "jobs", "job_attempts"} <= set(readable)
+        for name in readable:
+            assert as_role(conn, role, f"SELECT * FROM {name} LIMIT 1") is None, name
+        for statement in WRITES:
+            error = as_role(conn, role, statement)
+            assert isinstance(error, errors.InsufficientPrivilege), statement
+
+
+def test_tables_created_later_are_readable_too(role: str) -> None:
+    """Default privileges cover tables a later migration creates, and running twice is fine."""
+    assert ezq(role).returncode == 0
+    again = ezq(role)
+    assert again.returncode == 0, again.stderr
+    assert f"role {role} already exists" in again.stderr
+    with connect() as conn, conn.transaction(force_rollback=True):
+        conn.execute("CREATE TABLE later_migration (x int)")
+        conn.execute("INSERT INTO later_migration VALUES (1)")
+        conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+        assert conn.execute("SELECT x FROM later_migration").fetchall() == [(1,)]
+
+
+def test_login_role_gets_a_hashed_password_never_shown(role: str) -> None:
+    """--login --password-stdin makes a LOGIN role; only a SCRAM hash reaches the server."""
+    password = "correct horse " + secrets.token_hex(8)
+    done = ezq(role, "--login", "--password-stdin", stdin=password + "\n")
+    assert done.returncode == 0, done.stderr
+    assert password not in done.stdout + done.stderr
+    with connect() as conn:
+        can_login, stored = conn.execute(
+            "SELECT rolcanlogin, rolpassword FROM pg_authid WHERE rolname = %s", (role,)
+        ).fetchone() or (None, None)
+    assert can_login is True
+    assert stored.startswith("SCRAM-SHA-256$") and password not in stored
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["pg_monitor"], "ROLE: 'pg_monitor' is reserved by PostgreSQL"),
+        (["public"], "ROLE: 'public' is reserved by PostgreSQL"),
+        (["x" * 64], "ROLE: must be 1 to 63 bytes"),
+        (["ok_name", "--password-stdin"], "--password-stdin: only makes sense with --login"),
+    ],
+)
+def test_bad_role_requests_fail_in_one_line(args: list[str], error: str) -> None:
+    """Reserved or overlong names and a password without --login are refused up front."""
+    done = ezq(*args)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [f"ezq: error: {error}"]
