@@ -33,6 +33,11 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.stream_assembly
 	$(BIN)/python -m benchmarks.pipeline
+	$(BIN)/python -m benchmarks.sql_usage
+
+## One million usage rows in a throwaway database: time the docs/sql.md queries and the report.
+bench-sql: $(STAMP)
+	$(BIN)/python -m benchmarks.sql_usage
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -11,6 +11,8 @@ from typing import Any
 import click
 
 from service.errors import ConfigError, EzqError
+from service.usage.cli import grant_readonly, prices, usage
+from service.webhooks.cli import webhooks as webhooks_group
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -270,3 +272,9 @@ def main() -> None:
     except OperationalError as exc:
         click.echo(f"ezq: error: {_database_hint(exc)}", err=True)
         sys.exit(1)
+
+
+cli.add_command(webhooks_group)
+cli.add_command(prices)
+cli.add_command(usage)
+db.add_command(grant_readonly)

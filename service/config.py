@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import math
 from functools import lru_cache
+from ipaddress import IPv4Network, IPv6Network, ip_network
+from typing import Annotated
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service import constants as c
 from service.errors import ConfigError
@@ -34,6 +39,17 @@ class Settings(BaseSettings):
     ezq_sweep_stale_after: float = Field(default=c.SWEEP_STALE_AFTER_S, gt=0)
     ezq_api_tokens: SecretStr | None = None
     ezq_log_level: str = "INFO"
+
+    # Webhooks: comma-separated whsec_ secrets (all sign, for rotation) and CIDRs that the
+    # address policy lets through although they are loopback, private or link-local.
+    webhook_secret: SecretStr | None = None
+    webhook_allowed_networks: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = ()
+    ezq_webhook_timeout: float = Field(default=c.WEBHOOK_TIMEOUT_S, gt=0)
+    ezq_webhook_max_attempts: int = Field(default=c.WEBHOOK_MAX_ATTEMPTS, ge=1, le=100)
+    ezq_webhook_retry_schedule: Annotated[tuple[float, ...], NoDecode] = c.WEBHOOK_RETRY_SCHEDULE_S
+    ezq_webhook_max_response_bytes: int = Field(
+        default=c.WEBHOOK_MAX_RESPONSE_BYTES, ge=0, le=1_000_000
+    )
 
     @field_validator("ezrouter_base_url")
     @classmethod
@@ -66,6 +82,53 @@ class Settings(BaseSettings):
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
 
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secrets(cls, value: SecretStr | None) -> SecretStr | None:
+        # Never echo a secret back: errors name its position in the list, not its value.
+        parts = [p.strip() for p in (value.get_secret_value() if value else "").split(",")]
+        parts = [p for p in parts if p]
+        if not parts:
+            return None
+        for number, part in enumerate(parts, start=1):
+            problem = _webhook_secret_problem(part)
+            if problem:
+                raise ValueError(f"secret {number} of {len(parts)} {problem}")
+        return SecretStr(",".join(parts))
+
+    @field_validator("webhook_allowed_networks", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        networks = []
+        for part in (p.strip() for p in value.split(",")):
+            if part:
+                try:
+                    networks.append(ip_network(part))
+                except ValueError as exc:
+                    raise ValueError(str(exc)) from None
+        return tuple(networks)
+
+    @field_validator("ezq_webhook_retry_schedule", mode="before")
+    @classmethod
+    def _split_schedule(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        try:
+            return tuple(float(p) for p in value.split(",") if p.strip())
+        except ValueError:
+            raise ValueError("must be comma-separated seconds, e.g. 5,300,1800") from None
+
+    @field_validator("ezq_webhook_retry_schedule")
+    @classmethod
+    def _schedule(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value:
+            raise ValueError("must hold at least one delay")
+        if any(not math.isfinite(v) or v < 0 for v in value):
+            raise ValueError("delays must be finite and not negative")
+        return value
+
     @property
     def result_backend(self) -> str:
         return self.celery_result_backend or self.celery_broker_url
@@ -91,6 +154,30 @@ class Settings(BaseSettings):
         if self.ezrouter_api_key is None or not self.ezrouter_api_key.get_secret_value():
             raise ConfigError("EZROUTER_API_KEY: not set; the worker needs it to call ezrouter")
         return self.ezrouter_api_key.get_secret_value()
+
+    def webhook_signing_secrets(self) -> tuple[str, ...]:
+        """The configured ``whsec_`` secrets, in order; empty when webhooks are off."""
+        if self.webhook_secret is None:
+            return ()
+        return tuple(self.webhook_secret.get_secret_value().split(","))
+
+    @property
+    def webhook_lease_seconds(self) -> float:
+        return self.ezq_webhook_timeout + c.WEBHOOK_LEASE_MARGIN_S
+
+
+def _webhook_secret_problem(secret: str) -> str | None:
+    prefix = "whsec_"
+    if not secret.startswith(prefix):
+        return f"must start with {prefix!r}"
+    body = secret[len(prefix) :]
+    try:
+        key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return f"is not base64 after {prefix!r}"
+    if len(key) < c.WEBHOOK_SECRET_MIN_BYTES:
+        return f"decodes to {len(key)} bytes; at least {c.WEBHOOK_SECRET_MIN_BYTES} are needed"
+    return None
 
 
 def _describe(error: ValidationError) -> str:

@@ -55,3 +55,25 @@ MAX_STORED_ERROR_CHARS: Final = 2_000
 # The sweep republishes queued jobs that have not started after this long, and running
 # jobs whose lease has expired.
 SWEEP_STALE_AFTER_S: Final = 600.0
+
+# Webhooks. The retry schedule follows the Standard Webhooks recommendation: at once, then
+# 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (eight attempts over about a day and a half).
+WEBHOOK_TIMEOUT_S: Final = 15.0
+WEBHOOK_RETRY_SCHEDULE_S: Final = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+WEBHOOK_MAX_ATTEMPTS: Final = 8
+WEBHOOK_RETRY_JITTER: Final = 0.2  # each delay is scaled by a random factor in [0.8, 1.2]
+WEBHOOK_RETRY_AFTER_MAX_S: Final = 36000.0  # a receiver's Retry-After is honoured up to this
+WEBHOOK_MAX_RESPONSE_BYTES: Final = 4_096  # of the receiver's answer, read and kept as error
+WEBHOOK_MAX_URL_LENGTH: Final = 2_048
+WEBHOOK_SECRET_MIN_BYTES: Final = 24  # Standard Webhooks: 24 to 64 random bytes
+# Retries due within this long are published with a countdown; later ones wait in the
+# database for the sweep, because ETA messages sit in worker memory and the broker
+# redelivers them only after its visibility timeout.
+WEBHOOK_COUNTDOWN_MAX_S: Final = 300.0
+# A delivery's message runs this much early at most (clock skew between worker and database).
+WEBHOOK_EARLY_S: Final = 1.0
+# The sweep republishes a due delivery once its last message is this overdue.
+WEBHOOK_SWEEP_GRACE_S: Final = 120.0
+WEBHOOK_SWEEP_BATCH: Final = 500
+# A claimed delivery is owned for the attempt deadline plus this margin.
+WEBHOOK_LEASE_MARGIN_S: Final = 30.0

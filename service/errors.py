@@ -58,6 +58,31 @@ class IdempotencyConflict(EzqCallerError):
         )
 
 
+class PriceConflict(EzqCallerError):
+    """The model already has a different price from that instant; prices are never edited."""
+
+    def __init__(self, model: str, effective_from: object, price_id: int | None) -> None:
+        self.model = model
+        self.effective_from = effective_from
+        self.price_id = price_id
+        which = f" (price {price_id})" if price_id is not None else ""
+        super().__init__(
+            f"{model} already has a different price from {effective_from}{which}; "
+            "prices are versioned, not edited: give the new one a later start"
+        )
+
+
+class InvalidPriceFile(EzqCallerError):
+    """A line of a price file is wrong; nothing was imported."""
+
+    def __init__(self, path: str, line: int, column: str, reason: str) -> None:
+        self.path = path
+        self.line = line
+        self.column = column
+        self.reason = reason
+        super().__init__(f"{path}, line {line}, column {column}: {reason}; nothing was imported")
+
+
 class GatewayError(EzqError):
     """A gateway call failed.
 
@@ -125,3 +150,17 @@ class PermanentGatewayError(GatewayError):
     """Any 4xx (429 included): retrying the same request cannot help."""
 
     error_type = "client_error"
+
+
+class WebhookTargetRefused(EzqError):
+    """The callback's address is one ezq must not connect to (loopback, private, ...).
+
+    Raised before any connection is opened; the delivery fails and is not retried.
+    """
+
+    def __init__(self, host: str, address: str, reason: str) -> None:
+        self.host = host
+        self.address = address
+        self.reason = reason
+        shown = f"{address} is" if host == address else f"{host} resolves to {address},"
+        super().__init__(f"refused: {shown} {reason}")

@@ -58,8 +58,15 @@ def known_secrets() -> list[str]:
     return secrets
 
 
+# HTTP client libraries log every request URL at INFO; callback URLs may carry tokens in
+# their query strings, so they only speak up for warnings.
+_QUIET_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2")
+
+
 def install_redaction(loggers: Iterable[logging.Logger] = ()) -> RedactSecrets:
     """Attach the redaction filter to every handler of the root logger and ``loggers``."""
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     redactor = RedactSecrets(known_secrets())
     for logger in (logging.getLogger(), *loggers):
         for handler in logger.handlers:

@@ -20,7 +20,9 @@ from pydantic import (
 )
 
 from service import constants as c
+from service.config import get_settings
 from service.errors import InvalidRequest
+from service.webhooks.urls import check_callback_url
 
 Role = Literal["system", "user", "assistant", "tool"]
 Number = Annotated[float, Field(strict=False)]
@@ -263,7 +265,12 @@ def validate_request(
 
 
 def _callback_url(value: object) -> str | None:
-    # Webhook URLs get their own checks once webhooks exist; until then none is accepted.
+    # Syntax only: the address is checked at delivery, on the address actually connected to.
     if value is None:
         return None
-    raise InvalidRequest("callback_url", "webhooks are not enabled in this version")
+    url = check_callback_url(value)
+    if not get_settings().webhook_signing_secrets():
+        raise InvalidRequest(
+            "callback_url", "WEBHOOK_SECRET is not set, and ezq never sends unsigned webhooks"
+        )
+    return url

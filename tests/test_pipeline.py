@@ -69,6 +69,12 @@ def test_success_stores_reply_history_and_usage(fake_gateway: Any) -> None:
         c=job["conversation_id"],
     )
     assert history == [(1, "user", "hello there"), (2, "assistant", "echo[1]: hello there")]
+    absent = sql(
+        "SELECT count(*) FROM messages m JOIN token_usage u USING (conversation_id)"
+        " WHERE m.conversation_id = :c AND m.tool_calls IS NULL AND u.usage_issues IS NULL",
+        c=job["conversation_id"],
+    )
+    assert absent == [(2,)], "absent JSON values are SQL NULL, not the JSON value null"
     assert attempts_of(job_id) == [(1, 200, None, None, sent.request_id)]
     timing = sql(
         "SELECT started_at <= first_token_at AND first_token_at <= finished_at FROM jobs"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
@@ -15,6 +16,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Numeric,
     Text,
     func,
     text,
@@ -33,6 +35,28 @@ NAMING_CONVENTION = {
 ROLES = ("system", "user", "assistant", "tool")
 JOB_STATUSES = ("queued", "running", "retrying", "succeeded", "failed", "cancelled")
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+# Money is exact: prices per million tokens to 1e-10 USD, and a cost keeps every digit of
+# tokens x price / 1e6 (scale 10 + 6).
+PRICE = Numeric(20, 10)
+COST_USD = Numeric(32, 16)
+# created_at too: the planner reads a column from an index only when the column itself,
+# not just an expression over it, is in the index.
+USAGE_INDEX_INCLUDE = (
+    "created_at",
+    "prompt_tokens",
+    "cached_tokens",
+    "uncached_prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cost_usd",
+)
+WEBHOOK_EVENT_TYPES = ("job.succeeded", "job.failed", "job.cancelled")
+WEBHOOK_STATUSES = ("pending", "delivered", "failed")
+
+
+# A Python None in these columns means "absent": store SQL NULL, not the JSON value null,
+# so that ``IS NULL`` in people's SQL means what it says.
+NULLABLE_JSONB = JSONB(none_as_null=True)
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -77,7 +101,7 @@ class Message(Base):
     role: Mapped[str]
     content: Mapped[str | None]
     name: Mapped[str | None]
-    tool_calls: Mapped[list[Any] | None] = mapped_column(JSONB)
+    tool_calls: Mapped[list[Any] | None] = mapped_column(NULLABLE_JSONB)
     tool_call_id: Mapped[str | None]
     job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = _now()
@@ -107,6 +131,8 @@ class Job(Base):
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", server_default=text("'{}'::jsonb"))
     idempotency_key: Mapped[str | None]
     request_hash: Mapped[str]
+    # Where the job's webhook goes when it ends (checked at enqueue; see service/webhooks).
+    callback_url: Mapped[str | None]
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     error_type: Mapped[str | None]
     error_status: Mapped[int | None] = mapped_column(Integer)
@@ -179,8 +205,12 @@ class TokenUsage(Base):
     total_tokens: Mapped[int] = mapped_column(Integer)
     # The gateway's usage object exactly as received, and what did not add up in it.
     raw_usage: Mapped[dict[str, Any]]
-    usage_issues: Mapped[list[Any] | None] = mapped_column(JSONB)
+    usage_issues: Mapped[list[Any] | None] = mapped_column(NULLABLE_JSONB)
     created_at: Mapped[datetime] = _now()
+    # Priced once, when written, from the price in effect, so a later price never changes
+    # it. NULL (never 0) when the model had no price: see ``ezq prices recompute``.
+    cost_usd: Mapped[Decimal | None] = mapped_column(COST_USD)
+    price_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("model_prices.id"))
 
     __table_args__ = (
         Index(None, "job_id", unique=True),
@@ -189,4 +219,101 @@ class TokenUsage(Base):
         Index(None, "tenant", "created_at"),
         Index(None, "conversation_id"),
         Index("ix_token_usage_metadata", "metadata", postgresql_using="gin"),
+        # Serves the usage views and ``ezq usage`` (which filter and group by the UTC day)
+        # from the index alone, without reading the wide rows.
+        Index(
+            "ix_token_usage_utc_day",
+            text("((created_at AT TIME ZONE 'UTC')::date)"),
+            "tenant",
+            "model",
+            postgresql_include=list(USAGE_INDEX_INCLUDE),
+        ),
+        Index("ix_token_usage_unpriced", "created_at", postgresql_where=text("cost_usd IS NULL")),
+    )
+
+
+class ModelPrice(Base):
+    """A model's price per million tokens from ``effective_from`` on; rows are never edited."""
+
+    __tablename__ = "model_prices"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    model: Mapped[str]
+    effective_from: Mapped[datetime] = mapped_column(server_default=func.now())
+    input_per_mtok: Mapped[Decimal] = mapped_column(PRICE)
+    cached_input_per_mtok: Mapped[Decimal] = mapped_column(PRICE)
+    output_per_mtok: Mapped[Decimal] = mapped_column(PRICE)
+    currency: Mapped[str] = mapped_column(server_default="USD")
+    created_at: Mapped[datetime] = _now()
+
+    __table_args__ = (
+        CheckConstraint("input_per_mtok >= 0", name="input_per_mtok"),
+        CheckConstraint("cached_input_per_mtok >= 0", name="cached_input_per_mtok"),
+        CheckConstraint("output_per_mtok >= 0", name="output_per_mtok"),
+        CheckConstraint("currency = 'USD'", name="currency"),
+        Index(None, "model", "effective_from", unique=True),
+    )
+
+
+class WebhookDelivery(Base):
+    """One event for one job: the outbox row, written with the job's final status."""
+
+    __tablename__ = "webhook_deliveries"
+
+    # Sent as the ``webhook-id`` header: the same on every attempt, so receivers dedupe.
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    event_type: Mapped[str]
+    url: Mapped[str]
+    # The exact JSON text that is signed and sent, so every attempt sends the same bytes.
+    payload: Mapped[str]
+    status: Mapped[str] = mapped_column(server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    # Attempts since the delivery was created or last redelivered; the retry schedule and
+    # the attempt limit count these.
+    round_attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    next_attempt_at: Mapped[datetime | None]
+    # When the last task message for this delivery was due to run; the sweep republishes a
+    # due delivery only once that is well past (the message was lost).
+    dispatched_at: Mapped[datetime | None]
+    lease_expires_at: Mapped[datetime | None]
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None]
+    created_at: Mapped[datetime] = _now()
+    delivered_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        CheckConstraint(_in("status", WEBHOOK_STATUSES), name="status"),
+        CheckConstraint(_in("event_type", WEBHOOK_EVENT_TYPES), name="event_type"),
+        CheckConstraint("attempts >= 0 AND round_attempts >= 0", name="attempts"),
+        Index(None, "job_id", "event_type", unique=True),
+        Index(None, "status", "created_at"),
+        Index(None, "created_at"),
+        Index(
+            "ix_webhook_deliveries_due",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
+    )
+
+
+class WebhookAttempt(Base):
+    """One HTTP attempt of a delivery (or one refusal by the address policy)."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    delivery_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE")
+    )
+    attempt: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = _now()
+    finished_at: Mapped[datetime | None]
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None]
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+
+    __table_args__ = (
+        Index(None, "delivery_id", "attempt", unique=True),
+        Index(None, "started_at"),
     )

@@ -29,7 +29,9 @@ from service.errors import (
     JobNotFound,
 )
 from service.tokens import TokenCounts
+from service.usage.costs import insert_priced_usage
 from service.validation import CompletionRequest
+from service.webhooks import outbox as webhook_outbox
 
 # --- creating jobs -------------------------------------------------------------------
 
@@ -94,6 +96,7 @@ def create_job(
         "meta": request.metadata,
         "idempotency_key": request.idempotency_key,
         "request_hash": request.fingerprint(),
+        "callback_url": request.callback_url,
     }
     stmt = insert(Job).values(**values).on_conflict_do_nothing().returning(Job.id)
     new_id = session.execute(stmt).scalar_one_or_none()
@@ -252,6 +255,13 @@ def _finish_attempt(
     )
 
 
+def _add_webhook(session: Session, job: Job) -> None:
+    # The outbox: the event is written in the transaction that ends the job, so a worker
+    # that dies after this commit cannot lose it (the sweep publishes it).
+    if job.callback_url is not None:
+        webhook_outbox.add_for_job(session, job, job_view(session, job.id))
+
+
 def record_success(
     session: Session,
     claimed: Claimed,
@@ -289,24 +299,21 @@ def record_success(
         ],
     )
     if tokens is not None and completion.usage is not None:
-        session.execute(
-            insert(TokenUsage)
-            .values(
-                job_id=job.id,
-                conversation_id=job.conversation_id,
-                model=job.model,
-                tenant=job.tenant,
-                meta=job.meta,
-                prompt_tokens=tokens.prompt_tokens,
-                cached_tokens=tokens.cached_tokens,
-                uncached_prompt_tokens=tokens.uncached_prompt_tokens,
-                completion_tokens=tokens.completion_tokens,
-                reasoning_tokens=tokens.reasoning_tokens,
-                total_tokens=tokens.total_tokens,
-                raw_usage=completion.usage,
-                usage_issues=tokens.issues or None,
-            )
-            .on_conflict_do_nothing(index_elements=["job_id"])
+        insert_priced_usage(
+            session,
+            job_id=job.id,
+            conversation_id=job.conversation_id,
+            model=job.model,
+            tenant=job.tenant,
+            meta=job.meta,
+            prompt_tokens=tokens.prompt_tokens,
+            cached_tokens=tokens.cached_tokens,
+            uncached_prompt_tokens=tokens.uncached_prompt_tokens,
+            completion_tokens=tokens.completion_tokens,
+            reasoning_tokens=tokens.reasoning_tokens,
+            total_tokens=tokens.total_tokens,
+            raw_usage=completion.usage,
+            usage_issues=tokens.issues or None,
         )
     job.status = "succeeded"
     job.finish_reason = completion.finish_reason
@@ -324,6 +331,7 @@ def record_success(
             "gateway_request_id": completion.request_id,
         },
     )
+    _add_webhook(session, job)
     return job
 
 
@@ -365,6 +373,7 @@ def record_failure(
     if final:
         job.status = "failed"
         job.finished_at = session.execute(select(func.now())).scalar_one()
+        _add_webhook(session, job)
     else:
         job.status = "retrying"
         job.dispatched_at = session.execute(

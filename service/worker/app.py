@@ -41,7 +41,7 @@ def celery_config() -> dict[str, Any]:
     }
 
 
-app = Celery("ezq", include=["service.worker.tasks"])
+app = Celery("ezq", include=["service.worker.tasks", "service.webhooks.tasks"])
 app.add_defaults(celery_config)
 
 

@@ -17,8 +17,11 @@ from service.db.session import transaction
 from service.errors import GatewayError
 from service.gateway.retry import backoff_seconds
 from service.tokens import normalise_usage
+from service.webhooks import outbox as webhook_outbox
 
 log = logging.getLogger(__name__)
+
+PublishWebhooks = Callable[[list[uuid.UUID]], None]
 
 
 class Gateway(Protocol):
@@ -79,6 +82,7 @@ def run_job(
     publish: Callable[[uuid.UUID], None],
     deliveries: int = 0,
     rng: random.Random | None = None,
+    publish_webhooks: PublishWebhooks | None = None,
 ) -> Outcome:
     """Take the job through one attempt and say what should happen next.
 
@@ -105,7 +109,15 @@ def run_job(
     try:
         completion = gateway.complete(claim.model, claim.messages, claim.params)
     except GatewayError as error:
-        return _failed_attempt(claim, error, settings=settings, publish=publish, jlog=jlog, rng=rng)
+        return _failed_attempt(
+            claim,
+            error,
+            settings=settings,
+            publish=publish,
+            jlog=jlog,
+            rng=rng,
+            publish_webhooks=publish_webhooks,
+        )
 
     tokens = normalise_usage(completion.usage) if completion.usage is not None else None
     if completion.usage is None:
@@ -116,6 +128,8 @@ def run_job(
         job = queries.record_success(session, claim, completion, tokens)
         view = queries.job_view(session, job_id)
         waiting = queries.next_waiting_job(session, claim.conversation_id)
+        has_webhook = job is not None and job.callback_url is not None
+        webhooks = webhook_outbox.pending_ids_for_job(session, job_id) if has_webhook else []
     if job is None:
         jlog.warning("lost the job before recording the reply; reply discarded")
     else:
@@ -125,6 +139,7 @@ def run_job(
             completion.request_id,
         )
     _publish_next(waiting, publish)
+    _publish_webhooks(webhooks, publish_webhooks)
     return Finished(view)
 
 
@@ -136,6 +151,7 @@ def _failed_attempt(
     publish: Callable[[uuid.UUID], None],
     jlog: JobLog,
     rng: random.Random | None,
+    publish_webhooks: PublishWebhooks | None,
 ) -> Outcome:
     final = not error.retryable or claim.attempt >= settings.ezq_max_attempts
     countdown = backoff_seconds(
@@ -148,6 +164,8 @@ def _failed_attempt(
         job = queries.record_failure(session, claim, error, final=final, retry_in_s=countdown)
         view = queries.job_view(session, claim.job_id)
         waiting = queries.next_waiting_job(session, claim.conversation_id) if final else None
+        ended = final and job is not None and job.callback_url is not None
+        webhooks = webhook_outbox.pending_ids_for_job(session, claim.job_id) if ended else []
     if job is None:
         jlog.warning("lost the job before recording the failure")
         return (
@@ -160,6 +178,7 @@ def _failed_attempt(
             "failed (%s, request_id=%s): %s", error.error_type, error.request_id, error.describe()
         )
         _publish_next(waiting, publish)
+        _publish_webhooks(webhooks, publish_webhooks)
         return Finished(view)
     jlog.warning(
         "attempt failed (%s, request_id=%s), retrying in %.1fs: %s",
@@ -169,6 +188,12 @@ def _failed_attempt(
         error.describe(),
     )
     return RunAgainLater(countdown, error.error_type)
+
+
+def _publish_webhooks(delivery_ids: list[uuid.UUID], publish: PublishWebhooks | None) -> None:
+    # After the commit that wrote them; if this process dies first, the sweep sends them.
+    if delivery_ids and publish is not None:
+        publish(delivery_ids)
 
 
 def _publish_next(job_id: uuid.UUID | None, publish: Callable[[uuid.UUID], None]) -> None:

@@ -20,6 +20,7 @@ from service.errors import EzqCallerError
 from service.gateway import GatewayClient
 from service.logsetup import install_redaction
 from service.validation import validate_request
+from service.webhooks.tasks import publish_deliveries, republish_due_deliveries
 from service.worker.app import app, publish_job
 from service.worker.runner import Finished, LeftAlone, RunAgainLater, run_job
 
@@ -118,6 +119,7 @@ def chat_completion(
             settings=get_settings(),
             publish=publish_job,
             deliveries=self.request.retries,
+            publish_webhooks=publish_deliveries,
         )
     except OperationalError as exc:
         # The database is unreachable: nothing was decided, so deliver again later.
@@ -136,7 +138,7 @@ def chat_completion(
 
 @app.task(name=c.TASK_SWEEP)
 def sweep() -> dict[str, int]:
-    """Republish jobs that should be moving but have no message in flight."""
+    """Republish jobs and webhook deliveries that should be moving but have no message."""
     with transaction() as session:
         stale = queries.redispatch_stale_jobs(
             session, older_than_s=get_settings().ezq_sweep_stale_after
@@ -145,4 +147,4 @@ def sweep() -> dict[str, int]:
         publish_job(job_id)
     if stale:
         log.info("sweep republished %d stale jobs", len(stale))
-    return {"jobs": len(stale)}
+    return {"jobs": len(stale), "webhooks": republish_due_deliveries()}
