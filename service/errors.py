@@ -152,6 +152,12 @@ class PermanentGatewayError(GatewayError):
     error_type = "client_error"
 
 
+class InternalError(PermanentGatewayError):
+    """ezq itself failed while running the call (a bug); the job fails, visibly."""
+
+    error_type = "internal_error"
+
+
 class WebhookTargetRefused(EzqError):
     """The callback's address is one ezq must not connect to (loopback, private, ...).
 

@@ -175,8 +175,14 @@ def _history(session: Session, conversation_id: uuid.UUID) -> list[dict[str, Any
     return history
 
 
-def claim_job(session: Session, job_id: uuid.UUID, *, lease_seconds: float) -> ClaimOutcome:
-    """Take the job for one attempt, if it is its turn and nobody else holds it."""
+def claim_job(
+    session: Session, job_id: uuid.UUID, *, lease_seconds: float, max_attempts: int
+) -> ClaimOutcome:
+    """Take the job for one attempt, if it is its turn and nobody else holds it.
+
+    A job whose lease expired (its worker died) is taken over; if that was its last
+    attempt it ends ``failed`` instead, so a job that kills its worker cannot loop.
+    """
     job = session.get(Job, job_id, with_for_update=True)
     if job is None:
         raise JobNotFound(job_id)
@@ -206,6 +212,7 @@ def claim_job(session: Session, job_id: uuid.UUID, *, lease_seconds: float) -> C
         return WaitForTurn(job.id, blocker)
     if job.status == "running":
         # The previous holder's lease ran out: its worker died mid-attempt.
+        lost = "the worker running this attempt was lost before it finished"
         session.execute(
             update(JobAttempt)
             .where(
@@ -213,13 +220,15 @@ def claim_job(session: Session, job_id: uuid.UUID, *, lease_seconds: float) -> C
                 JobAttempt.attempt == job.attempts,
                 JobAttempt.finished_at.is_(None),
             )
-            .values(
-                finished_at=now,
-                error_type="worker_lost",
-                error="lease expired before the attempt finished",
-                retryable=True,
-            )
+            .values(finished_at=now, error_type="worker_lost", error=lost, retryable=True)
         )
+        if job.attempts >= max_attempts:
+            job.status = "failed"
+            job.error_type, job.error_status, job.error = "worker_lost", None, lost
+            job.finished_at = now
+            job.lease_expires_at = None
+            _add_webhook(session, job)
+            return AlreadyFinished(job.id, job.status)
     job.attempts += 1
     job.status = "running"
     job.started_at = job.started_at or now

@@ -14,7 +14,7 @@ from service.completion import Completion
 from service.config import Settings
 from service.db import queries
 from service.db.session import transaction
-from service.errors import GatewayError
+from service.errors import GatewayError, InternalError
 from service.gateway.retry import backoff_seconds
 from service.tokens import normalise_usage
 from service.webhooks import outbox as webhook_outbox
@@ -91,7 +91,12 @@ def run_job(
     lease is still ours, so a duplicate delivery cannot store a second reply.
     """
     with transaction() as session:
-        claim = queries.claim_job(session, job_id, lease_seconds=settings.lease_seconds)
+        claim = queries.claim_job(
+            session,
+            job_id,
+            lease_seconds=settings.lease_seconds,
+            max_attempts=settings.ezq_max_attempts,
+        )
         if isinstance(claim, queries.AlreadyFinished):
             return Finished(queries.job_view(session, job_id))
     if isinstance(claim, queries.Busy):
@@ -108,7 +113,14 @@ def run_job(
     jlog.info("calling %s with %d messages", claim.model, len(claim.messages))
     try:
         completion = gateway.complete(claim.model, claim.messages, claim.params)
-    except GatewayError as error:
+    except Exception as caught:
+        if isinstance(caught, GatewayError):
+            error: GatewayError = caught
+        else:
+            # A bug on our side, not the gateway's: fail the job visibly rather than leave
+            # it running, to be taken over and crash again.
+            jlog.exception("unexpected error while calling the gateway")
+            error = InternalError(f"{type(caught).__name__}: {caught}")
         return _failed_attempt(
             claim,
             error,
