@@ -231,3 +231,35 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def places_holding(secret: str) -> list[str]:
+    """Every table of the test database and every Redis key whose contents hold ``secret``."""
+    import redis as redis_lib
+
+    found = []
+    for (table,) in sql(
+        "SELECT quote_ident(table_name) FROM information_schema.tables"
+        " WHERE table_schema = 'public' AND table_type = 'BASE TABLE'"
+    ):
+        rows = sql(f"SELECT count(*) FROM {table} t WHERE t::text LIKE :k", k=f"%{secret}%")
+        if rows != [(0,)]:
+            found.append(f"table {table}")
+    client = redis_lib.Redis.from_url(REDIS_URL)
+    needle = secret.encode()
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key)
+        values: list[bytes] = []
+        if kind == b"string":
+            values = [client.get(key) or b""]
+        elif kind == b"list":
+            values = client.lrange(key, 0, -1)
+        elif kind == b"hash":
+            values = list(client.hgetall(key).values())
+        elif kind == b"zset":
+            values = [member for member, _ in client.zscan_iter(key)]
+        elif kind == b"set":
+            values = list(client.sscan_iter(key))
+        if any(needle in v for v in values):
+            found.append(f"redis {key!r}")
+    return found
