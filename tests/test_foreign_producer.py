@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
 from celery import Celery
 
+from service import get_job
 from tests.conftest import REDIS_URL, sql, wait_for_job
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -55,6 +57,19 @@ def test_send_task_runs_and_returns_the_json_result(
     assert sql("SELECT tenant, metadata FROM jobs WHERE id = :j", j=result.id) == [
         ("billing", {"feature": "invoices"})
     ]
+    assert same_view(value, get_job(result.id)), "the task returns the job as stored"
+
+
+def same_view(returned: dict[str, Any], stored: dict[str, Any]) -> bool:
+    """Equal views: every field alike, timestamps as the same instants."""
+    stamps = [k for k in stored if k.endswith("_at")]
+    as_instants = all(
+        (returned[k] is None and stored[k] is None)
+        or datetime.fromisoformat(returned[k]) == datetime.fromisoformat(stored[k])
+        for k in stamps
+    )
+    rest = {k: v for k, v in returned.items() if k not in stamps}
+    return as_instants and rest == {k: v for k, v in stored.items() if k not in stamps}
 
 
 def test_send_task_with_its_own_job_id_and_a_second_turn(

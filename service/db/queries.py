@@ -183,12 +183,12 @@ def claim_job(
     A job whose lease expired (its worker died) is taken over; if that was its last
     attempt it ends ``failed`` instead, so a job that kills its worker cannot loop.
     """
-    job = session.get(Job, job_id, with_for_update=True)
-    if job is None:
+    locked = _lock_job(session, job_id)
+    if locked is None:
         raise JobNotFound(job_id)
+    job, now = locked
     if job.status in TERMINAL_STATUSES:
         return AlreadyFinished(job.id, job.status)
-    now = session.execute(select(func.now())).scalar_one()
     if job.status == "running" and job.lease_expires_at and job.lease_expires_at > now:
         return Busy(job.id)
     # One turn at a time per conversation: lock the conversation row so that two workers
@@ -246,12 +246,23 @@ def claim_job(
     )
 
 
-def _owned(session: Session, job_id: uuid.UUID, attempt: int) -> Job | None:
-    """The job, locked, if this attempt still owns it; None after a takeover or finish."""
-    job = session.get(Job, job_id, with_for_update=True)
-    if job is None or job.status != "running" or job.attempts != attempt:
+def _lock_job(session: Session, job_id: uuid.UUID) -> tuple[Job, datetime] | None:
+    """The job, locked for update, and the database's clock, in one round trip."""
+    row = session.execute(
+        select(Job, func.now()).where(Job.id == job_id).with_for_update(of=Job)
+    ).first()
+    return (row[0], row[1]) if row is not None else None
+
+
+def _owned(session: Session, job_id: uuid.UUID, attempt: int) -> tuple[Job, datetime] | None:
+    """The job, locked, and the clock, if this attempt still owns it; else None."""
+    locked = _lock_job(session, job_id)
+    if locked is None:
         return None
-    return job
+    job, now = locked
+    if job.status != "running" or job.attempts != attempt:
+        return None
+    return job, now
 
 
 def _finish_attempt(
@@ -282,9 +293,10 @@ def record_success(
     The job's own messages join the history together with its reply, so a failed turn
     leaves the history untouched and concurrent turns never interleave.
     """
-    job = _owned(session, claimed.job_id, claimed.attempt)
-    if job is None:
+    owned = _owned(session, claimed.job_id, claimed.attempt)
+    if owned is None:
         return None
+    job, now = owned
     next_seq = session.execute(
         select(func.coalesce(func.max(Message.seq), 0)).where(
             Message.conversation_id == job.conversation_id
@@ -327,7 +339,7 @@ def record_success(
     job.status = "succeeded"
     job.finish_reason = completion.finish_reason
     job.first_token_at = completion.first_token_at
-    job.finished_at = session.execute(select(func.now())).scalar_one()
+    job.finished_at = now
     job.lease_expires_at = None
     job.error_type = job.error_status = job.error = None
     _finish_attempt(
@@ -359,9 +371,10 @@ def record_failure(
     retry_in_s: float = 0.0,
 ) -> Job | None:
     """Record a failed attempt; ``final`` ends the job, else it is retried in ``retry_in_s``."""
-    job = _owned(session, claimed.job_id, claimed.attempt)
-    if job is None:
+    owned = _owned(session, claimed.job_id, claimed.attempt)
+    if owned is None:
         return None
+    job, now = owned
     message = _clip(error.message)
     _finish_attempt(
         session,
@@ -381,13 +394,11 @@ def record_failure(
     job.lease_expires_at = None
     if final:
         job.status = "failed"
-        job.finished_at = session.execute(select(func.now())).scalar_one()
+        job.finished_at = now
         _add_webhook(session, job)
     else:
         job.status = "retrying"
-        job.dispatched_at = session.execute(
-            select(func.now() + timedelta(seconds=retry_in_s))
-        ).scalar_one()
+        job.dispatched_at = now + timedelta(seconds=retry_in_s)
     return job
 
 
@@ -409,26 +420,40 @@ def job_view(session: Session, job_id: uuid.UUID) -> dict[str, Any]:
         .order_by(Message.seq.desc())
         .limit(1)
     ).first()
-    usage = session.scalars(select(TokenUsage).where(TokenUsage.job_id == job.id)).first()
+    usage = session.execute(
+        select(
+            TokenUsage.prompt_tokens,
+            TokenUsage.completion_tokens,
+            TokenUsage.cached_tokens,
+            TokenUsage.total_tokens,
+        ).where(TokenUsage.job_id == job.id)
+    ).first()
+    return view_of(
+        job,
+        content=reply.content if reply else None,
+        tool_calls=reply.tool_calls if reply else None,
+        usage=usage._asdict() if usage else None,
+    )
+
+
+def view_of(
+    job: Job,
+    *,
+    content: str | None,
+    tool_calls: list[Any] | None,
+    usage: dict[str, int] | None,
+) -> dict[str, Any]:
+    """The JSON view of ``job`` given its reply and usage counts (see ``job_view``)."""
     return {
         "job_id": str(job.id),
         "conversation_id": str(job.conversation_id),
         "status": job.status,
         "model": job.model,
         "attempts": job.attempts,
-        "content": reply.content if reply else None,
-        "tool_calls": reply.tool_calls if reply else None,
+        "content": content,
+        "tool_calls": tool_calls,
         "finish_reason": job.finish_reason,
-        "usage": (
-            {
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-                "cached_tokens": usage.cached_tokens,
-                "total_tokens": usage.total_tokens,
-            }
-            if usage
-            else None
-        ),
+        "usage": usage,
         "error": (
             {"type": job.error_type, "status": job.error_status, "message": job.error}
             if job.error_type

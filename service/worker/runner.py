@@ -138,7 +138,14 @@ def run_job(
         jlog.warning("usage object does not add up: %s", "; ".join(tokens.issues))
     with transaction() as session:
         job = queries.record_success(session, claim, completion, tokens)
-        view = queries.job_view(session, job_id)
+        if job is None:
+            view = queries.job_view(session, job_id)
+        else:
+            # Built from what was just written rather than read back: two queries fewer.
+            usage = tokens.summary() if tokens is not None and completion.usage else None
+            view = queries.view_of(
+                job, content=completion.content, tool_calls=completion.tool_calls, usage=usage
+            )
         waiting = queries.next_waiting_job(session, claim.conversation_id)
         has_webhook = job is not None and job.callback_url is not None
         webhooks = webhook_outbox.pending_ids_for_job(session, job_id) if has_webhook else []
