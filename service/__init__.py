@@ -15,6 +15,8 @@ _EXPORTS = {
     "enqueue_completion": "service.producer",
     "get_job": "service.producer",
     "get_conversation": "service.producer",
+    "cancel_job": "service.producer",
+    "JobAlreadyFinished": "service.errors",
     "EzqError": "service.errors",
     "InvalidRequest": "service.errors",
     "ConversationNotFound": "service.errors",
@@ -27,7 +29,9 @@ __all__ = [
     "EzqError",
     "IdempotencyConflict",
     "InvalidRequest",
+    "JobAlreadyFinished",
     "JobNotFound",
+    "cancel_job",
     "enqueue_completion",
     "get_conversation",
     "get_job",
@@ -39,9 +43,10 @@ if TYPE_CHECKING:
         EzqError,
         IdempotencyConflict,
         InvalidRequest,
+        JobAlreadyFinished,
         JobNotFound,
     )
-    from service.producer import enqueue_completion, get_conversation, get_job
+    from service.producer import cancel_job, enqueue_completion, get_conversation, get_job
 
 
 def __getattr__(name: str) -> Any:

@@ -193,6 +193,15 @@ def show(job_id: str) -> None:
     _print_json(get_job(_uuid(job_id, "JOB_ID")))
 
 
+@cli.command("cancel")
+@click.argument("job_id")
+def cancel(job_id: str) -> None:
+    """Cancel a job that has not ended; print it as JSON."""
+    from service.producer import cancel_job
+
+    _print_json(cancel_job(_uuid(job_id, "JOB_ID")))
+
+
 @cli.command("conversation")
 @click.argument("conversation_id")
 def conversation(conversation_id: str) -> None:

@@ -47,6 +47,15 @@ class JobNotFound(EzqCallerError):
         super().__init__(f"no job {job_id}")
 
 
+class JobAlreadyFinished(EzqCallerError):
+    """The job has already ended, so it can no longer be cancelled."""
+
+    def __init__(self, job_id: object, status: str) -> None:
+        self.job_id = job_id
+        self.status = status
+        super().__init__(f"job {job_id} already ended ({status})")
+
+
 class IdempotencyConflict(EzqCallerError):
     """The idempotency key was already used for a different request."""
 

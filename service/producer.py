@@ -69,3 +69,31 @@ def get_conversation(conversation_id: uuid.UUID | str) -> dict[str, Any]:
     """The conversation's ordered messages and its jobs."""
     with transaction() as session:
         return queries.conversation_view(session, uuid.UUID(str(conversation_id)))
+
+
+def cancel_job(job_id: uuid.UUID | str) -> dict[str, Any]:
+    """Cancel a job that has not ended; return its view.
+
+    Raises ``JobNotFound``, or ``JobAlreadyFinished`` for a job that succeeded or failed.
+    A queued job never runs; a running attempt's reply is discarded. The next turn of the
+    conversation is woken, and a ``job.cancelled`` webhook goes out if one was asked for.
+    """
+    from service.webhooks import outbox as webhook_outbox
+    from service.webhooks.tasks import publish_deliveries
+    from service.worker.app import publish_job
+
+    the_id = uuid.UUID(str(job_id))
+    with transaction() as session:
+        job = queries.cancel_job(session, the_id)
+        view = queries.job_view(session, the_id)
+        deliveries = webhook_outbox.pending_ids_for_job(session, the_id) if job.callback_url else []
+        waiting = queries.next_waiting_job(session, job.conversation_id)
+    try:
+        if deliveries:
+            publish_deliveries(deliveries)
+        if waiting is not None:
+            publish_job(waiting)
+    except Exception:
+        # Committed already; the periodic sweep publishes whatever this could not.
+        log.exception("job %s cancelled, but a follow-up message could not be published", the_id)
+    return view

@@ -151,3 +151,31 @@ def test_api_refuses_to_start_without_tokens(service_env: dict[str, str]) -> Non
     )
     assert out.returncode == 2
     assert "EZQ_API_TOKENS" in out.stderr
+
+
+def test_cancel_over_http(api: httpx.Client) -> None:
+    """POST /v1/jobs/{id}/cancel cancels a job, twice is fine, an ended job is a 409."""
+    from sqlalchemy import text
+
+    from service.db import queries
+    from service.db.session import transaction
+    from service.validation import validate_request
+
+    with transaction() as session:
+        pending, _ = queries.create_job(session, validate_request(model="m", messages=USER))
+        ended, _ = queries.create_job(session, validate_request(model="m", messages=USER))
+        session.execute(text("UPDATE jobs SET status = 'failed' WHERE id = :j"), {"j": ended})
+
+    first = api.post(f"/v1/jobs/{pending}/cancel")
+    again = api.post(f"/v1/jobs/{pending}/cancel")
+    refused = api.post(f"/v1/jobs/{ended}/cancel")
+
+    assert (first.status_code, first.json()["status"]) == (200, "cancelled")
+    assert (again.status_code, again.json()["status"]) == (200, "cancelled")
+    assert refused.status_code == 409
+    assert refused.json()["error"] == {
+        "type": "job_already_finished",
+        "message": f"job {ended} already ended (failed)",
+        "status": "failed",
+    }
+    assert api.post(f"/v1/jobs/{uuid.uuid4()}/cancel").status_code == 404

@@ -19,6 +19,7 @@ from service.errors import (
     ConversationNotFound,
     IdempotencyConflict,
     InvalidRequest,
+    JobAlreadyFinished,
     JobNotFound,
 )
 
@@ -72,6 +73,10 @@ def create_app() -> FastAPI:
     def _no_job(_: Request, exc: JobNotFound) -> JSONResponse:
         return _error(404, "job_not_found", str(exc))
 
+    @app.exception_handler(JobAlreadyFinished)
+    def _finished(_: Request, exc: JobAlreadyFinished) -> JSONResponse:
+        return _error(409, "job_already_finished", str(exc), status=exc.status)
+
     @app.exception_handler(IdempotencyConflict)
     def _conflict(_: Request, exc: IdempotencyConflict) -> JSONResponse:
         return _error(409, "idempotency_conflict", str(exc), job_id=str(exc.job_id))
@@ -113,6 +118,13 @@ def create_app() -> FastAPI:
         from service.producer import get_job
 
         return get_job(_parse_uuid(job_id, "job"))
+
+    @app.post("/v1/jobs/{job_id}/cancel")
+    def cancel_job(job_id: str) -> dict[str, Any]:
+        """Cancel a job that has not ended; 409 if it already succeeded or failed."""
+        from service.producer import cancel_job
+
+        return cancel_job(_parse_uuid(job_id, "job"))
 
     @app.get("/v1/conversations/{conversation_id}")
     def read_conversation(conversation_id: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from service.errors import (
     GatewayError,
     IdempotencyConflict,
     InvalidRequest,
+    JobAlreadyFinished,
     JobNotFound,
 )
 from service.tokens import TokenCounts
@@ -399,6 +400,37 @@ def record_failure(
     else:
         job.status = "retrying"
         job.dispatched_at = now + timedelta(seconds=retry_in_s)
+    return job
+
+
+def cancel_job(session: Session, job_id: uuid.UUID) -> Job:
+    """End a job that has not ended yet as ``cancelled``; cancelling twice is a no-op.
+
+    A queued or retrying job never runs. A running attempt cannot be interrupted, but it no
+    longer owns the job, so its reply is discarded when it arrives.
+    """
+    locked = _lock_job(session, job_id)
+    if locked is None:
+        raise JobNotFound(job_id)
+    job, now = locked
+    if job.status == "cancelled":
+        return job
+    if job.status in TERMINAL_STATUSES:
+        raise JobAlreadyFinished(job.id, job.status)
+    if job.status == "running":
+        session.execute(
+            update(JobAttempt)
+            .where(
+                JobAttempt.job_id == job.id,
+                JobAttempt.attempt == job.attempts,
+                JobAttempt.finished_at.is_(None),
+            )
+            .values(finished_at=now, error_type="cancelled", error="the job was cancelled")
+        )
+    job.status = "cancelled"
+    job.finished_at = now
+    job.lease_expires_at = None
+    _add_webhook(session, job)
     return job
 
 

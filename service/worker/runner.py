@@ -150,7 +150,7 @@ def run_job(
         has_webhook = job is not None and job.callback_url is not None
         webhooks = webhook_outbox.pending_ids_for_job(session, job_id) if has_webhook else []
     if job is None:
-        jlog.warning("lost the job before recording the reply; reply discarded")
+        jlog.warning("the job is no longer ours (cancelled or taken over); reply discarded")
     else:
         jlog.info(
             "succeeded: finish_reason=%s request_id=%s",
@@ -186,7 +186,7 @@ def _failed_attempt(
         ended = final and job is not None and job.callback_url is not None
         webhooks = webhook_outbox.pending_ids_for_job(session, claim.job_id) if ended else []
     if job is None:
-        jlog.warning("lost the job before recording the failure")
+        jlog.warning("the job is no longer ours (cancelled or taken over); failure not recorded")
         return (
             Finished(view)
             if view["status"] in ("succeeded", "failed", "cancelled")
