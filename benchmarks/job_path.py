@@ -53,8 +53,12 @@ def main() -> None:
 
     name = f"ezq_bench_{secrets.token_hex(4)}"
     url = ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
-    subprocess.run([sys.executable, "-m", "service", "db", "upgrade"], check=True,
-                   env={**os.environ, "DATABASE_URL": url}, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "service", "db", "upgrade"],
+        check=True,
+        env={**os.environ, "DATABASE_URL": url},
+        capture_output=True,
+    )
     os.environ.update(DATABASE_URL=url, EZROUTER_API_KEY="sk-bench")
     try:
         from service.config import get_settings
@@ -73,7 +77,9 @@ def main() -> None:
         event.listen(get_engine(), "before_cursor_execute", count)
         ids = []
         for i in range(args.jobs + 30):
-            request = validate_request(model="glm-5.1", messages=[{"role": "user", "content": f"job {i}"}])
+            request = validate_request(
+                model="glm-5.1", messages=[{"role": "user", "content": f"job {i}"}]
+            )
             with transaction() as session:
                 ids.append(queries.create_job(session, request)[0])
         gateway = InstantGateway()
@@ -86,13 +92,17 @@ def main() -> None:
             run_job(job_id, gateway=gateway, settings=settings, publish=lambda _: None)
             times.append(time.perf_counter() - start)
         print(f"\nPer-job database path, {args.jobs} jobs (gateway call excluded)")
-        print(f"  median {statistics.median(times) * 1e3:.2f} ms   p95 "
-              f"{sorted(times)[int(len(times) * 0.95)] * 1e3:.2f} ms   "
-              f"{statements / args.jobs:.1f} SQL statements per job")
+        print(
+            f"  median {statistics.median(times) * 1e3:.2f} ms   p95 "
+            f"{sorted(times)[int(len(times) * 0.95)] * 1e3:.2f} ms   "
+            f"{statements / args.jobs:.1f} SQL statements per job"
+        )
         dispose_engines()
     finally:
         with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+            )
             conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
 
 

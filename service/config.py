@@ -135,7 +135,14 @@ class Settings(BaseSettings):
 
     @property
     def lease_seconds(self) -> float:
-        return self.ezq_gateway_attempt_deadline + c.LEASE_MARGIN_S
+        # The deadline is checked between chunks, so an attempt can overrun it by one read
+        # timeout (and a connect); the lease must outlast that, or a live call is taken over.
+        return (
+            self.ezq_gateway_attempt_deadline
+            + self.ezq_gateway_read_timeout
+            + self.ezq_gateway_connect_timeout
+            + c.LEASE_MARGIN_S
+        )
 
     def api_tokens(self, *, required: bool = False) -> list[str]:
         """The bearer tokens the HTTP interface accepts (``EZQ_API_TOKENS``, comma-separated)."""
@@ -184,7 +191,8 @@ def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
     name = str(first["loc"][0]).upper() if first["loc"] else "settings"
     value = first.get("input")
-    secret = any(word in name for word in ("KEY", "SECRET", "PASSWORD"))
+    # Never echo a secret, nor a URL (its user-info may hold a password).
+    secret = any(word in name for word in ("KEY", "SECRET", "PASSWORD", "TOKEN", "URL"))
     hidden = secret or isinstance(value, dict) or value is None
     shown = "" if hidden else f" (got {value!r})"
     return f"{name}: {first['msg']}{shown}"

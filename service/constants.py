@@ -77,3 +77,7 @@ WEBHOOK_SWEEP_GRACE_S: Final = 120.0
 WEBHOOK_SWEEP_BATCH: Final = 500
 # A claimed delivery is owned for the attempt deadline plus this margin.
 WEBHOOK_LEASE_MARGIN_S: Final = 30.0
+
+# After a paid gateway call, recording its reply is retried in-process this many times,
+# with these pauses, if the database connection drops.
+RECORD_RETRY_PAUSES_S: Final = (0.5, 1.0, 2.0)

@@ -256,12 +256,38 @@ def validate_request(
         ),
         callback_url=_callback_url(callback_url),
     )
+    for field, value in (
+        ("model", request.model),
+        ("messages", request.messages),
+        ("params", request.params),
+        ("tenant", request.tenant),
+        ("metadata", request.metadata),
+        ("idempotency_key", request.idempotency_key),
+    ):
+        _storable(field, value)
     size = len(json.dumps([checked_messages, checked_params], ensure_ascii=False).encode())
     if size > max_request_bytes:
         raise InvalidRequest(
             "messages", f"request is {size} bytes; the limit is {max_request_bytes} bytes"
         )
     return request
+
+
+def _storable(field: str, value: object) -> None:
+    """Refuse what Postgres cannot store: NUL characters in text, NaN or Infinity in JSON."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidRequest(field, "must not contain NUL (\\u0000) characters")
+    elif isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise InvalidRequest(field, "must not contain NaN or Infinity")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _storable(f"{field}.{key}", key)
+            _storable(f"{field}.{key}", item)
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _storable(f"{field}[{i}]", item)
 
 
 def _callback_url(value: object) -> str | None:

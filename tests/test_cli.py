@@ -122,7 +122,7 @@ def test_errors_are_one_clear_line(
     ("env", "expected"),
     [
         ({"EZQ_MAX_ATTEMPTS": "lots"}, "EZQ_MAX_ATTEMPTS"),
-        ({"DATABASE_URL": "mysql://x/y"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "mysql://admin:hunter2@db/ezq"}, "DATABASE_URL"),
         ({"CELERY_BROKER_URL": "amqp://guest@localhost//"}, "CELERY_BROKER_URL"),
         ({"EZROUTER_BASE_URL": "ftp://x"}, "EZROUTER_BASE_URL"),
         ({"EZQ_GATEWAY_READ_TIMEOUT": "-1"}, "EZQ_GATEWAY_READ_TIMEOUT"),
@@ -135,6 +135,7 @@ def test_bad_settings_fail_with_one_line(env: dict[str, str], expected: str) -> 
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
     assert expected in lines[0]
+    assert "hunter2" not in out.stderr, "a URL's password is never echoed"
 
 
 def test_worker_without_api_key_refuses_to_start(service_env: dict[str, str]) -> None:

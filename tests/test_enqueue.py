@@ -54,6 +54,13 @@ BAD = [
     ({"model": "m", "messages": USER, "tenant": 5}, "tenant"),
     ({"model": "m", "messages": [{"role": "user", "content": "x" * 1_100_000}]}, "messages"),
     ({"model": "m", "messages": USER * 1001}, "messages"),
+    ({"model": "m", "messages": [{"role": "user", "content": "a\x00b"}]}, "messages[0].content"),
+    ({"model": "m", "messages": USER, "metadata": {"score": float("nan")}}, "metadata.score"),
+    (
+        {"model": "m", "messages": USER, "params": {"temperature": float("inf")}},
+        "params.temperature",
+    ),
+    ({"model": "m\x00", "messages": USER}, "model"),
 ]
 
 

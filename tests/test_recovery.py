@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from service import enqueue_completion
 from service.config import get_settings
 from service.db import queries
 from service.db.session import transaction
+from service.fake_gateway import Fault
 from service.validation import validate_request
 from service.worker.app import publish_job
 from service.worker.runner import Finished, run_job
@@ -88,3 +90,64 @@ def test_a_bug_during_the_call_fails_the_job_as_internal_error() -> None:
     assert outcome.result["attempts"] == 1
     assert outcome.result["error"]["type"] == "internal_error"
     assert "KeyError" in outcome.result["error"]["message"]
+
+
+@pytest.mark.usefixtures("worker")
+def test_an_early_message_does_not_skip_the_backoff(fake_gateway: Any) -> None:
+    """A retrying job delivered before its retry is due waits for the due time."""
+    marker = uuid.uuid4().hex
+    job_id = stranded_job(f"backoff {marker}", attempts=1)
+    with transaction() as session:
+        session.execute(
+            text(
+                "UPDATE jobs SET status = 'retrying', lease_expires_at = NULL,"
+                " dispatched_at = now() + interval '2 seconds' WHERE id = :j"
+            ),
+            {"j": job_id},
+        )
+    (due,) = sql("SELECT extract(epoch FROM dispatched_at) FROM jobs WHERE id = :j", j=job_id)[0]
+
+    publish_job(job_id)
+    job = wait_for_job(job_id)
+
+    (request,) = [r for r in fake_gateway.requests if marker in str(r.body)]
+    assert job["status"] == "succeeded"
+    assert job["attempts"] == 2
+    assert request.received_at >= float(due) - 0.05, "the retry ran before its backoff ended"
+
+
+@pytest.mark.usefixtures("worker")
+def test_a_reply_the_database_refuses_fails_the_job_at_once(fake_gateway: Any) -> None:
+    """Text Postgres cannot store (a NUL character) fails the job once, not running forever."""
+    marker = uuid.uuid4().hex
+    fake_gateway.add_faults(Fault(kind="normal", reply="nul \x00 inside", match=marker, times=5))
+
+    job = wait_for_job(enqueue_completion("glm-5.1", [{"role": "user", "content": marker}]))
+
+    assert job["status"] == "failed"
+    assert job["attempts"] == 1
+    assert job["error"]["type"] == "internal_error"
+    assert "could not be stored" in job["error"]["message"]
+    assert sum(1 for r in fake_gateway.requests if marker in str(r.body)) == 1
+
+
+def test_recording_survives_a_short_database_blip(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recording a paid reply is retried in-process when the connection drops briefly."""
+    import logging
+
+    from sqlalchemy.exc import OperationalError
+
+    from service.worker import runner
+
+    monkeypatch.setattr(runner.time, "sleep", lambda _: None)
+    calls = []
+
+    def record() -> Any:
+        calls.append(1)
+        if len(calls) < 3:
+            raise OperationalError("UPDATE jobs", {}, Exception("server closed the connection"))
+        return "recorded"
+
+    jlog = runner.JobLog(logging.getLogger("test"), {})
+    assert runner._with_db_retries(record, jlog) == "recorded"
+    assert len(calls) == 3

@@ -145,6 +145,14 @@ class Busy:
 
 
 @dataclass(frozen=True, slots=True)
+class NotYetDue:
+    """A retry whose backoff has not passed; ``due_in_s`` is how long is left."""
+
+    job_id: uuid.UUID
+    due_in_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class WaitForTurn:
     """An earlier turn of the conversation has not finished yet."""
 
@@ -152,7 +160,7 @@ class WaitForTurn:
     blocking_job_id: uuid.UUID
 
 
-ClaimOutcome = Claimed | AlreadyFinished | Busy | WaitForTurn
+ClaimOutcome = Claimed | AlreadyFinished | Busy | NotYetDue | WaitForTurn
 
 
 def _history(session: Session, conversation_id: uuid.UUID) -> list[dict[str, Any]]:
@@ -192,6 +200,9 @@ def claim_job(
         return AlreadyFinished(job.id, job.status)
     if job.status == "running" and job.lease_expires_at and job.lease_expires_at > now:
         return Busy(job.id)
+    if job.status == "retrying" and job.dispatched_at > now:
+        # An extra message (a turn's timer, a wake-up, the sweep) must not skip the backoff.
+        return NotYetDue(job.id, (job.dispatched_at - now).total_seconds())
     # One turn at a time per conversation: lock the conversation row so that two workers
     # claiming two turns decide one after the other.
     session.execute(

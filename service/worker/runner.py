@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from sqlalchemy.exc import OperationalError
 
 from service import constants as c
 from service.completion import Completion
@@ -16,7 +19,7 @@ from service.db import queries
 from service.db.session import transaction
 from service.errors import GatewayError, InternalError
 from service.gateway.retry import backoff_seconds
-from service.tokens import normalise_usage
+from service.tokens import TokenCounts, normalise_usage
 from service.webhooks import outbox as webhook_outbox
 
 log = logging.getLogger(__name__)
@@ -102,6 +105,8 @@ def run_job(
     if isinstance(claim, queries.Busy):
         log.info("[job=%s] already running elsewhere; duplicate delivery ignored", job_id)
         return LeftAlone()
+    if isinstance(claim, queries.NotYetDue):
+        return RunAgainLater(max(claim.due_in_s, 0.05), "retry not due yet")
     if isinstance(claim, queries.WaitForTurn):
         return RunAgainLater(
             turn_wait_seconds(deliveries), f"waiting for earlier turn {claim.blocking_job_id}"
@@ -136,6 +141,63 @@ def run_job(
         jlog.warning("stream ended without a usage object; no usage row written")
     elif tokens is not None and tokens.issues:
         jlog.warning("usage object does not add up: %s", "; ".join(tokens.issues))
+    try:
+        return _with_db_retries(
+            lambda: _succeeded_attempt(
+                claim,
+                completion,
+                tokens,
+                publish=publish,
+                publish_webhooks=publish_webhooks,
+                jlog=jlog,
+            ),
+            jlog,
+        )
+    except OperationalError:
+        raise  # still unreachable: the task delivers the job again later
+    except Exception as caught:
+        # The database refused what the gateway sent (e.g. a NUL character in the text):
+        # fail the job now, rather than leave it running to be taken over and billed again.
+        jlog.exception("the reply could not be stored")
+        error = InternalError(f"the reply could not be stored: {type(caught).__name__}: {caught}")
+        return _failed_attempt(
+            claim,
+            error,
+            settings=settings,
+            publish=publish,
+            jlog=jlog,
+            rng=rng,
+            publish_webhooks=publish_webhooks,
+        )
+
+
+def _with_db_retries(record: Callable[[], Outcome], jlog: JobLog) -> Outcome:
+    """Run ``record``, retrying briefly if the database connection drops.
+
+    The gateway call has been paid for; a short blip must not throw its reply away and leave
+    the job to wait out its lease.
+    """
+    for pause in c.RECORD_RETRY_PAUSES_S:
+        try:
+            return record()
+        except OperationalError as exc:
+            jlog.warning(
+                "database unavailable while recording, again in %.1fs: %s", pause, exc.orig
+            )
+            time.sleep(pause)
+    return record()
+
+
+def _succeeded_attempt(
+    claim: queries.Claimed,
+    completion: Completion,
+    tokens: TokenCounts | None,
+    *,
+    publish: Callable[[uuid.UUID], None],
+    publish_webhooks: PublishWebhooks | None,
+    jlog: JobLog,
+) -> Outcome:
+    job_id = claim.job_id
     with transaction() as session:
         job = queries.record_success(session, claim, completion, tokens)
         if job is None:
