@@ -116,16 +116,8 @@ def run_job(
         log, {"job": claim.job_id, "attempt": claim.attempt, "conversation": claim.conversation_id}
     )
     jlog.info("calling %s with %d messages", claim.model, len(claim.messages))
-    try:
-        completion = gateway.complete(claim.model, claim.messages, claim.params)
-    except Exception as caught:
-        if isinstance(caught, GatewayError):
-            error: GatewayError = caught
-        else:
-            # A bug on our side, not the gateway's: fail the job visibly rather than leave
-            # it running, to be taken over and crash again.
-            jlog.exception("unexpected error while calling the gateway")
-            error = InternalError(f"{type(caught).__name__}: {caught}")
+
+    def fail(error: GatewayError) -> Outcome:
         return _failed_attempt(
             claim,
             error,
@@ -135,6 +127,16 @@ def run_job(
             rng=rng,
             publish_webhooks=publish_webhooks,
         )
+
+    try:
+        completion = gateway.complete(claim.model, claim.messages, claim.params)
+    except GatewayError as error:
+        return fail(error)
+    except Exception as caught:
+        # A bug on our side, not the gateway's: fail the job visibly rather than leave it
+        # running, to be taken over and crash again.
+        jlog.exception("unexpected error while calling the gateway")
+        return fail(InternalError(f"{type(caught).__name__}: {caught}"))
 
     tokens = normalise_usage(completion.usage) if completion.usage is not None else None
     if completion.usage is None:
@@ -159,15 +161,8 @@ def run_job(
         # The database refused what the gateway sent (e.g. a NUL character in the text):
         # fail the job now, rather than leave it running to be taken over and billed again.
         jlog.exception("the reply could not be stored")
-        error = InternalError(f"the reply could not be stored: {type(caught).__name__}: {caught}")
-        return _failed_attempt(
-            claim,
-            error,
-            settings=settings,
-            publish=publish,
-            jlog=jlog,
-            rng=rng,
-            publish_webhooks=publish_webhooks,
+        return fail(
+            InternalError(f"the reply could not be stored: {type(caught).__name__}: {caught}")
         )
 
 
