@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import statistics
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
 from sqlalchemy import event
 
 ADMIN_DSN = os.environ.get("EZQ_BENCH_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -51,59 +47,51 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=300)
     args = parser.parse_args()
 
-    name = f"ezq_bench_{secrets.token_hex(4)}"
-    url = ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
-    subprocess.run(
-        [sys.executable, "-m", "service", "db", "upgrade"],
-        check=True,
-        env={**os.environ, "DATABASE_URL": url},
-        capture_output=True,
-    )
-    os.environ.update(DATABASE_URL=url, EZROUTER_API_KEY="sk-bench")
-    try:
-        from service.config import get_settings
-        from service.db import queries
-        from service.db.session import dispose_engines, get_engine, transaction
-        from service.validation import validate_request
-        from service.worker.runner import run_job
+    from service.db.migrate import throwaway_database
 
-        settings = get_settings()
-        statements = 0
+    with throwaway_database(ADMIN_DSN, prefix="ezq_bench_job") as url:
+        os.environ.update(DATABASE_URL=url, EZROUTER_API_KEY="sk-bench")
+        measure(args.jobs)
 
-        def count(*_: Any) -> None:
-            nonlocal statements
-            statements += 1
 
-        event.listen(get_engine(), "before_cursor_execute", count)
-        ids = []
-        for i in range(args.jobs + 30):
-            request = validate_request(
-                model="glm-5.1", messages=[{"role": "user", "content": f"job {i}"}]
-            )
-            with transaction() as session:
-                ids.append(queries.create_job(session, request)[0])
-        gateway = InstantGateway()
-        for job_id in ids[:30]:  # warm up pools and statement caches
-            run_job(job_id, gateway=gateway, settings=settings, publish=lambda _: None)
-        statements = 0
-        times = []
-        for job_id in ids[30:]:
-            start = time.perf_counter()
-            run_job(job_id, gateway=gateway, settings=settings, publish=lambda _: None)
-            times.append(time.perf_counter() - start)
-        print(f"\nPer-job database path, {args.jobs} jobs (gateway call excluded)")
-        print(
-            f"  median {statistics.median(times) * 1e3:.2f} ms   p95 "
-            f"{sorted(times)[int(len(times) * 0.95)] * 1e3:.2f} ms   "
-            f"{statements / args.jobs:.1f} SQL statements per job"
+def measure(jobs: int) -> None:
+    from service.config import get_settings
+    from service.db import queries
+    from service.db.session import dispose_engines, get_engine, transaction
+    from service.validation import validate_request
+    from service.worker.runner import run_job
+
+    settings = get_settings()
+    statements = 0
+
+    def count(*_: Any) -> None:
+        nonlocal statements
+        statements += 1
+
+    event.listen(get_engine(), "before_cursor_execute", count)
+    ids = []
+    for i in range(jobs + 30):
+        request = validate_request(
+            model="glm-5.1", messages=[{"role": "user", "content": f"job {i}"}]
         )
-        dispose_engines()
-    finally:
-        with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
-            )
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        with transaction() as session:
+            ids.append(queries.create_job(session, request)[0])
+    gateway = InstantGateway()
+    for job_id in ids[:30]:  # warm up pools and statement caches
+        run_job(job_id, gateway=gateway, settings=settings, publish=lambda _: None)
+    statements = 0
+    times = []
+    for job_id in ids[30:]:
+        start = time.perf_counter()
+        run_job(job_id, gateway=gateway, settings=settings, publish=lambda _: None)
+        times.append(time.perf_counter() - start)
+    print(f"\nPer-job database path, {jobs} jobs (gateway call excluded)")
+    print(
+        f"  median {statistics.median(times) * 1e3:.2f} ms   p95 "
+        f"{sorted(times)[int(len(times) * 0.95)] * 1e3:.2f} ms   "
+        f"{statements / jobs:.1f} SQL statements per job"
+    )
+    dispose_engines()
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def run(
                 for i in range(jobs)
             ]
             enqueued = time.perf_counter() - start
-            with psycopg.connect(env["DATABASE_URL"]) as conn:
+            with psycopg.connect(env["DATABASE_URL"].replace("+psycopg", "")) as conn:
                 while True:
                     (done,) = conn.execute(
                         "SELECT count(*) FROM jobs WHERE id = ANY(%s) AND status IN ('succeeded','failed')",
@@ -97,41 +97,31 @@ def main() -> None:
     parser.add_argument("--words", type=int, default=300, help="reply length in words")
     args = parser.parse_args()
 
-    name = f"ezq_bench_{secrets.token_hex(4)}"
-    url = ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
-    subprocess.run(
-        [sys.executable, "-m", "service", "db", "upgrade"],
-        check=True,
-        env={**os.environ, "DATABASE_URL": url},
-        capture_output=True,
-    )
-    try:
-        with FakeGateway(reply_words=args.words).start() as gateway:
-            env = {
-                "DATABASE_URL": url,
-                "EZROUTER_BASE_URL": gateway.url,
-                "EZROUTER_API_KEY": "sk-bench",
-                "EZQ_LOG_LEVEL": "WARNING",
-            }
-            cores = str(os.cpu_count() or 2)
-            results = {
-                f"prefork, {cores} processes (baseline)": run(
-                    ["--pool", "prefork", "--concurrency", cores],
-                    jobs=args.jobs,
-                    env=env,
-                    gateway=gateway,
-                    latency=args.latency,
-                ),
-                "threads, 32 (default)": run(
-                    [], jobs=args.jobs, env=env, gateway=gateway, latency=args.latency
-                ),
-            }
-    finally:
-        with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
-            )
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    from service.db.migrate import throwaway_database
+
+    with (
+        throwaway_database(ADMIN_DSN, prefix="ezq_bench_pipeline") as url,
+        FakeGateway(reply_words=args.words).start() as gateway,
+    ):
+        env = {
+            "DATABASE_URL": url,
+            "EZROUTER_BASE_URL": gateway.url,
+            "EZROUTER_API_KEY": "sk-bench",
+            "EZQ_LOG_LEVEL": "WARNING",
+        }
+        cores = str(os.cpu_count() or 2)
+        results = {
+            f"prefork, {cores} processes (baseline)": run(
+                ["--pool", "prefork", "--concurrency", cores],
+                jobs=args.jobs,
+                env=env,
+                gateway=gateway,
+                latency=args.latency,
+            ),
+            "threads, 32 (default)": run(
+                [], jobs=args.jobs, env=env, gateway=gateway, latency=args.latency
+            ),
+        }
 
     print(f"\n{args.jobs} jobs, gateway latency {args.latency}s, {args.words}-word replies")
     print(f"  {'pool':<34}{'jobs/s':>9}{'p50 s':>9}{'p95 s':>9}{'enqueue':>12}{'failed':>8}")

@@ -26,10 +26,11 @@ from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.orm import Session
 
 from benchmarks.sql_doc import read_queries
+from service.db.migrate import throwaway_database
 from service.usage.costs import insert_priced_usage
 from service.usage.periods import today_utc
 from service.usage.report import ReportQuery, report_statement
-from service.usage.synthetic import SeedPlan, seed_usage, throwaway_database
+from service.usage.synthetic import SeedPlan, seed_usage
 
 ADMIN_DSN = os.environ.get("EZQ_BENCH_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 # The bar: these must never read the whole of token_usage.

@@ -11,8 +11,9 @@ import pytest
 from sqlalchemy import Connection, text
 
 from benchmarks.sql_doc import SQL_DOC, DocQuery, read_queries
+from service.db.migrate import throwaway_database
 from service.db.session import get_engine, transaction
-from service.usage.synthetic import SeedPlan, seed_usage, throwaway_database
+from service.usage.synthetic import SeedPlan, seed_usage
 from tests.conftest import ADMIN_DSN
 
 QUERIES = read_queries()

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, text
 
+from service.db.migrate import throwaway_database
 from service.db.session import get_engine, transaction
-from service.usage.synthetic import SeedPlan, seed_usage, throwaway_database
+from service.usage.synthetic import SeedPlan, seed_usage
 from tests.conftest import ADMIN_DSN
 
 SUMS = (

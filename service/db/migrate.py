@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import make_url
@@ -62,3 +66,26 @@ def create_database_if_missing(database_url: str | None = None) -> bool:
             return False
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return True
+
+
+@contextmanager
+def throwaway_database(admin_dsn: str, prefix: str = "ezq_scratch") -> Iterator[str]:
+    """A new database migrated to head, dropped on exit; yields its SQLAlchemy URL.
+
+    ``admin_dsn`` is a libpq URL of any database on the server, e.g. ``.../postgres``.
+    """
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    base = admin_dsn.split("://", 1)[1].rsplit("/", 1)[0]
+    url = f"postgresql+psycopg://{base}/{name}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        upgrade("head", url)
+        yield url
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (name,),
+            )
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')

@@ -9,20 +9,16 @@ usage with cached and reasoning tokens, priced by the same ``cost_of`` as the wo
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import psycopg
 from sqlalchemy import Integer, column, func, insert, select, text, true
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Session
 from sqlalchemy.types import DateTime, Text, TypeEngine
 
-from service.db import migrate
 from service.usage.costs import cost_of, price_at, usage_table
 
 MODELS = (
@@ -39,29 +35,6 @@ MODELS = (
 FEATURES = ("chat", "search", "summarise", "classify", "extract")
 FEATURE_CUTS = (0.0, 0.5, 0.75, 0.9, 0.98)
 ERROR_TYPES = ("server_error", "timeout", "broken_stream", "client_error")
-
-
-@contextmanager
-def throwaway_database(admin_dsn: str, prefix: str = "ezq_scratch") -> Iterator[str]:
-    """A new database migrated to head, dropped on exit; yields its SQLAlchemy URL.
-
-    ``admin_dsn`` is a libpq URL of any database on the server, e.g. ``.../postgres``.
-    """
-    name = f"{prefix}_{secrets.token_hex(4)}"
-    base = admin_dsn.split("://", 1)[1].rsplit("/", 1)[0]
-    url = f"postgresql+psycopg://{base}/{name}"
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        migrate.upgrade("head", url)
-        yield url
-    finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                (name,),
-            )
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
 
 
 @dataclass(frozen=True, slots=True)
