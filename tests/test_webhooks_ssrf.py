@@ -288,3 +288,23 @@ def test_tls_checks_the_certificate_against_the_name_not_the_address(
     assert tls_post("receiver.test", port, cert).status_code == 204
     with pytest.raises(httpx.ConnectError, match=r"CERTIFICATE_VERIFY_FAILED|match"):
         tls_post("impostor.test", port, cert)
+
+
+def test_a_slow_resolver_cannot_stretch_the_attempt() -> None:
+    """Name resolution counts against the attempt's deadline: a stalled resolver times out."""
+    import time
+
+    import httpcore
+
+    from service.webhooks.ssrf import AddressPolicy
+    from service.webhooks.transport import GuardedBackend
+
+    def stalled(host: str, port: int) -> list[str]:
+        time.sleep(3)
+        return ["93.184.216.34"]
+
+    backend = GuardedBackend(AddressPolicy(()), deadline=time.monotonic() + 0.3, resolve=stalled)
+    start = time.monotonic()
+    with pytest.raises(httpcore.ConnectTimeout, match="resolving"):
+        backend.connect_tcp("slow.example", 443)
+    assert time.monotonic() - start < 1.0

@@ -9,6 +9,7 @@ Only public httpx and httpcore interfaces are used (a custom httpcore network ba
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import socket
 import ssl
@@ -52,6 +53,11 @@ def _translated() -> Iterator[None]:
             if isinstance(exc, source):
                 raise target(str(exc)) from exc
         raise
+
+
+@cache
+def _resolver_pool() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="ezq-dns")
 
 
 def resolve_host(host: str, port: int) -> list[str]:
@@ -117,7 +123,7 @@ class GuardedBackend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
-        addresses = self._resolve(host, port)
+        addresses = self._resolve_in_time(host, port)
         if not addresses:
             raise httpcore.ConnectError(f"{host} resolves to no address")
         # One refused address refuses the name: its owner controls which one we would get.
@@ -143,6 +149,18 @@ class GuardedBackend(httpcore.NetworkBackend):
                 continue
             return _DeadlineStream(stream, self._deadline)
         raise error
+
+    def _resolve_in_time(self, host: str, port: int) -> list[str]:
+        # getaddrinfo has no timeout of its own; a slow resolver must not stretch the
+        # attempt past its deadline (and the delivery's lease), so wait for it in a thread.
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise httpcore.ConnectTimeout("the webhook attempt's deadline passed")
+        future = _resolver_pool().submit(self._resolve, host, port)
+        try:
+            return future.result(timeout=left)
+        except concurrent.futures.TimeoutError:
+            raise httpcore.ConnectTimeout(f"resolving {host} took too long") from None
 
     def connect_unix_socket(
         self,
