@@ -183,6 +183,8 @@ def worker(
     process = WorkerProcess(service_env, tmp_path_factory.mktemp("worker") / "worker.log", [])
     yield process
     process.stop()
+    # Duplicate and delayed messages the tests left behind go with the test queue.
+    redis.Redis.from_url(REDIS_URL).delete(service_env["EZQ_QUEUE"])
 
 
 @pytest.fixture
