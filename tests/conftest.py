@@ -265,3 +265,21 @@ def places_holding(secret: str) -> list[str]:
         if any(needle in v for v in values):
             found.append(f"redis {key!r}")
     return found
+
+
+def run_ezq(
+    *args: str,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``ezq`` CLI as a subprocess, from outside the checkout."""
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+        cwd="/",
+    )

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 import uuid
 from typing import Any
@@ -19,7 +16,7 @@ from service.db.session import transaction
 from service.fake_gateway import Fault
 from service.validation import validate_request
 from service.worker.app import publish_job
-from tests.conftest import sql, wait_for_job
+from tests.conftest import run_ezq, sql, wait_for_job
 
 MODEL = "deepseek-v4-pro"
 
@@ -128,24 +125,11 @@ def test_cancel_writes_a_job_cancelled_webhook(
 def test_cancel_from_the_cli(service_env: dict[str, str]) -> None:
     """`ezq cancel JOB_ID` prints the cancelled job; an ended job exits 1 with one line."""
     job_id = unpublished_job("cli")
-    env = {**os.environ, **service_env}
-    out = subprocess.run(
-        [sys.executable, "-m", "service", "cancel", str(job_id)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    out = run_ezq("cancel", str(job_id), env=service_env)
     assert out.returncode == 0, out.stderr
     assert '"status": "cancelled"' in out.stdout
     with transaction() as session:
         session.execute(text("UPDATE jobs SET status = 'failed' WHERE id = :j"), {"j": job_id})
-    again = subprocess.run(
-        [sys.executable, "-m", "service", "cancel", str(job_id)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    again = run_ezq("cancel", str(job_id), env=service_env)
     assert again.returncode == 1
     assert "already ended (failed)" in again.stderr

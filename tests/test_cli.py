@@ -11,20 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import sql
+from tests.conftest import run_ezq, sql
 
-
-def ezq(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=timeout,
-        cwd="/",
-    )
+ezq = run_ezq
 
 
 @pytest.mark.usefixtures("worker")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
+
+from tests.conftest import run_ezq
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,11 +40,7 @@ def test_every_ezq_command_in_compose_exists() -> None:
             continue
         words = [a for a in argv[1:] if not a.startswith("-")][:2]
         for depth in range(len(words), 0, -1):
-            out = subprocess.run(
-                [sys.executable, "-m", "service", *words[:depth], "--help"],
-                capture_output=True,
-                text=True,
-            )
+            out = run_ezq(*words[:depth], "--help")
             if out.returncode == 0:
                 break
         assert out.returncode == 0, f"{name}: {argv} is not an ezq command: {out.stderr}"

@@ -5,10 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import secrets
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,20 +13,13 @@ import pytest
 
 from service.db.session import transaction
 from service.usage.synthetic import SeedPlan, seed_usage
-from tests.conftest import sql
+from tests.conftest import run_ezq, sql
 
 pytestmark = pytest.mark.usefixtures("service_env")
 
 
 def ezq(*args: str) -> Any:
-    return subprocess.run(
-        [sys.executable, "-m", "service", "prices", *args],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        timeout=60,
-        cwd="/",
-    )
+    return run_ezq("prices", *args)
 
 
 def model_name() -> str:

@@ -5,10 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -22,7 +19,7 @@ from service.db.migrate import throwaway_database
 from service.db.session import get_engine, transaction
 from service.usage.money import usd
 from service.usage.synthetic import SeedPlan, seed_usage
-from tests.conftest import ADMIN_DSN
+from tests.conftest import ADMIN_DSN, run_ezq
 
 PLAN = SeedPlan(
     rows=2000,
@@ -55,14 +52,7 @@ def database() -> Iterator[str]:
 
 
 def ezq(database: str, *args: str, env: dict[str, str] | None = None) -> Any:
-    return subprocess.run(
-        [sys.executable, "-m", "service", "usage", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "DATABASE_URL": database, **(env or {})},
-        timeout=60,
-        cwd="/",
-    )
+    return run_ezq("usage", *args, env={"DATABASE_URL": database, **(env or {})})
 
 
 def today() -> date:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg import errors, sql
+
+from tests.conftest import run_ezq
 
 pytestmark = pytest.mark.usefixtures("service_env")
 
@@ -28,15 +28,7 @@ WRITES = (
 
 
 def ezq(*args: str, stdin: str | None = None) -> Any:
-    return subprocess.run(
-        [sys.executable, "-m", "service", "db", "grant-readonly", *args],
-        capture_output=True,
-        text=True,
-        input=stdin,
-        env=dict(os.environ),
-        timeout=60,
-        cwd="/",
-    )
+    return run_ezq("db", "grant-readonly", *args, stdin=stdin)
 
 
 def connect() -> psycopg.Connection[Any]:

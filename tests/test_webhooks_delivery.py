@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import secrets
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,7 +20,7 @@ from service.config import get_settings
 from service.fake_gateway import Fault
 from service.webhooks.testing import Answer, Receiver
 from service.worker.app import app
-from tests.conftest import REDIS_URL, WorkerProcess, places_holding, sql, wait_for_job
+from tests.conftest import REDIS_URL, WorkerProcess, places_holding, run_ezq, sql, wait_for_job
 
 MODEL = "claude-sonnet-4-6"
 
@@ -81,16 +78,7 @@ def producer(monkeypatch: pytest.MonkeyPatch, service_env: dict[str, str]) -> It
     get_settings.cache_clear()
 
 
-def ezq(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI as a subprocess."""
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        timeout=60,
-        cwd="/",
-    )
+ezq = run_ezq
 
 
 def path() -> str:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import base64
-import os
 import secrets
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +15,7 @@ from service import InvalidRequest, enqueue_completion
 from service.config import get_settings
 from service.db.session import transaction
 from service.webhooks.urls import check_callback_url
-from tests.conftest import REDIS_URL, sql
+from tests.conftest import REDIS_URL, run_ezq, sql
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 # Nobody consumes this queue: these tests only look at what enqueue writes.
@@ -129,15 +126,7 @@ def test_callback_without_a_secret_is_refused(
         get_settings.cache_clear()
 
 
-def ezq(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        timeout=60,
-        cwd="/",
-    )
+ezq = run_ezq
 
 
 def test_cli_enqueue_refuses_a_bad_callback_url(service_env: dict[str, str]) -> None:
