@@ -287,11 +287,19 @@ def _finish_attempt(
     )
 
 
-def _add_webhook(session: Session, job: Job) -> None:
+def _add_webhook(session: Session, job: Job, view: dict[str, Any] | None = None) -> None:
     # The outbox: the event is written in the transaction that ends the job, so a worker
     # that dies after this commit cannot lose it (the sweep publishes it).
     if job.callback_url is not None:
-        webhook_outbox.add_for_job(session, job, job_view(session, job.id))
+        webhook_outbox.add_for_job(session, job, view or job_view(session, job.id))
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """A job that has just succeeded, and its JSON view (as ``job_view`` would read it)."""
+
+    job: Job
+    view: dict[str, Any]
 
 
 def record_success(
@@ -299,7 +307,7 @@ def record_success(
     claimed: Claimed,
     completion: Completion,
     tokens: TokenCounts | None,
-) -> Job | None:
+) -> Recorded | None:
     """Store the reply, the history and the usage; None if this attempt lost the job.
 
     The job's own messages join the history together with its reply, so a failed turn
@@ -364,8 +372,11 @@ def record_success(
             "gateway_request_id": completion.request_id,
         },
     )
-    _add_webhook(session, job)
-    return job
+    # Built from what was just written rather than read back: two queries fewer.
+    usage = tokens.summary() if tokens is not None and completion.usage is not None else None
+    view = view_of(job, content=completion.content, tool_calls=completion.tool_calls, usage=usage)
+    _add_webhook(session, job, view)
+    return Recorded(job, view)
 
 
 def _clip(text_value: str) -> str:

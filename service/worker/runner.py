@@ -194,19 +194,12 @@ def _succeeded_attempt(
 ) -> Outcome:
     job_id = claim.job_id
     with transaction() as session:
-        job = queries.record_success(session, claim, completion, tokens)
-        if job is None:
-            view = queries.job_view(session, job_id)
-        else:
-            # Built from what was just written rather than read back: two queries fewer.
-            usage = tokens.summary() if tokens is not None and completion.usage else None
-            view = queries.view_of(
-                job, content=completion.content, tool_calls=completion.tool_calls, usage=usage
-            )
+        recorded = queries.record_success(session, claim, completion, tokens)
+        view = recorded.view if recorded else queries.job_view(session, job_id)
         waiting = queries.next_waiting_job(session, claim.conversation_id)
-        has_webhook = job is not None and job.callback_url is not None
+        has_webhook = recorded is not None and recorded.job.callback_url is not None
         webhooks = webhook_outbox.pending_ids_for_job(session, job_id) if has_webhook else []
-    if job is None:
+    if recorded is None:
         jlog.warning("the job is no longer ours (cancelled or taken over); reply discarded")
     else:
         jlog.info(
