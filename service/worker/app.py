@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -38,6 +40,9 @@ def celery_config() -> dict[str, Any]:
         "beat_schedule": {
             "ezq-sweep": {"task": c.TASK_SWEEP, "schedule": 60.0},
         },
+        # Beat's default is a file in the working directory, which a container's non-root
+        # user may not be able to write; the sweep needs no state across restarts anyway.
+        "beat_schedule_filename": str(Path(tempfile.gettempdir()) / "ezq-celerybeat-schedule"),
     }
 
 
