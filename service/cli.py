@@ -44,6 +44,9 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, Any]:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """ezq: LLM chat completions as background jobs."""
+    from service.logsetup import configure_logging
+
+    configure_logging()
 
 
 # --- database ------------------------------------------------------------------------

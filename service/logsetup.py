@@ -30,23 +30,37 @@ class RedactSecrets(logging.Filter):
             text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + REDACTED, text)
         return text
 
+    def _clean_arg(self, value: object) -> object:
+        # Keep each argument's type unless it holds a secret: formatters such as uvicorn's
+        # access log unpack ``args`` and format numbers themselves.
+        text = value if isinstance(value, str) else str(value)
+        cleaned = self._clean(text)
+        return value if cleaned == text else cleaned
+
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = self._clean(message)
+        if isinstance(record.msg, str):
+            record.msg = self._clean(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._clean_arg(arg) for arg in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {key: self._clean_arg(arg) for key, arg in record.args.items()}
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
             record.exc_text = self._clean(record.exc_text)
-        if cleaned != message or record.args:
-            record.msg, record.args = cleaned, None
         return True
 
 
 def known_secrets() -> list[str]:
     """The configured secret values, for exact-match redaction."""
     from service.config import get_settings
+    from service.errors import ConfigError
 
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ConfigError:
+        # The command reports the bad setting itself; the patterns still redact.
+        return []
     secrets: list[str] = []
     if settings.ezrouter_api_key is not None:
         secrets.append(settings.ezrouter_api_key.get_secret_value())
@@ -75,7 +89,10 @@ def install_redaction(loggers: Iterable[logging.Logger] = ()) -> RedactSecrets:
     return redactor
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """Plain stderr logging for CLI commands, secrets redacted."""
+def configure_logging(level: str = "WARNING") -> None:
+    """Plain stderr logging for CLI commands, secrets redacted.
+
+    Warnings and errors only, so that commands print their results and nothing else.
+    """
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     install_redaction()

@@ -45,3 +45,19 @@ def test_api_key_is_used_but_never_stored_or_logged(worker: Any, fake_gateway: A
     assert API_KEY not in log
 
     assert places_holding(API_KEY) == []
+
+
+def test_redaction_keeps_the_shape_of_log_arguments() -> None:
+    """Arguments keep their types (uvicorn's access log unpacks them); secrets in them go."""
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "GET", "/v1/jobs?token=sk-abcdef123456", "1.1", 200),
+        None,
+    )
+    RedactSecrets().filter(record)
+    assert record.args == ("127.0.0.1:5000", "GET", "/v1/jobs?token=[redacted]", "1.1", 200)
+    assert record.getMessage() == '127.0.0.1:5000 - "GET /v1/jobs?token=[redacted] HTTP/1.1" 200'

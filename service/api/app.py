@@ -174,6 +174,13 @@ def _check_broker() -> str:
 
 def create_server_app() -> FastAPI:
     """What ``ezq api`` serves: the authenticated API, plus ``/healthz`` without auth."""
+    import logging
+
+    from service.logsetup import install_redaction
+
+    # uvicorn has configured its loggers by now; keep tokens out of what they print.
+    names = ("uvicorn", "uvicorn.access", "uvicorn.error")
+    install_redaction([logging.getLogger(name) for name in names])
     outer = create_health_app()
     outer.mount("/", create_app())
     return outer

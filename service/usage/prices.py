@@ -7,7 +7,6 @@ model and start is refused; writing the same price again changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -101,11 +100,6 @@ def add_price(session: Session, price: PriceInput) -> ModelPrice | None:
     if row is None:  # a concurrent writer took this model and instant first
         raise PriceConflict(price.model, price.effective_from or "now", None)
     return row
-
-
-def add_prices(session: Session, prices: Sequence[PriceInput]) -> list[ModelPrice | None]:
-    """``add_price`` for each, in order, in the caller's transaction (all or nothing)."""
-    return [add_price(session, price) for price in prices]
 
 
 def list_prices(session: Session, model: str | None = None) -> list[PriceRow]:

@@ -20,7 +20,6 @@ from service.usage.money import plain, usd
 from service.usage.prices import PriceRow
 from service.usage.report import TOTAL_FIELDS, Report, Totals
 
-FORMATS = ("table", "csv", "json")
 _HEADINGS = {
     "jobs": "Jobs",
     "prompt_tokens": "Prompt",

@@ -18,7 +18,7 @@ from service.config import Settings
 from service.db import queries
 from service.db.session import transaction
 from service.errors import GatewayError, InternalError
-from service.gateway.retry import backoff_seconds
+from service.gateway.retry import backoff_seconds, is_retryable
 from service.tokens import TokenCounts, normalise_usage
 from service.webhooks import outbox as webhook_outbox
 
@@ -222,7 +222,7 @@ def _failed_attempt(
     rng: random.Random | None,
     publish_webhooks: PublishWebhooks | None,
 ) -> Outcome:
-    final = not error.retryable or claim.attempt >= settings.ezq_max_attempts
+    final = not is_retryable(error) or claim.attempt >= settings.ezq_max_attempts
     countdown = backoff_seconds(
         claim.attempt,
         base=settings.ezq_retry_backoff_base,
