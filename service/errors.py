@@ -161,6 +161,29 @@ class PermanentGatewayError(GatewayError):
     error_type = "client_error"
 
 
+class ReplyDefect(GatewayError):
+    """The gateway answered 200 and finished, but the reply cannot be used as a success.
+
+    Not retried: the defect is deterministic for the same request on the same surface.
+    """
+
+    def describe(self) -> str:
+        return self.message
+
+
+class GatewayToolCallsMissing(ReplyDefect):
+    """ezrouter's GW-001: ``finish_reason: "tool_calls"`` without a parseable tool call."""
+
+    error_type = "gateway_tool_calls_missing"
+
+
+class ReplyNotMatchingSchema(ReplyDefect):
+    """A ``json_schema`` request with ``strict: true`` got a reply that is not JSON or does
+    not match the schema."""
+
+    error_type = "json_schema_mismatch"
+
+
 class InternalError(PermanentGatewayError):
     """ezq itself failed while running the call (a bug); the job fails, visibly."""
 

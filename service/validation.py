@@ -7,6 +7,7 @@ import json
 import uuid
 from typing import Annotated, Any, Literal
 
+import jsonschema
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -20,6 +21,7 @@ from pydantic import (
 )
 
 from service import constants as c
+from service import shapes
 from service.config import get_settings
 from service.errors import InvalidRequest
 from service.webhooks.urls import check_callback_url
@@ -29,39 +31,71 @@ Number = Annotated[float, Field(strict=False)]
 
 
 class ChatMessage(BaseModel):
-    """One message in OpenAI's chat shape, as ezrouter documents it."""
+    """One message in OpenAI's chat shape; content parts are checked by ``_content``."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     role: Role
-    content: StrictStr | None = None
+    content: Any = None
     name: StrictStr | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: Any = None
     tool_call_id: StrictStr | None = None
+    refusal: StrictStr | None = None
 
     @model_validator(mode="after")
     def _shape_per_role(self) -> ChatMessage:
         if self.role in ("system", "user", "tool") and self.content is None:
-            raise ValueError(f"a {self.role} message needs a string 'content'")
+            raise ValueError(f"a {self.role} message needs 'content'")
         if self.role == "tool" and not self.tool_call_id:
             raise ValueError("a tool message needs 'tool_call_id'")
         if self.role != "tool" and self.tool_call_id is not None:
             raise ValueError("only tool messages carry 'tool_call_id'")
         if self.role != "assistant" and self.tool_calls is not None:
             raise ValueError("only assistant messages carry 'tool_calls'")
-        if self.role == "assistant" and self.content is None and not self.tool_calls:
+        if self.role != "assistant" and self.refusal is not None:
+            raise ValueError("only assistant messages carry 'refusal'")
+        if (
+            self.role == "assistant"
+            and self.content is None
+            and not self.tool_calls
+            and self.refusal is None
+        ):
             raise ValueError("an assistant message needs 'content' or 'tool_calls'")
         return self
 
-    def as_dict(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True)
+
+def _content(prefix: str, role: str, content: object) -> None:
+    """A string, or an array of the parts ``role`` may send."""
+    if content is None or isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        raise InvalidRequest(
+            prefix, f"must be a string or an array of content parts, not {type(content).__name__}"
+        )
+    for j, part in enumerate(shapes.check_list(prefix, content)):
+        shapes.check_tagged(f"{prefix}[{j}]", part, shapes.PART_MODELS, shapes.PARTS_BY_ROLE[role])
+
+
+def _message(prefix: str, raw: dict[str, Any]) -> dict[str, Any]:
+    try:
+        message = ChatMessage.model_validate(raw)
+    except ValidationError as exc:
+        raise shapes.first_error(prefix, exc) from None
+    _content(f"{prefix}.content", message.role, message.content)
+    if message.tool_calls is not None:
+        calls = shapes.check_list(f"{prefix}.tool_calls", message.tool_calls)
+        for j, call in enumerate(calls):
+            shapes.check(f"{prefix}.tool_calls[{j}]", shapes.ToolCall, call)
+    # Kept as sent (explicit nulls aside), so content parts reach the gateway untouched.
+    return {k: v for k, v in raw.items() if v is not None}
 
 
 class CompletionParams(BaseModel):
     """Sampling and tool parameters forwarded to the gateway.
 
     Unknown names are refused rather than forwarded blindly: a typo would otherwise be
-    billed as a request that silently ignored it.
+    billed as a request that silently ignored it. Structured fields (tools, tool_choice,
+    response_format, thinking) are checked piece by piece in ``_params``.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -70,35 +104,81 @@ class CompletionParams(BaseModel):
     top_p: Annotated[Number, Field(ge=0, le=1)] | None = None
     max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
     max_completion_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
-    stop: StrictStr | Annotated[list[StrictStr], Field(max_length=4)] | None = None
+    stop: StrictStr | Annotated[list[StrictStr], Field(min_length=1, max_length=4)] | None = None
     seed: StrictInt | None = None
     presence_penalty: Annotated[Number, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[Number, Field(ge=-2, le=2)] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: StrictStr | dict[str, Any] | None = None
+    logit_bias: dict[StrictStr, Annotated[StrictInt, Field(ge=-100, le=100)]] | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: Annotated[StrictInt, Field(ge=0, le=20)] | None = None
+    tools: Any = None
+    tool_choice: Any = None
     parallel_tool_calls: StrictBool | None = None
-    response_format: dict[str, Any] | None = None
+    response_format: Any = None
     reasoning_effort: Literal["low", "medium", "high", "max", "xhigh"] | None = None
-    thinking: dict[str, Any] | None = None
-    user_id: StrictStr | None = None
+    thinking: Any = None
+    user: Annotated[StrictStr, Field(min_length=1, max_length=256)] | None = None
+    user_id: Annotated[StrictStr, Field(min_length=1, max_length=256)] | None = None
 
-    @field_validator("response_format")
+    @field_validator("logit_bias")
     @classmethod
-    def _known_format(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and value.get("type") not in ("text", "json_object", "json_schema"):
-            raise ValueError("'type' must be 'text', 'json_object' or 'json_schema'")
+    def _token_ids(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        for key in value or {}:
+            if not key.isdigit():
+                raise ValueError(f"keys are token ids (digits), not {key!r}")
         return value
 
-    @field_validator("tools")
-    @classmethod
-    def _tool_shape(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        for i, tool in enumerate(value or []):
-            function = tool.get("function")
-            if tool.get("type") != "function" or not isinstance(function, dict):
-                raise ValueError(f"tool {i} must be {{'type': 'function', 'function': {{...}}}}")
-            if not isinstance(function.get("name"), str) or not function["name"]:
-                raise ValueError(f"tool {i} needs a function 'name'")
-        return value
+
+def _tool_choice(value: object) -> None:
+    if isinstance(value, str):
+        if value not in ("none", "auto", "required"):
+            raise InvalidRequest(
+                "params.tool_choice", "must be 'none', 'auto', 'required' or a function object"
+            )
+        return
+    shapes.check("params.tool_choice", shapes.ToolChoiceFunction, value)
+
+
+def _response_format(value: object) -> None:
+    checked = shapes.check_tagged(
+        "params.response_format", value, shapes.FORMAT_MODELS, tuple(shapes.FORMAT_MODELS)
+    )
+    if not isinstance(checked, shapes.JsonSchemaFormat):
+        return
+    field = "params.response_format.json_schema.schema"
+    schema = checked.json_schema.schema_
+    if schema is None:
+        if checked.json_schema.strict:
+            raise InvalidRequest(field, "is required when 'strict' is true")
+        return
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in exc.path)
+        raise InvalidRequest(field + where, f"is not a valid JSON Schema: {exc.message}") from None
+
+
+def _params(value: object) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidRequest("params", f"must be an object, not {type(value).__name__}")
+    try:
+        parsed = CompletionParams.model_validate(value)
+    except ValidationError as exc:
+        raise shapes.first_error("params", exc) from None
+    if parsed.top_logprobs is not None and parsed.logprobs is not True:
+        raise InvalidRequest("params.top_logprobs", "needs 'logprobs': true")
+    if parsed.tools is not None:
+        for i, tool in enumerate(shapes.check_list("params.tools", parsed.tools, max_items=128)):
+            shapes.check(f"params.tools[{i}]", shapes.Tool, tool)
+    if parsed.tool_choice is not None:
+        _tool_choice(parsed.tool_choice)
+    if parsed.response_format is not None:
+        _response_format(parsed.response_format)
+    if parsed.thinking is not None:
+        shapes.check("params.thinking", shapes.Thinking, parsed.thinking)
+    return parsed.model_dump(exclude_none=True)
 
 
 class CompletionRequest(BaseModel):
@@ -127,26 +207,6 @@ class CompletionRequest(BaseModel):
         }
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def _path(prefix: str, loc: tuple[int | str, ...]) -> str:
-    out = prefix
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in ("function-after[_shape_per_role()]",) or "[" in str(part):
-            continue
-        else:
-            out += f".{part}"
-    return out
-
-
-def _first_error(prefix: str, error: ValidationError) -> InvalidRequest:
-    first = error.errors()[0]
-    message = str(first["msg"]).removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "is not a known field"
-    return InvalidRequest(_path(prefix, tuple(first["loc"])), message)
 
 
 def _text(field: str, value: object, limit: int, *, required: bool) -> str | None:
@@ -180,23 +240,8 @@ def _messages(value: object) -> tuple[dict[str, Any], ...]:
             raise InvalidRequest(f"messages[{i}]", f"must be an object, not {type(raw).__name__}")
         if "role" not in raw:
             raise InvalidRequest(f"messages[{i}].role", "is required")
-        try:
-            out.append(ChatMessage.model_validate(raw).as_dict())
-        except ValidationError as exc:
-            raise _first_error(f"messages[{i}]", exc) from None
+        out.append(_message(f"messages[{i}]", raw))
     return tuple(out)
-
-
-def _params(value: object) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise InvalidRequest("params", f"must be an object, not {type(value).__name__}")
-    try:
-        parsed = CompletionParams.model_validate(value)
-    except ValidationError as exc:
-        raise _first_error("params", exc) from None
-    return parsed.model_dump(exclude_none=True)
 
 
 def _metadata(value: object) -> dict[str, Any]:

@@ -48,7 +48,82 @@ BAD = [
     ({"model": "m", "messages": USER, "params": {"temperature": 7}}, "params.temperature"),
     ({"model": "m", "messages": USER, "params": {"max_tokens": 0}}, "params.max_tokens"),
     ({"model": "m", "messages": USER, "params": {"stream": False}}, "params.stream"),
-    ({"model": "m", "messages": USER, "params": {"tools": [{"type": "x"}]}}, "params.tools"),
+    (
+        {"model": "m", "messages": USER, "params": {"tools": [{"type": "x"}]}},
+        "params.tools[0].type",
+    ),
+    ({"model": "m", "messages": USER, "params": {"user": 7}}, "params.user"),
+    ({"model": "m", "messages": USER, "params": {"n": 2}}, "params.n"),
+    ({"model": "m", "messages": USER, "params": {"logit_bias": {"1": 101}}}, "params.logit_bias.1"),
+    ({"model": "m", "messages": USER, "params": {"top_logprobs": 2}}, "params.top_logprobs"),
+    ({"model": "m", "messages": USER, "params": {"tool_choice": "always"}}, "params.tool_choice"),
+    (
+        {"model": "m", "messages": USER, "params": {"response_format": {"type": "xml"}}},
+        "params.response_format.type",
+    ),
+    (
+        {
+            "model": "m",
+            "messages": USER,
+            "params": {"response_format": {"type": "json_schema", "json_schema": {"name": "a b"}}},
+        },
+        "params.response_format.json_schema.name",
+    ),
+    (
+        {
+            "model": "m",
+            "messages": USER,
+            "params": {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "a", "schema": {"type": 5}},
+                }
+            },
+        },
+        "params.response_format.json_schema.schema.type",
+    ),
+    (
+        {"model": "m", "messages": USER, "params": {"thinking": {"type": "on"}}},
+        "params.thinking.type",
+    ),
+    (
+        {"model": "m", "messages": [{"role": "user", "content": [{"type": "video"}]}]},
+        "messages[0].content[0].type",
+    ),
+    (
+        {"model": "m", "messages": [{"role": "user", "content": []}]},
+        "messages[0].content",
+    ),
+    (
+        {
+            "model": "m",
+            "messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"uri": "x"}}]}
+            ],
+        },
+        "messages[0].content[0].image_url.url",
+    ),
+    (
+        {
+            "model": "m",
+            "messages": [
+                {"role": "system", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
+            ],
+        },
+        "messages[0].content[0].type",
+    ),
+    (
+        {
+            "model": "m",
+            "messages": [
+                {
+                    "role": "assistant",
+                    "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f"}}],
+                }
+            ],
+        },
+        "messages[0].tool_calls[0].function.arguments",
+    ),
     ({"model": "m", "messages": USER, "metadata": ["a"]}, "metadata"),
     ({"model": "m", "messages": USER, "conversation_id": "not-a-uuid"}, "conversation_id"),
     ({"model": "m", "messages": USER, "tenant": 5}, "tenant"),

@@ -779,3 +779,48 @@ def test_serve_entry_point_runs_and_stops_on_sigterm() -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+# -- GW-001 per model, on the OpenAI surface ------------------------------------------------
+
+GW001_TABLE = [
+    ("claude-sonnet-4-6", "broken"),
+    ("claude-haiku-4-5", "broken"),
+    ("deepseek-v4-pro", "broken"),
+    ("deepseek-v4-flash", "broken"),
+    ("glm-5.1", "broken"),
+    ("kimi-k2.6", "text"),
+    ("claude-opus-4-7", "tool_call"),
+]
+
+
+@pytest.mark.parametrize(("model", "expected"), GW001_TABLE)
+def test_tool_requests_reproduce_gw001_per_model(
+    client: openai.OpenAI, model: str, expected: str
+) -> None:
+    """Offered a tool, the affected models finish "tool_calls" with no call, kimi answers in
+    text and opus sends a real call, as ezrouter's probe found (GW-001)."""
+    chunks = stream(client, model=model, tools=TOOLS)
+    calls = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices][-1]
+    if expected == "broken":
+        assert (finish, calls) == ("tool_calls", [])
+    elif expected == "text":
+        assert finish == "stop" and not calls and text_of(chunks)
+    else:
+        assert finish == "tool_calls" and calls[0].function is not None
+        assert calls[0].function.name == TOOLS[0]["function"]["name"]
+
+
+def test_tool_choice_none_and_tool_results_get_text(client: openai.OpenAI) -> None:
+    """No tool call when tool_choice is "none" or when the last turn is a tool result."""
+    refused = stream(client, model="claude-opus-4-7", tools=TOOLS, tool_choice="none")
+    call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    history = [
+        *USER,
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+    answered = stream(client, model="claude-opus-4-7", tools=TOOLS, messages=history)
+    for chunks in (refused, answered):
+        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"

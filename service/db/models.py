@@ -99,7 +99,10 @@ class Message(Base):
     )
     seq: Mapped[int] = mapped_column(Integer)
     role: Mapped[str]
+    # For a message sent as content parts, the text of its text parts joined by newlines
+    # (so SQL reads it as text); the parts themselves, as sent, are in content_parts.
     content: Mapped[str | None]
+    content_parts: Mapped[list[Any] | None] = mapped_column(NULLABLE_JSONB)
     name: Mapped[str | None]
     tool_calls: Mapped[list[Any] | None] = mapped_column(NULLABLE_JSONB)
     tool_call_id: Mapped[str | None]

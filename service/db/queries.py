@@ -163,10 +163,22 @@ class WaitForTurn:
 ClaimOutcome = Claimed | AlreadyFinished | Busy | NotYetDue | WaitForTurn
 
 
+def _content_columns(content: Any) -> dict[str, Any]:
+    """The ``content`` and ``content_parts`` columns for a string or an array of parts."""
+    if not isinstance(content, list):
+        return {"content": content, "content_parts": None}
+    texts = [p["text"] for p in content if isinstance(p, dict) and p.get("type") == "text"]
+    return {"content": "\n".join(texts) if texts else None, "content_parts": content}
+
+
 def _history(session: Session, conversation_id: uuid.UUID) -> list[dict[str, Any]]:
     rows = session.execute(
         select(
-            Message.role, Message.content, Message.name, Message.tool_calls, Message.tool_call_id
+            Message.role,
+            func.coalesce(Message.content_parts, func.to_jsonb(Message.content)),
+            Message.name,
+            Message.tool_calls,
+            Message.tool_call_id,
         )
         .where(Message.conversation_id == conversation_id)
         .order_by(Message.seq)
@@ -330,7 +342,7 @@ def record_success(
                 "conversation_id": job.conversation_id,
                 "seq": next_seq + i + 1,
                 "role": m["role"],
-                "content": m.get("content"),
+                **_content_columns(m.get("content")),
                 "name": m.get("name"),
                 "tool_calls": m.get("tool_calls"),
                 "tool_call_id": m.get("tool_call_id"),
@@ -545,7 +557,7 @@ def conversation_view(session: Session, conversation_id: uuid.UUID) -> dict[str,
                 for k, v in {
                     "seq": m.seq,
                     "role": m.role,
-                    "content": m.content,
+                    "content": m.content_parts if m.content_parts is not None else m.content,
                     "name": m.name,
                     "tool_calls": m.tool_calls,
                     "tool_call_id": m.tool_call_id,

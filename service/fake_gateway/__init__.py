@@ -4,6 +4,13 @@ It always answers chat completions with SSE (even without ``stream``), uses
 ``msg_01…`` chunk ids, new-api style usage and error envelopes, sends
 ``x-oneapi-request-id`` on every response and never rate-limit headers.
 
+The "model" calls a tool when tools are offered (and ``tool_choice`` is not ``"none"``)
+and the conversation ends with a user turn. On the OpenAI surface it then reproduces
+GW-001 as ezrouter's probe found it: ``claude-sonnet-4-6``, ``claude-haiku-4-5``,
+``deepseek-v4-*`` and ``glm-5.1`` finish with ``"tool_calls"`` and send no tool call,
+``kimi-k2.6`` answers in text, the others stream a real tool call. GW-005:
+``claude-opus-4-7`` never reports cached tokens on the OpenAI surface.
+
 Fault kinds (queue them with ``FakeGateway.add_faults`` or ``POST /_fake/faults``):
 
 ``normal``

@@ -24,6 +24,13 @@ NEW_API_VERSION = "v0.9.0-fake"
 # GW-005: automatic prompt caching never reports hits for this model on the OpenAI surface.
 NO_CACHE_MODELS: frozenset[str] = frozenset({"claude-opus-4-7"})
 
+# GW-001: on the OpenAI surface these end with finish_reason "tool_calls" but never send a
+# tool_calls delta; kimi never asks for a tool there at all (ezrouter's probe, §3.3).
+GW001_MODELS: frozenset[str] = frozenset(
+    {"claude-sonnet-4-6", "claude-haiku-4-5", "deepseek-v4-pro", "deepseek-v4-flash", "glm-5.1"}
+)
+NO_TOOL_CALL_MODELS: frozenset[str] = frozenset({"kimi-k2.6"})
+
 MESSAGE_OVERHEAD_TOKENS = 4
 TOOLS_OVERHEAD_TOKENS = 8
 REPLY_PRIMING_TOKENS = 3
@@ -198,6 +205,32 @@ def thinking_enabled(body: Mapping[str, Any]) -> bool:
     """Whether the request switched thinking on via the non-OpenAI `thinking` field (§2)."""
     thinking = body.get("thinking")
     return isinstance(thinking, dict) and thinking.get("type") in {"enabled", "adaptive"}
+
+
+def wants_tool(body: Mapping[str, Any]) -> bool:
+    """Whether the fake's "model" calls a tool: tools are offered, not refused by
+    ``tool_choice: "none"``, and the conversation ends with a user turn (not a tool result)."""
+    if not body.get("tools") or body.get("tool_choice") == "none":
+        return False
+    messages = body.get("messages") or []
+    last = messages[-1] if messages else None
+    if not isinstance(last, dict) or last.get("role") != "user":
+        return False
+    content = last.get("content")
+    # Anthropic-shaped bodies carry tool results as tool_result blocks in a user turn.
+    return not (
+        isinstance(content, list)
+        and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
+    )
+
+
+def openai_tool_mode(model: str) -> ReplyMode:
+    """How a model answers a tool request on the OpenAI surface, GW-001 included."""
+    if model in GW001_MODELS:
+        return "tool_calls_broken"
+    if model in NO_TOOL_CALL_MODELS:
+        return "text"
+    return "tool_calls"
 
 
 def max_tokens_of(body: Mapping[str, Any]) -> int | None:

@@ -31,6 +31,8 @@ from service.fake_gateway.replies import (
     build_plan,
     new_request_id,
     normalize_models,
+    openai_tool_mode,
+    wants_tool,
 )
 
 CHAT_PATH = "/v1/chat/completions"
@@ -415,6 +417,8 @@ class _Handler(BaseHTTPRequestHandler):
         granularity = gateway.cache_granularity
         cached = 0 if model in NO_CACHE_MODELS else seen // granularity * granularity
         mode = cast(ReplyMode, fault.kind if fault.kind in _REPLY_MODES else "text")
+        if fault.kind in ("normal", "usage_on_finish") and wants_tool(body):
+            mode = openai_tool_mode(model)
         placement: UsagePlacement = (
             "finish" if fault.kind == "usage_on_finish" else gateway.usage_placement
         )

@@ -24,6 +24,7 @@ from service.errors import (
     GatewayTimeout,
     PermanentGatewayError,
 )
+from service.gateway.checks import check_reply
 from service.gateway.stream import StreamAssembler, split_lines
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,10 @@ _SDK_PARAMS = frozenset(
         "parallel_tool_calls",
         "response_format",
         "reasoning_effort",
+        "user",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
     }
 )
 
@@ -181,4 +186,5 @@ class GatewayClient:
             if translated.request_id is None:
                 translated.request_id = request_id
             raise translated from error
+        check_reply(completion, params)
         return completion
