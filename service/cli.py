@@ -13,6 +13,7 @@ import click
 from service.errors import ConfigError, EzqError
 from service.usage.cli import grant_readonly, prices, usage
 from service.webhooks.cli import webhooks as webhooks_group
+from service.worker.cli import dead_letters
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -99,6 +100,11 @@ def worker(ctx: click.Context) -> None:
     settings = get_settings()
     settings.require_api_key()
     _check_schema()
+    extra = [a for a in ctx.args if a not in ("-B", "--beat")]
+    if len(extra) != len(ctx.args):
+        # The sweep runs inside every worker now; an embedded beat process could outlive
+        # the worker that started it.
+        click.echo("ezq worker: -B is not needed (every worker sweeps); ignored", err=True)
     argv = [
         "worker",
         "--pool",
@@ -109,7 +115,7 @@ def worker(ctx: click.Context) -> None:
         settings.ezq_queue,
         "--loglevel",
         settings.ezq_log_level,
-        *ctx.args,
+        *extra,
     ]
     app.worker_main(argv=argv)
 
@@ -289,4 +295,5 @@ def main() -> None:
 cli.add_command(webhooks_group)
 cli.add_command(prices)
 cli.add_command(usage)
+cli.add_command(dead_letters)
 db.add_command(grant_readonly)

@@ -9,11 +9,14 @@ from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Annotated
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service import constants as c
 from service.errors import ConfigError
+
+REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://")
+AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
 
 
 class Settings(BaseSettings):
@@ -37,6 +40,13 @@ class Settings(BaseSettings):
     ezq_worker_concurrency: int = Field(default=c.WORKER_CONCURRENCY, ge=1, le=1000)
     ezq_max_request_bytes: int = Field(default=c.MAX_REQUEST_BYTES, ge=1_000)
     ezq_sweep_stale_after: float = Field(default=c.SWEEP_STALE_AFTER_S, gt=0)
+    ezq_sweep_interval: float = Field(default=c.SWEEP_INTERVAL_S, ge=0)
+    ezq_redispatch_after: float = Field(default=c.REDISPATCH_AFTER_S, gt=0)
+    ezq_lease_seconds: float = Field(default=c.LEASE_S, gt=0)
+    ezq_heartbeat_interval: float = Field(default=c.HEARTBEAT_INTERVAL_S, gt=0)
+    ezq_record_retry_for: float = Field(default=c.RECORD_RETRY_FOR_S, ge=0)
+    ezq_broker_visibility_timeout: float = Field(default=c.BROKER_VISIBILITY_TIMEOUT_S, ge=10)
+    ezq_publish_timeout: float = Field(default=c.PUBLISH_TIMEOUT_S, gt=0, le=60)
     ezq_api_tokens: SecretStr | None = None
     ezq_log_level: str = "INFO"
 
@@ -69,10 +79,17 @@ class Settings(BaseSettings):
 
     @field_validator("celery_broker_url")
     @classmethod
-    def _redis_url(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "redis+socket://")):
-            raise ValueError("must be a redis:// URL (the broker is Redis)")
+    def _broker_url(cls, value: str) -> str:
+        if not value.startswith(REDIS_SCHEMES + AMQP_SCHEMES):
+            raise ValueError("must be a redis:// or amqp:// URL (Redis or RabbitMQ)")
         return value
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> Settings:
+        # A lease must survive a couple of missed beats, or a busy worker loses live jobs.
+        if self.ezq_heartbeat_interval * 3 > self.ezq_lease_seconds:
+            raise ValueError("EZQ_HEARTBEAT_INTERVAL must be at most a third of EZQ_LEASE_SECONDS")
+        return self
 
     @field_validator("ezq_log_level")
     @classmethod
@@ -131,18 +148,38 @@ class Settings(BaseSettings):
 
     @property
     def result_backend(self) -> str:
-        return self.celery_result_backend or self.celery_broker_url
+        # With RabbitMQ, results travel back as replies (``rpc://``): Celery has no AMQP
+        # result store. Postgres holds every job's outcome either way.
+        if self.celery_result_backend:
+            return self.celery_result_backend
+        return self.celery_broker_url if self.broker_is_redis else "rpc://"
 
     @property
     def lease_seconds(self) -> float:
+        return self.ezq_lease_seconds
+
+    @property
+    def longest_hold_seconds(self) -> float:
         # The deadline is checked between chunks, so an attempt can overrun it by one read
-        # timeout (and a connect); the lease must outlast that, or a live call is taken over.
+        # timeout (and a connect), and recording its outcome may wait out a database outage.
+        # Past this, a heartbeat stops renewing the lease: the thread is stuck.
         return (
             self.ezq_gateway_attempt_deadline
             + self.ezq_gateway_read_timeout
             + self.ezq_gateway_connect_timeout
-            + c.LEASE_MARGIN_S
+            + self.ezq_record_retry_for
+            + c.LEASE_HOLD_MARGIN_S
         )
+
+    @property
+    def broker_is_redis(self) -> bool:
+        return self.celery_broker_url.startswith(REDIS_SCHEMES)
+
+    @property
+    def max_countdown_seconds(self) -> float:
+        # A message held back longer than the visibility timeout would come back as a
+        # duplicate; longer waits are parked in the database for the sweep.
+        return self.ezq_broker_visibility_timeout / 3
 
     def api_tokens(self, *, required: bool = False) -> list[str]:
         """The bearer tokens the HTTP interface accepts (``EZQ_API_TOKENS``, comma-separated)."""

@@ -26,17 +26,25 @@ MAX_ATTEMPTS: Final = 5
 RETRY_BACKOFF_BASE_S: Final = 2.0
 RETRY_BACKOFF_MAX_S: Final = 300.0
 
-# How long a claimed job is owned by the worker that claimed it; past this a redelivered
-# message may take it over. Must exceed the attempt deadline.
-LEASE_MARGIN_S: Final = 60.0
+# A claimed job is owned by its worker for a short lease that the worker's heartbeat renews
+# while the attempt runs, so a job whose worker died is found in seconds, not after the
+# attempt's deadline. The heartbeat beats several times per lease.
+LEASE_S: Final = 30.0
+HEARTBEAT_INTERVAL_S: Final = 5.0
+# A heartbeat renews a job's lease for at most the attempt's own bounds plus this margin, so
+# a thread stuck by a bug cannot hold a job forever.
+LEASE_HOLD_MARGIN_S: Final = 60.0
 
-# How a job waits for an earlier turn of its conversation to finish.
-TURN_WAIT_FIRST_S: Final = 0.5
-TURN_WAIT_MAX_S: Final = 10.0
-
-# The Redis transport redelivers an unacknowledged message after this long; it must exceed
-# the longest job, retries' countdowns included, or a slow job runs twice.
-BROKER_VISIBILITY_TIMEOUT_S: Final = 6 * 3600
+# The Redis transport gives an unacknowledged message back after this long, so a message a
+# dead worker had taken (a foreign job whose row it had not written yet) runs again within
+# a minute. A live job's message that outlives it comes back as a duplicate, which the
+# claim recognises and drops; countdowns are kept shorter than a third of it, longer waits
+# are parked in the database for the sweep.
+BROKER_VISIBILITY_TIMEOUT_S: Final = 45.0
+BROKER_RESTORE_INTERVAL_S: Final = 5.0
+# Publishing a message gives up after this long, so a broker outage never blocks a caller:
+# the job is stored, and the sweep publishes it when the broker is back.
+PUBLISH_TIMEOUT_S: Final = 2.0
 
 # Worker: gateway calls are I/O bound, so one process keeps many in flight on threads.
 WORKER_CONCURRENCY: Final = 32
@@ -52,9 +60,16 @@ MAX_METADATA_BYTES: Final = 16_000
 # Error text stored from the gateway is capped so a huge upstream body cannot bloat rows.
 MAX_STORED_ERROR_CHARS: Final = 2_000
 
-# The sweep republishes queued jobs that have not started after this long, and running
-# jobs whose lease has expired.
+# The sweep runs in every worker process, one at a time across all of them (a row lock),
+# about this often.
+SWEEP_INTERVAL_S: Final = 10.0
+# A pending job whose message was published this long ago and has not started is
+# republished when the broker holds fewer messages than there are pending and running jobs
+# (messages were lost: a flushed or restarted broker).
+REDISPATCH_AFTER_S: Final = 30.0
+# ... and after this long whatever the broker says: the safety net.
 SWEEP_STALE_AFTER_S: Final = 600.0
+SWEEP_BATCH: Final = 1000
 
 # Webhooks. The retry schedule follows the Standard Webhooks recommendation: at once, then
 # 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (eight attempts over about a day and a half).
@@ -78,6 +93,7 @@ WEBHOOK_SWEEP_BATCH: Final = 500
 # A claimed delivery is owned for the attempt deadline plus this margin.
 WEBHOOK_LEASE_MARGIN_S: Final = 30.0
 
-# After a paid gateway call, recording its reply is retried in-process this many times,
-# with these pauses, if the database connection drops.
-RECORD_RETRY_PAUSES_S: Final = (0.5, 1.0, 2.0)
+# After a paid gateway call, recording its outcome is retried in-process for this long if
+# the database is unreachable, with these pauses (the last one repeats).
+RECORD_RETRY_FOR_S: Final = 300.0
+RECORD_RETRY_PAUSES_S: Final = (0.2, 0.5, 1.0, 2.0)

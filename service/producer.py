@@ -34,7 +34,7 @@ def enqueue_completion(
     its id is on the job (``ezq show``).
     """
     # Imported here so that validating and storing need no broker configuration.
-    from service.worker.app import publish_job
+    from service.worker.dispatch import publish_jobs
 
     request = validate_request(
         model=model,
@@ -50,12 +50,10 @@ def enqueue_completion(
     with transaction() as session:
         job_id, created = queries.create_job(session, request)
     if created:
-        try:
-            publish_job(job_id)
-        except Exception:
-            # The job is durably stored; the periodic sweep publishes it once the broker is
-            # back, so the caller gets its id rather than an error that invites a duplicate.
-            log.exception("job %s stored but its message could not be published yet", job_id)
+        # The job is durably stored: if the broker is down, this gives up within
+        # EZQ_PUBLISH_TIMEOUT and the sweep publishes the job once the broker is back, so
+        # the caller gets its id rather than an error that invites a duplicate.
+        publish_jobs([job_id])
     return job_id
 
 
@@ -80,7 +78,7 @@ def cancel_job(job_id: uuid.UUID | str) -> dict[str, Any]:
     """
     from service.webhooks import outbox as webhook_outbox
     from service.webhooks.tasks import publish_deliveries
-    from service.worker.app import publish_job
+    from service.worker.dispatch import publish_jobs
 
     the_id = uuid.UUID(str(job_id))
     with transaction() as session:
@@ -88,12 +86,7 @@ def cancel_job(job_id: uuid.UUID | str) -> dict[str, Any]:
         view = queries.job_view(session, the_id)
         deliveries = webhook_outbox.pending_ids_for_job(session, the_id) if job.callback_url else []
         waiting = queries.next_waiting_job(session, job.conversation_id)
-    try:
-        if deliveries:
-            publish_deliveries(deliveries)
-        if waiting is not None:
-            publish_job(waiting)
-    except Exception:
-        # Committed already; the periodic sweep publishes whatever this could not.
-        log.exception("job %s cancelled, but a follow-up message could not be published", the_id)
+    # Committed already; the sweep publishes whatever these cannot.
+    publish_deliveries(deliveries)
+    publish_jobs([waiting])
     return view

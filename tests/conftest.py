@@ -96,6 +96,11 @@ def service_env(
         "EZQ_GATEWAY_ATTEMPT_DEADLINE": "4",
         "EZQ_WORKER_CONCURRENCY": "8",
         "EZQ_LOG_LEVEL": "DEBUG",
+        # Recovery at test speed: leases renewed every second, a sweep every second.
+        "EZQ_LEASE_SECONDS": "6",
+        "EZQ_HEARTBEAT_INTERVAL": "1",
+        "EZQ_SWEEP_INTERVAL": "1",
+        "EZQ_REDISPATCH_AFTER": "5",
     }
 
 

@@ -47,10 +47,11 @@ def test_cancelled_queued_job_never_runs(fake_gateway: Any) -> None:
 
 
 @pytest.mark.usefixtures("worker")
-def test_cancelled_running_job_discards_its_reply(fake_gateway: Any) -> None:
-    """A job cancelled mid-call stays cancelled; its reply and usage are never stored."""
+def test_cancelled_running_job_discards_its_reply_but_keeps_its_spend(fake_gateway: Any) -> None:
+    """A job cancelled mid-call stays cancelled with no reply, but the call it paid for is
+    recorded: a usage row flagged job_cancelled and the attempt's outcome."""
     marker = uuid.uuid4().hex
-    fake_gateway.add_faults(Fault(kind="normal", latency=1.5, match=marker))
+    fake_gateway.add_faults(Fault(kind="normal", latency=1.0, match=marker))
     job_id = enqueue_completion(MODEL, [{"role": "user", "content": f"slow {marker}"}])
     deadline = time.monotonic() + 10
     while get_job(job_id)["status"] != "running":
@@ -58,15 +59,27 @@ def test_cancelled_running_job_discards_its_reply(fake_gateway: Any) -> None:
         time.sleep(0.02)
 
     cancel_job(job_id)
-    time.sleep(2.5)  # the in-flight call finishes meanwhile
+    deadline = time.monotonic() + 15  # the in-flight call finishes meanwhile
+    while sql("SELECT count(*) FROM token_usage WHERE job_id = :j", j=job_id) == [(0,)]:
+        assert time.monotonic() < deadline, "the cancelled call's usage was never recorded"
+        time.sleep(0.05)
 
     job = get_job(job_id)
     assert job["status"] == "cancelled"
-    assert job["content"] is None and job["usage"] is None
+    assert job["content"] is None
+    assert job["usage"] is not None and job["usage"]["total_tokens"] > 0
     assert sql("SELECT count(*) FROM messages WHERE job_id = :j", j=job_id) == [(0,)]
-    assert sql("SELECT error_type FROM job_attempts WHERE job_id = :j", j=job_id) == [
-        ("cancelled",)
-    ]
+    assert sql("SELECT job_cancelled FROM token_usage WHERE job_id = :j", j=job_id) == [(True,)]
+    ((error_type, http_status, request_id),) = sql(
+        "SELECT error_type, http_status, gateway_request_id FROM job_attempts WHERE job_id = :j",
+        j=job_id,
+    )
+    assert (error_type, http_status) == ("cancelled", 200)
+    assert request_id is not None
+    # The spend counts in the cost views like any other.
+    assert sql(
+        "SELECT count(*) FROM job_costs WHERE job_id = :j AND total_tokens > 0", j=job_id
+    ) == [(1,)]
 
 
 @pytest.mark.usefixtures("worker")

@@ -112,7 +112,7 @@ def test_errors_are_one_clear_line(
     [
         ({"EZQ_MAX_ATTEMPTS": "lots"}, "EZQ_MAX_ATTEMPTS"),
         ({"DATABASE_URL": "mysql://admin:hunter2@db/ezq"}, "DATABASE_URL"),
-        ({"CELERY_BROKER_URL": "amqp://guest@localhost//"}, "CELERY_BROKER_URL"),
+        ({"CELERY_BROKER_URL": "kafka://guest@localhost//"}, "CELERY_BROKER_URL"),
         ({"EZROUTER_BASE_URL": "ftp://x"}, "EZROUTER_BASE_URL"),
         ({"EZQ_GATEWAY_READ_TIMEOUT": "-1"}, "EZQ_GATEWAY_READ_TIMEOUT"),
     ],

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     Text,
@@ -149,9 +150,24 @@ class Job(Base):
     # When the job's latest run message was published, or, for a retry, becomes due. The
     # sweep republishes a job only when this is long past: its message was lost.
     dispatched_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    # The worker (``workers.id``) whose heartbeat renews a running job's lease.
+    lease_holder: Mapped[str | None]
+    # No run message is on the broker for this pending job (the publish failed, a waiting
+    # turn was parked, a backoff is longer than a countdown may be): the sweep publishes it.
+    needs_publish: Mapped[bool] = mapped_column(server_default=text("false"))
 
     __table_args__ = (
         CheckConstraint(_in("status", JOB_STATUSES), name="status"),
+        Index(
+            "ix_jobs_running_lease",
+            "lease_expires_at",
+            postgresql_where=text("status = 'running'"),
+        ),
+        Index(
+            "ix_jobs_pending_dispatch",
+            "dispatched_at",
+            postgresql_where=text("status IN ('queued', 'retrying')"),
+        ),
         CheckConstraint("attempts >= 0", name="attempts"),
         Index(None, "status", "created_at"),
         Index(None, "conversation_id", "enqueue_seq"),
@@ -209,6 +225,8 @@ class TokenUsage(Base):
     # The gateway's usage object exactly as received, and what did not add up in it.
     raw_usage: Mapped[dict[str, Any]]
     usage_issues: Mapped[list[Any] | None] = mapped_column(NULLABLE_JSONB)
+    # A call that finished after its job was cancelled: paid for, so counted in every total.
+    job_cancelled: Mapped[bool] = mapped_column(server_default=text("false"))
     created_at: Mapped[datetime] = _now()
     # Priced once, when written, from the price in effect, so a later price never changes
     # it. NULL (never 0) when the model had no price: see ``ezq prices recompute``.
@@ -320,3 +338,46 @@ class WebhookAttempt(Base):
         Index(None, "delivery_id", "attempt", unique=True),
         Index(None, "started_at"),
     )
+
+
+class Worker(Base):
+    """One worker process; its heartbeat renews the leases of the jobs it runs."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(primary_key=True)
+    hostname: Mapped[str]
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = _now()
+    heartbeat_at: Mapped[datetime] = _now()
+    stopped_at: Mapped[datetime | None]
+
+    __table_args__ = (Index(None, "heartbeat_at"),)
+
+
+class DeadLetter(Base):
+    """A broker message no worker could run, kept with the reason and the raw bytes."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    received_at: Mapped[datetime] = _now()
+    queue: Mapped[str | None]
+    reason: Mapped[str]
+    task_name: Mapped[str | None]
+    message_id: Mapped[str | None]
+    worker: Mapped[str | None]
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    raw_bytes: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index(None, "received_at"),)
+
+
+class SweepRun(Base):
+    """When a periodic task last ran; the row is the lock that lets one run at a time."""
+
+    __tablename__ = "sweep_runs"
+
+    name: Mapped[str] = mapped_column(primary_key=True)
+    last_run_at: Mapped[datetime]
+    last_worker: Mapped[str | None]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -197,12 +197,19 @@ def _history(session: Session, conversation_id: uuid.UUID) -> list[dict[str, Any
 
 
 def claim_job(
-    session: Session, job_id: uuid.UUID, *, lease_seconds: float, max_attempts: int
+    session: Session,
+    job_id: uuid.UUID,
+    *,
+    lease_seconds: float,
+    holder: str | None = None,
 ) -> ClaimOutcome:
-    """Take the job for one attempt, if it is its turn and nobody else holds it.
+    """Take the job for one attempt, if it is its turn and nobody holds it.
 
-    A job whose lease expired (its worker died) is taken over; if that was its last
-    attempt it ends ``failed`` instead, so a job that kills its worker cannot loop.
+    A running job is never taken over here, whatever its lease says: only the sweep
+    decides that a holder is gone (``take_over``), because it alone knows whether the
+    database has been reachable long enough for a live holder to have renewed its lease.
+    A turn that must wait is parked (``needs_publish``): the turn before it publishes it
+    when it ends, or the sweep does.
     """
     locked = _lock_job(session, job_id)
     if locked is None:
@@ -210,10 +217,10 @@ def claim_job(
     job, now = locked
     if job.status in TERMINAL_STATUSES:
         return AlreadyFinished(job.id, job.status)
-    if job.status == "running" and job.lease_expires_at and job.lease_expires_at > now:
+    if job.status == "running":
         return Busy(job.id)
     if job.status == "retrying" and job.dispatched_at > now:
-        # An extra message (a turn's timer, a wake-up, the sweep) must not skip the backoff.
+        # An extra message (a duplicate, a wake-up, the sweep) must not skip the backoff.
         return NotYetDue(job.id, (job.dispatched_at - now).total_seconds())
     # One turn at a time per conversation: lock the conversation row so that two workers
     # claiming two turns decide one after the other.
@@ -226,37 +233,20 @@ def claim_job(
             Job.conversation_id == job.conversation_id,
             Job.id != job.id,
             Job.status.not_in(TERMINAL_STATUSES),
-            (Job.enqueue_seq < job.enqueue_seq)
-            | ((Job.status == "running") & (Job.lease_expires_at > now)),
+            (Job.enqueue_seq < job.enqueue_seq) | (Job.status == "running"),
         )
         .order_by(Job.enqueue_seq)
         .limit(1)
     ).scalar_one_or_none()
     if blocker is not None:
+        job.needs_publish = True
         return WaitForTurn(job.id, blocker)
-    if job.status == "running":
-        # The previous holder's lease ran out: its worker died mid-attempt.
-        lost = "the worker running this attempt was lost before it finished"
-        session.execute(
-            update(JobAttempt)
-            .where(
-                JobAttempt.job_id == job.id,
-                JobAttempt.attempt == job.attempts,
-                JobAttempt.finished_at.is_(None),
-            )
-            .values(finished_at=now, error_type="worker_lost", error=lost, retryable=True)
-        )
-        if job.attempts >= max_attempts:
-            job.status = "failed"
-            job.error_type, job.error_status, job.error = "worker_lost", None, lost
-            job.finished_at = now
-            job.lease_expires_at = None
-            _add_webhook(session, job)
-            return AlreadyFinished(job.id, job.status)
     job.attempts += 1
     job.status = "running"
     job.started_at = job.started_at or now
     job.lease_expires_at = now + timedelta(seconds=lease_seconds)
+    job.lease_holder = holder
+    job.needs_publish = False
     session.add(JobAttempt(job_id=job.id, attempt=job.attempts, started_at=now))
     messages = _history(session, job.conversation_id) + list(job.input_messages)
     return Claimed(
@@ -268,6 +258,67 @@ def claim_job(
         messages=messages,
         tenant=job.tenant,
     )
+
+
+def park(session: Session, job_id: uuid.UUID) -> None:
+    """Leave a pending job to the sweep: no message for it is on the broker any more."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(("queued", "retrying")))
+        .values(needs_publish=True)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TakenOver:
+    """A running job whose holder is gone: it is pending again, or failed if that was its
+    last attempt."""
+
+    job: Job
+    failed: bool
+
+
+LOST_REASONS = {
+    "worker_lost": "the worker running this attempt stopped before it finished",
+    "lease_expired": (
+        "the attempt's lease expired while its worker was alive (it could not record the"
+        " outcome in time)"
+    ),
+}
+
+
+def take_over(
+    session: Session, job_id: uuid.UUID, *, error_type: str, max_attempts: int
+) -> TakenOver | None:
+    """End the lost attempt of a running job and make the job pending again (or failed)."""
+    locked = _lock_job(session, job_id)
+    if locked is None:
+        return None
+    job, now = locked
+    if job.status != "running":
+        return None
+    reason = LOST_REASONS[error_type]
+    session.execute(
+        update(JobAttempt)
+        .where(
+            JobAttempt.job_id == job.id,
+            JobAttempt.attempt == job.attempts,
+            JobAttempt.finished_at.is_(None),
+        )
+        .values(finished_at=now, error_type=error_type, error=reason, retryable=True)
+    )
+    job.lease_expires_at = None
+    job.lease_holder = None
+    job.error_type, job.error_status, job.error = error_type, None, reason
+    if job.attempts >= max_attempts:
+        job.status = "failed"
+        job.finished_at = now
+        _add_webhook(session, job)
+        return TakenOver(job, failed=True)
+    job.status = "retrying"
+    job.dispatched_at = now
+    job.needs_publish = False
+    return TakenOver(job, failed=False)
 
 
 def _lock_job(session: Session, job_id: uuid.UUID) -> tuple[Job, datetime] | None:
@@ -327,6 +378,7 @@ def record_success(
     """
     owned = _owned(session, claimed.job_id, claimed.attempt)
     if owned is None:
+        _record_cancelled_spend(session, claimed, completion, tokens)
         return None
     job, now = owned
     next_seq = session.execute(
@@ -351,28 +403,13 @@ def record_success(
             for i, m in enumerate(new_messages)
         ],
     )
-    if tokens is not None and completion.usage is not None:
-        insert_priced_usage(
-            session,
-            job_id=job.id,
-            conversation_id=job.conversation_id,
-            model=job.model,
-            tenant=job.tenant,
-            meta=job.meta,
-            prompt_tokens=tokens.prompt_tokens,
-            cached_tokens=tokens.cached_tokens,
-            uncached_prompt_tokens=tokens.uncached_prompt_tokens,
-            completion_tokens=tokens.completion_tokens,
-            reasoning_tokens=tokens.reasoning_tokens,
-            total_tokens=tokens.total_tokens,
-            raw_usage=completion.usage,
-            usage_issues=tokens.issues or None,
-        )
+    _insert_usage(session, job, completion, tokens, job_cancelled=False)
     job.status = "succeeded"
     job.finish_reason = completion.finish_reason
     job.first_token_at = completion.first_token_at
     job.finished_at = now
     job.lease_expires_at = None
+    job.lease_holder = None
     job.error_type = job.error_status = job.error = None
     _finish_attempt(
         session,
@@ -391,6 +428,88 @@ def record_success(
     return Recorded(job, view)
 
 
+def _insert_usage(
+    session: Session,
+    job: Job,
+    completion: Completion,
+    tokens: TokenCounts | None,
+    *,
+    job_cancelled: bool,
+) -> None:
+    if tokens is None or completion.usage is None:
+        return
+    insert_priced_usage(
+        session,
+        job_id=job.id,
+        conversation_id=job.conversation_id,
+        model=job.model,
+        tenant=job.tenant,
+        meta=job.meta,
+        prompt_tokens=tokens.prompt_tokens,
+        cached_tokens=tokens.cached_tokens,
+        uncached_prompt_tokens=tokens.uncached_prompt_tokens,
+        completion_tokens=tokens.completion_tokens,
+        reasoning_tokens=tokens.reasoning_tokens,
+        total_tokens=tokens.total_tokens,
+        raw_usage=completion.usage,
+        usage_issues=tokens.issues or None,
+        job_cancelled=job_cancelled,
+    )
+
+
+def _record_cancelled_spend(
+    session: Session,
+    claimed: Claimed,
+    completion: Completion,
+    tokens: TokenCounts | None,
+) -> None:
+    """A call that finished after its job was cancelled was still paid for: keep its usage
+    (flagged ``job_cancelled``) and the attempt's outcome; the reply itself is discarded."""
+    locked = _lock_job(session, claimed.job_id)
+    if locked is None:
+        return
+    job, _ = locked
+    if job.status != "cancelled" or job.attempts != claimed.attempt:
+        return
+    _insert_usage(session, job, completion, tokens, job_cancelled=True)
+    _finish_attempt(
+        session,
+        job.id,
+        claimed.attempt,
+        {
+            "http_status": completion.http_status,
+            "first_token_at": completion.first_token_at,
+            "gateway_request_id": completion.request_id,
+            "error_type": "cancelled",
+            "error": "the job was cancelled while this call ran; its reply was discarded",
+        },
+    )
+
+
+def _record_cancelled_failure(session: Session, claimed: Claimed, error: GatewayError) -> None:
+    """Keep the outcome of a call that failed after its job was cancelled, on its attempt."""
+    locked = _lock_job(session, claimed.job_id)
+    if locked is None:
+        return
+    job, _ = locked
+    if job.status != "cancelled" or job.attempts != claimed.attempt:
+        return
+    _finish_attempt(
+        session,
+        job.id,
+        claimed.attempt,
+        {
+            "http_status": error.status,
+            "gateway_request_id": error.request_id,
+            "retryable": error.retryable,
+            "error_type": "cancelled",
+            "error": _clip(
+                f"the job was cancelled while this call ran; it failed: {error.describe()}"
+            ),
+        },
+    )
+
+
 def _clip(text_value: str) -> str:
     if len(text_value) <= c.MAX_STORED_ERROR_CHARS:
         return text_value
@@ -404,10 +523,12 @@ def record_failure(
     *,
     final: bool,
     retry_in_s: float = 0.0,
+    park: bool = False,
 ) -> Job | None:
     """Record a failed attempt; ``final`` ends the job, else it is retried in ``retry_in_s``."""
     owned = _owned(session, claimed.job_id, claimed.attempt)
     if owned is None:
+        _record_cancelled_failure(session, claimed, error)
         return None
     job, now = owned
     message = _clip(error.message)
@@ -427,6 +548,7 @@ def record_failure(
     job.error_status = error.status
     job.error = _clip(error.describe())
     job.lease_expires_at = None
+    job.lease_holder = None
     if final:
         job.status = "failed"
         job.finished_at = now
@@ -434,6 +556,8 @@ def record_failure(
     else:
         job.status = "retrying"
         job.dispatched_at = now + timedelta(seconds=retry_in_s)
+        # A backoff too long for a countdown message waits here; the sweep publishes it.
+        job.needs_publish = park
     return job
 
 
@@ -464,6 +588,7 @@ def cancel_job(session: Session, job_id: uuid.UUID) -> Job:
     job.status = "cancelled"
     job.finished_at = now
     job.lease_expires_at = None
+    job.lease_holder = None
     _add_webhook(session, job)
     return job
 
@@ -527,6 +652,12 @@ def view_of(
         ),
         "tenant": job.tenant,
         "metadata": job.meta,
+        # Who runs the job now and until when their lease holds (renewed while it runs).
+        "lease": (
+            {"holder": job.lease_holder, "expires_at": _iso(job.lease_expires_at)}
+            if job.status == "running"
+            else None
+        ),
         "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at),
         "first_token_at": _iso(job.first_token_at),
@@ -571,45 +702,22 @@ def conversation_view(session: Session, conversation_id: uuid.UUID) -> dict[str,
     }
 
 
-def redispatch_stale_jobs(
-    session: Session, *, older_than_s: float, limit: int = 500
-) -> list[uuid.UUID]:
-    """Mark and return jobs whose run message looks lost, for the sweep to republish.
-
-    A queued or retrying job qualifies when its message was due more than ``older_than_s``
-    ago and no earlier turn holds it back; a running job when its lease has expired (its
-    worker died). Each job is picked at most once per window, so a long broker backlog
-    does not fill the queue with copies.
-    """
-    stmt = text(
-        """
-        UPDATE jobs SET dispatched_at = now()
-        WHERE id IN (
-            SELECT j.id FROM jobs j
-            WHERE j.dispatched_at < now() - make_interval(secs => :age)
-              AND (
-                (j.status IN ('queued', 'retrying') AND NOT EXISTS (
-                    SELECT 1 FROM jobs e
-                    WHERE e.conversation_id = j.conversation_id
-                      AND e.enqueue_seq < j.enqueue_seq
-                      AND e.status NOT IN ('succeeded', 'failed', 'cancelled')))
-                OR (j.status = 'running' AND j.lease_expires_at < now())
-              )
-            ORDER BY j.enqueue_seq
-            LIMIT :limit
-            FOR UPDATE SKIP LOCKED
-        )
-        RETURNING id
-        """
-    )
-    return list(session.execute(stmt, {"age": older_than_s, "limit": limit}).scalars())
-
-
 def next_waiting_job(session: Session, conversation_id: uuid.UUID) -> uuid.UUID | None:
-    """The earliest queued turn of the conversation, if any."""
-    return session.execute(
+    """The earliest queued turn of the conversation, marked as published, if any.
+
+    The caller publishes it after the commit; a turn parked while it waited is then no
+    longer the sweep's to publish.
+    """
+    earliest = (
         select(Job.id)
         .where(Job.conversation_id == conversation_id, Job.status == "queued")
         .order_by(Job.enqueue_seq)
         .limit(1)
+        .scalar_subquery()
+    )
+    return session.execute(
+        update(Job)
+        .where(Job.id == earliest)
+        .values(needs_publish=False, dispatched_at=func.now())
+        .returning(Job.id)
     ).scalar_one_or_none()

@@ -2,19 +2,51 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from celery import Celery
 
 from service import constants as c
-from service.config import get_settings
+from service.config import Settings, get_settings
+
+# Publishing tries a fresh connection once, then gives up: the caller's job is stored, and
+# the sweep publishes it when the broker is back.
+PUBLISH_RETRY_POLICY = {
+    "max_retries": 1,
+    "interval_start": 0.1,
+    "interval_step": 0.2,
+    "interval_max": 0.2,
+}
+
+
+def _transport(settings: Settings) -> dict[str, Any]:
+    if not settings.broker_is_redis:
+        # RabbitMQ gives a dead consumer's unacknowledged messages back at once and keeps
+        # messages across restarts (durable queues, persistent messages).
+        return {
+            "broker_transport_options": {"confirm_publish": True},
+            "broker_connection_timeout": settings.ezq_publish_timeout,
+        }
+    options = {
+        "visibility_timeout": settings.ezq_broker_visibility_timeout,
+        "unacked_restore_interval": c.BROKER_RESTORE_INTERVAL_S,
+        "unacked_restore_throttle": 1,
+        "socket_connect_timeout": settings.ezq_publish_timeout,
+        "health_check_interval": 10,
+    }
+    return {
+        "broker_transport": "service.worker.transport:Transport",
+        "broker_transport_options": options,
+        "result_backend_transport_options": {
+            "visibility_timeout": settings.ezq_broker_visibility_timeout,
+            "socket_connect_timeout": settings.ezq_publish_timeout,
+            "retry_policy": {"max_retries": 1},
+        },
+    }
 
 
 def celery_config() -> dict[str, Any]:
     settings = get_settings()
-    transport = {"visibility_timeout": c.BROKER_VISIBILITY_TIMEOUT_S}
     return {
         "broker_url": settings.celery_broker_url,
         "result_backend": settings.result_backend,
@@ -28,21 +60,20 @@ def celery_config() -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "broker_transport_options": transport,
-        "result_backend_transport_options": transport,
+        **_transport(settings),
+        "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
         "result_expires": 7 * 24 * 3600,
         "result_extended": True,
         "broker_connection_retry_on_startup": True,
+        # Reconnect for ever after a broker restart rather than exit: jobs are safe in
+        # Postgres, and a worker that comes back by itself needs no supervisor to notice.
+        "broker_connection_max_retries": None,
         "worker_pool": "threads",
         "worker_concurrency": settings.ezq_worker_concurrency,
+        # Messages that are not ezq's (malformed, unknown tasks) are kept aside, never fatal.
+        "worker_consumer": "service.worker.consumer:Consumer",
         "worker_hijack_root_logger": True,
         "worker_redirect_stdouts": False,
-        "beat_schedule": {
-            "ezq-sweep": {"task": c.TASK_SWEEP, "schedule": 60.0},
-        },
-        # Beat's default is a file in the working directory, which a container's non-root
-        # user may not be able to write; the sweep needs no state across restarts anyway.
-        "beat_schedule_filename": str(Path(tempfile.gettempdir()) / "ezq-celerybeat-schedule"),
     }
 
 
@@ -51,10 +82,16 @@ app.add_defaults(celery_config)
 
 
 def publish_job(job_id: object) -> None:
-    """Send the run message for a stored job. The task id is the job id."""
+    """Send the run message for a stored job. The task id is the job id.
+
+    Callers go through ``service.worker.dispatch.publish_jobs``, which leaves what cannot
+    be published to the sweep.
+    """
     app.send_task(
         c.TASK_CHAT_COMPLETION,
         kwargs={"job_id": str(job_id)},
         task_id=str(job_id),
         queue=get_settings().ezq_queue,
+        ignore_result=True,
+        retry_policy=PUBLISH_RETRY_POLICY,
     )

@@ -21,6 +21,7 @@ from service.errors import GatewayError, InternalError
 from service.gateway.retry import backoff_seconds, is_retryable
 from service.tokens import TokenCounts, normalise_usage
 from service.webhooks import outbox as webhook_outbox
+from service.worker.liveness import ActiveJobs
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,15 @@ class LeftAlone:
     """Another worker is running this job; this delivery is a duplicate."""
 
 
-Outcome = Finished | RunAgainLater | LeftAlone
+@dataclass(frozen=True, slots=True)
+class Parked:
+    """The job waits in the database, with no message: the turn before it publishes it when
+    it ends, or the sweep does when it is due. This delivery is dropped."""
+
+    reason: str
+
+
+Outcome = Finished | RunAgainLater | LeftAlone | Parked
 
 
 class JobLog(logging.LoggerAdapter[logging.Logger]):
@@ -72,11 +81,6 @@ class JobLog(logging.LoggerAdapter[logging.Logger]):
         )
 
 
-def turn_wait_seconds(deliveries: int) -> float:
-    """How long a job waits before checking again whether its turn has come."""
-    return float(min(c.TURN_WAIT_MAX_S, c.TURN_WAIT_FIRST_S * 2 ** min(deliveries, 10)))
-
-
 def run_job(
     job_id: uuid.UUID,
     *,
@@ -86,46 +90,76 @@ def run_job(
     deliveries: int = 0,
     rng: random.Random | None = None,
     publish_webhooks: PublishWebhooks | None = None,
+    holder: str | None = None,
+    active: ActiveJobs | None = None,
 ) -> Outcome:
     """Take the job through one attempt and say what should happen next.
 
     No transaction or connection is held across the gateway call: the claim commits a
     lease first, and the outcome is written in a second short transaction that checks the
-    lease is still ours, so a duplicate delivery cannot store a second reply.
+    attempt still owns the job, so a duplicate delivery cannot store a second reply. While
+    the attempt runs, ``active`` lets the worker's heartbeat renew its lease.
     """
     with transaction() as session:
         claim = queries.claim_job(
-            session,
-            job_id,
-            lease_seconds=settings.lease_seconds,
-            max_attempts=settings.ezq_max_attempts,
+            session, job_id, lease_seconds=settings.lease_seconds, holder=holder
         )
         if isinstance(claim, queries.AlreadyFinished):
             return Finished(queries.job_view(session, job_id))
+        if isinstance(claim, queries.NotYetDue) and claim.due_in_s > settings.max_countdown_seconds:
+            queries.park(session, job_id)
     if isinstance(claim, queries.Busy):
-        log.info("[job=%s] already running elsewhere; duplicate delivery ignored", job_id)
+        log.info("[job=%s] already running; duplicate delivery dropped", job_id)
         return LeftAlone()
     if isinstance(claim, queries.NotYetDue):
+        if claim.due_in_s > settings.max_countdown_seconds:
+            return Parked(f"retry due in {claim.due_in_s:.0f}s")
         return RunAgainLater(max(claim.due_in_s, 0.05), "retry not due yet")
     if isinstance(claim, queries.WaitForTurn):
-        return RunAgainLater(
-            turn_wait_seconds(deliveries), f"waiting for earlier turn {claim.blocking_job_id}"
+        return Parked(f"waiting for earlier turn {claim.blocking_job_id}")
+    if active is not None:
+        active.add(claim.job_id)
+    try:
+        return _attempt(
+            claim,
+            gateway=gateway,
+            settings=settings,
+            publish=publish,
+            rng=rng,
+            publish_webhooks=publish_webhooks,
         )
+    finally:
+        if active is not None:
+            active.discard(claim.job_id)
 
+
+def _attempt(
+    claim: queries.Claimed,
+    *,
+    gateway: Gateway,
+    settings: Settings,
+    publish: Callable[[uuid.UUID], None],
+    rng: random.Random | None,
+    publish_webhooks: PublishWebhooks | None,
+) -> Outcome:
     jlog = JobLog(
         log, {"job": claim.job_id, "attempt": claim.attempt, "conversation": claim.conversation_id}
     )
     jlog.info("calling %s with %d messages", claim.model, len(claim.messages))
 
     def fail(error: GatewayError) -> Outcome:
-        return _failed_attempt(
-            claim,
-            error,
-            settings=settings,
-            publish=publish,
-            jlog=jlog,
-            rng=rng,
-            publish_webhooks=publish_webhooks,
+        return _with_db_retries(
+            lambda: _failed_attempt(
+                claim,
+                error,
+                settings=settings,
+                publish=publish,
+                jlog=jlog,
+                rng=rng,
+                publish_webhooks=publish_webhooks,
+            ),
+            jlog,
+            wait_up_to=settings.ezq_record_retry_for,
         )
 
     try:
@@ -154,6 +188,7 @@ def run_job(
                 jlog=jlog,
             ),
             jlog,
+            wait_up_to=settings.ezq_record_retry_for,
         )
     except OperationalError:
         raise  # still unreachable: the task delivers the job again later
@@ -166,21 +201,40 @@ def run_job(
         )
 
 
-def _with_db_retries(record: Callable[[], Outcome], jlog: JobLog) -> Outcome:
-    """Run ``record``, retrying briefly if the database connection drops.
+def _with_db_retries(
+    record: Callable[[], Outcome], jlog: JobLog, *, wait_up_to: float = c.RECORD_RETRY_FOR_S
+) -> Outcome:
+    """Run ``record``, waiting out a database outage of up to ``wait_up_to`` seconds.
 
-    The gateway call has been paid for; a short blip must not throw its reply away and leave
-    the job to wait out its lease.
+    The gateway call has been paid for: an outage must not throw its outcome away. Nobody
+    can take the job over meanwhile (that needs the database too), and once the database
+    is back the heartbeat renews the lease within a second, before the sweep could decide
+    the worker was lost (see ``service.worker.sweep``).
     """
-    for pause in c.RECORD_RETRY_PAUSES_S:
+    deadline = time.monotonic() + wait_up_to
+    pauses = iter(c.RECORD_RETRY_PAUSES_S)
+    pause = c.RECORD_RETRY_PAUSES_S[0]
+    failures = 0
+    while True:
         try:
-            return record()
+            outcome = record()
         except OperationalError as exc:
-            jlog.warning(
-                "database unavailable while recording, again in %.1fs: %s", pause, exc.orig
-            )
+            if time.monotonic() + pause > deadline:
+                jlog.error("database unavailable for %.0fs; giving the attempt up", wait_up_to)
+                raise
+            if failures == 0:
+                jlog.warning(
+                    "database unavailable while recording; waiting up to %.0fs: %s",
+                    wait_up_to,
+                    type(exc.orig).__name__,
+                )
+            failures += 1
             time.sleep(pause)
-    return record()
+            pause = next(pauses, pause)
+            continue
+        if failures:
+            jlog.warning("recorded after %d failed tries", failures)
+        return outcome
 
 
 def _succeeded_attempt(
@@ -229,8 +283,11 @@ def _failed_attempt(
         cap=settings.ezq_retry_backoff_max,
         rng=rng,
     )
+    park = not final and countdown > settings.max_countdown_seconds
     with transaction() as session:
-        job = queries.record_failure(session, claim, error, final=final, retry_in_s=countdown)
+        job = queries.record_failure(
+            session, claim, error, final=final, retry_in_s=countdown, park=park
+        )
         view = queries.job_view(session, claim.job_id)
         waiting = queries.next_waiting_job(session, claim.conversation_id) if final else None
         ended = final and job is not None and job.callback_url is not None
@@ -256,6 +313,8 @@ def _failed_attempt(
         countdown,
         error.describe(),
     )
+    if park:
+        return Parked(f"retry due in {countdown:.0f}s")
     return RunAgainLater(countdown, error.error_type)
 
 

@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Retry
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_shutdown
 from sqlalchemy.exc import OperationalError
 
@@ -20,14 +20,30 @@ from service.errors import EzqCallerError
 from service.gateway import GatewayClient
 from service.logsetup import install_redaction
 from service.validation import validate_request
-from service.webhooks.tasks import publish_deliveries, republish_due_deliveries
-from service.worker.app import app, publish_job
-from service.worker.runner import Finished, LeftAlone, RunAgainLater, run_job
+from service.webhooks.tasks import publish_deliveries
+from service.worker import maintenance
+from service.worker.app import app
+from service.worker.deadletter import set_aside
+from service.worker.dispatch import publish_jobs
+from service.worker.runner import Finished, LeftAlone, Parked, RunAgainLater, run_job
+from service.worker.sweep import sweep as run_sweep
 
 log = logging.getLogger(__name__)
 
 _gateway: GatewayClient | None = None
 _gateway_lock = threading.Lock()
+
+# Our own producer sends only ``job_id``; foreign producers send these too.
+REQUEST_FIELDS = (
+    "model",
+    "messages",
+    "conversation_id",
+    "params",
+    "tenant",
+    "metadata",
+    "idempotency_key",
+    "callback_url",
+)
 
 
 def gateway() -> GatewayClient:
@@ -67,6 +83,21 @@ def _create_foreign_job(job_id: uuid.UUID, fields: dict[str, Any]) -> uuid.UUID:
     return effective_id
 
 
+def _job_id(value: object, fallback: str | None) -> uuid.UUID:
+    if value is None:
+        value = fallback
+    if not isinstance(value, str):
+        raise EzqCallerError(f"job_id: must be a UUID string, not {type(value).__name__}")
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise EzqCallerError(f"job_id: {value!r} is not a UUID") from None
+
+
+def _publish_one(job_id: uuid.UUID) -> None:
+    publish_jobs([job_id])
+
+
 @app.task(
     name=c.TASK_CHAT_COMPLETION,
     bind=True,
@@ -92,59 +123,89 @@ def chat_completion(
 
     Our producer sends only ``job_id``; other services send the request fields too (and
     optionally ``job_id``), and the job row is created here on first delivery. Raises
-    ``JobFailed`` when the job ends failed, so a chain stops there.
+    ``JobFailed`` when the job ends failed, so a chain stops there. A message whose
+    arguments cannot be a job is kept as a dead letter and fails with ``EzqCallerError``.
     """
+    fields = {
+        "model": model,
+        "messages": messages,
+        "conversation_id": conversation_id,
+        "params": params,
+        "tenant": tenant,
+        "metadata": metadata,
+        "idempotency_key": idempotency_key,
+        "callback_url": callback_url,
+    }
     try:
-        the_id = uuid.UUID(job_id or self.request.id)
-    except ValueError:
-        raise EzqCallerError(f"job_id: {job_id!r} is not a UUID") from None
-    try:
+        the_id = _job_id(job_id, self.request.id)
         if model is not None or messages is not None:
-            the_id = _create_foreign_job(
-                the_id,
-                {
-                    "model": model,
-                    "messages": messages,
-                    "conversation_id": conversation_id,
-                    "params": params,
-                    "tenant": tenant,
-                    "metadata": metadata,
-                    "idempotency_key": idempotency_key,
-                    "callback_url": callback_url,
-                },
-            )
+            the_id = _create_foreign_job(the_id, fields)
+    except EzqCallerError as exc:
+        set_aside(
+            {"args": list(self.request.args or ()), "kwargs": self.request.kwargs or {}},
+            f"invalid arguments: {exc}",
+            queue=(self.request.delivery_info or {}).get("routing_key"),
+            task_name=self.name,
+            message_id=self.request.id,
+        )
+        raise
+    try:
         outcome = run_job(
             the_id,
             gateway=gateway(),
             settings=get_settings(),
-            publish=publish_job,
+            publish=_publish_one,
             deliveries=self.request.retries,
             publish_webhooks=publish_deliveries,
+            holder=maintenance.identity.id,
+            active=maintenance.active_jobs,
         )
     except OperationalError as exc:
-        # The database is unreachable: nothing was decided, so deliver again later.
-        log.warning("[job=%s] database unavailable, retrying: %s", the_id, exc.orig)
-        raise self.retry(countdown=5.0, exc=exc) from None
+        # The database is unreachable before anything was decided: deliver again later.
+        log.warning("[job=%s] database unavailable, retrying: %s", the_id, type(exc.orig).__name__)
+        _retry(self, the_id, countdown=5.0)
     if isinstance(outcome, Finished):
         if outcome.failed:
             error = outcome.result.get("error") or {}
-            raise JobFailed(f"job {the_id} failed: {error.get('type')}: {error.get('message')}")
+            status = outcome.result["status"]
+            raise JobFailed(f"job {the_id} {status}: {error.get('type')}: {error.get('message')}")
         return outcome.result
     if isinstance(outcome, RunAgainLater):
-        raise self.retry(countdown=outcome.countdown)
-    assert isinstance(outcome, LeftAlone)
+        _retry(self, the_id, countdown=outcome.countdown)
+    if isinstance(outcome, Parked):
+        log.debug("[job=%s] parked: %s", the_id, outcome.reason)
+    else:
+        assert isinstance(outcome, LeftAlone)
     raise Ignore()
+
+
+def _retry(task: Task, job_id: uuid.UUID, *, countdown: float) -> None:
+    """Deliver the job again after ``countdown``; if the broker refuses, park it."""
+    try:
+        raise task.retry(countdown=countdown)
+    except Retry:
+        raise
+    except Exception as exc:  # the broker is down: the sweep publishes the job later
+        log.warning(
+            "[job=%s] could not schedule its next run (%s); parked", job_id, type(exc).__name__
+        )
+        try:
+            with transaction() as session:
+                queries.park(session, job_id)
+        except OperationalError:
+            pass  # the sweep's stale window finds it
+        raise Ignore() from None
 
 
 @app.task(name=c.TASK_SWEEP)
 def sweep() -> dict[str, int]:
-    """Republish jobs and webhook deliveries that should be moving but have no message."""
-    with transaction() as session:
-        stale = queries.redispatch_stale_jobs(
-            session, older_than_s=get_settings().ezq_sweep_stale_after
-        )
-    for job_id in stale:
-        publish_job(job_id)
-    if stale:
-        log.info("sweep republished %d stale jobs", len(stale))
-    return {"jobs": len(stale), "webhooks": republish_due_deliveries()}
+    """Run the sweep now (it also runs by itself inside every worker process)."""
+    report = run_sweep(
+        get_settings(),
+        worker=maintenance.identity.id,
+        broker_depth=maintenance.redis_broker_depth(get_settings()),
+        force=True,
+    )
+    if report is None:
+        return {"jobs": 0, "webhooks": 0, "skipped": 1}
+    return {"jobs": report.jobs, "webhooks": report.webhooks, "taken_over": report.taken_over}

@@ -1,0 +1,271 @@
+"""SQL for keeping jobs moving: worker heartbeats, the sweep's turn, parked and stale jobs,
+and dead letters. Callers own the transaction."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, select, text
+from sqlalchemy.orm import Session
+
+from service.db.models import DeadLetter
+
+# A pending job is held back while an earlier turn of its conversation has not ended.
+_NOT_HELD_BACK = """
+    NOT EXISTS (
+        SELECT 1 FROM jobs e
+        WHERE e.conversation_id = j.conversation_id
+          AND e.enqueue_seq < j.enqueue_seq
+          AND e.status NOT IN ('succeeded', 'failed', 'cancelled'))
+"""
+
+_HEARTBEAT = text(
+    """
+    WITH beat AS (
+        INSERT INTO workers (id, hostname, pid, started_at, heartbeat_at)
+        VALUES (:id, :hostname, :pid, now(), now())
+        ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), stopped_at = NULL
+        RETURNING id
+    )
+    UPDATE jobs SET lease_expires_at = now() + make_interval(secs => :lease)
+    WHERE id = ANY(:job_ids) AND status = 'running' AND lease_holder = (SELECT id FROM beat)
+    """
+)
+
+
+def heartbeat(
+    session: Session,
+    *,
+    worker_id: str,
+    hostname: str,
+    pid: int,
+    lease_seconds: float,
+    job_ids: list[uuid.UUID],
+) -> int:
+    """Record that the worker is alive and renew its jobs' leases; one round trip.
+
+    Returns how many leases were renewed.
+    """
+    result = session.execute(
+        _HEARTBEAT,
+        {
+            "id": worker_id,
+            "hostname": hostname,
+            "pid": pid,
+            "lease": lease_seconds,
+            "job_ids": job_ids,
+        },
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def worker_stopped(session: Session, worker_id: str) -> None:
+    """Mark a worker that shut down cleanly, so its jobs need not wait for a missed beat."""
+    session.execute(text("UPDATE workers SET stopped_at = now() WHERE id = :id"), {"id": worker_id})
+
+
+@dataclass(frozen=True, slots=True)
+class SweepTurn:
+    """This process runs the sweep now; ``previous_run_at`` is when one last ran."""
+
+    previous_run_at: datetime
+    now: datetime
+
+    def continuous_for(self, seconds: float) -> bool:
+        """Whether the previous run was less than ``seconds`` ago: the database has been
+        reachable recently enough that live workers have had time to beat."""
+        return (self.now - self.previous_run_at).total_seconds() < seconds
+
+
+def take_sweep_turn(
+    session: Session, *, name: str, every_s: float, worker: str
+) -> SweepTurn | None:
+    """Take the turn to run the sweep ``name``; None when another process ran it recently.
+
+    The row lock is held until the caller's transaction ends, so two sweeps never overlap.
+    """
+    session.execute(
+        text(
+            "INSERT INTO sweep_runs (name, last_run_at) VALUES (:name, 'epoch')"
+            " ON CONFLICT (name) DO NOTHING"
+        ),
+        {"name": name},
+    )
+    row = session.execute(
+        text(
+            """
+            WITH prev AS (
+                SELECT name, last_run_at FROM sweep_runs WHERE name = :name
+                FOR UPDATE SKIP LOCKED
+            )
+            UPDATE sweep_runs s SET last_run_at = now(), last_worker = :worker
+            FROM prev
+            WHERE s.name = prev.name
+              AND prev.last_run_at < now() - make_interval(secs => :every)
+            RETURNING prev.last_run_at, now()
+            """
+        ),
+        {"name": name, "every": every_s * 0.8, "worker": worker},
+    ).first()
+    if row is None:
+        return None
+    return SweepTurn(previous_run_at=row[0], now=row[1])
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiredLease:
+    job_id: uuid.UUID
+    holder_alive: bool
+
+
+def expired_leases(session: Session, *, dead_after_s: float, limit: int) -> list[ExpiredLease]:
+    """Running jobs whose lease ran out, locked, and whether their worker still beats."""
+    rows = session.execute(
+        text(
+            """
+            SELECT j.id,
+                   coalesce(w.stopped_at IS NULL
+                            AND w.heartbeat_at > now() - make_interval(secs => :dead), false)
+            FROM jobs j LEFT JOIN workers w ON w.id = j.lease_holder
+            WHERE j.status = 'running' AND j.lease_expires_at < now()
+            ORDER BY j.lease_expires_at
+            LIMIT :limit
+            FOR UPDATE OF j SKIP LOCKED
+            """
+        ),
+        {"dead": dead_after_s, "limit": limit},
+    ).all()
+    return [ExpiredLease(job_id=r[0], holder_alive=bool(r[1])) for r in rows]
+
+
+def take_parked(session: Session, *, limit: int) -> list[uuid.UUID]:
+    """Due pending jobs with no message on the broker, not held back; marked published."""
+    stmt = text(
+        f"""
+        UPDATE jobs SET needs_publish = false, dispatched_at = now()
+        WHERE id IN (
+            SELECT j.id FROM jobs j
+            WHERE j.needs_publish AND j.status IN ('queued', 'retrying')
+              AND j.dispatched_at <= now() AND {_NOT_HELD_BACK}
+            ORDER BY j.enqueue_seq
+            LIMIT :limit
+            FOR UPDATE SKIP LOCKED
+        )
+        RETURNING id
+        """
+    )
+    return list(session.execute(stmt, {"limit": limit}).scalars())
+
+
+def take_stale(session: Session, *, older_than_s: float, limit: int) -> list[uuid.UUID]:
+    """Pending jobs published more than ``older_than_s`` ago that have not started.
+
+    Each is marked published now, so it is picked at most once per window.
+    """
+    stmt = text(
+        f"""
+        UPDATE jobs SET dispatched_at = now()
+        WHERE id IN (
+            SELECT j.id FROM jobs j
+            WHERE j.status IN ('queued', 'retrying') AND NOT j.needs_publish
+              AND j.dispatched_at < now() - make_interval(secs => :age)
+              AND {_NOT_HELD_BACK}
+            ORDER BY j.enqueue_seq
+            LIMIT :limit
+            FOR UPDATE SKIP LOCKED
+        )
+        RETURNING id
+        """
+    )
+    return list(session.execute(stmt, {"age": older_than_s, "limit": limit}).scalars())
+
+
+def messages_expected(session: Session) -> int:
+    """How many run messages the broker should hold: one per published pending job that
+    is not held back, and one per running job (acknowledged only when its attempt ends)."""
+    count = session.execute(
+        text(
+            f"""
+            SELECT count(*) FROM jobs j
+            WHERE (j.status IN ('queued', 'retrying') AND NOT j.needs_publish
+                   AND {_NOT_HELD_BACK})
+               OR j.status = 'running'
+            """
+        )
+    ).scalar_one()
+    return int(count)
+
+
+def mark_unpublished(session: Session, job_ids: list[uuid.UUID]) -> None:
+    """Flag pending jobs whose message could not be published, for the sweep."""
+    session.execute(
+        text(
+            "UPDATE jobs SET needs_publish = true"
+            " WHERE id = ANY(:ids) AND status IN ('queued', 'retrying')"
+        ),
+        {"ids": job_ids},
+    )
+
+
+# --- dead letters ----------------------------------------------------------------------
+
+
+def add_dead_letter(
+    session: Session,
+    *,
+    raw: bytes,
+    reason: str,
+    queue: str | None,
+    task_name: str | None,
+    message_id: str | None,
+    worker: str | None,
+    max_bytes: int,
+) -> int:
+    """Keep a message no worker could run; the raw bytes are capped at ``max_bytes``."""
+    row = DeadLetter(
+        raw=raw[:max_bytes],
+        raw_bytes=len(raw),
+        reason=reason,
+        queue=queue,
+        task_name=task_name,
+        message_id=message_id,
+        worker=worker,
+    )
+    session.add(row)
+    session.flush()
+    return row.id
+
+
+def dead_letters(session: Session, *, since: datetime | None, limit: int) -> list[dict[str, Any]]:
+    """The newest dead letters first, as plain dictionaries."""
+    stmt = select(DeadLetter).order_by(DeadLetter.id.desc()).limit(limit)
+    if since is not None:
+        stmt = stmt.where(DeadLetter.received_at >= since)
+    return [
+        {
+            "id": d.id,
+            "received_at": d.received_at.isoformat(),
+            "queue": d.queue,
+            "task_name": d.task_name,
+            "message_id": d.message_id,
+            "reason": d.reason,
+            "worker": d.worker,
+            "raw_bytes": d.raw_bytes,
+            "raw": d.raw,
+        }
+        for d in session.scalars(stmt)
+    ]
+
+
+def purge_dead_letters(session: Session, *, before: datetime | None, ids: list[int] | None) -> int:
+    """Delete dead letters received before ``before`` and/or with the given ids."""
+    stmt = delete(DeadLetter)
+    if before is not None:
+        stmt = stmt.where(DeadLetter.received_at < before)
+    if ids:
+        stmt = stmt.where(DeadLetter.id.in_(ids))
+    result = session.execute(stmt)
+    return int(getattr(result, "rowcount", 0) or 0)

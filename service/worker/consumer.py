@@ -1,0 +1,66 @@
+"""Celery's consumer, with every message it cannot run kept aside instead of crashing or
+logged with its content.
+
+Celery logs undecodable and unknown messages with their body (which may hold prompts and
+keys) and, for a few malformed shapes, lets the exception end the worker. Here each such
+message is acknowledged, stored as a dead letter with the reason, and logged once by size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from celery.worker.consumer import Consumer as CeleryConsumer
+
+from service.worker.deadletter import set_aside
+
+
+def _describe(message: Any) -> dict[str, Any]:
+    headers = message.headers if isinstance(getattr(message, "headers", None), dict) else {}
+    info = message.delivery_info if isinstance(message.delivery_info, dict) else {}
+    return {
+        "queue": info.get("routing_key"),
+        "task_name": str(headers["task"]) if "task" in headers else None,
+        "message_id": str(headers["id"]) if "id" in headers else None,
+    }
+
+
+def _raw(message: Any) -> Any:
+    raw = getattr(message, "_raw", None)
+    return raw if raw is not None else message.body
+
+
+class Consumer(CeleryConsumer):  # type: ignore[misc]
+    def _set_aside(self, message: Any, reason: str) -> None:
+        set_aside(_raw(message), reason, **_describe(message))
+        # Already acknowledged, or the connection is gone (then it comes back, and is kept
+        # aside again): nothing more to do either way.
+        with contextlib.suppress(Exception):
+            message.ack()
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        self._set_aside(message, f"the body cannot be decoded: {type(exc).__name__}")
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        self._set_aside(message, "not a Celery task message (no task name)")
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        name = _describe(message)["task_name"]
+        self._set_aside(message, f"unknown task {name!r}")
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        self._set_aside(message, f"invalid task message: {type(exc).__name__}")
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
+        handle = super().create_task_handler(*args, **kwargs)
+
+        def on_task_received(message: Any) -> Any:
+            try:
+                return handle(message)
+            except Exception as exc:  # a malformed message must never end the worker
+                self._set_aside(message, f"malformed task message: {type(exc).__name__}")
+                return None
+
+        return on_task_received

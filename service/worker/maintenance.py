@@ -1,0 +1,115 @@
+"""Threads every worker process runs beside its tasks: the heartbeat and the sweep.
+
+They live and die with the worker process, so there is no separate beat process to
+outlive it, and recovery needs nothing but running workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from typing import Any
+
+import redis
+from celery.signals import worker_ready, worker_shutdown
+from sqlalchemy.exc import SQLAlchemyError
+
+from service.config import Settings, get_settings
+from service.worker import deadletter
+from service.worker.liveness import ActiveJobs, Heartbeat, WorkerIdentity
+from service.worker.sweep import sweep
+
+log = logging.getLogger(__name__)
+
+# kombu's Redis transport keeps priority levels in lists named queue + this + level.
+_PRIORITY_SEP = "\x06\x16"
+_PRIORITY_LEVELS = (3, 6, 9)
+
+identity = WorkerIdentity.new()
+active_jobs = ActiveJobs()
+_threads: list[Any] = []
+
+
+def redis_broker_depth(settings: Settings) -> Any:
+    """A function that counts the run messages the Redis broker holds for our queue, or
+    None when it cannot tell (another broker, or Redis is unreachable)."""
+    if not settings.broker_is_redis:
+        return None
+    client = redis.Redis.from_url(settings.celery_broker_url, socket_timeout=2)
+    queue = settings.ezq_queue
+    keys = [queue, *(f"{queue}{_PRIORITY_SEP}{level}" for level in _PRIORITY_LEVELS)]
+
+    def depth() -> int | None:
+        try:
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                pipe.llen(key)
+            pipe.hlen("unacked")
+            return int(sum(pipe.execute()))
+        except redis.RedisError:
+            return None
+
+    return depth
+
+
+class Sweeper(threading.Thread):
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(name="ezq-sweep", daemon=True)
+        self.settings = settings
+        self._stop_event = threading.Event()
+        self._depth = redis_broker_depth(settings)
+
+    def run(self) -> None:
+        failing = False
+        interval = self.settings.ezq_sweep_interval
+        while not self._stop_event.wait(interval * random.uniform(0.5, 1.0)):
+            try:
+                sweep(self.settings, worker=identity.id, broker_depth=self._depth)
+            except SQLAlchemyError as exc:
+                if not failing:
+                    log.warning("sweep: database unavailable: %s", type(exc).__name__)
+                failing = True
+                continue
+            except Exception:  # the sweep must keep running whatever one round hit
+                log.exception("sweep failed")
+                continue
+            failing = False
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+
+def start(settings: Settings) -> None:
+    """Start the heartbeat and, unless ``EZQ_SWEEP_INTERVAL`` is 0, the sweep."""
+    deadletter.worker_name = identity.id
+    heartbeat = Heartbeat(identity, active_jobs, settings)
+    heartbeat.start()
+    _threads.append(heartbeat)
+    if settings.ezq_sweep_interval > 0:
+        sweeper = Sweeper(settings)
+        sweeper.start()
+        _threads.append(sweeper)
+    log.info(
+        "worker %s: heartbeat every %.0fs, lease %.0fs, sweep every %.0fs",
+        identity.id,
+        settings.ezq_heartbeat_interval,
+        settings.lease_seconds,
+        settings.ezq_sweep_interval,
+    )
+
+
+def stop() -> None:
+    for thread in reversed(_threads):
+        thread.stop()
+    _threads.clear()
+
+
+@worker_ready.connect
+def _on_worker_ready(**_: Any) -> None:
+    start(get_settings())
+
+
+@worker_shutdown.connect
+def _on_worker_shutdown(**_: Any) -> None:
+    stop()

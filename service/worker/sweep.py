@@ -1,0 +1,183 @@
+"""The sweep: finds jobs that should be moving but are not, and moves them.
+
+It runs inside every worker process (``service.worker.maintenance``), one at a time across
+all of them: an advisory lock prevents two at once, and the ``sweep_runs`` row lets only
+one run per interval. Each step picks rows with ``FOR UPDATE SKIP LOCKED`` and publishes
+after its commit, so even two sweeps at once would be harmless.
+
+1. Running jobs whose lease expired are taken over: the lost attempt ends as
+   ``worker_lost`` (its worker stopped beating) or ``lease_expired`` (its worker beats
+   but gave the job up), and the job is pending again (or failed, if that was its last
+   attempt). Only when the previous sweep ran recently: right after a database outage
+   every lease looks expired, and live workers need a beat to renew theirs.
+2. Parked jobs (no message on the broker) that are due are published.
+3. Jobs published a while ago that have not started are republished when the broker
+   holds fewer messages than it should (a flushed or restarted broker), and after a long
+   window whatever it says.
+4. Webhook deliveries that are due and have no message are published.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import text
+
+from service.config import Settings
+from service.db import queries, recovery
+from service.db.session import get_engine, transaction
+from service.webhooks import outbox as webhook_outbox
+from service.webhooks.tasks import publish_deliveries, republish_due_deliveries
+from service.worker.dispatch import publish_jobs
+
+log = logging.getLogger(__name__)
+
+SWEEP_NAME = "sweep"
+_LOCK_KEY = zlib.crc32(b"ezq.sweep")
+# Takeovers need the previous sweep to have run within this many intervals.
+CONTINUITY_INTERVALS = 3.0
+
+BrokerDepth = Callable[[], int | None]
+
+
+@dataclass(slots=True)
+class SweepReport:
+    taken_over: int = 0
+    failed: int = 0
+    parked: int = 0
+    redispatched: int = 0
+    webhooks: int = 0
+    skipped_takeovers: bool = False
+    published: list[uuid.UUID] = field(default_factory=list)
+
+    @property
+    def jobs(self) -> int:
+        return self.taken_over + self.parked + self.redispatched
+
+
+def sweep(
+    settings: Settings,
+    *,
+    worker: str | None,
+    broker_depth: BrokerDepth | None = None,
+    force: bool = False,
+) -> SweepReport | None:
+    """Run one sweep if it is this process's turn (always with ``force``); None if not."""
+    engine = get_engine()
+    with engine.connect() as lock_conn:
+        got = lock_conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _LOCK_KEY})
+        if not got.scalar():
+            return None
+        try:
+            with transaction() as session:
+                turn = recovery.take_sweep_turn(
+                    session,
+                    name=SWEEP_NAME,
+                    every_s=0.0 if force else settings.ezq_sweep_interval,
+                    worker=worker or "ezq.sweep task",
+                )
+            if turn is None:
+                return None
+            interval = settings.ezq_sweep_interval or settings.ezq_heartbeat_interval
+            return _sweep(
+                settings,
+                takeovers=turn.continuous_for(CONTINUITY_INTERVALS * interval),
+                broker_depth=broker_depth,
+            )
+        finally:
+            lock_conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY})
+            lock_conn.commit()
+
+
+def _sweep(settings: Settings, *, takeovers: bool, broker_depth: BrokerDepth | None) -> SweepReport:
+    report = SweepReport(skipped_takeovers=not takeovers)
+    if takeovers:
+        _take_over_expired(settings, report)
+    with transaction() as session:
+        parked = recovery.take_parked(session, limit=settings_batch())
+    report.parked = len(parked)
+    publish_jobs(parked)
+    report.published += parked
+
+    stale: list[uuid.UUID] = []
+    depth = broker_depth() if broker_depth is not None else None
+    if depth is not None:
+        with transaction() as session:
+            expected = recovery.messages_expected(session)
+            if depth < expected:
+                stale = recovery.take_stale(
+                    session, older_than_s=settings.ezq_redispatch_after, limit=settings_batch()
+                )
+        if stale:
+            log.warning(
+                "sweep: the broker holds %d messages for %d live jobs; republishing %d",
+                depth,
+                expected,
+                len(stale),
+            )
+    with transaction() as session:
+        stale += recovery.take_stale(
+            session, older_than_s=settings.ezq_sweep_stale_after, limit=settings_batch()
+        )
+    report.redispatched = len(stale)
+    publish_jobs(stale)
+    report.published += stale
+    report.webhooks = republish_due_deliveries()
+    if report.jobs:
+        log.info(
+            "sweep: took over %d jobs (%d failed), published %d parked, republished %d",
+            report.taken_over,
+            report.failed,
+            report.parked,
+            report.redispatched,
+        )
+    return report
+
+
+def settings_batch() -> int:
+    from service import constants as c
+
+    return c.SWEEP_BATCH
+
+
+def _take_over_expired(settings: Settings, report: SweepReport) -> None:
+    again: list[uuid.UUID] = []
+    wake: list[uuid.UUID | None] = []
+    deliveries: list[uuid.UUID] = []
+    with transaction() as session:
+        expired = recovery.expired_leases(
+            session, dead_after_s=settings.lease_seconds, limit=settings_batch()
+        )
+        for lease in expired:
+            error_type = "lease_expired" if lease.holder_alive else "worker_lost"
+            taken = queries.take_over(
+                session,
+                lease.job_id,
+                error_type=error_type,
+                max_attempts=settings.ezq_max_attempts,
+            )
+            if taken is None:
+                continue
+            log.warning(
+                "[job=%s] attempt %d lost (%s); %s",
+                lease.job_id,
+                taken.job.attempts,
+                error_type,
+                "the job failed: it was its last attempt" if taken.failed else "running again",
+            )
+            if taken.failed:
+                report.failed += 1
+                wake.append(queries.next_waiting_job(session, taken.job.conversation_id))
+                if taken.job.callback_url is not None:
+                    deliveries += webhook_outbox.pending_ids_for_job(session, lease.job_id)
+            else:
+                again.append(lease.job_id)
+    report.taken_over = len(again) + report.failed
+    publish_jobs([*again, *wake])
+    report.published += again
+    if deliveries:
+        publish_deliveries(deliveries)

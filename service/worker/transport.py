@@ -1,0 +1,76 @@
+"""The Redis transport, made safe against messages that are not kombu envelopes.
+
+kombu decodes every item it pops from a queue as JSON and builds a message from it inside
+the worker's event loop; anything else (not JSON, a JSON array or string, a body that is
+not base64, an envelope without properties) raises there and ends the worker. Here such
+an item is kept aside as a dead letter instead, and the worker goes on.
+"""
+
+# kombu carries no type information.
+# mypy: disable-error-code="no-untyped-call"
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from kombu.transport import redis
+
+from service.worker.deadletter import set_aside
+
+
+def envelope_problem(payload: Any) -> str | None:
+    """Why ``payload`` cannot be a kombu envelope, or None when it can."""
+    if not isinstance(payload, dict):
+        return f"the message is a JSON {type(payload).__name__}, not an object"
+    properties = payload.get("properties")
+    if not isinstance(properties, dict):
+        return "the envelope has no 'properties' object"
+    if "delivery_tag" not in properties:
+        return "the envelope's properties have no 'delivery_tag'"
+    if not isinstance(properties.get("delivery_info", {}), dict):
+        return "the envelope's 'delivery_info' is not an object"
+    if not isinstance(payload.get("headers", {}), dict | None):
+        return "the envelope's 'headers' is not an object"
+    body = payload.get("body")
+    if body and not isinstance(body, str):
+        return "the envelope's 'body' is not a string"
+    if body and properties.get("body_encoding") == "base64":
+        try:
+            base64.b64decode(body.encode(), validate=True)
+        except (binascii.Error, ValueError):
+            return "the body is not valid base64"
+    return None
+
+
+class Channel(redis.Channel):
+    def _brpop_read(self, **options: Any) -> Any:
+        try:
+            return super()._brpop_read(**options)
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError: not JSON text
+            set_aside(_raw_of(exc), f"not a JSON message: {type(exc).__name__}")
+            return True
+
+    def _get(self, queue: Any, timeout: Any = None) -> Any:
+        try:
+            return super()._get(queue)
+        except ValueError as exc:
+            set_aside(_raw_of(exc), f"not a JSON message: {type(exc).__name__}", queue=queue)
+            raise self.Empty() from None  # type: ignore[attr-defined]
+
+
+class Transport(redis.Transport):
+    Channel = Channel
+
+    def _deliver(self, message: Any, queue: str) -> None:
+        problem = envelope_problem(message)
+        if problem is not None:
+            set_aside(message, problem, queue=queue)
+            return
+        super()._deliver(message, queue)
+
+
+def _raw_of(exc: ValueError) -> Any:
+    # json keeps the text it failed on; a UnicodeDecodeError keeps the bytes.
+    return getattr(exc, "doc", None) or getattr(exc, "object", None) or b""
