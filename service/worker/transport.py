@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from typing import Any
 
 from kombu.transport import redis
@@ -66,7 +67,8 @@ class Transport(redis.Transport):
     def _deliver(self, message: Any, queue: str) -> None:
         problem = envelope_problem(message)
         if problem is not None:
-            set_aside(message, problem, queue=queue)
+            # Decoded already: kept as JSON again (the same text up to spacing).
+            set_aside(json.dumps(message, default=repr).encode(), problem, queue=queue)
             return
         super()._deliver(message, queue)
 

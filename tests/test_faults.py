@@ -1,0 +1,328 @@
+"""Faults recover in seconds: dead workers, lost messages, broker restarts and database
+outages, with exactly one gateway call per attempt and nothing billed twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+
+from service.fake_gateway import Fault
+from service.worker.app import app
+from tests.conftest import REDIS_URL, WorkerProcess, run_ezq, sql, wait_for_job
+from tests.private_services import PrivatePostgres, PrivateRedis
+
+MODEL = "glm-5.1"
+# Long calls are trickled in 8-character chunks every quarter second.
+CHUNK_DELAY = 0.25
+SLOW_CALLS = {"EZQ_GATEWAY_ATTEMPT_DEADLINE": "60", "EZQ_GATEWAY_READ_TIMEOUT": "5"}
+
+
+def slow(marker: str, seconds: float) -> Fault:
+    """A reply that takes about ``seconds`` to stream."""
+    return Fault(
+        kind="normal",
+        match=marker,
+        reply="x" * 8 * int(seconds / CHUNK_DELAY),
+        chunk_delay=CHUNK_DELAY,
+    )
+
+
+def own_queue() -> str:
+    return f"ezq-faults-{uuid.uuid4().hex[:8]}"
+
+
+def enqueue(
+    prompt: str, *, env: dict[str, str] | None = None, conversation: str | None = None
+) -> str:
+    args = ["enqueue", "--model", MODEL, prompt]
+    if conversation:
+        args[1:1] = ["--conversation", conversation]
+    out = run_ezq(*args, env=env)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> float:
+    """Poll ``check`` until it holds; return how long it took."""
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < timeout, f"{what}: not after {timeout}s"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def requests_for(fake_gateway: Any, marker: str) -> int:
+    return sum(1 for r in fake_gateway.requests if marker in str(r.body))
+
+
+def status_of(job_id: str) -> str:
+    return str(sql("SELECT status FROM jobs WHERE id = :j", j=job_id)[0][0])
+
+
+@pytest.mark.usefixtures("worker")
+def test_a_call_longer_than_the_lease_keeps_it_by_heartbeat(
+    worker_factory: Callable[..., WorkerProcess], fake_gateway: Any
+) -> None:
+    """A call three times as long as the lease is never taken over: the heartbeat renews it."""
+    queue = own_queue()
+    worker_factory(env={**SLOW_CALLS, "EZQ_QUEUE": queue, "EZQ_LEASE_SECONDS": "3"})
+    marker = uuid.uuid4().hex
+    fake_gateway.add_faults(slow(marker, 9))
+
+    job = wait_for_job(enqueue(marker, env={"EZQ_QUEUE": queue}), timeout=40)
+
+    assert job["status"] == "succeeded"
+    assert job["attempts"] == 1
+    assert requests_for(fake_gateway, marker) == 1
+
+
+@pytest.mark.usefixtures("worker")
+def test_show_says_who_holds_a_running_job_and_until_when(
+    worker_factory: Callable[..., WorkerProcess], fake_gateway: Any
+) -> None:
+    """``ezq show`` of a running job names the worker holding it and its lease's end."""
+    queue = own_queue()
+    worker_factory(env={**SLOW_CALLS, "EZQ_QUEUE": queue})
+    marker = uuid.uuid4().hex
+    fake_gateway.add_faults(slow(marker, 10))
+    job_id = enqueue(marker, env={"EZQ_QUEUE": queue})
+    wait_until(lambda: status_of(job_id) == "running", "job running")
+    (holder,) = sql("SELECT lease_holder FROM jobs WHERE id = :j", j=job_id)[0]
+
+    shown = json.loads(run_ezq("show", job_id).stdout)
+
+    assert shown["lease"]["holder"] == holder
+    assert holder is not None and holder.split(":")[1].isdigit()
+    assert shown["lease"]["expires_at"] > shown["started_at"]
+    assert wait_for_job(job_id, timeout=30)["lease"] is None
+
+
+@pytest.mark.usefixtures("worker")
+def test_a_killed_workers_job_runs_again_in_seconds_and_its_next_turn_follows(
+    worker_factory: Callable[..., WorkerProcess], fake_gateway: Any
+) -> None:
+    """SIGKILL mid-call: the attempt is marked worker_lost, another worker runs the job
+    again within seconds, and the conversation's next turn runs right after it."""
+    queue = own_queue()
+    doomed = worker_factory(env={**SLOW_CALLS, "EZQ_QUEUE": queue})
+    marker = uuid.uuid4().hex
+    fake_gateway.add_faults(slow(marker, 20))
+    first = enqueue(marker, env={"EZQ_QUEUE": queue})
+    (conversation,) = sql("SELECT conversation_id FROM jobs WHERE id = :j", j=first)[0]
+    second = enqueue(f"then {marker}", env={"EZQ_QUEUE": queue}, conversation=str(conversation))
+    wait_until(lambda: requests_for(fake_gateway, marker) == 1, "first call under way")
+
+    doomed.kill()
+    killed_at = time.monotonic()
+    job = wait_for_job(first, timeout=60)
+    recovered_in = time.monotonic() - killed_at
+    after = wait_for_job(second, timeout=30)
+
+    assert job["status"] == "succeeded" and job["attempts"] == 2
+    assert after["status"] == "succeeded"
+    assert recovered_in < 20, f"recovery took {recovered_in:.1f}s"
+    assert sql(
+        "SELECT attempt, error_type FROM job_attempts WHERE job_id = :j ORDER BY attempt", j=first
+    ) == [(1, "worker_lost"), (2, None)]
+    assert requests_for(fake_gateway, marker) == 3  # two attempts of the first, one second
+
+
+def test_a_foreign_message_taken_by_a_dead_worker_comes_back(
+    service_env: dict[str, str],
+    worker_factory: Callable[..., WorkerProcess],
+    fake_gateway: Any,
+) -> None:
+    """A send_task message a worker had taken but not turned into a job row runs after the
+    worker is killed, within the broker's visibility timeout, exactly once."""
+    queue = own_queue()
+    env = {"EZQ_QUEUE": queue, "EZQ_BROKER_VISIBILITY_TIMEOUT": "10"}
+    doomed = worker_factory(env=env)
+    marker = uuid.uuid4().hex
+    task_id = str(uuid.uuid4())
+    app.send_task(
+        "ezq.chat_completion",
+        kwargs={"model": MODEL, "messages": [{"role": "user", "content": marker}]},
+        task_id=task_id,
+        queue=queue,
+        countdown=4,  # held by the worker, unacknowledged, with no row yet
+    )
+    wait_until(lambda: f"[{task_id}] received" in doomed.log(), "message taken")
+    assert sql("SELECT count(*) FROM jobs WHERE id = :j", j=task_id) == [(0,)]
+
+    doomed.kill()
+    killed_at = time.monotonic()
+    worker_factory(env=env)
+    wait_until(
+        lambda: sql("SELECT count(*) FROM jobs WHERE id = :j", j=task_id) == [(1,)],
+        "job row",
+        timeout=40,
+    )
+    job = wait_for_job(task_id, timeout=20)
+
+    assert job["status"] == "succeeded"
+    assert time.monotonic() - killed_at < 40
+    assert requests_for(fake_gateway, marker) == 1
+
+
+def test_jobs_whose_messages_were_flushed_are_dispatched_again(
+    service_env: dict[str, str],
+    worker_factory: Callable[..., WorkerProcess],
+    fake_gateway: Any,
+) -> None:
+    """After the broker loses its queue, pending jobs run again within seconds."""
+    queue = own_queue()
+    markers = [uuid.uuid4().hex for _ in range(3)]
+    jobs = [enqueue(m, env={"EZQ_QUEUE": queue}) for m in markers]
+    client = redis.Redis.from_url(REDIS_URL)
+    assert client.llen(queue) == 3
+    client.delete(queue)  # the broker flushed
+
+    worker_factory(env={"EZQ_QUEUE": queue, "EZQ_REDISPATCH_AFTER": "2"})
+    done = [wait_for_job(j, timeout=30) for j in jobs]
+
+    assert [j["status"] for j in done] == ["succeeded"] * 3
+    assert all(requests_for(fake_gateway, m) == 1 for m in markers)
+
+
+def test_the_worker_survives_a_broker_restart_and_enqueue_never_blocks(
+    service_env: dict[str, str],
+    worker_factory: Callable[..., WorkerProcess],
+    fake_gateway: Any,
+) -> None:
+    """With the broker down, enqueue returns the id within two seconds with one warning
+    line; the same worker process runs the job soon after the broker is back."""
+    with PrivateRedis() as broker:
+        env = {"CELERY_BROKER_URL": broker.url, "EZQ_QUEUE": own_queue()}
+        worker = worker_factory(env=env)
+        assert wait_for_job(enqueue("before", env=env), timeout=30)["status"] == "succeeded"
+
+        started = time.monotonic()
+        run_ezq("show", str(uuid.uuid4()), env=env)  # the same start-up, no broker involved
+        baseline = time.monotonic() - started
+        broker.stop()
+        started = time.monotonic()
+        out = run_ezq("enqueue", "--model", MODEL, "while down", env=env)
+        took = time.monotonic() - started - baseline
+        assert out.returncode == 0, out.stderr
+        job_id = out.stdout.strip()
+        assert uuid.UUID(job_id)
+        assert took < 2.5, f"enqueue blocked {took:.1f}s longer than a command that needs no broker"
+        assert "Traceback" not in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert "dispatched when it is back" in out.stderr
+        assert sql("SELECT needs_publish FROM jobs WHERE id = :j", j=job_id) == [(True,)]
+
+        broker.start()
+        back_at = time.monotonic()
+        job = wait_for_job(job_id, timeout=60)
+        assert job["status"] == "succeeded"
+        assert time.monotonic() - back_at < 30
+        assert worker.proc.poll() is None, "the worker exited"
+
+
+def test_a_database_outage_while_saving_does_not_bill_twice(
+    service_env: dict[str, str],
+    worker_factory: Callable[..., WorkerProcess],
+    fake_gateway: Any,
+) -> None:
+    """Postgres stops during a call and stays down past the lease: the reply is saved when
+    it returns, by the same attempt, with one gateway call and one usage row."""
+    with PrivatePostgres() as database:
+        env = {**SLOW_CALLS, "DATABASE_URL": database.url, "EZQ_QUEUE": own_queue()}
+        worker = worker_factory(env=env)
+        marker = uuid.uuid4().hex
+        fake_gateway.add_faults(slow(marker, 3))
+        job_id = enqueue(marker, env=env)
+        wait_until(lambda: requests_for(fake_gateway, marker) == 1, "call under way")
+
+        database.stop()
+        time.sleep(10)  # the outage itself: longer than the lease and many sweep intervals
+        database.start()
+
+        def final() -> tuple[Any, ...] | None:
+            try:
+                with psycopg.connect(database.url) as conn:
+                    row = conn.execute(
+                        "SELECT status, attempts FROM jobs WHERE id = %s", (job_id,)
+                    ).fetchone()
+            except psycopg.OperationalError:
+                return None
+            return row if row and row[0] in ("succeeded", "failed", "cancelled") else None
+
+        wait_until(lambda: final() is not None, "job ended", timeout=60)
+        with psycopg.connect(database.url) as conn:
+            attempts = conn.execute(
+                "SELECT attempt, error_type FROM job_attempts WHERE job_id = %s", (job_id,)
+            ).fetchall()
+            usage = conn.execute(
+                "SELECT count(*) FROM token_usage WHERE job_id = %s", (job_id,)
+            ).fetchone()
+        assert final() == ("succeeded", 1)
+        assert attempts == [(1, None)]
+        assert usage == (1,)
+        assert requests_for(fake_gateway, marker) == 1
+        assert "recorded after" in worker.log()
+
+
+def test_worker_with_beat_flag_leaves_no_orphan(
+    service_env: dict[str, str], worker_factory: Callable[..., WorkerProcess]
+) -> None:
+    """``ezq worker -B`` starts no separate beat process that could outlive it."""
+    worker = worker_factory(env={"EZQ_QUEUE": own_queue()}, args=["-B"])
+    assert "-B is not needed" in worker.log()
+    children = [
+        pid
+        for pid in os.listdir("/proc")
+        if pid.isdigit() and _parent_of(int(pid)) == worker.proc.pid
+    ]
+    assert children == []
+    worker.proc.send_signal(signal.SIGKILL)
+    worker.proc.wait()
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+@pytest.mark.usefixtures("service_env")
+def test_a_sweep_steps_aside_while_another_runs() -> None:
+    """While one sweep holds the lock, another returns without doing anything; once it is
+    released the next one runs."""
+    from sqlalchemy import text
+
+    from service.config import get_settings
+    from service.db.session import get_engine
+    from service.worker import sweep as sweep_module
+
+    with get_engine().connect() as holder:
+        holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": sweep_module._LOCK_KEY})
+        try:
+            assert sweep_module.sweep(get_settings(), worker="test", force=True) is None
+        finally:
+            holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": sweep_module._LOCK_KEY})
+            holder.commit()
+    assert sweep_module.sweep(get_settings(), worker="test", force=True) is not None
+
+
+@pytest.mark.usefixtures("service_env")
+def test_one_sweep_per_interval_across_processes() -> None:
+    """A sweep that is not forced does nothing when another ran within the interval."""
+    from service.config import get_settings
+    from service.worker.sweep import sweep
+
+    settings = get_settings().model_copy(update={"ezq_sweep_interval": 3600.0})
+    sweep(settings, worker="test", force=True)
+    assert sweep(settings, worker="test") is None

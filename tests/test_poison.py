@@ -1,0 +1,135 @@
+"""Messages no worker can run are kept aside as dead letters; the worker keeps serving."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from typing import Any
+
+import pytest
+import redis
+
+from service import enqueue_completion
+from service.worker.app import app
+from tests.conftest import REDIS_URL, WorkerProcess, run_ezq, sql, wait_for_job
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+def captured_envelope(service_env: dict[str, str], name: str, **kwargs: Any) -> dict[str, Any]:
+    """A real kombu envelope for task ``name``, taken off a scratch queue."""
+    scratch = f"{service_env['EZQ_QUEUE']}-capture-{uuid.uuid4().hex[:8]}"
+    app.send_task(name, kwargs=kwargs, queue=scratch)
+    client = redis.Redis.from_url(REDIS_URL)
+    raw = client.rpop(scratch)
+    client.delete(scratch)
+    assert raw is not None
+    return dict(json.loads(raw))
+
+
+def with_body(envelope: dict[str, Any], body: str) -> dict[str, Any]:
+    return {**envelope, "body": body}
+
+
+def poison_shapes(service_env: dict[str, str]) -> dict[str, bytes]:
+    good = captured_envelope(service_env, "ezq.chat_completion", job_id=str(uuid.uuid4()))
+    unknown = captured_envelope(service_env, "other.service.task", x=1)
+    bad_args = captured_envelope(service_env, "ezq.chat_completion", job_id=12345)
+    not_json_body = base64.b64encode(b"{{{ not json").decode()
+    return {
+        "not json": b"not json",
+        "a JSON array": b"[1, 2, 3]",
+        "a JSON string": b'"just a string"',
+        "invalid utf-8": b"\xff\xfe\xfa",
+        "no properties": json.dumps({"body": "e30=", "headers": {}}).encode(),
+        "body not base64": json.dumps(with_body(good, "%%% not base64 %%%")).encode(),
+        "body not JSON": json.dumps(with_body(good, not_json_body)).encode(),
+        "unknown task": json.dumps(unknown).encode(),
+        "job_id not a string": json.dumps(bad_args).encode(),
+        "no task header": json.dumps({**good, "headers": {"lang": "py"}}).encode(),
+    }
+
+
+def test_poison_messages_are_kept_aside_and_the_worker_keeps_serving(
+    service_env: dict[str, str], worker: WorkerProcess, fake_gateway: Any
+) -> None:
+    """Each malformed shape becomes one dead letter with its reason; a job sent after them
+    still runs, and the worker never exits."""
+    before = sql("SELECT coalesce(max(id), 0) FROM dead_letters")[0][0]
+    shapes = poison_shapes(service_env)
+    client = redis.Redis.from_url(REDIS_URL)
+    for raw in shapes.values():
+        client.lpush(service_env["EZQ_QUEUE"], raw)
+
+    deadline = time.monotonic() + 30
+    while sql("SELECT count(*) FROM dead_letters WHERE id > :b", b=before)[0][0] < len(shapes):
+        assert worker.proc.poll() is None, f"the worker exited:\n{worker.log()[-3000:]}"
+        assert time.monotonic() < deadline, sql(
+            "SELECT reason FROM dead_letters WHERE id > :b", b=before
+        )
+        time.sleep(0.1)
+
+    job = wait_for_job(enqueue_completion("glm-5.1", [{"role": "user", "content": "still here"}]))
+    assert job["status"] == "succeeded"
+    assert worker.proc.poll() is None
+    letters = sql(
+        "SELECT raw, reason, raw_bytes FROM dead_letters WHERE id > :b ORDER BY id", b=before
+    )
+    assert len(letters) == len(shapes)
+    kept = {bytes(raw) for raw, _, _ in letters}
+    for name, raw in shapes.items():
+        if name in ("job_id not a string", "invalid utf-8"):
+            continue  # kept as decoded arguments / as kombu's lossy text of it
+        assert raw in kept, f"{name!r} was not kept as it arrived"
+    reasons = " | ".join(reason for _, reason, _ in letters)
+    assert "unknown task 'other.service.task'" in reasons
+    assert "job_id: must be a UUID string, not int" in reasons
+    assert "not valid base64" in reasons
+
+
+def test_each_dead_letter_is_logged_once_without_its_content(
+    service_env: dict[str, str], worker: WorkerProcess
+) -> None:
+    """A dead letter's log line names its id, reason and size, never the message text."""
+    marker = f"secret-prompt-{uuid.uuid4().hex}"
+    before = sql("SELECT coalesce(max(id), 0) FROM dead_letters")[0][0]
+    redis.Redis.from_url(REDIS_URL).lpush(service_env["EZQ_QUEUE"], f"oops {marker}")
+    deadline = time.monotonic() + 20
+    while not (rows := sql("SELECT id FROM dead_letters WHERE id > :b", b=before)):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    (letter_id,) = rows[0]
+    deadline = time.monotonic() + 10
+    while f"dead letter {letter_id}:" not in worker.log():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+    assert worker.log().count(f"dead letter {letter_id}:") == 1
+    assert marker not in worker.log()
+
+
+def test_dead_letters_can_be_listed_and_purged(service_env: dict[str, str]) -> None:
+    """``ezq dead-letters list`` shows what was kept and ``purge`` deletes it."""
+    before = sql("SELECT coalesce(max(id), 0) FROM dead_letters")[0][0]
+    redis.Redis.from_url(REDIS_URL).lpush(service_env["EZQ_QUEUE"], b"[]")
+    deadline = time.monotonic() + 20
+    while not (rows := sql("SELECT id FROM dead_letters WHERE id > :b", b=before)):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    (letter_id,) = rows[0]
+
+    listed = run_ezq("dead-letters", "list", "--since", "1h", "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    (entry,) = [e for e in json.loads(listed.stdout) if e["id"] == letter_id]
+    assert entry["reason"] == "the message is a JSON list, not an object"
+    assert entry["raw"] == "[]"
+    table = run_ezq("dead-letters", "list")
+    assert str(letter_id) in table.stdout
+
+    refused = run_ezq("dead-letters", "purge")
+    assert refused.returncode == 2
+    purged = run_ezq("dead-letters", "purge", "--id", str(letter_id))
+    assert purged.returncode == 0 and "deleted 1 dead letter" in purged.stdout
+    assert sql("SELECT count(*) FROM dead_letters WHERE id = :i", i=letter_id) == [(0,)]
