@@ -46,6 +46,9 @@ def poison_shapes(service_env: dict[str, str]) -> dict[str, bytes]:
         "no properties": json.dumps({"body": "e30=", "headers": {}}).encode(),
         "body not base64": json.dumps(with_body(good, "%%% not base64 %%%")).encode(),
         "body not JSON": json.dumps(with_body(good, not_json_body)).encode(),
+        "body of the wrong shape": json.dumps(
+            with_body(good, base64.b64encode(b"[1, 2, 3]").decode())
+        ).encode(),
         "unknown task": json.dumps(unknown).encode(),
         "job_id not a string": json.dumps(bad_args).encode(),
         "no task header": json.dumps({**good, "headers": {"lang": "py"}}).encode(),

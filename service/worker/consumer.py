@@ -32,6 +32,32 @@ def _raw(message: Any) -> Any:
     return raw if raw is not None else message.body
 
 
+def _body_problem(message: Any) -> str | None:
+    """Why a task message's body cannot be ``[args, kwargs, options]``, or None.
+
+    Celery decodes the body only in the worker thread, where a malformed one raises
+    outside any handler: the message would stay unacknowledged and the job unseen. So the
+    shape is checked here, before the message is handed over (bodies are small: a job id,
+    or a foreign producer's request).
+    """
+    headers = message.headers
+    if not isinstance(headers, dict) or "task" not in headers:
+        return None  # Celery's own handling: an unknown message or protocol 1
+    try:
+        body = message.decode()
+    except Exception as exc:  # undecodable: Celery's decode-error path would say the same
+        return f"the body cannot be decoded: {type(exc).__name__}"
+    if (
+        not isinstance(body, list | tuple)
+        or len(body) != 3
+        or not isinstance(body[0], list | tuple)
+        or not isinstance(body[1], dict)
+        or not isinstance(body[2], dict)
+    ):
+        return "the body is not [args, kwargs, options]"
+    return None
+
+
 class Consumer(CeleryConsumer):  # type: ignore[misc]
     def _set_aside(self, message: Any, reason: str) -> None:
         set_aside(_raw(message), reason, **_describe(message))
@@ -58,6 +84,10 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
 
         def on_task_received(message: Any) -> Any:
             try:
+                problem = _body_problem(message)
+                if problem is not None:
+                    self._set_aside(message, problem)
+                    return None
                 return handle(message)
             except Exception as exc:  # a malformed message must never end the worker
                 self._set_aside(message, f"malformed task message: {type(exc).__name__}")
