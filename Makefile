@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench bench-sql clean
+.PHONY: demo test lint typecheck bench bench-sql chaos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ bench: $(STAMP)
 ## One million usage rows in a throwaway database: time the docs/sql.md queries and the report.
 bench-sql: $(STAMP)
 	$(BIN)/python -m benchmarks.sql_usage
+
+## The fault suite: >= 1,000 jobs through two workers while each fault is injected in turn.
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

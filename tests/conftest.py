@@ -288,3 +288,16 @@ def run_ezq(
         timeout=timeout,
         cwd="/",
     )
+
+
+def request_for(fake_gateway: Any, prompt: str) -> Any:
+    """The last request the fake gateway received whose last message is ``prompt``.
+
+    The session worker's sweep may run other tests' leftover jobs at any time, so a test
+    finds its own request by content rather than by position.
+    """
+    for request in reversed(fake_gateway.requests):
+        messages = request.body.get("messages") or [{}]
+        if messages[-1].get("content") == prompt:
+            return request
+    raise AssertionError(f"the fake gateway received no request for {prompt!r}")

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import run_ezq, sql
+from tests.conftest import request_for, run_ezq, sql
 
 ezq = run_ezq
 
@@ -42,7 +42,7 @@ def test_enqueue_wait_show_and_conversation(service_env: dict[str, str], fake_ga
     assert job["status"] == "succeeded"
     assert job["content"] == "echo[2]: hello cli"
     assert job["metadata"] == {"feature": "cli", "n": 3}
-    assert fake_gateway.requests[-1].body["temperature"] == 0.3
+    assert request_for(fake_gateway, "hello cli").body["temperature"] == 0.3
 
     shown = ezq("show", job["job_id"], env=service_env)
     assert shown.returncode == 0

@@ -11,7 +11,7 @@ import pytest
 from service import enqueue_completion
 from service.fake_gateway import Fault
 from service.worker.app import publish_job
-from tests.conftest import sql, wait_for_job
+from tests.conftest import request_for, sql, wait_for_job
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -39,7 +39,7 @@ def test_success_stores_reply_history_and_usage(fake_gateway: Any) -> None:
     assert job["content"] == "echo[1]: hello there"
     assert job["finish_reason"] == "stop"
     assert job["attempts"] == 1
-    sent = fake_gateway.requests[-1]
+    sent = request_for(fake_gateway, "hello there")
     assert sent.body["stream"] is True
     assert sent.body["stream_options"] == {"include_usage": True}
     assert sent.body["messages"] == [{"role": "user", "content": "hello there"}]
@@ -210,7 +210,7 @@ def test_two_turns_send_the_full_history(fake_gateway: Any) -> None:
 
     assert second["conversation_id"] == first["conversation_id"]
     assert second["content"] == "echo[4]: two"
-    assert fake_gateway.requests[-1].body["messages"] == [
+    assert request_for(fake_gateway, "two").body["messages"] == [
         {"role": "system", "content": "be brief"},
         {"role": "user", "content": "one"},
         {"role": "assistant", "content": "echo[2]: one"},
@@ -293,7 +293,7 @@ def test_params_reach_the_gateway(fake_gateway: Any) -> None:
             },
         )
     )
-    body = fake_gateway.requests[-1].body
+    body = request_for(fake_gateway, "params").body
     assert job["status"] == "succeeded"
     assert (body["temperature"], body["max_tokens"], body["user_id"]) == (0.2, 50, "u-1")
     assert body["thinking"] == {"type": "enabled"}

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from service.logsetup import RedactSecrets
-from tests.conftest import API_KEY, places_holding, wait_for_job
+from tests.conftest import API_KEY, places_holding, request_for, wait_for_job
 
 
 def test_redaction_filter_hides_known_and_key_shaped_secrets() -> None:
@@ -38,7 +38,7 @@ def test_api_key_is_used_but_never_stored_or_logged(worker: Any, fake_gateway: A
         enqueue_completion("claude-haiku-4-5", [{"role": "user", "content": "secret test"}])
     )
     assert job["status"] == "succeeded"
-    assert fake_gateway.requests[-1].headers["authorization"] == f"Bearer {API_KEY}"
+    assert request_for(fake_gateway, "secret test").headers["authorization"] == f"Bearer {API_KEY}"
 
     log = worker.log()
     assert "calling claude-haiku-4-5" in log, "the worker log is being captured"
