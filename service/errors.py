@@ -110,6 +110,11 @@ class GatewayError(EzqError):
         request_id: str | None = None,
         body: Any = None,
     ) -> None:
+        from service.logsetup import redact
+
+        # An upstream may echo the request, key included: the message is stored on the job,
+        # answered over HTTP and sent in webhooks, so it is redacted like a log line.
+        message = redact(message)
         self.message = message
         self.status = status
         self.request_id = request_id

@@ -6,11 +6,12 @@ import logging
 import re
 from collections.abc import Iterable
 
-# Bearer tokens, ezrouter/OpenAI-style keys and Standard Webhooks secrets.
+# Bearer tokens, ezrouter/OpenAI-style keys, Standard Webhooks secrets and ezq API keys.
 _PATTERNS = [
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._\-]+"),
     re.compile(r"\bsk-[A-Za-z0-9._\-]{6,}"),
     re.compile(r"\bwhsec_[A-Za-z0-9+/=]+"),
+    re.compile(r"\bezq_[A-Za-z0-9_\-]{16,}"),
 ]
 REDACTED = "[redacted]"
 
@@ -49,6 +50,15 @@ class RedactSecrets(logging.Filter):
         if record.exc_text:
             record.exc_text = self._clean(record.exc_text)
         return True
+
+
+def redact(text: str) -> str:
+    """``text`` with configured secrets and key-shaped strings replaced, as logs show it.
+
+    For text that leaves the process other than through a log: gateway error messages that
+    are stored on jobs, answered over HTTP and sent in webhooks.
+    """
+    return RedactSecrets(known_secrets())._clean(text)
 
 
 def known_secrets() -> list[str]:
