@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     database_url: str = c.DEFAULT_DATABASE_URL
     celery_broker_url: str = c.DEFAULT_BROKER_URL
     celery_result_backend: str | None = None
+    ezq_result_expires: float = Field(default=c.RESULT_EXPIRES_S, gt=0)
 
     ezq_queue: str = Field(default=c.DEFAULT_QUEUE, min_length=1)
     ezq_max_attempts: int = Field(default=c.MAX_ATTEMPTS, ge=1, le=100)

@@ -38,6 +38,10 @@ TURN_WAIT_MAX_S: Final = 10.0
 # the longest job, retries' countdowns included, or a slow job runs twice.
 BROKER_VISIBILITY_TIMEOUT_S: Final = 6 * 3600
 
+# Celery's result backend keeps a task's return value this long (for ``AsyncResult.get()``);
+# the database is the record, so the copy in Redis is short-lived.
+RESULT_EXPIRES_S: Final = 3600.0
+
 # Worker: gateway calls are I/O bound, so one process keeps many in flight on threads.
 WORKER_CONCURRENCY: Final = 32
 

@@ -30,7 +30,7 @@ def celery_config() -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "broker_transport_options": transport,
         "result_backend_transport_options": transport,
-        "result_expires": 7 * 24 * 3600,
+        "result_expires": settings.ezq_result_expires,
         "result_extended": True,
         "broker_connection_retry_on_startup": True,
         "worker_pool": "threads",
