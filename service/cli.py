@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from service.errors import ConfigError, EzqError
+from service.ops.jobs_cli import jobs as jobs_group
 from service.usage.cli import grant_readonly, prices, usage
 from service.webhooks.cli import webhooks as webhooks_group
 
@@ -287,6 +288,7 @@ def main() -> None:
 
 
 cli.add_command(webhooks_group)
+cli.add_command(jobs_group)
 cli.add_command(prices)
 cli.add_command(usage)
 db.add_command(grant_readonly)

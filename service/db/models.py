@@ -149,6 +149,10 @@ class Job(Base):
     # When the job's latest run message was published, or, for a retry, becomes due. The
     # sweep republishes a job only when this is long past: its message was lost.
     dispatched_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    # The job this one replays (``ezq jobs replay``).
+    replay_of: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    # When ``ezq purge`` deleted the job's content; usage and cost rows stay.
+    purged_at: Mapped[datetime | None]
 
     __table_args__ = (
         CheckConstraint(_in("status", JOB_STATUSES), name="status"),
@@ -157,6 +161,13 @@ class Job(Base):
         Index(None, "conversation_id", "enqueue_seq"),
         Index(None, "tenant", "created_at"),
         Index(None, "created_at"),
+        Index(None, "replay_of"),
+        Index(
+            None,
+            "error_type",
+            "finished_at",
+            postgresql_where=text("error_type IS NOT NULL"),
+        ),
         Index("ix_jobs_metadata", "metadata", postgresql_using="gin"),
         Index(
             "uq_jobs_tenant_idempotency_key",
