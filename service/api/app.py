@@ -13,6 +13,7 @@ from fastapi import Body, Depends, FastAPI, Header, Request, Response, status
 from fastapi.exceptions import HTTPException
 from fastapi.responses import JSONResponse
 
+from service.api import replay_routes
 from service.api.auth import require_token
 from service.config import get_settings
 from service.errors import (
@@ -111,6 +112,8 @@ def create_app() -> FastAPI:
         )
         response.headers["Location"] = f"/v1/jobs/{job_id}"
         return get_job(job_id)
+
+    app.include_router(replay_routes.router)  # before /v1/jobs/{id}: /v1/jobs/replay is a path
 
     @app.get("/v1/jobs/{job_id}")
     def read_job(job_id: str) -> dict[str, Any]:

@@ -531,6 +531,7 @@ def view_of(
         "started_at": _iso(job.started_at),
         "first_token_at": _iso(job.first_token_at),
         "finished_at": _iso(job.finished_at),
+        "replay_of": str(job.replay_of) if job.replay_of else None,
     }
 
 
