@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from service.ops.filters import filter_options
-from service.ops.output import format_option
+from service.ops.output import format_option, formats
 
 LIMIT_MAX = 100_000
 
@@ -89,14 +89,7 @@ def list_jobs(
     help="Replay at most this many jobs (oldest first).",
 )
 @click.option("--dry-run", is_flag=True, help="Only say how many jobs and what they would cost.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(("table", "json")),
-    default="table",
-    show_default=True,
-    help="Replay ids and skips for people, or the whole result as JSON.",
-)
+@formats("table", "json", help="Replay ids and skips for people, or the whole result as JSON.")
 def replay(
     job_ids: tuple[str, ...],
     statuses: tuple[str, ...],

@@ -19,14 +19,20 @@ import click
 
 FORMATS = ("table", "json", "csv")
 
-format_option = click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(FORMATS),
-    default="table",
-    show_default=True,
-    help="A table for people, or exact machine output (json, csv).",
-)
+
+def formats(*choices: str, help: str) -> Callable[[Any], Any]:
+    """A ``--format`` option offering ``choices`` (the first is the default)."""
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(choices),
+        default=choices[0],
+        show_default=True,
+        help=help,
+    )
+
+
+format_option = formats(*FORMATS, help="A table for people, or exact machine output.")
 
 
 def machine(value: Any) -> Any:
