@@ -7,7 +7,7 @@ import binascii
 import math
 from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network, ip_network
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     ezq_sweep_stale_after: float = Field(default=c.SWEEP_STALE_AFTER_S, gt=0)
     ezq_api_tokens: SecretStr | None = None
     ezq_log_level: str = "INFO"
+    ezq_log_format: Literal["text", "json"] = "text"
 
     # Webhooks: comma-separated whsec_ secrets (all sign, for rotation) and CIDRs that the
     # address policy lets through although they are loopback, private or link-local.
@@ -82,6 +83,11 @@ class Settings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
+
+    @field_validator("ezq_log_format", mode="before")
+    @classmethod
+    def _log_format(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("webhook_secret")
     @classmethod

@@ -65,6 +65,13 @@ class JobLog(logging.LoggerAdapter[logging.Logger]):
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         extra = self.extra or {}
+        # The same as fields, for JSON logs (EZQ_LOG_FORMAT=json).
+        kwargs["extra"] = {
+            "job_id": extra.get("job"),
+            "attempt": extra.get("attempt"),
+            "conversation_id": extra.get("conversation"),
+            "tenant": extra.get("tenant"),
+        }
         return (
             f"[job={extra.get('job')} attempt={extra.get('attempt')} "
             f"conversation={extra.get('conversation')}] {msg}",
@@ -113,7 +120,13 @@ def run_job(
         )
 
     jlog = JobLog(
-        log, {"job": claim.job_id, "attempt": claim.attempt, "conversation": claim.conversation_id}
+        log,
+        {
+            "job": claim.job_id,
+            "attempt": claim.attempt,
+            "conversation": claim.conversation_id,
+            "tenant": claim.tenant,
+        },
     )
     jlog.info("calling %s with %d messages", claim.model, len(claim.messages))
 
