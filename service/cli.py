@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -92,8 +96,20 @@ def db_current() -> None:
 
 
 @cli.command("worker", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    envvar="EZQ_METRICS_PORT",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (env EZQ_METRICS_PORT).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address for --metrics-port (0.0.0.0 to be scraped from other hosts).",
+)
 @click.pass_context
-def worker(ctx: click.Context) -> None:
+def worker(ctx: click.Context, metrics_port: int | None, metrics_host: str) -> None:
     """Run a Celery worker (extra arguments go to ``celery worker``, e.g. -c 64 or -B)."""
     from service.config import get_settings
     from service.worker.app import app
@@ -101,6 +117,15 @@ def worker(ctx: click.Context) -> None:
     settings = get_settings()
     settings.require_api_key()
     _check_schema()
+    if metrics_port is not None:
+        from service.metrics.exposition import serve
+
+        try:
+            serve(metrics_port, metrics_host)
+        except OSError as exc:
+            raise ConfigError(
+                f"--metrics-port: cannot listen on {metrics_port}: {exc.strerror}"
+            ) from None
     argv = [
         "worker",
         "--pool",
@@ -227,14 +252,30 @@ def api(host: str, port: int, workers: int) -> None:
     from service.config import get_settings
 
     get_settings().api_tokens(required=True)
-    uvicorn.run(
-        "service.api.app:create_server_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=get_settings().ezq_log_level.lower(),
-    )
+    with _metrics_directory(workers):
+        uvicorn.run(
+            "service.api.app:create_server_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=get_settings().ezq_log_level.lower(),
+        )
+
+
+@contextlib.contextmanager
+def _metrics_directory(processes: int) -> Iterator[None]:
+    """Several server processes sum their metrics through files in a directory: give them
+    one (removed afterwards) unless PROMETHEUS_MULTIPROC_DIR names it already."""
+    if processes < 2 or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="ezq-metrics-") as folder:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+        try:
+            yield
+        finally:
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
 @cli.command("fake-gateway")

@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     ezq_api_tokens: SecretStr | None = None
     ezq_log_level: str = "INFO"
     ezq_log_format: Literal["text", "json"] = "text"
+    # Metrics: which tenants get a label of their own (see service/metrics/labels.py), and
+    # how long the Postgres gauges are reused between scrapes.
+    ezq_metrics_tenants: str = ""
+    ezq_metrics_max_tenants: int = Field(default=c.METRICS_MAX_TENANTS, ge=0, le=10_000)
+    ezq_metrics_db_ttl: float = Field(default=c.METRICS_DB_TTL_S, ge=0)
 
     # Webhooks: comma-separated whsec_ secrets (all sign, for rotation) and CIDRs that the
     # address policy lets through although they are loopback, private or link-local.
@@ -162,6 +167,10 @@ class Settings(BaseSettings):
         if any(len(t) < 16 for t in tokens):
             raise ConfigError("EZQ_API_TOKENS: every token must be at least 16 characters")
         return tokens
+
+    def metrics_tenants(self) -> tuple[str, ...]:
+        """``EZQ_METRICS_TENANTS``, comma-separated: the tenants labelled by name."""
+        return tuple(t.strip() for t in self.ezq_metrics_tenants.split(",") if t.strip())
 
     def require_api_key(self) -> str:
         """The gateway key, or a ConfigError naming the variable."""

@@ -85,3 +85,8 @@ WEBHOOK_LEASE_MARGIN_S: Final = 30.0
 # After a paid gateway call, recording its reply is retried in-process this many times,
 # with these pauses, if the database connection drops.
 RECORD_RETRY_PAUSES_S: Final = (0.5, 1.0, 2.0)
+
+# Metrics: at most this many tenants get a label of their own per process (the rest count
+# as "other"), and the Postgres gauges are reused for this long between scrapes.
+METRICS_MAX_TENANTS: Final = 50
+METRICS_DB_TTL_S: Final = 5.0

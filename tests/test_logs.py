@@ -3,31 +3,14 @@
 from __future__ import annotations
 
 import json
-import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
-import redis
-
 from service import enqueue_completion
-from service.config import get_settings
 from service.fake_gateway import Fault
-from tests.conftest import REDIS_URL, WorkerProcess, run_ezq, wait_for_job
-
-
-@pytest.fixture
-def own_queue(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A queue of this test's own, for this process's producer; deleted afterwards."""
-    queue = f"ezq-logs-{secrets.token_hex(4)}"
-    monkeypatch.setenv("EZQ_QUEUE", queue)
-    get_settings.cache_clear()
-    yield queue
-    monkeypatch.undo()
-    get_settings.cache_clear()
-    redis.Redis.from_url(REDIS_URL).delete(queue)
+from tests.conftest import WorkerProcess, run_ezq, wait_for_job
 
 
 def wait_for_line(worker: WorkerProcess, needle: str, timeout: float = 15.0) -> str:

@@ -149,6 +149,14 @@ def create_health_app() -> FastAPI:
         healthy = all(v == "ok" for v in checks.values())
         return JSONResponse(status_code=200 if healthy else 503, content=checks)
 
+    @app.get("/metrics")
+    def metrics() -> Response:
+        """Prometheus metrics; unauthenticated like /healthz, for the scraper."""
+        from service.metrics.exposition import render
+
+        body, content_type = render()
+        return Response(content=body, media_type=content_type)
+
     return app
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import func, select, text, update
@@ -312,6 +313,7 @@ class Recorded:
 
     job: Job
     view: dict[str, Any]
+    cost_usd: Decimal | None = None  # as written to token_usage (None: unpriced or no usage)
 
 
 def record_success(
@@ -351,8 +353,9 @@ def record_success(
             for i, m in enumerate(new_messages)
         ],
     )
+    cost = None
     if tokens is not None and completion.usage is not None:
-        insert_priced_usage(
+        cost = insert_priced_usage(
             session,
             job_id=job.id,
             conversation_id=job.conversation_id,
@@ -388,7 +391,7 @@ def record_success(
     usage = tokens.summary() if tokens is not None and completion.usage is not None else None
     view = view_of(job, content=completion.content, tool_calls=completion.tool_calls, usage=usage)
     _add_webhook(session, job, view)
-    return Recorded(job, view)
+    return Recorded(job, view, cost)
 
 
 def _clip(text_value: str) -> str:

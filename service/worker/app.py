@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -40,9 +38,12 @@ def celery_config() -> dict[str, Any]:
         "beat_schedule": {
             "ezq-sweep": {"task": c.TASK_SWEEP, "schedule": 60.0},
         },
-        # Beat's default is a file in the working directory, which a container's non-root
-        # user may not be able to write; the sweep needs no state across restarts anyway.
-        "beat_schedule_filename": str(Path(tempfile.gettempdir()) / "ezq-celerybeat-schedule"),
+        # Beat keeps its schedule in memory: the sweep needs no state across restarts, so
+        # no schedule file is shared by the beats of one host or left behind.
+        "beat_scheduler": "celery.beat:Scheduler",
+        # Task events on, so that Flower and `celery events` see every task.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
     }
 
 

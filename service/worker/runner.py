@@ -8,11 +8,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sqlalchemy.exc import OperationalError
 
 from service import constants as c
+from service import metrics
 from service.completion import Completion
 from service.config import Settings
 from service.db import queries
@@ -130,6 +132,8 @@ def run_job(
     )
     jlog.info("calling %s with %d messages", claim.model, len(claim.messages))
 
+    call_started = datetime.now(UTC)
+
     def fail(error: GatewayError) -> Outcome:
         return _failed_attempt(
             claim,
@@ -139,6 +143,7 @@ def run_job(
             jlog=jlog,
             rng=rng,
             publish_webhooks=publish_webhooks,
+            call_started=call_started,
         )
 
     try:
@@ -165,6 +170,7 @@ def run_job(
                 publish=publish,
                 publish_webhooks=publish_webhooks,
                 jlog=jlog,
+                call_started=call_started,
             ),
             jlog,
         )
@@ -204,6 +210,7 @@ def _succeeded_attempt(
     publish: Callable[[uuid.UUID], None],
     publish_webhooks: PublishWebhooks | None,
     jlog: JobLog,
+    call_started: datetime,
 ) -> Outcome:
     job_id = claim.job_id
     with transaction() as session:
@@ -220,6 +227,13 @@ def _succeeded_attempt(
             completion.finish_reason,
             completion.request_id,
         )
+        metrics.job_succeeded(
+            recorded.job,
+            call_started=call_started,
+            first_token_at=completion.first_token_at,
+            tokens=tokens if completion.usage is not None else None,
+            cost_usd=recorded.cost_usd,
+        )
     _publish_next(waiting, publish)
     _publish_webhooks(webhooks, publish_webhooks)
     return Finished(view)
@@ -234,6 +248,7 @@ def _failed_attempt(
     jlog: JobLog,
     rng: random.Random | None,
     publish_webhooks: PublishWebhooks | None,
+    call_started: datetime,
 ) -> Outcome:
     final = not is_retryable(error) or claim.attempt >= settings.ezq_max_attempts
     countdown = backoff_seconds(
@@ -255,6 +270,7 @@ def _failed_attempt(
             if view["status"] in ("succeeded", "failed", "cancelled")
             else LeftAlone()
         )
+    metrics.attempt_failed(job, error_type=error.error_type, final=final, call_started=call_started)
     if final:
         jlog.warning(
             "failed (%s, request_id=%s): %s", error.error_type, error.request_id, error.describe()
