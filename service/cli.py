@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import click
 
 from service.errors import ConfigError, EzqError
+from service.ops.jobs_cli import jobs as jobs_group
+from service.ops.status_cli import status as status_command
 from service.usage.cli import grant_readonly, prices, usage
 from service.webhooks.cli import webhooks as webhooks_group
 from service.worker.cli import dead_letters
@@ -91,9 +97,21 @@ def db_current() -> None:
 
 
 @cli.command("worker", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    envvar="EZQ_METRICS_PORT",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (env EZQ_METRICS_PORT).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address for --metrics-port (0.0.0.0 to be scraped from other hosts).",
+)
 @click.pass_context
-def worker(ctx: click.Context) -> None:
-    """Run a Celery worker (extra arguments go to ``celery worker``, e.g. -c 64 or -B)."""
+def worker(ctx: click.Context, metrics_port: int | None, metrics_host: str) -> None:
+    """Run a Celery worker (extra arguments go to ``celery worker``, e.g. -c 64)."""
     from service.config import get_settings
     from service.worker.app import app
 
@@ -105,6 +123,15 @@ def worker(ctx: click.Context) -> None:
         # The sweep runs inside every worker now; an embedded beat process could outlive
         # the worker that started it.
         click.echo("ezq worker: -B is not needed (every worker sweeps); ignored", err=True)
+    if metrics_port is not None:
+        from service.metrics.exposition import serve
+
+        try:
+            serve(metrics_port, metrics_host)
+        except OSError as exc:
+            raise ConfigError(
+                f"--metrics-port: cannot listen on {metrics_port}: {exc.strerror}"
+            ) from None
     argv = [
         "worker",
         "--pool",
@@ -231,14 +258,30 @@ def api(host: str, port: int, workers: int) -> None:
     from service.config import get_settings
 
     get_settings().api_tokens(required=True)
-    uvicorn.run(
-        "service.api.app:create_server_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=get_settings().ezq_log_level.lower(),
-    )
+    with _metrics_directory(workers):
+        uvicorn.run(
+            "service.api.app:create_server_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=get_settings().ezq_log_level.lower(),
+        )
+
+
+@contextlib.contextmanager
+def _metrics_directory(processes: int) -> Iterator[None]:
+    """Several server processes sum their metrics through files in a directory: give them
+    one (removed afterwards) unless PROMETHEUS_MULTIPROC_DIR names it already."""
+    if processes < 2 or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="ezq-metrics-") as folder:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+        try:
+            yield
+        finally:
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
 @cli.command("fake-gateway")
@@ -293,6 +336,8 @@ def main() -> None:
 
 
 cli.add_command(webhooks_group)
+cli.add_command(jobs_group)
+cli.add_command(status_command)
 cli.add_command(prices)
 cli.add_command(usage)
 cli.add_command(dead_letters)

@@ -7,7 +7,7 @@ import binascii
 import math
 from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network, ip_network
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     database_url: str = c.DEFAULT_DATABASE_URL
     celery_broker_url: str = c.DEFAULT_BROKER_URL
     celery_result_backend: str | None = None
+    ezq_result_expires: float = Field(default=c.RESULT_EXPIRES_S, gt=0)
 
     ezq_queue: str = Field(default=c.DEFAULT_QUEUE, min_length=1)
     ezq_max_attempts: int = Field(default=c.MAX_ATTEMPTS, ge=1, le=100)
@@ -49,6 +50,12 @@ class Settings(BaseSettings):
     ezq_publish_timeout: float = Field(default=c.PUBLISH_TIMEOUT_S, gt=0, le=60)
     ezq_api_tokens: SecretStr | None = None
     ezq_log_level: str = "INFO"
+    ezq_log_format: Literal["text", "json"] = "text"
+    # Metrics: which tenants get a label of their own (see service/metrics/labels.py), and
+    # how long the Postgres gauges are reused between scrapes.
+    ezq_metrics_tenants: str = ""
+    ezq_metrics_max_tenants: int = Field(default=c.METRICS_MAX_TENANTS, ge=0, le=10_000)
+    ezq_metrics_db_ttl: float = Field(default=c.METRICS_DB_TTL_S, ge=0)
 
     # Webhooks: comma-separated whsec_ secrets (all sign, for rotation) and CIDRs that the
     # address policy lets through although they are loopback, private or link-local.
@@ -98,6 +105,11 @@ class Settings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
+
+    @field_validator("ezq_log_format", mode="before")
+    @classmethod
+    def _log_format(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("webhook_secret")
     @classmethod
@@ -192,6 +204,10 @@ class Settings(BaseSettings):
         if any(len(t) < 16 for t in tokens):
             raise ConfigError("EZQ_API_TOKENS: every token must be at least 16 characters")
         return tokens
+
+    def metrics_tenants(self) -> tuple[str, ...]:
+        """``EZQ_METRICS_TENANTS``, comma-separated: the tenants labelled by name."""
+        return tuple(t.strip() for t in self.ezq_metrics_tenants.split(",") if t.strip())
 
     def require_api_key(self) -> str:
         """The gateway key, or a ConfigError naming the variable."""

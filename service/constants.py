@@ -46,6 +46,10 @@ BROKER_RESTORE_INTERVAL_S: Final = 5.0
 # the job is stored, and the sweep publishes it when the broker is back.
 PUBLISH_TIMEOUT_S: Final = 2.0
 
+# Celery's result backend keeps a task's return value this long (for ``AsyncResult.get()``);
+# the database is the record, so the copy in Redis is short-lived.
+RESULT_EXPIRES_S: Final = 3600.0
+
 # Worker: gateway calls are I/O bound, so one process keeps many in flight on threads.
 WORKER_CONCURRENCY: Final = 32
 
@@ -97,3 +101,8 @@ WEBHOOK_LEASE_MARGIN_S: Final = 30.0
 # the database is unreachable, with these pauses (the last one repeats).
 RECORD_RETRY_FOR_S: Final = 300.0
 RECORD_RETRY_PAUSES_S: Final = (0.2, 0.5, 1.0, 2.0)
+
+# Metrics: at most this many tenants get a label of their own per process (the rest count
+# as "other"), and the Postgres gauges are reused for this long between scrapes.
+METRICS_MAX_TENANTS: Final = 50
+METRICS_DB_TTL_S: Final = 5.0

@@ -56,6 +56,15 @@ class JobAlreadyFinished(EzqCallerError):
         super().__init__(f"job {job_id} already ended ({status})")
 
 
+class JobNotReplayable(EzqCallerError):
+    """The job cannot be replayed: ``reason`` is a stable code (see service/ops/replay.py)."""
+
+    def __init__(self, job_id: object, reason: str, message: str) -> None:
+        self.job_id = job_id
+        self.reason = reason
+        super().__init__(f"job {job_id} cannot be replayed: {message}")
+
+
 class IdempotencyConflict(EzqCallerError):
     """The idempotency key was already used for a different request."""
 
@@ -110,6 +119,11 @@ class GatewayError(EzqError):
         request_id: str | None = None,
         body: Any = None,
     ) -> None:
+        from service.logsetup import redact
+
+        # An upstream may echo the request, key included: the message is stored on the job,
+        # answered over HTTP and sent in webhooks, so it is redacted like a log line.
+        message = redact(message)
         self.message = message
         self.status = status
         self.request_id = request_id

@@ -1,16 +1,22 @@
-"""Logging: one format, and a filter that keeps secrets out of every log line."""
+"""Logging: one format (text, or JSON with ``EZQ_LOG_FORMAT=json``), a filter that keeps
+secrets out of every log line, and one that keeps task results (reply text) out of Celery's.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
 
-# Bearer tokens, ezrouter/OpenAI-style keys and Standard Webhooks secrets.
+# Bearer tokens, ezrouter/OpenAI-style keys, Standard Webhooks secrets and ezq API keys.
 _PATTERNS = [
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._\-]+"),
     re.compile(r"\bsk-[A-Za-z0-9._\-]{6,}"),
     re.compile(r"\bwhsec_[A-Za-z0-9+/=]+"),
+    re.compile(r"\bezq_[A-Za-z0-9_\-]{16,}"),
 ]
 REDACTED = "[redacted]"
 
@@ -51,6 +57,93 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+def redact(text: str) -> str:
+    """``text`` with configured secrets and key-shaped strings replaced, as logs show it.
+
+    For text that leaves the process other than through a log: gateway error messages that
+    are stored on jobs, answered over HTTP and sent in webhooks.
+    """
+    return RedactSecrets(known_secrets())._clean(text)
+
+
+class DropTaskResults(logging.Filter):
+    """Keeps task results and arguments out of Celery's task lines.
+
+    Celery logs "Task ... succeeded in 0.2s: <return value>" at INFO, and our task returns
+    the job's view, reply text included; foreign producers' messages carry the prompt in
+    their arguments. Only the task name, id and runtime stay.
+    """
+
+    _HIDDEN = ("return_value", "args", "kwargs")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, dict) and "return_value" in record.args:
+            record.msg = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"
+        if isinstance(record.args, dict):
+            record.args = {
+                k: ("[not logged]" if k in self._HIDDEN else v) for k, v in record.args.items()
+            }
+        data = getattr(record, "data", None)
+        if isinstance(data, dict):
+            record.data = {k: v for k, v in data.items() if k not in self._HIDDEN}
+        return True
+
+
+# Celery's loggers that format task results and arguments into their lines.
+_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "celery.worker.request")
+
+_JOB = re.compile(r"\[job=([0-9a-f-]{36})")
+_ATTEMPT = re.compile(r"\battempt=(\d+)")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, and the job's fields.
+
+    ``job_id``, ``attempt``, ``tenant`` and ``conversation_id`` come from the record
+    (the worker's job logger sets them) or, for lines that only name the job in their text
+    and for Celery's task lines, from those.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": message,
+        }
+        data = getattr(record, "data", None)
+        task_id = data.get("id") if isinstance(data, dict) else None
+        job = _JOB.search(message)
+        attempt = _ATTEMPT.search(message)
+        fields = {
+            "job_id": getattr(record, "job_id", None) or (job and job.group(1)) or task_id,
+            "attempt": getattr(record, "attempt", None)
+            or (int(attempt.group(1)) if attempt else None),
+            "tenant": getattr(record, "tenant", None),
+            "conversation_id": getattr(record, "conversation_id", None),
+        }
+        entry.update({k: str(v) if k.endswith("_id") else v for k, v in fields.items() if v})
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _json_logs() -> bool:
+    from service.config import get_settings
+    from service.errors import ConfigError
+
+    try:
+        return get_settings().ezq_log_format == "json"
+    except ConfigError:
+        return False
+
+
 def known_secrets() -> list[str]:
     """The configured secret values, for exact-match redaction."""
     from service.config import get_settings
@@ -82,10 +175,17 @@ def install_redaction(loggers: Iterable[logging.Logger] = ()) -> RedactSecrets:
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     redactor = RedactSecrets(known_secrets())
+    as_json = _json_logs()
     for logger in (logging.getLogger(), *loggers):
         for handler in logger.handlers:
             if not any(isinstance(f, RedactSecrets) for f in handler.filters):
                 handler.addFilter(redactor)
+            if as_json and not isinstance(handler.formatter, JsonFormatter):
+                handler.setFormatter(JsonFormatter())
+    for name in _TASK_LOGGERS:
+        task_logger = logging.getLogger(name)
+        if not any(isinstance(f, DropTaskResults) for f in task_logger.filters):
+            task_logger.addFilter(DropTaskResults())
     return redactor
 
 
@@ -94,5 +194,5 @@ def configure_logging(level: str = "WARNING") -> None:
 
     Warnings and errors only, so that commands print their results and nothing else.
     """
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, format=TEXT_FORMAT)
     install_redaction()

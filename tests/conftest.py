@@ -210,6 +210,21 @@ def worker_factory(
         process.stop()
 
 
+@pytest.fixture
+def own_queue(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A queue of the test's own for this process's producer (and the workers it starts);
+    deleted afterwards."""
+    from service.config import get_settings
+
+    queue = f"ezq-own-{secrets.token_hex(4)}"
+    monkeypatch.setenv("EZQ_QUEUE", queue)
+    get_settings.cache_clear()
+    yield queue
+    monkeypatch.undo()
+    get_settings.cache_clear()
+    redis.Redis.from_url(REDIS_URL).delete(queue)
+
+
 def wait_for_job(job_id: uuid.UUID | str, timeout: float = 30.0) -> dict[str, Any]:
     """Poll the database until the job ends; return its JSON view."""
     from service.producer import get_job

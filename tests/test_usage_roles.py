@@ -128,3 +128,82 @@ def test_bad_role_requests_fail_in_one_line(args: list[str], error: str) -> None
     done = ezq(*args)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [f"ezq: error: {error}"]
+
+
+def _create_role(role: str, *statements: str) -> None:
+    with connect() as conn:
+        conn.autocommit = True
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'original-pw'").format(
+            sql.Identifier(role)))  # fmt: skip
+        for statement in statements:
+            conn.execute(sql.SQL(statement).format(role=sql.Identifier(role)))
+
+
+def _can_read_views(role: str) -> bool:
+    with connect() as conn:
+        row = conn.execute("SELECT has_table_privilege(%s, 'usage_daily', 'SELECT')", (role,))
+        return bool((row.fetchone() or (False,))[0])
+
+
+def _stored_password(role: str) -> str | None:
+    with connect() as conn:
+        row = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,))
+        return (row.fetchone() or (None,))[0]
+
+
+@pytest.mark.parametrize(
+    ("grant", "named"),
+    [
+        ("GRANT INSERT ON jobs TO {role}", "INSERT on jobs"),
+        ("GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}", "DELETE on alembic_version"),
+        ("GRANT CREATE ON SCHEMA public TO {role}", "CREATE on schema public"),
+    ],
+)
+def test_existing_role_that_can_write_is_refused(role: str, grant: str, named: str) -> None:
+    """An existing role with write grants is refused, naming them; it keeps its password."""
+    _create_role(role, grant)
+    before = _stored_password(role)
+    could_read = _can_read_views(role)
+    done = ezq(role)
+    assert done.returncode == 1
+    line = done.stderr.strip()
+    assert line.startswith(f"ezq: error: ROLE: {role!r} already exists and can write (")
+    assert named in line and "change nothing" not in line
+    assert _stored_password(role) == before
+    assert _can_read_views(role) == could_read
+
+
+def test_role_writing_through_membership_is_refused(role: str) -> None:
+    """Write privileges inherited from another role count too."""
+    writer = role + "_w"
+    _create_role(writer, "GRANT UPDATE ON token_usage TO {role}")
+    try:
+        _create_role(role, f'GRANT "{writer}" TO {{role}}')
+        done = ezq(role)
+        assert done.returncode == 1
+        assert "UPDATE on token_usage" in done.stderr
+    finally:
+        with connect() as conn:
+            conn.autocommit = True
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(writer)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(writer)))
+
+
+def test_existing_role_keeps_its_password_unless_reset_is_asked(role: str) -> None:
+    """--login on an existing role is refused without --reset-password; with it, it says so."""
+    _create_role(role)
+    before = _stored_password(role)
+    refused = ezq(role, "--login", "--password-stdin", stdin="new password 1\n")
+    assert refused.returncode == 1
+    assert "--reset-password" in refused.stderr
+    assert _stored_password(role) == before
+
+    plain = ezq(role)
+    assert plain.returncode == 0, plain.stderr
+    assert "its password and LOGIN are unchanged" in plain.stderr
+    assert _stored_password(role) == before
+
+    reset = ezq(role, "--login", "--password-stdin", "--reset-password", stdin="new password 1\n")
+    assert reset.returncode == 0, reset.stderr
+    assert "replaced its password" in reset.stderr
+    assert _stored_password(role) != before

@@ -13,6 +13,7 @@ from fastapi import Body, Depends, FastAPI, Header, Request, Response, status
 from fastapi.exceptions import HTTPException
 from fastapi.responses import JSONResponse
 
+from service.api import replay_routes
 from service.api.auth import require_token
 from service.config import get_settings
 from service.errors import (
@@ -112,6 +113,8 @@ def create_app() -> FastAPI:
         response.headers["Location"] = f"/v1/jobs/{job_id}"
         return get_job(job_id)
 
+    app.include_router(replay_routes.router)  # before /v1/jobs/{id}: /v1/jobs/replay is a path
+
     @app.get("/v1/jobs/{job_id}")
     def read_job(job_id: str) -> dict[str, Any]:
         """The job: status, attempts, content, finish reason, usage, error, timestamps."""
@@ -145,6 +148,14 @@ def create_health_app() -> FastAPI:
         checks = {"database": _check_database(), "broker": _check_broker()}
         healthy = all(v == "ok" for v in checks.values())
         return JSONResponse(status_code=200 if healthy else 503, content=checks)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        """Prometheus metrics; unauthenticated like /healthz, for the scraper."""
+        from service.metrics.exposition import render
+
+        body, content_type = render()
+        return Response(content=body, media_type=content_type)
 
     return app
 

@@ -155,6 +155,10 @@ class Job(Base):
     # No run message is on the broker for this pending job (the publish failed, a waiting
     # turn was parked, a backoff is longer than a countdown may be): the sweep publishes it.
     needs_publish: Mapped[bool] = mapped_column(server_default=text("false"))
+    # The job this one replays (``ezq jobs replay``).
+    replay_of: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    # When ``ezq purge`` deleted the job's content; usage and cost rows stay.
+    purged_at: Mapped[datetime | None]
 
     __table_args__ = (
         CheckConstraint(_in("status", JOB_STATUSES), name="status"),
@@ -173,6 +177,13 @@ class Job(Base):
         Index(None, "conversation_id", "enqueue_seq"),
         Index(None, "tenant", "created_at"),
         Index(None, "created_at"),
+        Index(None, "replay_of"),
+        Index(
+            None,
+            "error_type",
+            "finished_at",
+            postgresql_where=text("error_type IS NOT NULL"),
+        ),
         Index("ix_jobs_metadata", "metadata", postgresql_using="gin"),
         Index(
             "uq_jobs_tenant_idempotency_key",

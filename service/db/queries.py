@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -363,6 +364,7 @@ class Recorded:
 
     job: Job
     view: dict[str, Any]
+    cost_usd: Decimal | None = None  # as written to token_usage (None: unpriced or no usage)
 
 
 def record_success(
@@ -403,7 +405,7 @@ def record_success(
             for i, m in enumerate(new_messages)
         ],
     )
-    _insert_usage(session, job, completion, tokens, job_cancelled=False)
+    cost = _insert_usage(session, job, completion, tokens, job_cancelled=False)
     job.status = "succeeded"
     job.finish_reason = completion.finish_reason
     job.first_token_at = completion.first_token_at
@@ -425,7 +427,7 @@ def record_success(
     usage = tokens.summary() if tokens is not None and completion.usage is not None else None
     view = view_of(job, content=completion.content, tool_calls=completion.tool_calls, usage=usage)
     _add_webhook(session, job, view)
-    return Recorded(job, view)
+    return Recorded(job, view, cost)
 
 
 def _insert_usage(
@@ -435,10 +437,11 @@ def _insert_usage(
     tokens: TokenCounts | None,
     *,
     job_cancelled: bool,
-) -> None:
+) -> Decimal | None:
+    """Write the call's priced usage row; return its cost (None: unpriced or no usage)."""
     if tokens is None or completion.usage is None:
-        return
-    insert_priced_usage(
+        return None
+    return insert_priced_usage(
         session,
         job_id=job.id,
         conversation_id=job.conversation_id,
@@ -662,6 +665,7 @@ def view_of(
         "started_at": _iso(job.started_at),
         "first_token_at": _iso(job.first_token_at),
         "finished_at": _iso(job.finished_at),
+        "replay_of": str(job.replay_of) if job.replay_of else None,
     }
 
 

@@ -201,11 +201,16 @@ def usage(
 @click.argument("role")
 @click.option("--login", is_flag=True, help="Let ROLE log in (asks for its password).")
 @click.option("--password-stdin", is_flag=True, help="With --login: read the password from stdin.")
-def grant_readonly(role: str, login: bool, password_stdin: bool) -> None:
+@click.option(
+    "--reset-password", is_flag=True, help="With --login on an existing role: replace its password."
+)
+def grant_readonly(role: str, login: bool, password_stdin: bool, reset_password: bool) -> None:
     """Give ROLE read-only access: SELECT on ezq's tables and views, nothing else.
 
     ROLE is created NOLOGIN if missing (grant it to people's login roles), or LOGIN with
-    --login. Tables and views added by later migrations are covered too.
+    --login. Tables and views added by later migrations are covered too. An existing role
+    that can write is refused, and an existing role's password is replaced only with
+    --reset-password.
     """
     from service.db.session import transaction
     from service.errors import InvalidRequest
@@ -216,6 +221,8 @@ def grant_readonly(role: str, login: bool, password_stdin: bool) -> None:
     password: str | None = None
     if password_stdin and not login:
         raise InvalidRequest("--password-stdin", "only makes sense with --login")
+    if reset_password and not login:
+        raise InvalidRequest("--reset-password", "only makes sense with --login")
     if login:
         password = (
             sys.stdin.readline().rstrip("\r\n")
@@ -225,15 +232,15 @@ def grant_readonly(role: str, login: bool, password_stdin: bool) -> None:
         if not password:
             raise InvalidRequest("password", "must not be empty")
     with transaction() as session:
-        done = grant(session, role, password=password)
+        done = grant(session, role, password=password, reset_password=reset_password)
     if done.created:
         what = f"created role {role} ({'LOGIN' if done.login else 'NOLOGIN'})"
-    elif done.login:
-        what = f"role {role} already exists; set its password and LOGIN"
+    elif done.password_set:
+        what = f"role {role} already exists; replaced its password and made it LOGIN"
     else:
-        what = f"role {role} already exists"
+        what = f"role {role} already exists; its password and LOGIN are unchanged"
     click.echo(
         f"{what}; it may read every table and view in schema {done.schema}, now and after"
-        " later migrations, and change nothing",
+        " later migrations, and it can change nothing there",
         err=True,
     )

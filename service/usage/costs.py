@@ -29,8 +29,9 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.dialects.postgresql import Insert, insert
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import ReturningInsert
 
 from service.db.models import ModelPrice, TokenUsage
 
@@ -83,7 +84,7 @@ def _parameter(key: str) -> BindParameter[Any]:
 
 
 @lru_cache(maxsize=8)
-def _priced_insert(keys: tuple[str, ...]) -> Insert:
+def _priced_insert(keys: tuple[str, ...]) -> ReturningInsert[Any]:
     # Built once per set of keys: making the statement costs more than running it.
     usage = select(*(_parameter(key).label(key) for key in keys)).subquery("usage")
     price = price_at(usage.c.model, func.now())
@@ -96,17 +97,20 @@ def _priced_insert(keys: tuple[str, ...]) -> Insert:
         insert(table)
         .from_select([*targets, table.c.price_id, table.c.cost_usd], priced)
         .on_conflict_do_nothing(index_elements=[table.c.job_id])
+        .returning(table.c.cost_usd)
     )
 
 
-def insert_priced_usage(session: Session, **values: Any) -> None:
+def insert_priced_usage(session: Session, **values: Any) -> Decimal | None:
     """INSERT one ``token_usage`` row (keys are ``TokenUsage`` attributes), priced within.
 
     One statement and no extra round trip on the worker's hot path: the price in effect is
     picked by a lateral subquery on ``model_prices`` (newest ``effective_from`` not after
     ``now()``, the row's own ``created_at``). A second insert for the same job does nothing.
+    Returns the cost written (None when unpriced, or when nothing was inserted).
     """
-    session.execute(_priced_insert(tuple(values)), values)
+    cost: Decimal | None = session.execute(_priced_insert(tuple(values)), values).scalar()
+    return cost
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,11 +67,27 @@ def write_report_json(out: IO[str], report: Report) -> None:
     out.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
 
 
+# A cell starting with one of these is run as a formula by spreadsheets (CSV injection);
+# tenant names, tags and model ids come from callers, so such cells are neutralised.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """``value`` as a CSV cell that a spreadsheet shows as text, never runs as a formula.
+
+    Text starting with ``= + - @``, a tab or a carriage return gets a leading ``'`` (OWASP's
+    advice); numbers and everything else are left as they are.
+    """
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def write_csv(out: IO[str], columns: Sequence[str], records: list[dict[str, Any]]) -> None:
-    """A header and one line per record; None is an empty cell."""
-    writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\n")
+    """A header and one line per record; None is an empty cell, no cell is a formula."""
+    writer = csv.DictWriter(out, fieldnames=[csv_cell(c) for c in columns], lineterminator="\n")
     writer.writeheader()
-    writer.writerows(records)
+    writer.writerows([{csv_cell(k): csv_cell(v) for k, v in record.items()} for record in records])
 
 
 def write_report_csv(out: IO[str], report: Report) -> None:

@@ -10,6 +10,7 @@ from celery import Task
 from sqlalchemy.exc import OperationalError
 
 from service import constants as c
+from service import metrics
 from service.config import get_settings
 from service.db.session import transaction
 from service.errors import ConfigError, EzqCallerError
@@ -69,4 +70,5 @@ def deliver_webhook(self: Task, delivery_id: str) -> dict[str, Any]:
         # The database is unreachable: nothing was decided, so deliver again later.
         log.warning("[webhook=%s] database unavailable, retrying: %s", the_id, exc.orig)
         raise self.retry(countdown=5.0, exc=exc) from None
+    metrics.webhook_delivery(outcome.status)
     return outcome.as_dict()

@@ -62,7 +62,7 @@ def celery_config() -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         **_transport(settings),
         "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
-        "result_expires": 7 * 24 * 3600,
+        "result_expires": settings.ezq_result_expires,
         "result_extended": True,
         "broker_connection_retry_on_startup": True,
         # Reconnect for ever after a broker restart rather than exit: jobs are safe in
@@ -74,6 +74,9 @@ def celery_config() -> dict[str, Any]:
         "worker_consumer": "service.worker.consumer:Consumer",
         "worker_hijack_root_logger": True,
         "worker_redirect_stdouts": False,
+        # Task events on, so that Flower and `celery events` see every task.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
     }
 
 

@@ -8,11 +8,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sqlalchemy.exc import OperationalError
 
 from service import constants as c
+from service import metrics
 from service.completion import Completion
 from service.config import Settings
 from service.db import queries
@@ -74,6 +76,13 @@ class JobLog(logging.LoggerAdapter[logging.Logger]):
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         extra = self.extra or {}
+        # The same as fields, for JSON logs (EZQ_LOG_FORMAT=json).
+        kwargs["extra"] = {
+            "job_id": extra.get("job"),
+            "attempt": extra.get("attempt"),
+            "conversation_id": extra.get("conversation"),
+            "tenant": extra.get("tenant"),
+        }
         return (
             f"[job={extra.get('job')} attempt={extra.get('attempt')} "
             f"conversation={extra.get('conversation')}] {msg}",
@@ -143,9 +152,17 @@ def _attempt(
     publish_webhooks: PublishWebhooks | None,
 ) -> Outcome:
     jlog = JobLog(
-        log, {"job": claim.job_id, "attempt": claim.attempt, "conversation": claim.conversation_id}
+        log,
+        {
+            "job": claim.job_id,
+            "attempt": claim.attempt,
+            "conversation": claim.conversation_id,
+            "tenant": claim.tenant,
+        },
     )
     jlog.info("calling %s with %d messages", claim.model, len(claim.messages))
+
+    call_started = datetime.now(UTC)
 
     def fail(error: GatewayError) -> Outcome:
         return _with_db_retries(
@@ -157,6 +174,7 @@ def _attempt(
                 jlog=jlog,
                 rng=rng,
                 publish_webhooks=publish_webhooks,
+                call_started=call_started,
             ),
             jlog,
             wait_up_to=settings.ezq_record_retry_for,
@@ -186,6 +204,7 @@ def _attempt(
                 publish=publish,
                 publish_webhooks=publish_webhooks,
                 jlog=jlog,
+                call_started=call_started,
             ),
             jlog,
             wait_up_to=settings.ezq_record_retry_for,
@@ -245,6 +264,7 @@ def _succeeded_attempt(
     publish: Callable[[uuid.UUID], None],
     publish_webhooks: PublishWebhooks | None,
     jlog: JobLog,
+    call_started: datetime,
 ) -> Outcome:
     job_id = claim.job_id
     with transaction() as session:
@@ -261,6 +281,13 @@ def _succeeded_attempt(
             completion.finish_reason,
             completion.request_id,
         )
+        metrics.job_succeeded(
+            recorded.job,
+            call_started=call_started,
+            first_token_at=completion.first_token_at,
+            tokens=tokens if completion.usage is not None else None,
+            cost_usd=recorded.cost_usd,
+        )
     _publish_next(waiting, publish)
     _publish_webhooks(webhooks, publish_webhooks)
     return Finished(view)
@@ -275,6 +302,7 @@ def _failed_attempt(
     jlog: JobLog,
     rng: random.Random | None,
     publish_webhooks: PublishWebhooks | None,
+    call_started: datetime,
 ) -> Outcome:
     final = not is_retryable(error) or claim.attempt >= settings.ezq_max_attempts
     countdown = backoff_seconds(
@@ -299,6 +327,7 @@ def _failed_attempt(
             if view["status"] in ("succeeded", "failed", "cancelled")
             else LeftAlone()
         )
+    metrics.attempt_failed(job, error_type=error.error_type, final=final, call_started=call_started)
     if final:
         jlog.warning(
             "failed (%s, request_id=%s): %s", error.error_type, error.request_id, error.describe()

@@ -1,0 +1,109 @@
+"""Gauges computed from Postgres when scraped: the backlog as the database sees it.
+
+Postgres is the truth: the broker may hold duplicates, delayed retries or nothing at all
+(a lost message), while ``jobs.status`` says what is waiting and what runs. Each scrape
+runs the ``ezq status`` queries (cached for ``EZQ_METRICS_DB_TTL`` seconds, so several
+scrapers cost one query).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from service.metrics.labels import TenantLabels
+
+log = logging.getLogger(__name__)
+
+_GAUGES = {
+    "queued": ("ezq_queue_depth", "Jobs queued and not started, from Postgres."),
+    "running": ("ezq_jobs_in_flight", "Jobs with a gateway call in flight, from Postgres."),
+    "retrying": ("ezq_jobs_retrying", "Jobs waiting out a retry backoff, from Postgres."),
+    "throttled": (
+        "ezq_jobs_throttled",
+        "Queued jobs held back by an earlier unfinished turn of their conversation.",
+    ),
+}
+
+
+class BacklogCollector(Collector):
+    """Reads ``service.db.status.snapshot`` and exposes it as gauges."""
+
+    def __init__(self, ttl_seconds: float, tenants: TenantLabels | None = None) -> None:
+        self._ttl = ttl_seconds
+        self._tenants = tenants
+        self._lock = threading.Lock()
+        self._cached: tuple[float, list[Metric]] | None = None
+
+    def describe(self) -> list[Metric]:
+        return []  # computed at scrape time; nothing to check at registration
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            if self._cached is None or time.monotonic() - self._cached[0] > self._ttl:
+                self._cached = (time.monotonic(), self._read())
+            yield from self._cached[1]
+
+    def _read(self) -> list[Metric]:
+        from service.config import get_settings
+        from service.db.session import transaction
+        from service.db.status import snapshot
+
+        up = GaugeMetricFamily(
+            "ezq_metrics_database_up", "1 if the last scrape could read Postgres, else 0."
+        )
+        try:
+            with transaction() as session:
+                snap = snapshot(session)
+        except Exception as exc:  # reported as a gauge, not raised: scrapes must answer
+            log.warning("metrics: cannot read the backlog from Postgres: %s", type(exc).__name__)
+            up.add_metric([], 0)
+            return [up]
+        up.add_metric([], 1)
+        settings = get_settings()
+        # The tenants with the most unfinished jobs get their own label (rows come ordered
+        # by size); the rest add up under "other".
+        labels = self._tenants or TenantLabels(
+            settings.metrics_tenants(), settings.ezq_metrics_max_tenants
+        )
+        counts: dict[str, dict[tuple[str, str], float]] = defaultdict(lambda: defaultdict(float))
+        oldest: dict[tuple[str, str], float] = {}
+        for row in snap.backlog:
+            key = (labels(row.tenant), row.model)
+            for field in _GAUGES:
+                counts[field][key] += getattr(row, field)
+            if row.oldest_queued_at is not None:
+                age = (snap.now - row.oldest_queued_at).total_seconds()
+                oldest[key] = max(age, oldest.get(key, 0.0))
+        metrics: list[Metric] = [up]
+        for field, (name, text) in _GAUGES.items():
+            gauge = GaugeMetricFamily(name, text, labels=["tenant", "model"])
+            for (tenant, model), value in sorted(counts[field].items()):
+                gauge.add_metric([tenant, model], value)
+            metrics.append(gauge)
+        ages = GaugeMetricFamily(
+            "ezq_oldest_queued_job_age_seconds",
+            "Age of the oldest queued job, from Postgres (absent when nothing is queued).",
+            labels=["tenant", "model"],
+        )
+        for (tenant, model), seconds in sorted(oldest.items()):
+            ages.add_metric([tenant, model], seconds)
+        metrics.append(ages)
+        webhooks = GaugeMetricFamily(
+            "ezq_webhook_backlog", "Webhook deliveries pending (not yet delivered or failed)."
+        )
+        webhooks.add_metric([], snap.webhook_backlog)
+        metrics.append(webhooks)
+        return metrics
+
+
+def collector_for_settings() -> BacklogCollector:
+    from service.config import get_settings
+
+    return BacklogCollector(get_settings().ezq_metrics_db_ttl)

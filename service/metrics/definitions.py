@@ -1,0 +1,51 @@
+"""The counters and histograms, defined once per process."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+JOBS = Counter(
+    "ezq_jobs_total",
+    "Jobs that ended, by final status (succeeded, failed, cancelled).",
+    ["status", "model", "tenant"],
+)
+GATEWAY_ATTEMPTS = Counter(
+    "ezq_gateway_attempts_total",
+    "Gateway calls by outcome (success, retry, failure) and error type (none on success).",
+    ["outcome", "error_type", "model"],
+)
+JOB_DURATION = Histogram(
+    "ezq_job_duration_seconds",
+    "From enqueue to the end of a job, by final status (gen_ai.client.operation.duration"
+    " measures one call; this includes queueing and retries).",
+    ["model", "status"],
+    buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600),
+)
+TIME_TO_FIRST_TOKEN = Histogram(
+    "ezq_time_to_first_token_seconds",
+    "From the start of a successful gateway call to its first streamed token.",
+    ["model"],
+    buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 60),
+)
+GATEWAY_DURATION = Histogram(
+    "ezq_gateway_call_duration_seconds",
+    "One gateway call, start to end of the stream or error (gen_ai.client.operation.duration).",
+    ["model", "outcome"],
+    buckets=(0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
+)
+TOKENS = Counter(
+    "ezq_tokens_total",
+    "Tokens of succeeded jobs by kind: prompt (cached included), cached, completion"
+    " (gen_ai.client.token.usage).",
+    ["model", "tenant", "kind"],
+)
+COST = Counter(
+    "ezq_cost_usd_total",
+    "Cost in USD of succeeded jobs, as written to token_usage.cost_usd (unpriced: 0).",
+    ["model", "tenant"],
+)
+WEBHOOK_DELIVERIES = Counter(
+    "ezq_webhook_deliveries_total",
+    "Webhook delivery attempts by outcome (delivered, retrying, failed, skipped).",
+    ["outcome"],
+)

@@ -1,0 +1,71 @@
+"""One call per outcome point: the worker, the cancel path and webhook deliveries call these.
+
+Each call only touches in-memory (or, in multiprocess mode, memory-mapped) counters; none
+does I/O, so they are safe on the hot path.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from service.metrics import definitions as m
+from service.metrics.labels import tenant_label
+
+NONE = "none"
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return max(0.0, (end - start).total_seconds())
+
+
+def _since(start: datetime) -> float:
+    # Both on this process's clock (the runner's start, now).
+    return max(0.0, (datetime.now(UTC) - start).total_seconds())
+
+
+def _ended(job: Any) -> None:
+    """Count a job that has just ended, and how long it took from enqueue."""
+    m.JOBS.labels(job.status, job.model, tenant_label(job.tenant)).inc()
+    took = _seconds(job.created_at, job.finished_at)
+    if took is not None:
+        m.JOB_DURATION.labels(job.model, job.status).observe(took)
+
+
+def job_succeeded(
+    job: Any,
+    *,
+    call_started: datetime,
+    first_token_at: datetime | None,
+    tokens: Any | None,
+    cost_usd: Decimal | None,
+) -> None:
+    """A successful call whose reply was stored: ``job`` is the row as written."""
+    m.GATEWAY_ATTEMPTS.labels("success", NONE, job.model).inc()
+    m.GATEWAY_DURATION.labels(job.model, "success").observe(_since(call_started))
+    ttft = _seconds(call_started, first_token_at)
+    if ttft is not None:
+        m.TIME_TO_FIRST_TOKEN.labels(job.model).observe(ttft)
+    tenant = tenant_label(job.tenant)
+    if tokens is not None:
+        m.TOKENS.labels(job.model, tenant, "prompt").inc(tokens.prompt_tokens)
+        m.TOKENS.labels(job.model, tenant, "cached").inc(tokens.cached_tokens)
+        m.TOKENS.labels(job.model, tenant, "completion").inc(tokens.completion_tokens)
+    m.COST.labels(job.model, tenant).inc(float(cost_usd or 0))
+    _ended(job)
+
+
+def attempt_failed(job: Any, *, error_type: str, final: bool, call_started: datetime) -> None:
+    """A failed call whose outcome was recorded; ``final`` when the job failed for good."""
+    outcome = "failure" if final else "retry"
+    m.GATEWAY_ATTEMPTS.labels(outcome, error_type, job.model).inc()
+    m.GATEWAY_DURATION.labels(job.model, outcome).observe(_since(call_started))
+    if final:
+        _ended(job)
+
+
+def webhook_delivery(outcome: str) -> None:
+    m.WEBHOOK_DELIVERIES.labels(outcome).inc()

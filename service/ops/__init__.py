@@ -1,0 +1,1 @@
+"""Operating ezq: listing and replaying jobs, the status screen, purging old content."""

@@ -1,0 +1,227 @@
+"""Replaying ended jobs: each replay is a new job with the original's request, linked to it.
+
+A replay carries the original's model, messages, parameters, tenant, metadata and
+callback URL, and ``replay_of`` = the original's id. How it joins a conversation:
+
+- A failed or cancelled turn with no later turn that succeeded or may still succeed
+  replays as a new turn of the same conversation: it is sent with the same history the
+  original was. Several such turns of one conversation, replayed together, run in their
+  original order.
+- Otherwise a job that was sent without earlier history (a conversation's first turn, or
+  a single job) replays in a new conversation of its own.
+- Otherwise the conversation has moved on (later turns succeeded, or the original itself
+  succeeded and is part of the history): the job is skipped (``history_moved_on``), since
+  replaying it would put a turn out of order.
+
+Also skipped: jobs that have not ended (``not_ended``), whose content was purged
+(``purged``), that some job already replays (``already_replayed``: replay the replay), and
+whose request no longer passes validation (``invalid``, e.g. a callback URL without a
+webhook secret).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from service.config import get_settings
+from service.db import joblist, replays
+from service.db.models import TERMINAL_STATUSES, Job
+from service.db.session import transaction
+from service.errors import EzqCallerError, JobNotFound, JobNotReplayable
+
+log = logging.getLogger(__name__)
+
+CHARS_PER_TOKEN = 4  # for guessing the prompt tokens of a job that has no usage row
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    original_id: uuid.UUID
+    job_id: uuid.UUID | None  # None in a dry run
+    conversation: str  # "same" or "new"
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    original_id: uuid.UUID
+    reason: str
+    message: str
+
+
+@dataclass
+class ReplayResult:
+    dry_run: bool
+    replays: list[Replay] = field(default_factory=list)
+    skipped: list[Skip] = field(default_factory=list)
+    estimated_cost_usd: Decimal = Decimal(0)
+    unpriced_jobs: int = 0
+    measured_jobs: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        from service.usage.money import plain
+
+        return {
+            "dry_run": self.dry_run,
+            "count": len(self.replays),
+            "replays": [
+                {
+                    "original_id": str(r.original_id),
+                    "job_id": str(r.job_id) if r.job_id else None,
+                    "conversation": r.conversation,
+                }
+                for r in self.replays
+            ],
+            "skipped": [
+                {"job_id": str(s.original_id), "reason": s.reason, "message": s.message}
+                for s in self.skipped
+            ],
+            "estimated_cost_usd": plain(self.estimated_cost_usd),
+            "unpriced_jobs": self.unpriced_jobs,
+        }
+
+
+def _decide(session: Session, job: Job, made: set[uuid.UUID]) -> str | Skip:
+    """ "same" or "new" (which conversation the replay joins), or why it is skipped."""
+    if job.status not in TERMINAL_STATUSES:
+        return Skip(job.id, "not_ended", f"it is still {job.status}")
+    if job.purged_at is not None:
+        return Skip(job.id, "purged", "its content was purged")
+    place = replays.standing(session, job, ignore=made)
+    if place.already_replayed:
+        return Skip(job.id, "already_replayed", "it was replayed already; replay the replay")
+    if job.status != "succeeded" and not place.later_turns:
+        return "same"
+    if not place.earlier_history:
+        return "new"
+    return Skip(
+        job.id,
+        "history_moved_on",
+        f"conversation {job.conversation_id} has moved on since this turn",
+    )
+
+
+class _Estimator:
+    """Adds up what the replays are expected to cost at today's prices."""
+
+    def __init__(self, session: Session, result: ReplayResult) -> None:
+        self._session = session
+        self._result = result
+        self._prices: dict[str, tuple[Decimal, Decimal, Decimal] | None] = {}
+        self._typical: dict[str, int] = {}
+
+    def add(self, job: Job, conversation: str) -> None:
+        guess = replays.measured_tokens(self._session, job.id)
+        if guess is None:
+            chars = sum(len(str(m.get("content") or "")) for m in job.input_messages)
+            if conversation == "same":
+                chars += replays.history_chars(self._session, job)
+            if job.model not in self._typical:
+                self._typical[job.model] = replays.typical_completion_tokens(
+                    self._session, job.model
+                )
+            guess = replays.TokenGuess(
+                math.ceil(chars / CHARS_PER_TOKEN), 0, self._typical[job.model], measured=False
+            )
+        else:
+            self._result.measured_jobs += 1
+        if job.model not in self._prices:
+            self._prices[job.model] = replays.price_now(self._session, job.model)
+        price = self._prices[job.model]
+        if price is None:
+            self._result.unpriced_jobs += 1
+            return
+        cost = (
+            guess.uncached_prompt * price[0] + guess.cached * price[1] + guess.completion * price[2]
+        ) / Decimal(1_000_000)
+        self._result.estimated_cost_usd += cost
+
+
+def _create(session: Session, job: Job, conversation: str) -> uuid.UUID:
+    from service.db import queries
+    from service.validation import validate_request
+
+    request = validate_request(
+        model=job.model,
+        messages=list(job.input_messages),
+        conversation_id=job.conversation_id if conversation == "same" else None,
+        params=dict(job.params),
+        tenant=job.tenant,
+        metadata=dict(job.meta),
+        callback_url=job.callback_url,
+        max_request_bytes=get_settings().ezq_max_request_bytes,
+    )
+    new_id, _ = queries.create_job(session, request)
+    replays.mark_replay(session, new_id, job.id)
+    return new_id
+
+
+def _run(session: Session, originals: list[Job], result: ReplayResult) -> None:
+    estimator = _Estimator(session, result)
+    made: set[uuid.UUID] = set()
+    for job in originals:
+        decided = _decide(session, job, made)
+        if isinstance(decided, Skip):
+            result.skipped.append(decided)
+            continue
+        new_id: uuid.UUID | None = None
+        if not result.dry_run:
+            try:
+                new_id = _create(session, job, decided)
+            except EzqCallerError as exc:
+                result.skipped.append(Skip(job.id, "invalid", str(exc)))
+                continue
+            made.add(new_id)
+        estimator.add(job, decided)
+        result.replays.append(Replay(job.id, new_id, decided))
+
+
+def _publish(result: ReplayResult) -> None:
+    from service.worker.app import publish_job
+
+    for replay in result.replays:
+        if replay.job_id is None:
+            continue
+        try:
+            publish_job(replay.job_id)
+        except Exception:
+            # Committed already: the periodic sweep publishes what could not be sent now.
+            log.warning("replay %s stored but not published yet", replay.job_id, exc_info=True)
+
+
+def replay_jobs(wanted: joblist.JobFilter, *, limit: int, dry_run: bool = False) -> ReplayResult:
+    """Replay the jobs ``wanted`` selects (oldest first, at most ``limit``)."""
+    result = ReplayResult(dry_run=dry_run)
+    with transaction() as session:
+        originals = joblist.matching_jobs(session, wanted, limit=limit)
+        _run(session, originals, result)
+        if dry_run:
+            session.rollback()
+    _publish(result)
+    return result
+
+
+def replay_job(job_id: uuid.UUID, *, tenants: tuple[str, ...] = ()) -> uuid.UUID:
+    """Replay one job; return the new job's id. Raises JobNotFound or JobNotReplayable.
+
+    With ``tenants``, a job of any other tenant is reported as not found.
+    """
+    result = ReplayResult(dry_run=False)
+    with transaction() as session:
+        job = session.get(Job, job_id)
+        if job is None or (tenants and job.tenant not in tenants):
+            raise JobNotFound(job_id)
+        _run(session, [job], result)
+    if result.skipped:
+        skip = result.skipped[0]
+        raise JobNotReplayable(job_id, skip.reason, skip.message)
+    _publish(result)
+    new_id = result.replays[0].job_id
+    assert new_id is not None
+    return new_id

@@ -1,0 +1,101 @@
+"""``ezq status``: one screen of what the service is doing now, from Postgres."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from service.ops.output import formats
+
+MAX_ROWS = 20  # tenant x model lines on the screen; JSON has them all
+
+
+def _document(snap: Any) -> dict[str, Any]:
+    return {
+        "at": snap.now,
+        "queued": snap.total("queued"),
+        "in_flight": snap.total("running"),
+        "retrying": snap.total("retrying"),
+        "throttled": snap.total("throttled"),
+        "oldest_queued_age_seconds": (
+            round((snap.now - snap.oldest_queued_at).total_seconds(), 3)
+            if snap.oldest_queued_at
+            else None
+        ),
+        "failures_last_hour": snap.failures_last_hour,
+        "webhook_backlog": snap.webhook_backlog,
+        "by_tenant_model": [
+            {
+                "tenant": row.tenant,
+                "model": row.model,
+                "queued": row.queued,
+                "in_flight": row.running,
+                "retrying": row.retrying,
+                "throttled": row.throttled,
+                "oldest_queued_at": row.oldest_queued_at,
+            }
+            for row in snap.backlog
+        ],
+    }
+
+
+def _screen(snap: Any) -> None:
+    from service.ops import output
+
+    console = output.console()
+    oldest = output.age(snap.oldest_queued_at, snap.now) or "-"
+    console.print(f"[bold]ezq status[/] at {snap.now:%Y-%m-%d %H:%M:%S} UTC")
+    console.print(
+        f"jobs      queued {snap.total('queued')} (oldest {oldest})  "
+        f"in flight {snap.total('running')}  retrying {snap.total('retrying')}  "
+        f"throttled {snap.total('throttled')}"
+    )
+    webhook_age = output.age(snap.oldest_webhook_at, snap.now) or "-"
+    console.print(f"webhooks  backlog {snap.webhook_backlog} (oldest {webhook_age})")
+    failures = ", ".join(f"{kind} {n}" for kind, n in snap.failures_last_hour.items())
+    console.print(f"failed    in the last hour: {failures or 'none'}")
+    if not snap.backlog:
+        console.print("nothing queued or running")
+        return
+    tenant, model = output.share(console.width, (6, 9, 8, 9, 6), (1, 1))
+    table = output.table(
+        ("TENANT", {"width": tenant}),
+        ("MODEL", {"width": model}),
+        ("QUEUED", {"justify": "right", "width": 6}),
+        ("IN FLIGHT", {"justify": "right", "width": 9}),
+        ("RETRYING", {"justify": "right", "width": 8}),
+        ("THROTTLED", {"justify": "right", "width": 9}),
+        ("OLDEST", {"justify": "right", "width": 6}),
+    )
+    for row in snap.backlog[:MAX_ROWS]:
+        table.add_row(
+            row.tenant or "-",
+            row.model,
+            str(row.queued),
+            str(row.running),
+            str(row.retrying),
+            str(row.throttled),
+            output.age(row.oldest_queued_at, snap.now) or "-",
+        )
+    console.print(table)
+    if len(snap.backlog) > MAX_ROWS:
+        console.print(f"… and {len(snap.backlog) - MAX_ROWS} more (--format json lists all)")
+
+
+@click.command("status")
+@formats("table", "json", help="One screen for people, or JSON.")
+def status(fmt: str) -> None:
+    """Queue depth, in flight, retrying, throttled, oldest queued job, failures in the last
+    hour by error type and the webhook backlog, per tenant and model."""
+    from service.db.session import transaction
+    from service.db.status import snapshot
+    from service.ops.output import write_json
+
+    with transaction() as session:
+        snap = snapshot(session)
+    if fmt == "json":
+        write_json(sys.stdout, _document(snap))
+    else:
+        _screen(snap)

@@ -1,0 +1,50 @@
+"""Jobs written straight to the test database, in any state, without a broker message."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import text
+
+from service.db import queries
+from service.db.session import transaction
+from service.validation import validate_request
+
+
+def seed_job(
+    prompt: str = "hello",
+    *,
+    model: str = "glm-5.1",
+    status: str = "queued",
+    error_type: str | None = None,
+    age_s: float = 0.0,
+    **fields: Any,
+) -> uuid.UUID:
+    """A stored job in ``status`` (created ``age_s`` ago); no message is published."""
+    request = validate_request(
+        model=model, messages=[{"role": "user", "content": prompt}], **fields
+    )
+    with transaction() as session:
+        job_id, _ = queries.create_job(session, request)
+        ended = status in ("succeeded", "failed", "cancelled")
+        session.execute(
+            text(
+                "UPDATE jobs SET status = :status, error_type = CAST(:error_type AS text),"
+                " error = CASE WHEN CAST(:error_type AS text) IS NULL THEN NULL"
+                " ELSE 'seeded failure' END,"
+                " attempts = :attempts,"
+                " created_at = now() - make_interval(secs => :age),"
+                " finished_at = CASE WHEN :ended THEN now() - make_interval(secs => :age / 2)"
+                " END WHERE id = :id"
+            ),
+            {
+                "status": status,
+                "error_type": error_type,
+                "attempts": 0 if status == "queued" else 1,
+                "age": age_s,
+                "ended": ended,
+                "id": job_id,
+            },
+        )
+    return job_id

@@ -1,0 +1,93 @@
+"""Gateway error text is redacted like a log line before it is stored, answered or sent."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from service.errors import GatewayServerError, PermanentGatewayError
+from tests.conftest import places_holding, sql, wait_for_job
+
+# Not key-shaped on purpose: only the exact-value redaction of the configured key catches it.
+ECHOED_KEY = "plainkey" + secrets.token_hex(16)
+
+
+class _EchoingUpstream(BaseHTTPRequestHandler):
+    """An upstream that answers 400 and quotes the caller's key."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        key = str(self.headers.get("authorization")).removeprefix("Bearer ")
+        body = json.dumps({"error": {"message": f"unknown key {key}"}}).encode()
+        self.send_response(400)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def echoing_upstream() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoingUpstream)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+def test_gateway_error_messages_are_redacted_at_construction(monkeypatch: Any) -> None:
+    """A configured secret and key-shaped strings in an upstream message never survive."""
+    from service.config import get_settings
+
+    monkeypatch.setenv("EZROUTER_API_KEY", ECHOED_KEY)
+    get_settings.cache_clear()
+    try:
+        for cls in (PermanentGatewayError, GatewayServerError):
+            error = cls(f"echo {ECHOED_KEY} and sk-abcdef123456 and Bearer tok", status=400)
+            assert ECHOED_KEY not in error.describe()
+            assert "sk-abcdef123456" not in error.message
+            assert error.message == "echo [redacted] and [redacted] and Bearer [redacted]"
+    finally:
+        get_settings.cache_clear()
+
+
+def test_echoed_key_is_not_stored_answered_or_logged(
+    echoing_upstream: str, worker_factory: Callable[..., Any], test_ids: dict[str, str]
+) -> None:
+    """An upstream 400 quoting the key fails the job with the key redacted everywhere."""
+    from service.db import queries
+    from service.db.session import transaction
+    from service.producer import get_job
+    from service.validation import validate_request
+    from service.worker.app import app
+
+    queue = test_ids["queue"] + "-echo"
+    worker = worker_factory(
+        env={"EZROUTER_BASE_URL": echoing_upstream, "EZROUTER_API_KEY": ECHOED_KEY,
+             "EZQ_QUEUE": queue}
+    )  # fmt: skip
+    with transaction() as session:
+        job_id, _ = queries.create_job(
+            session, validate_request(model="m", messages=[{"role": "user", "content": "hi"}])
+        )
+    app.send_task("ezq.chat_completion", kwargs={"job_id": str(job_id)}, queue=queue)
+
+    job = wait_for_job(job_id)
+    assert job["status"] == "failed"
+    assert job["error"]["message"] == "HTTP 400: unknown key [redacted]"
+    assert sql("SELECT error FROM job_attempts WHERE job_id = :j", j=job_id) == [
+        ("unknown key [redacted]",)
+    ]
+    assert ECHOED_KEY not in json.dumps(get_job(job_id))
+    assert places_holding(ECHOED_KEY) == []
+    assert ECHOED_KEY not in worker.log()

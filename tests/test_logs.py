@@ -1,0 +1,70 @@
+"""Logs: no prompt or reply text at INFO or above; JSON lines with the job's fields."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from service import enqueue_completion
+from service.fake_gateway import Fault
+from tests.conftest import WorkerProcess, run_ezq, wait_for_job
+
+
+def wait_for_line(worker: WorkerProcess, needle: str, timeout: float = 15.0) -> str:
+    deadline = time.monotonic() + timeout
+    while needle not in (log := worker.log()):
+        assert time.monotonic() < deadline, f"{needle!r} never logged:\n{log}"
+        time.sleep(0.05)
+    return log
+
+
+def test_prompt_and_reply_text_never_reach_the_log(
+    worker_factory: Callable[..., WorkerProcess], own_queue: str, fake_gateway: Any
+) -> None:
+    """A job with unique markers in its prompt and reply leaves neither in the INFO log."""
+    worker = worker_factory(env={"EZQ_QUEUE": own_queue, "EZQ_LOG_LEVEL": "INFO"})
+    prompt_marker, reply_marker = uuid.uuid4().hex, uuid.uuid4().hex
+    fake_gateway.add_faults(Fault(reply=f"the answer {reply_marker}", match=prompt_marker))
+    job_id = enqueue_completion(
+        "glm-5.1", [{"role": "user", "content": f"question {prompt_marker}"}], tenant="acme"
+    )
+    job = wait_for_job(job_id)
+    assert job["status"] == "succeeded" and reply_marker in job["content"]
+
+    log = wait_for_line(worker, f"[{job_id}] succeeded in")
+    assert prompt_marker not in log and reply_marker not in log
+    assert "content" not in log.split(f"[{job_id}] succeeded in", 1)[1].splitlines()[0]
+
+    # The CLI prints the job on request, but logs nothing of it.
+    shown = run_ezq("show", str(job_id), env={"EZQ_LOG_LEVEL": "INFO"})
+    assert reply_marker in shown.stdout and reply_marker not in shown.stderr
+
+
+def test_json_logs_carry_job_tenant_and_attempt(
+    worker_factory: Callable[..., WorkerProcess], own_queue: str, fake_gateway: Any
+) -> None:
+    """With EZQ_LOG_FORMAT=json every log line is a JSON object; job lines have the fields."""
+    worker = worker_factory(
+        env={"EZQ_QUEUE": own_queue, "EZQ_LOG_LEVEL": "INFO", "EZQ_LOG_FORMAT": "json"}
+    )
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    job_id = enqueue_completion("glm-5.1", [{"role": "user", "content": "hi"}], tenant=tenant)
+    assert wait_for_job(job_id)["status"] == "succeeded"
+    wait_for_line(worker, "succeeded in")
+
+    entries = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
+    mine = [e for e in entries if e.get("job_id") == str(job_id)]
+    assert {"time", "level", "logger", "message"} <= set(entries[0])
+    calling = [e for e in mine if e["message"].endswith("messages") and "calling" in e["message"]]
+    assert calling and calling[0]["attempt"] == 1 and calling[0]["tenant"] == tenant
+    assert any("succeeded in" in e["message"] for e in mine), "Celery's line names the job too"
+
+
+def test_bad_log_format_is_one_line() -> None:
+    """EZQ_LOG_FORMAT other than text or json is refused with one line naming it."""
+    done = run_ezq("status", env={"EZQ_LOG_FORMAT": "xml"})
+    assert done.returncode == 2
+    assert done.stderr.startswith("ezq: configuration error: EZQ_LOG_FORMAT")
