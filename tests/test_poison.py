@@ -6,6 +6,7 @@ import base64
 import json
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ import redis
 
 from service import enqueue_completion
 from service.worker.app import app
-from tests.conftest import REDIS_URL, WorkerProcess, run_ezq, sql, wait_for_job
+from tests.conftest import REDIS_URL, WorkerProcess, free_port, run_ezq, sql, wait_for_job
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -136,3 +137,31 @@ def test_dead_letters_can_be_listed_and_purged(service_env: dict[str, str]) -> N
     purged = run_ezq("dead-letters", "purge", "--id", str(letter_id))
     assert purged.returncode == 0 and "deleted 1 dead letter" in purged.stdout
     assert sql("SELECT count(*) FROM dead_letters WHERE id = :i", i=letter_id) == [(0,)]
+
+
+def test_dead_letters_are_counted_in_the_worker_metrics(
+    service_env: dict[str, str], worker_factory: Callable[..., WorkerProcess]
+) -> None:
+    """Each message kept aside adds one to ezq_dead_letters_total by kind."""
+    from tests.test_metrics import scrape, value
+
+    queue = f"{service_env['EZQ_QUEUE']}-metrics-{uuid.uuid4().hex[:6]}"
+    port = free_port()
+    worker_factory(env={"EZQ_QUEUE": queue}, args=["--metrics-port", str(port)])
+    client = redis.Redis.from_url(REDIS_URL)
+    client.lpush(queue, b"not json at all")
+    client.lpush(queue, b'"a string"')
+
+    url = f"http://127.0.0.1:{port}/metrics"
+    deadline = time.monotonic() + 20
+    while True:
+        _, samples = scrape(url)
+        counts = (
+            value(samples, "ezq_dead_letters_total", kind="not_json"),
+            value(samples, "ezq_dead_letters_total", kind="bad_envelope"),
+        )
+        if counts == (1.0, 1.0) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert counts == (1.0, 1.0)
+    client.delete(queue)

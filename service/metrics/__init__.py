@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from service.metrics.events import (
     attempt_failed,
+    attempt_lost,
+    dead_letter,
     job_succeeded,
     webhook_delivery,
 )
 
-__all__ = ["attempt_failed", "job_succeeded", "webhook_delivery"]
+__all__ = ["attempt_failed", "attempt_lost", "dead_letter", "job_succeeded", "webhook_delivery"]

@@ -44,6 +44,19 @@ COST = Counter(
     "Cost in USD of succeeded jobs, as written to token_usage.cost_usd (unpriced: 0).",
     ["model", "tenant"],
 )
+DEAD_LETTERS = Counter(
+    "ezq_dead_letters_total",
+    "Broker messages no worker could run, kept in dead_letters, by kind (not_json,"
+    " bad_envelope, undecodable_body, not_a_task, unknown_task, invalid_task,"
+    " invalid_arguments).",
+    ["kind"],
+)
+ATTEMPTS_LOST = Counter(
+    "ezq_attempts_lost_total",
+    "Running attempts the sweep took over: worker_lost (the worker stopped beating) or"
+    " lease_expired (it beats but gave the job up).",
+    ["error_type", "model"],
+)
 WEBHOOK_DELIVERIES = Counter(
     "ezq_webhook_deliveries_total",
     "Webhook delivery attempts by outcome (delivered, retrying, failed, skipped).",

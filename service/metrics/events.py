@@ -67,5 +67,13 @@ def attempt_failed(job: Any, *, error_type: str, final: bool, call_started: date
         _ended(job)
 
 
+def dead_letter(kind: str) -> None:
+    m.DEAD_LETTERS.labels(kind).inc()
+
+
+def attempt_lost(error_type: str, model: str) -> None:
+    m.ATTEMPTS_LOST.labels(error_type, model).inc()
+
+
 def webhook_delivery(outcome: str) -> None:
     m.WEBHOOK_DELIVERIES.labels(outcome).inc()

@@ -59,25 +59,27 @@ def _body_problem(message: Any) -> str | None:
 
 
 class Consumer(CeleryConsumer):  # type: ignore[misc]
-    def _set_aside(self, message: Any, reason: str) -> None:
-        set_aside(_raw(message), reason, **_describe(message))
+    def _set_aside(self, message: Any, reason: str, kind: str) -> None:
+        set_aside(_raw(message), reason, kind=kind, **_describe(message))
         # Already acknowledged, or the connection is gone (then it comes back, and is kept
         # aside again): nothing more to do either way.
         with contextlib.suppress(Exception):
             message.ack()
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
-        self._set_aside(message, f"the body cannot be decoded: {type(exc).__name__}")
+        self._set_aside(
+            message, f"the body cannot be decoded: {type(exc).__name__}", "undecodable_body"
+        )
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
-        self._set_aside(message, "not a Celery task message (no task name)")
+        self._set_aside(message, "not a Celery task message (no task name)", "not_a_task")
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
         name = _describe(message)["task_name"]
-        self._set_aside(message, f"unknown task {name!r}")
+        self._set_aside(message, f"unknown task {name!r}", "unknown_task")
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
-        self._set_aside(message, f"invalid task message: {type(exc).__name__}")
+        self._set_aside(message, f"invalid task message: {type(exc).__name__}", "invalid_task")
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
         handle = super().create_task_handler(*args, **kwargs)
@@ -86,11 +88,13 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
             try:
                 problem = _body_problem(message)
                 if problem is not None:
-                    self._set_aside(message, problem)
+                    self._set_aside(message, problem, "invalid_task")
                     return None
                 return handle(message)
             except Exception as exc:  # a malformed message must never end the worker
-                self._set_aside(message, f"malformed task message: {type(exc).__name__}")
+                self._set_aside(
+                    message, f"malformed task message: {type(exc).__name__}", "invalid_task"
+                )
                 return None
 
         return on_task_received

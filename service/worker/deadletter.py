@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from service import metrics
 from service.db import recovery
 from service.db.session import transaction
 
@@ -40,12 +41,18 @@ def set_aside(
     raw: Any,
     reason: str,
     *,
+    kind: str,
     queue: str | None = None,
     task_name: str | None = None,
     message_id: str | None = None,
 ) -> None:
-    """Store a message no worker can run; never raises."""
+    """Store a message no worker can run; never raises.
+
+    ``kind`` is the metric label (``ezq_dead_letters_total``): a short fixed word, where
+    ``reason`` is the sentence kept with the message.
+    """
     data = raw_bytes(raw)
+    metrics.dead_letter(kind)
     try:
         with transaction() as session:
             letter_id = recovery.add_dead_letter(

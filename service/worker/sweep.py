@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import text
 
+from service import metrics
 from service.config import Settings
 from service.db import queries, recovery
 from service.db.session import get_engine, transaction
@@ -162,6 +163,7 @@ def _take_over_expired(settings: Settings, report: SweepReport) -> None:
             )
             if taken is None:
                 continue
+            metrics.attempt_lost(error_type, taken.job.model)
             log.warning(
                 "[job=%s] attempt %d lost (%s); %s",
                 lease.job_id,

@@ -144,6 +144,7 @@ def chat_completion(
         set_aside(
             {"args": list(self.request.args or ()), "kwargs": self.request.kwargs or {}},
             f"invalid arguments: {exc}",
+            kind="invalid_arguments",
             queue=(self.request.delivery_info or {}).get("routing_key"),
             task_name=self.name,
             message_id=self.request.id,

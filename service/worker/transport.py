@@ -50,14 +50,19 @@ class Channel(redis.Channel):
         try:
             return super()._brpop_read(**options)
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError: not JSON text
-            set_aside(_raw_of(exc), f"not a JSON message: {type(exc).__name__}")
+            set_aside(_raw_of(exc), f"not a JSON message: {type(exc).__name__}", kind="not_json")
             return True
 
     def _get(self, queue: Any, timeout: Any = None) -> Any:
         try:
             return super()._get(queue)
         except ValueError as exc:
-            set_aside(_raw_of(exc), f"not a JSON message: {type(exc).__name__}", queue=queue)
+            set_aside(
+                _raw_of(exc),
+                f"not a JSON message: {type(exc).__name__}",
+                kind="not_json",
+                queue=queue,
+            )
             raise self.Empty() from None  # type: ignore[attr-defined]
 
 
@@ -68,7 +73,12 @@ class Transport(redis.Transport):
         problem = envelope_problem(message)
         if problem is not None:
             # Decoded already: kept as JSON again (the same text up to spacing).
-            set_aside(json.dumps(message, default=repr).encode(), problem, queue=queue)
+            set_aside(
+                json.dumps(message, default=repr).encode(),
+                problem,
+                kind="bad_envelope",
+                queue=queue,
+            )
             return
         super()._deliver(message, queue)
 
