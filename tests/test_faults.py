@@ -219,7 +219,13 @@ def test_the_worker_survives_a_broker_restart_and_enqueue_never_blocks(
         assert "Traceback" not in out.stderr
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
         assert "dispatched when it is back" in out.stderr
-        assert sql("SELECT needs_publish FROM jobs WHERE id = :j", j=job_id) == [(True,)]
+        # Flagged for the sweep (which takes the flag, fails to publish and sets it again
+        # for as long as the broker is down).
+        wait_until(
+            lambda: sql("SELECT needs_publish FROM jobs WHERE id = :j", j=job_id) == [(True,)],
+            "job flagged needs_publish",
+            timeout=10,
+        )
 
         broker.start()
         back_at = time.monotonic()
