@@ -87,6 +87,7 @@ def chat_completion(
     metadata: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
     callback_url: str | None = None,
+    surface: str | None = None,
 ) -> dict[str, Any]:
     """Run one chat-completion job and return its JSON view.
 
@@ -111,6 +112,7 @@ def chat_completion(
                     "metadata": metadata,
                     "idempotency_key": idempotency_key,
                     "callback_url": callback_url,
+                    "surface": surface,
                 },
             )
         outcome = run_job(
