@@ -368,3 +368,18 @@ def test_anthropic_usage_lands_in_the_same_counts() -> None:
     assert (counts.cache_write_tokens, counts.completion_tokens, counts.total_tokens) == (5, 7, 42)
     assert counts.issues == []
     assert counts.prompt_tokens == counts.cached_tokens + counts.uncached_prompt_tokens
+
+
+def test_openai_surface_leaves_thinking_blocks_out() -> None:
+    """Thinking blocks (an Anthropic-surface reply's) are not sent to the OpenAI surface;
+    everything else goes as sent."""
+    from service.gateway.openai_client import openai_messages
+
+    history = [
+        *USER,
+        {"role": "assistant", "content": "a", "thinking_blocks": SIGNED},
+        {"role": "user", "content": [{"type": "text", "text": "b"}]},
+    ]
+    sent = openai_messages(history)
+    assert sent == [USER[0], {"role": "assistant", "content": "a"}, history[2]]
+    assert history[1]["thinking_blocks"] == SIGNED, "the stored history is not changed"
