@@ -22,7 +22,9 @@ ADMIN_DSN = os.environ.get("EZQ_BENCH_ADMIN_DSN", "postgresql://postgres@127.0.0
 
 
 class InstantGateway:
-    def complete(self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]) -> Any:
+    def complete(
+        self, model: str, messages: list[dict[str, Any]], params: dict[str, Any], surface: str
+    ) -> Any:
         from service.completion import Completion
 
         return Completion(

@@ -171,6 +171,11 @@ def _check_schema() -> None:
 )
 @click.option("--idempotency-key", help="Same key and request returns the first job.")
 @click.option("--callback-url", help="POST a signed webhook here when the job ends.")
+@click.option(
+    "--surface",
+    type=click.Choice(["openai", "anthropic", "auto"]),
+    help="ezrouter surface; default: EZQ_SURFACE_DEFAULTS' match for the model, else auto.",
+)
 @click.option("--wait", is_flag=True, help="Wait for the job to end and print it as JSON.")
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to --wait at most.")
 @click.argument("prompt")
@@ -183,6 +188,7 @@ def enqueue(
     param: tuple[str, ...],
     idempotency_key: str | None,
     callback_url: str | None,
+    surface: str | None,
     wait: bool,
     timeout: float,
     prompt: str,
@@ -202,6 +208,7 @@ def enqueue(
         metadata=_pairs(meta, "--meta") or None,
         idempotency_key=idempotency_key,
         callback_url=callback_url,
+        surface=surface,
     )
     if not wait:
         click.echo(str(job_id))

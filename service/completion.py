@@ -19,9 +19,16 @@ class Completion:
     first_token_at: datetime | None
     request_id: str | None
     http_status: int = 200
+    # Which ezrouter surface answered, and (Anthropic surface) the reply's thinking blocks
+    # with their signatures, which the next turn must send back unchanged.
+    surface: str = "openai"
+    thinking_blocks: list[dict[str, Any]] | None = None
 
     def reply_message(self) -> dict[str, Any]:
+        """The reply as an OpenAI-shaped assistant message, as the history stores it."""
         message: dict[str, Any] = {"role": "assistant", "content": self.content}
         if self.tool_calls:
             message["tool_calls"] = self.tool_calls
+        if self.thinking_blocks:
+            message["thinking_blocks"] = self.thinking_blocks
         return message

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fnmatch
 import math
 from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network, ip_network
@@ -26,6 +27,11 @@ class Settings(BaseSettings):
 
     ezrouter_api_key: SecretStr | None = None
     ezrouter_base_url: str = c.DEFAULT_EZROUTER_BASE_URL
+    # The Anthropic surface's root (the SDK appends /v1/messages); derived when unset.
+    ezrouter_anthropic_base_url: str | None = None
+    # ``pattern=surface`` pairs, comma-separated, first match wins: the surface a request
+    # gets when it names none (fnmatch patterns on the model id).
+    ezq_surface_defaults: Annotated[tuple[tuple[str, str], ...], NoDecode] = ()
     database_url: str = c.DEFAULT_DATABASE_URL
     celery_broker_url: str = c.DEFAULT_BROKER_URL
     celery_result_backend: str | None = None
@@ -71,9 +77,31 @@ class Settings(BaseSettings):
     @field_validator("ezrouter_base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
+        return _check_http_url(value)
+
+    @field_validator("ezrouter_anthropic_base_url")
+    @classmethod
+    def _optional_http_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        return _check_http_url(value.strip())
+
+    @field_validator("ezq_surface_defaults", mode="before")
+    @classmethod
+    def _surface_defaults(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        pairs = []
+        for item in (p.strip() for p in value.split(",")):
+            if not item:
+                continue
+            pattern, sep, surface = (x.strip() for x in item.partition("="))
+            if not sep or not pattern or surface not in c.SURFACES:
+                raise ValueError(
+                    f"{item!r} is not pattern=surface with surface one of {', '.join(c.SURFACES)}"
+                )
+            pairs.append((pattern, surface))
+        return tuple(pairs)
 
     @field_validator("database_url")
     @classmethod
@@ -159,6 +187,22 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def anthropic_base_url(self) -> str:
+        """The Anthropic surface's root: the setting, or the OpenAI base URL's root +
+        ``/anthropic`` (``https://www.ezrouter.dev/v1`` gives ``…/anthropic``)."""
+        if self.ezrouter_anthropic_base_url:
+            return self.ezrouter_anthropic_base_url
+        root = self.ezrouter_base_url.removesuffix("/v1")
+        return f"{root}/anthropic"
+
+    def default_surface(self, model: str) -> str:
+        """The surface of a request that names none: the first matching pattern's, or auto."""
+        for pattern, surface in self.ezq_surface_defaults:
+            if fnmatch.fnmatchcase(model, pattern):
+                return surface
+        return "auto"
+
+    @property
     def result_backend(self) -> str:
         # With RabbitMQ, results travel back as replies (``rpc://``): Celery has no AMQP
         # result store. Postgres holds every job's outcome either way.
@@ -224,6 +268,12 @@ class Settings(BaseSettings):
     @property
     def webhook_lease_seconds(self) -> float:
         return self.ezq_webhook_timeout + c.WEBHOOK_LEASE_MARGIN_S
+
+
+def _check_http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return value.rstrip("/")
 
 
 def _webhook_secret_problem(secret: str) -> str | None:

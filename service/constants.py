@@ -14,6 +14,22 @@ DEFAULT_EZROUTER_BASE_URL: Final = "https://www.ezrouter.dev/v1"
 DEFAULT_DATABASE_URL: Final = "postgresql+psycopg://postgres@127.0.0.1:5432/ezq"
 DEFAULT_BROKER_URL: Final = "redis://127.0.0.1:6379/0"
 
+# ezrouter's two surfaces; "auto" picks one per request (service/gateway/routing.py).
+SURFACES: Final = ("openai", "anthropic", "auto")
+DEFAULT_SURFACE: Final = "auto"
+# The Anthropic Messages API requires max_tokens; this is sent when the request has none.
+ANTHROPIC_DEFAULT_MAX_TOKENS: Final = 8192
+# Thinking budget when thinking is on and the request names none (Anthropic's minimum is
+# 1024); reasoning_effort picks from this table.
+ANTHROPIC_THINKING_BUDGETS: Final = {
+    "low": 2048,
+    "medium": 4096,
+    "high": 8192,
+    "max": 16384,
+    "xhigh": 16384,
+}
+ANTHROPIC_DEFAULT_THINKING_BUDGET: Final = 4096
+
 # Gateway timeouts. ezrouter signals overload as latency, never as 429, so a stalled
 # stream must be cut by us: a read timeout between chunks and a wall-clock deadline for
 # the whole attempt (a trickling stream never trips the read timeout).

@@ -105,11 +105,13 @@ class GatewayError(EzqError):
     """A gateway call failed.
 
     ``status`` is the HTTP status when the gateway answered, ``request_id`` the
-    ``x-oneapi-request-id`` it sent, ``error_type`` a stable short name stored on the job.
+    ``x-oneapi-request-id`` it sent, ``error_type`` a stable short name stored on the job,
+    ``surface`` the ezrouter surface called (None when no call was made).
     """
 
     retryable: bool = False
     error_type: str = "gateway_error"
+    surface: str | None = None
 
     def __init__(
         self,

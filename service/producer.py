@@ -24,6 +24,7 @@ def enqueue_completion(
     metadata: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
     callback_url: str | None = None,
+    surface: str | None = None,
 ) -> uuid.UUID:
     """Validate the request, store the job, publish it, and return the job id.
 
@@ -31,7 +32,8 @@ def enqueue_completion(
     it commits, so a worker never sees a job that is not there. Raises ``InvalidRequest``
     (naming the field), ``ConversationNotFound`` or ``IdempotencyConflict``, and then
     nothing is written. With a new ``conversation_id`` of None a conversation is started;
-    its id is on the job (``ezq show``).
+    its id is on the job (``ezq show``). ``surface`` is ``openai``, ``anthropic`` or ``auto``
+    (default: ``EZQ_SURFACE_DEFAULTS``' match for the model, else ``auto``).
     """
     # Imported here so that validating and storing need no broker configuration.
     from service.worker.dispatch import publish_jobs
@@ -45,6 +47,7 @@ def enqueue_completion(
         metadata=metadata,
         idempotency_key=idempotency_key,
         callback_url=callback_url,
+        surface=surface,
         max_request_bytes=get_settings().ezq_max_request_bytes,
     )
     with transaction() as session:

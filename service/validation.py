@@ -24,6 +24,7 @@ from service import constants as c
 from service import shapes
 from service.config import get_settings
 from service.errors import InvalidRequest
+from service.gateway.routing import anthropic_problem
 from service.webhooks.urls import check_callback_url
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -41,6 +42,9 @@ class ChatMessage(BaseModel):
     tool_calls: Any = None
     tool_call_id: StrictStr | None = None
     refusal: StrictStr | None = None
+    # What an Anthropic-surface reply carried, sent back on the next turn (see README).
+    reasoning_content: StrictStr | None = None
+    thinking_blocks: Any = None
 
     @model_validator(mode="after")
     def _shape_per_role(self) -> ChatMessage:
@@ -52,8 +56,9 @@ class ChatMessage(BaseModel):
             raise ValueError("only tool messages carry 'tool_call_id'")
         if self.role != "assistant" and self.tool_calls is not None:
             raise ValueError("only assistant messages carry 'tool_calls'")
-        if self.role != "assistant" and self.refusal is not None:
-            raise ValueError("only assistant messages carry 'refusal'")
+        for field in ("refusal", "reasoning_content", "thinking_blocks"):
+            if self.role != "assistant" and getattr(self, field) is not None:
+                raise ValueError(f"only assistant messages carry {field!r}")
         if (
             self.role == "assistant"
             and self.content is None
@@ -86,6 +91,11 @@ def _message(prefix: str, raw: dict[str, Any]) -> dict[str, Any]:
         calls = shapes.check_list(f"{prefix}.tool_calls", message.tool_calls)
         for j, call in enumerate(calls):
             shapes.check(f"{prefix}.tool_calls[{j}]", shapes.ToolCall, call)
+    if message.thinking_blocks is not None:
+        blocks = shapes.check_list(f"{prefix}.thinking_blocks", message.thinking_blocks)
+        for j, block in enumerate(blocks):
+            where = f"{prefix}.thinking_blocks[{j}]"
+            shapes.check_tagged(where, block, shapes.THINKING_MODELS, tuple(shapes.THINKING_MODELS))
     # Kept as sent (explicit nulls aside), so content parts reach the gateway untouched.
     return {k: v for k, v in raw.items() if v is not None}
 
@@ -194,6 +204,9 @@ class CompletionRequest(BaseModel):
     metadata: dict[str, Any]
     idempotency_key: str | None
     callback_url: str | None = None
+    # The surface the job runs on (openai, anthropic or auto), and what the caller named.
+    surface: str = c.DEFAULT_SURFACE
+    surface_requested: str | None = None
 
     def fingerprint(self) -> str:
         """A hash of what the caller asked for, to tell a retry from a different request."""
@@ -205,6 +218,9 @@ class CompletionRequest(BaseModel):
             "metadata": self.metadata,
             "callback_url": self.callback_url,
         }
+        if self.surface_requested is not None:
+            # Only when named, so that jobs from before the field keep their fingerprint.
+            payload["surface"] = self.surface_requested
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -282,6 +298,7 @@ def validate_request(
     metadata: object = None,
     idempotency_key: object = None,
     callback_url: object = None,
+    surface: object = None,
     max_request_bytes: int = c.MAX_REQUEST_BYTES,
 ) -> CompletionRequest:
     """Check every field and return the normalised request, or raise InvalidRequest."""
@@ -300,6 +317,8 @@ def validate_request(
             "idempotency_key", idempotency_key, c.MAX_IDEMPOTENCY_KEY_LENGTH, required=False
         ),
         callback_url=_callback_url(callback_url),
+        surface=_surface(surface) or get_settings().default_surface(checked_model),
+        surface_requested=_surface(surface),
     )
     for field, value in (
         ("model", request.model),
@@ -310,6 +329,10 @@ def validate_request(
         ("idempotency_key", request.idempotency_key),
     ):
         _storable(field, value)
+    if request.surface == "anthropic":
+        problem = anthropic_problem(list(checked_messages), checked_params)
+        if problem is not None:
+            raise InvalidRequest(*problem)
     size = len(json.dumps([checked_messages, checked_params], ensure_ascii=False).encode())
     if size > max_request_bytes:
         raise InvalidRequest(
@@ -333,6 +356,14 @@ def _storable(field: str, value: object) -> None:
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):
             _storable(f"{field}[{i}]", item)
+
+
+def _surface(value: object) -> str | None:
+    if value is None:
+        return None
+    if value not in c.SURFACES:
+        raise InvalidRequest("surface", f"must be one of {', '.join(c.SURFACES)}, not {value!r}")
+    return str(value)
 
 
 def _callback_url(value: object) -> str | None:

@@ -70,6 +70,22 @@ def test_post_then_get_a_finished_job(api: httpx.Client, fake_gateway: Any) -> N
     assert [m["role"] for m in conversation["messages"]] == ["user", "assistant"]
 
 
+@pytest.mark.usefixtures("worker")
+def test_surface_in_the_body(api: httpx.Client, fake_gateway: Any) -> None:
+    """A body's surface is kept on the job and decides where the call goes."""
+    marker = uuid.uuid4().hex
+    body = {"model": "glm-5.1", "messages": [{"role": "user", "content": marker}]}
+    created = api.post("/v1/jobs", json={**body, "surface": "anthropic"})
+    assert created.status_code == 202, created.text
+    assert created.json()["surface"] == "anthropic"
+    deadline = time.monotonic() + 30
+    while not [r for r in fake_gateway.requests if marker in r.raw.decode()]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    (sent,) = [r for r in fake_gateway.requests if marker in r.raw.decode()]
+    assert sent.path == "/anthropic/v1/messages"
+
+
 def test_requests_without_a_valid_token_are_refused(api: httpx.Client) -> None:
     """No token or a wrong token is a 401, and nothing is written."""
     before = jobs_count()
@@ -89,6 +105,7 @@ def test_requests_without_a_valid_token_are_refused(api: httpx.Client) -> None:
         ({"model": "m", "messages": [{"role": "bot", "content": "x"}]}, "messages[0].role"),
         ({"model": "m", "messages": USER, "params": 3}, "params"),
         ({"model": "m", "messages": USER, "surprise": 1}, "surprise"),
+        ({"model": "m", "messages": USER, "surface": "gemini"}, "surface"),
         ([1, 2], "body"),
     ],
 )

@@ -147,3 +147,16 @@ def test_replay_refuses_no_selection_and_unended_jobs(service_env: dict[str, str
 
     done = run_ezq("jobs", "replay", "not-a-uuid")
     assert done.returncode != 0 and "JOB_ID" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.usefixtures("worker")
+def test_replay_keeps_the_surface(fake_gateway: Any) -> None:
+    """A replay runs on the surface its original asked for."""
+    marker = uuid.uuid4().hex
+    original = failing_turn(fake_gateway, f"surface {marker}", surface="anthropic")
+    done = run_ezq("jobs", "replay", original["job_id"])
+    assert done.returncode == 0, done.stderr
+    replayed = wait_for_job(done.stdout.strip())
+    assert (replayed["status"], replayed["surface"]) == ("succeeded", "anthropic")
+    paths = [r.path for r in fake_gateway.requests if marker in r.raw.decode()]
+    assert paths == ["/anthropic/v1/messages", "/anthropic/v1/messages"]

@@ -305,7 +305,8 @@ def test_tool_calls_are_assembled(fake_gateway: Any) -> None:
     fake_gateway.add_faults(Fault(kind="tool_calls", match=marker))
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
 
-    job = wait_for_job(ask(f"weather {marker}", params={"tools": tools}))
+    # On the OpenAI surface: under auto, a claude model with tools would go to anthropic.
+    job = wait_for_job(ask(f"weather {marker}", params={"tools": tools}, surface="openai"))
 
     assert job["status"] == "succeeded"
     assert job["finish_reason"] == "tool_calls"

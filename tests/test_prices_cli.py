@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import secrets
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -156,3 +157,30 @@ def test_recompute_says_how_many_rows_it_priced() -> None:
     assert (
         ezq("recompute", "--since", "5d", "--model", model).stdout.strip() == "priced 0 usage rows"
     )
+
+
+def test_cache_write_price_from_set_and_import(tmp_path: Path) -> None:
+    """--cache-write and the optional cache_write_input_per_mtok column record a cache-write
+    price; without one it stays empty (cache writes then cost the input price)."""
+    model, other = model_name(), model_name()
+    base = ("set", model, "--input", "3", "--cached-input", "0.3", "--output", "15")
+    done = ezq(*base, "--cache-write", "3.75")
+    assert done.returncode == 0, done.stderr
+    bad = ezq(*base, "--cache-write", "-1")
+    assert bad.returncode == 1 and "--cache-write" in bad.stderr
+    price_file = tmp_path / "prices.csv"
+    price_file.write_text(
+        "model,input_per_mtok,cached_input_per_mtok,output_per_mtok,effective_from,"
+        f"cache_write_input_per_mtok\n{other},1,0.1,5,2026-01-01,1.25\n{other},2,0.2,6,2026-02-01,\n"
+    )
+    imported = ezq("import", str(price_file))
+    assert imported.returncode == 0, imported.stderr
+
+    listed = json.loads(ezq("list", "--model", model, "--format", "json").stdout)
+    assert [p["cache_write_input_per_mtok"] for p in listed] == ["3.75"]
+    rows = sql(
+        "SELECT cache_write_input_per_mtok FROM model_prices"
+        " WHERE model = :m ORDER BY effective_from",
+        m=other,
+    )
+    assert [row[0] for row in rows] == [Decimal("1.25"), None]

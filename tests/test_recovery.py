@@ -70,7 +70,9 @@ def test_job_that_kills_its_last_attempt_fails(fake_gateway: Any) -> None:
 
 
 class BuggyGateway:
-    def complete(self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]) -> Any:
+    def complete(
+        self, model: str, messages: list[dict[str, Any]], params: dict[str, Any], surface: str
+    ) -> Any:
         raise KeyError("a bug in our own code")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import anthropic
 import httpx2
 import openai
 import pytest
@@ -30,6 +31,24 @@ def status_error(status: int) -> openai.APIStatusError:
     return client._make_status_error(f"Error code: {status}", body=body, response=response)
 
 
+def anthropic_status_error(status: int) -> anthropic.APIStatusError:
+    response = httpx2.Response(
+        status, request=REQUEST, headers={"x-oneapi-request-id": "rid-2"}, json={}
+    )
+    body = {"error": {"code": "", "message": "boom (request id: rid-2)", "type": "new_api_error"}}
+    client = anthropic.Anthropic(api_key="sk-unused", base_url="http://127.0.0.1:9/anthropic")
+    return client._make_status_error(f"Error code: {status}", body=body, response=response)
+
+
+# The Anthropic surface's SDK: the same rule, connection errors and 5xx only.
+ANTHROPIC_CASES = [
+    (anthropic.APIConnectionError(request=REQUEST), True),
+    (anthropic.APITimeoutError(request=REQUEST), True),
+    (anthropic.APIError("error event mid-stream", request=REQUEST, body=None), True),
+    *[(anthropic_status_error(s), True) for s in (500, 502, 503, 529)],
+    *[(anthropic_status_error(s), False) for s in (400, 401, 403, 404, 413, 429)],
+]
+
 CASES = [
     (openai.APIConnectionError(request=REQUEST), True),
     (openai.APITimeoutError(request=REQUEST), True),
@@ -46,13 +65,17 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("error", "retryable"), CASES, ids=lambda v: repr(v)[:40])
+@pytest.mark.parametrize(
+    ("error", "retryable"), CASES + ANTHROPIC_CASES, ids=lambda v: repr(v)[:40]
+)
 def test_is_retryable(error: BaseException, retryable: bool) -> None:
     """Connection errors, timeouts, broken streams and 5xx are retried; nothing else is."""
     assert is_retryable(error) is retryable
 
 
-@pytest.mark.parametrize(("error", "retryable"), CASES[:15], ids=lambda v: repr(v)[:40])
+@pytest.mark.parametrize(
+    ("error", "retryable"), CASES[:15] + ANTHROPIC_CASES, ids=lambda v: repr(v)[:40]
+)
 def test_translate_keeps_the_verdict(error: Exception, retryable: bool) -> None:
     """Translating an SDK exception into our tree keeps the retry decision."""
     translated = translate(error)
@@ -67,6 +90,14 @@ def test_translate_keeps_status_message_and_request_id() -> None:
     assert translated.status == 429
     assert translated.message == "boom (request id: rid-1)"
     assert translated.request_id == "rid-1"
+
+
+def test_translate_keeps_the_anthropic_status_and_request_id() -> None:
+    """An Anthropic-surface status error keeps its status, message and request id."""
+    translated = translate(anthropic_status_error(403))
+    assert isinstance(translated, PermanentGatewayError)
+    assert (translated.status, translated.request_id) == (403, "rid-2")
+    assert translated.message == "boom (request id: rid-2)"
 
 
 def test_translate_mid_stream_transport_errors() -> None:

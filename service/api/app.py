@@ -33,6 +33,7 @@ JOB_FIELDS = (
     "metadata",
     "idempotency_key",
     "callback_url",
+    "surface",
 )
 
 

@@ -34,6 +34,9 @@ NAMING_CONVENTION = {
 }
 
 ROLES = ("system", "user", "assistant", "tool")
+# What a request asks for, and which surface an attempt actually used.
+REQUEST_SURFACES = ("openai", "anthropic", "auto")
+ATTEMPT_SURFACES = ("openai", "anthropic")
 JOB_STATUSES = ("queued", "running", "retrying", "succeeded", "failed", "cancelled")
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 # Money is exact: prices per million tokens to 1e-10 USD, and a cost keeps every digit of
@@ -50,6 +53,7 @@ USAGE_INDEX_INCLUDE = (
     "completion_tokens",
     "total_tokens",
     "cost_usd",
+    "cache_write_tokens",
 )
 WEBHOOK_EVENT_TYPES = ("job.succeeded", "job.failed", "job.cancelled")
 WEBHOOK_STATUSES = ("pending", "delivered", "failed")
@@ -107,6 +111,9 @@ class Message(Base):
     name: Mapped[str | None]
     tool_calls: Mapped[list[Any] | None] = mapped_column(NULLABLE_JSONB)
     tool_call_id: Mapped[str | None]
+    # An Anthropic-surface reply's thinking blocks with their signatures, sent back on the
+    # next turn so that extended thinking continues across turns.
+    thinking_blocks: Mapped[list[Any] | None] = mapped_column(NULLABLE_JSONB)
     job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = _now()
 
@@ -137,6 +144,8 @@ class Job(Base):
     request_hash: Mapped[str]
     # Where the job's webhook goes when it ends (checked at enqueue; see service/webhooks).
     callback_url: Mapped[str | None]
+    # Which ezrouter surface the job asked for (see service/gateway/routing.py).
+    surface: Mapped[str] = mapped_column(server_default="auto")
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     error_type: Mapped[str | None]
     error_status: Mapped[int | None] = mapped_column(Integer)
@@ -172,6 +181,7 @@ class Job(Base):
             "dispatched_at",
             postgresql_where=text("status IN ('queued', 'retrying')"),
         ),
+        CheckConstraint(_in("surface", REQUEST_SURFACES), name="surface"),
         CheckConstraint("attempts >= 0", name="attempts"),
         Index(None, "status", "created_at"),
         Index(None, "conversation_id", "enqueue_seq"),
@@ -209,8 +219,11 @@ class JobAttempt(Base):
     error: Mapped[str | None]
     gateway_request_id: Mapped[str | None]
     retryable: Mapped[bool | None]
+    # The surface this call went to; NULL when no call was made (a lost worker, a bug).
+    surface: Mapped[str | None]
 
     __table_args__ = (
+        CheckConstraint(_in("surface", ATTEMPT_SURFACES), name="surface"),
         Index(None, "job_id", "attempt", unique=True),
         Index(None, "started_at"),
     )
@@ -233,6 +246,9 @@ class TokenUsage(Base):
     completion_tokens: Mapped[int] = mapped_column(Integer)
     reasoning_tokens: Mapped[int | None] = mapped_column(Integer)
     total_tokens: Mapped[int] = mapped_column(Integer)
+    # Prompt tokens written to the prompt cache (Anthropic surface); part of
+    # uncached_prompt_tokens, billed at the cache-write price.
+    cache_write_tokens: Mapped[int] = mapped_column(Integer, server_default="0")
     # The gateway's usage object exactly as received, and what did not add up in it.
     raw_usage: Mapped[dict[str, Any]]
     usage_issues: Mapped[list[Any] | None] = mapped_column(NULLABLE_JSONB)
@@ -275,6 +291,8 @@ class ModelPrice(Base):
     input_per_mtok: Mapped[Decimal] = mapped_column(PRICE)
     cached_input_per_mtok: Mapped[Decimal] = mapped_column(PRICE)
     output_per_mtok: Mapped[Decimal] = mapped_column(PRICE)
+    # Writing prompt tokens to the cache; NULL means at the plain input price.
+    cache_write_input_per_mtok: Mapped[Decimal | None] = mapped_column(PRICE)
     currency: Mapped[str] = mapped_column(server_default="USD")
     created_at: Mapped[datetime] = _now()
 
@@ -282,6 +300,7 @@ class ModelPrice(Base):
         CheckConstraint("input_per_mtok >= 0", name="input_per_mtok"),
         CheckConstraint("cached_input_per_mtok >= 0", name="cached_input_per_mtok"),
         CheckConstraint("output_per_mtok >= 0", name="output_per_mtok"),
+        CheckConstraint("cache_write_input_per_mtok >= 0", name="cache_write_input_per_mtok"),
         CheckConstraint("currency = 'USD'", name="currency"),
         Index(None, "model", "effective_from", unique=True),
     )

@@ -99,6 +99,7 @@ def create_job(
         "idempotency_key": request.idempotency_key,
         "request_hash": request.fingerprint(),
         "callback_url": request.callback_url,
+        "surface": request.surface,
     }
     stmt = insert(Job).values(**values).on_conflict_do_nothing().returning(Job.id)
     new_id = session.execute(stmt).scalar_one_or_none()
@@ -130,6 +131,7 @@ class Claimed:
     params: dict[str, Any]
     messages: list[dict[str, Any]]
     tenant: str | None
+    surface: str = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,13 +182,16 @@ def _history(session: Session, conversation_id: uuid.UUID) -> list[dict[str, Any
             Message.name,
             Message.tool_calls,
             Message.tool_call_id,
+            Message.thinking_blocks,
         )
         .where(Message.conversation_id == conversation_id)
         .order_by(Message.seq)
     ).all()
     history = []
-    for role, content, name, tool_calls, tool_call_id in rows:
+    for role, content, name, tool_calls, tool_call_id, thinking_blocks in rows:
         message: dict[str, Any] = {"role": role, "content": content}
+        if thinking_blocks is not None:
+            message["thinking_blocks"] = thinking_blocks
         if name is not None:
             message["name"] = name
         if tool_calls is not None:
@@ -258,6 +263,7 @@ def claim_job(
         params=dict(job.params),
         messages=messages,
         tenant=job.tenant,
+        surface=job.surface,
     )
 
 
@@ -400,6 +406,7 @@ def record_success(
                 "name": m.get("name"),
                 "tool_calls": m.get("tool_calls"),
                 "tool_call_id": m.get("tool_call_id"),
+                "thinking_blocks": m.get("thinking_blocks"),
                 "job_id": job.id,
             }
             for i, m in enumerate(new_messages)
@@ -421,6 +428,7 @@ def record_success(
             "http_status": completion.http_status,
             "first_token_at": completion.first_token_at,
             "gateway_request_id": completion.request_id,
+            "surface": completion.surface,
         },
     )
     # Built from what was just written rather than read back: two queries fewer.
@@ -454,6 +462,7 @@ def _insert_usage(
         completion_tokens=tokens.completion_tokens,
         reasoning_tokens=tokens.reasoning_tokens,
         total_tokens=tokens.total_tokens,
+        cache_write_tokens=tokens.cache_write_tokens,
         raw_usage=completion.usage,
         usage_issues=tokens.issues or None,
         job_cancelled=job_cancelled,
@@ -545,6 +554,7 @@ def record_failure(
             "error": message,
             "gateway_request_id": error.request_id,
             "retryable": error.retryable,
+            "surface": error.surface,
         },
     )
     job.error_type = error.error_type
@@ -643,6 +653,7 @@ def view_of(
         "conversation_id": str(job.conversation_id),
         "status": job.status,
         "model": job.model,
+        "surface": job.surface,
         "attempts": job.attempts,
         "content": content,
         "tool_calls": tool_calls,
@@ -696,6 +707,7 @@ def conversation_view(session: Session, conversation_id: uuid.UUID) -> dict[str,
                     "name": m.name,
                     "tool_calls": m.tool_calls,
                     "tool_call_id": m.tool_call_id,
+                    "thinking_blocks": m.thinking_blocks,
                     "job_id": str(m.job_id) if m.job_id else None,
                 }.items()
                 if v is not None

@@ -11,6 +11,10 @@ GW-001 as ezrouter's probe found it: ``claude-sonnet-4-6``, ``claude-haiku-4-5``
 ``kimi-k2.6`` answers in text, the others stream a real tool call. GW-005:
 ``claude-opus-4-7`` never reports cached tokens on the OpenAI surface.
 
+``POST /anthropic/v1/messages`` is the Anthropic surface (see ``anthropic.py``): the key as
+``x-api-key`` or Bearer, Anthropic's SSE events, the same error envelope, request-id
+header and faults (``after_chunks`` then counts content events).
+
 Fault kinds (queue them with ``FakeGateway.add_faults`` or ``POST /_fake/faults``):
 
 ``normal``

@@ -17,6 +17,14 @@ from types import FrameType, TracebackType
 from typing import Any, Self, cast
 from urllib.parse import urlsplit
 
+from service.fake_gateway.anthropic import (
+    MESSAGES_PATH,
+    AnthropicCache,
+    build_events,
+    error_event,
+    reply_mode,
+    validate_messages_body,
+)
 from service.fake_gateway.faults import MID_STREAM_KINDS, Fault, FaultQueue
 from service.fake_gateway.replies import (
     DEFAULT_MODELS,
@@ -207,6 +215,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         routes: dict[tuple[str, str], Callable[[str, bytes], None]] = {
             ("POST", CHAT_PATH): self._chat,
+            ("POST", MESSAGES_PATH): self._messages,
             ("GET", MODELS_PATH): self._models,
             ("GET", "/_fake/health"): self._health,
             ("GET", "/_fake/faults"): self._get_faults,
@@ -310,13 +319,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- endpoints -----------------------------------------------------------------------
 
-    def _auth_problem(self) -> str | None:
+    def _auth_problem(self, *, api_key_header: bool = False) -> str | None:
+        # The Anthropic surface also takes the key as x-api-key (§1).
+        api_key = self.headers.get("x-api-key") if api_key_header else None
         header = self.headers.get("Authorization")
-        if header is None:
+        if api_key is not None:
+            token = api_key.strip()
+        elif header is None:
             return "未提供令牌"
-        scheme, _, token = header.strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
+        else:
+            scheme, _, token = header.strip().partition(" ")
+            token = token.strip()
+            if scheme.lower() != "bearer":
+                return "无效的令牌"
+        if not token:
             return "无效的令牌"
         keys = self.gateway.api_keys
         valid = token.startswith("sk-") if keys is None else token in keys
@@ -330,7 +346,11 @@ class _Handler(BaseHTTPRequestHandler):
         data = [m.to_json() for m in self.gateway.models.values()]
         self._send_json(200, {"object": "list", "success": True, "data": data}, request_id)
 
-    def _chat(self, request_id: str, raw: bytes) -> None:
+    def _accept(
+        self, request_id: str, raw: bytes, *, anthropic: bool
+    ) -> tuple[dict[str, Any], Fault] | None:
+        """Record, authenticate and check a completion request; pick its fault (latency
+        served). None when an error or a reset has been sent instead."""
         gateway = self.gateway
         raw_text = raw.decode("utf-8", errors="replace")
         try:
@@ -348,27 +368,70 @@ class _Handler(BaseHTTPRequestHandler):
                 raw=raw,
             )
         )
-        problem = self._auth_problem()
+        problem = self._auth_problem(api_key_header=anthropic)
         if problem is not None:
             self._send_error(401, request_id, problem)
-            return
+            return None
         if not isinstance(parsed, dict):
             self._send_error(400, request_id, "request body must be a JSON object")
-            return
-        invalid = validate_chat_body(body)
+            return None
+        invalid = validate_messages_body(body) if anthropic else validate_chat_body(body)
         if invalid is not None:
             self._send_error(400, request_id, invalid)
-            return
+            return None
         model: str = body["model"]
         if model not in gateway.models:
             self._send_error(403, request_id, f"该令牌无权访问模型 {model}")
-            return
-
+            return None
         fault = gateway._faults.take(raw_text) or Fault()
         if fault.latency > 0 and not gateway._pause(fault.latency):
             self._reset_connection()
+            return None
+        return body, fault
+
+    def _chat(self, request_id: str, raw: bytes) -> None:
+        accepted = self._accept(request_id, raw, anthropic=False)
+        if accepted is not None:
+            self._respond(request_id, *accepted)
+
+    def _messages(self, request_id: str, raw: bytes) -> None:
+        accepted = self._accept(request_id, raw, anthropic=True)
+        if accepted is not None:
+            self._respond_anthropic(request_id, *accepted)
+
+    def _respond_anthropic(self, request_id: str, body: dict[str, Any], fault: Fault) -> None:
+        kind = fault.kind
+        if kind in ("status", "drop", "non_sse"):
+            self._respond(request_id, body, fault)
             return
-        self._respond(request_id, body, fault)
+        self._start_sse(request_id)
+        if kind == "empty":
+            self._end_chunked()
+            return
+        gateway = self.gateway
+        opening, content, closing = build_events(
+            body,
+            mode=reply_mode(body, kind),
+            reply_override=fault.reply,
+            reply_words=gateway.reply_words,
+            chunk_chars=gateway.chunk_chars,
+            usage=gateway._anthropic_cache.account(body),
+        )
+        if kind in MID_STREAM_KINDS:
+            # after_chunks counts content events here (block starts, deltas and stops).
+            frames = [] if fault.after_chunks <= 0 else opening + content[: fault.after_chunks]
+            if kind == "error_frame":
+                frames.append(error_event(f"Overloaded (request id: {request_id})"))
+            elif kind == "malformed":
+                frames.append(_MALFORMED_FRAME)
+        elif kind == "no_finish":
+            frames = [*opening, *content, closing[-1]]
+        else:
+            frames = [*opening, *content, *closing]
+        if not self._stream(frames, fault.chunk_delay) or kind == "drop_mid_stream":
+            self._reset_connection()
+            return
+        self._end_chunked()
 
     def _respond(self, request_id: str, body: dict[str, Any], fault: Fault) -> None:
         kind = fault.kind
@@ -505,6 +568,7 @@ class FakeGateway:
         self._requested_port = port
         self._faults = FaultQueue()
         self._cache = PromptCache()
+        self._anthropic_cache = AnthropicCache()
         self._lock = threading.Lock()
         self._requests: list[ReceivedRequest] = []
         self._connections: set[socket.socket] = set()
@@ -585,6 +649,11 @@ class FakeGateway:
         """The OpenAI-surface base URL to hand to the openai SDK."""
         return f"{self.origin}/v1"
 
+    @property
+    def anthropic_url(self) -> str:
+        """The Anthropic-surface root to hand to the anthropic SDK (it appends /v1/messages)."""
+        return f"{self.origin}/anthropic"
+
     # -- scripting and inspection -------------------------------------------------------
 
     def add_faults(self, *faults: Fault) -> None:
@@ -607,6 +676,7 @@ class FakeGateway:
         self._faults.clear()
         self._clear_requests()
         self._cache.clear()
+        self._anthropic_cache.clear()
 
     # -- internals used by the handler ------------------------------------------------------
 

@@ -4,25 +4,29 @@ from __future__ import annotations
 
 import random
 
-import openai
-
 from service.errors import GatewayError
+from service.gateway.translate import (
+    SDK_CONNECTION_ERRORS,
+    SDK_STATUS_ERRORS,
+    SDK_STREAM_ERRORS,
+)
 
 
 def is_retryable(error: BaseException) -> bool:
     """True for connection errors (timeouts and broken streams included) and 5xx only.
 
     Every 4xx, 429 included, is final: ezrouter never sends 429 for load, so a 429 means a
-    quota or policy decision that retrying will not change.
+    quota or policy decision that retrying will not change. The same rule holds for both
+    surfaces' SDKs (openai and anthropic).
     """
     if isinstance(error, GatewayError):
         return error.retryable
-    if isinstance(error, openai.APIConnectionError):
+    if isinstance(error, SDK_CONNECTION_ERRORS):
         return True
-    if isinstance(error, openai.APIStatusError):
+    if isinstance(error, SDK_STATUS_ERRORS):
         return error.status_code >= 500
-    # A plain APIError is what the SDK raises for an error frame inside a started stream.
-    return type(error) is openai.APIError
+    # A plain APIError is what the SDKs raise for an error frame inside a started stream.
+    return type(error) in SDK_STREAM_ERRORS
 
 
 def backoff_seconds(

@@ -53,16 +53,11 @@ class StreamAssembler:
             return
         if self.done:
             raise BrokenStream("data after [DONE]")
-        try:
-            frame = json.loads(payload)
-        except ValueError:
-            raise BrokenStream(f"malformed SSE frame: {payload[:200]!r}") from None
-        if not isinstance(frame, dict):
-            raise BrokenStream(f"SSE frame is not an object: {payload[:200]!r}")
+        frame = decode_frame(payload)
         self.frames += 1
         error = frame.get("error")
         if error:
-            raise _error_frame(error)
+            raise error_frame(error)
         usage = frame.get("usage")
         if usage:
             if not isinstance(usage, dict):
@@ -137,7 +132,18 @@ class StreamAssembler:
         )
 
 
-def _error_frame(error: Any) -> GatewayServerError:
+def decode_frame(payload: bytes) -> dict[str, Any]:
+    """A ``data:`` payload as a JSON object, or BrokenStream."""
+    try:
+        frame = json.loads(payload)
+    except ValueError:
+        raise BrokenStream(f"malformed SSE frame: {payload[:200]!r}") from None
+    if not isinstance(frame, dict):
+        raise BrokenStream(f"SSE frame is not an object: {payload[:200]!r}")
+    return frame
+
+
+def error_frame(error: Any) -> GatewayServerError:
     # The stream had started, so the request was accepted: an error frame is the upstream
     # failing, which is treated like a 5xx.
     if isinstance(error, dict):

@@ -155,6 +155,7 @@ def _create(session: Session, job: Job, conversation: str) -> uuid.UUID:
         tenant=job.tenant,
         metadata=dict(job.meta),
         callback_url=job.callback_url,
+        surface=job.surface,
         max_request_bytes=get_settings().ezq_max_request_bytes,
     )
     new_id, _ = queries.create_job(session, request)

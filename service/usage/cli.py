@@ -36,12 +36,24 @@ def prices() -> None:
 )
 @click.option("--output", required=True, metavar="USD", help="Per million output tokens.")
 @click.option(
+    "--cache-write",
+    metavar="USD",
+    help="Per million input tokens written to the prompt cache; default: the --input price.",
+)
+@click.option(
     "--from",
     "start",
     metavar="WHEN",
     help="YYYY-MM-DD (midnight UTC) or an ISO 8601 time; default: now.",
 )
-def prices_set(model: str, input_: str, cached_input: str, output: str, start: str | None) -> None:
+def prices_set(
+    model: str,
+    input_: str,
+    cached_input: str,
+    output: str,
+    cache_write: str | None,
+    start: str | None,
+) -> None:
     """Give MODEL a price from --from on. Usage written earlier keeps its cost."""
     from service import constants as c
     from service.db.session import transaction
@@ -58,6 +70,9 @@ def prices_set(model: str, input_: str, cached_input: str, output: str, start: s
         cached_input_per_mtok=parse_price(cached_input, "--cached-input"),
         output_per_mtok=parse_price(output, "--output"),
         effective_from=parse_instant(start, "--from") if start else None,
+        cache_write_input_per_mtok=(
+            parse_price(cache_write, "--cache-write") if cache_write is not None else None
+        ),
     )
     with transaction() as session:
         row = add_price(session, price)

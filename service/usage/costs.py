@@ -18,6 +18,7 @@ from sqlalchemy import (
     ColumnClause,
     ColumnElement,
     FromClause,
+    Integer,
     Numeric,
     Table,
     Update,
@@ -44,6 +45,7 @@ _PRICE_COLUMNS = (
     ModelPrice.input_per_mtok,
     ModelPrice.cached_input_per_mtok,
     ModelPrice.output_per_mtok,
+    ModelPrice.cache_write_input_per_mtok,
 )
 
 
@@ -54,13 +56,17 @@ def usage_table() -> Table:
 
 
 def cost_of(usage: FromClause, price: FromClause) -> ColumnElement[Any]:
-    """Cost in USD of a usage row at a price row: cached tokens at the cached-input rate.
+    """Cost in USD of a usage row at a price row: cached tokens at the cached-input rate,
+    cache writes at the cache-write rate (the input rate when the price has none).
 
-    Cached and uncached prompt tokens partition ``prompt_tokens``, so nothing is billed
-    twice; reasoning tokens are part of ``completion_tokens`` and billed as output.
+    Cached and uncached prompt tokens partition ``prompt_tokens``, and cache writes are a
+    part of the uncached ones, so nothing is billed twice; reasoning tokens are part of
+    ``completion_tokens`` and billed as output.
     """
+    cache_write_price = func.coalesce(price.c.cache_write_input_per_mtok, price.c.input_per_mtok)
     return (
-        usage.c.uncached_prompt_tokens * price.c.input_per_mtok
+        (usage.c.uncached_prompt_tokens - usage.c.cache_write_tokens) * price.c.input_per_mtok
+        + usage.c.cache_write_tokens * cache_write_price
         + usage.c.cached_tokens * price.c.cached_input_per_mtok
         + usage.c.completion_tokens * price.c.output_per_mtok
     ) * PER_TOKEN
@@ -86,13 +92,17 @@ def _parameter(key: str) -> BindParameter[Any]:
 @lru_cache(maxsize=8)
 def _priced_insert(keys: tuple[str, ...]) -> ReturningInsert[Any]:
     # Built once per set of keys: making the statement costs more than running it.
-    usage = select(*(_parameter(key).label(key) for key in keys)).subquery("usage")
+    columns = [_parameter(key).label(key) for key in keys]
+    if "cache_write_tokens" not in keys:
+        # Callers that predate cache writes: none were written.
+        columns.append(literal_column("0", Integer()).label("cache_write_tokens"))
+    usage = select(*columns).subquery("usage")
     price = price_at(usage.c.model, func.now())
     priced = select(
         *usage.c, price.c.id.label("price_id"), cost_of(usage, price).label("cost_usd")
     ).select_from(usage.outerjoin(price, true()))
     table = usage_table()
-    targets = [TokenUsage.__mapper__.c[key] for key in keys]
+    targets = [TokenUsage.__mapper__.c[c.name] for c in columns]
     return (
         insert(table)
         .from_select([*targets, table.c.price_id, table.c.cost_usd], priced)

@@ -1,5 +1,6 @@
 """Price files: CSV with the header ``model,input_per_mtok,cached_input_per_mtok,
-output_per_mtok,effective_from``, imported all or nothing.
+output_per_mtok,effective_from`` and optionally ``cache_write_input_per_mtok``, imported
+all or nothing.
 
 Every line is checked before anything is written, and every error names the line and the
 column. An empty ``effective_from`` means from the moment of the import.
@@ -29,6 +30,8 @@ COLUMNS = (
     "effective_from",
 )
 _PRICES = ("input_per_mtok", "cached_input_per_mtok", "output_per_mtok")
+# May be absent from the header, or empty on a line: cache writes then cost the input price.
+OPTIONAL_COLUMNS = ("cache_write_input_per_mtok",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +49,7 @@ class ImportResult:
 def _check_header(path: str, header: Sequence[str] | None) -> None:
     names = [name.strip() for name in header or []]
     missing = [name for name in COLUMNS if name not in names]
-    unknown = [name for name in names if name not in COLUMNS]
+    unknown = [name for name in names if name not in COLUMNS + OPTIONAL_COLUMNS]
     if missing or unknown or len(names) != len(set(names)):
         problem = (
             f"missing {', '.join(missing)}"
@@ -78,6 +81,12 @@ def _parse_line(path: str, line: int, record: dict[str, str | None]) -> PriceInp
             amounts[column] = parse_price(cell(column), column)
         except InvalidRequest as exc:
             raise InvalidPriceFile(path, line, column, exc.reason) from None
+    for column in OPTIONAL_COLUMNS:
+        if (record.get(column) or "").strip():
+            try:
+                amounts[column] = parse_price(cell(column), column)
+            except InvalidRequest as exc:
+                raise InvalidPriceFile(path, line, column, exc.reason) from None
     start: datetime | None = None
     if cell("effective_from"):
         try:

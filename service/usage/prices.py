@@ -28,12 +28,15 @@ class PriceInput:
     cached_input_per_mtok: Decimal
     output_per_mtok: Decimal
     effective_from: datetime | None = None
+    # Writing prompt tokens to the cache; None bills them at ``input_per_mtok``.
+    cache_write_input_per_mtok: Decimal | None = None
 
     def same_price(self, row: ModelPrice) -> bool:
         return (
             row.input_per_mtok == self.input_per_mtok
             and row.cached_input_per_mtok == self.cached_input_per_mtok
             and row.output_per_mtok == self.output_per_mtok
+            and row.cache_write_input_per_mtok == self.cache_write_input_per_mtok
         )
 
 
@@ -49,6 +52,7 @@ class PriceRow:
     output_per_mtok: Decimal
     currency: str
     in_effect: bool
+    cache_write_input_per_mtok: Decimal | None = None
 
 
 def _at(session: Session, model: str, effective_from: datetime) -> ModelPrice | None:
@@ -87,6 +91,7 @@ def add_price(session: Session, price: PriceInput) -> ModelPrice | None:
         "input_per_mtok": price.input_per_mtok,
         "cached_input_per_mtok": price.cached_input_per_mtok,
         "output_per_mtok": price.output_per_mtok,
+        "cache_write_input_per_mtok": price.cache_write_input_per_mtok,
     }
     if price.effective_from is not None:
         values["effective_from"] = price.effective_from
@@ -127,6 +132,7 @@ def list_prices(session: Session, model: str | None = None) -> list[PriceRow]:
             output_per_mtok=row.output_per_mtok,
             currency=row.currency,
             in_effect=bool(in_effect),
+            cache_write_input_per_mtok=row.cache_write_input_per_mtok,
         )
         for row, in_effect in session.execute(stmt)
     ]

@@ -137,6 +137,11 @@ def price_records(prices: list[PriceRow]) -> list[dict[str, Any]]:
             "output_per_mtok": _machine(price.output_per_mtok),
             "currency": price.currency,
             "in_effect": price.in_effect,
+            "cache_write_input_per_mtok": (
+                _machine(price.cache_write_input_per_mtok)
+                if price.cache_write_input_per_mtok is not None
+                else None
+            ),
         }
         for price in prices
     ]
@@ -151,6 +156,7 @@ PRICE_COLUMNS = (
     "output_per_mtok",
     "currency",
     "in_effect",
+    "cache_write_input_per_mtok",
 )
 
 
@@ -159,7 +165,7 @@ def prices_table(prices: list[PriceRow]) -> Table:
     table.add_column("Id", justify="right")
     table.add_column("Model")
     table.add_column("From (UTC)")
-    for heading in ("Input", "Cached input", "Output"):
+    for heading in ("Input", "Cached input", "Output", "Cache write"):
         table.add_column(heading, justify="right")
     table.add_column("In effect")
     for price in prices:
@@ -170,6 +176,9 @@ def prices_table(prices: list[PriceRow]) -> Table:
             plain(price.input_per_mtok),
             plain(price.cached_input_per_mtok),
             plain(price.output_per_mtok),
+            plain(price.cache_write_input_per_mtok)
+            if price.cache_write_input_per_mtok is not None
+            else "= input",
             "[green]yes[/]" if price.in_effect else "",
         )
     return table

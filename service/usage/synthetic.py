@@ -166,6 +166,7 @@ SELECT id AS job_id, conversation_id, model, tenant,
        completion_tokens,
        reasoning AS reasoning_tokens,
        prompt_tokens + completion_tokens AS total_tokens,
+       0 AS cache_write_tokens,
        jsonb_build_object(
            'prompt_tokens', prompt_tokens,
            'completion_tokens', completion_tokens,
@@ -198,6 +199,7 @@ _USAGE_COLUMNS: dict[str, TypeEngine[Any]] = {
     "completion_tokens": Integer(),
     "reasoning_tokens": Integer(),
     "total_tokens": Integer(),
+    "cache_write_tokens": Integer(),
     "raw_usage": JSONB(),
     "created_at": DateTime(timezone=True),
 }

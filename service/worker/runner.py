@@ -32,7 +32,7 @@ PublishWebhooks = Callable[[list[uuid.UUID]], None]
 
 class Gateway(Protocol):
     def complete(
-        self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
+        self, model: str, messages: list[dict[str, Any]], params: dict[str, Any], surface: str
     ) -> Completion: ...
 
 
@@ -181,7 +181,7 @@ def _attempt(
         )
 
     try:
-        completion = gateway.complete(claim.model, claim.messages, claim.params)
+        completion = gateway.complete(claim.model, claim.messages, claim.params, claim.surface)
     except GatewayError as error:
         return fail(error)
     except Exception as caught:
@@ -190,7 +190,8 @@ def _attempt(
         jlog.exception("unexpected error while calling the gateway")
         return fail(InternalError(f"{type(caught).__name__}: {caught}"))
 
-    tokens = normalise_usage(completion.usage) if completion.usage is not None else None
+    usage = completion.usage
+    tokens = normalise_usage(usage, surface=completion.surface) if usage is not None else None
     if completion.usage is None:
         jlog.warning("stream ended without a usage object; no usage row written")
     elif tokens is not None and tokens.issues:

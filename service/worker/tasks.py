@@ -33,18 +33,6 @@ log = logging.getLogger(__name__)
 _gateway: GatewayClient | None = None
 _gateway_lock = threading.Lock()
 
-# Our own producer sends only ``job_id``; foreign producers send these too.
-REQUEST_FIELDS = (
-    "model",
-    "messages",
-    "conversation_id",
-    "params",
-    "tenant",
-    "metadata",
-    "idempotency_key",
-    "callback_url",
-)
-
 
 def gateway() -> GatewayClient:
     """The process's one gateway client, shared by all worker threads."""
@@ -118,6 +106,7 @@ def chat_completion(
     metadata: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
     callback_url: str | None = None,
+    surface: str | None = None,
 ) -> dict[str, Any]:
     """Run one chat-completion job and return its JSON view.
 
@@ -135,6 +124,7 @@ def chat_completion(
         "metadata": metadata,
         "idempotency_key": idempotency_key,
         "callback_url": callback_url,
+        "surface": surface,
     }
     try:
         the_id = _job_id(job_id, self.request.id)

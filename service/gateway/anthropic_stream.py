@@ -1,0 +1,146 @@
+"""Assembling an Anthropic Messages SSE stream into one OpenAI-shaped completion.
+
+Works on the raw ``data:`` lines with ``json.loads`` and plain dicts, like the OpenAI
+path: every Anthropic frame names its own ``type``, so the ``event:`` lines are not
+needed. Text blocks become ``content``, ``tool_use`` blocks OpenAI ``tool_calls``,
+thinking blocks ``reasoning_content`` plus ``thinking_blocks`` (signatures kept), the
+stop reason a finish reason, and the usage object is kept as Anthropic sent it
+(``message_start``'s, updated by ``message_delta``'s).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from service.completion import Completion
+from service.errors import BrokenStream
+from service.gateway.anthropic_wire import FINISH_REASONS
+from service.gateway.stream import decode_frame, error_frame
+
+_DATA = b"data:"
+
+
+class AnthropicAssembler:
+    """Feed it the stream's lines; ask for the completion once it reports ``done``."""
+
+    __slots__ = ("_blocks", "done", "first_token_at", "frames", "stop_reason", "usage")
+
+    def __init__(self) -> None:
+        self._blocks: dict[int, dict[str, Any]] = {}
+        self.stop_reason: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self.done = False
+        self.first_token_at: datetime | None = None
+        self.frames = 0
+
+    def feed(self, line: bytes) -> None:
+        """Take one line of the body (without its newline)."""
+        if not line.startswith(_DATA):
+            return  # event: names, blank separators, comments
+        payload = line[5:].strip()
+        if self.done:
+            raise BrokenStream("data after message_stop")
+        frame = decode_frame(payload)
+        self.frames += 1
+        try:
+            self._frame(frame)
+        except (AttributeError, TypeError, KeyError, ValueError):
+            raise BrokenStream(f"unexpected frame shape: {payload[:200]!r}") from None
+
+    def _frame(self, frame: dict[str, Any]) -> None:
+        kind = frame.get("type")
+        if kind == "content_block_delta":
+            self._delta(frame["index"], frame["delta"])
+        elif kind == "content_block_start":
+            self._blocks[frame["index"]] = dict(frame["content_block"])
+        elif kind == "message_start":
+            usage = frame["message"].get("usage")
+            self.usage = dict(usage) if usage else None
+        elif kind == "message_delta":
+            self.stop_reason = frame["delta"].get("stop_reason") or self.stop_reason
+            usage = frame.get("usage")
+            if usage:
+                # Cumulative counts; keys not sent again keep message_start's values.
+                self.usage = {
+                    **(self.usage or {}),
+                    **{k: v for k, v in usage.items() if v is not None},
+                }
+        elif kind == "message_stop":
+            self.done = True
+        elif kind == "error":
+            # Anthropic's error event (overloaded_error, api_error) after a 200: like a 5xx.
+            raise error_frame(frame.get("error"))
+
+    def _delta(self, index: int, delta: dict[str, Any]) -> None:
+        block = self._blocks[index]
+        kind = delta["type"]
+        if self.first_token_at is None:
+            self.first_token_at = datetime.now(UTC)
+        if kind == "text_delta":
+            block["text"] = block.get("text", "") + delta["text"]
+        elif kind == "input_json_delta":
+            block["_json"] = block.get("_json", "") + delta["partial_json"]
+        elif kind == "thinking_delta":
+            block["thinking"] = block.get("thinking", "") + delta["thinking"]
+        elif kind == "signature_delta":
+            block["signature"] = block.get("signature", "") + delta["signature"]
+
+    def result(self, *, request_id: str | None) -> Completion:
+        """The completion, if the stream really ended; otherwise BrokenStream."""
+        if not self.done:
+            raise BrokenStream(
+                f"stream ended without message_stop after {self.frames} frames",
+                request_id=request_id,
+            )
+        if self.stop_reason is None:
+            raise BrokenStream(
+                f"stream ended without a stop_reason after {self.frames} frames",
+                request_id=request_id,
+            )
+        texts: list[str] = []
+        calls: list[dict[str, Any]] = []
+        thinking: list[dict[str, Any]] = []
+        for index in sorted(self._blocks):
+            block = self._blocks[index]
+            kind = block.get("type")
+            if kind == "text":
+                texts.append(block.get("text", ""))
+            elif kind == "tool_use":
+                calls.append(_tool_call(block))
+            elif kind == "thinking":
+                thinking.append(
+                    {
+                        "type": "thinking",
+                        "thinking": block.get("thinking", ""),
+                        "signature": block.get("signature", ""),
+                    }
+                )
+            elif kind == "redacted_thinking":
+                thinking.append({"type": "redacted_thinking", "data": block.get("data", "")})
+        reasoning = "".join(b["thinking"] for b in thinking if b["type"] == "thinking")
+        return Completion(
+            content="".join(texts) if texts or not calls else None,
+            finish_reason=FINISH_REASONS.get(self.stop_reason, self.stop_reason),
+            tool_calls=calls or None,
+            reasoning_content=reasoning or None,
+            usage=self.usage,
+            first_token_at=self.first_token_at,
+            request_id=request_id,
+            surface="anthropic",
+            thinking_blocks=thinking or None,
+        )
+
+
+def _tool_call(block: dict[str, Any]) -> dict[str, Any]:
+    # Streamed input arrives as JSON fragments; a block started with its input whole
+    # (no deltas) carries it in "input".
+    arguments = block.get("_json")
+    if arguments is None:
+        arguments = json.dumps(block.get("input") or {}, ensure_ascii=False)
+    return {
+        "id": block.get("id"),
+        "type": "function",
+        "function": {"name": block.get("name", ""), "arguments": arguments or "{}"},
+    }

@@ -1,0 +1,77 @@
+"""Reading one SSE response into an assembler, the same way on both surfaces."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+from service.completion import Completion
+from service.errors import BrokenStream, GatewayTimeout
+from service.gateway.stream import split_lines
+from service.gateway.translate import REQUEST_ID_HEADER, translate
+
+
+class Assembler(Protocol):
+    done: bool
+
+    def feed(self, line: bytes) -> None: ...
+
+    def result(self, *, request_id: str | None) -> Completion: ...
+
+
+def read_sse(
+    response: Any,
+    assembler: Assembler,
+    *,
+    request_id: str | None,
+    deadline: float,
+    deadline_s: float,
+) -> Completion:
+    """Feed the body's lines until the stream's end, within the attempt's deadline.
+
+    ``response`` is an SDK streaming response (``with_streaming_response``); its raw bytes
+    are read, never the SDK's typed events (see ``make bench``).
+    """
+    content_type = response.headers.get("content-type", "")
+    if "text/event-stream" not in content_type:
+        shown = content_type or "no content-type"
+        raise BrokenStream(
+            f"HTTP {response.status_code} with a non-SSE body ({shown})",
+            status=response.status_code,
+            request_id=request_id,
+        )
+    for line in split_lines(response.http_response.iter_bytes()):
+        assembler.feed(line)
+        if assembler.done:
+            break
+        if time.monotonic() > deadline:
+            raise GatewayTimeout(
+                f"attempt passed its {deadline_s:g}s deadline while streaming",
+                request_id=request_id,
+            )
+    return assembler.result(request_id=request_id)
+
+
+def stream_call(
+    open_response: Callable[[], AbstractContextManager[Any]],
+    assembler: Assembler,
+    *,
+    deadline_s: float,
+) -> Completion:
+    """One streamed call: open it, read it to its end, and translate whatever fails into
+    our error tree, with the gateway's request id when it sent one."""
+    deadline = time.monotonic() + deadline_s
+    request_id: str | None = None
+    try:
+        with open_response() as response:
+            request_id = response.headers.get(REQUEST_ID_HEADER)
+            return read_sse(
+                response, assembler, request_id=request_id, deadline=deadline, deadline_s=deadline_s
+            )
+    except Exception as error:
+        translated = translate(error, request_id=request_id)
+        if translated.request_id is None:
+            translated.request_id = request_id
+        raise translated from error
