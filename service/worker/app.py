@@ -24,7 +24,11 @@ def _transport(settings: Settings) -> dict[str, Any]:
         # RabbitMQ gives a dead consumer's unacknowledged messages back at once and keeps
         # messages across restarts (durable queues, persistent messages).
         return {
-            "broker_transport_options": {"confirm_publish": True},
+            "broker_transport_options": {
+                "confirm_publish": True,
+                "connect_retries_timeout": settings.ezq_publish_timeout,
+                "max_retries": 2,
+            },
             "broker_connection_timeout": settings.ezq_publish_timeout,
         }
     options = {
@@ -32,6 +36,11 @@ def _transport(settings: Settings) -> dict[str, Any]:
         "unacked_restore_interval": c.BROKER_RESTORE_INTERVAL_S,
         "unacked_restore_throttle": 1,
         "socket_connect_timeout": settings.ezq_publish_timeout,
+        # A publish that finds the connection gone reconnects for at most this long, then
+        # fails (the job is parked for the sweep): without it a worker's sweep or a
+        # next-turn wake-up would block until the broker came back.
+        "connect_retries_timeout": settings.ezq_publish_timeout,
+        "max_retries": 2,
         "health_check_interval": 10,
     }
     return {

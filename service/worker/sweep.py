@@ -100,9 +100,9 @@ def _sweep(settings: Settings, *, takeovers: bool, broker_depth: BrokerDepth | N
         _take_over_expired(settings, report)
     with transaction() as session:
         parked = recovery.take_parked(session, limit=settings_batch())
-    report.parked = len(parked)
-    publish_jobs(parked)
-    report.published += parked
+    unpublished = publish_jobs(parked)
+    report.parked = len(parked) - len(unpublished)
+    report.published += [j for j in parked if j not in unpublished]
 
     stale: list[uuid.UUID] = []
     depth = broker_depth() if broker_depth is not None else None
@@ -124,9 +124,9 @@ def _sweep(settings: Settings, *, takeovers: bool, broker_depth: BrokerDepth | N
         stale += recovery.take_stale(
             session, older_than_s=settings.ezq_sweep_stale_after, limit=settings_batch()
         )
-    report.redispatched = len(stale)
-    publish_jobs(stale)
-    report.published += stale
+    unpublished = publish_jobs(stale)
+    report.redispatched = len(stale) - len(unpublished)
+    report.published += [j for j in stale if j not in unpublished]
     report.webhooks = republish_due_deliveries()
     if report.jobs:
         log.info(
@@ -179,7 +179,7 @@ def _take_over_expired(settings: Settings, report: SweepReport) -> None:
             else:
                 again.append(lease.job_id)
     report.taken_over = len(again) + report.failed
-    publish_jobs([*again, *wake])
-    report.published += again
+    unpublished = publish_jobs([*again, *wake])
+    report.published += [j for j in again if j not in unpublished]
     if deliveries:
         publish_deliveries(deliveries)
