@@ -16,6 +16,7 @@ import click
 
 from service.errors import ConfigError, EzqError
 from service.ops.jobs_cli import jobs as jobs_group
+from service.ops.purge_cli import purge as purge_command
 from service.ops.status_cli import status as status_command
 from service.usage.cli import grant_readonly, prices, usage
 from service.webhooks.cli import webhooks as webhooks_group
@@ -339,6 +340,7 @@ def main() -> None:
 cli.add_command(webhooks_group)
 cli.add_command(jobs_group)
 cli.add_command(status_command)
+cli.add_command(purge_command)
 cli.add_command(prices)
 cli.add_command(usage)
 db.add_command(grant_readonly)

@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     ezq_worker_concurrency: int = Field(default=c.WORKER_CONCURRENCY, ge=1, le=1000)
     ezq_max_request_bytes: int = Field(default=c.MAX_REQUEST_BYTES, ge=1_000)
     ezq_sweep_stale_after: float = Field(default=c.SWEEP_STALE_AFTER_S, gt=0)
+    # The sweep purges content of jobs that ended longer ago than this (unset: never).
+    ezq_retention_days: int | None = Field(default=None, ge=1, le=36_600)
     ezq_api_tokens: SecretStr | None = None
     ezq_log_level: str = "INFO"
     ezq_log_format: Literal["text", "json"] = "text"

@@ -317,7 +317,8 @@ def redeliver(session: Session, delivery_ids: list[uuid.UUID]) -> list[uuid.UUID
         return []
     stmt = (
         update(WebhookDelivery)
-        .where(WebhookDelivery.id.in_(delivery_ids))
+        # A purged delivery has no payload left to send.
+        .where(WebhookDelivery.id.in_(delivery_ids), WebhookDelivery.payload != "")
         .values(
             status="pending",
             round_attempts=0,

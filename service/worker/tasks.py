@@ -19,6 +19,7 @@ from service.db.session import transaction
 from service.errors import EzqCallerError
 from service.gateway import GatewayClient
 from service.logsetup import install_redaction
+from service.ops.purge import purge_expired
 from service.validation import validate_request
 from service.webhooks.tasks import publish_deliveries, republish_due_deliveries
 from service.worker.app import app, publish_job
@@ -149,4 +150,8 @@ def sweep() -> dict[str, int]:
         publish_job(job_id)
     if stale:
         log.info("sweep republished %d stale jobs", len(stale))
-    return {"jobs": len(stale), "webhooks": republish_due_deliveries()}
+    return {
+        "jobs": len(stale),
+        "webhooks": republish_due_deliveries(),
+        "purged_conversations": purge_expired(),  # EZQ_RETENTION_DAYS
+    }
