@@ -316,7 +316,7 @@ def _database_hint(error: Exception) -> str:
 
 def main() -> None:
     """Entry point: run the CLI, turning expected errors into one line on stderr."""
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import OperationalError, ProgrammingError
 
     try:
         cli.main(standalone_mode=False)
@@ -335,6 +335,23 @@ def main() -> None:
     except OperationalError as exc:
         click.echo(f"ezq: error: {_database_hint(exc)}", err=True)
         sys.exit(1)
+    except ProgrammingError as exc:
+        if not _schema_missing(exc):
+            raise
+        click.echo(
+            "ezq: configuration error: DATABASE_URL: the database has no ezq schema, or an"
+            " older one; run `ezq db upgrade`",
+            err=True,
+        )
+        sys.exit(2)
+
+
+def _schema_missing(error: Exception) -> bool:
+    import psycopg.errors
+
+    return isinstance(
+        getattr(error, "orig", None), psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn
+    )
 
 
 cli.add_command(webhooks_group)

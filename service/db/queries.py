@@ -51,20 +51,24 @@ def _check_idempotent(job: Job, request: CompletionRequest) -> uuid.UUID:
     return job.id
 
 
-def _conversation_for(session: Session, request: CompletionRequest) -> uuid.UUID:
+def _conversation_for(session: Session, request: CompletionRequest) -> tuple[uuid.UUID, str | None]:
+    """The conversation the job joins (created if new), and the tenant the job runs under."""
     if request.conversation_id is None:
         conversation = Conversation(tenant=request.tenant, meta=request.metadata)
         session.add(conversation)
         session.flush()
-        return conversation.id
+        return conversation.id, request.tenant
     # Locking the conversation serialises enqueues of one conversation, so the order of
     # ``enqueue_seq`` is the order in which turns were committed.
     existing = session.get(Conversation, request.conversation_id, with_for_update=True)
     if existing is None:
         raise ConversationNotFound(request.conversation_id)
+    if request.tenant is None:
+        # A next turn that names no tenant continues under the conversation's own.
+        return existing.id, existing.tenant
     if existing.tenant is not None and request.tenant != existing.tenant:
         raise InvalidRequest("tenant", f"conversation {existing.id} belongs to another tenant")
-    return existing.id
+    return existing.id, request.tenant
 
 
 def create_job(
@@ -86,7 +90,7 @@ def create_job(
             return _check_idempotent(found, request), False
     # A savepoint, so a lost race undoes only this attempt, not the caller's transaction.
     savepoint = session.begin_nested()
-    conversation_id = _conversation_for(session, request)
+    conversation_id, tenant = _conversation_for(session, request)
     values: dict[str, Any] = {
         "id": job_id or uuid.uuid4(),
         "conversation_id": conversation_id,
@@ -94,7 +98,7 @@ def create_job(
         "model": request.model,
         "params": request.params,
         "input_messages": list(request.messages),
-        "tenant": request.tenant,
+        "tenant": tenant,
         "meta": request.metadata,
         "idempotency_key": request.idempotency_key,
         "request_hash": request.fingerprint(),

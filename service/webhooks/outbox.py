@@ -259,10 +259,13 @@ def list_deliveries(
     *,
     job_id: uuid.UUID | None = None,
     status: str | None = None,
+    since: datetime | None = None,
     limit: int = 50,
 ) -> list[dict[str, Any]]:
-    """The newest deliveries first, optionally of one job or in one status."""
+    """The newest deliveries first, optionally of one job, in one status, or created since."""
     stmt = select(WebhookDelivery).order_by(WebhookDelivery.created_at.desc()).limit(limit)
+    if since is not None:
+        stmt = stmt.where(WebhookDelivery.created_at >= since)
     if job_id is not None:
         stmt = stmt.where(WebhookDelivery.job_id == job_id)
     if status is not None:
