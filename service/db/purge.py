@@ -101,14 +101,15 @@ _COUNT = text(
     """
 )
 
-# Conversations the selection names but that cannot be purged yet (for erasure requests).
+# Conversations of a tenant or conversation (erasure) held back by a job that has not ended
+# or a webhook still pending.
 _BLOCKED = text(
     """
     SELECT count(DISTINCT c.id) FROM conversations c JOIN jobs j ON j.conversation_id = c.id
     WHERE (CAST(:tenant AS text) IS NULL OR c.tenant = :tenant)
       AND (CAST(:conversation AS uuid) IS NULL OR c.id = :conversation)
       AND j.purged_at IS NULL
-      AND (j.status NOT IN ('succeeded', 'failed', 'cancelled') OR j.finished_at >= :before
+      AND (j.status NOT IN ('succeeded', 'failed', 'cancelled')
            OR EXISTS (SELECT 1 FROM webhook_deliveries d
                       WHERE d.job_id = j.id AND d.status = 'pending'))
     """
@@ -136,5 +137,8 @@ def would_purge(session: Session, selection: Selection) -> Counts:
 
 
 def blocked(session: Session, selection: Selection) -> int:
-    """Conversations in the selection that still have content but cannot be purged yet."""
+    """Conversations of the selection's tenant or conversation that an unfinished job or a
+    pending webhook holds back (0 for a selection by age alone: those are still in use)."""
+    if selection.tenant is None and selection.conversation_id is None:
+        return 0
     return int(session.execute(_BLOCKED, _params(selection)).scalar_one())
