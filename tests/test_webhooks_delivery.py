@@ -580,9 +580,10 @@ def test_cli_lists_and_shows_deliveries_with_their_attempts(
     failed = json.loads(ezq("webhooks", "list", "--status", "failed", "--json", env=env).stdout)
     assert str(delivery["id"]) not in {r["id"] for r in failed}
 
-    table = ezq("webhooks", "list", "--job", str(job_id), env=env)
+    table = ezq("webhooks", "list", "--job", str(job_id), env={**env, "COLUMNS": "80"})
     assert table.returncode == 0
-    assert str(delivery["id"])[:8] in table.stdout and "delivered" in table.stdout
+    assert str(delivery["id"]) in table.stdout and "delivered" in table.stdout
+    assert max(len(line) for line in table.stdout.splitlines()) <= 80
 
     shown = json.loads(ezq("webhooks", "show", str(delivery["id"]), env=env).stdout)
     assert json.loads(shown["payload"])["data"]["job_id"] == str(job_id)
