@@ -402,7 +402,13 @@ def record_success(
     )
     # Built from what was just written rather than read back: two queries fewer.
     usage = tokens.summary() if tokens is not None and completion.usage is not None else None
-    view = view_of(job, content=completion.content, tool_calls=completion.tool_calls, usage=usage)
+    view = view_of(
+        job,
+        content=completion.content,
+        tool_calls=completion.tool_calls,
+        usage=usage,
+        thinking_blocks=completion.thinking_blocks,
+    )
     _add_webhook(session, job, view)
     return Recorded(job, view, cost)
 
@@ -498,7 +504,7 @@ def job_view(session: Session, job_id: uuid.UUID) -> dict[str, Any]:
     if job is None:
         raise JobNotFound(job_id)
     reply = session.execute(
-        select(Message.content, Message.tool_calls)
+        select(Message.content, Message.tool_calls, Message.thinking_blocks)
         .where(Message.job_id == job.id, Message.role == "assistant")
         .order_by(Message.seq.desc())
         .limit(1)
@@ -516,6 +522,7 @@ def job_view(session: Session, job_id: uuid.UUID) -> dict[str, Any]:
         content=reply.content if reply else None,
         tool_calls=reply.tool_calls if reply else None,
         usage=usage._asdict() if usage else None,
+        thinking_blocks=reply.thinking_blocks if reply else None,
     )
 
 
@@ -525,8 +532,13 @@ def view_of(
     content: str | None,
     tool_calls: list[Any] | None,
     usage: dict[str, int] | None,
+    thinking_blocks: list[Any] | None = None,
 ) -> dict[str, Any]:
-    """The JSON view of ``job`` given its reply and usage counts (see ``job_view``)."""
+    """The JSON view of ``job`` given its reply and usage counts (see ``job_view``).
+
+    ``thinking_blocks`` (Anthropic surface) are what a producer keeping its own history
+    sends back on the reply's assistant message for thinking to continue.
+    """
     return {
         "job_id": str(job.id),
         "conversation_id": str(job.conversation_id),
@@ -536,6 +548,7 @@ def view_of(
         "attempts": job.attempts,
         "content": content,
         "tool_calls": tool_calls,
+        "thinking_blocks": thinking_blocks,
         "finish_reason": job.finish_reason,
         "usage": usage,
         "error": (
