@@ -6,7 +6,8 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY migrations ./migrations
-RUN pip install . && useradd --system --uid 10001 ezq
+# The charts extra too, so that `ezq usage --chart` works in the container.
+RUN pip install '.[charts]' && useradd --system --uid 10001 ezq
 
 USER ezq
 # The worker is the default; the compose file runs `ezq db upgrade` in a one-shot service.

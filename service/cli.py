@@ -16,6 +16,7 @@ import click
 
 from service.errors import ConfigError, EzqError
 from service.ops.jobs_cli import jobs as jobs_group
+from service.ops.purge_cli import purge as purge_command
 from service.ops.status_cli import status as status_command
 from service.usage.cli import grant_readonly, prices, usage
 from service.webhooks.cli import webhooks as webhooks_group
@@ -321,7 +322,7 @@ def _database_hint(error: Exception) -> str:
 
 def main() -> None:
     """Entry point: run the CLI, turning expected errors into one line on stderr."""
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import OperationalError, ProgrammingError
 
     try:
         cli.main(standalone_mode=False)
@@ -340,11 +341,29 @@ def main() -> None:
     except OperationalError as exc:
         click.echo(f"ezq: error: {_database_hint(exc)}", err=True)
         sys.exit(1)
+    except ProgrammingError as exc:
+        if not _schema_missing(exc):
+            raise
+        click.echo(
+            "ezq: configuration error: DATABASE_URL: the database has no ezq schema, or an"
+            " older one; run `ezq db upgrade`",
+            err=True,
+        )
+        sys.exit(2)
+
+
+def _schema_missing(error: Exception) -> bool:
+    import psycopg.errors
+
+    return isinstance(
+        getattr(error, "orig", None), psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn
+    )
 
 
 cli.add_command(webhooks_group)
 cli.add_command(jobs_group)
 cli.add_command(status_command)
+cli.add_command(purge_command)
 cli.add_command(prices)
 cli.add_command(usage)
 cli.add_command(dead_letters)

@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     ezq_record_retry_for: float = Field(default=c.RECORD_RETRY_FOR_S, ge=0)
     ezq_broker_visibility_timeout: float = Field(default=c.BROKER_VISIBILITY_TIMEOUT_S, ge=10)
     ezq_publish_timeout: float = Field(default=c.PUBLISH_TIMEOUT_S, gt=0, le=60)
+    # The sweep purges content of jobs that ended longer ago than this (unset: never).
+    ezq_retention_days: int | None = Field(default=None, ge=1, le=36_600)
     ezq_api_tokens: SecretStr | None = None
     ezq_log_level: str = "INFO"
     ezq_log_format: Literal["text", "json"] = "text"
@@ -109,7 +111,7 @@ class Settings(BaseSettings):
         # SQLAlchemy needs the driver named; people paste plain postgres URLs.
         for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
             if value.startswith(prefix):
-                return "postgresql+psycopg://" + value[len(prefix) :]
+                return _check_postgres_url("postgresql+psycopg://" + value[len(prefix) :])
         raise ValueError("must be a postgresql:// URL")
 
     @field_validator("celery_broker_url")
@@ -274,6 +276,24 @@ def _check_http_url(value: str) -> str:
     if not value.startswith(("http://", "https://")):
         raise ValueError("must start with http:// or https://")
     return value.rstrip("/")
+
+
+def _check_postgres_url(url: str) -> str:
+    """Parse ``url`` now, so that a typo is one line here rather than a traceback later."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+        parsed.port  # noqa: B018  (parsing the port is the check)
+    except (ArgumentError, ValueError):
+        raise ValueError(
+            "is not a valid URL: check the host (IPv6 in [brackets]), that the port is a"
+            " number, and that special characters in the password are %-escaped"
+        ) from None
+    if not parsed.database:
+        raise ValueError("names no database, e.g. postgresql://user@host:5432/ezq")
+    return url
 
 
 def _webhook_secret_problem(secret: str) -> str | None:

@@ -75,8 +75,12 @@ def run_demo() -> None:
         migrate.upgrade("head")
         console.print("Database migrated.")
 
-        log_path = Path(tempfile.mkdtemp(prefix="ezq-demo-")) / "worker.log"
+        # Removed when the demo ends, like the queue and the results (no leftovers).
+        folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="ezq-demo-"))
+        log_path = Path(folder) / "worker.log"
         log_file = stack.enter_context(log_path.open("wb"))
+        job_ids: list[uuid.UUID] = []
+        stack.callback(_forget, queue, job_ids)
         worker = subprocess.Popen(
             [sys.executable, "-m", "service", "worker", "--concurrency", "4"],
             env=worker_env,
@@ -96,6 +100,7 @@ def run_demo() -> None:
             tenant="demo",
             metadata={"feature": "demo"},
         )
+        job_ids.append(first_id)
         first_job = _wait_job(first_id)
         # Turn 2 continues the conversation: the worker sends turn 1's history with it.
         second_id = enqueue_completion(
@@ -105,11 +110,27 @@ def run_demo() -> None:
             tenant="demo",
             metadata={"feature": "demo"},
         )
+        job_ids.append(second_id)
         second_job = _wait_job(second_id)
         _report([first_job, second_job])
         if any(job["status"] != "succeeded" for job in (first_job, second_job)):
             raise EzqError("a demo job failed; see the table above")
     console.print("Stopped everything the demo started.")
+
+
+def _forget(queue: str, job_ids: list[uuid.UUID]) -> None:
+    """Delete what the demo put in Redis: its queue, kombu's keys for it, the jobs' results."""
+    import redis
+
+    keys = [queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}"]
+    keys += [f"celery-task-meta-{job_id}" for job_id in job_ids]
+    try:
+        redis.Redis.from_url(get_settings().celery_broker_url, socket_timeout=5).delete(*keys)
+        backend = get_settings().result_backend
+        if backend != get_settings().celery_broker_url and backend.startswith("redis"):
+            redis.Redis.from_url(backend, socket_timeout=5).delete(*keys[3:])
+    except redis.RedisError:
+        console.print("[yellow]Could not remove the demo's keys from Redis.[/]")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

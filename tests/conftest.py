@@ -53,11 +53,31 @@ def database_url(test_ids: dict[str, str]) -> Iterator[str]:
     env = {**os.environ, "DATABASE_URL": url}
     subprocess.run([sys.executable, "-m", "service", "db", "upgrade"], check=True, env=env, cwd="/")
     yield url
+    forget_results(url)
     with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
         conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
         )
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def forget_results(database: str) -> None:
+    """Delete the Celery results this session's jobs left in Redis (keyed by job id)."""
+    try:
+        with psycopg.connect(database, connect_timeout=3) as conn:
+            ids = [row[0] for row in conn.execute("SELECT id FROM jobs")]
+    except psycopg.Error:
+        return  # the database was never migrated: no jobs, no results
+    client = redis.Redis.from_url(REDIS_URL)
+    for start in range(0, len(ids), 1000):
+        client.delete(*(f"celery-task-meta-{i}" for i in ids[start : start + 1000]))
+
+
+def drop_queue(queue: str) -> None:
+    """Delete a test queue and the routing keys kombu keeps for it in Redis."""
+    redis.Redis.from_url(REDIS_URL).delete(
+        queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -184,12 +204,12 @@ def worker(
     service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerProcess]:
     """One real Celery worker for the session, consuming the test queue."""
-    redis.Redis.from_url(REDIS_URL).delete(service_env["EZQ_QUEUE"])
+    drop_queue(service_env["EZQ_QUEUE"])
     process = WorkerProcess(service_env, tmp_path_factory.mktemp("worker") / "worker.log", [])
     yield process
     process.stop()
     # Duplicate and delayed messages the tests left behind go with the test queue.
-    redis.Redis.from_url(REDIS_URL).delete(service_env["EZQ_QUEUE"])
+    drop_queue(service_env["EZQ_QUEUE"])
 
 
 @pytest.fixture
@@ -198,9 +218,11 @@ def worker_factory(
 ) -> Iterator[Callable[..., WorkerProcess]]:
     """Start extra workers with their own settings (own queue); stopped after the test."""
     started: list[WorkerProcess] = []
+    queues: set[str] = set()
 
     def start(*, env: dict[str, str] | None = None, args: list[str] | None = None) -> WorkerProcess:
         merged = {**service_env, **(env or {})}
+        queues.add(merged["EZQ_QUEUE"])
         process = WorkerProcess(merged, tmp_path / f"worker-{len(started)}.log", args or [])
         started.append(process)
         return process
@@ -208,6 +230,8 @@ def worker_factory(
     yield start
     for process in started:
         process.stop()
+    for queue in queues - {service_env["EZQ_QUEUE"]}:
+        drop_queue(queue)
 
 
 @pytest.fixture
@@ -222,7 +246,7 @@ def own_queue(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     yield queue
     monkeypatch.undo()
     get_settings.cache_clear()
-    redis.Redis.from_url(REDIS_URL).delete(queue)
+    drop_queue(queue)
 
 
 def wait_for_job(job_id: uuid.UUID | str, timeout: float = 30.0) -> dict[str, Any]:

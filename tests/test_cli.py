@@ -115,6 +115,8 @@ def test_errors_are_one_clear_line(
         ({"CELERY_BROKER_URL": "kafka://guest@localhost//"}, "CELERY_BROKER_URL"),
         ({"EZROUTER_BASE_URL": "ftp://x"}, "EZROUTER_BASE_URL"),
         ({"EZQ_GATEWAY_READ_TIMEOUT": "-1"}, "EZQ_GATEWAY_READ_TIMEOUT"),
+        ({"EZQ_SURFACE_DEFAULTS": "claude-*=anthropc"}, "EZQ_SURFACE_DEFAULTS"),
+        ({"EZROUTER_ANTHROPIC_BASE_URL": "ftp://x"}, "EZROUTER_ANTHROPIC_BASE_URL"),
     ],
 )
 def test_bad_settings_fail_with_one_line(env: dict[str, str], expected: str) -> None:

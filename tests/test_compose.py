@@ -46,3 +46,36 @@ def test_every_ezq_command_in_compose_exists() -> None:
         assert out.returncode == 0, f"{name}: {argv} is not an ezq command: {out.stderr}"
         checked += 1
     assert checked >= 2
+
+
+def test_image_is_built_once_and_run_by_every_ezq_service() -> None:
+    """One service builds the image; every service that runs ezq uses that image."""
+    services = compose()["services"]
+    builders = [name for name, s in services.items() if "build" in s]
+    assert builders == ["migrate"]
+    image = services["migrate"]["image"]
+    for name, service in services.items():
+        if str(service.get("command", "")).startswith("ezq"):
+            assert service.get("image") == image, name
+
+
+def test_fake_gateway_only_in_its_profile() -> None:
+    """The fake gateway runs only with --profile fake; the worker starts without it."""
+    services = compose()["services"]
+    assert services["fake-gateway"]["profiles"] == ["fake"]
+    assert services["worker"]["depends_on"]["fake-gateway"]["required"] is False
+    header = (ROOT / "docker-compose.yml").read_text().split("services:")[0]
+    assert "--profile fake" in header
+
+
+def test_worker_has_a_health_check_and_metrics() -> None:
+    """The worker answers a broker ping as its health check and serves metrics on 9808."""
+    worker = compose()["services"]["worker"]
+    assert "inspect ping" in " ".join(worker["healthcheck"]["test"])
+    assert "--metrics-port 9808" in worker["command"]
+    assert "9808:9808" in worker["ports"]
+
+
+def test_image_has_the_charts_extra() -> None:
+    """The Dockerfile installs the charts extra, so `ezq usage --chart` works in the image."""
+    assert "pip install '.[charts]'" in (ROOT / "Dockerfile").read_text()

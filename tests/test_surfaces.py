@@ -116,6 +116,7 @@ def test_two_turn_thinking_sends_the_first_turns_thinking_back(fake_gateway: Any
         j=first["job_id"],
     )[0]
     assert blocks[0]["type"] == "thinking" and blocks[0]["signature"]
+    assert first["thinking_blocks"] == blocks, "the job view carries them for own histories"
 
     second = wait_for_job(
         enqueue_completion(
@@ -339,3 +340,26 @@ def test_model_pattern_default(monkeypatch: pytest.MonkeyPatch, fake_gateway: An
     assert job["status"] == "succeeded" and job["surface"] == "anthropic"
     assert [r.path for r in sent_with(fake_gateway, marker)] == [MESSAGES_PATH]
     assert sql("SELECT surface FROM jobs WHERE id = :j", j=named) == [("openai",)]
+
+
+def test_own_history_sends_thinking_blocks_back(fake_gateway: Any) -> None:
+    """A producer keeping its own history replays the job view's thinking_blocks on the
+    assistant message; they reach the Anthropic surface with their signature."""
+    marker = uuid.uuid4().hex
+    thinking = {"thinking": {"type": "enabled", "budget_tokens": 1024}, "max_tokens": 2000}
+    ask = {"role": "user", "content": f"own history {marker}"}
+    first = wait_for_job(enqueue_completion("claude-sonnet-4-6", [ask], params=thinking))
+    assert first["status"] == "succeeded" and first["thinking_blocks"]
+    reply = {
+        "role": "assistant",
+        "content": first["content"],
+        "thinking_blocks": first["thinking_blocks"],
+    }
+    second = wait_for_job(
+        enqueue_completion(
+            "claude-sonnet-4-6", [ask, reply, {"role": "user", "content": "go on"}], params=thinking
+        )
+    )
+    assert second["status"] == "succeeded", second
+    sent = sent_with(fake_gateway, marker)[-1].body["messages"][1]["content"]
+    assert sent[0] == first["thinking_blocks"][0]

@@ -17,6 +17,7 @@ from sqlalchemy import text
 
 from service.db.migrate import throwaway_database
 from service.db.session import get_engine, transaction
+from service.usage.chart import MISSING_EXTRA
 from service.usage.money import usd
 from service.usage.synthetic import SeedPlan, seed_usage
 from tests.conftest import ADMIN_DSN, run_ezq
@@ -241,5 +242,5 @@ def test_chart_without_matplotlib_is_a_clear_error(database: str, tmp_path: Path
     path = tmp_path / "usage.png"
     done = ezq(database, "--chart", str(path), env={"PYTHONPATH": str(stub.parent)})
     assert done.returncode == 1
-    assert done.stderr.strip() == "ezq: error: --chart needs matplotlib: pip install 'ezq[charts]'"
+    assert done.stderr.strip() == f"ezq: error: {MISSING_EXTRA}"
     assert not path.exists()

@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import redis
 from sqlalchemy import text
 
 from service import constants as c
@@ -20,7 +19,7 @@ from service.config import get_settings
 from service.fake_gateway import Fault
 from service.webhooks.testing import Answer, Receiver
 from service.worker.app import app
-from tests.conftest import REDIS_URL, WorkerProcess, places_holding, run_ezq, sql, wait_for_job
+from tests.conftest import WorkerProcess, drop_queue, places_holding, run_ezq, sql, wait_for_job
 
 MODEL = "claude-sonnet-4-6"
 
@@ -49,11 +48,12 @@ def webhook_worker(
     service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerProcess]:
     """One worker for this module: webhooks on, loopback allowed, its own queue."""
-    redis.Redis.from_url(REDIS_URL).delete(QUEUE)
+    drop_queue(QUEUE)
     log = tmp_path_factory.mktemp("webhooks") / "worker.log"
     process = WorkerProcess({**service_env, **WEBHOOK_ENV}, log, [])
     yield process
     process.stop()
+    drop_queue(QUEUE)
 
 
 @pytest.fixture(scope="module")
@@ -580,9 +580,10 @@ def test_cli_lists_and_shows_deliveries_with_their_attempts(
     failed = json.loads(ezq("webhooks", "list", "--status", "failed", "--json", env=env).stdout)
     assert str(delivery["id"]) not in {r["id"] for r in failed}
 
-    table = ezq("webhooks", "list", "--job", str(job_id), env=env)
+    table = ezq("webhooks", "list", "--job", str(job_id), env={**env, "COLUMNS": "80"})
     assert table.returncode == 0
-    assert str(delivery["id"])[:8] in table.stdout and "delivered" in table.stdout
+    assert str(delivery["id"]) in table.stdout and "delivered" in table.stdout
+    assert max(len(line) for line in table.stdout.splitlines()) <= 80
 
     shown = json.loads(ezq("webhooks", "show", str(delivery["id"]), env=env).stdout)
     assert json.loads(shown["payload"])["data"]["job_id"] == str(job_id)

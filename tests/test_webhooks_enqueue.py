@@ -8,14 +8,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 from sqlalchemy import text
 
 from service import InvalidRequest, enqueue_completion
 from service.config import get_settings
 from service.db.session import transaction
 from service.webhooks.urls import check_callback_url
-from tests.conftest import REDIS_URL, run_ezq, sql
+from tests.conftest import drop_queue, run_ezq, sql
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 # Nobody consumes this queue: these tests only look at what enqueue writes.
@@ -32,7 +31,7 @@ def producer(monkeypatch: pytest.MonkeyPatch, service_env: dict[str, str]) -> It
     yield
     monkeypatch.undo()
     get_settings.cache_clear()
-    redis.Redis.from_url(REDIS_URL).delete(IDLE_QUEUE)
+    drop_queue(IDLE_QUEUE)
 
 
 def counts() -> tuple[Any, ...]:

@@ -189,6 +189,11 @@ class Job(Base):
         Index(None, "created_at"),
         Index(None, "replay_of"),
         Index(
+            "ix_jobs_finished_at_unpurged",
+            "finished_at",
+            postgresql_where=text("purged_at IS NULL"),
+        ),
+        Index(
             None,
             "error_type",
             "finished_at",

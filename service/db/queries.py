@@ -51,20 +51,24 @@ def _check_idempotent(job: Job, request: CompletionRequest) -> uuid.UUID:
     return job.id
 
 
-def _conversation_for(session: Session, request: CompletionRequest) -> uuid.UUID:
+def _conversation_for(session: Session, request: CompletionRequest) -> tuple[uuid.UUID, str | None]:
+    """The conversation the job joins (created if new), and the tenant the job runs under."""
     if request.conversation_id is None:
         conversation = Conversation(tenant=request.tenant, meta=request.metadata)
         session.add(conversation)
         session.flush()
-        return conversation.id
+        return conversation.id, request.tenant
     # Locking the conversation serialises enqueues of one conversation, so the order of
     # ``enqueue_seq`` is the order in which turns were committed.
     existing = session.get(Conversation, request.conversation_id, with_for_update=True)
     if existing is None:
         raise ConversationNotFound(request.conversation_id)
+    if request.tenant is None:
+        # A next turn that names no tenant continues under the conversation's own.
+        return existing.id, existing.tenant
     if existing.tenant is not None and request.tenant != existing.tenant:
         raise InvalidRequest("tenant", f"conversation {existing.id} belongs to another tenant")
-    return existing.id
+    return existing.id, request.tenant
 
 
 def create_job(
@@ -86,7 +90,7 @@ def create_job(
             return _check_idempotent(found, request), False
     # A savepoint, so a lost race undoes only this attempt, not the caller's transaction.
     savepoint = session.begin_nested()
-    conversation_id = _conversation_for(session, request)
+    conversation_id, tenant = _conversation_for(session, request)
     values: dict[str, Any] = {
         "id": job_id or uuid.uuid4(),
         "conversation_id": conversation_id,
@@ -94,7 +98,7 @@ def create_job(
         "model": request.model,
         "params": request.params,
         "input_messages": list(request.messages),
-        "tenant": request.tenant,
+        "tenant": tenant,
         "meta": request.metadata,
         "idempotency_key": request.idempotency_key,
         "request_hash": request.fingerprint(),
@@ -433,7 +437,13 @@ def record_success(
     )
     # Built from what was just written rather than read back: two queries fewer.
     usage = tokens.summary() if tokens is not None and completion.usage is not None else None
-    view = view_of(job, content=completion.content, tool_calls=completion.tool_calls, usage=usage)
+    view = view_of(
+        job,
+        content=completion.content,
+        tool_calls=completion.tool_calls,
+        usage=usage,
+        thinking_blocks=completion.thinking_blocks,
+    )
     _add_webhook(session, job, view)
     return Recorded(job, view, cost)
 
@@ -619,7 +629,7 @@ def job_view(session: Session, job_id: uuid.UUID) -> dict[str, Any]:
     if job is None:
         raise JobNotFound(job_id)
     reply = session.execute(
-        select(Message.content, Message.tool_calls)
+        select(Message.content, Message.tool_calls, Message.thinking_blocks)
         .where(Message.job_id == job.id, Message.role == "assistant")
         .order_by(Message.seq.desc())
         .limit(1)
@@ -637,6 +647,7 @@ def job_view(session: Session, job_id: uuid.UUID) -> dict[str, Any]:
         content=reply.content if reply else None,
         tool_calls=reply.tool_calls if reply else None,
         usage=usage._asdict() if usage else None,
+        thinking_blocks=reply.thinking_blocks if reply else None,
     )
 
 
@@ -646,8 +657,13 @@ def view_of(
     content: str | None,
     tool_calls: list[Any] | None,
     usage: dict[str, int] | None,
+    thinking_blocks: list[Any] | None = None,
 ) -> dict[str, Any]:
-    """The JSON view of ``job`` given its reply and usage counts (see ``job_view``)."""
+    """The JSON view of ``job`` given its reply and usage counts (see ``job_view``).
+
+    ``thinking_blocks`` (Anthropic surface) are what a producer keeping its own history
+    sends back on the reply's assistant message for thinking to continue.
+    """
     return {
         "job_id": str(job.id),
         "conversation_id": str(job.conversation_id),
@@ -657,6 +673,7 @@ def view_of(
         "attempts": job.attempts,
         "content": content,
         "tool_calls": tool_calls,
+        "thinking_blocks": thinking_blocks,
         "finish_reason": job.finish_reason,
         "usage": usage,
         "error": (

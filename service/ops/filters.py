@@ -62,13 +62,13 @@ def meta_pairs(values: Iterable[str], field: str = "--meta") -> tuple[tuple[str,
     return tuple(pairs)
 
 
-def job_ids(values: Iterable[str], field: str) -> tuple[uuid.UUID, ...]:
+def job_ids(values: Iterable[str], field: str, what: str = "job id") -> tuple[uuid.UUID, ...]:
     ids = []
     for value in values:
         try:
             ids.append(uuid.UUID(str(value)))
         except ValueError:
-            raise InvalidRequest(field, f"{value!r} is not a job id (a UUID)") from None
+            raise InvalidRequest(field, f"{value!r} is not a {what} (a UUID)") from None
     return tuple(ids)
 
 

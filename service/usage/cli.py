@@ -164,7 +164,7 @@ def prices_recompute(since: str, model: str | None) -> None:
 @click.option(
     "--chart",
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
-    help="Also write daily tokens and cost stacked by model to this PNG (ezq[charts]).",
+    help="Also write daily tokens and cost stacked by model to this PNG (the charts extra).",
 )
 def usage(
     since: str,
@@ -187,8 +187,9 @@ def usage(
     )
 
     if chart is not None:
-        from service.usage.chart import require_matplotlib, write_chart
+        from service.usage.chart import check_chart_path, require_matplotlib, write_chart
 
+        check_chart_path(chart)
         require_matplotlib()
 
     query = ReportQuery(

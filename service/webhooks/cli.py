@@ -1,16 +1,19 @@
 """``ezq webhooks``: see deliveries and their attempts, and send events again.
 
-Only click is imported at module level, so that ``ezq --help`` stays fast.
+Only click and light helpers are imported at module level, so that ``ezq --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Sequence
 from typing import Any
 
 import click
+
+from service.ops.output import format_option
+from service.ops.when import HELP
 
 STATUSES = ("pending", "delivered", "failed")
 
@@ -22,43 +25,48 @@ def _uuid(value: str, what: str) -> uuid.UUID:
         raise click.BadParameter(f"{value!r} is not a UUID", param_hint=what) from None
 
 
-def _moment(value: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(
-            f"{value!r} is not an ISO date or time, e.g. 2026-11-25 or 2026-11-25T14:00+01:00",
-            param_hint="--since",
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+COLUMNS = (
+    "id",
+    "job_id",
+    "event_type",
+    "url",
+    "status",
+    "attempts",
+    "next_attempt_at",
+    "last_status_code",
+    "last_error",
+    "created_at",
+    "delivered_at",
+)
+
+
+def deliveries_phrase(count: int) -> str:
+    return f"{count} webhook {'delivery' if count == 1 else 'deliveries'}"
 
 
 def _echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
 
 
-def _table(rows: list[dict[str, Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def _table(rows: Sequence[dict[str, Any]]) -> Any:
+    """Delivery id (whole), status, tries, event and last answer, in the terminal's width;
+    the job id is in --format json/csv and selectable with --job."""
+    from service.ops import output
 
-    table = Table(show_lines=False)
-    for name in ("id", "job", "event", "status", "tries", "last answer", "next / delivered"):
-        table.add_column(name, overflow="fold")
+    event, answer = output.share(output.console().width, (36, 9, 5), (1, 2))
+    table = output.table(
+        ("DELIVERY ID", output.ID),
+        ("STATUS", {"width": 9}),
+        ("TRIES", {"justify": "right", "width": 5}),
+        ("EVENT", {"width": event}),
+        ("LAST ANSWER", {"width": answer}),
+    )
     for row in rows:
         last = row["last_error"] or (
             f"HTTP {row['last_status_code']}" if row["last_status_code"] else ""
         )
-        when = row["delivered_at"] if row["status"] == "delivered" else row["next_attempt_at"]
-        table.add_row(
-            row["id"],
-            row["job_id"],
-            row["event_type"],
-            row["status"],
-            str(row["attempts"]),
-            last[:120],
-            when or "",
-        )
-    Console().print(table)
+        table.add_row(row["id"], row["status"], str(row["attempts"]), row["event_type"], last)
+    return table
 
 
 @click.group("webhooks")
@@ -69,22 +77,26 @@ def webhooks() -> None:
 @webhooks.command("list")
 @click.option("--job", "job", help="Only this job's deliveries (job id).")
 @click.option("--status", type=click.Choice(STATUSES), help="Only deliveries in this status.")
+@click.option("--since", metavar="7d|DATE", help=f"Only events created at or after: {HELP}")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def list_deliveries(job: str | None, status: str | None, limit: int, as_json: bool) -> None:
+@format_option
+@click.option("--json", "as_json", is_flag=True, hidden=True, help="Same as --format json.")
+def list_deliveries(
+    job: str | None, status: str | None, since: str | None, limit: int, fmt: str, as_json: bool
+) -> None:
     """List deliveries, newest first."""
     from service.db.session import transaction
+    from service.ops.output import emit
+    from service.ops.when import parse_moment
     from service.webhooks import outbox
 
     job_id = _uuid(job, "--job") if job else None
+    start = parse_moment(since, "--since") if since else None
     with transaction() as session:
-        rows = outbox.list_deliveries(session, job_id=job_id, status=status, limit=limit)
-    if as_json:
-        _echo_json(rows)
-    elif rows:
-        _table(rows)
-    else:
-        click.echo("no webhook deliveries", err=True)
+        rows = outbox.list_deliveries(
+            session, job_id=job_id, status=status, since=start, limit=limit
+        )
+    emit(rows, COLUMNS, "json" if as_json else fmt, _table, empty="no webhook deliveries")
 
 
 @webhooks.command("show")
@@ -105,7 +117,7 @@ def show(delivery_id: str) -> None:
 @webhooks.command("redeliver")
 @click.argument("delivery_id", required=False)
 @click.option("--failed", is_flag=True, help="Redeliver every failed delivery (needs --since).")
-@click.option("--since", help="With --failed: only events created at or after this ISO date.")
+@click.option("--since", metavar="7d|DATE", help=f"With --failed: events created since: {HELP}")
 def redeliver(delivery_id: str | None, failed: bool, since: str | None) -> None:
     """Send DELIVERY_ID's event again (same webhook-id), or all failed ones since a date.
 
@@ -116,6 +128,7 @@ def redeliver(delivery_id: str | None, failed: bool, since: str | None) -> None:
     if failed and since is None:
         raise click.UsageError("--failed needs --since DATE")
     from service.db.session import transaction
+    from service.ops.when import parse_moment
     from service.webhooks import outbox
     from service.webhooks.tasks import publish_deliveries
 
@@ -124,11 +137,11 @@ def redeliver(delivery_id: str | None, failed: bool, since: str | None) -> None:
             wanted = [_uuid(delivery_id, "DELIVERY_ID")]
         else:
             assert since is not None
-            wanted = outbox.failed_since(session, _moment(since))
+            wanted = outbox.failed_since(session, parse_moment(since, "--since"))
         found = outbox.redeliver(session, wanted)
     if delivery_id is not None and not found:
         raise click.ClickException(f"no webhook delivery {delivery_id}")
     publish_deliveries(found)
-    click.echo(f"redelivering {len(found)} webhook deliveries", err=True)
+    click.echo(f"redelivering {deliveries_phrase(len(found))}", err=True)
     for the_id in found:
         click.echo(str(the_id))

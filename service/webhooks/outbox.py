@@ -259,10 +259,13 @@ def list_deliveries(
     *,
     job_id: uuid.UUID | None = None,
     status: str | None = None,
+    since: datetime | None = None,
     limit: int = 50,
 ) -> list[dict[str, Any]]:
-    """The newest deliveries first, optionally of one job or in one status."""
+    """The newest deliveries first, optionally of one job, in one status, or created since."""
     stmt = select(WebhookDelivery).order_by(WebhookDelivery.created_at.desc()).limit(limit)
+    if since is not None:
+        stmt = stmt.where(WebhookDelivery.created_at >= since)
     if job_id is not None:
         stmt = stmt.where(WebhookDelivery.job_id == job_id)
     if status is not None:
@@ -317,7 +320,8 @@ def redeliver(session: Session, delivery_ids: list[uuid.UUID]) -> list[uuid.UUID
         return []
     stmt = (
         update(WebhookDelivery)
-        .where(WebhookDelivery.id.in_(delivery_ids))
+        # A purged delivery has no payload left to send.
+        .where(WebhookDelivery.id.in_(delivery_ids), WebhookDelivery.payload != "")
         .values(
             status="pending",
             round_attempts=0,

@@ -15,6 +15,7 @@ after its commit, so even two sweeps at once would be harmless.
    holds fewer messages than it should (a flushed or restarted broker), and after a long
    window whatever it says.
 4. Webhook deliveries that are due and have no message are published.
+5. With ``EZQ_RETENTION_DAYS`` set, content older than that is purged (``ezq purge``).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class SweepReport:
     parked: int = 0
     redispatched: int = 0
     webhooks: int = 0
+    purged_conversations: int = 0
     skipped_takeovers: bool = False
     published: list[uuid.UUID] = field(default_factory=list)
 
@@ -128,6 +130,10 @@ def _sweep(settings: Settings, *, takeovers: bool, broker_depth: BrokerDepth | N
     report.redispatched = len(stale) - len(unpublished)
     report.published += [j for j in stale if j not in unpublished]
     report.webhooks = republish_due_deliveries()
+    # Imported here: the purge module reaches up to the CLI's output helpers.
+    from service.ops.purge import purge_expired
+
+    report.purged_conversations = purge_expired()  # EZQ_RETENTION_DAYS, when set
     if report.jobs:
         log.info(
             "sweep: took over %d jobs (%d failed), published %d parked, republished %d",

@@ -198,5 +198,10 @@ def sweep() -> dict[str, int]:
         force=True,
     )
     if report is None:
-        return {"jobs": 0, "webhooks": 0, "skipped": 1}
-    return {"jobs": report.jobs, "webhooks": report.webhooks, "taken_over": report.taken_over}
+        return {"jobs": 0, "webhooks": 0, "purged_conversations": 0, "skipped": 1}
+    return {
+        "jobs": report.jobs,
+        "webhooks": report.webhooks,
+        "taken_over": report.taken_over,
+        "purged_conversations": report.purged_conversations,
+    }
