@@ -98,7 +98,7 @@ def chat_completion(
     """
     try:
         the_id = uuid.UUID(job_id or self.request.id)
-    except ValueError:
+    except (ValueError, TypeError, AttributeError):  # job_id=12345 is an int, not a str
         raise EzqCallerError(f"job_id: {job_id!r} is not a UUID") from None
     try:
         if model is not None or messages is not None:
