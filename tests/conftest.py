@@ -322,3 +322,54 @@ def run_ezq(
         timeout=timeout,
         cwd="/",
     )
+
+
+class ApiServer:
+    """A real ``ezq api`` subprocess on a free port."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service", "api", "--port", str(self.port)],
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                import httpx
+
+                if httpx.get(f"{self.url}/openapi.json", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.proc.kill()
+                out = self.proc.stdout.read().decode() if self.proc.stdout else ""
+                raise RuntimeError(f"ezq api did not start:\n{out}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def api_server_factory(service_env: dict[str, str]) -> Iterator[Callable[..., ApiServer]]:
+    """Start ``ezq api`` processes with extra settings; stopped at the module's end."""
+    started: list[ApiServer] = []
+
+    def start(**env: str) -> ApiServer:
+        server = ApiServer({**service_env, **env})
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
