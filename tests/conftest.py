@@ -325,15 +325,18 @@ def run_ezq(
 
 
 class ApiServer:
-    """A real ``ezq api`` subprocess on a free port."""
+    """A real ``ezq api`` subprocess on a free port, logging to a file (a pipe nobody reads
+    would fill up and stall the server)."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service", "api", "--port", str(self.port)],
             env={**os.environ, **env},
-            stdout=subprocess.PIPE,
+            stdout=self._log,
             stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 30
@@ -346,10 +349,12 @@ class ApiServer:
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.proc.kill()
-                out = self.proc.stdout.read().decode() if self.proc.stdout else ""
-                raise RuntimeError(f"ezq api did not start:\n{out}")
+                self.stop()
+                raise RuntimeError(f"ezq api did not start:\n{self.log()}")
             time.sleep(0.1)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -358,15 +363,19 @@ class ApiServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self._log.close()
 
 
 @pytest.fixture(scope="module")
-def api_server_factory(service_env: dict[str, str]) -> Iterator[Callable[..., ApiServer]]:
+def api_server_factory(
+    service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., ApiServer]]:
     """Start ``ezq api`` processes with extra settings; stopped at the module's end."""
     started: list[ApiServer] = []
+    logs = tmp_path_factory.mktemp("api")
 
     def start(**env: str) -> ApiServer:
-        server = ApiServer({**service_env, **env})
+        server = ApiServer({**service_env, **env}, logs / f"api-{len(started)}.log")
         started.append(server)
         return server
 

@@ -64,6 +64,8 @@ def assert_envelope(response: httpx.Response, status: int, kind: str) -> dict[st
         ("GET", "/v1/jobs?limit=many", None, 422, "invalid_request", "limit"),
         ("GET", "/v1/jobs?status=bogus", None, 422, "invalid_request", "status.0"),
         ("GET", "/v1/jobs?since=yesterday", None, 422, "invalid_request", "since"),
+        ("GET", "/v1/jobs?until=0.5", None, 422, "invalid_request", "until"),
+        ("GET", "/v1/jobs?model=a%00b", None, 422, "invalid_request", "model"),
         ("GET", "/v1/jobs?cursor=zzz", None, 422, "invalid_request", "cursor"),
         ("GET", "/v1/jobs?stauts=queued", None, 422, "invalid_request", "stauts"),
         ("GET", "/v1/jobs/not-a-uuid", None, 404, "job_not_found", None),
@@ -84,6 +86,13 @@ def test_every_error_is_the_envelope(
     response = api.request(method, path, content=content, headers=headers)
     error = assert_envelope(response, status, kind)
     assert error.get("field") == field
+
+
+def test_405_names_every_method_of_the_path(api: httpx.Client) -> None:
+    """A wrong method's Allow header lists all the methods the path accepts."""
+    response = api.request("OPTIONS", "/v1/jobs")
+    assert_envelope(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "GET, POST"
 
 
 def test_missing_and_wrong_keys_are_the_envelope(server: Any) -> None:

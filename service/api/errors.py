@@ -88,6 +88,16 @@ def _field_of(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "request"
 
 
+def _allowed(request: Request) -> list[str]:
+    """Every method some route of the application accepts on the request's path."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        pattern = getattr(route, "path_regex", None)
+        if pattern is not None and pattern.match(request.url.path):
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Answer every failure of ``app`` in the envelope."""
 
@@ -144,6 +154,9 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"no route {request.url.path}"
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}"
+            # Starlette names the methods of one route; the path may have several.
+            headers = {**(exc.headers or {}), "Allow": ", ".join(_allowed(request))}
+            return error_response(405, kind, message, headers=headers)
         else:
             message = str(exc.detail)
         return error_response(exc.status_code, kind, message, headers=dict(exc.headers or {}))

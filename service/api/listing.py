@@ -34,6 +34,14 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise InvalidRequest("cursor", "is not a cursor this API gave out") from None
 
 
+def _is_iso(text: str) -> bool:
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _utc(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
@@ -53,10 +61,18 @@ def job_filter(
     """The filter for this caller: its tenants, and what the query string asks."""
     metadata = []
     for name, value in params.multi_items():
+        if "\x00" in name or "\x00" in value:
+            # Postgres text cannot hold NUL: refuse it here rather than fail in the query.
+            raise InvalidRequest(name.replace("\x00", "\\x00"), "must not contain NUL characters")
         if name.startswith(METADATA_PREFIX) and len(name) > len(METADATA_PREFIX):
             metadata.append((name[len(METADATA_PREFIX) :], value))
         elif name not in KNOWN_PARAMS:
             raise InvalidRequest(name, "is not a known query parameter")
+    for name in ("since", "until"):
+        raw = params.get(name)
+        if raw is not None and not _is_iso(raw):
+            # pydantic would also take a number of seconds; the contract says ISO 8601.
+            raise InvalidRequest(name, "must be an ISO 8601 date or date and time")
     principal.check_filter(tenant)
     return JobFilter(
         tenants=principal.tenants,

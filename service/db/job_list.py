@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import Select, Text, and_, cast, literal, or_, select
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from service.db.models import Job, Message, TokenUsage
@@ -51,7 +52,13 @@ def _metadata_match(key: str, value: str) -> Any:
         parsed = value
     if parsed != value and not isinstance(parsed, dict | list):
         candidates.append(parsed)
-    return or_(*(Job.meta.contains({key: candidate}) for candidate in candidates))
+    # The containment (@>) that ix_jobs_metadata (GIN) serves, the document cast from text.
+    return or_(
+        *(
+            Job.meta.contains(cast(literal(json.dumps({key: candidate}), Text()), JSONB))
+            for candidate in candidates
+        )
+    )
 
 
 def page_statement(
