@@ -15,10 +15,10 @@ from typing import Any
 import click
 
 from service.errors import ConfigError, EzqError
+from service.keys.cli import keys as keys_group
 from service.ops.jobs_cli import jobs as jobs_group
 from service.ops.purge_cli import purge as purge_command
 from service.ops.status_cli import status as status_command
-from service.keys.cli import keys as keys_group
 from service.usage.cli import grant_readonly, prices, usage
 from service.webhooks.cli import webhooks as webhooks_group
 

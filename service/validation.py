@@ -227,6 +227,9 @@ class EnqueueRequest(BaseModel):
     callback_url: Annotated[str, Field(max_length=c.WEBHOOK_MAX_URL_LENGTH)] | None = Field(
         default=None, description="POST a signed webhook here when the job ends."
     )
+    surface: Literal["openai", "anthropic", "auto"] | None = Field(
+        default=None, description="The ezrouter surface to call (default: by model)."
+    )
 
 
 ENQUEUE_FIELDS: tuple[str, ...] = tuple(EnqueueRequest.model_fields)

@@ -300,3 +300,31 @@ def test_revoking_an_unknown_key_is_an_error() -> None:
     done = run_ezq("keys", "revoke", unknown)
     assert done.returncode == 1
     assert done.stderr.strip() == f"ezq: error: no API key {unknown}"
+
+
+def ended_job(tenant: str) -> str:
+    """A failed job of ``tenant``, which replay accepts."""
+    job_id = queued_job(tenant)
+    sql_exec("UPDATE jobs SET status = 'failed', error_type = 'timeout' WHERE id = :j", j=job_id)
+    return job_id
+
+
+@pytest.mark.parametrize(("owner", "other"), DIRECTIONS)
+def test_other_tenants_jobs_cannot_be_replayed(
+    teams: dict[str, Team], owner: str, other: str
+) -> None:
+    """Replaying another tenant's job is a 404; a filtered replay only ever sees the key's."""
+    job_id = ended_job(teams[owner].tenant)
+    one = teams[other].client.post(f"/v1/jobs/{job_id}/replay")
+    assert one.status_code == 404
+    assert one.json()["error"]["type"] == "job_not_found"
+    by_ids = teams[other].client.post("/v1/jobs/replay", json={"job_ids": [job_id]})
+    assert by_ids.status_code in (200, 202), by_ids.text
+    assert job_id not in by_ids.text
+    named = teams[other].client.post(
+        "/v1/jobs/replay", json={"tenant": teams[owner].tenant, "dry_run": True}
+    )
+    assert named.status_code == 403
+    assert sql("SELECT count(*) FROM jobs WHERE replay_of = :j", j=job_id) == [(0,)]
+    mine = teams[owner].client.post(f"/v1/jobs/{job_id}/replay")
+    assert (mine.status_code, mine.json()["replay_of"]) == (202, job_id)

@@ -35,6 +35,7 @@ class JobView(BaseModel):
     conversation_id: uuid.UUID
     status: JobStatus
     model: str
+    surface: Literal["openai", "anthropic", "auto"]
     attempts: int
     content: str | None
     tool_calls: list[Any] | None
@@ -47,6 +48,7 @@ class JobView(BaseModel):
     started_at: datetime | None
     first_token_at: datetime | None
     finished_at: datetime | None
+    replay_of: uuid.UUID | None = Field(description="The job this one replays, if any.")
 
 
 class JobList(BaseModel):
