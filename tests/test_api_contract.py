@@ -90,9 +90,14 @@ def test_every_error_is_the_envelope(
 
 def test_405_names_every_method_of_the_path(api: httpx.Client) -> None:
     """A wrong method's Allow header lists all the methods the path accepts."""
-    response = api.request("OPTIONS", "/v1/jobs")
-    assert_envelope(response, 405, "method_not_allowed")
-    assert response.headers["allow"] == "GET, POST"
+    for path, allow in (
+        ("/v1/jobs", "GET, POST"),
+        ("/v1/jobs/replay", "POST"),
+        (f"/v1/jobs/{uuid.uuid4()}", "GET"),
+    ):
+        response = api.request("OPTIONS", path)
+        assert_envelope(response, 405, "method_not_allowed")
+        assert response.headers["allow"] == allow, path
 
 
 def test_missing_and_wrong_keys_are_the_envelope(server: Any) -> None:

@@ -8,6 +8,7 @@ needs WEBHOOK_SECRET, the total size limit), so such bodies get a documented 422
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import uuid
@@ -73,4 +74,6 @@ def test_schemathesis_cli_finds_nothing(api_server_factory: Any, tmp_path: Any) 
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-4000:]
-    assert "passed" in done.stdout and "6 selected / 6 total" in done.stdout
+    assert "passed" in done.stdout
+    selected = re.search(r"(\d+) selected / (\d+) total", done.stdout)
+    assert selected and selected.group(1) == selected.group(2) and int(selected.group(1)) >= 6

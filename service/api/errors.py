@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from service.errors import (
     ConversationNotFound,
@@ -89,13 +90,20 @@ def _field_of(loc: tuple[Any, ...]) -> str:
 
 
 def _allowed(request: Request) -> list[str]:
-    """Every method some route of the application accepts on the request's path."""
-    methods: set[str] = set()
-    for route in request.app.routes:
-        pattern = getattr(route, "path_regex", None)
-        if pattern is not None and pattern.match(request.url.path):
-            methods.update(getattr(route, "methods", None) or ())
-    return sorted(methods)
+    """The methods ``/openapi.json`` documents for the request's path: those of the path
+    spelled exactly so (``/v1/jobs/replay``), else of the templates it matches."""
+    path = request.url.path
+    paths: dict[str, dict[str, Any]] = request.app.openapi().get("paths", {})
+    if path in paths:
+        return sorted(method.upper() for method in paths[path])
+    return sorted(
+        {
+            method.upper()
+            for template, operations in paths.items()
+            if compile_path(template)[0].match(path)
+            for method in operations
+        }
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
