@@ -39,6 +39,9 @@ class JobView(BaseModel):
     attempts: int
     content: str | None
     tool_calls: list[Any] | None
+    thinking_blocks: list[Any] | None = Field(
+        default=None, description="Anthropic surface: the reply's thinking blocks."
+    )
     finish_reason: str | None
     usage: Usage | None
     error: JobError | None

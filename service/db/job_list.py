@@ -113,7 +113,7 @@ def _views(session: Session, jobs: Sequence[Job]) -> list[dict[str, Any]]:
     replies = {
         row.job_id: row
         for row in session.execute(
-            select(Message.job_id, Message.content, Message.tool_calls)
+            select(Message.job_id, Message.content, Message.tool_calls, Message.thinking_blocks)
             .where(Message.job_id.in_(ids), Message.role == "assistant")
             .order_by(Message.job_id, Message.seq.desc())
             .distinct(Message.job_id)
@@ -140,6 +140,7 @@ def _views(session: Session, jobs: Sequence[Job]) -> list[dict[str, Any]]:
                 job,
                 content=reply.content if reply else None,
                 tool_calls=reply.tool_calls if reply else None,
+                thinking_blocks=reply.thinking_blocks if reply else None,
                 usage=(
                     {
                         "prompt_tokens": counts.prompt_tokens,
