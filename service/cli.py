@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from service.errors import ConfigError, EzqError
+from service.keys.cli import keys as keys_group
 from service.ops.jobs_cli import jobs as jobs_group
 from service.ops.purge_cli import purge as purge_command
 from service.ops.status_cli import status as status_command
@@ -260,12 +261,12 @@ def conversation(conversation_id: str) -> None:
 @click.option("--port", default=8000, show_default=True)
 @click.option("--workers", default=1, show_default=True, help="Server processes.")
 def api(host: str, port: int, workers: int) -> None:
-    """Serve the HTTP interface (POST /v1/jobs, GET /v1/jobs/ID, /healthz)."""
+    """Serve the HTTP interface (keys: `ezq keys`; tokens in EZQ_API_TOKENS are admin keys)."""
     import uvicorn
 
     from service.config import get_settings
 
-    get_settings().api_tokens(required=True)
+    get_settings().api_tokens()
     with _metrics_directory(workers):
         uvicorn.run(
             "service.api.app:create_server_app",
@@ -360,6 +361,7 @@ def _schema_missing(error: Exception) -> bool:
     )
 
 
+cli.add_command(keys_group)
 cli.add_command(webhooks_group)
 cli.add_command(jobs_group)
 cli.add_command(status_command)

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     # The sweep purges content of jobs that ended longer ago than this (unset: never).
     ezq_retention_days: int | None = Field(default=None, ge=1, le=36_600)
     ezq_api_tokens: SecretStr | None = None
+    # The largest HTTP request body; default: four times EZQ_MAX_REQUEST_BYTES, room for
+    # JSON's escapes (``\u00e9`` is six bytes for two) and the fields around the messages.
+    ezq_api_max_body_bytes: int | None = Field(default=None, ge=1_000)
     ezq_log_level: str = "INFO"
     ezq_log_format: Literal["text", "json"] = "text"
     # Metrics: which tenants get a label of their own (see service/metrics/labels.py), and
@@ -238,6 +241,10 @@ class Settings(BaseSettings):
         # A message held back longer than the visibility timeout would come back as a
         # duplicate; longer waits are parked in the database for the sweep.
         return self.ezq_broker_visibility_timeout / 3
+
+    @property
+    def api_max_body_bytes(self) -> int:
+        return self.ezq_api_max_body_bytes or c.API_BODY_LIMIT_FACTOR * self.ezq_max_request_bytes
 
     def api_tokens(self, *, required: bool = False) -> list[str]:
         """The bearer tokens the HTTP interface accepts (``EZQ_API_TOKENS``, comma-separated)."""

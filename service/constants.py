@@ -76,6 +76,8 @@ MAX_MODEL_LENGTH: Final = 200
 MAX_TENANT_LENGTH: Final = 200
 MAX_IDEMPOTENCY_KEY_LENGTH: Final = 255
 MAX_METADATA_BYTES: Final = 16_000
+# The HTTP body limit is this many times MAX_REQUEST_BYTES unless EZQ_API_MAX_BODY_BYTES says.
+API_BODY_LIMIT_FACTOR: Final = 4
 
 # Error text stored from the gateway is capped so a huge upstream body cannot bloat rows.
 MAX_STORED_ERROR_CHARS: Final = 2_000

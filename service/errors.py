@@ -76,6 +76,33 @@ class IdempotencyConflict(EzqCallerError):
         )
 
 
+class JobIdConflict(IdempotencyConflict):
+    """A Celery message names an existing ``job_id`` with a different request."""
+
+    def __init__(self, job_id: object) -> None:
+        self.key = ""
+        self.job_id = job_id
+        EzqCallerError.__init__(
+            self, f"job_id: {job_id} already names a job with a different request"
+        )
+
+
+class TenantForbidden(EzqCallerError):
+    """The API key may not act for this tenant."""
+
+    def __init__(self, tenant: str) -> None:
+        self.tenant = tenant
+        super().__init__(f"tenant: this key may not act for tenant {tenant!r}")
+
+
+class ApiKeyNotFound(EzqCallerError):
+    """No API key has this id (or shown prefix)."""
+
+    def __init__(self, key_id: object) -> None:
+        self.key_id = key_id
+        super().__init__(f"no API key {key_id}")
+
+
 class PriceConflict(EzqCallerError):
     """The model already has a different price from that instant; prices are never edited."""
 

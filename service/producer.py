@@ -25,15 +25,17 @@ def enqueue_completion(
     idempotency_key: str | None = None,
     callback_url: str | None = None,
     surface: str | None = None,
+    created_by: str | None = None,
 ) -> uuid.UUID:
     """Validate the request, store the job, publish it, and return the job id.
 
     The job row is written in one transaction and the Celery message is sent only after
     it commits, so a worker never sees a job that is not there. Raises ``InvalidRequest``
-    (naming the field), ``ConversationNotFound`` or ``IdempotencyConflict``, and then
-    nothing is written. With a new ``conversation_id`` of None a conversation is started;
-    its id is on the job (``ezq show``). ``surface`` is ``openai``, ``anthropic`` or ``auto``
-    (default: ``EZQ_SURFACE_DEFAULTS``' match for the model, else ``auto``).
+    (naming the field), ``ConversationNotFound`` (also for another tenant's conversation)
+    or ``IdempotencyConflict``, and then nothing is written. With a new ``conversation_id``
+    of None a conversation is started; its id is on the job (``ezq show``). ``surface`` is
+    ``openai``, ``anthropic`` or ``auto`` (default: ``EZQ_SURFACE_DEFAULTS``' match for the
+    model, else ``auto``). ``created_by`` names the API key that asked (HTTP only).
     """
     # Imported here so that validating and storing need no broker configuration.
     from service.worker.dispatch import publish_jobs
@@ -51,7 +53,7 @@ def enqueue_completion(
         max_request_bytes=get_settings().ezq_max_request_bytes,
     )
     with transaction() as session:
-        job_id, created = queries.create_job(session, request)
+        job_id, created = queries.create_job(session, request, created_by=created_by)
     if created:
         # The job is durably stored: if the broker is down, this gives up within
         # EZQ_PUBLISH_TIMEOUT and the sweep publishes the job once the broker is back, so
@@ -60,22 +62,28 @@ def enqueue_completion(
     return job_id
 
 
-def get_job(job_id: uuid.UUID | str) -> dict[str, Any]:
-    """The job's JSON view: status, attempts, reply content, finish reason, usage, error."""
+def get_job(job_id: uuid.UUID | str, *, tenants: queries.Tenants = None) -> dict[str, Any]:
+    """The job's JSON view: status, attempts, reply content, finish reason, usage, error.
+
+    With ``tenants``, a job of any other tenant raises ``JobNotFound`` like an unknown id.
+    """
     with transaction() as session:
-        return queries.job_view(session, uuid.UUID(str(job_id)))
+        return queries.job_view(session, uuid.UUID(str(job_id)), tenants=tenants)
 
 
-def get_conversation(conversation_id: uuid.UUID | str) -> dict[str, Any]:
-    """The conversation's ordered messages and its jobs."""
+def get_conversation(
+    conversation_id: uuid.UUID | str, *, tenants: queries.Tenants = None
+) -> dict[str, Any]:
+    """The conversation's ordered messages and its jobs (scoped to ``tenants`` if given)."""
     with transaction() as session:
-        return queries.conversation_view(session, uuid.UUID(str(conversation_id)))
+        return queries.conversation_view(session, uuid.UUID(str(conversation_id)), tenants=tenants)
 
 
-def cancel_job(job_id: uuid.UUID | str) -> dict[str, Any]:
+def cancel_job(job_id: uuid.UUID | str, *, tenants: queries.Tenants = None) -> dict[str, Any]:
     """Cancel a job that has not ended; return its view.
 
-    Raises ``JobNotFound``, or ``JobAlreadyFinished`` for a job that succeeded or failed.
+    Raises ``JobNotFound`` (also for a job outside ``tenants``), or ``JobAlreadyFinished``
+    for a job that succeeded or failed.
     A queued job never runs; a running attempt's reply is discarded. The next turn of the
     conversation is woken, and a ``job.cancelled`` webhook goes out if one was asked for.
     """
@@ -85,7 +93,7 @@ def cancel_job(job_id: uuid.UUID | str) -> dict[str, Any]:
 
     the_id = uuid.UUID(str(job_id))
     with transaction() as session:
-        job = queries.cancel_job(session, the_id)
+        job = queries.cancel_job(session, the_id, tenants=tenants)
         view = queries.job_view(session, the_id)
         deliveries = webhook_outbox.pending_ids_for_job(session, the_id) if job.callback_url else []
         waiting = queries.next_waiting_job(session, job.conversation_id)

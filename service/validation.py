@@ -191,6 +191,50 @@ def _params(value: object) -> dict[str, Any]:
     return parsed.model_dump(exclude_none=True)
 
 
+class EnqueueRequest(BaseModel):
+    """A chat-completion request as a producer sends it: the HTTP body, the Celery task's
+    kwargs and ``enqueue_completion``'s arguments have exactly these fields.
+
+    ``validate_request`` checks each field with the same models (``ChatMessage``,
+    ``CompletionParams``) and limits, naming the field at fault; this class is the typed
+    description of the whole, from which ``/openapi.json`` describes the body.
+    """
+
+    model_config = ConfigDict(extra="forbid", title="EnqueueRequest")
+
+    model: Annotated[str, Field(min_length=1, max_length=c.MAX_MODEL_LENGTH)] = Field(
+        description="Model id, e.g. claude-sonnet-4-6."
+    )
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=c.MAX_MESSAGES)] = Field(
+        description="The new messages of this turn, in OpenAI's chat shape."
+    )
+    conversation_id: uuid.UUID | None = Field(
+        default=None, description="Continue this conversation (one of the key's tenants)."
+    )
+    params: CompletionParams | None = Field(
+        default=None, description="Sampling and tool parameters forwarded to the gateway."
+    )
+    tenant: Annotated[str, Field(min_length=1, max_length=c.MAX_TENANT_LENGTH)] | None = Field(
+        default=None,
+        description="Tenant to attribute the job to; may be omitted with a one-tenant key.",
+    )
+    metadata: dict[str, Any] | None = Field(
+        default=None, description=f"Tags, at most {c.MAX_METADATA_BYTES} bytes of JSON."
+    )
+    idempotency_key: (
+        Annotated[str, Field(min_length=1, max_length=c.MAX_IDEMPOTENCY_KEY_LENGTH)] | None
+    ) = Field(default=None, description="Same key and request return the first job.")
+    callback_url: Annotated[str, Field(max_length=c.WEBHOOK_MAX_URL_LENGTH)] | None = Field(
+        default=None, description="POST a signed webhook here when the job ends."
+    )
+    surface: Literal["openai", "anthropic", "auto"] | None = Field(
+        default=None, description="The ezrouter surface to call (default: by model)."
+    )
+
+
+ENQUEUE_FIELDS: tuple[str, ...] = tuple(EnqueueRequest.model_fields)
+
+
 class CompletionRequest(BaseModel):
     """A validated request: what a job row stores and the worker sends."""
 
@@ -327,6 +371,7 @@ def validate_request(
         ("tenant", request.tenant),
         ("metadata", request.metadata),
         ("idempotency_key", request.idempotency_key),
+        ("callback_url", request.callback_url),
     ):
         _storable(field, value)
     if request.surface == "anthropic":
@@ -342,10 +387,17 @@ def validate_request(
 
 
 def _storable(field: str, value: object) -> None:
-    """Refuse what Postgres cannot store: NUL characters in text, NaN or Infinity in JSON."""
+    """Refuse what Postgres cannot store: NUL characters or lone UTF-16 surrogates in text,
+    NaN or Infinity in JSON."""
     if isinstance(value, str):
         if "\x00" in value:
             raise InvalidRequest(field, "must not contain NUL (\\u0000) characters")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequest(
+                field, "holds a lone UTF-16 surrogate (\\ud800-\\udfff); send valid Unicode text"
+            ) from None
     elif isinstance(value, float):
         if value != value or value in (float("inf"), float("-inf")):
             raise InvalidRequest(field, "must not contain NaN or Infinity")

@@ -340,3 +340,63 @@ def request_for(fake_gateway: Any, prompt: str) -> Any:
         if messages[-1].get("content") == prompt:
             return request
     raise AssertionError(f"the fake gateway received no request for {prompt!r}")
+
+
+class ApiServer:
+    """A real ``ezq api`` subprocess on a free port, logging to a file (a pipe nobody reads
+    would fill up and stall the server)."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service", "api", "--port", str(self.port)],
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                import httpx
+
+                if httpx.get(f"{self.url}/openapi.json", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"ezq api did not start:\n{self.log()}")
+            time.sleep(0.1)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def api_server_factory(
+    service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., ApiServer]]:
+    """Start ``ezq api`` processes with extra settings; stopped at the module's end."""
+    started: list[ApiServer] = []
+    logs = tmp_path_factory.mktemp("api")
+
+    def start(**env: str) -> ApiServer:
+        server = ApiServer({**service_env, **env}, logs / f"api-{len(started)}.log")
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

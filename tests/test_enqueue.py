@@ -160,13 +160,15 @@ def test_unknown_conversation_is_refused() -> None:
     assert counts() == before
 
 
-def test_conversation_of_another_tenant_is_refused() -> None:
-    """A turn for another tenant's conversation is refused."""
+@pytest.mark.parametrize("other", ["b"])
+def test_conversation_of_another_tenant_is_not_found(other: str | None) -> None:
+    """A turn for another tenant's conversation is refused exactly like an unknown one."""
     job_id = enqueue_completion("m", USER, tenant="a")
     (conversation_id,) = sql("SELECT conversation_id FROM jobs WHERE id = :j", j=job_id)[0]
     before = counts()
-    with pytest.raises(InvalidRequest, match="tenant"):
-        enqueue_completion("m", USER, conversation_id=conversation_id, tenant="b")
+    with pytest.raises(ConversationNotFound) as refused:
+        enqueue_completion("m", USER, conversation_id=conversation_id, tenant=other)
+    assert str(refused.value) == f"conversation_id: no conversation {conversation_id}"
     assert counts() == before
 
 

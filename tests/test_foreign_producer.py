@@ -125,3 +125,54 @@ def test_failed_job_fails_the_task(
     with pytest.raises(Exception, match="failed"):
         result.get(timeout=30)
     assert wait_for_job(result.id)["error"]["status"] == 403
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"messages": [{"role": "user", "content": "a different question"}]},
+        {"model": "claude-haiku-4-5"},
+        {"tenant": "someone-else"},
+    ],
+)
+def test_existing_job_id_with_a_different_request_is_refused(
+    foreign_app: Celery, service_env: dict[str, str], fake_gateway: Any, change: dict[str, Any]
+) -> None:
+    """A message naming an existing job_id with another request fails like an idempotency
+    conflict, and does not hand back that job's result."""
+    job_id = str(uuid.uuid4())
+    request = {"model": "glm-5.1", "messages": [{"role": "user", "content": "mine"}]}
+    kwargs = {"job_id": job_id, **request}
+    first = foreign_app.send_task(
+        "ezq.chat_completion", kwargs=kwargs, queue=service_env["EZQ_QUEUE"]
+    )
+    assert first.get(timeout=30)["content"] == "echo[1]: mine"
+    again = foreign_app.send_task(
+        "ezq.chat_completion", kwargs={**kwargs, **change}, queue=service_env["EZQ_QUEUE"]
+    )
+    with pytest.raises(Exception, match=r"job_id: .* already names a job with a different request"):
+        again.get(timeout=30)
+    assert sql("SELECT count(*), min(model) FROM jobs WHERE id = :j", j=job_id) == [(1, "glm-5.1")]
+    same = foreign_app.send_task(
+        "ezq.chat_completion", kwargs=kwargs, queue=service_env["EZQ_QUEUE"]
+    )
+    assert same.get(timeout=30)["job_id"] == job_id
+
+
+@pytest.mark.parametrize("job_id", [12345, ["x"], {"a": 1}, "not-a-uuid"])
+def test_job_id_of_the_wrong_type_fails_cleanly(
+    foreign_app: Celery, service_env: dict[str, str], worker: Any, job_id: object
+) -> None:
+    """A job_id that is not a UUID string fails the task with a message, not a crash."""
+    result = foreign_app.send_task(
+        "ezq.chat_completion",
+        kwargs={
+            "job_id": job_id,
+            "model": "glm-5.1",
+            "messages": [{"role": "user", "content": "x"}],
+        },
+        queue=service_env["EZQ_QUEUE"],
+    )
+    with pytest.raises(Exception, match=r"job_id: .* is not a UUID"):
+        result.get(timeout=30)
+    assert "AttributeError" not in worker.log()

@@ -1,158 +1,264 @@
-"""FastAPI application: POST a job, GET it (or its conversation) back.
+"""FastAPI application: enqueue, list, read and cancel jobs, read conversations.
 
-The handlers are thin: they call the same producer functions as Python callers, so the
-HTTP interface validates, stores and publishes exactly like ``enqueue_completion``.
+The handlers are thin: they call the same producer functions as Python callers, scoped to
+the tenants of the caller's key, so the HTTP interface validates, stores and publishes
+exactly like ``enqueue_completion``. Every failure answers in one envelope (see
+``service.api.errors``); ``/openapi.json`` describes every body and status.
 """
 
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import Body, Depends, FastAPI, Header, Request, Response, status
-from fastapi.exceptions import HTTPException
+from fastapi import FastAPI, Header, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 
 from service.api import replay_routes
-from service.api.auth import require_token
+from service.api.auth import Caller
+from service.api.body import BodyLimit, parse_json_object
+from service.api.errors import install_error_handlers
+from service.api.listing import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    decode_cursor,
+    encode_cursor,
+    job_filter,
+)
+from service.api.schemas import (
+    ConversationView,
+    ErrorEnvelope,
+    Health,
+    JobList,
+    JobStatus,
+    JobView,
+)
 from service.config import get_settings
-from service.errors import (
-    ConversationNotFound,
-    IdempotencyConflict,
-    InvalidRequest,
-    JobAlreadyFinished,
-    JobNotFound,
-)
+from service.errors import ConversationNotFound, InvalidRequest, JobNotFound
+from service.validation import ENQUEUE_FIELDS, EnqueueRequest
 
-JOB_FIELDS = (
-    "model",
-    "messages",
-    "conversation_id",
-    "params",
-    "tenant",
-    "metadata",
-    "idempotency_key",
-    "callback_url",
-    "surface",
-)
+_ERRORS = {
+    401: "No valid API key (`unauthorized`).",
+    403: "The key may not act for the tenant named (`forbidden`).",
+    404: "Unknown, or another tenant's (answered alike).",
+    409: "`idempotency_conflict` (the caller's own first `job_id`) or `job_already_finished`.",
+    413: "The body is larger than EZQ_API_MAX_BODY_BYTES (`payload_too_large`).",
+    422: "Invalid input (`invalid_request`), with the `field` at fault.",
+    503: "The database is unavailable (`unavailable`); retry later.",
+}
 
 
-def _error(status_code: int, kind: str, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse(
-        status_code=status_code, content={"error": {"type": kind, "message": message, **extra}}
-    )
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorEnvelope, "description": _ERRORS[code]} for code in codes}
 
 
-def _parse_uuid(value: str, what: str) -> uuid.UUID:
+def _uuid(value: str, missing: type[JobNotFound] | type[ConversationNotFound]) -> uuid.UUID:
+    # A malformed id is answered like an unknown one.
     try:
         return uuid.UUID(value)
     except ValueError:
-        raise HTTPException(
-            status_code=404, detail={"type": "not_found", "message": f"no {what} {value}"}
-        ) from None
+        raise missing(value) from None
+
+
+def _enqueue(payload: dict[str, Any], created_by: str) -> dict[str, Any]:
+    from service.producer import enqueue_completion, get_job
+
+    job_id = enqueue_completion(
+        payload.get("model"),  # type: ignore[arg-type]  # validated inside
+        payload.get("messages"),  # type: ignore[arg-type]
+        **{k: payload.get(k) for k in ENQUEUE_FIELDS[2:]},
+        created_by=created_by,
+    )
+    return get_job(job_id)
+
+
+_FASTAPI_422 = "#/components/schemas/HTTPValidationError"
+
+
+def _with_body_schema(app: FastAPI) -> None:
+    """Publish ``EnqueueRequest`` (and the models it uses) as OpenAPI components, and drop
+    FastAPI's ``{"detail": ...}`` 422 that it adds to routes that cannot answer it."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            for operations in schema["paths"].values():
+                for operation in operations.values():
+                    answer = operation["responses"].get("422", {})
+                    if _FASTAPI_422 in str(answer):
+                        del operation["responses"]["422"]
+            body = EnqueueRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                components.pop(name, None)
+            components.update(body.pop("$defs", {}))
+            components["EnqueueRequest"] = body
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app() -> FastAPI:
     """The application; settings are read here, so a bad variable fails at start-up."""
     settings = get_settings()
-    settings.api_tokens(required=True)
-    app = FastAPI(
+    settings.api_tokens()
+    app = FastAPIOffline(
         title="ezq",
         summary="LLM chat completions as background jobs",
+        description=(
+            "Every route under /v1 needs `Authorization: Bearer <key>`: an `ezq_…` key from"
+            " `ezq keys create` (scoped to its tenants) or an EZQ_API_TOKENS token (admin)."
+            ' Errors are always `{"error": {"type", "message", "field"?}}`.'
+        ),
         version="1",
-        dependencies=[Depends(require_token)],
     )
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
+    _with_body_schema(app)
 
-    @app.exception_handler(InvalidRequest)
-    def _invalid(_: Request, exc: InvalidRequest) -> JSONResponse:
-        return _error(422, "invalid_request", str(exc), field=exc.field)
+    @app.post(
+        "/v1/jobs",
+        status_code=status.HTTP_202_ACCEPTED,
+        response_model=None,
+        responses={
+            202: {
+                "model": JobView,
+                "description": "The job, queued (or the first job, for a repeated key).",
+                "headers": {"Location": {"schema": {"type": "string"}}},
+            },
+            **_responses(401, 403, 404, 409, 413, 422, 503),
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/EnqueueRequest"}}
+                },
+            }
+        },
+    )
+    async def create_job(
+        request: Request,
+        principal: Caller,
+        idempotency_key: Annotated[
+            str | None, Header(description="Same as the body's idempotency_key.")
+        ] = None,
+    ) -> JSONResponse:
+        """Enqueue a chat completion: 202 with the job and its `Location`.
 
-    @app.exception_handler(ConversationNotFound)
-    def _no_conversation(_: Request, exc: ConversationNotFound) -> JSONResponse:
-        return _error(404, "conversation_not_found", str(exc), field="conversation_id")
-
-    @app.exception_handler(JobNotFound)
-    def _no_job(_: Request, exc: JobNotFound) -> JSONResponse:
-        return _error(404, "job_not_found", str(exc))
-
-    @app.exception_handler(JobAlreadyFinished)
-    def _finished(_: Request, exc: JobAlreadyFinished) -> JSONResponse:
-        return _error(409, "job_already_finished", str(exc), status=exc.status)
-
-    @app.exception_handler(IdempotencyConflict)
-    def _conflict(_: Request, exc: IdempotencyConflict) -> JSONResponse:
-        return _error(409, "idempotency_conflict", str(exc), job_id=str(exc.job_id))
-
-    @app.exception_handler(HTTPException)
-    def _http(_: Request, exc: HTTPException) -> JSONResponse:
-        detail = exc.detail if isinstance(exc.detail, dict) else {"message": str(exc.detail)}
-        return JSONResponse(
-            status_code=exc.status_code, content={"error": detail}, headers=exc.headers
-        )
-
-    @app.post("/v1/jobs", status_code=status.HTTP_202_ACCEPTED)
-    def create_job(
-        response: Response,
-        payload: Annotated[Any, Body()],
-        idempotency_key: Annotated[str | None, Header()] = None,
-    ) -> dict[str, Any]:
-        """Enqueue a chat completion; 202 with the job. Fields as in ``enqueue_completion``."""
-        from service.producer import enqueue_completion, get_job
-
-        if not isinstance(payload, dict):
-            raise InvalidRequest("body", f"must be a JSON object, not {type(payload).__name__}")
-        unknown = sorted(set(payload) - set(JOB_FIELDS))
+        With a one-tenant key `tenant` may be omitted; a tenant outside the key's is a 403.
+        """
+        payload = parse_json_object(await request.body())
+        unknown = sorted(set(payload) - set(ENQUEUE_FIELDS))
         if unknown:
             raise InvalidRequest(unknown[0], "is not a known field")
         if idempotency_key is not None:
-            payload = {**payload, "idempotency_key": idempotency_key}
-        job_id = enqueue_completion(
-            payload.get("model"),
-            payload.get("messages"),
-            **{k: payload.get(k) for k in JOB_FIELDS[2:]},
+            payload["idempotency_key"] = idempotency_key
+        payload["tenant"] = principal.tenant_for(payload.get("tenant"))
+        view = await run_in_threadpool(_enqueue, payload, principal.key_id)
+        return JSONResponse(
+            view, status_code=202, headers={"Location": f"/v1/jobs/{view['job_id']}"}
         )
-        response.headers["Location"] = f"/v1/jobs/{job_id}"
-        return get_job(job_id)
 
-    app.include_router(replay_routes.router)  # before /v1/jobs/{id}: /v1/jobs/replay is a path
+    @app.get(
+        "/v1/jobs",
+        response_model=None,
+        responses={200: {"model": JobList}, **_responses(401, 403, 422, 503)},
+    )
+    def list_jobs(
+        request: Request,
+        principal: Caller,
+        status: Annotated[list[JobStatus] | None, Query(description="Repeatable.")] = None,
+        tenant: Annotated[str | None, Query(description="One of the key's tenants.")] = None,
+        model: str | None = None,
+        since: Annotated[datetime | None, Query(description="Created at or after (UTC).")] = None,
+        until: Annotated[datetime | None, Query(description="Created before (UTC).")] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+        cursor: Annotated[str | None, Query(description="`next_cursor` of a page.")] = None,
+    ) -> dict[str, Any]:
+        """The key's jobs, newest first, a page at a time.
 
-    @app.get("/v1/jobs/{job_id}")
-    def read_job(job_id: str) -> dict[str, Any]:
+        Filters: `status`, `tenant`, `model`, `since`, `until`, and `metadata.KEY=VALUE`
+        (any number; VALUE matches the string or the JSON number/boolean it spells).
+        """
+        from service.db.job_list import list_jobs as list_page
+        from service.db.session import transaction
+
+        flt = job_filter(
+            principal,
+            request.query_params,
+            statuses=list(status or ()),
+            tenant=tenant,
+            model=model,
+            since=since,
+            until=until,
+        )
+        after = decode_cursor(cursor) if cursor is not None else None
+        with transaction() as session:
+            page = list_page(session, flt, limit=limit, after=after)
+        return {
+            "jobs": page.views,
+            "next_cursor": encode_cursor(page.next_after) if page.next_after else None,
+        }
+
+    # Before /v1/jobs/{job_id}: /v1/jobs/replay is a path of its own.
+    app.include_router(
+        replay_routes.router, responses=_responses(401, 403, 404, 409, 413, 422, 503)
+    )
+
+    @app.get(
+        "/v1/jobs/{job_id}",
+        response_model=None,
+        responses={200: {"model": JobView}, **_responses(401, 404, 503)},
+    )
+    def read_job(job_id: str, principal: Caller) -> dict[str, Any]:
         """The job: status, attempts, content, finish reason, usage, error, timestamps."""
         from service.producer import get_job
 
-        return get_job(_parse_uuid(job_id, "job"))
+        return get_job(_uuid(job_id, JobNotFound), tenants=principal.tenants)
 
-    @app.post("/v1/jobs/{job_id}/cancel")
-    def cancel_job(job_id: str) -> dict[str, Any]:
+    @app.post(
+        "/v1/jobs/{job_id}/cancel",
+        response_model=None,
+        responses={200: {"model": JobView}, **_responses(401, 404, 409, 413, 503)},
+    )
+    def cancel_job(job_id: str, principal: Caller) -> dict[str, Any]:
         """Cancel a job that has not ended; 409 if it already succeeded or failed."""
         from service.producer import cancel_job
 
-        return cancel_job(_parse_uuid(job_id, "job"))
+        return cancel_job(_uuid(job_id, JobNotFound), tenants=principal.tenants)
 
-    @app.get("/v1/conversations/{conversation_id}")
-    def read_conversation(conversation_id: str) -> dict[str, Any]:
+    @app.get(
+        "/v1/conversations/{conversation_id}",
+        response_model=None,
+        responses={200: {"model": ConversationView}, **_responses(401, 404, 503)},
+    )
+    def read_conversation(conversation_id: str, principal: Caller) -> dict[str, Any]:
         """The conversation's messages in order, and its jobs."""
         from service.producer import get_conversation
 
-        return get_conversation(_parse_uuid(conversation_id, "conversation"))
+        return get_conversation(
+            _uuid(conversation_id, ConversationNotFound), tenants=principal.tenants
+        )
 
-    return app
-
-
-def create_health_app() -> FastAPI:
-    """Unauthenticated liveness/readiness, mounted beside the API."""
-    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
-
-    @app.get("/healthz")
-    def healthz() -> JSONResponse:
+    @app.get(
+        "/healthz",
+        response_model=None,
+        responses={200: {"model": Health}, 503: {"model": Health, "description": "Not ready."}},
+    )
+    def healthz() -> Response:
+        """Liveness and readiness, without a key: the database and the broker."""
         checks = {"database": _check_database(), "broker": _check_broker()}
         healthy = all(v == "ok" for v in checks.values())
         return JSONResponse(status_code=200 if healthy else 503, content=checks)
 
-    @app.get("/metrics")
+    @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
-        """Prometheus metrics; unauthenticated like /healthz, for the scraper."""
+        """Prometheus metrics; without a key like /healthz, for the scraper."""
         from service.metrics.exposition import render
 
         body, content_type = render()
@@ -185,7 +291,7 @@ def _check_broker() -> str:
 
 
 def create_server_app() -> FastAPI:
-    """What ``ezq api`` serves: the authenticated API, plus ``/healthz`` without auth."""
+    """What ``ezq api`` serves: the API, its offline docs, and ``/healthz`` without a key."""
     import logging
 
     from service.logsetup import install_redaction
@@ -193,6 +299,4 @@ def create_server_app() -> FastAPI:
     # uvicorn has configured its loggers by now; keep tokens out of what they print.
     names = ("uvicorn", "uvicorn.access", "uvicorn.error")
     install_redaction([logging.getLogger(name) for name in names])
-    outer = create_health_app()
-    outer.mount("/", create_app())
-    return outer
+    return create_app()

@@ -1,30 +1,55 @@
-"""Bearer-token authentication for the HTTP interface."""
+"""Authentication: a bearer token is an API key (``ezq keys``) or an EZQ_API_TOKENS token.
+
+Keys are looked up on every request, so a revoked key stops working at once; the tokens
+of EZQ_API_TOKENS are admin keys, as they were before keys existed.
+"""
 
 from __future__ import annotations
 
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, status
+from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from service.api.errors import ApiError
 from service.config import get_settings
+from service.keys.principal import Principal
 
-_bearer = HTTPBearer(auto_error=False)
+_bearer = HTTPBearer(auto_error=False, description="An `ezq_…` API key or an EZQ_API_TOKENS token.")
 
 
-def require_token(
+def _configured_token(presented: str) -> int | None:
+    """The 1-based position of ``presented`` in EZQ_API_TOKENS, compared in constant time."""
+    matched = None
+    for number, token in enumerate(get_settings().api_tokens(), start=1):
+        if hmac.compare_digest(presented.encode(), token.encode()):
+            matched = number
+    return matched
+
+
+def authenticate(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """Accept the request only with one of the configured ``EZQ_API_TOKENS``."""
+) -> Principal:
+    """The caller behind the request's bearer token, or a 401."""
+    from service.db.session import transaction
+    from service.keys.store import principal_for
+
     presented = credentials.credentials if credentials else ""
-    # Compare against every token in constant time, so timing reveals nothing.
-    matched = False
-    for token in get_settings().api_tokens():
-        matched |= hmac.compare_digest(presented.encode(), token.encode())
-    if not matched:
-        raise HTTPException(
-            status_code=status.HTTP_401_UNAUTHORIZED,
-            detail={"type": "unauthorized", "message": "a valid bearer token is required"},
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    number = _configured_token(presented) if presented else None
+    if number is not None:
+        return Principal(f"env:{number}", None)
+    if presented:
+        with transaction() as session:
+            principal = principal_for(session, presented)
+        if principal is not None:
+            return principal
+    raise ApiError(
+        401,
+        "unauthorized",
+        "a valid API key is required (Authorization: Bearer ezq_…)",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+Caller = Annotated[Principal, Depends(authenticate)]

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Response, status
 
+from service.api.auth import Caller
 from service.errors import InvalidRequest, JobNotReplayable
 
 router = APIRouter()
@@ -74,7 +75,9 @@ def _job_id(value: str) -> uuid.UUID:
 
 
 @router.post("/v1/jobs/replay", status_code=status.HTTP_202_ACCEPTED)
-def replay_many(response: Response, payload: Annotated[Any, Body()]) -> dict[str, Any]:
+def replay_many(
+    response: Response, payload: Annotated[Any, Body()], principal: Caller
+) -> dict[str, Any]:
     """Replay the jobs that match every filter given (failed ones unless ``status`` says
     otherwise), or ``job_ids``; ``dry_run`` only counts them and estimates the cost."""
     from service.ops.filters import build_filter
@@ -90,12 +93,17 @@ def replay_many(response: Response, payload: Annotated[Any, Body()]) -> dict[str
         raise InvalidRequest("dry_run", "must be true or false")
     ids = _strings(payload, "job_ids")
     statuses = _strings(payload, "status")
+    tenants = _strings(payload, "tenant")
+    for tenant in tenants:
+        principal.check_filter(tenant)
+    if principal.tenants is not None and not tenants:
+        tenants = tuple(sorted(principal.tenants))  # a tenant key replays only its own
     fields = {k: v for k, v in payload.items() if k not in ("limit", "dry_run") and v}
     if not fields:
         raise InvalidRequest("body", "give job_ids or at least one filter")
     wanted = build_filter(
         statuses=statuses or (() if ids else ("failed",)),
-        tenants=_strings(payload, "tenant"),
+        tenants=tenants,
         models=_strings(payload, "model"),
         error_types=_strings(payload, "error_type"),
         since=_optional_text(payload, "since"),
@@ -117,17 +125,18 @@ def replay_many(response: Response, payload: Annotated[Any, Body()]) -> dict[str
 
 
 @router.post("/v1/jobs/{job_id}/replay", status_code=status.HTTP_202_ACCEPTED)
-def replay_one(job_id: str, response: Response) -> dict[str, Any]:
+def replay_one(job_id: str, response: Response, principal: Caller) -> dict[str, Any]:
     """Replay one ended job as a new job (``replay_of`` = this id); 202 with the new job."""
     from service.ops.replay import replay_job
     from service.producer import get_job
 
     try:
-        new_id = replay_job(_job_id(job_id))
+        scope = tuple(sorted(principal.tenants)) if principal.tenants is not None else ()
+        new_id = replay_job(_job_id(job_id), tenants=scope)
     except JobNotReplayable as exc:
         raise HTTPException(
             status_code=409,
             detail={"type": "job_not_replayable", "message": str(exc), "reason": exc.reason},
         ) from None
     response.headers["Location"] = f"/v1/jobs/{new_id}"
-    return get_job(new_id)
+    return get_job(new_id, tenants=principal.tenants)

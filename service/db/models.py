@@ -22,7 +22,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -146,6 +146,9 @@ class Job(Base):
     callback_url: Mapped[str | None]
     # Which ezrouter surface the job asked for (see service/gateway/routing.py).
     surface: Mapped[str] = mapped_column(server_default="auto")
+    # Which key created the job over HTTP: an ``api_keys.id``, or ``env:N`` for the N-th
+    # token of EZQ_API_TOKENS; NULL for jobs enqueued from Python, the CLI or Celery.
+    created_by: Mapped[str | None]
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     error_type: Mapped[str | None]
     error_status: Mapped[int | None] = mapped_column(Integer)
@@ -416,3 +419,29 @@ class SweepRun(Base):
     name: Mapped[str] = mapped_column(primary_key=True)
     last_run_at: Mapped[datetime]
     last_worker: Mapped[str | None]
+
+
+class ApiKey(Base):
+    """A key for the HTTP interface, bound to tenants or an admin key; only its hash is kept."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    name: Mapped[str | None]
+    # The key's first characters (``ezq_`` and a few more), to recognise it in lists.
+    prefix: Mapped[str]
+    # SHA-256 of the whole key, hex: keys are 256 random bits, so a fast hash is enough.
+    key_hash: Mapped[str]
+    tenants: Mapped[list[str]] = mapped_column(
+        ARRAY(Text), server_default=text("'{}'::text[]"), default=list
+    )
+    admin: Mapped[bool] = mapped_column(server_default=text("false"), default=False)
+    created_at: Mapped[datetime] = _now()
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        # An admin key sees every tenant and names none; any other key names at least one.
+        CheckConstraint("admin = (cardinality(tenants) = 0)", name="scope"),
+        Index(None, "key_hash", unique=True),
+    )

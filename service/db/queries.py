@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -26,8 +27,8 @@ from service.errors import (
     ConversationNotFound,
     GatewayError,
     IdempotencyConflict,
-    InvalidRequest,
     JobAlreadyFinished,
+    JobIdConflict,
     JobNotFound,
 )
 from service.tokens import TokenCounts
@@ -46,9 +47,29 @@ def _existing_by_key(session: Session, tenant: str | None, key: str) -> Job | No
 
 
 def _check_idempotent(job: Job, request: CompletionRequest) -> uuid.UUID:
+    # The job was found under the request's own tenant, so naming it reveals nothing.
     if job.request_hash != request.fingerprint():
         raise IdempotencyConflict(request.idempotency_key or "", job.id)
     return job.id
+
+
+def _check_same_job(job: Job, request: CompletionRequest) -> uuid.UUID:
+    """A message naming an existing job must carry that job's request, tenant included."""
+    # A next turn naming no tenant runs under its conversation's (the same conversation:
+    # the fingerprint holds its id), so only a named tenant, or a new conversation's, counts.
+    named = request.tenant is not None or request.conversation_id is None
+    if job.request_hash != request.fingerprint() or (named and job.tenant != request.tenant):
+        raise JobIdConflict(job.id)
+    return job.id
+
+
+Tenants = Collection[str] | None
+"""The tenants a caller may see; None for every tenant (admins, Python, the CLI)."""
+
+
+def visible(tenant: str | None, tenants: Tenants) -> bool:
+    """Whether a row of ``tenant`` is visible to a caller scoped to ``tenants``."""
+    return tenants is None or (tenant is not None and tenant in tenants)
 
 
 def _conversation_for(session: Session, request: CompletionRequest) -> tuple[uuid.UUID, str | None]:
@@ -66,24 +87,32 @@ def _conversation_for(session: Session, request: CompletionRequest) -> tuple[uui
     if request.tenant is None:
         # A next turn that names no tenant continues under the conversation's own.
         return existing.id, existing.tenant
-    if existing.tenant is not None and request.tenant != existing.tenant:
-        raise InvalidRequest("tenant", f"conversation {existing.id} belongs to another tenant")
+    # Another tenant's conversation is answered exactly like an unknown one.
+    if existing.tenant != request.tenant:
+        raise ConversationNotFound(request.conversation_id)
     return existing.id, request.tenant
 
 
 def create_job(
-    session: Session, request: CompletionRequest, *, job_id: uuid.UUID | None = None
+    session: Session,
+    request: CompletionRequest,
+    *,
+    job_id: uuid.UUID | None = None,
+    created_by: str | None = None,
 ) -> tuple[uuid.UUID, bool]:
     """Write a queued job; return its id and whether it is new.
 
-    An idempotency key already used for the same request returns the first job's id;
-    used for a different request it raises IdempotencyConflict. A ``job_id`` already
-    present (a redelivered foreign message) returns that job.
+    An idempotency key already used for the same request (keys are per tenant) returns the
+    first job's id; used for a different request it raises IdempotencyConflict. A
+    ``job_id`` already present with the same request (a redelivered foreign message)
+    returns that job; with a different one it raises JobIdConflict. A conversation of
+    another tenant raises ConversationNotFound, as an unknown one does. ``created_by``
+    records the API key that asked.
     """
     if job_id is not None:
         existing = session.get(Job, job_id)
         if existing is not None:
-            return existing.id, False
+            return _check_same_job(existing, request), False
     if request.idempotency_key is not None:
         found = _existing_by_key(session, request.tenant, request.idempotency_key)
         if found is not None:
@@ -104,6 +133,7 @@ def create_job(
         "request_hash": request.fingerprint(),
         "callback_url": request.callback_url,
         "surface": request.surface,
+        "created_by": created_by,
     }
     stmt = insert(Job).values(**values).on_conflict_do_nothing().returning(Job.id)
     new_id = session.execute(stmt).scalar_one_or_none()
@@ -116,8 +146,10 @@ def create_job(
         found = _existing_by_key(session, request.tenant, request.idempotency_key)
         if found is not None:
             return _check_idempotent(found, request), False
-    if job_id is not None and session.get(Job, job_id, populate_existing=True) is not None:
-        return job_id, False
+    if job_id is not None:
+        raced = session.get(Job, job_id, populate_existing=True)
+        if raced is not None:
+            return _check_same_job(raced, request), False
     raise RuntimeError("job insert conflicted but no conflicting job was found")
 
 
@@ -584,14 +616,15 @@ def record_failure(
     return job
 
 
-def cancel_job(session: Session, job_id: uuid.UUID) -> Job:
+def cancel_job(session: Session, job_id: uuid.UUID, *, tenants: Tenants = None) -> Job:
     """End a job that has not ended yet as ``cancelled``; cancelling twice is a no-op.
 
     A queued or retrying job never runs. A running attempt cannot be interrupted, but it no
-    longer owns the job, so its reply is discarded when it arrives.
+    longer owns the job, so its reply is discarded when it arrives. A job outside
+    ``tenants`` raises JobNotFound, like an unknown one.
     """
     locked = _lock_job(session, job_id)
-    if locked is None:
+    if locked is None or not visible(locked[0].tenant, tenants):
         raise JobNotFound(job_id)
     job, now = locked
     if job.status == "cancelled":
@@ -623,10 +656,13 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def job_view(session: Session, job_id: uuid.UUID) -> dict[str, Any]:
-    """The job as callers see it: status, reply, usage and error, JSON-ready."""
+def job_view(session: Session, job_id: uuid.UUID, *, tenants: Tenants = None) -> dict[str, Any]:
+    """The job as callers see it: status, reply, usage and error, JSON-ready.
+
+    A job outside ``tenants`` raises JobNotFound, exactly like an unknown id.
+    """
     job = session.get(Job, job_id)
-    if job is None:
+    if job is None or not visible(job.tenant, tenants):
         raise JobNotFound(job_id)
     reply = session.execute(
         select(Message.content, Message.tool_calls, Message.thinking_blocks)
@@ -697,9 +733,12 @@ def view_of(
     }
 
 
-def conversation_view(session: Session, conversation_id: uuid.UUID) -> dict[str, Any]:
+def conversation_view(
+    session: Session, conversation_id: uuid.UUID, *, tenants: Tenants = None
+) -> dict[str, Any]:
+    """The conversation's messages in order and its jobs; outside ``tenants``, not found."""
     conversation = session.get(Conversation, conversation_id)
-    if conversation is None:
+    if conversation is None or not visible(conversation.tenant, tenants):
         raise ConversationNotFound(conversation_id)
     messages = session.scalars(
         select(Message).where(Message.conversation_id == conversation_id).order_by(Message.seq)

@@ -75,7 +75,7 @@ def _job_id(value: object, fallback: str | None) -> uuid.UUID:
     if value is None:
         value = fallback
     if not isinstance(value, str):
-        raise EzqCallerError(f"job_id: must be a UUID string, not {type(value).__name__}")
+        raise EzqCallerError(f"job_id: {value!r} is not a UUID (a {type(value).__name__})")
     try:
         return uuid.UUID(value)
     except ValueError:

@@ -1,0 +1,124 @@
+"""Request bodies: a size limit enforced while reading, and JSON parsed defensively.
+
+The limit is applied by ASGI middleware before routing, so an oversized body is refused
+(413) before it is parsed and before authentication costs a database query; at most the
+limit is ever held in memory, whatever Content-Length says or omits.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api.errors import envelope_bytes
+from service.errors import InvalidRequest
+
+# Deeper JSON is refused: no request needs it, and recursive code downstream must not meet it.
+MAX_JSON_DEPTH = 64
+
+
+class BodyLimit:
+    """Answer 413 to a request whose body exceeds ``max_bytes``, reading no further."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._too_large(send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._too_large(send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, send: Send) -> None:
+        content = envelope_bytes(
+            "payload_too_large", f"the request body is larger than {self.max_bytes} bytes"
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(content)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": content})
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
+
+
+def _check_depth(value: Any) -> None:
+    """Refuse nesting deeper than MAX_JSON_DEPTH, naming where; iterative, so the check
+    itself cannot exhaust the stack. (Text that is not valid Unicode, such as a lone
+    surrogate, is refused by validation, for every producer alike.)"""
+    stack: list[tuple[Any, str, int]] = [(value, "", 1)]
+    while stack:
+        item, path, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise InvalidRequest(path or "body", f"nests deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(item, dict):
+            stack.extend(
+                (child, f"{path}.{key}" if path else key, depth + 1) for key, child in item.items()
+            )
+        elif isinstance(item, list):
+            stack.extend((child, f"{path}[{i}]", depth + 1) for i, child in enumerate(item))
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or InvalidRequest naming what is wrong (field ``body``)."""
+    if not raw.strip():
+        raise InvalidRequest("body", "is empty; send a JSON object")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest("body", f"is not UTF-8 (byte {exc.start})") from None
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise InvalidRequest("body", f"nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(
+            "body", f"is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        raise InvalidRequest("body", f"is not valid JSON: {exc}") from None
+    _check_depth(value)
+    if not isinstance(value, dict):
+        raise InvalidRequest("body", f"must be a JSON object, not {_json_type(value)}")
+    return value
