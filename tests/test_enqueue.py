@@ -211,3 +211,15 @@ def test_job_row_keeps_its_request() -> None:
         j=job_id,
     )
     assert row == [("m", {"temperature": 0.5}, "t", {"feature": "f"}, USER)]
+
+
+def test_idempotent_follow_up_turn_without_tenant_returns_the_first_job() -> None:
+    """A repeated next turn that names no tenant (it inherits the conversation's) and
+    reuses its idempotency key returns the first job instead of failing."""
+    first = enqueue_completion("m", USER, tenant="inherit")
+    (conversation_id,) = sql("SELECT conversation_id FROM jobs WHERE id = :j", j=first)[0]
+    key = uuid.uuid4().hex
+    turn = enqueue_completion("m", USER, conversation_id=conversation_id, idempotency_key=key)
+    again = enqueue_completion("m", USER, conversation_id=conversation_id, idempotency_key=key)
+    assert turn == again
+    assert sql("SELECT tenant FROM jobs WHERE id = :j", j=turn) == [("inherit",)]

@@ -72,6 +72,14 @@ def visible(tenant: str | None, tenants: Tenants) -> bool:
     return tenants is None or (tenant is not None and tenant in tenants)
 
 
+def _effective_tenant(session: Session, request: CompletionRequest) -> str | None:
+    if request.tenant is not None or request.conversation_id is None:
+        return request.tenant
+    return session.scalar(
+        select(Conversation.tenant).where(Conversation.id == request.conversation_id)
+    )
+
+
 def _conversation_for(session: Session, request: CompletionRequest) -> tuple[uuid.UUID, str | None]:
     """The conversation the job joins (created if new), and the tenant the job runs under."""
     if request.conversation_id is None:
@@ -113,8 +121,11 @@ def create_job(
         existing = session.get(Job, job_id)
         if existing is not None:
             return _check_same_job(existing, request), False
+    # Keys are per tenant: the tenant the job will run under, inherited from its
+    # conversation when the request names none.
+    tenant = _effective_tenant(session, request)
     if request.idempotency_key is not None:
-        found = _existing_by_key(session, request.tenant, request.idempotency_key)
+        found = _existing_by_key(session, tenant, request.idempotency_key)
         if found is not None:
             return _check_idempotent(found, request), False
     # A savepoint, so a lost race undoes only this attempt, not the caller's transaction.
@@ -143,7 +154,7 @@ def create_job(
     # Lost a race with a concurrent insert of the same key or id.
     savepoint.rollback()
     if request.idempotency_key is not None:
-        found = _existing_by_key(session, request.tenant, request.idempotency_key)
+        found = _existing_by_key(session, tenant, request.idempotency_key)
         if found is not None:
             return _check_idempotent(found, request), False
     if job_id is not None:
