@@ -70,11 +70,12 @@ def test_cancelled_running_job_discards_its_reply_but_keeps_its_spend(fake_gatew
     assert job["usage"] is not None and job["usage"]["total_tokens"] > 0
     assert sql("SELECT count(*) FROM messages WHERE job_id = :j", j=job_id) == [(0,)]
     assert sql("SELECT job_cancelled FROM token_usage WHERE job_id = :j", j=job_id) == [(True,)]
-    ((error_type, http_status, request_id),) = sql(
-        "SELECT error_type, http_status, gateway_request_id FROM job_attempts WHERE job_id = :j",
+    ((error_type, http_status, request_id, surface),) = sql(
+        "SELECT error_type, http_status, gateway_request_id, surface FROM job_attempts"
+        " WHERE job_id = :j",
         j=job_id,
     )
-    assert (error_type, http_status) == ("cancelled", 200)
+    assert (error_type, http_status, surface) == ("cancelled", 200, "openai")
     assert request_id is not None
     # The spend counts in the cost views like any other.
     assert sql(

@@ -467,17 +467,7 @@ def record_success(
     job.lease_expires_at = None
     job.lease_holder = None
     job.error_type = job.error_status = job.error = None
-    _finish_attempt(
-        session,
-        job.id,
-        claimed.attempt,
-        {
-            "http_status": completion.http_status,
-            "first_token_at": completion.first_token_at,
-            "gateway_request_id": completion.request_id,
-            "surface": completion.surface,
-        },
-    )
+    _finish_attempt(session, job.id, claimed.attempt, _call_outcome(completion))
     # Built from what was just written rather than read back: two queries fewer.
     usage = tokens.summary() if tokens is not None and completion.usage is not None else None
     view = view_of(
@@ -489,6 +479,16 @@ def record_success(
     )
     _add_webhook(session, job, view)
     return Recorded(job, view, cost)
+
+
+def _call_outcome(completion: Completion) -> dict[str, Any]:
+    """What a finished call records on its attempt row."""
+    return {
+        "http_status": completion.http_status,
+        "first_token_at": completion.first_token_at,
+        "gateway_request_id": completion.request_id,
+        "surface": completion.surface,
+    }
 
 
 def _insert_usage(
@@ -542,9 +542,7 @@ def _record_cancelled_spend(
         job.id,
         claimed.attempt,
         {
-            "http_status": completion.http_status,
-            "first_token_at": completion.first_token_at,
-            "gateway_request_id": completion.request_id,
+            **_call_outcome(completion),
             "error_type": "cancelled",
             "error": "the job was cancelled while this call ran; its reply was discarded",
         },
@@ -567,6 +565,7 @@ def _record_cancelled_failure(session: Session, claimed: Claimed, error: Gateway
             "http_status": error.status,
             "gateway_request_id": error.request_id,
             "retryable": error.retryable,
+            "surface": error.surface,
             "error_type": "cancelled",
             "error": _clip(
                 f"the job was cancelled while this call ran; it failed: {error.describe()}"
