@@ -196,30 +196,28 @@ def _wait_running(cluster: Cluster, index: int, timeout: float = 30) -> None:
 def kill_mid_call(cluster: Cluster) -> None:
     _wait_running(cluster, 0)
     cluster.kill_worker(0)
-    time.sleep(1)
     cluster.start_worker(0)
 
 
 def kill_after_answer(cluster: Cluster) -> None:
-    # Wait for replies to be streaming back, then kill: calls that have just answered are
-    # between the gateway's last chunk and their save.
-    before = len(cluster.gateway.requests)
+    # Wait for replies to be saved, then kill: with calls finishing continuously, some have
+    # just answered and are between the gateway's last chunk and their save.
+    saved = "SELECT count(*) FROM jobs WHERE status = 'succeeded'"
+    before = cluster.sql(saved)[0][0]
     deadline = time.monotonic() + 30
-    while len(cluster.gateway.requests) < before + 5 and time.monotonic() < deadline:
+    while cluster.sql(saved)[0][0] < before + 3 and time.monotonic() < deadline:
         time.sleep(0.02)
-    time.sleep(0.8)
     cluster.kill_worker(1)
-    time.sleep(1)
     cluster.start_worker(1)
 
 
 def broker_flush(cluster: Cluster) -> None:
-    time.sleep(1)
+    _wait_running(cluster, 0)
     redis.Redis.from_url(cluster.redis.url).flushall()
 
 
 def broker_down(cluster: Cluster, seconds: float = 15) -> None:
-    time.sleep(1)
+    _wait_running(cluster, 0)
     cluster.redis.stop()
     time.sleep(seconds)
     cluster.redis.start()

@@ -352,15 +352,7 @@ def take_over(
     if job.status != "running":
         return None
     reason = LOST_REASONS[error_type]
-    session.execute(
-        update(JobAttempt)
-        .where(
-            JobAttempt.job_id == job.id,
-            JobAttempt.attempt == job.attempts,
-            JobAttempt.finished_at.is_(None),
-        )
-        .values(finished_at=now, error_type=error_type, error=reason, retryable=True)
-    )
+    _end_open_attempt(session, job, now, error_type=error_type, error=reason, retryable=True)
     job.lease_expires_at = None
     job.lease_holder = None
     job.error_type, job.error_status, job.error = error_type, None, reason
@@ -392,6 +384,19 @@ def _owned(session: Session, job_id: uuid.UUID, attempt: int) -> tuple[Job, date
     if job.status != "running" or job.attempts != attempt:
         return None
     return job, now
+
+
+def _end_open_attempt(session: Session, job: Job, now: datetime, **values: Any) -> None:
+    """End the job's current attempt, if it is still open (its call has not reported)."""
+    session.execute(
+        update(JobAttempt)
+        .where(
+            JobAttempt.job_id == job.id,
+            JobAttempt.attempt == job.attempts,
+            JobAttempt.finished_at.is_(None),
+        )
+        .values(finished_at=now, **values)
+    )
 
 
 def _finish_attempt(
@@ -642,15 +647,7 @@ def cancel_job(session: Session, job_id: uuid.UUID, *, tenants: Tenants = None) 
     if job.status in TERMINAL_STATUSES:
         raise JobAlreadyFinished(job.id, job.status)
     if job.status == "running":
-        session.execute(
-            update(JobAttempt)
-            .where(
-                JobAttempt.job_id == job.id,
-                JobAttempt.attempt == job.attempts,
-                JobAttempt.finished_at.is_(None),
-            )
-            .values(finished_at=now, error_type="cancelled", error="the job was cancelled")
-        )
+        _end_open_attempt(session, job, now, error_type="cancelled", error="the job was cancelled")
     job.status = "cancelled"
     job.finished_at = now
     job.lease_expires_at = None
