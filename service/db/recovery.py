@@ -141,23 +141,34 @@ def expired_leases(session: Session, *, dead_after_s: float, limit: int) -> list
     return [ExpiredLease(job_id=r[0], holder_alive=bool(r[1])) for r in rows]
 
 
-def take_parked(session: Session, *, limit: int) -> list[uuid.UUID]:
-    """Due pending jobs with no message on the broker, not held back; marked published."""
+def parked_due(session: Session, *, limit: int) -> list[uuid.UUID]:
+    """Due pending jobs with no message on the broker, not held back.
+
+    They keep their flag until ``mark_published``: while the broker is down the flag stays
+    set, so a job never looks published when it is not.
+    """
     stmt = text(
         f"""
-        UPDATE jobs SET needs_publish = false, dispatched_at = now()
-        WHERE id IN (
-            SELECT j.id FROM jobs j
-            WHERE j.needs_publish AND j.status IN ('queued', 'retrying')
-              AND j.dispatched_at <= now() AND {_NOT_HELD_BACK}
-            ORDER BY j.enqueue_seq
-            LIMIT :limit
-            FOR UPDATE SKIP LOCKED
-        )
-        RETURNING id
+        SELECT j.id FROM jobs j
+        WHERE j.needs_publish AND j.status IN ('queued', 'retrying')
+          AND j.dispatched_at <= now() AND {_NOT_HELD_BACK}
+        ORDER BY j.enqueue_seq
+        LIMIT :limit
         """
     )
     return list(session.execute(stmt, {"limit": limit}).scalars())
+
+
+def mark_published(session: Session, job_ids: list[uuid.UUID]) -> None:
+    """Clear the flag of parked jobs whose message is now on the broker."""
+    if job_ids:
+        session.execute(
+            text(
+                "UPDATE jobs SET needs_publish = false, dispatched_at = now()"
+                " WHERE id = ANY(:ids) AND needs_publish"
+            ),
+            {"ids": job_ids},
+        )
 
 
 def take_stale(session: Session, *, older_than_s: float, limit: int) -> list[uuid.UUID]:

@@ -101,10 +101,15 @@ def _sweep(settings: Settings, *, takeovers: bool, broker_depth: BrokerDepth | N
     if takeovers:
         _take_over_expired(settings, report)
     with transaction() as session:
-        parked = recovery.take_parked(session, limit=settings_batch())
+        parked = recovery.parked_due(session, limit=settings_batch())
     unpublished = publish_jobs(parked)
-    report.parked = len(parked) - len(unpublished)
-    report.published += [j for j in parked if j not in unpublished]
+    failed_ids = set(unpublished)
+    published = [j for j in parked if j not in failed_ids]
+    if published:
+        with transaction() as session:
+            recovery.mark_published(session, published)
+    report.parked = len(published)
+    report.published += published
 
     stale: list[uuid.UUID] = []
     depth = broker_depth() if broker_depth is not None else None
