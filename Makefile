@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench bench-sql chaos clean
+.PHONY: demo test lint typecheck bench bench-smoke bench-sql chaos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.job_path
 	$(BIN)/python -m benchmarks.pipeline
 	$(BIN)/python -m benchmarks.sql_usage
+	$(BIN)/python -m benchmarks.load
+
+## The load benchmark with small N (under a minute): one worker against the raw client.
+bench-smoke: $(STAMP)
+	$(BIN)/python -m benchmarks.load --smoke
 
 ## One million usage rows in a throwaway database: time the docs/sql.md queries and the report.
 bench-sql: $(STAMP)

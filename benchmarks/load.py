@@ -1,0 +1,431 @@
+"""One worker process under load, side by side with the bare openai SDK in the same run.
+
+For each row (gateway latency, calls in flight, jobs) it starts nothing new but a worker:
+the fake gateway runs in its own process for the whole run, the raw client (the openai
+SDK streaming from a thread pool, no queue, no database) runs in another, then the same
+number of jobs go through one real ``ezq worker`` process, sent by task name with the
+request in the kwargs, as a foreign Celery producer sends them. Printed per row:
+throughput and its ratio to the raw client, CPU per job by process (worker, the Postgres
+backends of the benchmark's database, Redis, the fake gateway), the worker's peak RSS.
+Then, at half of the measured saturation rate: enqueue to first gateway byte p50/p99 and
+a job's final commit to its webhook received p50.
+
+    python -m benchmarks.load            # the table of issue rows (a few minutes)
+    python -m benchmarks.load --smoke    # small N, under a minute
+    python -m benchmarks.load --row 0:32:2000 --row 5:1000:4000 --paced 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis
+from celery import Celery
+
+from benchmarks.procstat import CpuMeter, cpu_seconds, peak_rss_mb
+
+ADMIN_DSN = os.environ.get("EZQ_BENCH_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+BROKER = os.environ.get("EZQ_BENCH_BROKER", "redis://127.0.0.1:6379/0")
+MODEL = "deepseek-v4-flash"
+TASK = "ezq.chat_completion"
+FULL_ROWS = ["0:32:2000", "0:64:2000", "0.2:64:2560", "5:1000:4000"]
+SMOKE_ROWS = ["0:16:200", "1:200:400"]
+
+
+@dataclass
+class Row:
+    latency: float
+    concurrency: int
+    jobs: int
+    raw: dict[str, float] = field(default_factory=dict)
+    ezq: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, spec: str) -> Row:
+        latency, concurrency, jobs = spec.split(":")
+        return cls(float(latency), int(concurrency), int(jobs))
+
+    @property
+    def ideal(self) -> float | None:
+        """C/L: the throughput of ``concurrency`` calls that each take ``latency``."""
+        return self.concurrency / self.latency if self.latency else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _http(method: str, url: str, body: Any = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 - local fake
+        raw = answer.read()
+    return json.loads(raw) if raw else None
+
+
+class Gateway:
+    """The fake ezrouter in a process of its own (the documented CLI)."""
+
+    def __init__(self, words: int | None) -> None:
+        self.port = _free_port()
+        self.origin = f"http://127.0.0.1:{self.port}"
+        reply = ["--reply-words", str(words)] if words is not None else []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service.fake_gateway", "--port", str(self.port), *reply],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(OSError):
+                _http("GET", f"{self.origin}/_fake/health")
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("the fake gateway did not start")
+            time.sleep(0.1)
+
+    @property
+    def url(self) -> str:
+        return f"{self.origin}/v1"
+
+    def latency(self, seconds: float, times: int) -> None:
+        _http("DELETE", f"{self.origin}/_fake/faults")
+        _http("DELETE", f"{self.origin}/_fake/requests")
+        if seconds:
+            fault = {"kind": "normal", "latency": seconds, "times": times}
+            _http("POST", f"{self.origin}/_fake/faults", [fault])
+
+    def received_at(self) -> dict[str, float]:
+        """When the fake got each request, by the job id found in its prompt."""
+        found: dict[str, float] = {}
+        for request in _http("GET", f"{self.origin}/_fake/requests"):
+            content = request["body"]["messages"][-1]["content"]
+            found[content.rsplit(" ", 1)[-1]] = request["received_at"]
+        return found
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+class Backends:
+    """The pids of the Postgres backends serving one database (the benchmark's own excluded)."""
+
+    def __init__(self, conn: psycopg.Connection[Any], database: str) -> None:
+        self.conn = conn
+        self.database = database
+
+    def pids(self) -> list[int]:
+        rows = self.conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (self.database,),
+        ).fetchall()
+        return [pid for (pid,) in rows]
+
+
+class Worker:
+    """One ``ezq worker`` process (threads pool, ``concurrency`` threads), logging to a file."""
+
+    def __init__(self, env: dict[str, str], concurrency: int, log: Path) -> None:
+        self.log = log
+        name = f"bench-{secrets.token_hex(3)}@%h"
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "service", "worker", "-c", str(concurrency), "-n", name],
+                env={**os.environ, **env, "EZQ_WORKER_CONCURRENCY": str(concurrency)},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60
+        while b" ready." not in log.read_bytes():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the worker did not start; see {log}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _producer(queue: str) -> Celery:
+    """A foreign Celery app: it knows the task's name and kwargs, nothing of ezq."""
+    app = Celery("producer", broker=BROKER)
+    app.conf.task_default_queue = queue
+    return app
+
+
+def _send(app: Celery, queue: str, tenant: str, text: str, **extra: Any) -> str:
+    task_id = str(uuid.uuid4())
+    app.send_task(
+        TASK,
+        task_id=task_id,
+        queue=queue,
+        kwargs={
+            "model": MODEL,
+            "messages": [{"role": "user", "content": f"{text} {task_id}"}],
+            "tenant": tenant,
+            **extra,
+        },
+        ignore_result=True,
+    )
+    return task_id
+
+
+def _wait_done(
+    conn: psycopg.Connection[Any], tenant: str, jobs: int, on_poll: Any, timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        (done,) = conn.execute(
+            "SELECT count(*) FROM jobs WHERE tenant = %s"
+            " AND status IN ('succeeded', 'failed', 'cancelled')",
+            (tenant,),
+        ).fetchone() or (0,)
+        on_poll()
+        if done >= jobs:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {done} of {jobs} jobs ended in {timeout:.0f}s")
+        time.sleep(0.2)
+
+
+def run_raw(row: Row, gateway: Gateway) -> None:
+    gateway.latency(row.latency, row.jobs + 100)
+    gw0 = cpu_seconds(gateway.proc.pid)
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.raw_client", "--url", gateway.url]
+        + ["--concurrency", str(row.concurrency), "--jobs", str(row.jobs), "--model", MODEL],
+        capture_output=True,
+        check=True,
+        text=True,
+    ).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    row.raw = {
+        "per_s": row.jobs / result["elapsed_s"],
+        "cpu_ms": result["cpu_s"] / row.jobs * 1e3,
+        "gateway_cpu_ms": (cpu_seconds(gateway.proc.pid) - gw0) / row.jobs * 1e3,
+        "rss_mb": result["rss_mb"],
+        "failed": result["failed"],
+    }
+
+
+@contextlib.contextmanager
+def worker_running(env: dict[str, str], concurrency: int) -> Iterator[Worker]:
+    log = Path(tempfile.mkdtemp(prefix="ezq-load-")) / "worker.log"
+    worker = Worker(env, concurrency, log)
+    try:
+        yield worker
+    finally:
+        worker.stop()
+
+
+def run_ezq(
+    row: Row,
+    gateway: Gateway,
+    env: dict[str, str],
+    conn: psycopg.Connection[Any],
+    backends: Backends,
+    redis_pid: int,
+) -> None:
+    queue = env["EZQ_QUEUE"]
+    tenant = f"load-{secrets.token_hex(4)}"
+    app = _producer(queue)
+    with worker_running(env, row.concurrency) as worker:
+        gateway.latency(row.latency, row.jobs + 100)
+        pg = CpuMeter()
+        pg.start(backends.pids())
+        w0, r0, g0 = (cpu_seconds(p) for p in (worker.proc.pid, redis_pid, gateway.proc.pid))
+        start = time.perf_counter()
+        for i in range(row.jobs):
+            _send(app, queue, tenant, f"load job {i}")
+        _wait_done(
+            conn,
+            tenant,
+            row.jobs,
+            lambda: pg.sample(backends.pids()),
+            timeout=max(300.0, row.jobs * max(row.latency, 0.01)),
+        )
+        elapsed = time.perf_counter() - start
+        pg.sample(backends.pids())
+        w1, r1, g1 = (cpu_seconds(p) for p in (worker.proc.pid, redis_pid, gateway.proc.pid))
+        (failed,) = conn.execute(
+            "SELECT count(*) FROM jobs WHERE tenant = %s AND status <> 'succeeded'", (tenant,)
+        ).fetchone() or (0,)
+        rss = peak_rss_mb(worker.proc.pid)
+    row.ezq = {
+        "per_s": row.jobs / elapsed,
+        "worker_cpu_ms": (w1 - w0) / row.jobs * 1e3,
+        "pg_cpu_ms": pg.total() / row.jobs * 1e3,
+        "redis_cpu_ms": (r1 - r0) / row.jobs * 1e3,
+        "gateway_cpu_ms": (g1 - g0) / row.jobs * 1e3,
+        "rss_mb": rss,
+        "failed": failed,
+    }
+
+
+def _receiver_times(receiver: Any) -> dict[str, float]:
+    # The receiver stamps arrivals with the monotonic clock; the database with wall time.
+    offset = time.time() - time.monotonic()
+    return {r.event["data"]["job_id"]: r.at + offset for r in receiver.received()}
+
+
+def run_paced(
+    rate: float,
+    seconds: float,
+    gateway: Gateway,
+    env: dict[str, str],
+    conn: psycopg.Connection[Any],
+    secret: str,
+) -> dict[str, float]:
+    """Jobs at a steady ``rate``, every fourth with a webhook: the latency percentiles."""
+    from service.webhooks.testing import Receiver
+
+    queue = env["EZQ_QUEUE"]
+    tenant = f"paced-{secrets.token_hex(4)}"
+    app = _producer(queue)
+    jobs = max(int(rate * seconds), 20)
+    sent: dict[str, float] = {}
+    with Receiver([secret]) as receiver, worker_running(env, 32):
+        gateway.latency(0, 1)
+        callback = receiver.url("/hook")
+        begin = time.perf_counter()
+        for i in range(jobs):
+            pause = begin + i / rate - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            at = time.time()
+            # A webhook delivery is a task of its own: on every job it would add load.
+            extra = {"callback_url": callback} if i % 4 == 0 else {}
+            sent[_send(app, queue, tenant, f"paced job {i}", **extra)] = at
+        _wait_done(conn, tenant, jobs, lambda: None, timeout=300)
+        receiver.wait_for(len(range(0, jobs, 4)), "/hook", timeout=120)
+        hooks = _receiver_times(receiver)
+    first_byte = gateway.received_at()
+    finished = dict(
+        conn.execute(
+            "SELECT id::text, extract(epoch FROM finished_at)::float8 FROM jobs WHERE tenant = %s",
+            (tenant,),
+        ).fetchall()
+    )
+    to_gateway = sorted((first_byte[j] - t) * 1e3 for j, t in sent.items() if j in first_byte)
+    to_hook = sorted((hooks[j] - finished[j]) * 1e3 for j in finished if j in hooks)
+    return {
+        "rate": rate,
+        "jobs": jobs,
+        "first_byte_p50": statistics.median(to_gateway),
+        "first_byte_p99": to_gateway[max(0, int(len(to_gateway) * 0.99) - 1)],
+        "webhook_p50": statistics.median(to_hook),
+    }
+
+
+def _print(rows: list[Row], paced: dict[str, float] | None, words: int | None) -> None:
+    reply = f"{words}-word replies" if words is not None else "short echo replies"
+    print(f"\nOne ezq worker process vs the raw openai client, {reply}, same run")
+    head = (
+        f"{'latency':>8}{'in flight':>10}{'jobs':>6} |{'raw/s':>8}{'cpu ms':>8}"
+        f"{'gw ms':>7} |{'ezq/s':>8}{'ratio':>7}{'ideal':>7}{'worker':>8}{'pg':>6}"
+        f"{'redis':>7}{'gw ms':>7}{'rss MB':>8}{'failed':>7}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        ideal = f"{r.ezq['per_s'] / r.ideal:>7.2f}" if r.ideal else f"{'-':>7}"
+        print(
+            f"{r.latency * 1e3:>6.0f}ms{r.concurrency:>10}{r.jobs:>6} |"
+            f"{r.raw['per_s']:>8.0f}{r.raw['cpu_ms']:>8.2f}{r.raw['gateway_cpu_ms']:>7.2f} |"
+            f"{r.ezq['per_s']:>8.0f}{r.ezq['per_s'] / r.raw['per_s']:>7.2f}{ideal}"
+            f"{r.ezq['worker_cpu_ms']:>8.2f}{r.ezq['pg_cpu_ms']:>6.2f}"
+            f"{r.ezq['redis_cpu_ms']:>7.2f}{r.ezq['gateway_cpu_ms']:>7.2f}"
+            f"{r.ezq['rss_mb']:>8.0f}{int(r.ezq['failed'] + r.raw['failed']):>7}"
+        )
+    print(
+        "cpu ms = CPU per call/job: raw client | ezq worker, its Postgres backends, Redis;"
+        " gw ms = the fake gateway's; ideal = ezq/s over C/L"
+    )
+    if paced:
+        print(
+            f"at {paced['rate']:.0f} jobs/s ({paced['jobs']:.0f} jobs, half of 0 ms saturation):"
+            f" enqueue -> first gateway byte p50 {paced['first_byte_p50']:.1f} ms,"
+            f" p99 {paced['first_byte_p99']:.1f} ms; final commit -> webhook received p50"
+            f" {paced['webhook_p50']:.1f} ms"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--smoke", action="store_true", help="small N, under a minute")
+    parser.add_argument("--row", action="append", help="LATENCY_S:IN_FLIGHT:JOBS (repeatable)")
+    parser.add_argument(
+        "--words", type=int, default=None, help="reply length in words (default: a short echo)"
+    )
+    parser.add_argument(
+        "--paced", type=float, default=None, help="seconds of the half-saturation run (0: none)"
+    )
+    args = parser.parse_args()
+    rows = [Row.parse(s) for s in (args.row or (SMOKE_ROWS if args.smoke else FULL_ROWS))]
+    paced_s = args.paced if args.paced is not None else (3.0 if args.smoke else 15.0)
+
+    from service.db.migrate import throwaway_database
+
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    redis_pid = int(redis.Redis.from_url(BROKER).info("server")["process_id"])
+    gateway = Gateway(args.words)
+    try:
+        with throwaway_database(ADMIN_DSN, prefix="ezq_bench_load") as url:
+            env = {
+                "DATABASE_URL": url,
+                "CELERY_BROKER_URL": BROKER,
+                "EZROUTER_BASE_URL": gateway.url,
+                "EZROUTER_API_KEY": "sk-bench",
+                "EZQ_QUEUE": f"ezq-load-{secrets.token_hex(4)}",
+                "WEBHOOK_SECRET": secret,
+                "WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
+            }
+            database = url.rsplit("/", 1)[1]
+            with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
+                backends = Backends(conn, database)
+                for row in rows:
+                    run_raw(row, gateway)
+                    run_ezq(row, gateway, env, conn, backends, redis_pid)
+                    print(
+                        f"  {row.latency:g}s/{row.concurrency}: raw {row.raw['per_s']:.0f}/s,"
+                        f" ezq {row.ezq['per_s']:.0f}/s",
+                        flush=True,
+                    )
+                paced = None
+                saturated = next((r for r in rows if r.latency == 0), None)
+                if paced_s > 0 and saturated is not None:
+                    rate = saturated.ezq["per_s"] / 2
+                    paced = run_paced(rate, paced_s, gateway, env, conn, secret)
+    finally:
+        gateway.stop()
+    _print(rows, paced, args.words)
+
+
+if __name__ == "__main__":
+    main()
