@@ -6,6 +6,7 @@ import logging
 import uuid
 from typing import Any
 
+from service import views
 from service.config import get_settings
 from service.db import queries
 from service.db.session import transaction
@@ -68,7 +69,7 @@ def get_job(job_id: uuid.UUID | str, *, tenants: queries.Tenants = None) -> dict
     With ``tenants``, a job of any other tenant raises ``JobNotFound`` like an unknown id.
     """
     with transaction() as session:
-        return queries.job_view(session, uuid.UUID(str(job_id)), tenants=tenants)
+        return views.job_view(session, uuid.UUID(str(job_id)), tenants=tenants)
 
 
 def get_conversation(
@@ -76,7 +77,7 @@ def get_conversation(
 ) -> dict[str, Any]:
     """The conversation's ordered messages and its jobs (scoped to ``tenants`` if given)."""
     with transaction() as session:
-        return queries.conversation_view(session, uuid.UUID(str(conversation_id)), tenants=tenants)
+        return views.conversation_view(session, uuid.UUID(str(conversation_id)), tenants=tenants)
 
 
 def cancel_job(job_id: uuid.UUID | str, *, tenants: queries.Tenants = None) -> dict[str, Any]:
@@ -94,7 +95,9 @@ def cancel_job(job_id: uuid.UUID | str, *, tenants: queries.Tenants = None) -> d
     the_id = uuid.UUID(str(job_id))
     with transaction() as session:
         job = queries.cancel_job(session, the_id, tenants=tenants)
-        view = queries.job_view(session, the_id)
+        view = views.job_view(session, the_id)
+        if job.callback_url is not None:
+            webhook_outbox.add_for_job(session, job, view)
         deliveries = webhook_outbox.pending_ids_for_job(session, the_id) if job.callback_url else []
         waiting = queries.next_waiting_job(session, job.conversation_id)
     # Committed already; the sweep publishes whatever these cannot.

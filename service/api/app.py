@@ -187,6 +187,7 @@ def create_app() -> FastAPI:
         """
         from service.db.job_list import list_jobs as list_page
         from service.db.session import transaction
+        from service.views import view_of
 
         flt = job_filter(
             principal,
@@ -199,7 +200,7 @@ def create_app() -> FastAPI:
         )
         after = decode_cursor(cursor) if cursor is not None else None
         with transaction() as session:
-            page = list_page(session, flt, limit=limit, after=after)
+            page = list_page(session, flt, limit=limit, after=after, present=view_of)
         return {
             "jobs": page.views,
             "next_cursor": encode_cursor(page.next_after) if page.next_after else None,

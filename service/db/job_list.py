@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,7 +20,6 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from service.db.models import Job, Message, TokenUsage
-from service.db.queries import view_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +34,10 @@ class JobFilter:
     until: datetime | None = None
     # (key, value) pairs; a value matches the string, or the JSON scalar it spells.
     metadata: tuple[tuple[str, str], ...] = ()
+
+
+Present = Callable[..., dict[str, Any]]
+"""Makes a job's JSON view: ``present(job, content=, tool_calls=, thinking_blocks=, usage=)``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,17 +98,19 @@ def list_jobs(
     *,
     limit: int,
     after: tuple[datetime, uuid.UUID] | None = None,
+    present: Present,
 ) -> Page:
-    """One page of job views, newest first, starting after the ``after`` key."""
+    """One page of job views, newest first, starting after the ``after`` key; ``present``
+    makes a job's view from its row, reply and usage (``service.views.view_of``)."""
     jobs: list[Job] = list(session.scalars(page_statement(flt, limit=limit, after=after)))
     more = len(jobs) > limit
     jobs = jobs[:limit]
-    views = _views(session, jobs)
+    views = _views(session, jobs, present)
     last = jobs[-1] if jobs else None
     return Page(views, (last.created_at, last.id) if more and last is not None else None)
 
 
-def _views(session: Session, jobs: Sequence[Job]) -> list[dict[str, Any]]:
+def _views(session: Session, jobs: Sequence[Job], present: Present) -> list[dict[str, Any]]:
     """The views of ``jobs`` with two more queries in all (replies, usage), not per job."""
     ids = [job.id for job in jobs]
     if not ids:
@@ -136,7 +141,7 @@ def _views(session: Session, jobs: Sequence[Job]) -> list[dict[str, Any]]:
         reply = replies.get(job.id)
         counts = usage.get(job.id)
         views.append(
-            view_of(
+            present(
                 job,
                 content=reply.content if reply else None,
                 tool_calls=reply.tool_calls if reply else None,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import Row, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -24,7 +24,7 @@ from service.webhooks.retry import AttemptResult, Decision, Delivered, GiveUp
 # --- writing the outbox --------------------------------------------------------------
 
 
-def add_for_job(session: Session, job: Job, data: dict[str, Any]) -> uuid.UUID | None:
+def add_for_job(session: Session, job: Job | Row[Any], data: dict[str, Any]) -> uuid.UUID | None:
     """Write the event for a job that has just ended, if it asked for a callback.
 
     ``data`` is the job's JSON view; the event is serialised here, once.

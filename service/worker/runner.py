@@ -14,16 +14,16 @@ from typing import Any, Protocol
 from sqlalchemy.exc import OperationalError
 
 from service import constants as c
-from service import metrics
+from service import metrics, views
 from service.completion import Completion
 from service.config import Settings
-from service.db import queries
+from service.db import attempts, queries
 from service.db.session import transaction
 from service.errors import GatewayError, InternalError
 from service.gateway.retry import backoff_seconds, is_retryable
 from service.tokens import TokenCounts, normalise_usage
-from service.webhooks import outbox as webhook_outbox
 from service.worker.liveness import ActiveJobs
+from service.worker.record import FollowUps, record_failed, record_succeeded
 
 log = logging.getLogger(__name__)
 
@@ -110,21 +110,24 @@ def run_job(
     the attempt runs, ``active`` lets the worker's heartbeat renew its lease.
     """
     with transaction() as session:
-        claim = queries.claim_job(
+        claim = attempts.claim_job(
             session, job_id, lease_seconds=settings.lease_seconds, holder=holder
         )
-        if isinstance(claim, queries.AlreadyFinished):
-            return Finished(queries.job_view(session, job_id))
-        if isinstance(claim, queries.NotYetDue) and claim.due_in_s > settings.max_countdown_seconds:
+        if isinstance(claim, attempts.AlreadyFinished):
+            return Finished(views.job_view(session, job_id))
+        if (
+            isinstance(claim, attempts.NotYetDue)
+            and claim.due_in_s > settings.max_countdown_seconds
+        ):
             queries.park(session, job_id)
-    if isinstance(claim, queries.Busy):
+    if isinstance(claim, attempts.Busy):
         log.info("[job=%s] already running; duplicate delivery dropped", job_id)
         return LeftAlone()
-    if isinstance(claim, queries.NotYetDue):
+    if isinstance(claim, attempts.NotYetDue):
         if claim.due_in_s > settings.max_countdown_seconds:
             return Parked(f"retry due in {claim.due_in_s:.0f}s")
         return RunAgainLater(max(claim.due_in_s, 0.05), "retry not due yet")
-    if isinstance(claim, queries.WaitForTurn):
+    if isinstance(claim, attempts.WaitForTurn):
         return Parked(f"waiting for earlier turn {claim.blocking_job_id}")
     if active is not None:
         active.add(claim.job_id)
@@ -143,7 +146,7 @@ def run_job(
 
 
 def _attempt(
-    claim: queries.Claimed,
+    claim: attempts.Claimed,
     *,
     gateway: Gateway,
     settings: Settings,
@@ -258,7 +261,7 @@ def _with_db_retries(
 
 
 def _succeeded_attempt(
-    claim: queries.Claimed,
+    claim: attempts.Claimed,
     completion: Completion,
     tokens: TokenCounts | None,
     *,
@@ -267,14 +270,8 @@ def _succeeded_attempt(
     jlog: JobLog,
     call_started: datetime,
 ) -> Outcome:
-    job_id = claim.job_id
-    with transaction() as session:
-        recorded = queries.record_success(session, claim, completion, tokens)
-        view = recorded.view if recorded else queries.job_view(session, job_id)
-        waiting = queries.next_waiting_job(session, claim.conversation_id)
-        has_webhook = recorded is not None and recorded.job.callback_url is not None
-        webhooks = webhook_outbox.pending_ids_for_job(session, job_id) if has_webhook else []
-    if recorded is None:
+    recorded = record_succeeded(claim, completion, tokens)
+    if recorded.job is None:
         jlog.warning("the job is no longer ours (cancelled or taken over); reply discarded")
     else:
         jlog.info(
@@ -289,13 +286,12 @@ def _succeeded_attempt(
             tokens=tokens if completion.usage is not None else None,
             cost_usd=recorded.cost_usd,
         )
-    _publish_next(waiting, publish)
-    _publish_webhooks(webhooks, publish_webhooks)
-    return Finished(view)
+    _publish_follow_ups(recorded.follow_ups, publish, publish_webhooks)
+    return Finished(recorded.view)
 
 
 def _failed_attempt(
-    claim: queries.Claimed,
+    claim: attempts.Claimed,
     error: GatewayError,
     *,
     settings: Settings,
@@ -313,28 +309,24 @@ def _failed_attempt(
         rng=rng,
     )
     park = not final and countdown > settings.max_countdown_seconds
-    with transaction() as session:
-        job = queries.record_failure(
-            session, claim, error, final=final, retry_in_s=countdown, park=park
-        )
-        view = queries.job_view(session, claim.job_id)
-        waiting = queries.next_waiting_job(session, claim.conversation_id) if final else None
-        ended = final and job is not None and job.callback_url is not None
-        webhooks = webhook_outbox.pending_ids_for_job(session, claim.job_id) if ended else []
-    if job is None:
+    recorded = record_failed(claim, error, final=final, retry_in_s=countdown, park=park)
+    view = recorded.view
+    if recorded.job is None:
         jlog.warning("the job is no longer ours (cancelled or taken over); failure not recorded")
+        _publish_follow_ups(recorded.follow_ups, publish, publish_webhooks)
         return (
             Finished(view)
             if view["status"] in ("succeeded", "failed", "cancelled")
             else LeftAlone()
         )
-    metrics.attempt_failed(job, error_type=error.error_type, final=final, call_started=call_started)
+    metrics.attempt_failed(
+        recorded.job, error_type=error.error_type, final=final, call_started=call_started
+    )
     if final:
         jlog.warning(
             "failed (%s, request_id=%s): %s", error.error_type, error.request_id, error.describe()
         )
-        _publish_next(waiting, publish)
-        _publish_webhooks(webhooks, publish_webhooks)
+        _publish_follow_ups(recorded.follow_ups, publish, publish_webhooks)
         return Finished(view)
     jlog.warning(
         "attempt failed (%s, request_id=%s), retrying in %.1fs: %s",
@@ -348,17 +340,17 @@ def _failed_attempt(
     return RunAgainLater(countdown, error.error_type)
 
 
-def _publish_webhooks(delivery_ids: list[uuid.UUID], publish: PublishWebhooks | None) -> None:
-    # After the commit that wrote them; if this process dies first, the sweep sends them.
-    if delivery_ids and publish is not None:
-        publish(delivery_ids)
-
-
-def _publish_next(job_id: uuid.UUID | None, publish: Callable[[uuid.UUID], None]) -> None:
-    # The next turn is waiting on a timer; wake it now rather than at its next check.
-    if job_id is None:
-        return
-    try:
-        publish(job_id)
-    except Exception:  # the waiting turn's own timer still wakes it
-        log.warning("could not publish the next turn %s", job_id, exc_info=True)
+def _publish_follow_ups(
+    follow_ups: FollowUps,
+    publish: Callable[[uuid.UUID], None],
+    publish_webhooks: PublishWebhooks | None,
+) -> None:
+    """After the commit that wrote them: wake the next turn, send the webhooks. If this
+    process dies first, the sweep publishes both."""
+    if follow_ups.next_job_id is not None:
+        try:
+            publish(follow_ups.next_job_id)
+        except Exception:  # the waiting turn's own timer (or the sweep) still wakes it
+            log.warning("could not publish the next turn %s", follow_ups.next_job_id, exc_info=True)
+    if follow_ups.webhook_ids and publish_webhooks is not None:
+        publish_webhooks(follow_ups.webhook_ids)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import text
 
-from service import metrics
+from service import metrics, views
 from service.config import Settings
 from service.db import queries, recovery
 from service.db.session import get_engine, transaction
@@ -186,6 +186,8 @@ def _take_over_expired(settings: Settings, report: SweepReport) -> None:
                 report.failed += 1
                 wake.append(queries.next_waiting_job(session, taken.job.conversation_id))
                 if taken.job.callback_url is not None:
+                    view = views.job_view(session, lease.job_id)
+                    webhook_outbox.add_for_job(session, taken.job, view)
                     deliveries += webhook_outbox.pending_ids_for_job(session, lease.job_id)
             else:
                 again.append(lease.job_id)

@@ -1,0 +1,167 @@
+"""Recording how an attempt ended: the job's rows, its priced usage and its webhook outbox
+row, in one short transaction. What must reach the broker once it has committed (the
+conversation's next turn, the webhook deliveries) comes back as ``FollowUps``."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Row
+from sqlalchemy.orm import Session
+
+from service import views
+from service.completion import Completion
+from service.db import attempts
+from service.db.attempts import CallOutcome, Claimed, FailedCall
+from service.db.session import transaction
+from service.errors import GatewayError
+from service.tokens import TokenCounts
+from service.usage.costs import insert_priced_usage
+from service.webhooks import outbox as webhook_outbox
+
+CANCELLED_REPLY = "the job was cancelled while this call ran; its reply was discarded"
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUps:
+    """What to publish after the commit: the next turn to wake, the webhooks to send."""
+
+    next_job_id: uuid.UUID | None = None
+    webhook_ids: list[uuid.UUID] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """The outcome as written. ``job`` is None when the attempt no longer owned its job
+    (cancelled, or taken over); ``view`` is the job's JSON view, ``cost_usd`` the cost of
+    its usage row (None: unpriced or no usage)."""
+
+    job: Row[Any] | None
+    view: dict[str, Any]
+    follow_ups: FollowUps
+    cost_usd: Decimal | None = None
+
+
+def _call(completion: Completion) -> CallOutcome:
+    return CallOutcome(
+        http_status=completion.http_status,
+        request_id=completion.request_id,
+        surface=completion.surface,
+        first_token_at=completion.first_token_at,
+    )
+
+
+def _insert_usage(
+    session: Session,
+    job: Row[Any],
+    completion: Completion,
+    tokens: TokenCounts | None,
+    *,
+    job_cancelled: bool,
+) -> Decimal | None:
+    """Write the call's priced usage row; return its cost (None: unpriced or no usage)."""
+    if tokens is None or completion.usage is None:
+        return None
+    return insert_priced_usage(
+        session,
+        job_id=job.id,
+        conversation_id=job.conversation_id,
+        model=job.model,
+        tenant=job.tenant,
+        meta=job.meta,
+        prompt_tokens=tokens.prompt_tokens,
+        cached_tokens=tokens.cached_tokens,
+        uncached_prompt_tokens=tokens.uncached_prompt_tokens,
+        completion_tokens=tokens.completion_tokens,
+        reasoning_tokens=tokens.reasoning_tokens,
+        total_tokens=tokens.total_tokens,
+        cache_write_tokens=tokens.cache_write_tokens,
+        raw_usage=completion.usage,
+        usage_issues=tokens.issues or None,
+        job_cancelled=job_cancelled,
+    )
+
+
+def _webhooks(session: Session, job: Row[Any], view: dict[str, Any]) -> list[uuid.UUID]:
+    # The outbox: the event is written in the transaction that ends the job, so a worker
+    # that dies after this commit cannot lose it (the sweep publishes it).
+    delivery = webhook_outbox.add_for_job(session, job, view)
+    return [delivery] if delivery is not None else []
+
+
+def record_succeeded(
+    claim: Claimed, completion: Completion, tokens: TokenCounts | None
+) -> Recorded:
+    """Store the reply, the history, the priced usage and the webhook, if still ours."""
+    with transaction() as session:
+        ended = attempts.record_success(
+            session,
+            claim,
+            _call(completion),
+            finish_reason=completion.finish_reason,
+            reply=completion.reply_message(),
+        )
+        job = ended.job
+        if job is None:
+            # A call that finished after its job was cancelled was still paid for: keep its
+            # usage (flagged ``job_cancelled``) and the attempt's outcome, not the reply.
+            cancelled = attempts.record_cancelled_attempt(
+                session, claim, _call(completion), error=CANCELLED_REPLY
+            )
+            if cancelled is not None:
+                _insert_usage(session, cancelled, completion, tokens, job_cancelled=True)
+            view = views.job_view(session, claim.job_id)
+            return Recorded(None, view, FollowUps(ended.next_job_id))
+        cost = _insert_usage(session, job, completion, tokens, job_cancelled=False)
+        # Built from what was just written rather than read back.
+        usage = tokens.summary() if tokens is not None and completion.usage is not None else None
+        view = views.view_of(
+            job,
+            content=completion.content,
+            tool_calls=completion.tool_calls,
+            usage=usage,
+            thinking_blocks=completion.thinking_blocks,
+        )
+        webhooks = _webhooks(session, job, view) if job.callback_url is not None else []
+    return Recorded(job, view, FollowUps(ended.next_job_id, webhooks), cost)
+
+
+def record_failed(
+    claim: Claimed, error: GatewayError, *, final: bool, retry_in_s: float, park: bool
+) -> Recorded:
+    """Record a failed attempt: the job ends (``final``) or is retried in ``retry_in_s``."""
+    call = CallOutcome(http_status=error.status, request_id=error.request_id, surface=error.surface)
+    with transaction() as session:
+        ended = attempts.record_failure(
+            session,
+            claim,
+            FailedCall(
+                call=call,
+                error_type=error.error_type,
+                attempt_error=error.message,
+                job_error=error.describe(),
+                retryable=error.retryable,
+            ),
+            final=final,
+            retry_in_s=retry_in_s,
+            park=park,
+        )
+        job = ended.job
+        if job is None:
+            attempts.record_cancelled_attempt(
+                session,
+                claim,
+                call,
+                error=f"the job was cancelled while this call ran; it failed: {error.describe()}",
+                retryable=error.retryable,
+            )
+            view = views.job_view(session, claim.job_id)
+            return Recorded(None, view, FollowUps(ended.next_job_id))
+        # A failed job has no reply and no usage (only a success writes them).
+        view = views.view_of(job, content=None, tool_calls=None, usage=None)
+        ended_now = final and job.callback_url is not None
+        webhooks = _webhooks(session, job, view) if ended_now else []
+    return Recorded(job, view, FollowUps(ended.next_job_id, webhooks))
