@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -68,3 +69,41 @@ def test_bad_log_format_is_one_line() -> None:
     done = run_ezq("status", env={"EZQ_LOG_FORMAT": "xml"})
     assert done.returncode == 2
     assert done.stderr.startswith("ezq: configuration error: EZQ_LOG_FORMAT")
+
+
+def test_reply_text_never_reaches_task_events(
+    worker_factory: Callable[..., WorkerProcess], own_queue: str, fake_gateway: Any
+) -> None:
+    """The task-succeeded event (what Flower and `celery events` record as the task's
+    result) holds no reply text; the job's result itself still does."""
+    from service.worker.app import app
+
+    worker_factory(env={"EZQ_QUEUE": own_queue, "EZQ_LOG_LEVEL": "INFO"})
+    seen: dict[str, dict[str, Any]] = {}
+    listening = threading.Event()
+    done = threading.Event()
+
+    def listen() -> None:
+        def record(event: dict[str, Any]) -> None:
+            listening.set()  # any event (worker heartbeats too): the queue is bound
+            if event.get("type") == "task-succeeded":
+                seen[event["uuid"]] = event
+
+        with app.connection_for_read() as conn:
+            receiver = app.events.Receiver(conn, handlers={"*": record})
+            for _ in receiver.itercapture(limit=None, timeout=60, wakeup=False):
+                if done.is_set():
+                    return
+
+    threading.Thread(target=listen, daemon=True).start()
+    assert listening.wait(30), "no Celery event received"
+    reply_marker = uuid.uuid4().hex
+    fake_gateway.add_faults(Fault(reply=f"the answer {reply_marker}", match=reply_marker))
+    job_id = enqueue_completion("glm-5.1", [{"role": "user", "content": f"q {reply_marker}"}])
+    assert reply_marker in wait_for_job(job_id)["content"]
+    deadline = time.monotonic() + 15
+    while str(job_id) not in seen:
+        assert time.monotonic() < deadline, "no task-succeeded event for the job"
+        time.sleep(0.05)
+    done.set()
+    assert reply_marker not in json.dumps(seen[str(job_id)])

@@ -93,6 +93,9 @@ def _publish_one(job_id: uuid.UUID) -> None:
     reject_on_worker_lost=True,
     max_retries=None,
     throws=(JobFailed, EzqCallerError),
+    # Celery formats the result into its "succeeded" line and its task-succeeded event
+    # (what Flower shows); ours holds the reply. Cut to nothing: cheaper, and no reply text.
+    resultrepr_maxsize=1,
 )
 def chat_completion(
     self: Task,
