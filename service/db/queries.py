@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Row, func, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Row, bindparam, delete, func, select, text, update
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.orm import Session
 
 from service.db.models import (
@@ -118,6 +118,63 @@ def _conversation_for(session: Session, request: CompletionRequest) -> tuple[uui
     return existing.id, request.tenant
 
 
+# The common case in one round trip: a first turn without an idempotency key. Nothing is
+# written when the job id is taken already (a redelivered foreign message).
+_CREATE_NEW = text(
+    """
+WITH conversation AS (
+    INSERT INTO conversations (id, tenant, metadata)
+    SELECT :conversation_id, :tenant, :meta WHERE NOT EXISTS (SELECT FROM jobs WHERE id = :id)
+    RETURNING id
+),
+job AS (
+    INSERT INTO jobs (id, conversation_id, status, model, params, input_messages, tenant,
+                      metadata, request_hash, callback_url, surface, created_by)
+    SELECT :id, conversation.id, 'queued', :model, :params, :input_messages, :tenant, :meta,
+           :request_hash, :callback_url, :surface, :created_by
+      FROM conversation
+    ON CONFLICT DO NOTHING
+    RETURNING id
+)
+SELECT (SELECT id FROM job) AS job_id, (SELECT id FROM conversation) AS conversation_id
+"""
+).bindparams(
+    bindparam("meta", type_=JSONB),
+    bindparam("params", type_=JSONB),
+    bindparam("input_messages", type_=JSONB),
+)
+
+
+def _create_in_new_conversation(
+    session: Session,
+    request: CompletionRequest,
+    job_id: uuid.UUID | None,
+    created_by: str | None,
+) -> uuid.UUID | None:
+    """Write a first turn and its conversation; None when the job id is taken."""
+    row = session.execute(
+        _CREATE_NEW,
+        {
+            "id": job_id or uuid.uuid4(),
+            "conversation_id": uuid.uuid4(),
+            "model": request.model,
+            "params": request.params,
+            "input_messages": list(request.messages),
+            "tenant": request.tenant,
+            "meta": request.metadata,
+            "request_hash": request.fingerprint(),
+            "callback_url": request.callback_url,
+            "surface": request.surface,
+            "created_by": created_by,
+        },
+    ).one()
+    if row.job_id is None and row.conversation_id is not None:
+        # Lost a race with a concurrent insert of the same id: no empty conversation stays.
+        session.execute(delete(Conversation).where(Conversation.id == row.conversation_id))
+    job: uuid.UUID | None = row.job_id
+    return job
+
+
 def create_job(
     session: Session,
     request: CompletionRequest,
@@ -134,6 +191,10 @@ def create_job(
     another tenant raises ConversationNotFound, as an unknown one does. ``created_by``
     records the API key that asked.
     """
+    if request.conversation_id is None and request.idempotency_key is None:
+        created = _create_in_new_conversation(session, request, job_id, created_by)
+        if created is not None:
+            return created, True
     if job_id is not None:
         existing = session.get(Job, job_id)
         if existing is not None:
