@@ -78,7 +78,7 @@ def _free_port() -> int:
 
 def _http(method: str, url: str, body: Any = None) -> Any:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method)
+    request = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - local fake
     request.add_header("Content-Type", "application/json")
     with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 - local fake
         raw = answer.read()
@@ -218,8 +218,10 @@ def run_raw(row: Row, gateway: Gateway) -> None:
     gateway.latency(row.latency, row.jobs + 100)
     gw0 = cpu_seconds(gateway.proc.pid)
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.raw_client", "--url", gateway.url]
-        + ["--concurrency", str(row.concurrency), "--jobs", str(row.jobs), "--model", MODEL],
+        [
+            *(sys.executable, "-m", "benchmarks.raw_client", "--url", gateway.url),
+            *("--concurrency", str(row.concurrency), "--jobs", str(row.jobs), "--model", MODEL),
+        ],
         capture_output=True,
         check=True,
         text=True,

@@ -572,6 +572,7 @@ class FakeGateway:
         self._lock = threading.Lock()
         self._requests: list[ReceivedRequest] = []
         self._connections: set[socket.socket] = set()
+        self.connections_accepted = 0  # TCP connections ever opened to it (keep-alive checks)
         self._stop_event = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -691,6 +692,7 @@ class FakeGateway:
     def _track(self, connection: socket.socket) -> None:
         with self._lock:
             self._connections.add(connection)
+            self.connections_accepted += 1
 
     def _untrack(self, connection: socket.socket) -> None:
         with self._lock:

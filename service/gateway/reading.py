@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -19,6 +20,18 @@ class Assembler(Protocol):
     def feed(self, line: bytes) -> None: ...
 
     def result(self, *, request_id: str | None) -> Completion: ...
+
+
+def _drain(lines: Iterator[bytes], deadline: float) -> None:
+    """Read what follows the end of the stream (the body's chunked terminator), as the
+    SDK's own stream does: a connection left half-read cannot go back to the pool, and a
+    new one per call costs a TCP handshake and an address lookup, about a fifth of a job's
+    CPU at 0 ms gateway latency. The reply is complete already, so a failure here only
+    costs the connection."""
+    with contextlib.suppress(Exception):
+        for _ in lines:
+            if time.monotonic() > deadline:
+                return
 
 
 def read_sse(
@@ -42,9 +55,11 @@ def read_sse(
             status=response.status_code,
             request_id=request_id,
         )
-    for line in split_lines(response.http_response.iter_bytes()):
+    lines = split_lines(response.http_response.iter_bytes())
+    for line in lines:
         assembler.feed(line)
         if assembler.done:
+            _drain(lines, deadline)
             break
         if time.monotonic() > deadline:
             raise GatewayTimeout(
