@@ -69,11 +69,14 @@ CREATE TABLE usage_rollup_conversations (
     unpriced_jobs bigint NOT NULL,
 {_TOKEN_COLUMNS}    cost_usd numeric NOT NULL,
     first_used_at timestamptz NOT NULL,
-    last_used_at timestamptz NOT NULL
+    last_used_at timestamptz NOT NULL,
+    -- The view's cost: NULL while none of the usage is priced, as sum(cost_usd) is. Stored,
+    -- so that a ranking by cost reads the top of its index.
+    priced_cost_usd numeric
+        GENERATED ALWAYS AS (CASE WHEN jobs - unpriced_jobs > 0 THEN cost_usd END) STORED
 );
--- The view's cost, so that a ranking by it reads the top of this index.
-CREATE INDEX ix_usage_rollup_conversations_cost_usd ON usage_rollup_conversations
-    ((CASE WHEN jobs - unpriced_jobs > 0 THEN cost_usd END) DESC NULLS LAST);
+CREATE INDEX ix_usage_rollup_conversations_priced_cost_usd ON usage_rollup_conversations
+    (priced_cost_usd DESC NULLS LAST);
 CREATE INDEX ix_usage_rollup_conversations_last_used_at ON usage_rollup_conversations
     (last_used_at);
 CREATE INDEX ix_token_usage_issues ON token_usage (created_at) WHERE usage_issues IS NOT NULL;
@@ -98,7 +101,7 @@ $$;
 CREATE FUNCTION usage_rollup_conversation_delta(u token_usage, sign integer)
 RETURNS usage_rollup_conversations LANGUAGE sql IMMUTABLE AS $$
     SELECT ROW(u.conversation_id, sign, sign * (u.cost_usd IS NULL)::integer{_SIGNED_TOKENS},
-               sign * coalesce(u.cost_usd, 0), u.created_at, u.created_at)
+               sign * coalesce(u.cost_usd, 0), u.created_at, u.created_at, NULL)
            ::usage_rollup_conversations
 $$;
 
@@ -142,6 +145,7 @@ $$;
 CREATE FUNCTION usage_rollup_add_conversations(deltas usage_rollup_conversations[])
 RETURNS void LANGUAGE sql AS $$
     INSERT INTO usage_rollup_conversations AS r
+        (conversation_id, {_COLUMNS}, cost_usd, first_used_at, last_used_at)
     SELECT conversation_id, sum(jobs), sum(unpriced_jobs){_SUM_TOKENS}, sum(cost_usd),
            min(first_used_at), max(last_used_at)
     FROM unnest(deltas)
@@ -227,6 +231,7 @@ BEGIN
     FROM token_usage
     GROUP BY 1, 2, 3, 4;
     INSERT INTO usage_rollup_conversations
+        (conversation_id, {_COLUMNS}, cost_usd, first_used_at, last_used_at)
     SELECT conversation_id, count(*), count(*) FILTER (WHERE cost_usd IS NULL){_SUM_TOKENS},
            coalesce(sum(cost_usd), 0), min(created_at), max(created_at)
     FROM token_usage
@@ -302,7 +307,7 @@ VIEWS = {
                r.uncached_prompt_tokens,
                r.completion_tokens,
                r.total_tokens,
-               CASE WHEN r.jobs - r.unpriced_jobs > 0 THEN r.cost_usd END AS cost_usd,
+               r.priced_cost_usd AS cost_usd,
                r.unpriced_jobs,
                r.first_used_at,
                r.last_used_at,
