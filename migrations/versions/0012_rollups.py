@@ -6,8 +6,8 @@ Create Date: 2026-12-01 19:00:00
 
 Adds, as public interface (README "Usage and cost", docs/sql.md):
 - ``usage_rollup_daily``: sums of ``token_usage`` per UTC day, tenant, model and price
-  (``price_id``), kept by statement triggers on ``token_usage`` (insert, update, delete,
-  truncate), so the worker's insert is unchanged. A key may have several rows: a writer
+  (``price_id``), kept by triggers on ``token_usage`` (a row trigger on insert, statement
+  triggers on update, delete and truncate), so the worker's insert is unchanged. A key may have several rows: a writer
   adds to a row of its key that no other open transaction holds (``FOR UPDATE SKIP
   LOCKED``) and inserts a new one when all are held, so concurrent workers never wait on
   one another; readers sum the rows.
@@ -88,6 +88,38 @@ _ADD_TOKENS = "".join(f", {name} = r.{name} + d.{name}" for name in TOKENS)
 _ADD_EXCLUDED = "".join(f", {name} = r.{name} + excluded.{name}" for name in TOKENS)
 _NONZERO = " OR ".join(f"sum({name}) <> 0" for name in ("jobs", "unpriced_jobs", *TOKENS))
 _COLUMNS = ", ".join(("jobs", "unpriced_jobs", *TOKENS))
+_NEW_TOKENS = ", ".join(f"NEW.{name}" for name in TOKENS)
+
+# Adds the contribution ``d`` (a usage_rollup_daily record) to one of its key's rows that
+# no open transaction holds, or to a new row: a writer never waits on another's open
+# transaction, so the key is no point of contention whatever the number of workers.
+_ADD_DAY = f"""
+        UPDATE usage_rollup_daily r
+        SET jobs = r.jobs + d.jobs, unpriced_jobs = r.unpriced_jobs + d.unpriced_jobs
+            {_ADD_TOKENS}, cost_usd = r.cost_usd + d.cost_usd
+        WHERE r.id = (
+            SELECT k.id FROM usage_rollup_daily k
+            WHERE k.day = d.day AND k.model = d.model
+              AND coalesce(k.tenant, '') = coalesce(d.tenant, '')
+              AND coalesce(k.price_id, 0) = coalesce(d.price_id, 0)
+              AND k.tenant IS NOT DISTINCT FROM d.tenant
+              AND k.price_id IS NOT DISTINCT FROM d.price_id
+            LIMIT 1 FOR UPDATE SKIP LOCKED);
+        IF NOT FOUND THEN
+            INSERT INTO usage_rollup_daily
+                (day, tenant, model, price_id, {_COLUMNS}, cost_usd)
+            VALUES (d.day, d.tenant, d.model, d.price_id, d.jobs, d.unpriced_jobs,
+                    {", ".join(f"d.{name}" for name in TOKENS)}, d.cost_usd);
+        END IF;"""
+
+# A conversation runs one turn at a time, so its single row is not a point of contention.
+_ADD_CONVERSATION = f"""
+    ON CONFLICT (conversation_id) DO UPDATE
+    SET jobs = r.jobs + excluded.jobs, unpriced_jobs = r.unpriced_jobs + excluded.unpriced_jobs
+        {_ADD_EXCLUDED},
+        cost_usd = r.cost_usd + excluded.cost_usd,
+        first_used_at = least(r.first_used_at, excluded.first_used_at),
+        last_used_at = greatest(r.last_used_at, excluded.last_used_at)"""
 
 FUNCTIONS = f"""
 -- One usage row as a signed contribution to each rollup (+1 written, -1 taken back).
@@ -105,8 +137,7 @@ RETURNS usage_rollup_conversations LANGUAGE sql IMMUTABLE AS $$
            ::usage_rollup_conversations
 $$;
 
--- Adds contributions, netted per key. Each key goes to one of its rows that no open
--- transaction holds, or to a new row: never a wait on another worker's open transaction.
+-- Adds contributions of many rows (an UPDATE or DELETE statement), netted per key.
 CREATE FUNCTION usage_rollup_add_days(deltas usage_rollup_daily[])
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
@@ -119,29 +150,11 @@ BEGIN
         GROUP BY day, tenant, model, price_id
         HAVING {_NONZERO} OR sum(cost_usd) <> 0
         ORDER BY day, model, tenant, price_id
-    LOOP
-        UPDATE usage_rollup_daily r
-        SET jobs = r.jobs + d.jobs, unpriced_jobs = r.unpriced_jobs + d.unpriced_jobs
-            {_ADD_TOKENS}, cost_usd = r.cost_usd + d.cost_usd
-        WHERE r.id = (
-            SELECT k.id FROM usage_rollup_daily k
-            WHERE k.day = d.day AND k.model = d.model
-              AND coalesce(k.tenant, '') = coalesce(d.tenant, '')
-              AND coalesce(k.price_id, 0) = coalesce(d.price_id, 0)
-              AND k.tenant IS NOT DISTINCT FROM d.tenant
-              AND k.price_id IS NOT DISTINCT FROM d.price_id
-            LIMIT 1 FOR UPDATE SKIP LOCKED);
-        IF NOT FOUND THEN
-            INSERT INTO usage_rollup_daily
-                (day, tenant, model, price_id, {_COLUMNS}, cost_usd)
-            VALUES (d.day, d.tenant, d.model, d.price_id, d.jobs, d.unpriced_jobs,
-                    {", ".join(f"d.{name}" for name in TOKENS)}, d.cost_usd);
-        END IF;
+    LOOP{_ADD_DAY}
     END LOOP;
 END
 $$;
 
--- A conversation runs one turn at a time, so its single row is not a point of contention.
 CREATE FUNCTION usage_rollup_add_conversations(deltas usage_rollup_conversations[])
 RETURNS void LANGUAGE sql AS $$
     INSERT INTO usage_rollup_conversations AS r
@@ -151,13 +164,7 @@ RETURNS void LANGUAGE sql AS $$
     FROM unnest(deltas)
     GROUP BY conversation_id
     HAVING {_NONZERO} OR sum(cost_usd) <> 0
-    ORDER BY conversation_id
-    ON CONFLICT (conversation_id) DO UPDATE
-    SET jobs = r.jobs + excluded.jobs, unpriced_jobs = r.unpriced_jobs + excluded.unpriced_jobs
-        {_ADD_EXCLUDED},
-        cost_usd = r.cost_usd + excluded.cost_usd,
-        first_used_at = least(r.first_used_at, excluded.first_used_at),
-        last_used_at = greatest(r.last_used_at, excluded.last_used_at)
+    ORDER BY conversation_id{_ADD_CONVERSATION}
 $$;
 
 -- After rows left a conversation, its first and last usage times are read again (min and
@@ -176,11 +183,17 @@ RETURNS void LANGUAGE sql AS $$
       AND (r.first_used_at, r.last_used_at) IS DISTINCT FROM (s.first_used_at, s.last_used_at);
 $$;
 
+-- A row trigger: the worker inserts one row per statement, and this is its whole cost.
 CREATE FUNCTION usage_rollup_on_insert() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM usage_rollup_add_days(ARRAY(SELECT usage_rollup_day_delta(n, 1) FROM new_rows n));
-    PERFORM usage_rollup_add_conversations(
-        ARRAY(SELECT usage_rollup_conversation_delta(n, 1) FROM new_rows n));
+DECLARE
+    d usage_rollup_daily := ROW(
+        NULL, (NEW.created_at AT TIME ZONE 'UTC')::date, NEW.tenant, NEW.model, NEW.price_id,
+        1, (NEW.cost_usd IS NULL)::integer, {_NEW_TOKENS}, coalesce(NEW.cost_usd, 0));
+BEGIN{_ADD_DAY}
+    INSERT INTO usage_rollup_conversations AS r
+        (conversation_id, {_COLUMNS}, cost_usd, first_used_at, last_used_at)
+    VALUES (NEW.conversation_id, 1, (NEW.cost_usd IS NULL)::integer, {_NEW_TOKENS},
+            coalesce(NEW.cost_usd, 0), NEW.created_at, NEW.created_at){_ADD_CONVERSATION};
     RETURN NULL;
 END
 $$;
@@ -240,8 +253,7 @@ END
 $$;
 
 CREATE TRIGGER usage_rollup_insert AFTER INSERT ON token_usage
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
-    EXECUTE FUNCTION usage_rollup_on_insert();
+    FOR EACH ROW EXECUTE FUNCTION usage_rollup_on_insert();
 CREATE TRIGGER usage_rollup_update AFTER UPDATE ON token_usage
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT
     EXECUTE FUNCTION usage_rollup_on_update();
