@@ -65,7 +65,7 @@ class Case:
     before: str | None = None  # the baseline query, run over the baseline views
 
 
-def _rollup_migration() -> ModuleType:
+def rollup_migration() -> ModuleType:
     spec = importlib.util.spec_from_file_location("_ezq_0012", ROLLUP_MIGRATION)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -76,7 +76,7 @@ def _rollup_migration() -> ModuleType:
 def create_baseline_views(conn: Connection) -> None:
     """Schema ``before``: the usage views as they were before the rollups."""
     conn.exec_driver_sql("CREATE SCHEMA before")
-    for name, body in _rollup_migration().previous_views().items():
+    for name, body in rollup_migration().previous_views().items():
         conn.exec_driver_sql(f"CREATE VIEW before.{name} AS {body}")
 
 
