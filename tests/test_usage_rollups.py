@@ -15,6 +15,8 @@ from benchmarks.sql_usage import rollup_migration
 from service import cancel_job, enqueue_completion, get_job
 from service.db.session import transaction
 from service.fake_gateway import Fault, ModelInfo
+from service.usage.periods import today_utc
+from service.usage.report import ReportQuery, run_report
 from tests.conftest import run_ezq, sql, wait_for_job
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -176,3 +178,24 @@ def test_a_rollup_key_written_concurrently_gets_rows_but_keeps_exact_sums(model:
     assert sql("SELECT count(*) FROM usage_rollup_daily WHERE tenant = :t", t=tenant) == [(2,)]
     assert sql("SELECT jobs FROM usage_daily WHERE tenant = :t", t=tenant) == [(2,)]
     assert second["status"] == "succeeded"
+
+
+@pytest.mark.parametrize(
+    "by", [(), ("day",), ("month", "tenant"), ("model", "tenant"), ("day", "model")]
+)
+def test_the_report_from_the_rollup_equals_the_report_from_the_rows(by: tuple[str, ...]) -> None:
+    """``ezq usage`` read from the rollup gives what it gives from every token_usage row,
+    filters included."""
+    today = today_utc()
+    with transaction() as session:
+        session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+        tenants = tuple(
+            session.execute(text("SELECT DISTINCT tenant FROM token_usage LIMIT 2")).scalars()
+        )
+        for query in (
+            ReportQuery(today.replace(year=today.year - 1), today, by),
+            ReportQuery(today, today, by, tenants=tuple(t for t in tenants if t)),
+        ):
+            from_rollup = run_report(session, query)
+            assert from_rollup == run_report(session, query, "rows")
+    assert from_rollup.rows or not tenants

@@ -62,6 +62,10 @@ CREATE TABLE usage_rollup_daily (
 -- match is re-checked with IS NOT DISTINCT FROM), and serves filters on day.
 CREATE INDEX ix_usage_rollup_daily_key ON usage_rollup_daily
     (day, model, (coalesce(tenant, '')), (coalesce(price_id, 0)));
+-- Nearly every (day, tenant, model) has its own row: told so, the planner sizes the views'
+-- grouping right instead of spilling it to disk.
+CREATE STATISTICS usage_rollup_daily_keys (ndistinct) ON day, tenant, model
+    FROM usage_rollup_daily;
 
 CREATE TABLE usage_rollup_conversations (
     conversation_id uuid CONSTRAINT pk_usage_rollup_conversations PRIMARY KEY,

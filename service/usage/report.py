@@ -1,8 +1,8 @@
 """The ``ezq usage`` report: token and cost totals over whole UTC days, grouped as asked.
 
-It reads the view ``usage_daily``, which sums the trigger-kept rollup
-``usage_rollup_daily`` (a few hundred rows a day, whatever the traffic). Only a grouping by
-a tag needs the jobs' metadata, so that one reads ``token_usage`` rows, over the index
+It sums the trigger-kept rollup ``usage_rollup_daily`` (a few hundred rows a day, whatever
+the traffic) in one grouping, as the view ``usage_daily`` does in two. Only a grouping by a
+tag needs the jobs' metadata, so that one reads ``token_usage`` rows, over the index
 ``ix_token_usage_utc_day`` for its days.
 """
 
@@ -24,6 +24,7 @@ from sqlalchemy import (
     Numeric,
     Select,
     Text,
+    case,
     cast,
     column,
     func,
@@ -54,9 +55,10 @@ _COUNTS = (
     "completion_tokens",
     "total_tokens",
 )
-# The public view over the rollup (migrations/versions/0012_rollups.py).
-USAGE_DAILY = table(
-    "usage_daily",
+# The rollup (migrations/versions/0012_rollups.py): a key may have several rows, and its
+# cost_usd is 0, not NULL, without priced usage.
+ROLLUP = table(
+    "usage_rollup_daily",
     column("day", Date()),
     column("tenant", Text()),
     column("model", Text()),
@@ -65,7 +67,7 @@ USAGE_DAILY = table(
     column("unpriced_jobs", BigInteger()),
 )
 # ``rows``: every token_usage row (what the report read before the rollup; tag groupings
-# still need it); ``daily``: the usage_daily view.
+# still need it); ``daily``: the rollup.
 Source = Literal["rows", "daily"]
 DIMENSIONS = ("day", "month", "model", "tenant")
 _TAG = re.compile(r"tag:(\S+)")
@@ -157,12 +159,12 @@ def source_for(query: ReportQuery) -> Source:
 
 def _dimension(name: str, source: Source) -> ColumnElement[Any]:
     if source == "daily":
-        day: ColumnElement[date] = USAGE_DAILY.c.day
+        day: ColumnElement[date] = ROLLUP.c.day
         if name == "day":
             return day
         if name == "month":
             return cast(func.date_trunc("month", day), Date)
-        return USAGE_DAILY.c[name]
+        return ROLLUP.c[name]
     if name == "day":
         return UTC_DAY
     if name == "month":
@@ -175,9 +177,13 @@ def _dimension(name: str, source: Source) -> ColumnElement[Any]:
 
 def _sums(source: Source) -> list[ColumnElement[Any]]:
     if source == "daily":
+        rollup = ROLLUP.c
+        # NULL without priced usage, as the sum over token_usage is.
+        priced = func.sum(rollup.jobs) - func.sum(rollup.unpriced_jobs) > 0
         return [
-            func.sum(USAGE_DAILY.c[name]).label(name)
-            for name in (*_COUNTS, "cost_usd", "unpriced_jobs")
+            *(func.sum(rollup[name]).label(name) for name in _COUNTS),
+            case((priced, func.sum(rollup.cost_usd))).label("cost_usd"),
+            func.sum(rollup.unpriced_jobs).label("unpriced_jobs"),
         ]
     unpriced = func.count().filter(TokenUsage.cost_usd.is_(None))
     return [
@@ -189,7 +195,7 @@ def _sums(source: Source) -> list[ColumnElement[Any]]:
 
 
 def _from(source: Source) -> FromClause:
-    return USAGE_DAILY if source == "daily" else _USAGE
+    return ROLLUP if source == "daily" else _USAGE
 
 
 def _conditions(query: ReportQuery, source: Source) -> list[ColumnElement[bool]]:
@@ -215,6 +221,8 @@ def report_statement(query: ReportQuery, source: Source | None = None) -> Select
         stmt = stmt.group_by(*positions).order_by(
             *(position.asc().nulls_last() for position in positions)
         )
+        if source == "daily":  # a key whose usage was all deleted keeps rows of zeros
+            stmt = stmt.having(func.sum(ROLLUP.c.jobs) != 0)
     return stmt
 
 
@@ -242,11 +250,11 @@ def _totals(values: Sequence[Any]) -> Totals:
     )
 
 
-def run_report(session: Session, query: ReportQuery) -> Report:
+def run_report(session: Session, query: ReportQuery, source: Source | None = None) -> Report:
     """Rows grouped by ``query.by`` (one row when empty) and their totals, exact."""
     width = len(query.by)
     rows = []
-    for record in session.execute(report_statement(query)):
+    for record in session.execute(report_statement(query, source)):
         values = tuple(record)
         if not values[width]:  # no grouping and no usage: no row, just zero totals
             continue
@@ -271,18 +279,20 @@ class DayModel:
 
 def daily_by_model(session: Session, query: ReportQuery) -> list[DayModel]:
     """Usage per UTC day and model under the query's filters, for the chart."""
-    daily = USAGE_DAILY.c
+    rollup = ROLLUP.c
+    priced = func.sum(rollup.jobs) - func.sum(rollup.unpriced_jobs) > 0
     stmt = (
         select(
-            daily.day,
-            daily.model,
-            func.sum(daily.total_tokens),
-            func.sum(daily.cost_usd),
-            func.sum(daily.unpriced_jobs),
+            rollup.day,
+            rollup.model,
+            func.sum(rollup.total_tokens),
+            case((priced, func.sum(rollup.cost_usd))),
+            func.sum(rollup.unpriced_jobs),
         )
         .where(*_conditions(query, "daily"))
-        .group_by(daily.day, daily.model)
-        .order_by(daily.day, daily.model)
+        .group_by(rollup.day, rollup.model)
+        .having(func.sum(rollup.jobs) != 0)
+        .order_by(rollup.day, rollup.model)
     )
     return [
         DayModel(day, model, int(tokens), cost, int(unpriced))
