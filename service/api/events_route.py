@@ -49,6 +49,21 @@ only. `: keep-alive` comments are sent when nothing happens for EZQ_LIVE_HEARTBE
 """
 
 
+# One event (OpenAPI before 3.2 describes each event of a stream with ``schema``).
+_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "event", "data"],
+    "properties": {
+        "id": {"type": "string", "description": "Send it as Last-Event-ID to resume after."},
+        "event": {
+            "type": "string",
+            "enum": ["delta", "attempt_restarted", "job.succeeded", "job.failed", "job.cancelled"],
+        },
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+}
+
+
 def _client(url: str) -> aioredis.Redis:
     # One pool per process (uvicorn runs one event loop per process).
     client = _clients.get(url)
@@ -94,7 +109,7 @@ async def _events(
     responses={
         200: {
             "description": "The event stream.",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"schema": _EVENT_SCHEMA}},
         }
     },
     description=EVENTS_DOC,

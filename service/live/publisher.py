@@ -40,19 +40,25 @@ log = logging.getLogger(__name__)
 
 _CONTENT, _REASONING, _TOOL = 0, 1, 2
 
+# A stream entry to add: the key, its fields, and whether to (re)set the key's TTL.
+Entry = tuple[str, dict[str, str], bool]
+
 _current: ContextVar[LiveAttempt | None] = ContextVar("ezq_live_attempt", default=None)
 
 
 class LiveAttempt:
     """Where an assembler puts the fragments of one attempt as it reads them."""
 
-    __slots__ = ("attempt", "key", "pending")
+    __slots__ = ("attempt", "expiring", "key", "pending")
 
     def __init__(self, job_id: uuid.UUID, attempt: int) -> None:
         self.key = stream_key(job_id)
         self.attempt = attempt
         # deque.append / popleft are atomic: the reading thread and the flusher need no lock.
         self.pending: deque[tuple[int, Any]] = deque()
+        # The stream's TTL is set by the attempt's first write (and again by the final
+        # event); the TTL outlasts any attempt, so later batches skip the EXPIRE.
+        self.expiring = False
 
     def content(self, text: str) -> None:
         self.pending.append((_CONTENT, text))
@@ -131,9 +137,8 @@ class Publisher:
         live = LiveAttempt(job_id, attempt)
         if attempt > 1:
             # Whatever an earlier attempt streamed is void: readers drop it.
-            self._write(
-                [(live.key, entry_fields(ATTEMPT_RESTARTED, {"attempt": attempt}, attempt))]
-            )
+            restarted = entry_fields(ATTEMPT_RESTARTED, {"attempt": attempt}, attempt)
+            self._write([(live.key, restarted, True)])
         with self._write_lock:
             self._attempts.add(live)
         self._ensure_thread()
@@ -146,14 +151,14 @@ class Publisher:
             self._attempts.discard(live)
             data = live.drain()
             if data is not None:
-                self._send([(live.key, entry_fields(DELTA, data, live.attempt))])
+                self._send([(live.key, entry_fields(DELTA, data, live.attempt), not live.expiring)])
 
     def ended(self, view: dict[str, Any]) -> None:
         """The job ended (``view`` is its JSON view): write the final event."""
         if view.get("status") in ENDED_STATUSES:
             key = stream_key(view["job_id"])
             kind = event_type_for(view["status"])
-            self._write([(key, entry_fields(kind, final_text(view), None))])
+            self._write([(key, entry_fields(kind, final_text(view), None), True)])
 
     # --- writing --------------------------------------------------------------------
 
@@ -164,20 +169,24 @@ class Publisher:
             for live in self._attempts:
                 data = live.drain()
                 if data is not None:
-                    batch.append((live.key, entry_fields(DELTA, data, live.attempt)))
+                    batch.append(
+                        (live.key, entry_fields(DELTA, data, live.attempt), not live.expiring)
+                    )
+                    live.expiring = True
             self._send(batch)
 
-    def _write(self, batch: list[tuple[str, dict[str, str]]]) -> None:
+    def _write(self, batch: list[Entry]) -> None:
         with self._write_lock:
             self._send(batch)
 
-    def _send(self, batch: list[tuple[str, dict[str, str]]]) -> None:
+    def _send(self, batch: list[Entry]) -> None:
         if not batch or time.monotonic() < self._skip_until:
             return
         pipe = self._redis.pipeline(transaction=False)
-        for key, fields in batch:
+        for key, fields, expire in batch:
             pipe.xadd(key, fields, maxlen=self._maxlen, approximate=True)  # type: ignore[arg-type]
-            pipe.expire(key, self._ttl)
+            if expire:
+                pipe.expire(key, self._ttl)
         try:
             pipe.execute()
         except redis.RedisError as exc:
