@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from service import constants as c
 from service.errors import ConfigError, EzqError
 from service.keys.cli import keys as keys_group
 from service.ops.jobs_cli import jobs as jobs_group
@@ -309,6 +310,9 @@ def api(host: str, port: int, workers: int) -> None:
             port=port,
             workers=workers,
             log_level=get_settings().ezq_log_level.lower(),
+            # Open /events streams would hold a shutdown until their jobs end; they are
+            # closed after this, and clients resume with Last-Event-ID.
+            timeout_graceful_shutdown=int(c.API_GRACEFUL_SHUTDOWN_S),
         )
 
 

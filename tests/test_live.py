@@ -348,3 +348,35 @@ def test_redis_down_for_live_tokens_never_fails_a_job(
     received = list(stream_job(job_id))
     assert [e.type for e in received] == ["job.succeeded"]
     assert received[0].payload["data"]["content"] == REPLY
+
+
+@pytest.mark.parametrize("last_event_id", ["", "not-an-id", "99999999999999999999999-0"])
+def test_a_quiet_stream_sends_keep_alives_until_the_job_ends(
+    server: Any, client: httpx.Client, last_event_id: str
+) -> None:
+    """A job that has not started gets keep-alive comments (whatever Last-Event-ID says)
+    until it ends; cancelling it ends the stream with `job.cancelled`."""
+    from service.db import queries
+    from service.db.session import transaction
+    from service.validation import validate_request
+
+    with transaction() as session:  # never published: it stays queued
+        job_id, _ = queries.create_job(
+            session,
+            validate_request(
+                model=MODEL, messages=[{"role": "user", "content": marker()}], tenant=TENANT
+            ),
+        )
+    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        assert next(lines) == "retry: 2000"
+        keep_alives = 0
+        for line in lines:
+            keep_alives += line == ": keep-alive"
+            if keep_alives == 2:
+                break
+        assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+        rest = [line for line in lines if line.startswith("event: ")]
+    assert rest == ["event: job.cancelled"]
