@@ -147,12 +147,17 @@ class Backends:
 class Worker:
     """One ``ezq worker`` process (threads pool, ``concurrency`` threads), logging to a file."""
 
-    def __init__(self, env: dict[str, str], concurrency: int, log: Path) -> None:
+    def __init__(self, env: dict[str, str], concurrency: int, log: Path, pool: str) -> None:
         self.log = log
         name = f"bench-{secrets.token_hex(3)}@%h"
+        command = [sys.executable, "-m", "service", "worker"]
+        if pool != "threads":
+            # Celery's own entry point, which monkey-patches before anything is imported.
+            command = [sys.executable, "-m", "celery", "-A", "service.worker.app", "worker"]
+            command += ["-P", pool, "-Q", env["EZQ_QUEUE"], "--loglevel", "INFO"]
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "service", "worker", "-c", str(concurrency), "-n", name],
+                [*command, "-c", str(concurrency), "-n", name],
                 env={**os.environ, **env, "EZQ_WORKER_CONCURRENCY": str(concurrency)},
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -239,7 +244,7 @@ def run_raw(row: Row, gateway: Gateway) -> None:
 @contextlib.contextmanager
 def worker_running(env: dict[str, str], concurrency: int) -> Iterator[Worker]:
     log = Path(tempfile.mkdtemp(prefix="ezq-load-")) / "worker.log"
-    worker = Worker(env, concurrency, log)
+    worker = Worker(env, concurrency, log, env.get("EZQ_BENCH_POOL", "threads"))
     try:
         yield worker
     finally:
@@ -386,6 +391,11 @@ def main() -> None:
         "--words", type=int, default=None, help="reply length in words (default: a short echo)"
     )
     parser.add_argument(
+        "--pool",
+        default="threads",
+        help="the worker's pool: threads (ezq worker, the default) or gevent (a trial)",
+    )
+    parser.add_argument(
         "--paced", type=float, default=None, help="seconds of the half-saturation run (0: none)"
     )
     args = parser.parse_args()
@@ -407,6 +417,7 @@ def main() -> None:
                 "EZQ_QUEUE": f"ezq-load-{secrets.token_hex(4)}",
                 "WEBHOOK_SECRET": secret,
                 "WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
+                "EZQ_BENCH_POOL": args.pool,
             }
             database = url.rsplit("/", 1)[1]
             with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:

@@ -1,7 +1,7 @@
 """The worker's hot path in SQL: claim a job for an attempt, record how the attempt ended.
 
 Each step is one statement, written once as SQL text (compiled once, no ORM unit of work):
-the claim is the ``ezq_claim_job`` function (migration 0012), a success or a failure one
+the claim is the ``ezq_claim_job`` function (migration 0013), a success or a failure one
 statement of data-modifying CTEs. Callers own the transaction; combining these rows with
 priced usage and the webhook outbox is ``service.worker.record``'s job.
 """
