@@ -266,6 +266,13 @@ def run_ezq(
         gateway.latency(row.latency, row.jobs + 100)
         pg = CpuMeter()
         pg.start(backends.pids())
+        peak = [0]
+
+        def sample() -> None:
+            pids = backends.pids()
+            peak[0] = max(peak[0], len(pids))
+            pg.sample(pids)
+
         w0, r0, g0 = (cpu_seconds(p) for p in (worker.proc.pid, redis_pid, gateway.proc.pid))
         start = time.perf_counter()
         for i in range(row.jobs):
@@ -274,7 +281,7 @@ def run_ezq(
             conn,
             tenant,
             row.jobs,
-            lambda: pg.sample(backends.pids()),
+            sample,
             timeout=max(300.0, row.jobs * max(row.latency, 0.01)),
         )
         elapsed = time.perf_counter() - start
@@ -291,6 +298,7 @@ def run_ezq(
         "redis_cpu_ms": (r1 - r0) / row.jobs * 1e3,
         "gateway_cpu_ms": (g1 - g0) / row.jobs * 1e3,
         "rss_mb": rss,
+        "pg_connections": peak[0],
         "failed": failed,
     }
 
@@ -356,7 +364,7 @@ def _print(rows: list[Row], paced: dict[str, float] | None, words: int | None) -
     head = (
         f"{'latency':>8}{'in flight':>10}{'jobs':>6} |{'raw/s':>8}{'cpu ms':>8}"
         f"{'gw ms':>7} |{'ezq/s':>8}{'ratio':>7}{'ideal':>7}{'worker':>8}{'pg':>6}"
-        f"{'redis':>7}{'gw ms':>7}{'rss MB':>8}{'failed':>7}"
+        f"{'redis':>7}{'gw ms':>7}{'rss MB':>8}{'conns':>6}{'failed':>7}"
     )
     print(head)
     print("-" * len(head))
@@ -368,11 +376,13 @@ def _print(rows: list[Row], paced: dict[str, float] | None, words: int | None) -
             f"{r.ezq['per_s']:>8.0f}{r.ezq['per_s'] / r.raw['per_s']:>7.2f}{ideal}"
             f"{r.ezq['worker_cpu_ms']:>8.2f}{r.ezq['pg_cpu_ms']:>6.2f}"
             f"{r.ezq['redis_cpu_ms']:>7.2f}{r.ezq['gateway_cpu_ms']:>7.2f}"
-            f"{r.ezq['rss_mb']:>8.0f}{int(r.ezq['failed'] + r.raw['failed']):>7}"
+            f"{r.ezq['rss_mb']:>8.0f}{r.ezq['pg_connections']:>6.0f}"
+            f"{int(r.ezq['failed'] + r.raw['failed']):>7}"
         )
     print(
         "cpu ms = CPU per call/job: raw client | ezq worker, its Postgres backends, Redis;"
-        " gw ms = the fake gateway's; ideal = ezq/s over C/L"
+        " gw ms = the fake gateway's; ideal = ezq/s over C/L;"
+        " conns = the worker's most Postgres connections"
     )
     if paced:
         print(
