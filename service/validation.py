@@ -428,3 +428,8 @@ def _callback_url(value: object) -> str | None:
             "callback_url", "WEBHOOK_SECRET is not set, and ezq never sends unsigned webhooks"
         )
     return url
+
+
+def checked_callback_url(value: object) -> str | None:
+    """A callback URL as enqueue checks it: its syntax, and a WEBHOOK_SECRET to sign with."""
+    return _callback_url(value)
