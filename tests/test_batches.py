@@ -4,16 +4,21 @@ files, tenant isolation."""
 
 from __future__ import annotations
 
+import base64
 import json
+import secrets
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
 from service.fake_gateway import Fault
+from service.webhooks.testing import Receiver
 from tests.conftest import run_ezq, sql
 
 ADMIN_TOKEN = "batch-admin-" + uuid.uuid4().hex
@@ -254,3 +259,70 @@ def test_another_tenant_cannot_see_or_cancel_the_batch_or_its_files(
         assert TENANT_A not in str(caught.value.body)
     assert batch.id not in [b.id for b in other.batches.list(limit=100).data]
     assert owner.batches.retrieve(batch.id).status in ("in_progress", "finalizing", "completed")
+
+
+def test_one_signed_webhook_per_batch(
+    api_server_factory: Any, keys: dict[str, str], worker_factory: Any, fake_gateway: Any
+) -> None:
+    """A batch with a callback_url sends exactly one signed batch.completed event, whose
+    data is the finished batch, however many lines it has."""
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    queue = f"ezq-batch-hooks-{uuid.uuid4().hex[:8]}"
+    env = {"EZQ_QUEUE": queue, "WEBHOOK_SECRET": secret}
+    worker_factory(env={**env, "WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8"})
+    own = api_server_factory(EZQ_API_TOKENS=ADMIN_TOKEN, **env)
+    client = sdk(own, keys["a"])
+    marker = uuid.uuid4().hex
+    with Receiver([secret]) as receiver:
+        uploaded = client.files.create(
+            file=("hook.jsonl", jsonl([line(f"l{i}", f"hook {i} {marker}") for i in range(3)])),
+            purpose="batch",
+        )
+        batch = client.batches.create(
+            input_file_id=uploaded.id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            extra_body={"callback_url": receiver.url("/batch")},
+        )
+        [event] = receiver.wait_for(1, "/batch", timeout=60)
+        assert event.verified_by == (0,)
+        assert event.event["type"] == "batch.completed"
+        data = event.event["data"]
+        assert (data["id"], data["status"]) == (batch.id, "completed")
+        assert data["request_counts"] == {"total": 3, "completed": 3, "failed": 0}
+        assert data["output_file_id"] == client.batches.retrieve(batch.id).output_file_id
+    rows = sql("SELECT event_type, job_id FROM webhook_deliveries WHERE batch_id = :b", b=batch.id)
+    assert rows == [("batch.completed", None)]
+
+
+def test_cli_submits_follows_reads_and_refuses(keys: dict[str, str], worker: Any) -> None:
+    """`ezq batch submit` prints the batch id, `status` and `results -o` follow it, a bad
+    file is refused naming its line, and an ended batch cannot be cancelled."""
+    marker = uuid.uuid4().hex
+    path = Path(tempfile.mkdtemp()) / "cli.jsonl"
+    path.write_bytes(jsonl([line(f"c{i}", f"cli {i} {marker}") for i in range(3)]))
+    done = run_ezq("batch", "submit", str(path), "--tenant", TENANT_A, "--meta", f"run={marker}")
+    assert done.returncode == 0, done.stderr
+    batch_id = done.stdout.strip()
+
+    def status() -> dict[str, Any]:
+        shown = run_ezq("batch", "status", batch_id)
+        assert shown.returncode == 0, shown.stderr
+        view: dict[str, Any] = json.loads(shown.stdout)
+        return view
+
+    wait_until(lambda: status()["status"] == "completed", "the CLI batch")
+    out = path.with_name("out.jsonl")
+    read = run_ezq("batch", "results", batch_id, "-o", str(out))
+    assert read.returncode == 0, read.stderr
+    lines = [json.loads(item) for item in out.read_text().splitlines()]
+    assert [item["custom_id"] for item in lines] == ["c0", "c1", "c2"]
+    tenants = sql("SELECT DISTINCT tenant, metadata FROM jobs WHERE batch_id = :b", b=batch_id)
+    assert tenants == [(TENANT_A, {"run": marker})]
+    again = run_ezq("batch", "cancel", batch_id)
+    assert again.returncode == 1 and "already ended (completed)" in again.stderr
+    bad = path.with_name("bad.jsonl")
+    bad.write_bytes(jsonl([line("x", "fine"), {"custom_id": "y"}]))
+    refused = run_ezq("batch", "submit", str(bad))
+    assert refused.returncode == 1
+    assert "line 2: method: must be POST" in refused.stderr

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from service import constants as c
@@ -22,6 +23,7 @@ from service.api.auth import Caller
 from service.api.body import parse_json_object
 from service.api.schemas import BatchCreate, BatchList, BatchView, FileView
 from service.errors import InvalidRequest
+from service.validation import checked_tenant
 
 router = APIRouter()
 
@@ -46,10 +48,14 @@ UPLOAD_BODY = {
 
 
 def _tenant(principal: Any, value: object) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise InvalidRequest("tenant", "must be a string")
-    tenant = principal.tenant_for(value)
-    return tenant if isinstance(tenant, str) else None
+    return checked_tenant(principal.tenant_for(checked_tenant(value)))
+
+
+def _filename(value: str | None) -> str:
+    """The upload's name as shown back: printable, valid Unicode, at most 255 characters."""
+    kept = "".join(ch for ch in (value or "") if ch.isprintable())
+    name = kept.encode("utf-8", "replace").decode("utf-8")[:255]
+    return name or "batch.jsonl"
 
 
 @router.post(
@@ -67,9 +73,11 @@ async def upload_file(request: Request, principal: Caller) -> dict[str, Any]:
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise InvalidRequest("body", "must be multipart/form-data with `file` and `purpose`")
     try:
-        form = await request.form(max_files=1, max_fields=8)
-    except MultiPartException as exc:
-        raise InvalidRequest("body", str(exc)) from None
+        form = await request.form(max_files=1)
+    except (MultiPartException, HTTPException) as exc:
+        # Starlette answers a malformed multipart body with a 400 of its own.
+        detail = exc.message if isinstance(exc, MultiPartException) else exc.detail
+        raise InvalidRequest("body", f"is not a valid multipart form: {detail}") from None
     try:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
@@ -78,7 +86,7 @@ async def upload_file(request: Request, principal: Caller) -> dict[str, Any]:
         return await run_in_threadpool(
             store_input_file,
             upload.file,
-            filename=upload.filename or "",
+            filename=_filename(upload.filename),
             purpose=form.get("purpose"),
             tenant=tenant,
             created_by=principal.key_id,
@@ -146,6 +154,7 @@ async def create_batch(request: Request, principal: Caller) -> dict[str, Any]:
 
 @router.get("/v1/batches", response_model=None, responses={200: {"model": BatchList}})
 def list_batches(
+    request: Request,
     principal: Caller,
     after: Annotated[str | None, Query(description="The `last_id` of the previous page.")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = c.BATCH_LIST_LIMIT,
@@ -153,6 +162,9 @@ def list_batches(
     """The key's batches, newest first."""
     from service.batches.lifecycle import list_batches as page
 
+    unknown = sorted(set(request.query_params) - {"after", "limit"})
+    if unknown:
+        raise InvalidRequest(unknown[0] or "query", "is not a known query parameter")
     return page(tenants=principal.tenants, after=after, limit=limit)
 
 

@@ -66,7 +66,7 @@ def store_input_file(
             id=new_file_id(),
             tenant=tenant,
             purpose=PURPOSE,
-            filename=filename[:255] or "batch.jsonl",
+            filename=filename,
             bytes=size,
             line_count=line_count,
             created_by=created_by,

@@ -1,11 +1,13 @@
 """How a batch ends: cancelled by its owner, finalised once its last line has ended, or
 failed when its file no longer passes the checks.
 
-Finalising is the sweep's (every worker runs it, one at a time): it picks open batches
-none of whose lines is still to run, names their output and error files, sets the final
-status and writes the batch's one webhook into the outbox, in one transaction. The
-worker's record path is not touched: a line ends like any job, and the batch follows
-within one sweep interval.
+Finalising picks an open batch none of whose lines is still to run, names its output and
+error files, sets the final status and writes the batch's one webhook into the outbox, in
+one transaction. The worker that records a line's end calls ``finalize_if_ended`` right
+after that commit (a short transaction of its own, so the record path itself is
+unchanged); the sweep finalises whatever that missed (a worker that died in between, a
+line ended by a takeover). Row locks with SKIP LOCKED make either one finalise a batch
+once.
 """
 
 from __future__ import annotations
@@ -90,10 +92,11 @@ def finalize(session: Session, batch: Batch) -> list[uuid.UUID]:
     return _add_webhook(session, batch)
 
 
-def finalize_ended(*, limit: int = c.BATCH_FINALIZE_LIMIT) -> int:
-    """The sweep's step: finalise open batches whose lines have all ended; how many."""
+def finalize_ended(*, limit: int = c.BATCH_FINALIZE_LIMIT, batch_id: str | None = None) -> int:
+    """Finalise open batches whose lines have all ended (only ``batch_id``, if given);
+    return how many. The sweep's step, and the worker's after a batch line ends."""
     with transaction() as session:
-        batches = db.take_ended_open_batches(session, limit=limit)
+        batches = db.take_ended_open_batches(session, limit=limit, batch_id=batch_id)
         deliveries = [d for batch in batches for d in finalize(session, batch)]
     _publish(deliveries)
     return len(batches)

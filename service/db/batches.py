@@ -8,6 +8,7 @@ jobs, never kept twice.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -25,6 +26,19 @@ from service.db.models import (
 )
 from service.db.queries import Tenants, visible
 
+# Ids as the API spells them; anything else is answered like an unknown id, unqueried.
+_FILE_ID = re.compile(r"file-[0-9a-f]{32}")
+_BATCH_ID = re.compile(r"batch_[0-9a-f]{32}")
+
+
+def is_file_id(value: object) -> bool:
+    return isinstance(value, str) and _FILE_ID.fullmatch(value) is not None
+
+
+def is_batch_id(value: object) -> bool:
+    return isinstance(value, str) and _BATCH_ID.fullmatch(value) is not None
+
+
 # --- files ---------------------------------------------------------------------------
 
 
@@ -41,6 +55,8 @@ def insert_chunk(session: Session, file_id: str, seq: int, data: bytes) -> None:
 
 def get_file(session: Session, file_id: str, *, tenants: Tenants = None) -> BatchFile | None:
     """The file, or None if unknown or outside ``tenants``."""
+    if not is_file_id(file_id):
+        return None
     row = session.get(BatchFile, file_id)
     if row is None or not visible(row.tenant, tenants):
         return None
@@ -80,6 +96,8 @@ def get_batch(
     session: Session, batch_id: str, *, tenants: Tenants = None, lock: bool = False
 ) -> Batch | None:
     """The batch, or None if unknown or outside ``tenants``; ``lock`` takes its row lock."""
+    if not is_batch_id(batch_id):
+        return None
     row = session.get(Batch, batch_id, with_for_update=lock, populate_existing=lock)
     if row is None or not visible(row.tenant, tenants):
         return None
@@ -93,7 +111,7 @@ def list_batches(
     stmt = select(Batch).order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit)
     if tenants is not None:
         stmt = stmt.where(Batch.tenant.in_(list(tenants)))
-    if after is not None:
+    if after is not None and is_batch_id(after):
         anchor = session.get(Batch, after)
         if anchor is not None:
             stmt = stmt.where(
@@ -144,9 +162,11 @@ def has_live_lines(session: Session, batch_id: str) -> bool:
     return bool(session.scalar(select(_live_line(batch_id))))
 
 
-def take_ended_open_batches(session: Session, *, limit: int) -> list[Batch]:
-    """Open batches (in progress or cancelling) none of whose lines is still to run,
-    locked; another sweep skips them."""
+def take_ended_open_batches(
+    session: Session, *, limit: int, batch_id: str | None = None
+) -> list[Batch]:
+    """Open batches (in progress or cancelling) none of whose lines is still to run (only
+    ``batch_id``, if given), locked; another caller skips them."""
     stmt = (
         select(Batch)
         .where(Batch.status.in_(("in_progress", "cancelling")), ~_live_line(Batch.id))
@@ -154,6 +174,8 @@ def take_ended_open_batches(session: Session, *, limit: int) -> list[Batch]:
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
+    if batch_id is not None:
+        stmt = stmt.where(Batch.id == batch_id)
     return list(session.scalars(stmt))
 
 
