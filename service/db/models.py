@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Computed,
     DateTime,
     ForeignKey,
     Identity,
@@ -285,6 +286,75 @@ class TokenUsage(Base):
             postgresql_include=list(USAGE_INDEX_INCLUDE),
         ),
         Index("ix_token_usage_unpriced", "created_at", postgresql_where=text("cost_usd IS NULL")),
+        Index(
+            "ix_token_usage_issues", "created_at", postgresql_where=text("usage_issues IS NOT NULL")
+        ),
+    )
+
+
+class UsageRollupDaily(Base):
+    """Sums of ``token_usage`` per UTC day, tenant, model and price, kept by triggers on
+    ``token_usage`` (migration 0012). A key may have several rows, one per writer that
+    found the others held by open transactions: read them summed (``usage_daily``)."""
+
+    __tablename__ = "usage_rollup_daily"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    day: Mapped[date]
+    tenant: Mapped[str | None]
+    model: Mapped[str]
+    price_id: Mapped[int | None] = mapped_column(BigInteger)
+    jobs: Mapped[int] = mapped_column(BigInteger)
+    unpriced_jobs: Mapped[int] = mapped_column(BigInteger)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger)
+    uncached_prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger)
+    total_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger)
+    # Over the priced rows (jobs - unpriced_jobs); 0 when there are none.
+    cost_usd: Mapped[Decimal] = mapped_column(Numeric())
+
+    __table_args__ = (
+        Index(
+            "ix_usage_rollup_daily_key",
+            "day",
+            "model",
+            text("(coalesce(tenant, ''))"),
+            text("(coalesce(price_id, 0))"),
+        ),
+    )
+
+
+class UsageRollupConversation(Base):
+    """Sums of ``token_usage`` per conversation, kept by the same triggers."""
+
+    __tablename__ = "usage_rollup_conversations"
+
+    conversation_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    jobs: Mapped[int] = mapped_column(BigInteger)
+    unpriced_jobs: Mapped[int] = mapped_column(BigInteger)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger)
+    uncached_prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger)
+    total_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger)
+    cost_usd: Mapped[Decimal] = mapped_column(Numeric())
+    first_used_at: Mapped[datetime]
+    last_used_at: Mapped[datetime]
+    # What ``conversation_usage`` shows: NULL while none of the usage is priced.
+    priced_cost_usd: Mapped[Decimal | None] = mapped_column(
+        Numeric(),
+        Computed("CASE WHEN jobs - unpriced_jobs > 0 THEN cost_usd END", persisted=True),
+    )
+
+    __table_args__ = (
+        Index(
+            "ix_usage_rollup_conversations_priced_cost_usd",
+            text("priced_cost_usd DESC NULLS LAST"),
+        ),
+        Index(None, "last_used_at"),
     )
 
 
