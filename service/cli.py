@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from service import constants as c
+from service.batches.cli import batch as batch_group
 from service.errors import ConfigError, EzqError
 from service.keys.cli import keys as keys_group
 from service.ops.jobs_cli import jobs as jobs_group
@@ -400,6 +401,7 @@ def _schema_missing(error: Exception) -> bool:
 
 
 cli.add_command(keys_group)
+cli.add_command(batch_group)
 cli.add_command(webhooks_group)
 cli.add_command(jobs_group)
 cli.add_command(status_command)

@@ -15,7 +15,8 @@ after its commit, so even two sweeps at once would be harmless.
    holds fewer messages than it should (a flushed or restarted broker), and after a long
    window whatever it says.
 4. Webhook deliveries that are due and have no message are published.
-5. With ``EZQ_RETENTION_DAYS`` set, content older than that is purged (``ezq purge``).
+5. Open batches whose lines have all ended are finalised (files, status, their webhook).
+6. With ``EZQ_RETENTION_DAYS`` set, content older than that is purged (``ezq purge``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import text
 
 from service import metrics
+from service.batches.lifecycle import finalize_ended
 from service.config import Settings
 from service.db import queries, recovery
 from service.db.session import get_engine, transaction
@@ -54,6 +56,7 @@ class SweepReport:
     redispatched: int = 0
     webhooks: int = 0
     purged_conversations: int = 0
+    batches: int = 0
     skipped_takeovers: bool = False
     published: list[uuid.UUID] = field(default_factory=list)
 
@@ -135,6 +138,7 @@ def _sweep(settings: Settings, *, takeovers: bool, broker_depth: BrokerDepth | N
     report.redispatched = len(stale) - len(unpublished)
     report.published += [j for j in stale if j not in unpublished]
     report.webhooks = republish_due_deliveries()
+    report.batches = finalize_ended()
     # Imported here: the purge module reaches up to the CLI's output helpers.
     from service.ops.purge import purge_expired
 
