@@ -15,6 +15,8 @@ from typing import Any
 import click
 
 from service.errors import ConfigError, EzqError
+from service.flow.cli import budgets as budgets_group
+from service.flow.cli import limits as limits_group
 from service.keys.cli import keys as keys_group
 from service.ops.jobs_cli import jobs as jobs_group
 from service.ops.purge_cli import purge as purge_command
@@ -178,6 +180,11 @@ def _check_schema() -> None:
     type=click.Choice(["openai", "anthropic", "auto"]),
     help="ezrouter surface; default: EZQ_SURFACE_DEFAULTS' match for the model, else auto.",
 )
+@click.option(
+    "--priority",
+    type=click.IntRange(0, 9),
+    help="0-9, higher starts first under a backlog (default 5).",
+)
 @click.option("--wait", is_flag=True, help="Wait for the job to end and print it as JSON.")
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to --wait at most.")
 @click.argument("prompt")
@@ -191,6 +198,7 @@ def enqueue(
     idempotency_key: str | None,
     callback_url: str | None,
     surface: str | None,
+    priority: int | None,
     wait: bool,
     timeout: float,
     prompt: str,
@@ -211,6 +219,7 @@ def enqueue(
         idempotency_key=idempotency_key,
         callback_url=callback_url,
         surface=surface,
+        priority=priority,
     )
     if not wait:
         click.echo(str(job_id))
@@ -369,4 +378,6 @@ cli.add_command(purge_command)
 cli.add_command(prices)
 cli.add_command(usage)
 cli.add_command(dead_letters)
+cli.add_command(limits_group)
+cli.add_command(budgets_group)
 db.add_command(grant_readonly)

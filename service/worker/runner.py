@@ -20,6 +20,8 @@ from service.config import Settings
 from service.db import queries
 from service.db.session import transaction
 from service.errors import GatewayError, InternalError
+from service.flow import admission
+from service.flow.release import after_admission, release
 from service.gateway.retry import backoff_seconds, is_retryable
 from service.tokens import TokenCounts, normalise_usage
 from service.webhooks import outbox as webhook_outbox
@@ -109,14 +111,25 @@ def run_job(
     attempt still owns the job, so a duplicate delivery cannot store a second reply. While
     the attempt runs, ``active`` lets the worker's heartbeat renew its lease.
     """
+    finished: dict[str, Any] | None = None
     with transaction() as session:
-        claim = queries.claim_job(
-            session, job_id, lease_seconds=settings.lease_seconds, holder=holder
-        )
-        if isinstance(claim, queries.AlreadyFinished):
-            return Finished(queries.job_view(session, job_id))
+        # Flow control's step at claim: which job this message runs, if any (service.flow).
+        gate = admission.admit(session, job_id, settings)
+        claim: queries.ClaimOutcome | None = None
+        if gate.job_id is not None:
+            claim = queries.claim_job(
+                session, gate.job_id, lease_seconds=settings.lease_seconds, holder=holder
+            )
+            admission.claimed(session, gate, claim)
+        if isinstance(claim, queries.AlreadyFinished) or job_id in gate.failed:
+            finished = queries.job_view(session, job_id)
         if isinstance(claim, queries.NotYetDue) and claim.due_in_s > settings.max_countdown_seconds:
             queries.park(session, job_id)
+    after_admission(gate)
+    if finished is not None:
+        return Finished(finished)
+    if claim is None:
+        return Parked(f"throttled: {gate.hold.reason if gate.hold else 'no capacity'}")
     if isinstance(claim, queries.Busy):
         log.info("[job=%s] already running; duplicate delivery dropped", job_id)
         return LeftAlone()
@@ -126,10 +139,11 @@ def run_job(
         return RunAgainLater(max(claim.due_in_s, 0.05), "retry not due yet")
     if isinstance(claim, queries.WaitForTurn):
         return Parked(f"waiting for earlier turn {claim.blocking_job_id}")
+    assert isinstance(claim, queries.Claimed)
     if active is not None:
         active.add(claim.job_id)
     try:
-        return _attempt(
+        outcome = _attempt(
             claim,
             gateway=gateway,
             settings=settings,
@@ -140,6 +154,19 @@ def run_job(
     finally:
         if active is not None:
             active.discard(claim.job_id)
+        # Flow control's step when the call ends: settle, wake throttled jobs.
+        release(claim.job_id, claim.attempt, settings)
+    return _in_place_of(claim, outcome) if gate.swapped else outcome
+
+
+def _in_place_of(claim: queries.Claimed, outcome: Outcome) -> Outcome:
+    """What a message that ran another job than its own reports: its own job waits in the
+    database, so the message is dropped. The job that ran keeps its own message on the
+    broker, unless it had none (it was parked): a retry is then parked for the sweep."""
+    if isinstance(outcome, RunAgainLater):
+        with transaction() as session:
+            queries.park(session, claim.job_id)
+    return Parked(f"ran job {claim.job_id} in its place")
 
 
 def _attempt(

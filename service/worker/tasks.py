@@ -107,6 +107,7 @@ def chat_completion(
     idempotency_key: str | None = None,
     callback_url: str | None = None,
     surface: str | None = None,
+    priority: int | None = None,
 ) -> dict[str, Any]:
     """Run one chat-completion job and return its JSON view.
 
@@ -125,6 +126,7 @@ def chat_completion(
         "idempotency_key": idempotency_key,
         "callback_url": callback_url,
         "surface": surface,
+        "priority": priority,
     }
     try:
         the_id = _job_id(job_id, self.request.id)
