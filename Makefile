@@ -33,6 +33,7 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.stream_assembly
 	$(BIN)/python -m benchmarks.job_path
+	$(BIN)/python -m benchmarks.flow_admission
 	$(BIN)/python -m benchmarks.pipeline
 	$(BIN)/python -m benchmarks.sql_usage
 

@@ -136,7 +136,7 @@ def test_changing_a_limit_applies_without_a_restart(
     assert run_ezq("limits", "set", "--tenant", tenant, "--concurrency", "1").returncode == 0
     slow(fake_gateway, marker, latency=0.5)
     worker_factory(env={"EZQ_QUEUE": own_queue})
-    jobs = enqueue_many(14, marker, tenant=tenant)
+    jobs = enqueue_many(20, marker, tenant=tenant)
     wait_until(lambda: len(calls_of(fake_gateway, marker)) >= 2, "two calls one at a time")
     assert max_overlap(calls_of(fake_gateway, marker)) == 1
     assert run_ezq("limits", "set", "--tenant", tenant, "--concurrency", "4").returncode == 0
@@ -148,4 +148,4 @@ def test_changing_a_limit_applies_without_a_restart(
     for job_id in jobs:
         assert wait_for_job(job_id, timeout=60)["status"] == "succeeded"
     assert max_overlap(calls_of(fake_gateway, marker)) == 4
-    assert statuses(jobs) == {"succeeded": 14}
+    assert statuses(jobs) == {"succeeded": 20}

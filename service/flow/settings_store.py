@@ -9,6 +9,8 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from service import constants as c
+from service.config import get_settings
 from service.db import flow as flow_db
 from service.db.models import ANY
 from service.db.session import transaction
@@ -68,6 +70,7 @@ def set_limit(
         raise InvalidRequest("adaptive_ttft_ms", "needs max_concurrent (the adaptive ceiling)")
     with transaction() as session:
         limit = flow_db.set_limit(session, tenant=scope[0], model=scope[1], **values)
+    wake_throttled()
     return limit_record(limit)
 
 
@@ -79,7 +82,21 @@ def list_limits() -> list[dict[str, Any]]:
 def delete_limit(*, tenant: str | None, model: str | None) -> bool:
     scope = _scope(tenant, model)
     with transaction() as session:
-        return flow_db.delete_limit(session, tenant=scope[0], model=scope[1])
+        deleted = flow_db.delete_limit(session, tenant=scope[0], model=scope[1])
+    wake_throttled()
+    return deleted
+
+
+def wake_throttled() -> None:
+    """Publish the best-ranked throttled jobs now: a changed limit may admit them. Each
+    checks its limits again at its claim; those still held wait again."""
+    from service.worker.dispatch import publish_jobs
+
+    with transaction() as session:
+        woken = flow_db.wake_throttled(
+            session, aging_s=get_settings().ezq_priority_aging, limit=c.FLOW_WAKE_ON_CHANGE
+        )
+    publish_jobs(woken)
 
 
 def budget_record(budget: flow_db.Budget) -> dict[str, Any]:
