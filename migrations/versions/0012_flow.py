@@ -13,6 +13,9 @@ Adds, as public interface (README "Flow control"):
 - ``flow_admissions``: one row per admitted gateway call, with the tokens and worst-case
   cost it reserved and the tokens it really used; the rate windows and budget reservations
   are computed from it.
+- ``flow_spend``: priced spend per tenant, model and UTC month, added when a call settles
+  (backfilled here from ``token_usage`` for the current month), so that a budget check
+  reads one row instead of summing the month's usage.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ depends_on: str | Sequence[str] | None = None
 
 _PENDING = sa.text("status IN ('queued', 'retrying')")
 _RUNNING = sa.text("status = 'running'")
+_THROTTLED = sa.text(
+    "needs_publish AND throttle_reason IS NOT NULL AND status IN ('queued', 'retrying')"
+)
 
 
 def _timestamps() -> list[sa.Column[object]]:
@@ -55,12 +61,28 @@ def upgrade() -> None:
     op.add_column("jobs", sa.Column("throttled_until", sa.DateTime(timezone=True), nullable=True))
     op.add_column("jobs", sa.Column("throttle_reason", sa.Text(), nullable=True))
     op.create_check_constraint(op.f("ck_jobs_priority"), "jobs", "priority BETWEEN 0 AND 9")
+    # The claim's ranking: a skip scan over the tenants with work waiting, then each
+    # tenant's best jobs by priority and its oldest (see service/db/flow.py).
     op.create_index(
-        "ix_jobs_pending_rank",
+        "ix_jobs_pending_tenant_rank",
+        "jobs",
+        [sa.text("coalesce(tenant, '')"), sa.text("priority DESC"), "enqueue_seq"],
+        unique=False,
+        postgresql_where=_PENDING,
+    )
+    op.create_index(
+        "ix_jobs_pending_tenant_seq",
+        "jobs",
+        [sa.text("coalesce(tenant, '')"), "enqueue_seq"],
+        unique=False,
+        postgresql_where=_PENDING,
+    )
+    op.create_index(
+        "ix_jobs_throttled",
         "jobs",
         [sa.text("priority DESC"), "enqueue_seq"],
         unique=False,
-        postgresql_where=_PENDING,
+        postgresql_where=_THROTTLED,
     )
     op.create_index(
         "ix_jobs_running_scope",
@@ -151,16 +173,51 @@ def upgrade() -> None:
     op.create_index(
         op.f("ix_flow_admissions_admitted_at"), "flow_admissions", ["admitted_at"], unique=False
     )
+    op.create_index(
+        "ix_flow_admissions_unsettled",
+        "flow_admissions",
+        ["tenant", "model"],
+        unique=False,
+        postgresql_where=sa.text("settled_at IS NULL"),
+    )
+    op.create_table(
+        "flow_spend",
+        sa.Column("tenant", sa.Text(), nullable=False),
+        sa.Column("model", sa.Text(), nullable=False),
+        sa.Column("month", sa.Date(), nullable=False),
+        sa.Column("cost_usd", sa.Numeric(32, 16), server_default="0", nullable=False),
+        sa.PrimaryKeyConstraint("tenant", "model", "month", name=op.f("pk_flow_spend")),
+    )
+    # This month's spend so far, so that budgets set from now on count it.
+    op.execute(
+        """
+        INSERT INTO flow_spend (tenant, model, month, cost_usd)
+        SELECT tenant, model, date_trunc('month', created_at AT TIME ZONE 'UTC')::date,
+               sum(cost_usd)
+        FROM token_usage
+        WHERE tenant IS NOT NULL AND cost_usd IS NOT NULL
+          AND created_at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+        GROUP BY 1, 2, 3
+        """
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("flow_spend")
+    op.drop_index(
+        "ix_flow_admissions_unsettled",
+        table_name="flow_admissions",
+        postgresql_where=sa.text("settled_at IS NULL"),
+    )
     op.drop_table("flow_admissions")
     op.drop_index(op.f("ix_flow_budgets_tenant_model"), table_name="flow_budgets")
     op.drop_table("flow_budgets")
     op.drop_index(op.f("ix_flow_limits_tenant_model"), table_name="flow_limits")
     op.drop_table("flow_limits")
     op.drop_index("ix_jobs_running_scope", table_name="jobs", postgresql_where=_RUNNING)
-    op.drop_index("ix_jobs_pending_rank", table_name="jobs", postgresql_where=_PENDING)
+    op.drop_index("ix_jobs_throttled", table_name="jobs", postgresql_where=_THROTTLED)
+    op.drop_index("ix_jobs_pending_tenant_seq", table_name="jobs", postgresql_where=_PENDING)
+    op.drop_index("ix_jobs_pending_tenant_rank", table_name="jobs", postgresql_where=_PENDING)
     op.drop_constraint(op.f("ck_jobs_priority"), "jobs", type_="check")
     op.drop_column("jobs", "throttle_reason")
     op.drop_column("jobs", "throttled_until")

@@ -70,25 +70,47 @@ def lock_pending(session: Session, job_id: uuid.UUID) -> Pending | None:
     return Pending(*row) if row is not None else None
 
 
-def best_candidates(
-    session: Session, *, aging_s: float, limit: int, tenants: list[str] | None = None
-) -> list[Pending]:
+# Per tenant with work waiting, its best jobs by priority and its oldest one (the one that
+# ages): found by a skip scan over the pending-jobs index, a few index probes per tenant,
+# so the cost of a claim grows with the number of tenants waiting, not with the backlog.
+_PENDING = "j.status IN ('queued', 'retrying')"
+_ELIGIBLE = f"""
+    {_PENDING} AND (j.status = 'queued' OR j.dispatched_at <= now()) AND {_NOT_HELD_BACK}
+"""
+_CANDIDATES = f"""
+    WITH RECURSIVE tenants AS (
+        (SELECT coalesce(j.tenant, '') AS t FROM jobs j WHERE {_PENDING}
+         ORDER BY coalesce(j.tenant, '') LIMIT 1)
+        UNION ALL
+        SELECT (SELECT coalesce(j.tenant, '') FROM jobs j
+                WHERE {_PENDING} AND coalesce(j.tenant, '') > tenants.t
+                ORDER BY coalesce(j.tenant, '') LIMIT 1)
+        FROM tenants WHERE tenants.t IS NOT NULL
+    ), heads AS (
+        SELECT h.id FROM tenants CROSS JOIN LATERAL (
+            (SELECT j.id FROM jobs j
+             WHERE coalesce(j.tenant, '') = tenants.t AND {_ELIGIBLE}
+             ORDER BY j.priority DESC, j.enqueue_seq LIMIT :per_tenant)
+            UNION
+            (SELECT j.id FROM jobs j
+             WHERE coalesce(j.tenant, '') = tenants.t AND {_ELIGIBLE}
+             ORDER BY j.enqueue_seq LIMIT 1)
+        ) h
+        WHERE tenants.t IS NOT NULL
+    ), {_RUNNING_PER_TENANT}
+    SELECT j.id, j.tenant, j.model, j.status, j.priority FROM jobs j
+    LEFT JOIN running r ON r.tenant IS NOT DISTINCT FROM j.tenant
+    WHERE j.id IN (SELECT id FROM heads) AND {_PENDING}
+    ORDER BY {_RANK}
+    LIMIT :limit
+    FOR UPDATE OF j SKIP LOCKED
+"""
+
+
+def best_candidates(session: Session, *, aging_s: float, limit: int) -> list[Pending]:
     """The best-ranked eligible pending jobs, locked (skipping rows others hold)."""
     rows = session.execute(
-        text(
-            f"""
-            WITH {_RUNNING_PER_TENANT}
-            SELECT j.id, j.tenant, j.model, j.status, j.priority FROM jobs j
-            LEFT JOIN running r ON r.tenant IS NOT DISTINCT FROM j.tenant
-            WHERE j.status IN ('queued', 'retrying')
-              AND (j.status = 'queued' OR j.dispatched_at <= now())
-              AND {_NOT_HELD_BACK}
-            ORDER BY {_RANK}
-            LIMIT :limit
-            FOR UPDATE OF j SKIP LOCKED
-            """
-        ),
-        {"aging": aging_s, "limit": limit},
+        text(_CANDIDATES), {"aging": aging_s, "limit": limit, "per_tenant": limit}
     ).all()
     return [Pending(*row) for row in rows]
 
@@ -127,21 +149,41 @@ _LIMIT_COLUMNS = (
 )
 
 
-def limits_for(session: Session, tenant: str | None, model: str) -> list[Limit]:
-    """The limits that apply to calls of ``tenant`` on ``model``, locked in a fixed order so
-    that two claims in one scope decide one after the other (no overshoot, no deadlock)."""
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """The limits and budgets that apply to one tenant x model."""
+
+    limits: list[Limit]
+    budget_ids: list[uuid.UUID]
+
+
+def rules_for(session: Session, tenant: str | None, model: str) -> Rules:
+    """The limits and budgets that apply to calls of ``tenant`` on ``model``, locked in a
+    fixed order so that two claims in one scope decide one after the other (no overshoot,
+    no deadlock); one round trip."""
     rows = session.execute(
         text(
             f"""
-            SELECT {_LIMIT_COLUMNS} FROM flow_limits
-            WHERE tenant IN (:tenant, '*') AND model IN (:model, '*')
-            ORDER BY id
-            FOR UPDATE
+            WITH l AS (
+                SELECT {_LIMIT_COLUMNS} FROM flow_limits
+                WHERE tenant IN (:tenant, '*') AND model IN (:model, '*')
+                ORDER BY id FOR UPDATE
+            ), b AS (
+                SELECT id FROM flow_budgets
+                WHERE tenant = :tenant AND model IN (:model, '*')
+                ORDER BY id FOR UPDATE
+            )
+            SELECT true, l.* FROM l
+            UNION ALL
+            SELECT false, b.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM b
             """
         ),
         {"tenant": tenant if tenant is not None else "", "model": model},
     ).all()
-    return [Limit(*row) for row in rows]
+    return Rules(
+        limits=[Limit(*row[1:]) for row in rows if row[0]],
+        budget_ids=[row[1] for row in rows if not row[0]],
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,39 +300,26 @@ class Budget:
 
 _BUDGET_SELECT = """
     SELECT b.id, b.tenant, b.model, b.monthly_usd,
-        coalesce((SELECT sum(u.cost_usd) FROM token_usage u
-                  WHERE u.tenant = b.tenant AND (b.model = '*' OR u.model = b.model)
-                    AND u.created_at >= date_trunc('month', now() AT TIME ZONE 'UTC')
-                                        AT TIME ZONE 'UTC'), 0),
+        coalesce((SELECT sum(s.cost_usd) FROM flow_spend s
+                  WHERE s.tenant = b.tenant AND (b.model = '*' OR s.model = b.model)
+                    AND s.month = date_trunc('month', now() AT TIME ZONE 'UTC')::date), 0),
         coalesce((SELECT sum(a.cost_reserved) FROM flow_admissions a
-                  JOIN jobs j ON j.id = a.job_id AND j.attempts = a.attempt
-                  WHERE j.status = 'running' AND a.tenant = b.tenant
+                  WHERE a.settled_at IS NULL AND a.tenant = b.tenant
                     AND (b.model = '*' OR a.model = b.model)), 0)
     FROM flow_budgets b
 """
 
 
-def budgets_for(session: Session, tenant: str | None, model: str) -> list[Budget]:
-    """The budgets that apply to ``tenant`` on ``model``, locked (concurrent claims of one
-    tenant reserve one after the other), with what is spent and reserved this month.
+def budgets_by_id(session: Session, ids: list[uuid.UUID]) -> list[Budget]:
+    """Budgets (locked by ``rules_for``) with what is spent and reserved this month.
 
-    A call's reservation counts while its job runs that attempt; the transaction that
-    records the call writes its real cost and ends the attempt together, so spend is never
-    counted twice nor missed."""
-    if tenant is None:
-        return []
-    ids = session.execute(
-        text(
-            "SELECT id FROM flow_budgets WHERE tenant = :tenant AND model IN (:model, '*')"
-            " ORDER BY id FOR UPDATE"
-        ),
-        {"tenant": tenant, "model": model},
-    ).scalars()
-    found = list(ids)
-    if not found:
+    A call's worst case stays reserved until it settles, and one statement settles it and
+    adds its real cost to ``flow_spend``: spend is never counted twice nor missed, and a
+    reservation (never below the real cost) covers a call until then."""
+    if not ids:
         return []
     rows = session.execute(
-        text(_BUDGET_SELECT + " WHERE b.id = ANY(:ids) ORDER BY b.model"), {"ids": found}
+        text(_BUDGET_SELECT + " WHERE b.id = ANY(:ids) ORDER BY b.model"), {"ids": ids}
     ).all()
     return [Budget(*row) for row in rows]
 
@@ -449,20 +478,34 @@ def fail_at_claim(session: Session, job_id: uuid.UUID, *, error_type: str, messa
     )
 
 
+# Adds the settled calls' priced usage to their month's spend.
+_ADD_SPEND = """
+    INSERT INTO flow_spend (tenant, model, month, cost_usd)
+    SELECT s.tenant, s.model, date_trunc('month', u.created_at AT TIME ZONE 'UTC')::date,
+           u.cost_usd
+    FROM settled s JOIN token_usage u ON u.job_id = s.job_id
+    WHERE s.tenant IS NOT NULL AND u.cost_usd IS NOT NULL
+    ON CONFLICT (tenant, model, month)
+        DO UPDATE SET cost_usd = flow_spend.cost_usd + excluded.cost_usd
+"""
+
+
 def settle(session: Session, job_id: uuid.UUID, attempt: int) -> None:
     """Settle a finished call: its reservation becomes the tokens it really used (its usage
     row; a call without one keeps its prompt estimate), and adaptive limits in its scope move
     with its time to first token (additive increase, multiplicative decrease)."""
     session.execute(
         text(
-            """
+            f"""
             WITH settled AS (
                 UPDATE flow_admissions a SET settled_at = now(),
                     tokens_used = coalesce(
                         (SELECT u.total_tokens FROM token_usage u WHERE u.job_id = a.job_id),
                         a.tokens_reserved)
                 WHERE a.job_id = :job_id AND a.attempt = :attempt AND a.settled_at IS NULL
-                RETURNING a.tenant, a.model
+                RETURNING a.tenant, a.model, a.job_id
+            ), spent AS (
+                {_ADD_SPEND}
             ), ttft AS (
                 SELECT extract(epoch FROM t.first_token_at - t.started_at) * 1000 AS ms
                 FROM job_attempts t
@@ -485,18 +528,17 @@ def settle(session: Session, job_id: uuid.UUID, attempt: int) -> None:
     )
 
 
-def wake_throttled(session: Session, *, aging_s: float, limit: int) -> list[uuid.UUID]:
-    """The best-ranked throttled jobs, marked as published: the caller publishes them after
-    the commit (a capacity just freed; each one checks its limits again at its claim)."""
+def wake_throttled(session: Session, *, limit: int) -> list[uuid.UUID]:
+    """The highest-priority throttled jobs, marked as published: the caller publishes them
+    after the commit (a capacity just freed). A hint only: each woken job's claim ranks
+    the whole backlog again, and checks its limits."""
     rows = session.execute(
         text(
             f"""
-            WITH {_RUNNING_PER_TENANT}, best AS (
+            WITH best AS (
                 SELECT j.id FROM jobs j
-                LEFT JOIN running r ON r.tenant IS NOT DISTINCT FROM j.tenant
-                WHERE j.needs_publish AND j.throttle_reason IS NOT NULL
-                  AND j.status IN ('queued', 'retrying') AND {_NOT_HELD_BACK}
-                ORDER BY {_RANK}
+                WHERE j.needs_publish AND j.throttle_reason IS NOT NULL AND {_PENDING}
+                ORDER BY j.priority DESC, j.enqueue_seq
                 LIMIT :limit
                 FOR UPDATE OF j SKIP LOCKED
             )
@@ -505,22 +547,49 @@ def wake_throttled(session: Session, *, aging_s: float, limit: int) -> list[uuid
             RETURNING jobs.id
             """
         ),
-        {"aging": aging_s, "limit": limit},
+        {"limit": limit},
     ).scalars()
     return list(rows)
 
 
+def settle_lost(session: Session, *, limit: int) -> int:
+    """Settle the calls whose job no longer runs that attempt but that were never settled
+    (their worker died, or could not reach the database after recording)."""
+    result = session.execute(
+        text(
+            f"""
+            WITH settled AS (
+                UPDATE flow_admissions a SET settled_at = now(),
+                    tokens_used = coalesce(
+                        (SELECT u.total_tokens FROM token_usage u WHERE u.job_id = a.job_id),
+                        a.tokens_reserved)
+                WHERE a.id IN (
+                    SELECT a2.id FROM flow_admissions a2
+                    WHERE a2.settled_at IS NULL AND NOT EXISTS (
+                        SELECT 1 FROM jobs j WHERE j.id = a2.job_id AND j.status = 'running'
+                          AND j.attempts = a2.attempt)
+                    LIMIT :limit
+                    FOR UPDATE SKIP LOCKED)
+                RETURNING a.tenant, a.model, a.job_id
+            ), spent AS (
+                {_ADD_SPEND}
+            )
+            SELECT count(*) FROM settled
+            """
+        ),
+        {"limit": limit},
+    )
+    return int(result.scalar_one())
+
+
 def prune_admissions(session: Session, *, older_than_s: float) -> int:
-    """Delete settled admissions older than the rate window needs (and any whose job no
-    longer runs that attempt): budgets read spend from ``token_usage``."""
+    """Delete settled admissions older than the rate window needs (their cost is in
+    ``flow_spend``)."""
     result = session.execute(
         text(
             """
-            DELETE FROM flow_admissions a
-            WHERE a.admitted_at < now() - make_interval(secs => :age)
-              AND (a.settled_at IS NOT NULL OR NOT EXISTS (
-                    SELECT 1 FROM jobs j WHERE j.id = a.job_id AND j.status = 'running'
-                      AND j.attempts = a.attempt))
+            DELETE FROM flow_admissions
+            WHERE admitted_at < now() - make_interval(secs => :age) AND settled_at IS NOT NULL
             """
         ),
         {"age": older_than_s},

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -195,10 +195,25 @@ class Job(Base):
         CheckConstraint("attempts >= 0", name="attempts"),
         CheckConstraint("priority BETWEEN 0 AND 9", name="priority"),
         Index(
-            "ix_jobs_pending_rank",
+            "ix_jobs_pending_tenant_rank",
+            func.coalesce(text("tenant"), text("''")),
             text("priority DESC"),
             "enqueue_seq",
             postgresql_where=text("status IN ('queued', 'retrying')"),
+        ),
+        Index(
+            "ix_jobs_pending_tenant_seq",
+            func.coalesce(text("tenant"), text("''")),
+            "enqueue_seq",
+            postgresql_where=text("status IN ('queued', 'retrying')"),
+        ),
+        Index(
+            "ix_jobs_throttled",
+            text("priority DESC"),
+            "enqueue_seq",
+            postgresql_where=text(
+                "needs_publish AND throttle_reason IS NOT NULL AND status IN ('queued', 'retrying')"
+            ),
         ),
         Index(
             "ix_jobs_running_scope", "model", "tenant", postgresql_where=text("status = 'running'")
@@ -538,4 +553,21 @@ class FlowAdmission(Base):
         Index(None, "model", "admitted_at"),
         Index(None, "tenant", "admitted_at"),
         Index(None, "admitted_at"),
+        Index(
+            "ix_flow_admissions_unsettled",
+            "tenant",
+            "model",
+            postgresql_where=text("settled_at IS NULL"),
+        ),
     )
+
+
+class FlowSpend(Base):
+    """Priced spend of a tenant on a model in a UTC month, added as calls settle."""
+
+    __tablename__ = "flow_spend"
+
+    tenant: Mapped[str] = mapped_column(primary_key=True)
+    model: Mapped[str] = mapped_column(primary_key=True)
+    month: Mapped[date] = mapped_column(primary_key=True)
+    cost_usd: Mapped[Decimal] = mapped_column(COST_USD, server_default="0")

@@ -29,6 +29,8 @@ from service.webhooks import outbox as webhook_outbox
 log = logging.getLogger(__name__)
 
 BUDGET_EXCEEDED = "budget_exceeded"
+# A call in no token-limited or budgeted scope reserves nothing; it settles to its usage.
+NO_ESTIMATE = flow_db.Estimate(0, 0, None, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +70,13 @@ class _Checker:
     def __init__(self, session: Session, settings: Settings) -> None:
         self.session = session
         self.settings = settings
-        self._limits: dict[tuple[str | None, str], list[flow_db.Limit]] = {}
+        self._rules: dict[tuple[str | None, str], flow_db.Rules] = {}
+
+    def rules(self, job: flow_db.Pending) -> flow_db.Rules:
+        key = (job.tenant, job.model)
+        if key not in self._rules:
+            self._rules[key] = flow_db.rules_for(self.session, job.tenant, job.model)
+        return self._rules[key]
 
     def estimate(self, job_id: uuid.UUID) -> flow_db.Estimate:
         return flow_db.estimate(
@@ -76,11 +84,8 @@ class _Checker:
         )
 
     def limits_hold(self, job: flow_db.Pending, est: flow_db.Estimate | None) -> Hold | None:
-        key = (job.tenant, job.model)
-        if key not in self._limits:
-            self._limits[key] = flow_db.limits_for(self.session, job.tenant, job.model)
         window = self.settings.ezq_flow_window
-        for limit in self._limits[key]:
+        for limit in self.rules(job).limits:
             use = flow_db.scope_use(self.session, limit, window_s=window)
             concurrency = limit.concurrency
             if concurrency is not None and use.running >= concurrency:
@@ -102,9 +107,13 @@ class _Checker:
                     )
         return None
 
+    def needs_estimate(self, job: flow_db.Pending) -> bool:
+        rules = self.rules(job)
+        return bool(rules.budget_ids) or any(r.tokens_per_window for r in rules.limits)
+
     def over_budget(self, job: flow_db.Pending, est: flow_db.Estimate) -> str | None:
         """Why the job's worst case does not fit what is left of a budget, else None."""
-        for budget in flow_db.budgets_for(self.session, job.tenant, job.model):
+        for budget in flow_db.budgets_by_id(self.session, self.rules(job).budget_ids):
             worst = est.cost_usd
             if worst is None:
                 if self.settings.ezq_budget_unpriced == "allow":
@@ -141,19 +150,20 @@ def admit(session: Session, job_id: uuid.UUID, settings: Settings) -> Admission:
         candidates.append(own)
     admission = Admission(job_id, None)
     for job in candidates:
-        hold = checker.limits_hold(job, None)
+        # Only a token limit or a budget needs the estimate (one more round trip).
+        est = checker.estimate(job.id) if checker.needs_estimate(job) else None
+        hold = checker.limits_hold(job, est)
         if hold is not None:
             if job.id == own.id:
                 admission.hold = hold
             continue
-        est = checker.estimate(job.id)
-        problem = checker.over_budget(job, est)
+        problem = checker.over_budget(job, est) if est is not None else None
         if problem is not None:
             _fail(session, admission, job.id, problem)
             if job.id == own.id:
                 break
             continue
-        admission.job_id, admission.estimate = job.id, est
+        admission.job_id, admission.estimate = job.id, est or NO_ESTIMATE
         break
     if admission.swapped and admission.hold is None:
         admission.hold = Hold(f"outranked by job {admission.job_id}")

@@ -24,9 +24,7 @@ def release(job_id: uuid.UUID, attempt: int, settings: Settings) -> None:
     try:
         with transaction() as session:
             flow_db.settle(session, job_id, attempt)
-            woken = flow_db.wake_throttled(
-                session, aging_s=settings.ezq_priority_aging, limit=c.FLOW_WAKE
-            )
+            woken = flow_db.wake_throttled(session, limit=c.FLOW_WAKE)
     except SQLAlchemyError:
         log.warning("[job=%s] could not settle the call; the sweep wakes throttled jobs", job_id)
         return
@@ -38,3 +36,12 @@ def after_admission(admission: Admission) -> None:
     if admission.deliveries:
         publish_deliveries(admission.deliveries)
     publish_jobs(admission.next_turns)
+
+
+def sweep_flow(settings: Settings) -> int:
+    """The sweep's flow step: settle calls lost with their worker (their reservation goes,
+    their real cost, if recorded, is spent) and forget admissions older than the window."""
+    with transaction() as session:
+        settled = flow_db.settle_lost(session, limit=c.SWEEP_BATCH)
+        flow_db.prune_admissions(session, older_than_s=2 * settings.ezq_flow_window)
+    return settled

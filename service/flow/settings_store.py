@@ -10,7 +10,6 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from service import constants as c
-from service.config import get_settings
 from service.db import flow as flow_db
 from service.db.models import ANY
 from service.db.session import transaction
@@ -93,9 +92,7 @@ def wake_throttled() -> None:
     from service.worker.dispatch import publish_jobs
 
     with transaction() as session:
-        woken = flow_db.wake_throttled(
-            session, aging_s=get_settings().ezq_priority_aging, limit=c.FLOW_WAKE_ON_CHANGE
-        )
+        woken = flow_db.wake_throttled(session, limit=c.FLOW_WAKE_ON_CHANGE)
     publish_jobs(woken)
 
 
