@@ -16,6 +16,8 @@ _EXPORTS = {
     "get_job": "service.producer",
     "get_conversation": "service.producer",
     "cancel_job": "service.producer",
+    "stream_job": "service.live.follow",
+    "LiveEvent": "service.live.events",
     "JobAlreadyFinished": "service.errors",
     "EzqError": "service.errors",
     "InvalidRequest": "service.errors",
@@ -31,10 +33,12 @@ __all__ = [
     "InvalidRequest",
     "JobAlreadyFinished",
     "JobNotFound",
+    "LiveEvent",
     "cancel_job",
     "enqueue_completion",
     "get_conversation",
     "get_job",
+    "stream_job",
 ]
 
 if TYPE_CHECKING:
@@ -46,6 +50,8 @@ if TYPE_CHECKING:
         JobAlreadyFinished,
         JobNotFound,
     )
+    from service.live.events import LiveEvent
+    from service.live.follow import stream_job
     from service.producer import cancel_job, enqueue_completion, get_conversation, get_job
 
 

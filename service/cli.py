@@ -186,6 +186,11 @@ def _check_schema() -> None:
     help="0-9, higher starts first under a backlog (default 5).",
 )
 @click.option("--wait", is_flag=True, help="Wait for the job to end and print it as JSON.")
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Print the reply as it arrives, then the final status (exit 1 unless it succeeded).",
+)
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to --wait at most.")
 @click.argument("prompt")
 def enqueue(
@@ -200,6 +205,7 @@ def enqueue(
     surface: str | None,
     priority: int | None,
     wait: bool,
+    follow: bool,
     timeout: float,
     prompt: str,
 ) -> None:
@@ -221,6 +227,9 @@ def enqueue(
         surface=surface,
         priority=priority,
     )
+    if follow:
+        _follow(job_id)
+        return
     if not wait:
         click.echo(str(job_id))
         return
@@ -236,6 +245,31 @@ def enqueue(
             _print_json(job)
             raise EzqError(f"job {job_id} still {job['status']} after {timeout:g}s")
         time.sleep(0.2)
+
+
+def _follow(job_id: uuid.UUID) -> None:
+    """The reply on stdout as it arrives; the job id, restarts and the end on stderr."""
+    from service.live.follow import stream_job
+
+    click.echo(f"job {job_id}", err=True)
+    printed = False
+    for event in stream_job(job_id):
+        if event.type == "delta" and event.text:
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+            printed = True
+        elif event.type == "attempt_restarted":
+            attempt = event.payload["attempt"]
+            click.echo(f"\n[attempt {attempt} starts over; the text above is void]", err=True)
+        elif event.final:
+            job = event.payload["data"]
+            if printed:
+                click.echo()
+            error = job.get("error") or {}
+            detail = f": {error.get('type')}: {error.get('message')}" if error else ""
+            click.echo(f"{job['status']}{detail}", err=True)
+            if job["status"] != "succeeded":
+                sys.exit(1)
 
 
 @cli.command("show")

@@ -76,6 +76,13 @@ class Settings(BaseSettings):
     ezq_metrics_tenants: str = ""
     ezq_metrics_max_tenants: int = Field(default=c.METRICS_MAX_TENANTS, ge=0, le=10_000)
     ezq_metrics_db_ttl: float = Field(default=c.METRICS_DB_TTL_S, ge=0)
+    # Live tokens: the Redis holding each running job's stream of deltas (default: the
+    # broker's, when it is Redis; "off" turns live tokens off), and its tuning.
+    ezq_live_redis_url: str | None = None
+    ezq_live_flush_interval: float = Field(default=c.LIVE_FLUSH_INTERVAL_S, gt=0, le=5)
+    ezq_live_maxlen: int = Field(default=c.LIVE_STREAM_MAXLEN, ge=100)
+    ezq_live_ttl: float = Field(default=c.LIVE_TTL_S, ge=10)
+    ezq_live_heartbeat: float = Field(default=c.LIVE_HEARTBEAT_S, gt=0, le=300)
 
     # Webhooks: comma-separated whsec_ secrets (all sign, for rotation) and CIDRs that the
     # address policy lets through although they are loopback, private or link-local.
@@ -125,6 +132,13 @@ class Settings(BaseSettings):
             if value.startswith(prefix):
                 return _check_postgres_url("postgresql+psycopg://" + value[len(prefix) :])
         raise ValueError("must be a postgresql:// URL")
+
+    @field_validator("ezq_live_redis_url")
+    @classmethod
+    def _live_redis_url(cls, value: str | None) -> str | None:
+        if value is None or value == "off" or value.startswith(REDIS_SCHEMES):
+            return value
+        raise ValueError("must be a redis:// or rediss:// URL, or off")
 
     @field_validator("celery_broker_url")
     @classmethod
@@ -223,6 +237,13 @@ class Settings(BaseSettings):
         if self.celery_result_backend:
             return self.celery_result_backend
         return self.celery_broker_url if self.broker_is_redis else "rpc://"
+
+    @property
+    def live_redis_url(self) -> str | None:
+        """Where live tokens go, or None when they are off."""
+        if self.ezq_live_redis_url is not None:
+            return None if self.ezq_live_redis_url == "off" else self.ezq_live_redis_url
+        return self.celery_broker_url if self.broker_is_redis else None
 
     @property
     def lease_seconds(self) -> float:

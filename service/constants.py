@@ -136,3 +136,16 @@ FLOW_WAKE_ON_CHANGE: Final = 200  # throttled jobs a changed limit wakes
 PRIORITY_DEFAULT: Final = 5
 PRIORITY_MIN: Final = 0
 PRIORITY_MAX: Final = 9
+
+# Live tokens (service/live): deltas a worker reads are batched for this long before one
+# pipelined write to the job's Redis stream, which keeps at most this many entries (about
+# ten minutes of a fast stream at one entry per interval) and expires this long after its
+# last write. A listener with nothing new gets a keep-alive comment, and a look at
+# Postgres for an end it missed, this often.
+LIVE_FLUSH_INTERVAL_S: Final = 0.05
+LIVE_STREAM_MAXLEN: Final = 10_000
+LIVE_TTL_S: Final = 3600.0
+LIVE_HEARTBEAT_S: Final = 15.0
+# After a failed write the publisher skips Redis for this long (the stream read goes on).
+LIVE_BACKOFF_S: Final = 5.0
+LIVE_REDIS_TIMEOUT_S: Final = 1.0

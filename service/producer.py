@@ -90,6 +90,7 @@ def cancel_job(job_id: uuid.UUID | str, *, tenants: queries.Tenants = None) -> d
     A queued job never runs; a running attempt's reply is discarded. The next turn of the
     conversation is woken, and a ``job.cancelled`` webhook goes out if one was asked for.
     """
+    from service.live.publisher import job_ended
     from service.webhooks import outbox as webhook_outbox
     from service.webhooks.tasks import publish_deliveries
     from service.worker.dispatch import publish_jobs
@@ -103,4 +104,5 @@ def cancel_job(job_id: uuid.UUID | str, *, tenants: queries.Tenants = None) -> d
     # Committed already; the sweep publishes whatever these cannot.
     publish_deliveries(deliveries)
     publish_jobs([waiting])
+    job_ended(view)
     return view

@@ -17,7 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 
-from service.api import flow_routes, replay_routes
+from service.api import events_route, flow_routes, replay_routes
 from service.api.auth import Caller
 from service.api.body import BodyLimit, parse_json_object
 from service.api.errors import install_error_handlers
@@ -221,6 +221,8 @@ def create_app() -> FastAPI:
         from service.producer import get_job
 
         return get_job(_uuid(job_id, JobNotFound), tenants=principal.tenants)
+
+    app.include_router(events_route.router, responses=_responses(401, 404, 503))
 
     @app.post(
         "/v1/jobs/{job_id}/cancel",

@@ -18,6 +18,7 @@ from service.completion import Completion
 from service.errors import BrokenStream
 from service.gateway.anthropic_wire import FINISH_REASONS
 from service.gateway.stream import decode_frame, error_frame
+from service.live.publisher import LiveAttempt
 
 _DATA = b"data:"
 
@@ -25,7 +26,7 @@ _DATA = b"data:"
 class AnthropicAssembler:
     """Feed it the stream's lines; ask for the completion once it reports ``done``."""
 
-    __slots__ = ("_blocks", "done", "first_token_at", "frames", "stop_reason", "usage")
+    __slots__ = ("_blocks", "done", "first_token_at", "frames", "live", "stop_reason", "usage")
 
     def __init__(self) -> None:
         self._blocks: dict[int, dict[str, Any]] = {}
@@ -34,6 +35,8 @@ class AnthropicAssembler:
         self.done = False
         self.first_token_at: datetime | None = None
         self.frames = 0
+        # Set by the reading loop when live tokens are on: it gets each fragment as read.
+        self.live: LiveAttempt | None = None
 
     def feed(self, line: bytes) -> None:
         """Take one line of the body (without its newline)."""
@@ -54,7 +57,9 @@ class AnthropicAssembler:
         if kind == "content_block_delta":
             self._delta(frame["index"], frame["delta"])
         elif kind == "content_block_start":
-            self._blocks[frame["index"]] = dict(frame["content_block"])
+            self._blocks[frame["index"]] = block = dict(frame["content_block"])
+            if self.live is not None and block.get("type") == "tool_use":
+                self._live_tool_start(block)
         elif kind == "message_start":
             usage = frame["message"].get("usage")
             self.usage = dict(usage) if usage else None
@@ -78,14 +83,41 @@ class AnthropicAssembler:
         kind = delta["type"]
         if self.first_token_at is None:
             self.first_token_at = datetime.now(UTC)
+        live = self.live
         if kind == "text_delta":
             block["text"] = block.get("text", "") + delta["text"]
+            if live is not None:
+                live.content(delta["text"])
         elif kind == "input_json_delta":
             block["_json"] = block.get("_json", "") + delta["partial_json"]
+            if live is not None:
+                live.tool_call(
+                    {
+                        "index": block["_tool_index"],
+                        "function": {"arguments": delta["partial_json"]},
+                    }
+                )
         elif kind == "thinking_delta":
             block["thinking"] = block.get("thinking", "") + delta["thinking"]
+            if live is not None:
+                live.reasoning(delta["thinking"])
         elif kind == "signature_delta":
             block["signature"] = block.get("signature", "") + delta["signature"]
+
+    def _live_tool_start(self, block: dict[str, Any]) -> None:
+        # Live readers get OpenAI-shaped fragments: the call's position among the tool
+        # calls, then its id and name, then its arguments piece by piece.
+        index = sum(1 for b in self._blocks.values() if b.get("type") == "tool_use") - 1
+        block["_tool_index"] = index
+        assert self.live is not None
+        self.live.tool_call(
+            {
+                "index": index,
+                "id": block.get("id"),
+                "type": "function",
+                "function": {"name": block.get("name", ""), "arguments": ""},
+            }
+        )
 
     def result(self, *, request_id: str | None) -> Completion:
         """The completion, if the stream really ended; otherwise BrokenStream."""

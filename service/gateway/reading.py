@@ -11,10 +11,13 @@ from service.completion import Completion
 from service.errors import BrokenStream, GatewayTimeout
 from service.gateway.stream import split_lines
 from service.gateway.translate import REQUEST_ID_HEADER, translate
+from service.live import publisher as live_publisher
+from service.live.publisher import LiveAttempt
 
 
 class Assembler(Protocol):
     done: bool
+    live: LiveAttempt | None
 
     def feed(self, line: bytes) -> None: ...
 
@@ -42,6 +45,8 @@ def read_sse(
             status=response.status_code,
             request_id=request_id,
         )
+    # Live tokens: the assembler hands each fragment to the running attempt, if any.
+    assembler.live = live_publisher.current()
     for line in split_lines(response.http_response.iter_bytes()):
         assembler.feed(line)
         if assembler.done:

@@ -13,6 +13,7 @@ from typing import Any
 
 from service.completion import Completion
 from service.errors import BrokenStream, GatewayServerError
+from service.live.publisher import LiveAttempt
 
 _DATA = b"data:"
 _DONE = b"[DONE]"
@@ -29,6 +30,7 @@ class StreamAssembler:
         "finish_reason",
         "first_token_at",
         "frames",
+        "live",
         "usage",
     )
 
@@ -41,6 +43,8 @@ class StreamAssembler:
         self.done = False
         self.first_token_at: datetime | None = None
         self.frames = 0
+        # Set by the reading loop when live tokens are on: it gets each fragment as read.
+        self.live: LiveAttempt | None = None
 
     def feed(self, line: bytes) -> None:
         """Take one line of the body (without its newline)."""
@@ -79,16 +83,23 @@ class StreamAssembler:
                 if self.first_token_at is None:
                     self.first_token_at = datetime.now(UTC)
                 self._content.append(content)
+                if self.live is not None:
+                    self.live.content(content)
             reasoning = delta.get("reasoning_content")
             if reasoning:
                 if self.first_token_at is None:
                     self.first_token_at = datetime.now(UTC)
                 self._reasoning.append(reasoning)
+                if self.live is not None:
+                    self.live.reasoning(reasoning)
             tool_calls = delta.get("tool_calls")
             if tool_calls:
                 if self.first_token_at is None:
                     self.first_token_at = datetime.now(UTC)
                 self._merge_tool_calls(tool_calls)
+                if self.live is not None:
+                    for fragment in tool_calls:
+                        self.live.tool_call(fragment)
         finish_reason = choice.get("finish_reason")
         if finish_reason:
             self.finish_reason = finish_reason

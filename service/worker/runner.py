@@ -23,6 +23,7 @@ from service.errors import GatewayError, InternalError
 from service.flow import admission
 from service.flow.release import after_admission, release
 from service.gateway.retry import backoff_seconds, is_retryable
+from service.live import publisher as live_publisher
 from service.tokens import TokenCounts, normalise_usage
 from service.webhooks import outbox as webhook_outbox
 from service.worker.liveness import ActiveJobs
@@ -208,7 +209,8 @@ def _attempt(
         )
 
     try:
-        completion = gateway.complete(claim.model, claim.messages, claim.params, claim.surface)
+        with live_publisher.attempt(claim.job_id, claim.attempt):
+            completion = gateway.complete(claim.model, claim.messages, claim.params, claim.surface)
     except GatewayError as error:
         return fail(error)
     except Exception as caught:

@@ -18,6 +18,7 @@ from service.db import queries
 from service.db.session import transaction
 from service.errors import EzqCallerError
 from service.gateway import GatewayClient
+from service.live import publisher as live_publisher
 from service.logsetup import install_redaction
 from service.validation import validate_request
 from service.webhooks.tasks import publish_deliveries
@@ -158,6 +159,7 @@ def chat_completion(
         log.warning("[job=%s] database unavailable, retrying: %s", the_id, type(exc.orig).__name__)
         _retry(self, the_id, countdown=5.0)
     if isinstance(outcome, Finished):
+        live_publisher.job_ended(outcome.result)
         if outcome.failed:
             error = outcome.result.get("error") or {}
             status = outcome.result["status"]

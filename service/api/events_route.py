@@ -1,0 +1,135 @@
+"""``GET /v1/jobs/{id}/events``: a job's live events as Server-Sent Events.
+
+Async end to end: an open listener is a coroutine blocked in one ``XREAD`` on the job's
+stream (one Redis connection from the process's pool), never a thread. Postgres is asked
+only at the start, and then once per quiet heartbeat for an end that left no final entry
+(a job taken over and failed by the sweep, an expired stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import redis.asyncio as aioredis
+from fastapi import APIRouter, Header
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+
+from service.api.auth import Caller
+from service.config import get_settings
+from service.db.queries import Tenants
+from service.errors import JobNotFound
+from service.live.events import Follower, final_event, stream_key
+from service.live.follow import READ_COUNT, ended_view, entries_of
+
+router = APIRouter()
+
+_clients: dict[str, aioredis.Redis] = {}
+
+# Sent first, so that proxies and clients see the stream open before the first delta, and
+# EventSource reconnects after 2 s with Last-Event-ID.
+_OPENING = b"retry: 2000\n\n"
+_KEEP_ALIVE = b": keep-alive\n\n"
+
+EVENTS_DOC = """A job's live events, as Server-Sent Events (`text/event-stream`):
+
+- `delta`: `{"attempt", "content"?, "reasoning"?, "tool_calls"?}`, fragments of the reply
+  as the worker receives them (batched about every 50 ms);
+- `attempt_restarted`: `{"attempt"}`, an attempt broke and a new one starts: drop the text
+  so far;
+- `job.succeeded`, `job.failed` or `job.cancelled`: the webhook body (`{"type",
+  "timestamp", "data": job}`), then the stream ends.
+
+Each event has an `id:`; send the last one as `Last-Event-ID` to resume after it. A late
+client gets what was produced first; a job that has ended answers with its final event
+only. `: keep-alive` comments are sent when nothing happens for EZQ_LIVE_HEARTBEAT.
+"""
+
+
+# One event (OpenAPI before 3.2 describes each event of a stream with ``schema``).
+_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "event", "data"],
+    "properties": {
+        "id": {"type": "string", "description": "Send it as Last-Event-ID to resume after."},
+        "event": {
+            "type": "string",
+            "enum": ["delta", "attempt_restarted", "job.succeeded", "job.failed", "job.cancelled"],
+        },
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+}
+
+
+def _client(url: str) -> aioredis.Redis:
+    # One pool per process (uvicorn runs one event loop per process).
+    client = _clients.get(url)
+    if client is None:
+        client = _clients[url] = aioredis.Redis.from_url(url)
+    return client
+
+
+async def _events(
+    job_id: uuid.UUID, tenants: Tenants, last_event_id: str | None
+) -> AsyncIterator[bytes]:
+    settings = get_settings()
+    url = settings.live_redis_url
+    follower = Follower(last_event_id)
+    key = stream_key(job_id)
+    block_ms = int(settings.ezq_live_heartbeat * 1000)
+    yield _OPENING
+    while True:
+        events = []
+        if url is not None:
+            reply = await _client(url).xread(
+                {key: follower.last_id}, count=READ_COUNT, block=block_ms
+            )
+            events = follower.take(entries_of(reply))
+        else:
+            await asyncio.sleep(settings.ezq_live_heartbeat)
+        for event in events:
+            yield event.sse()
+        if follower.done:
+            return
+        if not events:
+            view = await run_in_threadpool(ended_view, job_id, tenants)
+            if view is not None:
+                yield final_event(view).sse()
+                return
+            yield _KEEP_ALIVE
+
+
+@router.get(
+    "/v1/jobs/{job_id}/events",
+    response_model=None,
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "The event stream.",
+            "content": {"text/event-stream": {"schema": _EVENT_SCHEMA}},
+        }
+    },
+    description=EVENTS_DOC,
+)
+def job_events(
+    job_id: str,
+    principal: Caller,
+    last_event_id: Annotated[
+        str | None, Header(description="The `id` of the last event received: resume after it.")
+    ] = None,
+) -> StreamingResponse:
+    """Stream the job's live events (see the description)."""
+    try:
+        the_id = uuid.UUID(job_id)
+    except ValueError:
+        raise JobNotFound(job_id) from None
+    view = ended_view(the_id, principal.tenants)  # JobNotFound outside the key's tenants
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    if view is not None:
+        body: Any = iter([final_event(view).sse()])
+    else:
+        body = _events(the_id, principal.tenants, last_event_id)
+    return StreamingResponse(body, media_type="text/event-stream", headers=headers)

@@ -1,0 +1,268 @@
+"""The worker's side of live tokens: deltas from the stream-reading loop to Redis.
+
+Cheap on purpose: per chunk an assembler appends the fragment to its attempt's deque
+(``LiveAttempt``), nothing more. One flusher thread per process drains every running
+attempt each ``EZQ_LIVE_FLUSH_INTERVAL`` (50 ms) into one pipelined round trip (one
+``XADD`` per job with something new, and its ``EXPIRE``), however many jobs run. An attempt
+start writes ``attempt_restarted`` (attempt 2 and later), its end flushes what is left
+before the outcome is recorded, and a job's end writes the final event. Redis being slow
+or down never fails or slows a call for long: a failed write drops that batch and skips
+Redis for ``LIVE_BACKOFF_S``; the reply is in Postgres whatever happens here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+import redis
+
+from service import constants as c
+from service.config import get_settings
+from service.live.events import (
+    ATTEMPT_RESTARTED,
+    DELTA,
+    ENDED_STATUSES,
+    entry_fields,
+    final_text,
+    stream_key,
+)
+from service.webhooks.events import event_type_for
+
+log = logging.getLogger(__name__)
+
+_CONTENT, _REASONING, _TOOL = 0, 1, 2
+
+# A stream entry to add: the key, its fields, and whether to (re)set the key's TTL.
+Entry = tuple[str, dict[str, str], bool]
+
+_current: ContextVar[LiveAttempt | None] = ContextVar("ezq_live_attempt", default=None)
+
+
+class LiveAttempt:
+    """Where an assembler puts the fragments of one attempt as it reads them."""
+
+    __slots__ = ("attempt", "expiring", "key", "pending")
+
+    def __init__(self, job_id: uuid.UUID, attempt: int) -> None:
+        self.key = stream_key(job_id)
+        self.attempt = attempt
+        # deque.append / popleft are atomic: the reading thread and the flusher need no lock.
+        self.pending: deque[tuple[int, Any]] = deque()
+        # The stream's TTL is set by the attempt's first write (and again by the final
+        # event); the TTL outlasts any attempt, so later batches skip the EXPIRE.
+        self.expiring = False
+
+    def content(self, text: str) -> None:
+        self.pending.append((_CONTENT, text))
+
+    def reasoning(self, text: str) -> None:
+        self.pending.append((_REASONING, text))
+
+    def tool_call(self, fragment: dict[str, Any]) -> None:
+        """An OpenAI ``delta.tool_calls`` fragment (``index``, ``id``?, ``function``)."""
+        self.pending.append((_TOOL, fragment))
+
+    def drain(self) -> dict[str, Any] | None:
+        """What arrived since the last drain, as one delta's data; None if nothing did."""
+        content: list[str] = []
+        reasoning: list[str] = []
+        tools: list[dict[str, Any]] = []
+        pending = self.pending
+        while pending:
+            kind, value = pending.popleft()
+            if kind == _CONTENT:
+                content.append(value)
+            elif kind == _REASONING:
+                reasoning.append(value)
+            else:
+                _merge_fragment(tools, value)
+        if not (content or reasoning or tools):
+            return None
+        data: dict[str, Any] = {"attempt": self.attempt}
+        if content:
+            data["content"] = "".join(content)
+        if reasoning:
+            data["reasoning"] = "".join(reasoning)
+        if tools:
+            data["tool_calls"] = tools
+        return data
+
+
+def _merge_fragment(tools: list[dict[str, Any]], fragment: dict[str, Any]) -> None:
+    # Consecutive argument pieces of one call become one fragment.
+    last = tools[-1] if tools else None
+    if last is not None and last.get("index") == fragment.get("index") and "id" not in fragment:
+        piece = (fragment.get("function") or {}).get("arguments") or ""
+        function = last.setdefault("function", {})
+        function["arguments"] = function.get("arguments", "") + piece
+        return
+    tools.append({**fragment, "function": dict(fragment.get("function") or {})})
+
+
+def current() -> LiveAttempt | None:
+    """The attempt this thread is running, when live tokens are on."""
+    return _current.get()
+
+
+class Publisher:
+    """One per process: the Redis client, the running attempts and the flusher thread."""
+
+    def __init__(self, url: str, *, interval: float, maxlen: int, ttl: float) -> None:
+        self._redis = redis.Redis.from_url(
+            url,
+            socket_timeout=c.LIVE_REDIS_TIMEOUT_S,
+            socket_connect_timeout=c.LIVE_REDIS_TIMEOUT_S,
+        )
+        self._interval = interval
+        self._maxlen = maxlen
+        self._ttl = int(ttl)
+        self._attempts: set[LiveAttempt] = set()
+        # Held while a batch is drained and written, so batches of one job never overtake.
+        self._write_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._skip_until = 0.0
+        self._thread: threading.Thread | None = None
+
+    # --- the hooks ------------------------------------------------------------------
+
+    def start(self, job_id: uuid.UUID, attempt: int) -> LiveAttempt:
+        live = LiveAttempt(job_id, attempt)
+        if attempt > 1:
+            # Whatever an earlier attempt streamed is void: readers drop it.
+            restarted = entry_fields(ATTEMPT_RESTARTED, {"attempt": attempt}, attempt)
+            self._write([(live.key, restarted, True)])
+        with self._write_lock:
+            self._attempts.add(live)
+        self._ensure_thread()
+        self._wake.set()
+        return live
+
+    def finish(self, live: LiveAttempt) -> None:
+        """The attempt's call returned or raised: write what it left, before the outcome."""
+        with self._write_lock:
+            self._attempts.discard(live)
+            data = live.drain()
+            if data is not None:
+                self._send([(live.key, entry_fields(DELTA, data, live.attempt), not live.expiring)])
+
+    def ended(self, view: dict[str, Any]) -> None:
+        """The job ended (``view`` is its JSON view): write the final event."""
+        if view.get("status") in ENDED_STATUSES:
+            key = stream_key(view["job_id"])
+            kind = event_type_for(view["status"])
+            self._write([(key, entry_fields(kind, final_text(view), None), True)])
+
+    # --- writing --------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write every running attempt's new fragments in one round trip."""
+        with self._write_lock:
+            batch = []
+            for live in self._attempts:
+                data = live.drain()
+                if data is not None:
+                    batch.append(
+                        (live.key, entry_fields(DELTA, data, live.attempt), not live.expiring)
+                    )
+                    live.expiring = True
+            self._send(batch)
+
+    def _write(self, batch: list[Entry]) -> None:
+        with self._write_lock:
+            self._send(batch)
+
+    def _send(self, batch: list[Entry]) -> None:
+        if not batch or time.monotonic() < self._skip_until:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for key, fields, expire in batch:
+            pipe.xadd(key, fields, maxlen=self._maxlen, approximate=True)  # type: ignore[arg-type]
+            if expire:
+                pipe.expire(key, self._ttl)
+        try:
+            pipe.execute()
+        except redis.RedisError as exc:
+            self._skip_until = time.monotonic() + c.LIVE_BACKOFF_S
+            log.warning(
+                "live tokens: could not write to Redis (%s); skipping it for %.0fs",
+                type(exc).__name__,
+                c.LIVE_BACKOFF_S,
+            )
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            with self._write_lock:
+                if self._thread is None or not self._thread.is_alive():
+                    self._thread = threading.Thread(
+                        target=self._run, name="ezq-live-flusher", daemon=True
+                    )
+                    self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            time.sleep(self._interval)
+            try:
+                self.flush()
+            except Exception:  # never let the flusher die; the next interval tries again
+                log.exception("live tokens: flush failed")
+            if not self._attempts:
+                self._wake.clear()
+                if self._attempts:  # one started between the check and the clear
+                    self._wake.set()
+
+
+_publisher: Publisher | None = None
+_publisher_lock = threading.Lock()
+_disabled = False
+
+
+def publisher() -> Publisher | None:
+    """The process's publisher, or None when live tokens are off (``EZQ_LIVE_REDIS_URL``)."""
+    global _publisher, _disabled
+    if _publisher is None and not _disabled:
+        with _publisher_lock:
+            if _publisher is None and not _disabled:
+                settings = get_settings()
+                url = settings.live_redis_url
+                if url is None:
+                    _disabled = True
+                    return None
+                _publisher = Publisher(
+                    url,
+                    interval=settings.ezq_live_flush_interval,
+                    maxlen=settings.ezq_live_maxlen,
+                    ttl=settings.ezq_live_ttl,
+                )
+    return _publisher
+
+
+@contextmanager
+def attempt(job_id: uuid.UUID, attempt_number: int) -> Iterator[LiveAttempt | None]:
+    """Around one gateway call: the reading loop finds the attempt with ``current()``."""
+    pub = publisher()
+    if pub is None:
+        yield None
+        return
+    live = pub.start(job_id, attempt_number)
+    token = _current.set(live)
+    try:
+        yield live
+    finally:
+        _current.reset(token)
+        pub.finish(live)
+
+
+def job_ended(view: dict[str, Any]) -> None:
+    """After the commit that ended the job: its final event, for live readers."""
+    pub = publisher()
+    if pub is not None:
+        pub.ended(view)

@@ -1,0 +1,270 @@
+"""Live tokens: `GET /v1/jobs/{id}/events`, `stream_job` and `ezq enqueue --follow` against a
+real `ezq api`, a real worker and the fake gateway answering slowly, chunk by chunk."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from service.fake_gateway import Fault
+from service.live.events import final_text, stream_key
+from service.producer import get_job
+from tests.conftest import REDIS_URL, run_ezq, wait_for_job
+
+ADMIN_TOKEN = "live-admin-" + uuid.uuid4().hex
+TENANT, OTHER = "live-" + uuid.uuid4().hex[:6], "other-" + uuid.uuid4().hex[:6]
+MODEL = "glm-5.1"
+# 8 characters a chunk (the fake's default): 16 chunks.
+REPLY = "".join(f"word{i:02d}, " for i in range(16))
+ENDED = ("succeeded", "failed", "cancelled")
+
+
+@dataclass
+class Event:
+    id: str
+    type: str
+    data: dict[str, Any]
+    raw: str
+
+
+def create_key(tenant: str) -> str:
+    done = run_ezq("keys", "create", "--tenant", tenant, "--format", "json")
+    assert done.returncode == 0, done.stderr
+    key: str = json.loads(done.stdout)["key"]
+    return key
+
+
+@pytest.fixture(scope="module")
+def server(api_server_factory: Any, worker: Any) -> Any:
+    return api_server_factory(EZQ_API_TOKENS=ADMIN_TOKEN, EZQ_LIVE_HEARTBEAT="0.5")
+
+
+@pytest.fixture(scope="module")
+def client(server: Any) -> Iterator[httpx.Client]:
+    headers = {"Authorization": f"Bearer {create_key(TENANT)}"}
+    with httpx.Client(base_url=server.url, headers=headers, timeout=30) as c:
+        yield c
+
+
+def marker() -> str:
+    return f"live {uuid.uuid4()}"
+
+
+def enqueue(client: httpx.Client, prompt: str) -> str:
+    answer = client.post(
+        "/v1/jobs", json={"model": MODEL, "messages": [{"role": "user", "content": prompt}]}
+    )
+    assert answer.status_code == 202, answer.text
+    job_id: str = answer.json()["job_id"]
+    return job_id
+
+
+def slow(prompt: str, *, delay: float = 0.15, **fields: Any) -> Fault:
+    return Fault(match=prompt, reply=REPLY, chunk_delay=delay, **fields)
+
+
+def events(client: httpx.Client, job_id: str, **headers: str) -> Iterator[Event]:
+    """Parse the event stream as it arrives (comments and `retry:` skipped)."""
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        fields: dict[str, str] = {}
+        for line in response.iter_lines():
+            if line:
+                name, _, value = line.partition(": ")
+                fields[name] = value
+                continue
+            if "event" in fields:
+                yield Event(
+                    fields["id"], fields["event"], json.loads(fields["data"]), fields["data"]
+                )
+            fields = {}
+
+
+def text_of(received: list[Event]) -> str:
+    return "".join(e.data.get("content", "") for e in received if e.type == "delta")
+
+
+def test_deltas_arrive_in_order_before_the_end_then_the_final_event(
+    client: httpx.Client, fake_gateway: Any
+) -> None:
+    """A slow answer streams as deltas in order, the first while the job still runs, and the
+    stream ends with `job.succeeded` carrying the webhook body."""
+    prompt = marker()
+    fake_gateway.add_faults(slow(prompt))
+    job_id = enqueue(client, prompt)
+    received: list[Event] = []
+    status_at_first_delta = None
+    for event in events(client, job_id):
+        if event.type == "delta" and status_at_first_delta is None:
+            status_at_first_delta = get_job(job_id)["status"]
+        received.append(event)
+    assert status_at_first_delta == "running"
+    deltas = [e for e in received if e.type == "delta"]
+    assert len(deltas) >= 3  # batched, but not into one
+    assert all(e.data["attempt"] == 1 for e in deltas)
+    assert text_of(received) == REPLY
+    final = received[-1]
+    assert final.type == "job.succeeded"
+    assert [e.type for e in received].count("job.succeeded") == 1
+    job = get_job(job_id)
+    assert final.raw == final_text(job)  # the webhook builder's JSON, byte for byte
+    assert final.data["data"]["content"] == REPLY
+    ids = [tuple(int(p) for p in e.id.split("-")) for e in received]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+def test_last_event_id_resumes_after_a_reconnect(client: httpx.Client, fake_gateway: Any) -> None:
+    """A client that drops after two deltas and reconnects with `Last-Event-ID` gets the
+    rest, without repeats, and the reply adds up."""
+    prompt = marker()
+    fake_gateway.add_faults(slow(prompt, delay=0.2))
+    job_id = enqueue(client, prompt)
+    first: list[Event] = []
+    for event in events(client, job_id):
+        first.append(event)
+        if len(first) == 2:
+            break
+    assert [e.type for e in first] == ["delta", "delta"]
+    assert get_job(job_id)["status"] == "running"  # so the resume is mid-stream
+    rest = list(events(client, job_id, **{"Last-Event-ID": first[-1].id}))
+    assert rest[0].type == "delta"
+    assert rest[-1].type == "job.succeeded"
+    assert not {e.id for e in first} & {e.id for e in rest}
+    assert text_of(first + rest) == REPLY
+
+
+def test_a_broken_attempt_is_signalled_and_the_retry_streams_again(
+    client: httpx.Client, fake_gateway: Any
+) -> None:
+    """A stream cut mid-way is retried: the client sees attempt 1's deltas, then
+    `attempt_restarted`, then attempt 2's whole reply, then the final event."""
+    prompt = marker()
+    fake_gateway.add_faults(
+        slow(prompt, kind="drop_mid_stream", after_chunks=5), slow(prompt, delay=0.05)
+    )
+    job_id = enqueue(client, prompt)
+    received = list(events(client, job_id))
+    kinds = [e.type for e in received]
+    assert "attempt_restarted" in kinds, kinds
+    restart = kinds.index("attempt_restarted")
+    before, after = received[:restart], received[restart + 1 :]
+    assert received[restart].data == {"attempt": 2}
+    assert before and REPLY.startswith(text_of(before)) and text_of(before) != REPLY
+    assert all(e.data["attempt"] == 1 for e in before)
+    assert all(e.data["attempt"] == 2 for e in after if e.type == "delta")
+    assert text_of(after) == REPLY
+    assert kinds[-1] == "job.succeeded"
+    assert received[-1].data["data"]["attempts"] == 2
+
+
+def test_an_ended_job_answers_with_its_final_event_at_once(
+    client: httpx.Client, fake_gateway: Any
+) -> None:
+    """A late client of an ended job gets only the final event and the stream closes, also
+    when the Redis stream has expired (built from Postgres)."""
+    prompt = marker()
+    job_id = enqueue(client, prompt)
+    job = wait_for_job(job_id)
+    for _ in range(2):
+        received = list(events(client, job_id))
+        assert [e.type for e in received] == ["job.succeeded"]
+        assert received[0].raw == final_text(job)
+        redis.Redis.from_url(REDIS_URL).delete(stream_key(job_id))
+
+
+def test_a_cancelled_job_ends_its_stream(client: httpx.Client, fake_gateway: Any) -> None:
+    """Cancelling a job that is streaming ends its listeners with `job.cancelled`."""
+    prompt = marker()
+    fake_gateway.add_faults(slow(prompt, delay=0.2))
+    job_id = enqueue(client, prompt)
+    received: list[Event] = []
+    for event in events(client, job_id):
+        received.append(event)
+        if len(received) == 1:
+            assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    assert received[-1].type == "job.cancelled"
+    assert received[-1].data["data"]["status"] == "cancelled"
+
+
+def test_another_tenants_key_gets_404(server: Any, client: httpx.Client) -> None:
+    """The events of another tenant's job answer 404 like an unknown id; so does a bad id."""
+    job_id = enqueue(client, marker())
+    other = {"Authorization": f"Bearer {create_key(OTHER)}"}
+    for path in (
+        f"/v1/jobs/{job_id}/events",
+        f"/v1/jobs/{uuid.uuid4()}/events",
+        "/v1/jobs/x/events",
+    ):
+        answer = httpx.get(server.url + path, headers=other, timeout=10)
+        assert answer.status_code == 404, answer.text
+        assert answer.json()["error"]["type"] == "job_not_found"
+    assert httpx.get(f"{server.url}/v1/jobs/{job_id}/events").status_code == 401
+
+
+def test_stream_job_yields_the_same_events(fake_gateway: Any, worker: Any) -> None:
+    """`stream_job` yields typed events: deltas that add up to the reply, then the final one."""
+    from service import enqueue_completion, stream_job
+
+    prompt = marker()
+    fake_gateway.add_faults(slow(prompt, delay=0.05))
+    job_id = enqueue_completion(MODEL, [{"role": "user", "content": prompt}], tenant=TENANT)
+    received = list(stream_job(job_id))
+    assert "".join(e.text for e in received) == REPLY
+    assert received[-1].type == "job.succeeded"
+    assert received[-1].data == final_text(get_job(job_id))
+    assert all(e.payload["attempt"] == 1 for e in received[:-1])
+
+
+def test_enqueue_follow_prints_as_it_goes(fake_gateway: Any, worker: Any, server: Any) -> None:
+    """`ezq enqueue --follow` prints the reply's first text while the job still runs, ends
+    with the status and exits 0; a failed job exits 1. No reply text reaches the logs."""
+    prompt = marker()
+    fake_gateway.add_faults(slow(prompt, delay=0.2))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "enqueue", "--follow", "-m", MODEL, prompt],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd="/",
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = os.read(proc.stdout.fileno(), 4096).decode()
+    assert first and REPLY.startswith(first)
+    job_id = proc.stderr.readline().decode().split()[-1]
+    assert get_job(job_id)["status"] == "running"
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert first + out.decode() == REPLY + "\n"
+    assert err.decode().strip().endswith("succeeded")
+    assert REPLY not in worker.log() and REPLY not in server.log()
+
+    failing = marker()
+    fake_gateway.add_faults(Fault(status=400, match=failing))
+    done = run_ezq("enqueue", "--follow", "-m", MODEL, failing)
+    assert done.returncode == 1
+    assert "failed: client_error" in done.stderr
+
+
+def test_no_listener_needed_and_entries_expire(client: httpx.Client, fake_gateway: Any) -> None:
+    """The stream is written without a listener, bounded, and set to expire."""
+    prompt = marker()
+    job_id = enqueue(client, prompt)
+    wait_for_job(job_id)
+    r = redis.Redis.from_url(REDIS_URL)
+    deadline = time.monotonic() + 10
+    while not r.xrevrange(stream_key(job_id), count=1) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the final entry follows the commit
+    entries = r.xrange(stream_key(job_id))
+    assert entries[-1][1][b"t"] == b"job.succeeded"
+    assert 0 < r.ttl(stream_key(job_id)) <= 3600
