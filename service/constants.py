@@ -133,6 +133,7 @@ PRIORITY_AGING_S: Final = 60.0  # a waiting job gains one priority step per this
 FLOW_CANDIDATES: Final = 8  # best-ranked jobs a claim considers running in a message's place
 FLOW_WAKE: Final = 2  # throttled jobs a finished call wakes
 FLOW_WAKE_ON_CHANGE: Final = 200  # throttled jobs a changed limit wakes
+FLOW_ADMISSIONS_KEEP_S: Final = 3600.0  # settled admissions are kept this long, for SQL
 PRIORITY_DEFAULT: Final = 5
 PRIORITY_MIN: Final = 0
 PRIORITY_MAX: Final = 9

@@ -79,3 +79,21 @@ def statuses(job_ids: list[uuid.UUID]) -> dict[str, int]:
         ids=[str(j) for j in job_ids],
     )
     return {status: count for status, count in rows}
+
+
+def admission_lag(fake_gateway: Any, marker: str, job_ids: list[uuid.UUID]) -> float:
+    """The longest time between a call's admission (the claim, on the database's clock) and
+    its arrival at the gateway: how far the gateway's view of a window may shift."""
+    admitted = dict(
+        sql(
+            "SELECT j.input_messages->0->>'content', extract(epoch FROM a.admitted_at)"
+            " FROM flow_admissions a JOIN jobs j ON j.id = a.job_id WHERE a.job_id = ANY(:ids)",
+            ids=[str(j) for j in job_ids],
+        )
+    )
+    lags = [
+        r.received_at - float(admitted[r.body["messages"][-1]["content"]])
+        for r in fake_gateway.requests
+        if marker in str(r.body)
+    ]
+    return max(lags)

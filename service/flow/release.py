@@ -40,8 +40,10 @@ def after_admission(admission: Admission) -> None:
 
 def sweep_flow(settings: Settings) -> int:
     """The sweep's flow step: settle calls lost with their worker (their reservation goes,
-    their real cost, if recorded, is spent) and forget admissions older than the window."""
+    their real cost, if recorded, is spent) and forget settled admissions older than an hour
+    (or two windows, if longer)."""
     with transaction() as session:
         settled = flow_db.settle_lost(session, limit=c.SWEEP_BATCH)
-        flow_db.prune_admissions(session, older_than_s=2 * settings.ezq_flow_window)
+        keep = max(2 * settings.ezq_flow_window, c.FLOW_ADMISSIONS_KEEP_S)
+        flow_db.prune_admissions(session, older_than_s=keep)
     return settled

@@ -15,9 +15,27 @@ from service.db.models import ANY
 from service.db.session import transaction
 from service.errors import InvalidRequest
 
+_MAX_INT = 2**31 - 1  # the columns are Postgres integers
+_MAX_USD = Decimal(10) ** 13  # numeric(20, 6)
+_MAX_NAME = 500
+
+
+def _name(field: str, value: str | None) -> str:
+    if value is None or value == "":
+        return ANY
+    if not isinstance(value, str):
+        raise InvalidRequest(field, f"must be a string, not {type(value).__name__}")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise InvalidRequest(field, "must be valid Unicode (no lone surrogates)") from None
+    if len(value) > _MAX_NAME or "\x00" in value:
+        raise InvalidRequest(field, f"must be at most {_MAX_NAME} characters, without NUL")
+    return value
+
 
 def _scope(tenant: str | None, model: str | None) -> tuple[str, str]:
-    tenant, model = tenant or ANY, model or ANY
+    tenant, model = _name("tenant", tenant), _name("model", model)
     if tenant == ANY and model == ANY:
         raise InvalidRequest("tenant", "a limit needs a tenant, a model, or both")
     return tenant, model
@@ -26,8 +44,8 @@ def _scope(tenant: str | None, model: str | None) -> tuple[str, str]:
 def _positive(field: str, value: int | None) -> int | None:
     if value is None:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise InvalidRequest(field, f"must be a positive integer, not {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= _MAX_INT:
+        raise InvalidRequest(field, f"must be an integer from 1 to {_MAX_INT}, not {value!r}")
     return value
 
 
@@ -112,19 +130,20 @@ def parse_usd(field: str, value: object) -> Decimal:
         amount = Decimal(str(value))
     except InvalidOperation:
         raise InvalidRequest(field, f"must be an amount in USD, not {value!r}") from None
-    if not amount.is_finite() or amount < 0:
-        raise InvalidRequest(field, f"must be an amount of at least 0, not {value!r}")
+    if not amount.is_finite() or not 0 <= amount < _MAX_USD:
+        raise InvalidRequest(field, f"must be an amount from 0 to {_MAX_USD:,}, not {value!r}")
     return amount
 
 
 def set_budget(*, tenant: str, model: str | None, monthly_usd: object) -> dict[str, Any]:
-    if not tenant or tenant == ANY:
+    tenant, model = _name("tenant", tenant), _name("model", model)
+    if tenant == ANY:
         raise InvalidRequest("tenant", "a budget needs a tenant")
     amount = parse_usd("monthly_usd", monthly_usd)
     with transaction() as session:
-        flow_db.set_budget(session, tenant=tenant, model=model or ANY, monthly_usd=amount)
+        flow_db.set_budget(session, tenant=tenant, model=model, monthly_usd=amount)
         found = flow_db.list_budgets(session, tenant=tenant)
-    return next(budget_record(b) for b in found if b.model == (model or ANY))
+    return next(budget_record(b) for b in found if b.model == model)
 
 
 def list_budgets(tenant: str | None = None) -> list[dict[str, Any]]:
@@ -133,5 +152,6 @@ def list_budgets(tenant: str | None = None) -> list[dict[str, Any]]:
 
 
 def delete_budget(*, tenant: str, model: str | None) -> bool:
+    tenant, model = _name("tenant", tenant), _name("model", model)
     with transaction() as session:
-        return flow_db.delete_budget(session, tenant=tenant, model=model or ANY)
+        return flow_db.delete_budget(session, tenant=tenant, model=model)

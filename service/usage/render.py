@@ -66,7 +66,7 @@ def write_report_json(
         "rows": report_records(report),
         "totals": _totals_record(report.totals),
     }
-    if budgets is not None:
+    if budgets:
         document["budgets"] = budgets
     out.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
 
