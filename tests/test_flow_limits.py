@@ -152,3 +152,28 @@ def test_changing_a_limit_applies_without_a_restart(
         assert wait_for_job(job_id, timeout=60)["status"] == "succeeded"
     assert max_overlap(calls_of(fake_gateway, marker)) == 4
     assert statuses(jobs) == {"succeeded": 20}
+
+
+def test_an_adaptive_limit_backs_off_when_the_first_token_is_slow(
+    worker_factory: Callable[..., WorkerProcess], fake_gateway: Any, own_queue: str
+) -> None:
+    """With a 50 ms time-to-first-token target and first tokens 0.3 s late, the adaptive
+    concurrency falls from its ceiling of 4 to 1, as `ezq limits list` shows."""
+    tenant, marker = new_tenant(), f"aimd-{secrets.token_hex(4)}"
+    out = run_ezq(
+        "limits", "set", "--tenant", tenant, "--concurrency", "4", "--adaptive-ttft-ms", "50"
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["current_concurrency"] == 4
+    slow(fake_gateway, marker, latency=0.3)
+    worker_factory(env={"EZQ_QUEUE": own_queue})
+    jobs = enqueue_many(8, marker, tenant=tenant)
+    for job_id in jobs:
+        assert wait_for_job(job_id, timeout=60)["status"] == "succeeded"
+
+    def current() -> Any:
+        listed = json.loads(run_ezq("limits", "list", "--format", "json").stdout)
+        return next(r["current_concurrency"] for r in listed if r["tenant"] == tenant)
+
+    wait_until(lambda: current() == 1, "the adaptive limit down to 1")
+    assert max_overlap(calls_of(fake_gateway, marker)) <= 4
