@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from sqlalchemy.orm import Session
@@ -57,6 +57,13 @@ class Admission:
     # To publish once the claim commits: next turns of failed jobs, their webhooks.
     next_turns: list[uuid.UUID | None] = field(default_factory=list)
     deliveries: list[uuid.UUID] = field(default_factory=list)
+
+    def retry_in(self, settings: Settings) -> float:
+        """How long a message that must report its own job waits before it tries again."""
+        wait = settings.ezq_flow_recheck
+        if self.hold is not None and self.hold.until is not None:
+            wait = (self.hold.until - datetime.now(UTC)).total_seconds()
+        return min(max(wait, 0.2), settings.max_countdown_seconds)
 
     @property
     def swapped(self) -> bool:
@@ -136,15 +143,24 @@ def _usd(value: Decimal) -> str:
     return f"{max(value, Decimal(0)):.6f}"
 
 
-def admit(session: Session, job_id: uuid.UUID, settings: Settings) -> Admission:
+def admit(
+    session: Session, job_id: uuid.UUID, settings: Settings, *, own_only: bool = False
+) -> Admission:
     """Decide which job the message for ``job_id`` runs; the caller claims ``job_id`` of the
-    result in the same transaction, then calls ``claimed``."""
+    result in the same transaction, then calls ``claimed``.
+
+    ``own_only``: the message's sender waits for its result (a foreign Celery producer), so
+    it runs its own job or none; it still counts as a candidate for other messages."""
     own = flow_db.lock_pending(session, job_id)
     if own is None:
         return Admission(job_id, job_id)  # not pending: the claim says why
     checker = _Checker(session, settings)
-    candidates = flow_db.best_candidates(
-        session, aging_s=settings.ezq_priority_aging, limit=c.FLOW_CANDIDATES
+    candidates = (
+        []
+        if own_only
+        else flow_db.best_candidates(
+            session, aging_s=settings.ezq_priority_aging, limit=c.FLOW_CANDIDATES
+        )
     )
     if all(job.id != own.id for job in candidates):
         candidates.append(own)

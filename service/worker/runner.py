@@ -104,6 +104,7 @@ def run_job(
     publish_webhooks: PublishWebhooks | None = None,
     holder: str | None = None,
     active: ActiveJobs | None = None,
+    own_only: bool = False,
 ) -> Outcome:
     """Take the job through one attempt and say what should happen next.
 
@@ -115,7 +116,7 @@ def run_job(
     finished: dict[str, Any] | None = None
     with transaction() as session:
         # Flow control's step at claim: which job this message runs, if any (service.flow).
-        gate = admission.admit(session, job_id, settings)
+        gate = admission.admit(session, job_id, settings, own_only=own_only)
         claim: queries.ClaimOutcome | None = None
         if gate.job_id is not None:
             claim = queries.claim_job(
@@ -130,7 +131,13 @@ def run_job(
     if finished is not None:
         return Finished(finished)
     if claim is None:
-        return Parked(f"throttled: {gate.hold.reason if gate.hold else 'no capacity'}")
+        reason = f"throttled: {gate.hold.reason if gate.hold else 'no capacity'}"
+        if own_only:  # the message must come back to report its own job's result
+            return RunAgainLater(gate.retry_in(settings), reason)
+        return Parked(reason)
+    if isinstance(claim, queries.Busy) and own_only and claim.job_id == job_id:
+        # Run in another message's place: this one waits for it to end, for its result.
+        return RunAgainLater(1.0, "running in another message's place")
     if isinstance(claim, queries.Busy):
         log.info("[job=%s] already running; duplicate delivery dropped", job_id)
         return LeftAlone()

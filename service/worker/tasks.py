@@ -153,6 +153,9 @@ def chat_completion(
             publish_webhooks=publish_deliveries,
             holder=maintenance.identity.id,
             active=maintenance.active_jobs,
+            # A producer waiting on this message's result must get its own job's result:
+            # the message then runs its own job only (see service.flow.admission).
+            own_only=not getattr(self.request, "ignore_result", False),
         )
     except OperationalError as exc:
         # The database is unreachable before anything was decided: deliver again later.
