@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 from celery import Task
+from celery.app.task import get_actual_ignore_result
 from celery.exceptions import Ignore, Retry
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_shutdown
 from sqlalchemy.exc import OperationalError
@@ -155,7 +156,7 @@ def chat_completion(
             active=maintenance.active_jobs,
             # A producer waiting on this message's result must get its own job's result:
             # the message then runs its own job only (see service.flow.admission).
-            own_only=not getattr(self.request, "ignore_result", False),
+            own_only=not get_actual_ignore_result(self, self.request),
         )
     except OperationalError as exc:
         # The database is unreachable before anything was decided: deliver again later.
