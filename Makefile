@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.job_path
 	$(BIN)/python -m benchmarks.flow_admission
 	$(BIN)/python -m benchmarks.pipeline
+	$(BIN)/python -m benchmarks.batch
 	$(BIN)/python -m benchmarks.sql_usage
 
 ## One million usage rows in a throwaway database: time the docs/sql.md queries and the report.

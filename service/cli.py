@@ -14,6 +14,8 @@ from typing import Any
 
 import click
 
+from service import constants as c
+from service.batches.cli import batch as batch_group
 from service.errors import ConfigError, EzqError
 from service.flow.cli import budgets as budgets_group
 from service.flow.cli import limits as limits_group
@@ -318,6 +320,9 @@ def api(host: str, port: int, workers: int) -> None:
             port=port,
             workers=workers,
             log_level=get_settings().ezq_log_level.lower(),
+            # Open /events streams would hold a shutdown until their jobs end; they are
+            # closed after this, and clients resume with Last-Event-ID.
+            timeout_graceful_shutdown=int(c.API_GRACEFUL_SHUTDOWN_S),
         )
 
 
@@ -405,6 +410,7 @@ def _schema_missing(error: Exception) -> bool:
 
 
 cli.add_command(keys_group)
+cli.add_command(batch_group)
 cli.add_command(webhooks_group)
 cli.add_command(jobs_group)
 cli.add_command(status_command)

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     # The largest HTTP request body; default: four times EZQ_MAX_REQUEST_BYTES, room for
     # JSON's escapes (``\u00e9`` is six bytes for two) and the fields around the messages.
     ezq_api_max_body_bytes: int | None = Field(default=None, ge=1_000)
+    # Batch input files (POST /v1/files, ``ezq batch submit``): OpenAI's limits by default.
+    ezq_batch_max_file_bytes: int = Field(default=c.BATCH_MAX_FILE_BYTES, ge=1_000)
+    ezq_batch_max_lines: int = Field(default=c.BATCH_MAX_LINES, ge=1)
     ezq_log_level: str = "INFO"
     ezq_log_format: Literal["text", "json"] = "text"
     # Metrics: which tenants get a label of their own (see service/metrics/labels.py), and

@@ -79,6 +79,18 @@ MAX_METADATA_BYTES: Final = 16_000
 # The HTTP body limit is this many times MAX_REQUEST_BYTES unless EZQ_API_MAX_BODY_BYTES says.
 API_BODY_LIMIT_FACTOR: Final = 4
 
+# Batches: input files as large as OpenAI accepts, stored and read in slices.
+BATCH_MAX_FILE_BYTES: Final = 200 * 1024 * 1024
+BATCH_MAX_LINES: Final = 50_000
+BATCH_CHUNK_BYTES: Final = 1024 * 1024  # one batch_file_chunks row
+BATCH_INSERT_LINES: Final = 1_000  # jobs inserted per statement, and published per call
+BATCH_MAX_ERRORS: Final = 100  # line errors reported for a bad file (the first ones)
+BATCH_COMPLETION_WINDOW: Final = "24h"
+BATCH_COMPLETION_WINDOW_S: Final = 24 * 3600.0
+BATCH_ENDPOINT: Final = "/v1/chat/completions"
+BATCH_FINALIZE_LIMIT: Final = 20  # batches the sweep finalises per run
+BATCH_LIST_LIMIT: Final = 20  # GET /v1/batches default page (OpenAI's), at most 100
+
 # Error text stored from the gateway is capped so a huge upstream body cannot bloat rows.
 MAX_STORED_ERROR_CHARS: Final = 2_000
 
@@ -150,3 +162,6 @@ LIVE_HEARTBEAT_S: Final = 15.0
 # After a failed write the publisher skips Redis for this long (the stream read goes on).
 LIVE_BACKOFF_S: Final = 5.0
 LIVE_REDIS_TIMEOUT_S: Final = 1.0
+# `ezq api` on SIGTERM: requests in flight get this long; open /events streams are then
+# closed (their clients resume with Last-Event-ID).
+API_GRACEFUL_SHUTDOWN_S: Final = 10.0

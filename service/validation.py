@@ -449,3 +449,15 @@ def _callback_url(value: object) -> str | None:
             "callback_url", "WEBHOOK_SECRET is not set, and ezq never sends unsigned webhooks"
         )
     return url
+
+
+def checked_callback_url(value: object) -> str | None:
+    """A callback URL as enqueue checks it: its syntax, and a WEBHOOK_SECRET to sign with."""
+    return _callback_url(value)
+
+
+def checked_tenant(value: object) -> str | None:
+    """A tenant as enqueue checks it: a non-empty string Postgres can store."""
+    tenant = _text("tenant", value, c.MAX_TENANT_LENGTH, required=False)
+    _storable("tenant", tenant)
+    return tenant

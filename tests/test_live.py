@@ -20,7 +20,7 @@ import redis
 from service.fake_gateway import Fault
 from service.live.events import final_text, stream_key
 from service.producer import get_job
-from tests.conftest import REDIS_URL, run_ezq, wait_for_job
+from tests.conftest import REDIS_URL, free_port, run_ezq, wait_for_job
 
 ADMIN_TOKEN = "live-admin-" + uuid.uuid4().hex
 TENANT, OTHER = "live-" + uuid.uuid4().hex[:6], "other-" + uuid.uuid4().hex[:6]
@@ -268,3 +268,115 @@ def test_no_listener_needed_and_entries_expire(client: httpx.Client, fake_gatewa
     entries = r.xrange(stream_key(job_id))
     assert entries[-1][1][b"t"] == b"job.succeeded"
     assert 0 < r.ttl(stream_key(job_id)) <= 3600
+
+
+def fragments_to_calls(received: list[Any]) -> list[dict[str, Any]]:
+    """Merge streamed tool-call fragments the way an OpenAI client does."""
+    calls: dict[int, dict[str, Any]] = {}
+    for event in received:
+        for fragment in event.payload.get("tool_calls", []) if event.type == "delta" else []:
+            call = calls.setdefault(fragment["index"], {"function": {"name": "", "arguments": ""}})
+            if fragment.get("id"):
+                call["id"] = fragment["id"]
+            function = fragment.get("function") or {}
+            call["function"]["name"] += function.get("name") or ""
+            call["function"]["arguments"] += function.get("arguments") or ""
+    return [calls[i] for i in sorted(calls)]
+
+
+@pytest.mark.parametrize(
+    ("model", "surface"), [("claude-opus-4-7", "openai"), ("claude-sonnet-4-6", "anthropic")]
+)
+def test_tool_call_fragments_stream_on_both_surfaces(
+    fake_gateway: Any, worker: Any, model: str, surface: str
+) -> None:
+    """Tool calls stream as OpenAI-shaped fragments on either surface, and they add up to the
+    job's tool calls."""
+    from service import enqueue_completion, stream_job
+
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    job_id = enqueue_completion(
+        model,
+        [{"role": "user", "content": marker()}],
+        params={"tools": tools},
+        surface=surface,
+    )
+    received = list(stream_job(job_id))
+    job = received[-1].payload["data"]
+    assert received[-1].type == "job.succeeded", job
+    assert job["tool_calls"]
+    streamed = fragments_to_calls(received)
+    assert [(c["id"], c["function"]) for c in streamed] == [
+        (c["id"], c["function"]) for c in job["tool_calls"]
+    ]
+    assert len([e for e in received if e.type == "delta"]) >= 1
+
+
+def test_older_attempt_deltas_are_dropped_after_a_restart() -> None:
+    """A dead attempt's batch that lands after the next attempt started is not passed on."""
+    from service.live.events import Follower, entry_fields
+
+    def entry(n: int, kind: str, attempt: int) -> tuple[bytes, dict[bytes, bytes]]:
+        fields = entry_fields(kind, {"attempt": attempt, "content": "x"}, attempt)
+        return f"{n}-0".encode(), {k.encode(): v.encode() for k, v in fields.items()}
+
+    follower = Follower()
+    entries = [entry(1, "delta", 1), entry(2, "attempt_restarted", 2), entry(3, "delta", 1)]
+    events = follower.take([*entries, entry(4, "delta", 2)])
+    assert [(e.type, e.attempt) for e in events] == [
+        ("delta", 1),
+        ("attempt_restarted", 2),
+        ("delta", 2),
+    ]
+    assert follower.last_id == "4-0" and not follower.done
+
+
+def test_redis_down_for_live_tokens_never_fails_a_job(
+    worker_factory: Any, fake_gateway: Any, own_queue: str
+) -> None:
+    """With the live-tokens Redis unreachable, a streamed job still succeeds, the worker says
+    so once, and `stream_job` answers with the final event from Postgres."""
+    from service import enqueue_completion, stream_job
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    worker = worker_factory(env={"EZQ_QUEUE": own_queue, "EZQ_LIVE_REDIS_URL": dead})
+    prompt = marker()
+    fake_gateway.add_faults(slow(prompt, delay=0.02))
+    job_id = enqueue_completion(MODEL, [{"role": "user", "content": prompt}])
+    assert wait_for_job(job_id)["status"] == "succeeded"
+    assert "live tokens: could not write to Redis" in worker.log()
+    received = list(stream_job(job_id))
+    assert [e.type for e in received] == ["job.succeeded"]
+    assert received[0].payload["data"]["content"] == REPLY
+
+
+@pytest.mark.parametrize("last_event_id", ["", "not-an-id", "99999999999999999999999-0"])
+def test_a_quiet_stream_sends_keep_alives_until_the_job_ends(
+    server: Any, client: httpx.Client, last_event_id: str
+) -> None:
+    """A job that has not started gets keep-alive comments (whatever Last-Event-ID says)
+    until it ends; cancelling it ends the stream with `job.cancelled`."""
+    from service.db import queries
+    from service.db.session import transaction
+    from service.validation import validate_request
+
+    with transaction() as session:  # never published: it stays queued
+        job_id, _ = queries.create_job(
+            session,
+            validate_request(
+                model=MODEL, messages=[{"role": "user", "content": marker()}], tenant=TENANT
+            ),
+        )
+    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        assert next(lines) == "retry: 2000"
+        keep_alives = 0
+        for line in lines:
+            keep_alives += line == ": keep-alive"
+            if keep_alives == 2:
+                break
+        assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+        rest = [line for line in lines if line.startswith("event: ")]
+    assert rest == ["event: job.cancelled"]

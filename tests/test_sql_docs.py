@@ -17,7 +17,7 @@ from service.usage.synthetic import SeedPlan, seed_usage
 from tests.conftest import ADMIN_DSN
 
 QUERIES = read_queries()
-VIEWS = ("usage_daily", "usage_monthly", "job_costs", "conversation_usage")
+VIEWS = ("usage_daily", "usage_monthly", "usage_daily_by_price", "job_costs", "conversation_usage")
 PLAN = SeedPlan(
     rows=3000,
     days=70,
@@ -133,6 +133,14 @@ def check_top_conversations(rows: list[dict[str, Any]], conn: Connection) -> Non
     costs = [row["cost_usd"] for row in rows if row["cost_usd"] is not None]
     assert len(rows) == 20 and costs == sorted(costs, reverse=True)
     assert costs[0] == Decimal("7.5"), "the extra job's conversation costs the most"
+    expected = conn.execute(
+        text(
+            "SELECT sum(cost_usd) AS cost FROM token_usage GROUP BY conversation_id"
+            " HAVING max(created_at) >= now() - interval '30 days'"
+            " ORDER BY cost DESC NULLS LAST LIMIT 20"
+        )
+    ).scalars()
+    assert costs == list(expected)
 
 
 def check_top_conversations_all_time(rows: list[dict[str, Any]], conn: Connection) -> None:
@@ -148,6 +156,14 @@ def check_cache_hit(rows: list[dict[str, Any]], conn: Connection) -> None:
 def check_cache_savings(rows: list[dict[str, Any]], conn: Connection) -> None:
     assert {row["model"] for row in rows} == {"alpha", "beta", "gamma"}
     assert all(row["saved_usd"] > 0 for row in rows)
+    expected = conn.execute(
+        text(
+            "SELECT u.model, sum(u.cached_tokens * (p.input_per_mtok - p.cached_input_per_mtok))"
+            " * 0.000001 FROM token_usage u JOIN model_prices p ON p.id = u.price_id"
+            f" WHERE u.created_at >= {DAYS_AGO_29} GROUP BY u.model"
+        )
+    ).all()
+    assert {row["model"]: row["saved_usd"] for row in rows} == dict(expected)
 
 
 def check_percentiles(rows: list[dict[str, Any]], conn: Connection) -> None:
@@ -200,6 +216,13 @@ def check_one_tag(rows: list[dict[str, Any]], conn: Connection) -> None:
 def check_unpriced(rows: list[dict[str, Any]], conn: Connection) -> None:
     count = scalar(conn, "SELECT count(*) FROM token_usage WHERE model = 'unpriced'")
     assert [(row["model"], row["jobs"]) for row in rows] == [("unpriced", count)]
+    first, last = conn.execute(
+        text(
+            "SELECT min(created_at AT TIME ZONE 'UTC')::date,"
+            " max(created_at AT TIME ZONE 'UTC')::date FROM token_usage WHERE cost_usd IS NULL"
+        )
+    ).one()
+    assert (rows[0]["first_seen"], rows[0]["last_seen"]) == (first, last)
 
 
 def check_stuck(rows: list[dict[str, Any]], conn: Connection) -> None:

@@ -205,8 +205,8 @@ def test_job_costs_has_one_row_per_job_with_its_usage_and_times(seeded: Connecti
     assert {(row.latency_ms, row.ttft_ms) for row in edge.values()} == {(1750, 501)}
 
 
-def test_day_filters_read_the_covering_index(seeded: Connection) -> None:
-    """A filter on usage_daily.day is pushed into the scan of ix_token_usage_utc_day."""
+def test_day_filters_read_the_rollup_index(seeded: Connection) -> None:
+    """A filter on usage_daily.day is pushed into an index scan of the rollup's key."""
     seeded.execute(text("SET enable_seqscan = off"))
     try:
         plan = (
@@ -221,5 +221,6 @@ def test_day_filters_read_the_covering_index(seeded: Connection) -> None:
         )
     finally:
         seeded.execute(text("RESET enable_seqscan"))
-    assert any("ix_token_usage_utc_day" in line for line in plan)
-    assert any("Index Cond" in line for line in plan), plan
+    assert any("ix_usage_rollup_daily_key" in line for line in plan), plan
+    assert any("Index Cond" in line and "day >=" in line for line in plan), plan
+    assert not any("token_usage" in line for line in plan), plan

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import redis
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Header
 from fastapi.concurrency import run_in_threadpool
@@ -64,6 +65,10 @@ _EVENT_SCHEMA: dict[str, Any] = {
 }
 
 
+class _LiveOff(Exception):
+    """EZQ_LIVE_REDIS_URL is off: listeners get the final event only."""
+
+
 def _client(url: str) -> aioredis.Redis:
     # One pool per process (uvicorn runs one event loop per process).
     client = _clients.get(url)
@@ -83,12 +88,15 @@ async def _events(
     yield _OPENING
     while True:
         events = []
-        if url is not None:
+        try:
+            if url is None:
+                raise _LiveOff
             reply = await _client(url).xread(
                 {key: follower.last_id}, count=READ_COUNT, block=block_ms
             )
             events = follower.take(entries_of(reply))
-        else:
+        except (_LiveOff, redis.RedisError):
+            # Live tokens off, or Redis down: the end still comes from Postgres.
             await asyncio.sleep(settings.ezq_live_heartbeat)
         for event in events:
             yield event.sse()

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Computed,
     DateTime,
     Float,
     ForeignKey,
@@ -57,7 +58,21 @@ USAGE_INDEX_INCLUDE = (
     "cost_usd",
     "cache_write_tokens",
 )
-WEBHOOK_EVENT_TYPES = ("job.succeeded", "job.failed", "job.cancelled")
+JOB_EVENT_TYPES = ("job.succeeded", "job.failed", "job.cancelled")
+BATCH_EVENT_TYPES = ("batch.completed", "batch.failed", "batch.cancelled")
+WEBHOOK_EVENT_TYPES = (*JOB_EVENT_TYPES, *BATCH_EVENT_TYPES)
+# OpenAI's batch statuses, as its API spells them.
+BATCH_STATUSES = (
+    "validating",
+    "failed",
+    "in_progress",
+    "finalizing",
+    "completed",
+    "expired",
+    "cancelling",
+    "cancelled",
+)
+BATCH_FILE_PURPOSES = ("batch", "batch_output")
 WEBHOOK_STATUSES = ("pending", "delivered", "failed")
 
 
@@ -178,6 +193,9 @@ class Job(Base):
     priority: Mapped[int] = mapped_column(SmallInteger, server_default="5")
     throttled_until: Mapped[datetime | None]
     throttle_reason: Mapped[str | None]
+    # The batch this job is a line of, and the line's ``custom_id`` (unique in the batch).
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id"))
+    custom_id: Mapped[str | None]
 
     __table_args__ = (
         CheckConstraint(_in("status", JOB_STATUSES), name="status"),
@@ -235,6 +253,26 @@ class Job(Base):
             postgresql_where=text("error_type IS NOT NULL"),
         ),
         Index("ix_jobs_metadata", "metadata", postgresql_using="gin"),
+        Index(
+            "uq_jobs_batch_id_custom_id",
+            "batch_id",
+            "custom_id",
+            unique=True,
+            postgresql_where=text("batch_id IS NOT NULL"),
+        ),
+        Index(
+            "ix_jobs_batch_id_status",
+            "batch_id",
+            "status",
+            postgresql_where=text("batch_id IS NOT NULL"),
+        ),
+        # Results are read in line order, a page at a time.
+        Index(
+            "ix_jobs_batch_id_enqueue_seq",
+            "batch_id",
+            "enqueue_seq",
+            postgresql_where=text("batch_id IS NOT NULL"),
+        ),
         Index(
             "uq_jobs_tenant_idempotency_key",
             func.coalesce(text("tenant"), text("''")),
@@ -317,6 +355,75 @@ class TokenUsage(Base):
             postgresql_include=list(USAGE_INDEX_INCLUDE),
         ),
         Index("ix_token_usage_unpriced", "created_at", postgresql_where=text("cost_usd IS NULL")),
+        Index(
+            "ix_token_usage_issues", "created_at", postgresql_where=text("usage_issues IS NOT NULL")
+        ),
+    )
+
+
+class UsageRollupDaily(Base):
+    """Sums of ``token_usage`` per UTC day, tenant, model and price, kept by triggers on
+    ``token_usage`` (migration 0012). A key may have several rows, one per writer that
+    found the others held by open transactions: read them summed (``usage_daily``)."""
+
+    __tablename__ = "usage_rollup_daily"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    day: Mapped[date]
+    tenant: Mapped[str | None]
+    model: Mapped[str]
+    price_id: Mapped[int | None] = mapped_column(BigInteger)
+    jobs: Mapped[int] = mapped_column(BigInteger)
+    unpriced_jobs: Mapped[int] = mapped_column(BigInteger)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger)
+    uncached_prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger)
+    total_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger)
+    # Over the priced rows (jobs - unpriced_jobs); 0 when there are none.
+    cost_usd: Mapped[Decimal] = mapped_column(Numeric())
+
+    __table_args__ = (
+        Index(
+            "ix_usage_rollup_daily_key",
+            "day",
+            "model",
+            text("(coalesce(tenant, ''))"),
+            text("(coalesce(price_id, 0))"),
+        ),
+    )
+
+
+class UsageRollupConversation(Base):
+    """Sums of ``token_usage`` per conversation, kept by the same triggers."""
+
+    __tablename__ = "usage_rollup_conversations"
+
+    conversation_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    jobs: Mapped[int] = mapped_column(BigInteger)
+    unpriced_jobs: Mapped[int] = mapped_column(BigInteger)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger)
+    uncached_prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger)
+    total_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger)
+    cost_usd: Mapped[Decimal] = mapped_column(Numeric())
+    first_used_at: Mapped[datetime]
+    last_used_at: Mapped[datetime]
+    # What ``conversation_usage`` shows: NULL while none of the usage is priced.
+    priced_cost_usd: Mapped[Decimal | None] = mapped_column(
+        Numeric(),
+        Computed("CASE WHEN jobs - unpriced_jobs > 0 THEN cost_usd END", persisted=True),
+    )
+
+    __table_args__ = (
+        Index(
+            "ix_usage_rollup_conversations_priced_cost_usd",
+            text("priced_cost_usd DESC NULLS LAST"),
+        ),
+        Index(None, "last_used_at"),
     )
 
 
@@ -347,13 +454,14 @@ class ModelPrice(Base):
 
 
 class WebhookDelivery(Base):
-    """One event for one job: the outbox row, written with the job's final status."""
+    """One event for one job or one batch: the outbox row, written with its final status."""
 
     __tablename__ = "webhook_deliveries"
 
     # Sent as the ``webhook-id`` header: the same on every attempt, so receivers dedupe.
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
     event_type: Mapped[str]
     url: Mapped[str]
     # The exact JSON text that is signed and sent, so every attempt sends the same bytes.
@@ -377,7 +485,9 @@ class WebhookDelivery(Base):
         CheckConstraint(_in("status", WEBHOOK_STATUSES), name="status"),
         CheckConstraint(_in("event_type", WEBHOOK_EVENT_TYPES), name="event_type"),
         CheckConstraint("attempts >= 0 AND round_attempts >= 0", name="attempts"),
+        CheckConstraint("(job_id IS NULL) <> (batch_id IS NULL)", name="subject"),
         Index(None, "job_id", "event_type", unique=True),
+        Index(None, "batch_id", "event_type", unique=True),
         Index(None, "status", "created_at"),
         Index(None, "created_at"),
         Index(
@@ -571,3 +681,84 @@ class FlowSpend(Base):
     model: Mapped[str] = mapped_column(primary_key=True)
     month: Mapped[date] = mapped_column(primary_key=True)
     cost_usd: Mapped[Decimal] = mapped_column(COST_USD, server_default="0")
+
+
+class BatchFile(Base):
+    """A batch input file (its bytes in ``batch_file_chunks``) or a batch's output or error
+    file (``batch_output``: rendered from the batch's jobs when read)."""
+
+    __tablename__ = "batch_files"
+
+    # ``file-`` and 32 hex digits, as the OpenAI API spells file ids.
+    id: Mapped[str] = mapped_column(primary_key=True)
+    tenant: Mapped[str | None]
+    purpose: Mapped[str]
+    filename: Mapped[str]
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    line_count: Mapped[int] = mapped_column(Integer)
+    created_by: Mapped[str | None]
+    created_at: Mapped[datetime] = _now()
+
+    __table_args__ = (
+        CheckConstraint(_in("purpose", BATCH_FILE_PURPOSES), name="purpose"),
+        Index(None, "tenant", "created_at"),
+    )
+
+
+class BatchFileChunk(Base):
+    """A slice of an input file's bytes, in order: files are written and read a slice at a
+    time, never whole."""
+
+    __tablename__ = "batch_file_chunks"
+
+    file_id: Mapped[str] = mapped_column(
+        ForeignKey("batch_files.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Batch(Base):
+    """An OpenAI-compatible batch; each of its lines is a job with ``jobs.batch_id``."""
+
+    __tablename__ = "batches"
+
+    # ``batch_`` and 32 hex digits.
+    id: Mapped[str] = mapped_column(primary_key=True)
+    tenant: Mapped[str | None]
+    status: Mapped[str]
+    endpoint: Mapped[str]
+    completion_window: Mapped[str]
+    input_file_id: Mapped[str] = mapped_column(ForeignKey("batch_files.id"))
+    output_file_id: Mapped[str | None] = mapped_column(ForeignKey("batch_files.id"))
+    error_file_id: Mapped[str | None] = mapped_column(ForeignKey("batch_files.id"))
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", server_default=text("'{}'::jsonb"))
+    callback_url: Mapped[str | None]
+    created_by: Mapped[str | None]
+    total: Mapped[int] = mapped_column(Integer)
+    # A batch that failed validation: OpenAI's ``errors.data`` (code, line, message, param).
+    errors: Mapped[list[Any] | None] = mapped_column(NULLABLE_JSONB)
+    created_at: Mapped[datetime] = _now()
+    in_progress_at: Mapped[datetime | None]
+    finalizing_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]
+    failed_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
+    expired_at: Mapped[datetime | None]
+    cancelling_at: Mapped[datetime | None]
+    cancelled_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        CheckConstraint(_in("status", BATCH_STATUSES), name="status"),
+        CheckConstraint("total >= 0", name="total"),
+        Index(None, "tenant", "created_at"),
+        Index(None, "created_at"),
+        Index(None, "output_file_id"),
+        Index(None, "error_file_id"),
+        # The sweep's question: which open batches have no line left to run.
+        Index(
+            "ix_batches_open",
+            "created_at",
+            postgresql_where=text("status IN ('in_progress', 'cancelling')"),
+        ),
+    )

@@ -9,6 +9,7 @@ by webhook or live.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -131,7 +132,12 @@ class Follower:
         return events
 
 
+_ENTRY_ID = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")
+
+
 def _is_entry_id(value: str) -> bool:
-    # A Last-Event-ID that is not a stream id (FINAL_ID, garbage) restarts from the top.
-    left, _, right = value.partition("-")
-    return left.isdigit() and (right == "" or right.isdigit())
+    # A Last-Event-ID that is not a stream id Redis accepts (FINAL_ID, garbage, numbers
+    # past 64 bits) restarts from the top rather than failing the read.
+    if not _ENTRY_ID.fullmatch(value):
+        return False
+    return all(int(part) < 2**64 for part in value.split("-"))

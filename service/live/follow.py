@@ -73,11 +73,16 @@ def stream_job(
             if client is None:
                 time.sleep(settings.ezq_live_heartbeat)  # live tokens off: the end only
             else:
-                reply = client.xread(
-                    {key: follower.last_id},
-                    count=READ_COUNT,
-                    block=int(settings.ezq_live_heartbeat * 1000),
-                )
+                try:
+                    reply = client.xread(
+                        {key: follower.last_id},
+                        count=READ_COUNT,
+                        block=int(settings.ezq_live_heartbeat * 1000),
+                    )
+                except redis.RedisError:
+                    # Redis is down: the end still comes from Postgres.
+                    time.sleep(settings.ezq_live_heartbeat)
+                    reply = None
                 events = follower.take(entries_of(reply))
             yield from events
             if follower.done:

@@ -189,7 +189,7 @@ class Publisher:
                 pipe.expire(key, self._ttl)
         try:
             pipe.execute()
-        except redis.RedisError as exc:
+        except Exception as exc:  # Redis down or slow: never the call's problem
             self._skip_until = time.monotonic() + c.LIVE_BACKOFF_S
             log.warning(
                 "live tokens: could not write to Redis (%s); skipping it for %.0fs",
@@ -265,4 +265,7 @@ def job_ended(view: dict[str, Any]) -> None:
     """After the commit that ended the job: its final event, for live readers."""
     pub = publisher()
     if pub is not None:
-        pub.ended(view)
+        try:
+            pub.ended(view)
+        except Exception:  # after the commit: the job's end stands whatever happens here
+            log.warning("live tokens: could not write the final event", exc_info=True)

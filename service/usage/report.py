@@ -1,8 +1,9 @@
 """The ``ezq usage`` report: token and cost totals over whole UTC days, grouped as asked.
 
-Days are filtered and grouped with the same expression as ``usage_daily`` and the index
-``ix_token_usage_utc_day``, so a report over any span reads that index alone, never the
-whole table (grouping by a tag also reads the rows, for their metadata).
+It sums the trigger-kept rollup ``usage_rollup_daily`` (a few hundred rows a day, whatever
+the traffic) in one grouping, as the view ``usage_daily`` does in two. Only a grouping by a
+tag needs the jobs' metadata, so that one reads ``token_usage`` rows, over the index
+``ix_token_usage_utc_day`` for its days.
 """
 
 from __future__ import annotations
@@ -12,16 +13,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import date
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import (
+    BigInteger,
     ColumnClause,
     ColumnElement,
     Date,
+    FromClause,
+    Numeric,
     Select,
+    Text,
+    case,
+    cast,
+    column,
     func,
     literal_column,
     select,
+    table,
     type_coerce,
 )
 from sqlalchemy.orm import Session
@@ -38,6 +47,28 @@ UTC_MONTH: ColumnElement[date] = type_coerce(
     literal_column("date_trunc('month', token_usage.created_at AT TIME ZONE 'UTC')::date"), Date
 )
 _USAGE = usage_table()
+_COUNTS = (
+    "jobs",
+    "prompt_tokens",
+    "cached_tokens",
+    "uncached_prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+)
+# The rollup (migrations/versions/0012_rollups.py): a key may have several rows, and its
+# cost_usd is 0, not NULL, without priced usage.
+ROLLUP = table(
+    "usage_rollup_daily",
+    column("day", Date()),
+    column("tenant", Text()),
+    column("model", Text()),
+    *(column(name, BigInteger()) for name in _COUNTS),
+    column("cost_usd", Numeric()),
+    column("unpriced_jobs", BigInteger()),
+)
+# ``rows``: every token_usage row (what the report read before the rollup; tag groupings
+# still need it); ``daily``: the rollup.
+Source = Literal["rows", "daily"]
 DIMENSIONS = ("day", "month", "model", "tenant")
 _TAG = re.compile(r"tag:(\S+)")
 
@@ -121,7 +152,19 @@ class Report:
         return self.query.by
 
 
-def _dimension(name: str) -> ColumnElement[Any]:
+def source_for(query: ReportQuery) -> Source:
+    """Where the report reads: the rollup unless a grouping needs the jobs' tags."""
+    return "rows" if any(name.startswith("tag:") for name in query.by) else "daily"
+
+
+def _dimension(name: str, source: Source) -> ColumnElement[Any]:
+    if source == "daily":
+        day: ColumnElement[date] = ROLLUP.c.day
+        if name == "day":
+            return day
+        if name == "month":
+            return cast(func.date_trunc("month", day), Date)
+        return ROLLUP.c[name]
     if name == "day":
         return UTC_DAY
     if name == "month":
@@ -132,38 +175,54 @@ def _dimension(name: str) -> ColumnElement[Any]:
     return tag
 
 
-def _sums() -> list[ColumnElement[Any]]:
+def _sums(source: Source) -> list[ColumnElement[Any]]:
+    if source == "daily":
+        rollup = ROLLUP.c
+        # NULL without priced usage, as the sum over token_usage is.
+        priced = func.sum(rollup.jobs) - func.sum(rollup.unpriced_jobs) > 0
+        return [
+            *(func.sum(rollup[name]).label(name) for name in _COUNTS),
+            case((priced, func.sum(rollup.cost_usd))).label("cost_usd"),
+            func.sum(rollup.unpriced_jobs).label("unpriced_jobs"),
+        ]
     unpriced = func.count().filter(TokenUsage.cost_usd.is_(None))
     return [
         func.count().label("jobs"),
-        func.sum(TokenUsage.prompt_tokens).label("prompt_tokens"),
-        func.sum(TokenUsage.cached_tokens).label("cached_tokens"),
-        func.sum(TokenUsage.uncached_prompt_tokens).label("uncached_prompt_tokens"),
-        func.sum(TokenUsage.completion_tokens).label("completion_tokens"),
-        func.sum(TokenUsage.total_tokens).label("total_tokens"),
+        *(func.sum(_USAGE.c[name]).label(name) for name in _COUNTS[1:]),
         func.sum(TokenUsage.cost_usd).label("cost_usd"),
         unpriced.label("unpriced_jobs"),
     ]
 
 
-def _conditions(query: ReportQuery) -> list[ColumnElement[bool]]:
-    conditions: list[ColumnElement[bool]] = [UTC_DAY.between(query.since, query.until)]
+def _from(source: Source) -> FromClause:
+    return ROLLUP if source == "daily" else _USAGE
+
+
+def _conditions(query: ReportQuery, source: Source) -> list[ColumnElement[bool]]:
+    rows = _from(source).c
+    day = rows.day if source == "daily" else UTC_DAY
+    conditions: list[ColumnElement[bool]] = [day.between(query.since, query.until)]
     if query.tenants:
-        conditions.append(TokenUsage.tenant.in_(query.tenants))
+        conditions.append(rows.tenant.in_(query.tenants))
     if query.models:
-        conditions.append(TokenUsage.model.in_(query.models))
+        conditions.append(rows.model.in_(query.models))
     return conditions
 
 
-def report_statement(query: ReportQuery) -> Select[Any]:
-    """The report's one SELECT (also what the benchmark EXPLAINs)."""
-    keys = [_dimension(name).label(f"k{i}") for i, name in enumerate(query.by)]
-    stmt = select(*keys, *_sums()).select_from(_USAGE).where(*_conditions(query))
+def report_statement(query: ReportQuery, source: Source | None = None) -> Select[Any]:
+    """The report's one SELECT (also what the benchmark EXPLAINs), from ``source``
+    (default: ``source_for(query)``)."""
+    source = source or source_for(query)
+    keys = [_dimension(name, source).label(f"k{i}") for i, name in enumerate(query.by)]
+    stmt = select(*keys, *_sums(source)).select_from(_from(source))
+    stmt = stmt.where(*_conditions(query, source))
     if keys:
         positions: list[ColumnClause[Any]] = [literal_column(str(i + 1)) for i in range(len(keys))]
         stmt = stmt.group_by(*positions).order_by(
             *(position.asc().nulls_last() for position in positions)
         )
+        if source == "daily":  # a key whose usage was all deleted keeps rows of zeros
+            stmt = stmt.having(func.sum(ROLLUP.c.jobs) != 0)
     return stmt
 
 
@@ -180,24 +239,24 @@ def _key_text(name: str, value: Any) -> str | None:
 def _totals(values: Sequence[Any]) -> Totals:
     jobs, prompt, cached, uncached, completion, total, cost, unpriced = values
     return Totals(
-        jobs=int(jobs),
+        jobs=int(jobs or 0),
         prompt_tokens=int(prompt or 0),
         cached_tokens=int(cached or 0),
         uncached_prompt_tokens=int(uncached or 0),
         completion_tokens=int(completion or 0),
         total_tokens=int(total or 0),
         cost_usd=cost,
-        unpriced_jobs=int(unpriced),
+        unpriced_jobs=int(unpriced or 0),
     )
 
 
-def run_report(session: Session, query: ReportQuery) -> Report:
+def run_report(session: Session, query: ReportQuery, source: Source | None = None) -> Report:
     """Rows grouped by ``query.by`` (one row when empty) and their totals, exact."""
     width = len(query.by)
     rows = []
-    for record in session.execute(report_statement(query)):
+    for record in session.execute(report_statement(query, source)):
         values = tuple(record)
-        if values[width] == 0:  # no grouping and no usage: no row, just zero totals
+        if not values[width]:  # no grouping and no usage: no row, just zero totals
             continue
         keys = tuple(
             _key_text(name, value) for name, value in zip(query.by, values[:width], strict=True)
@@ -220,18 +279,20 @@ class DayModel:
 
 def daily_by_model(session: Session, query: ReportQuery) -> list[DayModel]:
     """Usage per UTC day and model under the query's filters, for the chart."""
+    rollup = ROLLUP.c
+    priced = func.sum(rollup.jobs) - func.sum(rollup.unpriced_jobs) > 0
     stmt = (
         select(
-            UTC_DAY.label("day"),
-            TokenUsage.model,
-            func.sum(TokenUsage.total_tokens),
-            func.sum(TokenUsage.cost_usd),
-            func.count().filter(TokenUsage.cost_usd.is_(None)),
+            rollup.day,
+            rollup.model,
+            func.sum(rollup.total_tokens),
+            case((priced, func.sum(rollup.cost_usd))),
+            func.sum(rollup.unpriced_jobs),
         )
-        .select_from(_USAGE)
-        .where(*_conditions(query))
-        .group_by(literal_column("1"), TokenUsage.model)
-        .order_by(literal_column("1"), TokenUsage.model)
+        .where(*_conditions(query, "daily"))
+        .group_by(rollup.day, rollup.model)
+        .having(func.sum(rollup.jobs) != 0)
+        .order_by(rollup.day, rollup.model)
     )
     return [
         DayModel(day, model, int(tokens), cost, int(unpriced))

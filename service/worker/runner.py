@@ -327,6 +327,8 @@ def _succeeded_attempt(
         )
     _publish_next(waiting, publish)
     _publish_webhooks(webhooks, publish_webhooks)
+    if recorded is not None:
+        _batch_line_ended(recorded.job.batch_id)
     return Finished(view)
 
 
@@ -371,6 +373,7 @@ def _failed_attempt(
         )
         _publish_next(waiting, publish)
         _publish_webhooks(webhooks, publish_webhooks)
+        _batch_line_ended(job.batch_id)
         return Finished(view)
     jlog.warning(
         "attempt failed (%s, request_id=%s), retrying in %.1fs: %s",
@@ -382,6 +385,19 @@ def _failed_attempt(
     if park:
         return Parked(f"retry due in {countdown:.0f}s")
     return RunAgainLater(countdown, error.error_type)
+
+
+def _batch_line_ended(batch_id: str | None) -> None:
+    # The batch's last line ends it now rather than at the next sweep; after the commit,
+    # in a transaction of its own. If this fails, the sweep finalises the batch.
+    if batch_id is None:
+        return
+    from service.batches.lifecycle import finalize_ended
+
+    try:
+        finalize_ended(batch_id=batch_id)
+    except Exception:
+        log.warning("[batch=%s] not finalised now; the sweep will", batch_id, exc_info=True)
 
 
 def _publish_webhooks(delivery_ids: list[uuid.UUID], publish: PublishWebhooks | None) -> None:

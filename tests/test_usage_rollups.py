@@ -1,0 +1,201 @@
+"""The usage rollups stay exactly equal to the sums over token_usage, whatever writes it."""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from benchmarks.sql_usage import rollup_migration
+from service import cancel_job, enqueue_completion, get_job
+from service.db.session import transaction
+from service.fake_gateway import Fault, ModelInfo
+from service.usage.periods import today_utc
+from service.usage.report import ReportQuery, run_report
+from tests.conftest import run_ezq, sql, wait_for_job
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+# The views as they were before the rollups: sums over every token_usage row.
+BEFORE = rollup_migration().previous_views()
+BY_PRICE_FROM_ROWS = """
+    SELECT (created_at AT TIME ZONE 'UTC')::date, tenant, model, price_id, count(*),
+           sum(prompt_tokens), sum(cached_tokens), sum(uncached_prompt_tokens),
+           sum(completion_tokens), sum(total_tokens), sum(cost_usd),
+           count(*) FILTER (WHERE cost_usd IS NULL), sum(cache_write_tokens)
+    FROM token_usage GROUP BY 1, 2, 3, 4"""
+
+
+def assert_rollups_exact() -> None:
+    """Every usage view gives, row for row, what the sums over token_usage give. Each
+    comparison is one statement, so both sides see the same snapshot while workers write."""
+    compared = {**BEFORE, "usage_daily_by_price": BY_PRICE_FROM_ROWS}
+    for view, rows in compared.items():
+        ((missing, extra, count),) = sql(
+            f"SELECT (SELECT count(*) FROM (({rows}) EXCEPT ALL (SELECT * FROM {view})) a),"
+            f" (SELECT count(*) FROM ((SELECT * FROM {view}) EXCEPT ALL ({rows})) b),"
+            f" (SELECT count(*) FROM {view})"
+        )
+        assert (missing, extra) == (0, 0), f"{view}: {missing} rows missing, {extra} extra"
+        assert count > 0
+
+
+def tenant_totals(tenant: str) -> tuple[Any, ...]:
+    """The tenant's jobs, tokens, cost and unpriced jobs from the rollup (usage_daily),
+    checked against the same sums over token_usage."""
+    ((view, rows),) = sql(
+        "SELECT (SELECT ARRAY[sum(jobs), sum(total_tokens), sum(cost_usd), sum(unpriced_jobs)]"
+        "        FROM usage_daily WHERE tenant = :t),"
+        " (SELECT ARRAY[count(*), sum(total_tokens), sum(cost_usd),"
+        "               count(*) FILTER (WHERE cost_usd IS NULL)]"
+        "  FROM token_usage WHERE tenant = :t)",
+        t=tenant,
+    )
+    assert view == rows
+    return tuple(view)
+
+
+@pytest.fixture
+def model(fake_gateway: Any) -> Iterator[str]:
+    """A model of this test's own, which no other test prices."""
+    name = f"rollup-{secrets.token_hex(4)}"
+    fake_gateway.models[name] = ModelInfo(name)
+    yield name
+    fake_gateway.models.pop(name, None)
+
+
+def turn(model: str, tenant: str, prompt: str, conversation: Any = None) -> dict[str, Any]:
+    job = wait_for_job(
+        enqueue_completion(
+            model,
+            [{"role": "user", "content": prompt}],
+            tenant=tenant,
+            conversation_id=conversation,
+        )
+    )
+    assert job["status"] == "succeeded", job
+    return job
+
+
+def cancelled_spend(fake_gateway: Any, model: str, tenant: str) -> uuid.UUID:
+    """A job cancelled while its call runs: the call's usage is still written."""
+    marker = uuid.uuid4().hex
+    fake_gateway.add_faults(Fault(kind="normal", latency=1.0, match=marker))
+    job_id = enqueue_completion(
+        model, [{"role": "user", "content": f"slow {marker}"}], tenant=tenant
+    )
+    deadline = time.monotonic() + 15
+    while get_job(job_id)["status"] != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    cancel_job(job_id)
+    while sql("SELECT job_cancelled FROM token_usage WHERE job_id = :j", j=job_id) != [(True,)]:
+        assert time.monotonic() < deadline + 15, "the cancelled call's usage was never written"
+        time.sleep(0.05)
+    return job_id
+
+
+def test_rollups_equal_the_sums_through_inserts_cancels_recomputes_purges_and_deletes(
+    fake_gateway: Any, model: str
+) -> None:
+    """Usage the worker writes (turns, concurrent jobs, a cancelled job's spend), a price
+    recompute, a purge and a deleted job all leave every usage view equal to the sums over
+    token_usage, unpriced rows and NULL costs included."""
+    tenant = f"rollup-{secrets.token_hex(4)}"
+
+    # Turns of two conversations, and a burst of jobs on one (day, tenant, model) key that
+    # the worker records concurrently.
+    first = turn(model, tenant, "one")
+    turn(model, tenant, "two", first["conversation_id"])
+    turn(model, tenant, "three")
+    burst = [
+        enqueue_completion(model, [{"role": "user", "content": f"burst {i}"}], tenant=tenant)
+        for i in range(24)
+    ]
+    assert all(wait_for_job(job)["status"] == "succeeded" for job in burst)
+    assert_rollups_exact()
+    jobs, _, cost, unpriced = tenant_totals(tenant)
+    assert (jobs, cost, unpriced) == (27, None, 27), "no price yet: a NULL cost, all unpriced"
+
+    cancelled = cancelled_spend(fake_gateway, model, tenant)
+    assert_rollups_exact()
+    assert tenant_totals(tenant)[0] == 28, "the cancelled job's spend counts"
+
+    done = run_ezq(
+        "prices", "set", model, "--input", "3", "--cached-input", "0.3", "--output", "15"
+    )
+    assert done.returncode == 0, done.stderr
+    done = run_ezq("prices", "recompute", "--since", "1d", "--model", model)
+    assert done.returncode == 0 and done.stdout.strip() == "priced 28 usage rows", done
+    assert_rollups_exact()
+    jobs, _, cost, unpriced = tenant_totals(tenant)
+    assert (jobs, unpriced) == (28, 0) and cost > 0
+    assert sql("SELECT sum(cost_usd) FROM conversation_usage WHERE tenant = :t", t=tenant) == [
+        (cost,)
+    ]
+
+    priced = turn(model, tenant, "four", first["conversation_id"])
+    assert_rollups_exact()
+    after_insert = tenant_totals(tenant)
+    assert after_insert[0] == 29 and after_insert[2] > cost
+
+    purged = run_ezq("purge", "--tenant", tenant)
+    assert purged.returncode == 0, purged.stderr
+    assert sql("SELECT count(*) FROM jobs WHERE tenant = :t AND purged_at IS NULL", t=tenant) == [
+        (0,)
+    ]
+    assert_rollups_exact()
+    assert tenant_totals(tenant) == after_insert, "a purge keeps usage and cost"
+
+    # A deleted job takes its usage row with it (ON DELETE CASCADE), and its sums.
+    with transaction() as session:
+        session.execute(
+            text("DELETE FROM jobs WHERE id = ANY(:ids)"),
+            {"ids": [uuid.UUID(priced["job_id"]), cancelled]},
+        )
+    assert_rollups_exact()
+    assert tenant_totals(tenant)[0] == 27
+
+
+def test_a_rollup_key_written_concurrently_gets_rows_but_keeps_exact_sums(model: str) -> None:
+    """Writers that find a key's row held by an open transaction add a row instead of
+    waiting for it; the view still sums to token_usage exactly."""
+    tenant = f"rollup-{secrets.token_hex(4)}"
+    first = turn(model, tenant, "first")
+    with transaction() as holder:
+        # Hold the key's row as a worker's unfinished record transaction would.
+        held = holder.execute(
+            text("SELECT id FROM usage_rollup_daily WHERE tenant = :t FOR UPDATE"), {"t": tenant}
+        ).all()
+        assert len(held) == 1
+        second = turn(model, tenant, "second", first["conversation_id"])
+    assert_rollups_exact()
+    assert sql("SELECT count(*) FROM usage_rollup_daily WHERE tenant = :t", t=tenant) == [(2,)]
+    assert sql("SELECT jobs FROM usage_daily WHERE tenant = :t", t=tenant) == [(2,)]
+    assert second["status"] == "succeeded"
+
+
+@pytest.mark.parametrize(
+    "by", [(), ("day",), ("month", "tenant"), ("model", "tenant"), ("day", "model")]
+)
+def test_the_report_from_the_rollup_equals_the_report_from_the_rows(by: tuple[str, ...]) -> None:
+    """``ezq usage`` read from the rollup gives what it gives from every token_usage row,
+    filters included."""
+    today = today_utc()
+    with transaction() as session:
+        session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+        tenants = tuple(
+            session.execute(text("SELECT DISTINCT tenant FROM token_usage LIMIT 2")).scalars()
+        )
+        for query in (
+            ReportQuery(today.replace(year=today.year - 1), today, by),
+            ReportQuery(today, today, by, tenants=tuple(t for t in tenants if t)),
+        ):
+            from_rollup = run_report(session, query)
+            assert from_rollup == run_report(session, query, "rows")
+    assert from_rollup.rows or not tenants
