@@ -54,12 +54,24 @@ class Settings(BaseSettings):
     ezq_record_retry_for: float = Field(default=c.RECORD_RETRY_FOR_S, ge=0)
     ezq_broker_visibility_timeout: float = Field(default=c.BROKER_VISIBILITY_TIMEOUT_S, ge=10)
     ezq_publish_timeout: float = Field(default=c.PUBLISH_TIMEOUT_S, gt=0, le=60)
+    # Flow control (service/flow): the window of the request and token rate limits, how
+    # long a throttled job waits at most before it checks again, the completion tokens
+    # reserved for a request without max_tokens, how long a waiting job takes to gain one
+    # priority step, and whether a budget lets through models without a price.
+    ezq_flow_window: float = Field(default=c.FLOW_WINDOW_S, gt=0)
+    ezq_flow_recheck: float = Field(default=c.FLOW_RECHECK_S, gt=0)
+    ezq_flow_default_max_tokens: int = Field(default=c.FLOW_DEFAULT_MAX_TOKENS, ge=1)
+    ezq_priority_aging: float = Field(default=c.PRIORITY_AGING_S, gt=0)
+    ezq_budget_unpriced: Literal["allow", "deny"] = "allow"
     # The sweep purges content of jobs that ended longer ago than this (unset: never).
     ezq_retention_days: int | None = Field(default=None, ge=1, le=36_600)
     ezq_api_tokens: SecretStr | None = None
     # The largest HTTP request body; default: four times EZQ_MAX_REQUEST_BYTES, room for
     # JSON's escapes (``\u00e9`` is six bytes for two) and the fields around the messages.
     ezq_api_max_body_bytes: int | None = Field(default=None, ge=1_000)
+    # Batch input files (POST /v1/files, ``ezq batch submit``): OpenAI's limits by default.
+    ezq_batch_max_file_bytes: int = Field(default=c.BATCH_MAX_FILE_BYTES, ge=1_000)
+    ezq_batch_max_lines: int = Field(default=c.BATCH_MAX_LINES, ge=1)
     ezq_log_level: str = "INFO"
     ezq_log_format: Literal["text", "json"] = "text"
     # Metrics: which tenants get a label of their own (see service/metrics/labels.py), and

@@ -79,6 +79,18 @@ MAX_METADATA_BYTES: Final = 16_000
 # The HTTP body limit is this many times MAX_REQUEST_BYTES unless EZQ_API_MAX_BODY_BYTES says.
 API_BODY_LIMIT_FACTOR: Final = 4
 
+# Batches: input files as large as OpenAI accepts, stored and read in slices.
+BATCH_MAX_FILE_BYTES: Final = 200 * 1024 * 1024
+BATCH_MAX_LINES: Final = 50_000
+BATCH_CHUNK_BYTES: Final = 1024 * 1024  # one batch_file_chunks row
+BATCH_INSERT_LINES: Final = 1_000  # jobs inserted per statement, and published per call
+BATCH_MAX_ERRORS: Final = 100  # line errors reported for a bad file (the first ones)
+BATCH_COMPLETION_WINDOW: Final = "24h"
+BATCH_COMPLETION_WINDOW_S: Final = 24 * 3600.0
+BATCH_ENDPOINT: Final = "/v1/chat/completions"
+BATCH_FINALIZE_LIMIT: Final = 20  # batches the sweep finalises per run
+BATCH_LIST_LIMIT: Final = 20  # GET /v1/batches default page (OpenAI's), at most 100
+
 # Error text stored from the gateway is capped so a huge upstream body cannot bloat rows.
 MAX_STORED_ERROR_CHARS: Final = 2_000
 
@@ -124,6 +136,19 @@ RECORD_RETRY_PAUSES_S: Final = (0.2, 0.5, 1.0, 2.0)
 # as "other"), and the Postgres gauges are reused for this long between scrapes.
 METRICS_MAX_TENANTS: Final = 50
 METRICS_DB_TTL_S: Final = 5.0
+
+# --- flow control (service/flow) ---------------------------------------------------------
+FLOW_WINDOW_S: Final = 60.0  # requests_per_window and tokens_per_window count over this
+FLOW_RECHECK_S: Final = 5.0  # a throttled job checks again after this if nothing woke it
+FLOW_DEFAULT_MAX_TOKENS: Final = 4096  # completion tokens reserved without max_tokens
+PRIORITY_AGING_S: Final = 60.0  # a waiting job gains one priority step per this long
+FLOW_CANDIDATES: Final = 8  # best-ranked jobs a claim considers running in a message's place
+FLOW_WAKE: Final = 2  # throttled jobs a finished call wakes
+FLOW_WAKE_ON_CHANGE: Final = 200  # throttled jobs a changed limit wakes
+FLOW_ADMISSIONS_KEEP_S: Final = 3600.0  # settled admissions are kept this long, for SQL
+PRIORITY_DEFAULT: Final = 5
+PRIORITY_MIN: Final = 0
+PRIORITY_MAX: Final = 9
 
 # Live tokens (service/live): deltas a worker reads are batched for this long before one
 # pipelined write to the job's Redis stream, which keeps at most this many entries (about

@@ -87,6 +87,44 @@ class JobIdConflict(IdempotencyConflict):
         )
 
 
+class BatchNotFound(EzqCallerError):
+    """The batch does not exist (or belongs to another tenant: answered alike)."""
+
+    def __init__(self, batch_id: object) -> None:
+        self.batch_id = batch_id
+        super().__init__(f"no batch {batch_id}")
+
+
+class FileNotFound(EzqCallerError):
+    """The file does not exist (or belongs to another tenant: answered alike)."""
+
+    def __init__(self, file_id: object) -> None:
+        self.file_id = file_id
+        super().__init__(f"no file {file_id}")
+
+
+class BatchAlreadyFinished(EzqCallerError):
+    """The batch has already ended, so it can no longer be cancelled."""
+
+    def __init__(self, batch_id: object, status: str) -> None:
+        self.batch_id = batch_id
+        self.status = status
+        super().__init__(f"batch {batch_id} already ended ({status})")
+
+
+class InvalidBatchFile(EzqCallerError):
+    """Lines of a batch file are invalid; ``errors`` holds the first ones, in line order,
+    each a dict with ``line``, ``param`` (the field at fault) and ``message``."""
+
+    def __init__(self, errors: list[dict[str, Any]], *, more: bool = False) -> None:
+        self.errors = errors
+        self.more = more
+        first = errors[0]
+        others = len(errors) - 1
+        tail = f" (and {others}{'+' if more else ''} more)" if others or more else ""
+        super().__init__(f"line {first['line']}: {first['param']}: {first['message']}{tail}")
+
+
 class TenantForbidden(EzqCallerError):
     """The API key may not act for this tenant."""
 

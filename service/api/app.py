@@ -17,7 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 
-from service.api import events_route, replay_routes
+from service.api import batch_routes, events_route, flow_routes, replay_routes
 from service.api.auth import Caller
 from service.api.body import BodyLimit, parse_json_object
 from service.api.errors import install_error_handlers
@@ -29,6 +29,7 @@ from service.api.listing import (
     job_filter,
 )
 from service.api.schemas import (
+    BatchCreate,
     ConversationView,
     ErrorEnvelope,
     Health,
@@ -44,9 +45,11 @@ _ERRORS = {
     401: "No valid API key (`unauthorized`).",
     403: "The key may not act for the tenant named (`forbidden`).",
     404: "Unknown, or another tenant's (answered alike).",
-    409: "`idempotency_conflict` (the caller's own first `job_id`) or `job_already_finished`.",
+    409: "`idempotency_conflict` (the caller's own first `job_id`), `job_already_finished`"
+    " or `batch_already_finished`.",
     413: "The body is larger than EZQ_API_MAX_BODY_BYTES (`payload_too_large`).",
-    422: "Invalid input (`invalid_request`), with the `field` at fault.",
+    422: "Invalid input (`invalid_request`), with the `field` at fault; a bad batch file"
+    " (`invalid_file`) with its first bad lines in `errors`.",
     503: "The database is unavailable (`unavailable`); retry later.",
 }
 
@@ -76,6 +79,7 @@ def _enqueue(payload: dict[str, Any], created_by: str) -> dict[str, Any]:
 
 
 _FASTAPI_422 = "#/components/schemas/HTTPValidationError"
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
 
 def _with_body_schema(app: FastAPI) -> None:
@@ -97,6 +101,9 @@ def _with_body_schema(app: FastAPI) -> None:
                 components.pop(name, None)
             components.update(body.pop("$defs", {}))
             components["EnqueueRequest"] = body
+            batch = BatchCreate.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(batch.pop("$defs", {}))
+            components["BatchCreate"] = batch
         return app.openapi_schema or {}
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -117,7 +124,12 @@ def create_app() -> FastAPI:
         version="1",
     )
     install_error_handlers(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.api_max_body_bytes,
+        # Room for the multipart envelope around the file itself.
+        streamed={"/v1/files": settings.ezq_batch_max_file_bytes + MULTIPART_OVERHEAD_BYTES},
+    )
     _with_body_schema(app)
 
     @app.post(
@@ -206,6 +218,7 @@ def create_app() -> FastAPI:
             "next_cursor": encode_cursor(page.next_after) if page.next_after else None,
         }
 
+    app.include_router(flow_routes.router, responses=_responses(401, 403, 404, 413, 422, 503))
     # Before /v1/jobs/{job_id}: /v1/jobs/replay is a path of its own.
     app.include_router(
         replay_routes.router, responses=_responses(401, 403, 404, 409, 413, 422, 503)
@@ -247,6 +260,8 @@ def create_app() -> FastAPI:
         return get_conversation(
             _uuid(conversation_id, ConversationNotFound), tenants=principal.tenants
         )
+
+    app.include_router(batch_routes.router, responses=_responses(401, 403, 404, 409, 413, 422, 503))
 
     @app.get(
         "/healthz",

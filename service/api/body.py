@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import envelope_bytes
@@ -20,19 +21,35 @@ MAX_JSON_DEPTH = 64
 
 
 class BodyLimit:
-    """Answer 413 to a request whose body exceeds ``max_bytes``, reading no further."""
+    """Answer 413 to a request whose body exceeds ``max_bytes``, reading no further.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    Paths in ``streamed`` (file uploads) have a limit of their own and are not buffered:
+    their body passes through as it arrives (the route spools it to disk), counted, and a
+    413 is raised as soon as it passes that limit.
+    """
+
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, streamed: dict[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.streamed = streamed or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.streamed.get(scope["path"]) if scope["method"] == "POST" else None
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._too_large(send)
+        if (
+            declared is not None
+            and declared.isdigit()
+            and int(declared) > (limit or self.max_bytes)
+        ):
+            await self._too_large(send, limit or self.max_bytes)
+            return
+        if limit is not None:
+            await self.app(scope, _counted(receive, limit), send)
             return
         chunks: list[bytes] = []
         size = 0
@@ -43,7 +60,7 @@ class BodyLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await self._too_large(send)
+                await self._too_large(send, self.max_bytes)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -60,10 +77,8 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, send: Send) -> None:
-        content = envelope_bytes(
-            "payload_too_large", f"the request body is larger than {self.max_bytes} bytes"
-        )
+    async def _too_large(self, send: Send, limit: int) -> None:
+        content = envelope_bytes("payload_too_large", _too_large_message(limit))
         await send(
             {
                 "type": "http.response.start",
@@ -76,6 +91,25 @@ class BodyLimit:
             }
         )
         await send({"type": "http.response.body", "body": content})
+
+
+def _too_large_message(limit: int) -> str:
+    return f"the request body is larger than {limit} bytes"
+
+
+def _counted(receive: Receive, limit: int) -> Receive:
+    """``receive``, raising a 413 once more than ``limit`` bytes have come."""
+    size = 0
+
+    async def counting() -> Message:
+        nonlocal size
+        message = await receive()
+        size += len(message.get("body", b""))
+        if size > limit:
+            raise HTTPException(413, _too_large_message(limit), headers={"Connection": "close"})
+        return message
+
+    return counting
 
 
 def _json_type(value: object) -> str:

@@ -19,8 +19,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
 from service.errors import (
+    BatchAlreadyFinished,
+    BatchNotFound,
     ConversationNotFound,
+    FileNotFound,
     IdempotencyConflict,
+    InvalidBatchFile,
     InvalidRequest,
     JobAlreadyFinished,
     JobNotFound,
@@ -134,6 +138,22 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(JobAlreadyFinished)
     def _finished(_: Request, exc: JobAlreadyFinished) -> Response:
         return error_response(409, "job_already_finished", str(exc), status=exc.status)
+
+    @app.exception_handler(BatchNotFound)
+    def _no_batch(_: Request, exc: BatchNotFound) -> Response:
+        return error_response(404, "batch_not_found", str(exc))
+
+    @app.exception_handler(FileNotFound)
+    def _no_file(_: Request, exc: FileNotFound) -> Response:
+        return error_response(404, "file_not_found", str(exc))
+
+    @app.exception_handler(BatchAlreadyFinished)
+    def _batch_finished(_: Request, exc: BatchAlreadyFinished) -> Response:
+        return error_response(409, "batch_already_finished", str(exc), status=exc.status)
+
+    @app.exception_handler(InvalidBatchFile)
+    def _bad_file(_: Request, exc: InvalidBatchFile) -> Response:
+        return error_response(422, "invalid_file", str(exc), field="file", errors=exc.errors)
 
     @app.exception_handler(IdempotencyConflict)
     def _conflict(_: Request, exc: IdempotencyConflict) -> Response:

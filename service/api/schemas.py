@@ -95,16 +95,21 @@ class Health(BaseModel):
 class ErrorDetail(BaseModel):
     type: str = Field(
         description="unauthorized, forbidden, not_found, job_not_found, "
-        "conversation_not_found, method_not_allowed, idempotency_conflict, "
-        "job_already_finished, payload_too_large, invalid_request, unavailable"
+        "conversation_not_found, batch_not_found, file_not_found, method_not_allowed, "
+        "idempotency_conflict, job_already_finished, batch_already_finished, "
+        "payload_too_large, invalid_request, invalid_file, unavailable"
     )
     message: str
     field: str | None = Field(default=None, description="The field at fault, if one is.")
     job_id: uuid.UUID | None = Field(
         default=None, description="idempotency_conflict: the caller's own first job."
     )
-    status: JobStatus | None = Field(
-        default=None, description="job_already_finished: how the job ended."
+    status: str | None = Field(
+        default=None, description="job_already_finished, batch_already_finished: how it ended."
+    )
+    errors: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="invalid_file: the first bad lines, each {line, param, message, code}.",
     )
 
 
@@ -112,3 +117,97 @@ class ErrorEnvelope(BaseModel):
     """Every error, on every route: ``{"error": {"type", "message", "field"?}}``."""
 
     error: ErrorDetail
+
+
+class FileView(BaseModel):
+    """A file as OpenAI's ``FileObject``: a batch input file or a batch's output/error file."""
+
+    id: str
+    object: Literal["file"]
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: Literal["batch", "batch_output"]
+    status: Literal["uploaded", "processed", "error"]
+    expires_at: int | None = None
+    status_details: str | None = None
+
+
+class BatchCreate(BaseModel):
+    """``POST /v1/batches``: OpenAI's fields, and ezq's ``callback_url``."""
+
+    model_config = {"extra": "forbid"}
+
+    input_file_id: str = Field(description="A file uploaded with purpose `batch`.")
+    endpoint: Literal["/v1/chat/completions"]
+    completion_window: Literal["24h"]
+    metadata: dict[str, str] | None = Field(
+        default=None, description="Up to 16 string pairs; they tag the batch and its jobs."
+    )
+    callback_url: str | None = Field(
+        default=None, description="ezq: POST one signed webhook here when the batch ends."
+    )
+
+
+class BatchRequestCounts(BaseModel):
+    total: int
+    completed: int = Field(description="Lines that succeeded (in the output file).")
+    failed: int = Field(description="Lines that failed or were cancelled (in the error file).")
+
+
+class BatchLineError(BaseModel):
+    code: str | None = None
+    line: int | None = None
+    message: str | None = None
+    param: str | None = None
+
+
+class BatchErrors(BaseModel):
+    object: Literal["list"]
+    data: list[BatchLineError]
+
+
+class BatchView(BaseModel):
+    """A batch as OpenAI's ``Batch`` object (plus ezq's ``tenant``)."""
+
+    id: str
+    object: Literal["batch"]
+    endpoint: str
+    errors: BatchErrors | None
+    input_file_id: str
+    completion_window: str
+    status: Literal[
+        "validating",
+        "failed",
+        "in_progress",
+        "finalizing",
+        "completed",
+        "expired",
+        "cancelling",
+        "cancelled",
+    ]
+    output_file_id: str | None
+    error_file_id: str | None
+    created_at: int
+    in_progress_at: int | None
+    expires_at: int | None
+    finalizing_at: int | None
+    completed_at: int | None
+    failed_at: int | None
+    expired_at: int | None
+    cancelling_at: int | None
+    cancelled_at: int | None
+    request_counts: BatchRequestCounts
+    usage: dict[str, Any] | None
+    metadata: dict[str, str] | None
+    tenant: str | None
+
+
+class BatchList(BaseModel):
+    """A page of batches, newest first; pass ``last_id`` as ``after`` for the next."""
+
+    object: Literal["list"]
+    data: list[BatchView]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool

@@ -1,7 +1,7 @@
 """The worker's hot path in SQL: claim a job for an attempt, record how the attempt ended.
 
 Each step is one statement, written once as SQL text (compiled once, no ORM unit of work):
-the claim is the ``ezq_claim_job`` function (migration 0013), a success or a failure one
+the claim is the ``ezq_claim_job`` function (migration 0015), a success or a failure one
 statement of data-modifying CTEs. Callers own the transaction; combining these rows with
 priced usage and the webhook outbox is ``service.worker.record``'s job.
 """
@@ -146,7 +146,7 @@ def claim_job(
 _JOB = (
     "id, conversation_id, status, model, surface, attempts, finish_reason, error_type,"
     " error_status, error, tenant, metadata AS meta, lease_holder, lease_expires_at,"
-    " created_at, started_at, first_token_at, finished_at, replay_of, callback_url"
+    " created_at, started_at, first_token_at, finished_at, replay_of, callback_url, batch_id"
 )
 
 # The next queued turn of the conversation, marked as published: the caller publishes it

@@ -12,6 +12,7 @@ from sqlalchemy import (
     CheckConstraint,
     Computed,
     DateTime,
+    Float,
     ForeignKey,
     Identity,
     Index,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     Numeric,
+    SmallInteger,
     Text,
     func,
     text,
@@ -56,7 +58,21 @@ USAGE_INDEX_INCLUDE = (
     "cost_usd",
     "cache_write_tokens",
 )
-WEBHOOK_EVENT_TYPES = ("job.succeeded", "job.failed", "job.cancelled")
+JOB_EVENT_TYPES = ("job.succeeded", "job.failed", "job.cancelled")
+BATCH_EVENT_TYPES = ("batch.completed", "batch.failed", "batch.cancelled")
+WEBHOOK_EVENT_TYPES = (*JOB_EVENT_TYPES, *BATCH_EVENT_TYPES)
+# OpenAI's batch statuses, as its API spells them.
+BATCH_STATUSES = (
+    "validating",
+    "failed",
+    "in_progress",
+    "finalizing",
+    "completed",
+    "expired",
+    "cancelling",
+    "cancelled",
+)
+BATCH_FILE_PURPOSES = ("batch", "batch_output")
 WEBHOOK_STATUSES = ("pending", "delivered", "failed")
 
 
@@ -172,6 +188,14 @@ class Job(Base):
     replay_of: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     # When ``ezq purge`` deleted the job's content; usage and cost rows stay.
     purged_at: Mapped[datetime | None]
+    # Flow control (service/flow): 0-9, higher runs first; a queued job held back by a
+    # limit (or by a better-ranked job) says why and until when.
+    priority: Mapped[int] = mapped_column(SmallInteger, server_default="5")
+    throttled_until: Mapped[datetime | None]
+    throttle_reason: Mapped[str | None]
+    # The batch this job is a line of, and the line's ``custom_id`` (unique in the batch).
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id"))
+    custom_id: Mapped[str | None]
 
     __table_args__ = (
         CheckConstraint(_in("status", JOB_STATUSES), name="status"),
@@ -187,6 +211,31 @@ class Job(Base):
         ),
         CheckConstraint(_in("surface", REQUEST_SURFACES), name="surface"),
         CheckConstraint("attempts >= 0", name="attempts"),
+        CheckConstraint("priority BETWEEN 0 AND 9", name="priority"),
+        Index(
+            "ix_jobs_pending_tenant_rank",
+            func.coalesce(text("tenant"), text("''")),
+            text("priority DESC"),
+            "enqueue_seq",
+            postgresql_where=text("status IN ('queued', 'retrying')"),
+        ),
+        Index(
+            "ix_jobs_pending_tenant_seq",
+            func.coalesce(text("tenant"), text("''")),
+            "enqueue_seq",
+            postgresql_where=text("status IN ('queued', 'retrying')"),
+        ),
+        Index(
+            "ix_jobs_throttled",
+            text("priority DESC"),
+            "enqueue_seq",
+            postgresql_where=text(
+                "needs_publish AND throttle_reason IS NOT NULL AND status IN ('queued', 'retrying')"
+            ),
+        ),
+        Index(
+            "ix_jobs_running_scope", "model", "tenant", postgresql_where=text("status = 'running'")
+        ),
         Index(None, "status", "created_at"),
         Index(None, "conversation_id", "enqueue_seq"),
         Index(None, "tenant", "created_at"),
@@ -204,6 +253,26 @@ class Job(Base):
             postgresql_where=text("error_type IS NOT NULL"),
         ),
         Index("ix_jobs_metadata", "metadata", postgresql_using="gin"),
+        Index(
+            "uq_jobs_batch_id_custom_id",
+            "batch_id",
+            "custom_id",
+            unique=True,
+            postgresql_where=text("batch_id IS NOT NULL"),
+        ),
+        Index(
+            "ix_jobs_batch_id_status",
+            "batch_id",
+            "status",
+            postgresql_where=text("batch_id IS NOT NULL"),
+        ),
+        # Results are read in line order, a page at a time.
+        Index(
+            "ix_jobs_batch_id_enqueue_seq",
+            "batch_id",
+            "enqueue_seq",
+            postgresql_where=text("batch_id IS NOT NULL"),
+        ),
         Index(
             "uq_jobs_tenant_idempotency_key",
             func.coalesce(text("tenant"), text("''")),
@@ -354,7 +423,6 @@ class UsageRollupConversation(Base):
             "ix_usage_rollup_conversations_priced_cost_usd",
             text("priced_cost_usd DESC NULLS LAST"),
         ),
-        Index(None, "last_used_at"),
     )
 
 
@@ -385,13 +453,14 @@ class ModelPrice(Base):
 
 
 class WebhookDelivery(Base):
-    """One event for one job: the outbox row, written with the job's final status."""
+    """One event for one job or one batch: the outbox row, written with its final status."""
 
     __tablename__ = "webhook_deliveries"
 
     # Sent as the ``webhook-id`` header: the same on every attempt, so receivers dedupe.
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
     event_type: Mapped[str]
     url: Mapped[str]
     # The exact JSON text that is signed and sent, so every attempt sends the same bytes.
@@ -415,7 +484,9 @@ class WebhookDelivery(Base):
         CheckConstraint(_in("status", WEBHOOK_STATUSES), name="status"),
         CheckConstraint(_in("event_type", WEBHOOK_EVENT_TYPES), name="event_type"),
         CheckConstraint("attempts >= 0 AND round_attempts >= 0", name="attempts"),
+        CheckConstraint("(job_id IS NULL) <> (batch_id IS NULL)", name="subject"),
         Index(None, "job_id", "event_type", unique=True),
+        Index(None, "batch_id", "event_type", unique=True),
         Index(None, "status", "created_at"),
         Index(None, "created_at"),
         Index(
@@ -514,4 +585,179 @@ class ApiKey(Base):
         # An admin key sees every tenant and names none; any other key names at least one.
         CheckConstraint("admin = (cardinality(tenants) = 0)", name="scope"),
         Index(None, "key_hash", unique=True),
+    )
+
+
+# --- flow control (service/flow) ---------------------------------------------------------
+
+ANY = "*"  # a limit or budget scope that matches every tenant or every model
+
+
+class FlowLimit(Base):
+    """A limit on gateway calls for a model, a tenant, or a tenant x model (``*``: any)."""
+
+    __tablename__ = "flow_limits"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    tenant: Mapped[str] = mapped_column(server_default=ANY)
+    model: Mapped[str] = mapped_column(server_default=ANY)
+    max_concurrent: Mapped[int | None] = mapped_column(Integer)
+    requests_per_window: Mapped[int | None] = mapped_column(Integer)
+    tokens_per_window: Mapped[int | None] = mapped_column(Integer)
+    # Adaptive concurrency: the target time to first token, and the limit it has reached.
+    adaptive_ttft_ms: Mapped[int | None] = mapped_column(Integer)
+    current_concurrency: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+    __table_args__ = (
+        CheckConstraint("max_concurrent > 0", name="max_concurrent"),
+        CheckConstraint("requests_per_window > 0", name="requests_per_window"),
+        CheckConstraint("tokens_per_window > 0", name="tokens_per_window"),
+        CheckConstraint(
+            "adaptive_ttft_ms IS NULL OR (adaptive_ttft_ms > 0 AND max_concurrent IS NOT NULL)",
+            name="adaptive",
+        ),
+        CheckConstraint("tenant <> '*' OR model <> '*'", name="scope"),
+        Index(None, "tenant", "model", unique=True),
+    )
+
+
+class FlowBudget(Base):
+    """A monthly spending cap in USD for a tenant, or a tenant x model."""
+
+    __tablename__ = "flow_budgets"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    tenant: Mapped[str]
+    model: Mapped[str] = mapped_column(server_default=ANY)
+    monthly_usd: Mapped[Decimal] = mapped_column(Numeric(20, 6))
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+    __table_args__ = (
+        CheckConstraint("monthly_usd >= 0", name="monthly_usd"),
+        Index(None, "tenant", "model", unique=True),
+    )
+
+
+class FlowAdmission(Base):
+    """One admitted gateway call: what it reserved at claim and what it really used."""
+
+    __tablename__ = "flow_admissions"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    tenant: Mapped[str | None]
+    model: Mapped[str]
+    admitted_at: Mapped[datetime] = _now()
+    tokens_reserved: Mapped[int] = mapped_column(Integer)
+    tokens_used: Mapped[int | None] = mapped_column(Integer)
+    cost_reserved: Mapped[Decimal | None] = mapped_column(COST_USD)
+    settled_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index(None, "job_id", "attempt", unique=True),
+        Index(None, "model", "admitted_at"),
+        Index(None, "tenant", "admitted_at"),
+        Index(None, "admitted_at"),
+        Index(
+            "ix_flow_admissions_unsettled",
+            "tenant",
+            "model",
+            postgresql_where=text("settled_at IS NULL"),
+        ),
+    )
+
+
+class FlowSpend(Base):
+    """Priced spend of a tenant on a model in a UTC month, added as calls settle."""
+
+    __tablename__ = "flow_spend"
+
+    tenant: Mapped[str] = mapped_column(primary_key=True)
+    model: Mapped[str] = mapped_column(primary_key=True)
+    month: Mapped[date] = mapped_column(primary_key=True)
+    cost_usd: Mapped[Decimal] = mapped_column(COST_USD, server_default="0")
+
+
+class BatchFile(Base):
+    """A batch input file (its bytes in ``batch_file_chunks``) or a batch's output or error
+    file (``batch_output``: rendered from the batch's jobs when read)."""
+
+    __tablename__ = "batch_files"
+
+    # ``file-`` and 32 hex digits, as the OpenAI API spells file ids.
+    id: Mapped[str] = mapped_column(primary_key=True)
+    tenant: Mapped[str | None]
+    purpose: Mapped[str]
+    filename: Mapped[str]
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    line_count: Mapped[int] = mapped_column(Integer)
+    created_by: Mapped[str | None]
+    created_at: Mapped[datetime] = _now()
+
+    __table_args__ = (
+        CheckConstraint(_in("purpose", BATCH_FILE_PURPOSES), name="purpose"),
+        Index(None, "tenant", "created_at"),
+    )
+
+
+class BatchFileChunk(Base):
+    """A slice of an input file's bytes, in order: files are written and read a slice at a
+    time, never whole."""
+
+    __tablename__ = "batch_file_chunks"
+
+    file_id: Mapped[str] = mapped_column(
+        ForeignKey("batch_files.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Batch(Base):
+    """An OpenAI-compatible batch; each of its lines is a job with ``jobs.batch_id``."""
+
+    __tablename__ = "batches"
+
+    # ``batch_`` and 32 hex digits.
+    id: Mapped[str] = mapped_column(primary_key=True)
+    tenant: Mapped[str | None]
+    status: Mapped[str]
+    endpoint: Mapped[str]
+    completion_window: Mapped[str]
+    input_file_id: Mapped[str] = mapped_column(ForeignKey("batch_files.id"))
+    output_file_id: Mapped[str | None] = mapped_column(ForeignKey("batch_files.id"))
+    error_file_id: Mapped[str | None] = mapped_column(ForeignKey("batch_files.id"))
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", server_default=text("'{}'::jsonb"))
+    callback_url: Mapped[str | None]
+    created_by: Mapped[str | None]
+    total: Mapped[int] = mapped_column(Integer)
+    # A batch that failed validation: OpenAI's ``errors.data`` (code, line, message, param).
+    errors: Mapped[list[Any] | None] = mapped_column(NULLABLE_JSONB)
+    created_at: Mapped[datetime] = _now()
+    in_progress_at: Mapped[datetime | None]
+    finalizing_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]
+    failed_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
+    expired_at: Mapped[datetime | None]
+    cancelling_at: Mapped[datetime | None]
+    cancelled_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        CheckConstraint(_in("status", BATCH_STATUSES), name="status"),
+        CheckConstraint("total >= 0", name="total"),
+        Index(None, "tenant", "created_at"),
+        Index(None, "created_at"),
+        Index(None, "output_file_id"),
+        Index(None, "error_file_id"),
+        # The sweep's question: which open batches have no line left to run.
+        Index(
+            "ix_batches_open",
+            "created_at",
+            postgresql_where=text("status IN ('in_progress', 'cancelling')"),
+        ),
     )

@@ -52,6 +52,8 @@ class CompletionRequest(Protocol):
     def callback_url(self) -> str | None: ...
     @property
     def surface(self) -> str: ...
+    @property
+    def priority(self) -> int: ...
 
     def fingerprint(self) -> str: ...
 
@@ -129,9 +131,9 @@ WITH conversation AS (
 ),
 job AS (
     INSERT INTO jobs (id, conversation_id, status, model, params, input_messages, tenant,
-                      metadata, request_hash, callback_url, surface, created_by)
+                      metadata, request_hash, callback_url, surface, created_by, priority)
     SELECT :id, conversation.id, 'queued', :model, :params, :input_messages, :tenant, :meta,
-           :request_hash, :callback_url, :surface, :created_by
+           :request_hash, :callback_url, :surface, :created_by, :priority
       FROM conversation
     ON CONFLICT DO NOTHING
     RETURNING id
@@ -166,6 +168,7 @@ def _create_in_new_conversation(
             "callback_url": request.callback_url,
             "surface": request.surface,
             "created_by": created_by,
+            "priority": request.priority,
         },
     ).one()
     if row.job_id is None and row.conversation_id is not None:
@@ -223,6 +226,7 @@ def create_job(
         "callback_url": request.callback_url,
         "surface": request.surface,
         "created_by": created_by,
+        "priority": request.priority,
     }
     stmt = insert(Job).values(**values).on_conflict_do_nothing().returning(Job.id)
     new_id = session.execute(stmt).scalar_one_or_none()

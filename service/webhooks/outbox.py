@@ -38,16 +38,30 @@ def add_for_job(session: Session, job: Job | Row[Any], data: dict[str, Any]) -> 
     )
 
 
-def add_delivery(
-    session: Session, *, job_id: uuid.UUID, event_type: str, url: str, payload: str
+def add_for_batch(
+    session: Session, *, batch_id: str, event_type: str, url: str, payload: str
 ) -> uuid.UUID | None:
-    """Insert a pending delivery, due now; None if the job already has this event."""
+    """Write the one event of a batch that has just ended (``batch.completed``, ...)."""
+    return add_delivery(session, batch_id=batch_id, event_type=event_type, url=url, payload=payload)
+
+
+def add_delivery(
+    session: Session,
+    *,
+    job_id: uuid.UUID | None = None,
+    batch_id: str | None = None,
+    event_type: str,
+    url: str,
+    payload: str,
+) -> uuid.UUID | None:
+    """Insert a pending delivery, due now; None if its job or batch already has this event."""
     now = func.now()
     stmt = (
         insert(WebhookDelivery)
         .values(
             id=uuid.uuid4(),
             job_id=job_id,
+            batch_id=batch_id,
             event_type=event_type,
             url=url,
             payload=payload,
@@ -56,7 +70,8 @@ def add_delivery(
             # The caller publishes right after the commit; the sweep steps in if it cannot.
             dispatched_at=now,
         )
-        .on_conflict_do_nothing(index_elements=["job_id", "event_type"])
+        # (job_id, event_type) or (batch_id, event_type): either unique index.
+        .on_conflict_do_nothing()
         .returning(WebhookDelivery.id)
     )
     return session.execute(stmt).scalar_one_or_none()
@@ -78,7 +93,7 @@ class Claimed:
     """This worker owns the delivery for one attempt."""
 
     delivery_id: uuid.UUID
-    job_id: uuid.UUID
+    job_id: uuid.UUID | None  # None for a batch's event
     event_type: str
     url: str
     payload: str
@@ -241,7 +256,8 @@ def delivery_view(row: WebhookDelivery) -> dict[str, Any]:
     """A delivery as operators see it (without the payload), JSON-ready."""
     return {
         "id": str(row.id),
-        "job_id": str(row.job_id),
+        "job_id": str(row.job_id) if row.job_id else None,
+        "batch_id": row.batch_id,
         "event_type": row.event_type,
         "url": row.url,
         "status": row.status,

@@ -20,6 +20,8 @@ from service.config import Settings
 from service.db import attempts, queries
 from service.db.session import transaction
 from service.errors import GatewayError, InternalError
+from service.flow import admission
+from service.flow.release import after_admission, release
 from service.gateway.retry import backoff_seconds, is_retryable
 from service.live import publisher as live_publisher
 from service.tokens import TokenCounts, normalise_usage
@@ -102,6 +104,7 @@ def run_job(
     publish_webhooks: PublishWebhooks | None = None,
     holder: str | None = None,
     active: ActiveJobs | None = None,
+    own_only: bool = False,
 ) -> Outcome:
     """Take the job through one attempt and say what should happen next.
 
@@ -110,17 +113,34 @@ def run_job(
     attempt still owns the job, so a duplicate delivery cannot store a second reply. While
     the attempt runs, ``active`` lets the worker's heartbeat renew its lease.
     """
+    finished: dict[str, Any] | None = None
     with transaction() as session:
-        claim = attempts.claim_job(
-            session, job_id, lease_seconds=settings.lease_seconds, holder=holder
-        )
-        if isinstance(claim, attempts.AlreadyFinished):
-            return Finished(views.job_view(session, job_id))
+        # Flow control's step at claim: which job this message runs, if any (service.flow).
+        gate = admission.admit(session, job_id, settings, own_only=own_only)
+        claim: attempts.ClaimOutcome | None = None
+        if gate.job_id is not None:
+            claim = attempts.claim_job(
+                session, gate.job_id, lease_seconds=settings.lease_seconds, holder=holder
+            )
+            admission.claimed(session, gate, claim)
+        if isinstance(claim, attempts.AlreadyFinished) or job_id in gate.failed:
+            finished = views.job_view(session, job_id)
         if (
             isinstance(claim, attempts.NotYetDue)
             and claim.due_in_s > settings.max_countdown_seconds
         ):
             queries.park(session, job_id)
+    after_admission(gate)
+    if finished is not None:
+        return Finished(finished)
+    if claim is None:
+        reason = f"throttled: {gate.hold.reason if gate.hold else 'no capacity'}"
+        if own_only:  # the message must come back to report its own job's result
+            return RunAgainLater(gate.retry_in(settings), reason)
+        return Parked(reason)
+    if isinstance(claim, attempts.Busy) and own_only and claim.job_id == job_id:
+        # Run in another message's place: this one waits for it to end, for its result.
+        return RunAgainLater(1.0, "running in another message's place")
     if isinstance(claim, attempts.Busy):
         log.info("[job=%s] already running; duplicate delivery dropped", job_id)
         return LeftAlone()
@@ -130,10 +150,11 @@ def run_job(
         return RunAgainLater(max(claim.due_in_s, 0.05), "retry not due yet")
     if isinstance(claim, attempts.WaitForTurn):
         return Parked(f"waiting for earlier turn {claim.blocking_job_id}")
+    assert isinstance(claim, attempts.Claimed)
     if active is not None:
         active.add(claim.job_id)
     try:
-        return _attempt(
+        outcome = _attempt(
             claim,
             gateway=gateway,
             settings=settings,
@@ -144,6 +165,19 @@ def run_job(
     finally:
         if active is not None:
             active.discard(claim.job_id)
+        # Flow control's step when the call ends: settle, wake throttled jobs.
+        release(claim.job_id, claim.attempt, settings)
+    return _in_place_of(claim, outcome) if gate.swapped else outcome
+
+
+def _in_place_of(claim: attempts.Claimed, outcome: Outcome) -> Outcome:
+    """What a message that ran another job than its own reports: its own job waits in the
+    database, so the message is dropped. The job that ran keeps its own message on the
+    broker, unless it had none (it was parked): a retry is then parked for the sweep."""
+    if isinstance(outcome, RunAgainLater):
+        with transaction() as session:
+            queries.park(session, claim.job_id)
+    return Parked(f"ran job {claim.job_id} in its place")
 
 
 def _attempt(
@@ -289,6 +323,8 @@ def _succeeded_attempt(
             cost_usd=recorded.cost_usd,
         )
     _publish_follow_ups(recorded.follow_ups, publish, publish_webhooks)
+    if recorded.job is not None:
+        _batch_line_ended(recorded.job.batch_id)
     return Finished(recorded.view)
 
 
@@ -329,6 +365,7 @@ def _failed_attempt(
             "failed (%s, request_id=%s): %s", error.error_type, error.request_id, error.describe()
         )
         _publish_follow_ups(recorded.follow_ups, publish, publish_webhooks)
+        _batch_line_ended(recorded.job.batch_id)
         return Finished(view)
     jlog.warning(
         "attempt failed (%s, request_id=%s), retrying in %.1fs: %s",
@@ -340,6 +377,19 @@ def _failed_attempt(
     if park:
         return Parked(f"retry due in {countdown:.0f}s")
     return RunAgainLater(countdown, error.error_type)
+
+
+def _batch_line_ended(batch_id: str | None) -> None:
+    # The batch's last line ends it now rather than at the next sweep; after the commit,
+    # in a transaction of its own. If this fails, the sweep finalises the batch.
+    if batch_id is None:
+        return
+    from service.batches.lifecycle import finalize_ended
+
+    try:
+        finalize_ended(batch_id=batch_id)
+    except Exception:
+        log.warning("[batch=%s] not finalised now; the sweep will", batch_id, exc_info=True)
 
 
 def _publish_follow_ups(

@@ -1,7 +1,7 @@
 """claim function: a worker takes a job for one attempt in one round trip
 
-Revision ID: 0013
-Revises: 0012
+Revision ID: 0015
+Revises: 0014
 Create Date: 2026-12-01 19:00:00
 
 Adds ``ezq_claim_job(job_id, lease_seconds, holder)``, the worker's claim as one SQL
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0013"
-down_revision: str | None = "0012"
+revision: str = "0015"
+down_revision: str | None = "0014"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,189 @@
+"""OpenAI-compatible files and batches: the official ``openai`` SDK pointed at ezq
+(``base_url=http://host:8000/v1``, an ezq key as ``api_key``) works unchanged.
+
+Included by ``service.api.app`` with one line; the app's authentication, error envelope
+and body limit apply (``POST /v1/files`` has its own, larger limit, and its body is
+spooled to disk, never held whole). Everything is scoped to the key's tenants: another
+tenant's batch or file answers 404 exactly like an unknown one.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+
+from service import constants as c
+from service.api.auth import Caller
+from service.api.body import parse_json_object
+from service.api.schemas import BatchCreate, BatchList, BatchView, FileView
+from service.errors import InvalidRequest
+from service.validation import checked_tenant
+
+router = APIRouter()
+
+CREATE_FIELDS = tuple(BatchCreate.model_fields)
+MAX_LIST_LIMIT = 100
+UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file", "purpose"],
+                "properties": {
+                    "file": {"type": "string", "format": "binary"},
+                    "purpose": {"type": "string", "enum": ["batch"]},
+                    "tenant": {"type": "string", "description": "ezq: one of the key's tenants."},
+                },
+            }
+        }
+    },
+}
+
+
+def _tenant(principal: Any, value: object) -> str | None:
+    return checked_tenant(principal.tenant_for(checked_tenant(value)))
+
+
+def _filename(value: str | None) -> str:
+    """The upload's name as shown back: printable, valid Unicode, at most 255 characters."""
+    kept = "".join(ch for ch in (value or "") if ch.isprintable())
+    name = kept.encode("utf-8", "replace").decode("utf-8")[:255]
+    return name or "batch.jsonl"
+
+
+@router.post(
+    "/v1/files",
+    response_model=None,
+    responses={200: {"model": FileView}},
+    openapi_extra={"requestBody": UPLOAD_BODY},
+)
+async def upload_file(request: Request, principal: Caller) -> dict[str, Any]:
+    """Upload a batch input file (multipart: `file`, `purpose=batch`). Every line is checked
+    as a single job is before anything is stored: a bad file is a 422 `invalid_file` naming
+    the first bad lines (`errors`: line, param, message), and nothing is written."""
+    from service.batches.files import store_input_file
+
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise InvalidRequest("body", "must be multipart/form-data with `file` and `purpose`")
+    try:
+        form = await request.form(max_files=1)
+    except (MultiPartException, HTTPException) as exc:
+        # Starlette answers a malformed multipart body with a 400 of its own.
+        detail = exc.message if isinstance(exc, MultiPartException) else exc.detail
+        raise InvalidRequest("body", f"is not a valid multipart form: {detail}") from None
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise InvalidRequest("file", "is required (a JSONL file)")
+        tenant = _tenant(principal, form.get("tenant"))
+        return await run_in_threadpool(
+            store_input_file,
+            upload.file,
+            filename=_filename(upload.filename),
+            purpose=form.get("purpose"),
+            tenant=tenant,
+            created_by=principal.key_id,
+        )
+    finally:
+        await form.close()
+
+
+@router.get("/v1/files/{file_id}", response_model=None, responses={200: {"model": FileView}})
+def read_file(file_id: str, principal: Caller) -> dict[str, Any]:
+    """The file: id, bytes, filename, purpose (`batch`, or `batch_output` for results)."""
+    from service.batches.files import get_file
+
+    return get_file(file_id, tenants=principal.tenants)
+
+
+@router.get(
+    "/v1/files/{file_id}/content",
+    response_model=None,
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "JSONL."}},
+)
+def read_file_content(file_id: str, principal: Caller) -> StreamingResponse:
+    """The file's bytes, streamed: an input file as uploaded, or a batch's output or error
+    lines (rendered from its jobs, in file order)."""
+    from service.batches.files import file_content
+
+    chunks = file_content(file_id, tenants=principal.tenants)
+    return StreamingResponse(chunks, media_type="application/octet-stream")
+
+
+@router.post(
+    "/v1/batches",
+    response_model=None,
+    responses={200: {"model": BatchView}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/BatchCreate"}}
+            },
+        }
+    },
+)
+async def create_batch(request: Request, principal: Caller) -> dict[str, Any]:
+    """Create a batch from an uploaded file: each line becomes a queued job of the file's
+    tenant, published once all are stored. A line that no longer passes the checks makes
+    the batch `failed` with `errors` (line numbers), and no job is written."""
+    from service.batches.submit import create_batch as create
+
+    payload = parse_json_object(await request.body())
+    unknown = sorted(set(payload) - set(CREATE_FIELDS))
+    if unknown:
+        raise InvalidRequest(unknown[0], "is not a known field")
+    return await run_in_threadpool(
+        create,
+        input_file_id=payload.get("input_file_id"),
+        endpoint=payload.get("endpoint"),
+        completion_window=payload.get("completion_window"),
+        metadata=payload.get("metadata"),
+        callback_url=payload.get("callback_url"),
+        tenants=principal.tenants,
+        created_by=principal.key_id,
+    )
+
+
+@router.get("/v1/batches", response_model=None, responses={200: {"model": BatchList}})
+def list_batches(
+    request: Request,
+    principal: Caller,
+    after: Annotated[str | None, Query(description="The `last_id` of the previous page.")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = c.BATCH_LIST_LIMIT,
+) -> dict[str, Any]:
+    """The key's batches, newest first."""
+    from service.batches.lifecycle import list_batches as page
+
+    unknown = sorted(set(request.query_params) - {"after", "limit"})
+    if unknown:
+        raise InvalidRequest(unknown[0] or "query", "is not a known query parameter")
+    return page(tenants=principal.tenants, after=after, limit=limit)
+
+
+@router.get("/v1/batches/{batch_id}", response_model=None, responses={200: {"model": BatchView}})
+def read_batch(batch_id: str, principal: Caller) -> dict[str, Any]:
+    """The batch: status, request_counts, output_file_id, error_file_id, timestamps."""
+    from service.batches.lifecycle import get_batch
+
+    return get_batch(batch_id, tenants=principal.tenants)
+
+
+@router.post(
+    "/v1/batches/{batch_id}/cancel",
+    response_model=None,
+    responses={200: {"model": BatchView}},
+)
+def cancel_batch(batch_id: str, principal: Caller) -> dict[str, Any]:
+    """Cancel a batch: lines not started never run, finished ones stay in its output;
+    `cancelling` until its running lines end, then `cancelled`. 409 if it had ended."""
+    from service.batches.lifecycle import cancel_batch as cancel
+
+    return cancel(batch_id, tenants=principal.tenants)

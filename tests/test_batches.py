@@ -1,0 +1,328 @@
+"""Batches through the official openai SDK against a real ``ezq api``, a real worker and
+the fake gateway: files, batches, results that match the jobs in Postgres, cancel, bad
+files, tenant isolation."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from service.fake_gateway import Fault
+from service.webhooks.testing import Receiver
+from tests.conftest import run_ezq, sql
+
+ADMIN_TOKEN = "batch-admin-" + uuid.uuid4().hex
+TENANT_A, TENANT_B = "batch-a-" + uuid.uuid4().hex[:6], "batch-b-" + uuid.uuid4().hex[:6]
+
+
+def wait_until(check: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
+    """Poll ``check`` until it returns something truthy; return that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what}: not after {timeout}s"
+        time.sleep(0.1)
+
+
+def create_key(tenant: str) -> str:
+    done = run_ezq("keys", "create", "--tenant", tenant, "--format", "json")
+    assert done.returncode == 0, done.stderr
+    key: str = json.loads(done.stdout)["key"]
+    return key
+
+
+def line(custom_id: str, prompt: str, **params: Any) -> dict[str, Any]:
+    body = {"model": "glm-5.1", "messages": [{"role": "user", "content": prompt}], **params}
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
+
+
+def jsonl(lines: list[dict[str, Any]]) -> bytes:
+    return b"".join(json.dumps(item).encode() + b"\n" for item in lines)
+
+
+@pytest.fixture(scope="module")
+def server(api_server_factory: Any, worker: Any) -> Any:
+    return api_server_factory(EZQ_API_TOKENS=ADMIN_TOKEN)
+
+
+@pytest.fixture(scope="module")
+def keys(server: Any) -> dict[str, str]:
+    return {"a": create_key(TENANT_A), "b": create_key(TENANT_B)}
+
+
+def sdk(server: Any, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
+
+
+def ended(client: openai.OpenAI, batch_id: str, *statuses: str) -> Any:
+    def check() -> Any:
+        batch = client.batches.retrieve(batch_id)
+        return batch if batch.status in statuses else None
+
+    return wait_until(check, f"batch {batch_id} to reach {statuses}")
+
+
+def lines_of(client: openai.OpenAI, file_id: str | None) -> dict[str, dict[str, Any]]:
+    if file_id is None:
+        return {}
+    text = client.files.content(file_id).text
+    parsed = [json.loads(item) for item in text.splitlines()]
+    return {item["custom_id"]: item for item in parsed}
+
+
+def test_sdk_runs_a_mixed_file_and_the_output_matches_postgres(
+    server: Any, keys: dict[str, str], fake_gateway: Any
+) -> None:
+    """Successes, a 4xx line and a line retried after a 503 come back as output and error
+    lines whose ids, replies, usage and errors are the jobs' rows in Postgres."""
+    marker = uuid.uuid4().hex
+    fake_gateway.add_faults(
+        Fault(status=400, match=f"bad-{marker}"), Fault(status=503, match=f"retry-{marker}")
+    )
+    prompts = {
+        "ok-1": f"ok one {marker}",
+        "ok-2": f"ok two {marker}",
+        "bad": f"bad-{marker}",
+        "retried": f"retry-{marker}",
+    }
+    client = sdk(server, keys["a"])
+    uploaded = client.files.create(
+        file=("mixed.jsonl", jsonl([line(k, v) for k, v in prompts.items()])), purpose="batch"
+    )
+    assert (uploaded.purpose, uploaded.filename) == ("batch", "mixed.jsonl")
+    assert client.files.retrieve(uploaded.id).bytes == uploaded.bytes
+    batch = client.batches.create(
+        input_file_id=uploaded.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={"run": marker},
+    )
+    assert batch.status == "in_progress" and batch.request_counts.total == 4
+    done = ended(client, batch.id, "completed")
+    assert (done.request_counts.completed, done.request_counts.failed) == (3, 1)
+    assert done.output_file_id and done.error_file_id and done.completed_at
+
+    jobs = {
+        row[0]: row
+        for row in sql(
+            "SELECT j.custom_id, j.id, j.status, j.attempts, j.error_type, j.error_status,"
+            " j.tenant, j.metadata, m.content, u.prompt_tokens, u.completion_tokens,"
+            " u.total_tokens FROM jobs j"
+            " LEFT JOIN messages m ON m.job_id = j.id AND m.role = 'assistant'"
+            " LEFT JOIN token_usage u ON u.job_id = j.id WHERE j.batch_id = :b",
+            b=batch.id,
+        )
+    }
+    assert set(jobs) == set(prompts)
+    assert {row[6] for row in jobs.values()} == {TENANT_A}
+    assert all(row[7] == {"run": marker} for row in jobs.values())
+    assert jobs["retried"][2:4] == ("succeeded", 2)
+    output = lines_of(client, done.output_file_id)
+    assert set(output) == {"ok-1", "ok-2", "retried"}
+    for custom_id, item in output.items():
+        row = jobs[custom_id]
+        assert row[2] == "succeeded"
+        assert item["id"] == f"batch_req_{row[1].hex}" and item["error"] is None
+        response = item["response"]
+        assert response["status_code"] == 200
+        body = response["body"]
+        assert body["id"] == str(row[1]) and body["object"] == "chat.completion"
+        assert body["choices"][0]["message"]["content"] == row[8]
+        usage = body["usage"]
+        assert (usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]) == (
+            row[9],
+            row[10],
+            row[11],
+        )
+    errors = lines_of(client, done.error_file_id)
+    assert set(errors) == {"bad"}
+    bad = jobs["bad"]
+    assert bad[2:6] == ("failed", 1, "client_error", 400)
+    assert errors["bad"]["error"]["code"] == "client_error"
+    assert errors["bad"]["response"]["status_code"] == 400
+    costs = sql("SELECT custom_id FROM job_costs WHERE batch_id = :b", b=batch.id)
+    assert sorted(c for (c,) in costs) == sorted(prompts)
+    assert client.batches.list(limit=100).data[0].id == batch.id
+
+
+def test_cancel_stops_lines_not_started_and_keeps_finished_ones(
+    api_server_factory: Any, keys: dict[str, str], fake_gateway: Any, worker_factory: Any
+) -> None:
+    """Cancelling while one line has finished and one runs: the rest never run, and the
+    output holds the finished and the running line once it ends."""
+    queue = f"ezq-batch-{uuid.uuid4().hex[:8]}"
+    own = api_server_factory(EZQ_API_TOKENS=ADMIN_TOKEN, EZQ_QUEUE=queue)
+    # One call at a time, in line order: the first ends, the slow one runs, the rest wait.
+    # Started first: the session worker's sweep republishes lines left waiting too long.
+    worker_factory(env={"EZQ_QUEUE": queue, "EZQ_WORKER_CONCURRENCY": "1"})
+    marker = uuid.uuid4().hex
+    # Under the test worker's read timeout (1.5 s), so the slow call is not retried.
+    fake_gateway.add_faults(Fault(kind="normal", match=f"slow-{marker}", latency=1.2))
+    names = ["first", "slow", "third", "fourth", "fifth"]
+    prompts = {n: (f"slow-{marker}" if n == "slow" else f"{n} {marker}") for n in names}
+    client = sdk(own, keys["a"])
+    uploaded = client.files.create(
+        file=("cancel.jsonl", jsonl([line(k, v) for k, v in prompts.items()])), purpose="batch"
+    )
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+
+    def status(custom_id: str) -> str:
+        rows = sql(
+            "SELECT status FROM jobs WHERE batch_id = :b AND custom_id = :c",
+            b=batch.id,
+            c=custom_id,
+        )
+        return str(rows[0][0])
+
+    wait_until(lambda: status("first") == "succeeded" and status("slow") == "running", "slow")
+    cancelling = client.batches.cancel(batch.id)
+    assert cancelling.status == "cancelling"
+    done = ended(client, batch.id, "cancelled")
+    assert (done.request_counts.completed, done.request_counts.failed) == (2, 3)
+    assert set(lines_of(client, done.output_file_id)) == {"first", "slow"}
+    errors = lines_of(client, done.error_file_id)
+    assert set(errors) == {"third", "fourth", "fifth"}
+    assert all(e["error"]["code"] == "batch_cancelled" for e in errors.values())
+    sent = [str(r.body) for r in fake_gateway.requests if marker in str(r.body)]
+    assert len(sent) == 2
+    assert not [p for n, p in prompts.items() if n in errors and any(p in b for b in sent)]
+    assert client.batches.cancel(batch.id).status == "cancelled"  # a no-op
+
+
+def test_bad_file_is_refused_with_line_numbers_and_nothing_written(
+    server: Any, keys: dict[str, str]
+) -> None:
+    """Each bad line is named by number and field; no file row is written."""
+    name = f"bad-{uuid.uuid4().hex}.jsonl"
+    good = line("ok", "fine")
+    bad_role = line("r", "x")
+    bad_role["body"]["messages"][0]["role"] = "robot"
+    content = (
+        jsonl([good, bad_role])
+        + b"{not json\n"
+        + jsonl([line("ok", "duplicate id"), line("t", "x", temprature=1)])
+    )
+    client = sdk(server, keys["a"])
+    with pytest.raises(openai.UnprocessableEntityError) as caught:
+        client.files.create(file=(name, content), purpose="batch")
+    error = caught.value.body
+    assert isinstance(error, dict)
+    assert error["type"] == "invalid_file"
+    assert error["message"].startswith("line 2: body.messages[0].role:")
+    assert [(e["line"], e["param"]) for e in error["errors"]] == [
+        (2, "body.messages[0].role"),
+        (3, "line"),
+        (4, "custom_id"),
+        (5, "body.temprature"),
+    ]
+    assert sql("SELECT count(*) FROM batch_files WHERE filename = :n", n=name) == [(0,)]
+
+
+def test_another_tenant_cannot_see_or_cancel_the_batch_or_its_files(
+    server: Any, keys: dict[str, str]
+) -> None:
+    """Tenant B's key gets 404 for tenant A's batch and files, exactly like unknown ids,
+    and its cancel changes nothing."""
+    owner, other = sdk(server, keys["a"]), sdk(server, keys["b"])
+    uploaded = owner.files.create(
+        file=("iso.jsonl", jsonl([line("one", f"iso {uuid.uuid4().hex}")])), purpose="batch"
+    )
+    batch = owner.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    calls: list[Callable[[], Any]] = [
+        lambda: other.batches.retrieve(batch.id),
+        lambda: other.batches.cancel(batch.id),
+        lambda: other.files.retrieve(uploaded.id),
+        lambda: other.files.content(uploaded.id),
+        lambda: other.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        ),
+    ]
+    for call in calls:
+        with pytest.raises(openai.NotFoundError) as caught:
+            call()
+        assert TENANT_A not in str(caught.value.body)
+    assert batch.id not in [b.id for b in other.batches.list(limit=100).data]
+    assert owner.batches.retrieve(batch.id).status in ("in_progress", "finalizing", "completed")
+
+
+def test_one_signed_webhook_per_batch(
+    api_server_factory: Any, keys: dict[str, str], worker_factory: Any, fake_gateway: Any
+) -> None:
+    """A batch with a callback_url sends exactly one signed batch.completed event, whose
+    data is the finished batch, however many lines it has."""
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    queue = f"ezq-batch-hooks-{uuid.uuid4().hex[:8]}"
+    env = {"EZQ_QUEUE": queue, "WEBHOOK_SECRET": secret}
+    worker_factory(env={**env, "WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8"})
+    own = api_server_factory(EZQ_API_TOKENS=ADMIN_TOKEN, **env)
+    client = sdk(own, keys["a"])
+    marker = uuid.uuid4().hex
+    with Receiver([secret]) as receiver:
+        uploaded = client.files.create(
+            file=("hook.jsonl", jsonl([line(f"l{i}", f"hook {i} {marker}") for i in range(3)])),
+            purpose="batch",
+        )
+        batch = client.batches.create(
+            input_file_id=uploaded.id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            extra_body={"callback_url": receiver.url("/batch")},
+        )
+        [event] = receiver.wait_for(1, "/batch", timeout=60)
+        assert event.verified_by == (0,)
+        assert event.event["type"] == "batch.completed"
+        data = event.event["data"]
+        assert (data["id"], data["status"]) == (batch.id, "completed")
+        assert data["request_counts"] == {"total": 3, "completed": 3, "failed": 0}
+        assert data["output_file_id"] == client.batches.retrieve(batch.id).output_file_id
+    rows = sql("SELECT event_type, job_id FROM webhook_deliveries WHERE batch_id = :b", b=batch.id)
+    assert rows == [("batch.completed", None)]
+
+
+def test_cli_submits_follows_reads_and_refuses(keys: dict[str, str], worker: Any) -> None:
+    """`ezq batch submit` prints the batch id, `status` and `results -o` follow it, a bad
+    file is refused naming its line, and an ended batch cannot be cancelled."""
+    marker = uuid.uuid4().hex
+    path = Path(tempfile.mkdtemp()) / "cli.jsonl"
+    path.write_bytes(jsonl([line(f"c{i}", f"cli {i} {marker}") for i in range(3)]))
+    done = run_ezq("batch", "submit", str(path), "--tenant", TENANT_A, "--meta", f"run={marker}")
+    assert done.returncode == 0, done.stderr
+    batch_id = done.stdout.strip()
+
+    def status() -> dict[str, Any]:
+        shown = run_ezq("batch", "status", batch_id)
+        assert shown.returncode == 0, shown.stderr
+        view: dict[str, Any] = json.loads(shown.stdout)
+        return view
+
+    wait_until(lambda: status()["status"] == "completed", "the CLI batch")
+    out = path.with_name("out.jsonl")
+    read = run_ezq("batch", "results", batch_id, "-o", str(out))
+    assert read.returncode == 0, read.stderr
+    lines = [json.loads(item) for item in out.read_text().splitlines()]
+    assert [item["custom_id"] for item in lines] == ["c0", "c1", "c2"]
+    tenants = sql("SELECT DISTINCT tenant, metadata FROM jobs WHERE batch_id = :b", b=batch_id)
+    assert tenants == [(TENANT_A, {"run": marker})]
+    again = run_ezq("batch", "cancel", batch_id)
+    assert again.returncode == 1 and "already ended (completed)" in again.stderr
+    bad = path.with_name("bad.jsonl")
+    bad.write_bytes(jsonl([line("x", "fine"), {"custom_id": "y"}]))
+    refused = run_ezq("batch", "submit", str(bad))
+    assert refused.returncode == 1
+    assert "line 2: method: must be POST" in refused.stderr
