@@ -326,3 +326,39 @@ def test_cli_submits_follows_reads_and_refuses(keys: dict[str, str], worker: Any
     refused = run_ezq("batch", "submit", str(bad))
     assert refused.returncode == 1
     assert "line 2: method: must be POST" in refused.stderr
+
+
+def test_limits_and_a_file_that_no_longer_passes(
+    api_server_factory: Any, server: Any, keys: dict[str, str]
+) -> None:
+    """Over EZQ_BATCH_MAX_FILE_BYTES an upload is refused (a 413 once the body passes the
+    limit while streaming); a file stored under looser settings makes a batch `failed` with
+    its line numbers, and no job is written."""
+    strict = api_server_factory(
+        EZQ_API_TOKENS=ADMIN_TOKEN, EZQ_MAX_REQUEST_BYTES="1000", EZQ_BATCH_MAX_FILE_BYTES="5000"
+    )
+    tight = sdk(strict, keys["a"])
+    big = jsonl([line(f"b{i}", "x" * 90) for i in range(1000)])  # ~150 KB
+    with pytest.raises(openai.APIStatusError) as caught:
+        tight.files.create(file=("big.jsonl", big), purpose="batch")
+    assert caught.value.status_code == 413
+    medium = jsonl([line(f"m{i}", "x" * 90) for i in range(50)])  # ~7.5 KB
+    with pytest.raises(openai.UnprocessableEntityError) as refused:
+        tight.files.create(file=("medium.jsonl", medium), purpose="batch")
+    assert "the limit is 5000" in str(refused.value.body)
+
+    long_prompt = "y" * 2000
+    stored = sdk(server, keys["a"]).files.create(
+        file=("long.jsonl", jsonl([line("short", "fine"), line("long", long_prompt)])),
+        purpose="batch",
+    )
+    batch = tight.batches.create(
+        input_file_id=stored.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    assert batch.status == "failed" and batch.failed_at
+    assert batch.errors is not None and batch.errors.data
+    error = batch.errors.data[0]
+    assert (error.line, error.param) == (2, "body.messages")
+    assert "the limit is 1000 bytes" in (error.message or "")
+    assert sql("SELECT count(*) FROM jobs WHERE batch_id = :b", b=batch.id) == [(0,)]
+    assert tight.batches.retrieve(batch.id).request_counts.total == 2

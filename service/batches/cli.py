@@ -37,7 +37,7 @@ def submit(
     """Check FILE.jsonl (every line, before anything is stored), store it and run each
     line as a job; print the batch id (or the batch, with --format json)."""
     from service.batches.files import store_input_file
-    from service.batches.submit import create_batch
+    from service.batches.submit import create_batch, publish_lines
     from service.validation import checked_tenant
 
     metadata = {}
@@ -54,13 +54,15 @@ def submit(
             tenant=checked_tenant(tenant),
             created_by=None,
         )
-    view = create_batch(
+    created = create_batch(
         input_file_id=uploaded["id"],
         endpoint=c.BATCH_ENDPOINT,
         completion_window=c.BATCH_COMPLETION_WINDOW,
         metadata=metadata or None,
         callback_url=callback_url,
     )
+    publish_lines(created.job_ids)
+    view = created.view
     if fmt == "json":
         _print_json(view)
         return

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -31,6 +32,14 @@ from service.validation import checked_callback_url
 METADATA_MAX_KEYS = 16
 METADATA_MAX_KEY = 64
 METADATA_MAX_VALUE = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """A new batch as OpenAI's ``Batch``, and its jobs still to publish."""
+
+    view: dict[str, Any]
+    job_ids: list[uuid.UUID]
 
 
 def new_batch_id() -> str:
@@ -144,12 +153,11 @@ def create_batch(
     callback_url: object = None,
     tenants: Tenants = None,
     created_by: str | None = None,
-) -> dict[str, Any]:
-    """Create a batch from an uploaded file: its lines become queued jobs, published once
-    committed. Returns the batch as OpenAI's ``Batch``. Raises InvalidRequest naming a bad
-    field, FileNotFound for an unknown file (or one outside ``tenants``)."""
-    from service.worker.dispatch import publish_jobs
-
+) -> Created:
+    """Create a batch from an uploaded file: its lines become queued jobs, committed
+    together. Returns the batch as OpenAI's ``Batch`` and the jobs, which the caller
+    publishes (``publish_lines``). Raises InvalidRequest naming a bad field, FileNotFound
+    for an unknown file (or one outside ``tenants``)."""
     if endpoint != c.BATCH_ENDPOINT:
         raise InvalidRequest("endpoint", f"must be {c.BATCH_ENDPOINT} (ezq runs chat completions)")
     if completion_window != c.BATCH_COMPLETION_WINDOW:
@@ -189,10 +197,18 @@ def create_batch(
     except InvalidBatchFile as exc:
         from service.batches.lifecycle import store_failed
 
-        return store_failed(values, exc.errors)
+        return Created(store_failed(values, exc.errors), [])
+    return Created(view, job_ids)
+
+
+def publish_lines(job_ids: list[uuid.UUID]) -> None:
+    """Publish a committed batch's jobs, a slice at a time, through the one after-commit
+    publisher. Should this process die part way, the sweep republishes the rest (they
+    are pending jobs with no message, like any job whose publish was lost)."""
+    from service.worker.dispatch import publish_jobs
+
     for start in range(0, len(job_ids), c.BATCH_INSERT_LINES):
         publish_jobs(job_ids[start : start + c.BATCH_INSERT_LINES])
-    return view
 
 
 def _missing(batch_id: str) -> Any:
