@@ -228,7 +228,7 @@ def main() -> None:
         f"  {label:<42}{ours['submit s']:>10.2f}{ours['ms per line']:>10.2f}{ours['lines/s']:>10.1f}"
     )
     print(
-        f"  submit per line, batch / one by one: {ours['ms per line'] / base['ms per line']:.2f}x"
+        f"  submit per line, batch / one by one: {ours['ms per line'] / base['ms per line']:.3f}x"
     )
     print(f"  output lines {int(ours['output lines'])}, failed {int(ours['failed'])}")
     print(
