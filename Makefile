@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.stream_assembly
 	$(BIN)/python -m benchmarks.live_tokens
 	$(BIN)/python -m benchmarks.job_path
+	$(BIN)/python -m benchmarks.flow_admission
 	$(BIN)/python -m benchmarks.pipeline
 	$(BIN)/python -m benchmarks.batch
 	$(BIN)/python -m benchmarks.sql_usage

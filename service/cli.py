@@ -17,6 +17,8 @@ import click
 from service import constants as c
 from service.batches.cli import batch as batch_group
 from service.errors import ConfigError, EzqError
+from service.flow.cli import budgets as budgets_group
+from service.flow.cli import limits as limits_group
 from service.keys.cli import keys as keys_group
 from service.ops.jobs_cli import jobs as jobs_group
 from service.ops.purge_cli import purge as purge_command
@@ -180,6 +182,11 @@ def _check_schema() -> None:
     type=click.Choice(["openai", "anthropic", "auto"]),
     help="ezrouter surface; default: EZQ_SURFACE_DEFAULTS' match for the model, else auto.",
 )
+@click.option(
+    "--priority",
+    type=click.IntRange(0, 9),
+    help="0-9, higher starts first under a backlog (default 5).",
+)
 @click.option("--wait", is_flag=True, help="Wait for the job to end and print it as JSON.")
 @click.option(
     "--follow",
@@ -198,6 +205,7 @@ def enqueue(
     idempotency_key: str | None,
     callback_url: str | None,
     surface: str | None,
+    priority: int | None,
     wait: bool,
     follow: bool,
     timeout: float,
@@ -219,6 +227,7 @@ def enqueue(
         idempotency_key=idempotency_key,
         callback_url=callback_url,
         surface=surface,
+        priority=priority,
     )
     if follow:
         _follow(job_id)
@@ -409,4 +418,6 @@ cli.add_command(purge_command)
 cli.add_command(prices)
 cli.add_command(usage)
 cli.add_command(dead_letters)
+cli.add_command(limits_group)
+cli.add_command(budgets_group)
 db.add_command(grant_readonly)

@@ -54,6 +54,15 @@ class Settings(BaseSettings):
     ezq_record_retry_for: float = Field(default=c.RECORD_RETRY_FOR_S, ge=0)
     ezq_broker_visibility_timeout: float = Field(default=c.BROKER_VISIBILITY_TIMEOUT_S, ge=10)
     ezq_publish_timeout: float = Field(default=c.PUBLISH_TIMEOUT_S, gt=0, le=60)
+    # Flow control (service/flow): the window of the request and token rate limits, how
+    # long a throttled job waits at most before it checks again, the completion tokens
+    # reserved for a request without max_tokens, how long a waiting job takes to gain one
+    # priority step, and whether a budget lets through models without a price.
+    ezq_flow_window: float = Field(default=c.FLOW_WINDOW_S, gt=0)
+    ezq_flow_recheck: float = Field(default=c.FLOW_RECHECK_S, gt=0)
+    ezq_flow_default_max_tokens: int = Field(default=c.FLOW_DEFAULT_MAX_TOKENS, ge=1)
+    ezq_priority_aging: float = Field(default=c.PRIORITY_AGING_S, gt=0)
+    ezq_budget_unpriced: Literal["allow", "deny"] = "allow"
     # The sweep purges content of jobs that ended longer ago than this (unset: never).
     ezq_retention_days: int | None = Field(default=None, ge=1, le=36_600)
     ezq_api_tokens: SecretStr | None = None

@@ -137,6 +137,19 @@ RECORD_RETRY_PAUSES_S: Final = (0.2, 0.5, 1.0, 2.0)
 METRICS_MAX_TENANTS: Final = 50
 METRICS_DB_TTL_S: Final = 5.0
 
+# --- flow control (service/flow) ---------------------------------------------------------
+FLOW_WINDOW_S: Final = 60.0  # requests_per_window and tokens_per_window count over this
+FLOW_RECHECK_S: Final = 5.0  # a throttled job checks again after this if nothing woke it
+FLOW_DEFAULT_MAX_TOKENS: Final = 4096  # completion tokens reserved without max_tokens
+PRIORITY_AGING_S: Final = 60.0  # a waiting job gains one priority step per this long
+FLOW_CANDIDATES: Final = 8  # best-ranked jobs a claim considers running in a message's place
+FLOW_WAKE: Final = 2  # throttled jobs a finished call wakes
+FLOW_WAKE_ON_CHANGE: Final = 200  # throttled jobs a changed limit wakes
+FLOW_ADMISSIONS_KEEP_S: Final = 3600.0  # settled admissions are kept this long, for SQL
+PRIORITY_DEFAULT: Final = 5
+PRIORITY_MIN: Final = 0
+PRIORITY_MAX: Final = 9
+
 # Live tokens (service/live): deltas a worker reads are batched for this long before one
 # pipelined write to the job's Redis stream, which keeps at most this many entries (about
 # ten minutes of a fast stream at one entry per interval) and expires this long after its

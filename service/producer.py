@@ -26,6 +26,7 @@ def enqueue_completion(
     callback_url: str | None = None,
     surface: str | None = None,
     created_by: str | None = None,
+    priority: int | None = None,
 ) -> uuid.UUID:
     """Validate the request, store the job, publish it, and return the job id.
 
@@ -36,6 +37,7 @@ def enqueue_completion(
     of None a conversation is started; its id is on the job (``ezq show``). ``surface`` is
     ``openai``, ``anthropic`` or ``auto`` (default: ``EZQ_SURFACE_DEFAULTS``' match for the
     model, else ``auto``). ``created_by`` names the API key that asked (HTTP only).
+    ``priority`` (0-9, default 5) orders a backlog: higher starts first (see Flow control).
     """
     # Imported here so that validating and storing need no broker configuration.
     from service.worker.dispatch import publish_jobs
@@ -50,6 +52,7 @@ def enqueue_completion(
         idempotency_key=idempotency_key,
         callback_url=callback_url,
         surface=surface,
+        priority=priority,
         max_request_bytes=get_settings().ezq_max_request_bytes,
     )
     with transaction() as session:

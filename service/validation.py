@@ -230,6 +230,10 @@ class EnqueueRequest(BaseModel):
     surface: Literal["openai", "anthropic", "auto"] | None = Field(
         default=None, description="The ezrouter surface to call (default: by model)."
     )
+    priority: Annotated[int, Field(ge=c.PRIORITY_MIN, le=c.PRIORITY_MAX)] | None = Field(
+        default=None,
+        description=f"0-9, higher runs first under a backlog (default {c.PRIORITY_DEFAULT}).",
+    )
 
 
 ENQUEUE_FIELDS: tuple[str, ...] = tuple(EnqueueRequest.model_fields)
@@ -251,6 +255,9 @@ class CompletionRequest(BaseModel):
     # The surface the job runs on (openai, anthropic or auto), and what the caller named.
     surface: str = c.DEFAULT_SURFACE
     surface_requested: str | None = None
+    # Flow control only: not part of the fingerprint (the same request at another priority
+    # is the same request).
+    priority: int = c.PRIORITY_DEFAULT
 
     def fingerprint(self) -> str:
         """A hash of what the caller asked for, to tell a retry from a different request."""
@@ -343,6 +350,7 @@ def validate_request(
     idempotency_key: object = None,
     callback_url: object = None,
     surface: object = None,
+    priority: object = None,
     max_request_bytes: int = c.MAX_REQUEST_BYTES,
 ) -> CompletionRequest:
     """Check every field and return the normalised request, or raise InvalidRequest."""
@@ -363,6 +371,7 @@ def validate_request(
         callback_url=_callback_url(callback_url),
         surface=_surface(surface) or get_settings().default_surface(checked_model),
         surface_requested=_surface(surface),
+        priority=_priority(priority),
     )
     for field, value in (
         ("model", request.model),
@@ -408,6 +417,18 @@ def _storable(field: str, value: object) -> None:
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):
             _storable(f"{field}[{i}]", item)
+
+
+def _priority(value: object) -> int:
+    if value is None:
+        return c.PRIORITY_DEFAULT
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidRequest("priority", f"must be an integer, not {type(value).__name__}")
+    if not c.PRIORITY_MIN <= value <= c.PRIORITY_MAX:
+        raise InvalidRequest(
+            "priority", f"must be between {c.PRIORITY_MIN} and {c.PRIORITY_MAX}, not {value}"
+        )
+    return value
 
 
 def _surface(value: object) -> str | None:

@@ -306,6 +306,8 @@ def places_holding(secret: str) -> list[str]:
             values = [member for member, _ in client.zscan_iter(key)]
         elif kind == b"set":
             values = list(client.sscan_iter(key))
+        elif kind == b"stream":  # live tokens
+            values = [v for _, fields in client.xrange(key) for v in fields.values()]
         if any(needle in v for v in values):
             found.append(f"redis {key!r}")
     return found

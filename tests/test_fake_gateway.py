@@ -703,7 +703,15 @@ def test_admin_endpoints(gw: FakeGateway) -> None:
         assert admin.post(CHAT, json=chat_body(), headers=auth).status_code == 503
         requests = admin.get("/_fake/requests").json()
         assert len(requests) == 1
-        assert set(requests[0]) == {"path", "headers", "body", "received_at", "request_id"}
+        assert set(requests[0]) == {
+            "path",
+            "headers",
+            "body",
+            "received_at",
+            "request_id",
+            "in_flight",
+        }
+        assert requests[0]["in_flight"] == 1
         assert requests[0]["body"] == chat_body()
         assert admin.delete("/_fake/requests").status_code == 204
         assert admin.get("/_fake/requests").json() == []

@@ -20,7 +20,7 @@ import redis
 from service.fake_gateway import Fault
 from service.live.events import final_text, stream_key
 from service.producer import get_job
-from tests.conftest import REDIS_URL, free_port, run_ezq, wait_for_job
+from tests.conftest import API_KEY, REDIS_URL, free_port, run_ezq, wait_for_job
 
 ADMIN_TOKEN = "live-admin-" + uuid.uuid4().hex
 TENANT, OTHER = "live-" + uuid.uuid4().hex[:6], "other-" + uuid.uuid4().hex[:6]
@@ -100,7 +100,7 @@ def test_deltas_arrive_in_order_before_the_end_then_the_final_event(
     client: httpx.Client, fake_gateway: Any
 ) -> None:
     """A slow answer streams as deltas in order, the first while the job still runs, and the
-    stream ends with `job.succeeded` carrying the webhook body."""
+    stream ends with `job.succeeded` carrying the webhook body; no key is in Redis."""
     prompt = marker()
     fake_gateway.add_faults(slow(prompt))
     job_id = enqueue(client, prompt)
@@ -121,8 +121,15 @@ def test_deltas_arrive_in_order_before_the_end_then_the_final_event(
     job = get_job(job_id)
     assert final.raw == final_text(job)  # the webhook builder's JSON, byte for byte
     assert final.data["data"]["content"] == REPLY
-    ids = [tuple(int(p) for p in e.id.split("-")) for e in received]
+    # The final event comes from Postgres (id "final") if a heartbeat passes between the
+    # commit and the worker's final entry; every other id is a stream entry's.
+    ids = [tuple(int(p) for p in e.id.split("-")) for e in received if e.id != "final"]
+    assert len(ids) >= len(received) - 1
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    stored = b"".join(
+        v for _, f in redis.Redis.from_url(REDIS_URL).xrange(stream_key(job_id)) for v in f.values()
+    )
+    assert REPLY.encode() in stored and API_KEY.encode() not in stored
 
 
 def test_last_event_id_resumes_after_a_reconnect(client: httpx.Client, fake_gateway: Any) -> None:
@@ -380,3 +387,64 @@ def test_a_quiet_stream_sends_keep_alives_until_the_job_ends(
         assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
         rest = [line for line in lines if line.startswith("event: ")]
     assert rest == ["event: job.cancelled"]
+
+
+def test_idle_listeners_hold_no_thread_each(server: Any, client: httpx.Client) -> None:
+    """Sixty listeners on jobs that have not started stay open together (more than the
+    server's thread pool of 40 could serve if each held a thread), with fewer server threads
+    than listeners, and all get keep-alives."""
+    import asyncio
+    from pathlib import Path
+
+    from service.db import queries
+    from service.db.session import transaction
+    from service.validation import validate_request
+
+    listeners = 60
+    with transaction() as session:  # never published: they stay queued
+        job_ids = [
+            queries.create_job(
+                session,
+                validate_request(
+                    model=MODEL, messages=[{"role": "user", "content": marker()}], tenant=TENANT
+                ),
+            )[0]
+            for _ in range(listeners)
+        ]
+    status = Path(f"/proc/{server.proc.pid}/status")
+
+    def server_threads() -> int:
+        line = next(x for x in status.read_text().splitlines() if x.startswith("Threads:"))
+        return int(line.split()[1])
+
+    async def main() -> int:
+        opened = 0
+        all_open = asyncio.Event()
+
+        async def listen(http: httpx.AsyncClient, job_id: uuid.UUID) -> None:
+            nonlocal opened
+            async with http.stream("GET", f"/v1/jobs/{job_id}/events") as response:
+                lines = response.aiter_lines()
+                assert await anext(lines) == "retry: 2000"
+                opened += 1
+                if opened == listeners:
+                    all_open.set()
+                await asyncio.wait_for(all_open.wait(), timeout=30)
+                async for line in lines:
+                    if line == ": keep-alive":
+                        return
+
+        async def count_threads() -> int:
+            await asyncio.wait_for(all_open.wait(), timeout=30)
+            return server_threads()
+
+        limits = httpx.Limits(max_connections=listeners + 5)
+        async with httpx.AsyncClient(
+            base_url=server.url, headers=client.headers, timeout=30, limits=limits
+        ) as http:
+            results = await asyncio.gather(count_threads(), *(listen(http, j) for j in job_ids))
+        threads: int = results[0]
+        return threads
+
+    threads = asyncio.run(main())
+    assert threads < listeners, threads

@@ -48,6 +48,20 @@ SELECT id, conversation_id, 'alpha', 'tenant-000', 100, 0, 100, 50, 160,
 FROM j
 """
 
+# Two queued jobs held back by a concurrency limit, one by a rate limit until later.
+THROTTLED = """
+WITH c AS (
+    INSERT INTO conversations (id, tenant) VALUES (gen_random_uuid(), 'tenant-001') RETURNING id
+)
+INSERT INTO jobs (id, conversation_id, status, model, input_messages, request_hash, tenant,
+                  priority, needs_publish, throttle_reason, throttled_until)
+SELECT gen_random_uuid(), c.id, 'queued', 'beta', '[]', 'x', 'tenant-001', p, true, reason, until
+FROM c, (VALUES (5, 'max_concurrent 2/2 for tenant=tenant-001 model=*', NULL::timestamptz),
+                (7, 'max_concurrent 2/2 for tenant=tenant-001 model=*', NULL),
+                (5, 'requests 10/10 in 60s for tenant=* model=beta', now() + interval '30 s'))
+     AS t(p, reason, until)
+"""
+
 
 @pytest.fixture(scope="module")
 def conn() -> Iterator[Connection]:
@@ -56,6 +70,7 @@ def conn() -> Iterator[Connection]:
         with transaction(url) as session:
             seed_usage(session, PLAN)
             session.execute(text(EXTRA))
+            session.execute(text(THROTTLED))
         engine = get_engine(url)
         with engine.connect() as connection:
             yield connection
@@ -224,6 +239,14 @@ def check_expensive_today(rows: list[dict[str, Any]], conn: Connection) -> None:
     assert str(rows[0]["job_id"]) == EXTRA_JOB and rows[0]["cost_usd"] == Decimal("7.5")
 
 
+def check_throttled(rows: list[dict[str, Any]], conn: Connection) -> None:
+    assert [(row["throttle_reason"][:8], row["jobs"], row["top_priority"]) for row in rows] == [
+        ("max_conc", 2, 7),
+        ("requests", 1, 5),
+    ]
+    assert rows[0]["next_due"] is None and rows[1]["next_due"] is not None
+
+
 CHECKS: dict[str, Callable[[list[dict[str, Any]], Connection], None]] = {
     "Spend per tenant per day": check_spend_per_day,
     "Month-to-date against last month, per tenant": check_month_to_date,
@@ -239,6 +262,7 @@ CHECKS: dict[str, Callable[[list[dict[str, Any]], Connection], None]] = {
     "Usage by a metadata tag (2)": check_one_tag,
     "Unpriced usage": check_unpriced,
     "Jobs still running for too long": check_stuck,
+    "Jobs held back by flow control": check_throttled,
     "Usage the gateway reported inconsistently": check_inconsistent,
     "The most expensive jobs today": check_expensive_today,
 }

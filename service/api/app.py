@@ -17,7 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 
-from service.api import batch_routes, events_route, replay_routes
+from service.api import batch_routes, events_route, flow_routes, replay_routes
 from service.api.auth import Caller
 from service.api.body import BodyLimit, parse_json_object
 from service.api.errors import install_error_handlers
@@ -217,6 +217,7 @@ def create_app() -> FastAPI:
             "next_cursor": encode_cursor(page.next_after) if page.next_after else None,
         }
 
+    app.include_router(flow_routes.router, responses=_responses(401, 403, 404, 413, 422, 503))
     # Before /v1/jobs/{job_id}: /v1/jobs/replay is a path of its own.
     app.include_router(
         replay_routes.router, responses=_responses(401, 403, 404, 409, 413, 422, 503)

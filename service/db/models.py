@@ -12,6 +12,7 @@ from sqlalchemy import (
     CheckConstraint,
     Computed,
     DateTime,
+    Float,
     ForeignKey,
     Identity,
     Index,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     Numeric,
+    SmallInteger,
     Text,
     func,
     text,
@@ -186,6 +188,11 @@ class Job(Base):
     replay_of: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     # When ``ezq purge`` deleted the job's content; usage and cost rows stay.
     purged_at: Mapped[datetime | None]
+    # Flow control (service/flow): 0-9, higher runs first; a queued job held back by a
+    # limit (or by a better-ranked job) says why and until when.
+    priority: Mapped[int] = mapped_column(SmallInteger, server_default="5")
+    throttled_until: Mapped[datetime | None]
+    throttle_reason: Mapped[str | None]
     # The batch this job is a line of, and the line's ``custom_id`` (unique in the batch).
     batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id"))
     custom_id: Mapped[str | None]
@@ -204,6 +211,31 @@ class Job(Base):
         ),
         CheckConstraint(_in("surface", REQUEST_SURFACES), name="surface"),
         CheckConstraint("attempts >= 0", name="attempts"),
+        CheckConstraint("priority BETWEEN 0 AND 9", name="priority"),
+        Index(
+            "ix_jobs_pending_tenant_rank",
+            func.coalesce(text("tenant"), text("''")),
+            text("priority DESC"),
+            "enqueue_seq",
+            postgresql_where=text("status IN ('queued', 'retrying')"),
+        ),
+        Index(
+            "ix_jobs_pending_tenant_seq",
+            func.coalesce(text("tenant"), text("''")),
+            "enqueue_seq",
+            postgresql_where=text("status IN ('queued', 'retrying')"),
+        ),
+        Index(
+            "ix_jobs_throttled",
+            text("priority DESC"),
+            "enqueue_seq",
+            postgresql_where=text(
+                "needs_publish AND throttle_reason IS NOT NULL AND status IN ('queued', 'retrying')"
+            ),
+        ),
+        Index(
+            "ix_jobs_running_scope", "model", "tenant", postgresql_where=text("status = 'running'")
+        ),
         Index(None, "status", "created_at"),
         Index(None, "conversation_id", "enqueue_seq"),
         Index(None, "tenant", "created_at"),
@@ -555,6 +587,100 @@ class ApiKey(Base):
         CheckConstraint("admin = (cardinality(tenants) = 0)", name="scope"),
         Index(None, "key_hash", unique=True),
     )
+
+
+# --- flow control (service/flow) ---------------------------------------------------------
+
+ANY = "*"  # a limit or budget scope that matches every tenant or every model
+
+
+class FlowLimit(Base):
+    """A limit on gateway calls for a model, a tenant, or a tenant x model (``*``: any)."""
+
+    __tablename__ = "flow_limits"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    tenant: Mapped[str] = mapped_column(server_default=ANY)
+    model: Mapped[str] = mapped_column(server_default=ANY)
+    max_concurrent: Mapped[int | None] = mapped_column(Integer)
+    requests_per_window: Mapped[int | None] = mapped_column(Integer)
+    tokens_per_window: Mapped[int | None] = mapped_column(Integer)
+    # Adaptive concurrency: the target time to first token, and the limit it has reached.
+    adaptive_ttft_ms: Mapped[int | None] = mapped_column(Integer)
+    current_concurrency: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+    __table_args__ = (
+        CheckConstraint("max_concurrent > 0", name="max_concurrent"),
+        CheckConstraint("requests_per_window > 0", name="requests_per_window"),
+        CheckConstraint("tokens_per_window > 0", name="tokens_per_window"),
+        CheckConstraint(
+            "adaptive_ttft_ms IS NULL OR (adaptive_ttft_ms > 0 AND max_concurrent IS NOT NULL)",
+            name="adaptive",
+        ),
+        CheckConstraint("tenant <> '*' OR model <> '*'", name="scope"),
+        Index(None, "tenant", "model", unique=True),
+    )
+
+
+class FlowBudget(Base):
+    """A monthly spending cap in USD for a tenant, or a tenant x model."""
+
+    __tablename__ = "flow_budgets"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    tenant: Mapped[str]
+    model: Mapped[str] = mapped_column(server_default=ANY)
+    monthly_usd: Mapped[Decimal] = mapped_column(Numeric(20, 6))
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+    __table_args__ = (
+        CheckConstraint("monthly_usd >= 0", name="monthly_usd"),
+        Index(None, "tenant", "model", unique=True),
+    )
+
+
+class FlowAdmission(Base):
+    """One admitted gateway call: what it reserved at claim and what it really used."""
+
+    __tablename__ = "flow_admissions"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    tenant: Mapped[str | None]
+    model: Mapped[str]
+    admitted_at: Mapped[datetime] = _now()
+    tokens_reserved: Mapped[int] = mapped_column(Integer)
+    tokens_used: Mapped[int | None] = mapped_column(Integer)
+    cost_reserved: Mapped[Decimal | None] = mapped_column(COST_USD)
+    settled_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index(None, "job_id", "attempt", unique=True),
+        Index(None, "model", "admitted_at"),
+        Index(None, "tenant", "admitted_at"),
+        Index(None, "admitted_at"),
+        Index(
+            "ix_flow_admissions_unsettled",
+            "tenant",
+            "model",
+            postgresql_where=text("settled_at IS NULL"),
+        ),
+    )
+
+
+class FlowSpend(Base):
+    """Priced spend of a tenant on a model in a UTC month, added as calls settle."""
+
+    __tablename__ = "flow_spend"
+
+    tenant: Mapped[str] = mapped_column(primary_key=True)
+    model: Mapped[str] = mapped_column(primary_key=True)
+    month: Mapped[date] = mapped_column(primary_key=True)
+    cost_usd: Mapped[Decimal] = mapped_column(COST_USD, server_default="0")
 
 
 class BatchFile(Base):

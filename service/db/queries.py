@@ -145,6 +145,7 @@ def create_job(
         "callback_url": request.callback_url,
         "surface": request.surface,
         "created_by": created_by,
+        "priority": request.priority,
     }
     stmt = insert(Job).values(**values).on_conflict_do_nothing().returning(Job.id)
     new_id = session.execute(stmt).scalar_one_or_none()

@@ -160,12 +160,16 @@ def parked_due(session: Session, *, limit: int) -> list[uuid.UUID]:
 
 
 def mark_published(session: Session, job_ids: list[uuid.UUID]) -> None:
-    """Clear the flag of parked jobs whose message is now on the broker."""
+    """Clear the flag of parked jobs whose message is now on the broker.
+
+    A job that its message already reached and that was parked again meanwhile (throttled:
+    its ``dispatched_at`` moved to the future) keeps its flag: it has no message any more.
+    """
     if job_ids:
         session.execute(
             text(
                 "UPDATE jobs SET needs_publish = false, dispatched_at = now()"
-                " WHERE id = ANY(:ids) AND needs_publish"
+                " WHERE id = ANY(:ids) AND needs_publish AND dispatched_at <= now()"
             ),
             {"ids": job_ids},
         )

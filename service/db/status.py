@@ -52,11 +52,12 @@ _BACKLOG = text(
            count(*) FILTER (WHERE j.status = 'queued') AS queued,
            count(*) FILTER (WHERE j.status = 'running') AS running,
            count(*) FILTER (WHERE j.status = 'retrying') AS retrying,
-           count(*) FILTER (WHERE j.status = 'queued' AND EXISTS (
-               SELECT 1 FROM jobs e
-               WHERE e.conversation_id = j.conversation_id
-                 AND e.enqueue_seq < j.enqueue_seq
-                 AND e.status NOT IN ('succeeded', 'failed', 'cancelled'))) AS throttled,
+           count(*) FILTER (WHERE j.status = 'queued' AND (j.throttle_reason IS NOT NULL
+               OR EXISTS (
+                   SELECT 1 FROM jobs e
+                   WHERE e.conversation_id = j.conversation_id
+                     AND e.enqueue_seq < j.enqueue_seq
+                     AND e.status NOT IN ('succeeded', 'failed', 'cancelled')))) AS throttled,
            min(j.created_at) FILTER (WHERE j.status = 'queued') AS oldest_queued_at
     FROM jobs j
     WHERE j.status IN ('queued', 'running', 'retrying')

@@ -102,6 +102,8 @@ class ReceivedRequest:
     received_at: float
     request_id: str
     raw: bytes = field(default=b"", repr=False)
+    # Completion calls being served when this one arrived, this one included.
+    in_flight: int = 1
 
     def to_json(self) -> dict[str, Any]:
         """The form served by `GET /_fake/requests`."""
@@ -111,6 +113,7 @@ class ReceivedRequest:
             "body": self.body,
             "received_at": self.received_at,
             "request_id": self.request_id,
+            "in_flight": self.in_flight,
         }
 
 
@@ -366,6 +369,7 @@ class _Handler(BaseHTTPRequestHandler):
                 received_at=time.time(),
                 request_id=request_id,
                 raw=raw,
+                in_flight=self._in_flight,
             )
         )
         problem = self._auth_problem(api_key_header=anthropic)
@@ -389,15 +393,25 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return body, fault
 
+    _in_flight = 0
+
     def _chat(self, request_id: str, raw: bytes) -> None:
-        accepted = self._accept(request_id, raw, anthropic=False)
-        if accepted is not None:
-            self._respond(request_id, *accepted)
+        self._in_flight = self.gateway._call_started()
+        try:
+            accepted = self._accept(request_id, raw, anthropic=False)
+            if accepted is not None:
+                self._respond(request_id, *accepted)
+        finally:
+            self.gateway._call_ended(request_id)
 
     def _messages(self, request_id: str, raw: bytes) -> None:
-        accepted = self._accept(request_id, raw, anthropic=True)
-        if accepted is not None:
-            self._respond_anthropic(request_id, *accepted)
+        self._in_flight = self.gateway._call_started()
+        try:
+            accepted = self._accept(request_id, raw, anthropic=True)
+            if accepted is not None:
+                self._respond_anthropic(request_id, *accepted)
+        finally:
+            self.gateway._call_ended(request_id)
 
     def _respond_anthropic(self, request_id: str, body: dict[str, Any], fault: Fault) -> None:
         kind = fault.kind
@@ -571,6 +585,8 @@ class FakeGateway:
         self._anthropic_cache = AnthropicCache()
         self._lock = threading.Lock()
         self._requests: list[ReceivedRequest] = []
+        self._calls_in_flight = 0
+        self._ended_at: dict[str, float] = {}
         self._connections: set[socket.socket] = set()
         self._stop_event = threading.Event()
         self._server: _Server | None = None
@@ -671,6 +687,11 @@ class FakeGateway:
         with self._lock:
             return list(self._requests)
 
+    def ended_at(self, request_id: str) -> float | None:
+        """When the fake finished serving a completion call (None: not yet)."""
+        with self._lock:
+            return self._ended_at.get(request_id)
+
     def reset(self) -> None:
         """Clear pending faults, recorded requests and the simulated prompt cache."""
         self._faults.clear()
@@ -687,6 +708,17 @@ class FakeGateway:
     def _clear_requests(self) -> None:
         with self._lock:
             self._requests.clear()
+            self._ended_at.clear()
+
+    def _call_started(self) -> int:
+        with self._lock:
+            self._calls_in_flight += 1
+            return self._calls_in_flight
+
+    def _call_ended(self, request_id: str) -> None:
+        with self._lock:
+            self._calls_in_flight -= 1
+            self._ended_at[request_id] = time.time()
 
     def _track(self, connection: socket.socket) -> None:
         with self._lock:

@@ -3,11 +3,12 @@
 Cheap on purpose: per chunk an assembler appends the fragment to its attempt's deque
 (``LiveAttempt``), nothing more. One flusher thread per process drains every running
 attempt each ``EZQ_LIVE_FLUSH_INTERVAL`` (50 ms) into one pipelined round trip (one
-``XADD`` per job with something new, and its ``EXPIRE``), however many jobs run. An attempt
-start writes ``attempt_restarted`` (attempt 2 and later), its end flushes what is left
-before the outcome is recorded, and a job's end writes the final event. Redis being slow
-or down never fails or slows a call for long: a failed write drops that batch and skips
-Redis for ``LIVE_BACKOFF_S``; the reply is in Postgres whatever happens here.
+``XADD`` per job with something new, plus an ``EXPIRE`` on an attempt's first write),
+however many jobs run. An attempt start writes ``attempt_restarted`` (attempt 2 and
+later), its end flushes what is left before the outcome is recorded, and a job's end
+writes the final event. Redis being slow or down never fails or slows a call for long: a
+failed write drops that batch and skips Redis for ``LIVE_BACKOFF_S``; the reply is in
+Postgres whatever happens here.
 """
 
 from __future__ import annotations
@@ -138,7 +139,8 @@ class Publisher:
         if attempt > 1:
             # Whatever an earlier attempt streamed is void: readers drop it.
             restarted = entry_fields(ATTEMPT_RESTARTED, {"attempt": attempt}, attempt)
-            self._write([(live.key, restarted, True)])
+            with self._write_lock:
+                live.expiring = self._send([(live.key, restarted, True)])
         with self._write_lock:
             self._attempts.add(live)
         self._ensure_thread()
@@ -166,22 +168,28 @@ class Publisher:
         """Write every running attempt's new fragments in one round trip."""
         with self._write_lock:
             batch = []
+            written = []
             for live in self._attempts:
                 data = live.drain()
                 if data is not None:
                     batch.append(
                         (live.key, entry_fields(DELTA, data, live.attempt), not live.expiring)
                     )
+                    written.append(live)
+            if self._send(batch):
+                # Only once a write with its EXPIRE went through: no stream is left without
+                # a TTL by a failed first write.
+                for live in written:
                     live.expiring = True
-            self._send(batch)
 
     def _write(self, batch: list[Entry]) -> None:
         with self._write_lock:
             self._send(batch)
 
-    def _send(self, batch: list[Entry]) -> None:
+    def _send(self, batch: list[Entry]) -> bool:
+        """Write the batch in one round trip; False if it was dropped."""
         if not batch or time.monotonic() < self._skip_until:
-            return
+            return False
         pipe = self._redis.pipeline(transaction=False)
         for key, fields, expire in batch:
             pipe.xadd(key, fields, maxlen=self._maxlen, approximate=True)  # type: ignore[arg-type]
@@ -196,6 +204,8 @@ class Publisher:
                 type(exc).__name__,
                 c.LIVE_BACKOFF_S,
             )
+            return False
+        return True
 
     def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -212,8 +222,8 @@ class Publisher:
             time.sleep(self._interval)
             try:
                 self.flush()
-            except Exception:  # never let the flusher die; the next interval tries again
-                log.exception("live tokens: flush failed")
+            except Exception as exc:  # never let the flusher die; the next interval retries
+                log.warning("live tokens: flush failed (%s)", type(exc).__name__)
             if not self._attempts:
                 self._wake.clear()
                 if self._attempts:  # one started between the check and the clear
@@ -267,5 +277,6 @@ def job_ended(view: dict[str, Any]) -> None:
     if pub is not None:
         try:
             pub.ended(view)
-        except Exception:  # after the commit: the job's end stands whatever happens here
-            log.warning("live tokens: could not write the final event", exc_info=True)
+        except Exception as exc:  # after the commit: the job's end stands whatever happens
+            # The type only: an exception's text could quote the reply.
+            log.warning("live tokens: could not write the final event (%s)", type(exc).__name__)

@@ -199,18 +199,25 @@ def usage(
         tenants=tenant,
         models=model,
     )
+    from service.flow.settings_store import list_budgets
+
     with transaction() as session:
         report = run_report(session, query)
         cells = daily_by_model(session, query) if chart is not None else []
+    # This month's budgets of the tenants shown, with what is spent, reserved and left.
+    budgets = [b for b in list_budgets() if not tenant or b["tenant"] in tenant]
     if chart is not None:
         write_chart(chart, query, cells)
         click.echo(f"wrote {chart}", err=True)
     if fmt == "json":
-        render.write_report_json(sys.stdout, report)
+        render.write_report_json(sys.stdout, report, budgets=budgets)
     elif fmt == "csv":
         render.write_report_csv(sys.stdout, report)
     else:
-        render.console_for(sys.stdout).print(render.report_table(report))
+        console = render.console_for(sys.stdout)
+        console.print(render.report_table(report))
+        if budgets:
+            console.print(render.budget_table(budgets))
 
 
 @click.command("grant-readonly")

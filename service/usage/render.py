@@ -52,7 +52,9 @@ def report_records(report: Report) -> list[dict[str, Any]]:
     ]
 
 
-def write_report_json(out: IO[str], report: Report) -> None:
+def write_report_json(
+    out: IO[str], report: Report, *, budgets: list[dict[str, Any]] | None = None
+) -> None:
     query = report.query
     document = {
         "since": query.since.isoformat(),
@@ -64,6 +66,8 @@ def write_report_json(out: IO[str], report: Report) -> None:
         "rows": report_records(report),
         "totals": _totals_record(report.totals),
     }
+    if budgets:
+        document["budgets"] = budgets
     out.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
 
 
@@ -190,3 +194,14 @@ def console_for(out: IO[str]) -> Console:
     if not console.is_terminal:
         console = Console(file=out, width=1000, no_color=True)
     return console
+
+
+def budget_table(budgets: list[dict[str, Any]]) -> Table:
+    """This UTC month's budgets: cap, spent, reserved by running calls, remaining."""
+    table = Table(title="Budgets this month (UTC)", title_justify="left")
+    columns = ("tenant", "model", "monthly_usd", "spent_usd", "reserved_usd", "remaining_usd")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("tenant", "model") else "right")
+    for budget in budgets:
+        table.add_row(*(str(budget[c]) for c in columns))
+    return table

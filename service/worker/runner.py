@@ -20,6 +20,8 @@ from service.config import Settings
 from service.db import queries
 from service.db.session import transaction
 from service.errors import GatewayError, InternalError
+from service.flow import admission
+from service.flow.release import after_admission, release
 from service.gateway.retry import backoff_seconds, is_retryable
 from service.live import publisher as live_publisher
 from service.tokens import TokenCounts, normalise_usage
@@ -102,6 +104,7 @@ def run_job(
     publish_webhooks: PublishWebhooks | None = None,
     holder: str | None = None,
     active: ActiveJobs | None = None,
+    own_only: bool = False,
 ) -> Outcome:
     """Take the job through one attempt and say what should happen next.
 
@@ -110,14 +113,31 @@ def run_job(
     attempt still owns the job, so a duplicate delivery cannot store a second reply. While
     the attempt runs, ``active`` lets the worker's heartbeat renew its lease.
     """
+    finished: dict[str, Any] | None = None
     with transaction() as session:
-        claim = queries.claim_job(
-            session, job_id, lease_seconds=settings.lease_seconds, holder=holder
-        )
-        if isinstance(claim, queries.AlreadyFinished):
-            return Finished(queries.job_view(session, job_id))
+        # Flow control's step at claim: which job this message runs, if any (service.flow).
+        gate = admission.admit(session, job_id, settings, own_only=own_only)
+        claim: queries.ClaimOutcome | None = None
+        if gate.job_id is not None:
+            claim = queries.claim_job(
+                session, gate.job_id, lease_seconds=settings.lease_seconds, holder=holder
+            )
+            admission.claimed(session, gate, claim)
+        if isinstance(claim, queries.AlreadyFinished) or job_id in gate.failed:
+            finished = queries.job_view(session, job_id)
         if isinstance(claim, queries.NotYetDue) and claim.due_in_s > settings.max_countdown_seconds:
             queries.park(session, job_id)
+    after_admission(gate)
+    if finished is not None:
+        return Finished(finished)
+    if claim is None:
+        reason = f"throttled: {gate.hold.reason if gate.hold else 'no capacity'}"
+        if own_only:  # the message must come back to report its own job's result
+            return RunAgainLater(gate.retry_in(settings), reason)
+        return Parked(reason)
+    if isinstance(claim, queries.Busy) and own_only and claim.job_id == job_id:
+        # Run in another message's place: this one waits for it to end, for its result.
+        return RunAgainLater(1.0, "running in another message's place")
     if isinstance(claim, queries.Busy):
         log.info("[job=%s] already running; duplicate delivery dropped", job_id)
         return LeftAlone()
@@ -127,10 +147,11 @@ def run_job(
         return RunAgainLater(max(claim.due_in_s, 0.05), "retry not due yet")
     if isinstance(claim, queries.WaitForTurn):
         return Parked(f"waiting for earlier turn {claim.blocking_job_id}")
+    assert isinstance(claim, queries.Claimed)
     if active is not None:
         active.add(claim.job_id)
     try:
-        return _attempt(
+        outcome = _attempt(
             claim,
             gateway=gateway,
             settings=settings,
@@ -141,6 +162,19 @@ def run_job(
     finally:
         if active is not None:
             active.discard(claim.job_id)
+        # Flow control's step when the call ends: settle, wake throttled jobs.
+        release(claim.job_id, claim.attempt, settings)
+    return _in_place_of(claim, outcome) if gate.swapped else outcome
+
+
+def _in_place_of(claim: queries.Claimed, outcome: Outcome) -> Outcome:
+    """What a message that ran another job than its own reports: its own job waits in the
+    database, so the message is dropped. The job that ran keeps its own message on the
+    broker, unless it had none (it was parked): a retry is then parked for the sweep."""
+    if isinstance(outcome, RunAgainLater):
+        with transaction() as session:
+            queries.park(session, claim.job_id)
+    return Parked(f"ran job {claim.job_id} in its place")
 
 
 def _attempt(

@@ -15,8 +15,9 @@ after its commit, so even two sweeps at once would be harmless.
    holds fewer messages than it should (a flushed or restarted broker), and after a long
    window whatever it says.
 4. Webhook deliveries that are due and have no message are published.
-5. Open batches whose lines have all ended are finalised (files, status, their webhook).
-6. With ``EZQ_RETENTION_DAYS`` set, content older than that is purged (``ezq purge``).
+5. Flow control's admissions of lost calls are settled, old ones forgotten.
+6. Open batches whose lines have all ended are finalised (files, status, their webhook).
+7. With ``EZQ_RETENTION_DAYS`` set, content older than that is purged (``ezq purge``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from service.batches.lifecycle import finalize_ended
 from service.config import Settings
 from service.db import queries, recovery
 from service.db.session import get_engine, transaction
+from service.flow.release import sweep_flow
 from service.webhooks import outbox as webhook_outbox
 from service.webhooks.tasks import publish_deliveries, republish_due_deliveries
 from service.worker.dispatch import publish_jobs
@@ -139,6 +141,7 @@ def _sweep(settings: Settings, *, takeovers: bool, broker_depth: BrokerDepth | N
     report.published += [j for j in stale if j not in unpublished]
     report.webhooks = republish_due_deliveries()
     report.batches = finalize_ended()
+    sweep_flow(settings)  # flow control: settle lost calls, forget old admissions
     # Imported here: the purge module reaches up to the CLI's output helpers.
     from service.ops.purge import purge_expired
 

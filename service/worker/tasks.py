@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 from celery import Task
+from celery.app.task import get_actual_ignore_result
 from celery.exceptions import Ignore, Retry
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_shutdown
 from sqlalchemy.exc import OperationalError
@@ -108,6 +109,7 @@ def chat_completion(
     idempotency_key: str | None = None,
     callback_url: str | None = None,
     surface: str | None = None,
+    priority: int | None = None,
 ) -> dict[str, Any]:
     """Run one chat-completion job and return its JSON view.
 
@@ -126,6 +128,7 @@ def chat_completion(
         "idempotency_key": idempotency_key,
         "callback_url": callback_url,
         "surface": surface,
+        "priority": priority,
     }
     try:
         the_id = _job_id(job_id, self.request.id)
@@ -151,6 +154,9 @@ def chat_completion(
             publish_webhooks=publish_deliveries,
             holder=maintenance.identity.id,
             active=maintenance.active_jobs,
+            # A producer waiting on this message's result must get its own job's result:
+            # the message then runs its own job only (see service.flow.admission).
+            own_only=not get_actual_ignore_result(self, self.request),
         )
     except OperationalError as exc:
         # The database is unreachable before anything was decided: deliver again later.

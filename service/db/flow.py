@@ -1,0 +1,615 @@
+"""SQL for flow control: limits, budgets, the admission of gateway calls, and throttled jobs.
+
+Callers own the transaction. Every count is read from Postgres at claim time, so every
+worker process shares the same limits and a change applies at the next claim. Concurrency is
+the number of ``running`` jobs in a scope: a running job's lease is what holds its slot, so
+a dead worker's slot frees when the sweep takes its job over. Request and token rates are
+counted over ``flow_admissions`` (one row per admitted call) within the rate window.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from service.db.models import ANY
+
+# A pending job is held back while an earlier turn of its conversation has not ended.
+_NOT_HELD_BACK = """
+    NOT EXISTS (
+        SELECT 1 FROM jobs e
+        WHERE e.conversation_id = j.conversation_id
+          AND e.enqueue_seq < j.enqueue_seq
+          AND e.status NOT IN ('succeeded', 'failed', 'cancelled'))
+"""
+
+# Rank of a pending job: its priority raised one step per ``aging`` seconds of waiting
+# (so nothing starves), then the fewest running jobs of its tenant (fair shares), then the
+# order of enqueue.
+_RANK = """
+    least(9, j.priority + floor(extract(epoch FROM now() - j.created_at) / :aging)) DESC,
+    coalesce(r.n, 0), j.enqueue_seq
+"""
+
+_RUNNING_PER_TENANT = """
+    running AS (SELECT tenant, count(*) AS n FROM jobs WHERE status = 'running' GROUP BY tenant)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A pending job as admission sees it."""
+
+    id: uuid.UUID
+    tenant: str | None
+    model: str
+    status: str
+    priority: int
+
+
+def lock_pending(session: Session, job_id: uuid.UUID) -> Pending | None:
+    """The job, locked, if it is pending, due (not a retry backing off) and its turn."""
+    row = session.execute(
+        text(
+            f"""
+            SELECT j.id, j.tenant, j.model, j.status, j.priority FROM jobs j
+            WHERE j.id = :id AND (j.status = 'queued'
+                                  OR (j.status = 'retrying' AND j.dispatched_at <= now()))
+              AND {_NOT_HELD_BACK}
+            FOR UPDATE
+            """
+        ),
+        {"id": job_id},
+    ).first()
+    return Pending(*row) if row is not None else None
+
+
+# Per tenant with work waiting, its best jobs by priority and its oldest one (the one that
+# ages): found by a skip scan over the pending-jobs index, a few index probes per tenant,
+# so the cost of a claim grows with the number of tenants waiting, not with the backlog.
+_PENDING = "j.status IN ('queued', 'retrying')"
+_ELIGIBLE = f"""
+    {_PENDING} AND (j.status = 'queued' OR j.dispatched_at <= now()) AND {_NOT_HELD_BACK}
+"""
+_CANDIDATES = f"""
+    WITH RECURSIVE tenants AS (
+        (SELECT coalesce(j.tenant, '') AS t FROM jobs j WHERE {_PENDING}
+         ORDER BY coalesce(j.tenant, '') LIMIT 1)
+        UNION ALL
+        SELECT (SELECT coalesce(j.tenant, '') FROM jobs j
+                WHERE {_PENDING} AND coalesce(j.tenant, '') > tenants.t
+                ORDER BY coalesce(j.tenant, '') LIMIT 1)
+        FROM tenants WHERE tenants.t IS NOT NULL
+    ), heads AS (
+        SELECT h.id FROM tenants CROSS JOIN LATERAL (
+            (SELECT j.id FROM jobs j
+             WHERE coalesce(j.tenant, '') = tenants.t AND {_ELIGIBLE}
+             ORDER BY j.priority DESC, j.enqueue_seq LIMIT :per_tenant)
+            UNION
+            (SELECT j.id FROM jobs j
+             WHERE coalesce(j.tenant, '') = tenants.t AND {_ELIGIBLE}
+             ORDER BY j.enqueue_seq LIMIT 1)
+        ) h
+        WHERE tenants.t IS NOT NULL
+    ), {_RUNNING_PER_TENANT}
+    SELECT j.id, j.tenant, j.model, j.status, j.priority FROM jobs j
+    LEFT JOIN running r ON r.tenant IS NOT DISTINCT FROM j.tenant
+    WHERE j.id IN (SELECT id FROM heads) AND {_PENDING}
+    ORDER BY {_RANK}
+    LIMIT :limit
+    FOR UPDATE OF j SKIP LOCKED
+"""
+
+
+def best_candidates(session: Session, *, aging_s: float, limit: int) -> list[Pending]:
+    """The best-ranked eligible pending jobs, locked (skipping rows others hold)."""
+    rows = session.execute(
+        text(_CANDIDATES), {"aging": aging_s, "limit": limit, "per_tenant": limit}
+    ).all()
+    return [Pending(*row) for row in rows]
+
+
+# --- limits --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    id: uuid.UUID
+    tenant: str
+    model: str
+    max_concurrent: int | None
+    requests_per_window: int | None
+    tokens_per_window: int | None
+    adaptive_ttft_ms: int | None
+    current_concurrency: float | None
+
+    @property
+    def concurrency(self) -> int | None:
+        """The concurrency in force: the adaptive one when the limit adapts."""
+        if self.max_concurrent is None:
+            return None
+        if self.adaptive_ttft_ms is not None and self.current_concurrency is not None:
+            return max(1, min(self.max_concurrent, int(self.current_concurrency)))
+        return self.max_concurrent
+
+    @property
+    def scope(self) -> str:
+        return f"tenant={self.tenant} model={self.model}"
+
+
+_LIMIT_COLUMNS = (
+    "id, tenant, model, max_concurrent, requests_per_window, tokens_per_window,"
+    " adaptive_ttft_ms, current_concurrency"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """The limits and budgets that apply to one tenant x model."""
+
+    limits: list[Limit]
+    budget_ids: list[uuid.UUID]
+
+
+def rules_for(session: Session, tenant: str | None, model: str) -> Rules:
+    """The limits and budgets that apply to calls of ``tenant`` on ``model``, locked in a
+    fixed order so that two claims in one scope decide one after the other (no overshoot,
+    no deadlock); one round trip."""
+    rows = session.execute(
+        text(
+            f"""
+            WITH l AS (
+                SELECT {_LIMIT_COLUMNS} FROM flow_limits
+                WHERE tenant IN (:tenant, '*') AND model IN (:model, '*')
+                ORDER BY id FOR UPDATE
+            ), b AS (
+                SELECT id FROM flow_budgets
+                WHERE tenant = :tenant AND model IN (:model, '*')
+                ORDER BY id FOR UPDATE
+            )
+            SELECT true, l.* FROM l
+            UNION ALL
+            SELECT false, b.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM b
+            """
+        ),
+        {"tenant": tenant if tenant is not None else "", "model": model},
+    ).all()
+    return Rules(
+        limits=[Limit(*row[1:]) for row in rows if row[0]],
+        budget_ids=[row[1] for row in rows if not row[0]],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeUse:
+    running: int
+    requests: int
+    tokens: int
+    # When the oldest call in the window leaves it (None: the window is empty).
+    frees_at: datetime | None
+
+
+def _scope_filter(limit: Limit) -> str:
+    # Only column names vary; values are bound.
+    parts = ["true"]
+    if limit.tenant != ANY:
+        parts.append("tenant = :tenant")
+    if limit.model != ANY:
+        parts.append("model = :model")
+    return " AND ".join(parts)
+
+
+def scope_use(session: Session, limit: Limit, *, window_s: float) -> ScopeUse:
+    """What is in flight and within the rate window in ``limit``'s scope; one round trip."""
+    where = _scope_filter(limit)
+    row = session.execute(
+        text(
+            f"""
+            SELECT (SELECT count(*) FROM jobs WHERE status = 'running' AND {where}),
+                   count(*), coalesce(sum(coalesce(tokens_used, tokens_reserved)), 0),
+                   min(admitted_at) + make_interval(secs => :window)
+            FROM flow_admissions
+            WHERE admitted_at > now() - make_interval(secs => :window) AND {where}
+            """
+        ),
+        {"tenant": limit.tenant, "model": limit.model, "window": window_s},
+    ).one()
+    return ScopeUse(running=row[0], requests=row[1], tokens=int(row[2]), frees_at=row[3])
+
+
+def list_limits(session: Session) -> list[Limit]:
+    rows = session.execute(
+        text(f"SELECT {_LIMIT_COLUMNS} FROM flow_limits ORDER BY tenant, model")
+    ).all()
+    return [Limit(*row) for row in rows]
+
+
+def set_limit(
+    session: Session,
+    *,
+    tenant: str,
+    model: str,
+    max_concurrent: int | None,
+    requests_per_window: int | None,
+    tokens_per_window: int | None,
+    adaptive_ttft_ms: int | None,
+) -> Limit:
+    """Create or replace the limit of one scope."""
+    row = session.execute(
+        text(
+            f"""
+            INSERT INTO flow_limits (id, tenant, model, max_concurrent, requests_per_window,
+                                     tokens_per_window, adaptive_ttft_ms, current_concurrency)
+            VALUES (:id, :tenant, :model, :mc, :rpw, :tpw, :ttft, :current)
+            ON CONFLICT (tenant, model) DO UPDATE SET
+                max_concurrent = excluded.max_concurrent,
+                requests_per_window = excluded.requests_per_window,
+                tokens_per_window = excluded.tokens_per_window,
+                adaptive_ttft_ms = excluded.adaptive_ttft_ms,
+                current_concurrency = excluded.current_concurrency,
+                updated_at = now()
+            RETURNING {_LIMIT_COLUMNS}
+            """
+        ),
+        {
+            "id": uuid.uuid4(),
+            "tenant": tenant,
+            "model": model,
+            "mc": max_concurrent,
+            "rpw": requests_per_window,
+            "tpw": tokens_per_window,
+            "ttft": adaptive_ttft_ms,
+            # An adaptive limit starts at its ceiling and moves from there.
+            "current": None if adaptive_ttft_ms is None else max_concurrent,
+        },
+    ).one()
+    return Limit(*row)
+
+
+def delete_limit(session: Session, *, tenant: str, model: str) -> bool:
+    result = session.execute(
+        text("DELETE FROM flow_limits WHERE tenant = :tenant AND model = :model"),
+        {"tenant": tenant, "model": model},
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+# --- budgets -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    id: uuid.UUID
+    tenant: str
+    model: str
+    monthly_usd: Decimal
+    # This UTC month's spend (token_usage) and the worst case reserved by running calls.
+    spent_usd: Decimal
+    reserved_usd: Decimal
+
+    @property
+    def remaining_usd(self) -> Decimal:
+        return self.monthly_usd - self.spent_usd - self.reserved_usd
+
+
+_BUDGET_SELECT = """
+    SELECT b.id, b.tenant, b.model, b.monthly_usd,
+        coalesce((SELECT sum(s.cost_usd) FROM flow_spend s
+                  WHERE s.tenant = b.tenant AND (b.model = '*' OR s.model = b.model)
+                    AND s.month = date_trunc('month', now() AT TIME ZONE 'UTC')::date), 0),
+        coalesce((SELECT sum(a.cost_reserved) FROM flow_admissions a
+                  WHERE a.settled_at IS NULL AND a.tenant = b.tenant
+                    AND (b.model = '*' OR a.model = b.model)), 0)
+    FROM flow_budgets b
+"""
+
+
+def budgets_by_id(session: Session, ids: list[uuid.UUID]) -> list[Budget]:
+    """Budgets (locked by ``rules_for``) with what is spent and reserved this month.
+
+    A call's worst case stays reserved until it settles, and one statement settles it and
+    adds its real cost to ``flow_spend``: spend is never counted twice nor missed, and a
+    reservation (never below the real cost) covers a call until then."""
+    if not ids:
+        return []
+    rows = session.execute(
+        text(_BUDGET_SELECT + " WHERE b.id = ANY(:ids) ORDER BY b.model"), {"ids": ids}
+    ).all()
+    return [Budget(*row) for row in rows]
+
+
+def list_budgets(session: Session, *, tenant: str | None = None) -> list[Budget]:
+    where = " WHERE b.tenant = :tenant" if tenant is not None else ""
+    rows = session.execute(
+        text(_BUDGET_SELECT + where + " ORDER BY b.tenant, b.model"), {"tenant": tenant}
+    ).all()
+    return [Budget(*row) for row in rows]
+
+
+def set_budget(session: Session, *, tenant: str, model: str, monthly_usd: Decimal) -> None:
+    session.execute(
+        text(
+            """
+            INSERT INTO flow_budgets (id, tenant, model, monthly_usd)
+            VALUES (:id, :tenant, :model, :usd)
+            ON CONFLICT (tenant, model) DO UPDATE
+                SET monthly_usd = excluded.monthly_usd, updated_at = now()
+            """
+        ),
+        {"id": uuid.uuid4(), "tenant": tenant, "model": model, "usd": monthly_usd},
+    )
+
+
+def delete_budget(session: Session, *, tenant: str, model: str) -> bool:
+    result = session.execute(
+        text("DELETE FROM flow_budgets WHERE tenant = :tenant AND model = :model"),
+        {"tenant": tenant, "model": model},
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """A call's worst case: its prompt (estimated), its completion cap, their price."""
+
+    prompt_tokens: int
+    max_tokens: int
+    # USD per token for input and output; None when the model has no price.
+    input_price: Decimal | None
+    output_price: Decimal | None
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.max_tokens
+
+    @property
+    def cost_usd(self) -> Decimal | None:
+        if self.input_price is None or self.output_price is None:
+            return None
+        return self.prompt_tokens * self.input_price + self.max_tokens * self.output_price
+
+
+def estimate(session: Session, job_id: uuid.UUID, *, default_max_tokens: int) -> Estimate:
+    """Estimate a job's next call in one round trip: about 4 characters a token over its
+    history and new messages (JSON text, so an overestimate), plus 4 tokens a message, and
+    its ``max_tokens`` (else ``max_completion_tokens``, else ``default_max_tokens``)."""
+    row = session.execute(
+        text(
+            """
+            SELECT ceil((length(j.input_messages::text) + coalesce(h.chars, 0)) / 4.0)
+                       + 4 * (jsonb_array_length(j.input_messages) + coalesce(h.n, 0)) + 16,
+                   coalesce(j.params->>'max_tokens', j.params->>'max_completion_tokens'),
+                   p.input_per_mtok / 1000000, p.output_per_mtok / 1000000
+            FROM jobs j
+            LEFT JOIN LATERAL (
+                SELECT sum(length(coalesce(m.content_parts::text, m.content, ''))
+                           + length(coalesce(m.tool_calls::text, ''))) AS chars,
+                       count(*) AS n
+                FROM messages m WHERE m.conversation_id = j.conversation_id) h ON true
+            LEFT JOIN LATERAL (
+                SELECT input_per_mtok, output_per_mtok FROM model_prices
+                WHERE model = j.model AND effective_from <= now()
+                ORDER BY effective_from DESC LIMIT 1) p ON true
+            WHERE j.id = :id
+            """
+        ),
+        {"id": job_id},
+    ).one()
+    max_tokens = int(row[1]) if row[1] is not None else default_max_tokens
+    return Estimate(int(row[0]), max_tokens, row[2], row[3])
+
+
+# --- admission, throttling, settling -----------------------------------------------------
+
+
+def admit(
+    session: Session,
+    *,
+    job_id: uuid.UUID,
+    attempt: int,
+    tenant: str | None,
+    model: str,
+    tokens: int,
+    cost_usd: Decimal | None,
+) -> None:
+    """Record an admitted call (its reservation) and clear the job's throttle; one trip."""
+    session.execute(
+        text(
+            """
+            WITH admitted AS (
+                INSERT INTO flow_admissions
+                    (job_id, attempt, tenant, model, tokens_reserved, cost_reserved)
+                VALUES (:job_id, :attempt, :tenant, :model, :tokens, :cost)
+                ON CONFLICT (job_id, attempt) DO NOTHING
+            )
+            UPDATE jobs SET throttled_until = NULL, throttle_reason = NULL
+            WHERE id = :job_id AND throttle_reason IS NOT NULL
+            """
+        ),
+        {
+            "job_id": job_id,
+            "attempt": attempt,
+            "tenant": tenant,
+            "model": model,
+            "tokens": tokens,
+            "cost": cost_usd,
+        },
+    )
+
+
+def throttle(
+    session: Session, job_id: uuid.UUID, *, reason: str, until: datetime | None, recheck_s: float
+) -> None:
+    """Hold a pending job back: no message, a reason and a time; the sweep publishes it when
+    ``until`` (or, without one, ``recheck_s`` from now) comes, and a finishing call wakes it
+    sooner."""
+    session.execute(
+        text(
+            """
+            UPDATE jobs SET needs_publish = true, throttle_reason = :reason,
+                throttled_until = :until,
+                dispatched_at = greatest(dispatched_at,
+                    coalesce(:until, now() + make_interval(secs => :recheck)))
+            WHERE id = :id AND status IN ('queued', 'retrying')
+            """
+        ),
+        {"id": job_id, "reason": reason, "until": until, "recheck": recheck_s},
+    )
+
+
+def fail_at_claim(session: Session, job_id: uuid.UUID, *, error_type: str, message: str) -> None:
+    """End a pending job as failed before any call (e.g. over budget)."""
+    session.execute(
+        text(
+            """
+            UPDATE jobs SET status = 'failed', error_type = :type, error_status = NULL,
+                error = :message, finished_at = now(), needs_publish = false,
+                throttled_until = NULL, throttle_reason = NULL
+            WHERE id = :id AND status IN ('queued', 'retrying')
+            """
+        ),
+        {"id": job_id, "type": error_type, "message": message},
+    )
+
+
+# Adds the settled calls' priced usage to their month's spend.
+_ADD_SPEND = """
+    INSERT INTO flow_spend (tenant, model, month, cost_usd)
+    SELECT s.tenant, s.model, date_trunc('month', u.created_at AT TIME ZONE 'UTC')::date,
+           u.cost_usd
+    FROM settled s JOIN token_usage u ON u.job_id = s.job_id
+    WHERE s.tenant IS NOT NULL AND u.cost_usd IS NOT NULL
+    ON CONFLICT (tenant, model, month)
+        DO UPDATE SET cost_usd = flow_spend.cost_usd + excluded.cost_usd
+"""
+
+
+def settle(session: Session, job_id: uuid.UUID, attempt: int) -> None:
+    """Settle a finished call: its reservation becomes the tokens it really used (its usage
+    row; a call without one keeps its prompt estimate), and adaptive limits in its scope move
+    with its time to first token (additive increase, multiplicative decrease)."""
+    session.execute(
+        text(
+            f"""
+            WITH settled AS (
+                UPDATE flow_admissions a SET settled_at = now(),
+                    tokens_used = coalesce(
+                        (SELECT u.total_tokens FROM token_usage u WHERE u.job_id = a.job_id),
+                        a.tokens_reserved)
+                WHERE a.job_id = :job_id AND a.attempt = :attempt AND a.settled_at IS NULL
+                RETURNING a.tenant, a.model, a.job_id
+            ), spent AS (
+                {_ADD_SPEND}
+            ), ttft AS (
+                SELECT extract(epoch FROM t.first_token_at - t.started_at) * 1000 AS ms
+                FROM job_attempts t
+                WHERE t.job_id = :job_id AND t.attempt = :attempt
+                  AND t.first_token_at IS NOT NULL
+            )
+            UPDATE flow_limits l SET current_concurrency = CASE
+                    WHEN ttft.ms > l.adaptive_ttft_ms
+                        THEN greatest(1, l.current_concurrency * 0.7)
+                    ELSE least(l.max_concurrent,
+                               l.current_concurrency + 1 / greatest(l.current_concurrency, 1))
+                END
+            FROM settled, ttft
+            WHERE l.adaptive_ttft_ms IS NOT NULL
+              AND l.tenant IN (coalesce(settled.tenant, ''), '*')
+              AND l.model IN (settled.model, '*')
+            """
+        ),
+        {"job_id": job_id, "attempt": attempt},
+    )
+
+
+def wake_throttled(session: Session, *, limit: int) -> list[uuid.UUID]:
+    """The highest-priority throttled jobs, marked as published: the caller publishes them
+    after the commit (a capacity just freed). A hint only: each woken job's claim ranks
+    the whole backlog again, and checks its limits."""
+    rows = session.execute(
+        text(
+            f"""
+            WITH best AS (
+                SELECT j.id FROM jobs j
+                WHERE j.needs_publish AND j.throttle_reason IS NOT NULL AND {_PENDING}
+                ORDER BY j.priority DESC, j.enqueue_seq
+                LIMIT :limit
+                FOR UPDATE OF j SKIP LOCKED
+            )
+            UPDATE jobs SET needs_publish = false, dispatched_at = now()
+            FROM best WHERE jobs.id = best.id
+            RETURNING jobs.id
+            """
+        ),
+        {"limit": limit},
+    ).scalars()
+    return list(rows)
+
+
+def settle_lost(session: Session, *, limit: int) -> int:
+    """Settle the calls whose job no longer runs that attempt but that were never settled
+    (their worker died, or could not reach the database after recording)."""
+    result = session.execute(
+        text(
+            f"""
+            WITH settled AS (
+                UPDATE flow_admissions a SET settled_at = now(),
+                    tokens_used = coalesce(
+                        (SELECT u.total_tokens FROM token_usage u WHERE u.job_id = a.job_id),
+                        a.tokens_reserved)
+                WHERE a.id IN (
+                    SELECT a2.id FROM flow_admissions a2
+                    WHERE a2.settled_at IS NULL AND NOT EXISTS (
+                        SELECT 1 FROM jobs j WHERE j.id = a2.job_id AND j.status = 'running'
+                          AND j.attempts = a2.attempt)
+                    LIMIT :limit
+                    FOR UPDATE SKIP LOCKED)
+                RETURNING a.tenant, a.model, a.job_id
+            ), spent AS (
+                {_ADD_SPEND}
+            )
+            SELECT count(*) FROM settled
+            """
+        ),
+        {"limit": limit},
+    )
+    return int(result.scalar_one())
+
+
+def prune_admissions(session: Session, *, older_than_s: float) -> int:
+    """Delete settled admissions older than the rate window needs (their cost is in
+    ``flow_spend``)."""
+    result = session.execute(
+        text(
+            """
+            DELETE FROM flow_admissions
+            WHERE admitted_at < now() - make_interval(secs => :age) AND settled_at IS NOT NULL
+            """
+        ),
+        {"age": older_than_s},
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def throttled_view(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
+    """Priority and throttle state of jobs, for their JSON views."""
+    rows = session.execute(
+        text(
+            "SELECT id, priority, throttled_until, throttle_reason FROM jobs WHERE id = ANY(:ids)"
+        ),
+        {"ids": job_ids},
+    ).all()
+    return {
+        r[0]: {
+            "priority": r[1],
+            "throttled_until": r[2].isoformat() if r[2] else None,
+            "throttle_reason": r[3],
+        }
+        for r in rows
+    }

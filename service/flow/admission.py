@@ -1,0 +1,225 @@
+"""Admission: the step at claim that decides which job a worker's message runs.
+
+The broker is a wake-up; Postgres decides. A worker that receives a message for job A ranks
+the eligible pending jobs (priority with aging, then the tenant with the fewest running
+calls, then enqueue order; ``FOR UPDATE SKIP LOCKED``) and runs the best one whose limits
+admit it now, which may be another job B. A then waits in the database with a reason (no
+message, no thread held) and is woken when a call finishes, or by the sweep at its
+``throttled_until``. Limits and budgets are read and locked in this same transaction, so
+concurrent claims in one scope decide one after the other and cannot overshoot together.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from sqlalchemy.orm import Session
+
+from service import constants as c
+from service.config import Settings
+from service.db import flow as flow_db
+from service.db import queries
+from service.db.models import Job
+from service.webhooks import outbox as webhook_outbox
+
+log = logging.getLogger(__name__)
+
+BUDGET_EXCEEDED = "budget_exceeded"
+# A call in no token-limited or budgeted scope reserves nothing; it settles to its usage.
+NO_ESTIMATE = flow_db.Estimate(0, 0, None, None)
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Why a job cannot start now, and until when (None: until a running call ends)."""
+
+    reason: str
+    until: datetime | None = None
+
+
+@dataclass(slots=True)
+class Admission:
+    """What the claim of one message decided.
+
+    ``job_id`` is the job to claim: the message's own (also when it is not pending: the claim
+    then says why), a better-ranked one, or None when nothing may start now.
+    """
+
+    message_job_id: uuid.UUID
+    job_id: uuid.UUID | None
+    estimate: flow_db.Estimate | None = None
+    hold: Hold | None = None  # why the message's own job waits, when it does not run
+    failed: list[uuid.UUID] = field(default_factory=list)  # ended over budget at this claim
+    # To publish once the claim commits: next turns of failed jobs, their webhooks.
+    next_turns: list[uuid.UUID | None] = field(default_factory=list)
+    deliveries: list[uuid.UUID] = field(default_factory=list)
+
+    def retry_in(self, settings: Settings) -> float:
+        """How long a message that must report its own job waits before it tries again."""
+        wait = settings.ezq_flow_recheck
+        if self.hold is not None and self.hold.until is not None:
+            wait = (self.hold.until - datetime.now(UTC)).total_seconds()
+        return min(max(wait, 0.2), settings.max_countdown_seconds)
+
+    @property
+    def swapped(self) -> bool:
+        """The message runs another job than its own."""
+        return self.job_id is not None and self.job_id != self.message_job_id
+
+
+class _Checker:
+    """Limit and budget checks for one claim, each scope read (and locked) once."""
+
+    def __init__(self, session: Session, settings: Settings) -> None:
+        self.session = session
+        self.settings = settings
+        self._rules: dict[tuple[str | None, str], flow_db.Rules] = {}
+
+    def rules(self, job: flow_db.Pending) -> flow_db.Rules:
+        key = (job.tenant, job.model)
+        if key not in self._rules:
+            self._rules[key] = flow_db.rules_for(self.session, job.tenant, job.model)
+        return self._rules[key]
+
+    def estimate(self, job_id: uuid.UUID) -> flow_db.Estimate:
+        return flow_db.estimate(
+            self.session, job_id, default_max_tokens=self.settings.ezq_flow_default_max_tokens
+        )
+
+    def limits_hold(self, job: flow_db.Pending, est: flow_db.Estimate | None) -> Hold | None:
+        window = self.settings.ezq_flow_window
+        for limit in self.rules(job).limits:
+            use = flow_db.scope_use(self.session, limit, window_s=window)
+            concurrency = limit.concurrency
+            if concurrency is not None and use.running >= concurrency:
+                return Hold(f"max_concurrent {use.running}/{concurrency} for {limit.scope}")
+            rpw = limit.requests_per_window
+            if rpw is not None and use.requests >= rpw:
+                return Hold(
+                    f"requests {use.requests}/{rpw} in {window:g}s for {limit.scope}",
+                    use.frees_at,
+                )
+            tpw = limit.tokens_per_window
+            # A call bigger than the whole window still runs, alone in an empty window.
+            if tpw is not None and use.requests:
+                tokens = (est or self.estimate(job.id)).tokens
+                if use.tokens + tokens > tpw:
+                    return Hold(
+                        f"tokens {use.tokens}+{tokens}/{tpw} in {window:g}s for {limit.scope}",
+                        use.frees_at,
+                    )
+        return None
+
+    def needs_estimate(self, job: flow_db.Pending) -> bool:
+        rules = self.rules(job)
+        return bool(rules.budget_ids) or any(r.tokens_per_window for r in rules.limits)
+
+    def over_budget(self, job: flow_db.Pending, est: flow_db.Estimate) -> str | None:
+        """Why the job's worst case does not fit what is left of a budget, else None."""
+        for budget in flow_db.budgets_by_id(self.session, self.rules(job).budget_ids):
+            worst = est.cost_usd
+            if worst is None:
+                if self.settings.ezq_budget_unpriced == "allow":
+                    continue
+                return (
+                    f"model {job.model} has no price and tenant {budget.tenant} has a budget"
+                    " (EZQ_BUDGET_UNPRICED=deny)"
+                )
+            if worst > budget.remaining_usd:
+                return (
+                    f"worst case ${_usd(worst)} ({est.prompt_tokens} prompt tokens estimated"
+                    f" + {est.max_tokens} max_tokens) exceeds the ${_usd(budget.remaining_usd)}"
+                    f" left of the ${_usd(budget.monthly_usd)} monthly budget of tenant"
+                    f" {budget.tenant}, model {budget.model}"
+                )
+        return None
+
+
+def _usd(value: Decimal) -> str:
+    return f"{max(value, Decimal(0)):.6f}"
+
+
+def admit(
+    session: Session, job_id: uuid.UUID, settings: Settings, *, own_only: bool = False
+) -> Admission:
+    """Decide which job the message for ``job_id`` runs; the caller claims ``job_id`` of the
+    result in the same transaction, then calls ``claimed``.
+
+    ``own_only``: the message's sender waits for its result (a foreign Celery producer), so
+    it runs its own job or none; it still counts as a candidate for other messages."""
+    own = flow_db.lock_pending(session, job_id)
+    if own is None:
+        return Admission(job_id, job_id)  # not pending: the claim says why
+    checker = _Checker(session, settings)
+    candidates = (
+        []
+        if own_only
+        else flow_db.best_candidates(
+            session, aging_s=settings.ezq_priority_aging, limit=c.FLOW_CANDIDATES
+        )
+    )
+    if all(job.id != own.id for job in candidates):
+        candidates.append(own)
+    admission = Admission(job_id, None)
+    for job in candidates:
+        # Only a token limit or a budget needs the estimate (one more round trip).
+        est = checker.estimate(job.id) if checker.needs_estimate(job) else None
+        hold = checker.limits_hold(job, est)
+        if hold is not None:
+            if job.id == own.id:
+                admission.hold = hold
+            continue
+        problem = checker.over_budget(job, est) if est is not None else None
+        if problem is not None:
+            _fail(session, admission, job.id, problem)
+            if job.id == own.id:
+                break
+            continue
+        admission.job_id, admission.estimate = job.id, est or NO_ESTIMATE
+        break
+    if admission.swapped and admission.hold is None:
+        admission.hold = Hold(f"outranked by job {admission.job_id}")
+    if admission.hold is None and admission.job_id is None and own.id not in admission.failed:
+        admission.hold = Hold("no capacity")
+    if admission.hold is not None:
+        flow_db.throttle(
+            session,
+            own.id,
+            reason=admission.hold.reason,
+            until=admission.hold.until,
+            recheck_s=settings.ezq_flow_recheck,
+        )
+    return admission
+
+
+def _fail(session: Session, admission: Admission, job_id: uuid.UUID, problem: str) -> None:
+    """End a job over budget before any call, with its webhook, and free its next turn."""
+    flow_db.fail_at_claim(session, job_id, error_type=BUDGET_EXCEEDED, message=problem)
+    admission.failed.append(job_id)
+    job = session.get(Job, job_id, populate_existing=True)
+    assert job is not None
+    log.warning("[job=%s] failed at claim: %s: %s", job_id, BUDGET_EXCEEDED, problem)
+    if job.callback_url is not None:
+        webhook_outbox.add_for_job(session, job, queries.job_view(session, job_id))
+        admission.deliveries += webhook_outbox.pending_ids_for_job(session, job_id)
+    admission.next_turns.append(queries.next_waiting_job(session, job.conversation_id))
+
+
+def claimed(session: Session, admission: Admission, claim: queries.ClaimOutcome) -> None:
+    """Record the reservation of the call just claimed (same transaction as the claim)."""
+    if not isinstance(claim, queries.Claimed) or admission.estimate is None:
+        return
+    est = admission.estimate
+    flow_db.admit(
+        session,
+        job_id=claim.job_id,
+        attempt=claim.attempt,
+        tenant=claim.tenant,
+        model=claim.model,
+        tokens=est.tokens,
+        cost_usd=est.cost_usd,
+    )

@@ -1,0 +1,157 @@
+"""Limits and budgets as records: set, list and delete, shared by the CLI and the HTTP API.
+
+Each call is one short transaction; workers read the tables at every claim, so a change
+applies to the next claim in every process, without a restart.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from service import constants as c
+from service.db import flow as flow_db
+from service.db.models import ANY
+from service.db.session import transaction
+from service.errors import InvalidRequest
+
+_MAX_INT = 2**31 - 1  # the columns are Postgres integers
+_MAX_USD = Decimal(10) ** 13  # numeric(20, 6)
+_MAX_NAME = 500
+
+
+def _name(field: str, value: str | None) -> str:
+    if value is None or value == "":
+        return ANY
+    if not isinstance(value, str):
+        raise InvalidRequest(field, f"must be a string, not {type(value).__name__}")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise InvalidRequest(field, "must be valid Unicode (no lone surrogates)") from None
+    if len(value) > _MAX_NAME or "\x00" in value:
+        raise InvalidRequest(field, f"must be at most {_MAX_NAME} characters, without NUL")
+    return value
+
+
+def _scope(tenant: str | None, model: str | None) -> tuple[str, str]:
+    tenant, model = _name("tenant", tenant), _name("model", model)
+    if tenant == ANY and model == ANY:
+        raise InvalidRequest("tenant", "a limit needs a tenant, a model, or both")
+    return tenant, model
+
+
+def _positive(field: str, value: int | None) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= _MAX_INT:
+        raise InvalidRequest(field, f"must be an integer from 1 to {_MAX_INT}, not {value!r}")
+    return value
+
+
+def limit_record(limit: flow_db.Limit) -> dict[str, Any]:
+    return {
+        "tenant": limit.tenant,
+        "model": limit.model,
+        "max_concurrent": limit.max_concurrent,
+        "requests_per_window": limit.requests_per_window,
+        "tokens_per_window": limit.tokens_per_window,
+        "adaptive_ttft_ms": limit.adaptive_ttft_ms,
+        # What is in force now: the adaptive limit's current value, else max_concurrent.
+        "current_concurrency": limit.concurrency,
+    }
+
+
+def set_limit(
+    *,
+    tenant: str | None,
+    model: str | None,
+    max_concurrent: int | None = None,
+    requests_per_window: int | None = None,
+    tokens_per_window: int | None = None,
+    adaptive_ttft_ms: int | None = None,
+) -> dict[str, Any]:
+    """Create or replace the limit of a scope (``*``/None: any tenant or any model)."""
+    scope = _scope(tenant, model)
+    values = {
+        "max_concurrent": _positive("max_concurrent", max_concurrent),
+        "requests_per_window": _positive("requests_per_window", requests_per_window),
+        "tokens_per_window": _positive("tokens_per_window", tokens_per_window),
+        "adaptive_ttft_ms": _positive("adaptive_ttft_ms", adaptive_ttft_ms),
+    }
+    if all(v is None for v in values.values()):
+        raise InvalidRequest(
+            "max_concurrent", "give at least one of max_concurrent, requests, tokens"
+        )
+    if values["adaptive_ttft_ms"] is not None and values["max_concurrent"] is None:
+        raise InvalidRequest("adaptive_ttft_ms", "needs max_concurrent (the adaptive ceiling)")
+    with transaction() as session:
+        limit = flow_db.set_limit(session, tenant=scope[0], model=scope[1], **values)
+    wake_throttled()
+    return limit_record(limit)
+
+
+def list_limits() -> list[dict[str, Any]]:
+    with transaction() as session:
+        return [limit_record(limit) for limit in flow_db.list_limits(session)]
+
+
+def delete_limit(*, tenant: str | None, model: str | None) -> bool:
+    scope = _scope(tenant, model)
+    with transaction() as session:
+        deleted = flow_db.delete_limit(session, tenant=scope[0], model=scope[1])
+    wake_throttled()
+    return deleted
+
+
+def wake_throttled() -> None:
+    """Publish the best-ranked throttled jobs now: a changed limit may admit them. Each
+    checks its limits again at its claim; those still held wait again."""
+    from service.worker.dispatch import publish_jobs
+
+    with transaction() as session:
+        woken = flow_db.wake_throttled(session, limit=c.FLOW_WAKE_ON_CHANGE)
+    publish_jobs(woken)
+
+
+def budget_record(budget: flow_db.Budget) -> dict[str, Any]:
+    return {
+        "tenant": budget.tenant,
+        "model": budget.model,
+        "monthly_usd": str(budget.monthly_usd),
+        "spent_usd": str(round(budget.spent_usd, 6)),
+        "reserved_usd": str(round(budget.reserved_usd, 6)),
+        "remaining_usd": str(round(budget.remaining_usd, 6)),
+    }
+
+
+def parse_usd(field: str, value: object) -> Decimal:
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        raise InvalidRequest(field, f"must be an amount in USD, not {value!r}") from None
+    if not amount.is_finite() or not 0 <= amount < _MAX_USD:
+        raise InvalidRequest(field, f"must be an amount from 0 to {_MAX_USD:,}, not {value!r}")
+    return amount
+
+
+def set_budget(*, tenant: str, model: str | None, monthly_usd: object) -> dict[str, Any]:
+    tenant, model = _name("tenant", tenant), _name("model", model)
+    if tenant == ANY:
+        raise InvalidRequest("tenant", "a budget needs a tenant")
+    amount = parse_usd("monthly_usd", monthly_usd)
+    with transaction() as session:
+        flow_db.set_budget(session, tenant=tenant, model=model, monthly_usd=amount)
+        found = flow_db.list_budgets(session, tenant=tenant)
+    return next(budget_record(b) for b in found if b.model == model)
+
+
+def list_budgets(tenant: str | None = None) -> list[dict[str, Any]]:
+    with transaction() as session:
+        return [budget_record(b) for b in flow_db.list_budgets(session, tenant=tenant)]
+
+
+def delete_budget(*, tenant: str, model: str | None) -> bool:
+    tenant, model = _name("tenant", tenant), _name("model", model)
+    with transaction() as session:
+        return flow_db.delete_budget(session, tenant=tenant, model=model)
