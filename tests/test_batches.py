@@ -152,6 +152,8 @@ def test_sdk_runs_a_mixed_file_and_the_output_matches_postgres(
     assert bad[2:6] == ("failed", 1, "client_error", 400)
     assert errors["bad"]["error"]["code"] == "client_error"
     assert errors["bad"]["response"]["status_code"] == 400
+    # Below interactive work (5) by default.
+    assert sql("SELECT DISTINCT priority FROM jobs WHERE batch_id = :b", b=batch.id) == [(1,)]
     costs = sql("SELECT custom_id FROM job_costs WHERE batch_id = :b", b=batch.id)
     assert sorted(c for (c,) in costs) == sorted(prompts)
     assert client.batches.list(limit=100).data[0].id == batch.id
@@ -301,7 +303,10 @@ def test_cli_submits_follows_reads_and_refuses(keys: dict[str, str], worker: Any
     marker = uuid.uuid4().hex
     path = Path(tempfile.mkdtemp()) / "cli.jsonl"
     path.write_bytes(jsonl([line(f"c{i}", f"cli {i} {marker}") for i in range(3)]))
-    done = run_ezq("batch", "submit", str(path), "--tenant", TENANT_A, "--meta", f"run={marker}")
+    done = run_ezq(
+        "batch", "submit", str(path), "--tenant", TENANT_A, "--meta", f"run={marker}",
+        "--priority", "7",
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
     batch_id = done.stdout.strip()
 
@@ -317,8 +322,10 @@ def test_cli_submits_follows_reads_and_refuses(keys: dict[str, str], worker: Any
     assert read.returncode == 0, read.stderr
     lines = [json.loads(item) for item in out.read_text().splitlines()]
     assert [item["custom_id"] for item in lines] == ["c0", "c1", "c2"]
-    tenants = sql("SELECT DISTINCT tenant, metadata FROM jobs WHERE batch_id = :b", b=batch_id)
-    assert tenants == [(TENANT_A, {"run": marker})]
+    tenants = sql(
+        "SELECT DISTINCT tenant, metadata, priority FROM jobs WHERE batch_id = :b", b=batch_id
+    )
+    assert tenants == [(TENANT_A, {"run": marker}, 7)]
     again = run_ezq("batch", "cancel", batch_id)
     assert again.returncode == 1 and "already ended (completed)" in again.stderr
     bad = path.with_name("bad.jsonl")
@@ -356,6 +363,14 @@ def test_limits_and_a_file_that_no_longer_passes(
         input_file_id=stored.id, endpoint="/v1/chat/completions", completion_window="24h"
     )
     assert batch.status == "failed" and batch.failed_at
+    with pytest.raises(openai.UnprocessableEntityError) as bad_priority:
+        tight.batches.create(
+            input_file_id=stored.id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            extra_body={"priority": 12},
+        )
+    assert "priority: must be between 0 and 9" in str(bad_priority.value.body)
     assert batch.errors is not None and batch.errors.data
     error = batch.errors.data[0]
     assert (error.line, error.param) == (2, "body.messages")

@@ -151,6 +151,7 @@ async def create_batch(
         completion_window=payload.get("completion_window"),
         metadata=payload.get("metadata"),
         callback_url=payload.get("callback_url"),
+        priority=payload.get("priority"),
         tenants=principal.tenants,
         created_by=principal.key_id,
     )

@@ -28,11 +28,17 @@ def batch() -> None:
 @batch.command("submit")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--tenant", help="Tenant of every line.")
+@click.option("--priority", type=click.IntRange(0, 9), help="0-9; default 1, below interactive.")
 @click.option("--callback-url", help="POST one signed webhook here when the batch ends.")
 @click.option("--meta", "meta", multiple=True, help="KEY=VALUE tag of the batch and its jobs.")
 @click.option("--format", "fmt", type=click.Choice(["id", "json"]), default="id")
 def submit(
-    path: str, tenant: str | None, callback_url: str | None, meta: tuple[str, ...], fmt: str
+    path: str,
+    tenant: str | None,
+    priority: int | None,
+    callback_url: str | None,
+    meta: tuple[str, ...],
+    fmt: str,
 ) -> None:
     """Check FILE.jsonl (every line, before anything is stored), store it and run each
     line as a job; print the batch id (or the batch, with --format json)."""
@@ -60,6 +66,7 @@ def submit(
         completion_window=c.BATCH_COMPLETION_WINDOW,
         metadata=metadata or None,
         callback_url=callback_url,
+        priority=priority,
     )
     publish_lines(created.job_ids)
     view = created.view

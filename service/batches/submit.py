@@ -27,7 +27,7 @@ from service.db import batches as db
 from service.db.queries import Tenants
 from service.db.session import transaction
 from service.errors import FileNotFound, InvalidBatchFile, InvalidRequest
-from service.validation import checked_callback_url
+from service.validation import checked_callback_url, checked_priority
 
 METADATA_MAX_KEYS = 16
 METADATA_MAX_KEY = 64
@@ -111,6 +111,7 @@ def _line_rows(
                 "created_by": created_by,
                 "batch_id": batch_id,
                 "custom_id": line.custom_id,
+                "priority": request.priority,
             }
         )
     return conversations, jobs
@@ -151,13 +152,15 @@ def create_batch(
     completion_window: object,
     metadata: object = None,
     callback_url: object = None,
+    priority: object = None,
     tenants: Tenants = None,
     created_by: str | None = None,
 ) -> Created:
     """Create a batch from an uploaded file: its lines become queued jobs, committed
     together. Returns the batch as OpenAI's ``Batch`` and the jobs, which the caller
-    publishes (``publish_lines``). Raises InvalidRequest naming a bad field, FileNotFound
-    for an unknown file (or one outside ``tenants``)."""
+    publishes (``publish_lines``). Lines run at ``priority`` (0-9), by default below
+    interactive work (``BATCH_PRIORITY_DEFAULT``). Raises InvalidRequest naming a bad
+    field, FileNotFound for an unknown file (or one outside ``tenants``)."""
     if endpoint != c.BATCH_ENDPOINT:
         raise InvalidRequest("endpoint", f"must be {c.BATCH_ENDPOINT} (ezq runs chat completions)")
     if completion_window != c.BATCH_COMPLETION_WINDOW:
@@ -166,13 +169,14 @@ def create_batch(
         raise InvalidRequest("input_file_id", "is required (a file id)")
     meta = check_metadata(metadata)
     url = checked_callback_url(callback_url)
+    rank = checked_priority(priority, c.BATCH_PRIORITY_DEFAULT)
     with transaction() as session:
         source = db.get_file(session, input_file_id, tenants=tenants)
         if source is None or source.purpose != "batch":
             raise FileNotFound(input_file_id)
         tenant, total = source.tenant, source.line_count
     batch_id = new_batch_id()
-    checker = checker_for(tenant, meta)
+    checker = checker_for(tenant, meta, rank)
     values: dict[str, Any] = {
         "id": batch_id,
         "tenant": tenant,
