@@ -100,7 +100,9 @@ _CANDIDATES = f"""
     ), {_RUNNING_PER_TENANT}
     SELECT j.id, j.tenant, j.model, j.status, j.priority FROM jobs j
     LEFT JOIN running r ON r.tenant IS NOT DISTINCT FROM j.tenant
-    WHERE j.id IN (SELECT id FROM heads) AND {_PENDING}
+    -- An array, so that the few heads are fetched by primary key (the planner cannot
+    -- estimate a recursive CTE and would otherwise scan the whole backlog).
+    WHERE j.id = ANY(ARRAY(SELECT id FROM heads)) AND {_PENDING}
     ORDER BY {_RANK}
     LIMIT :limit
     FOR UPDATE OF j SKIP LOCKED
