@@ -53,12 +53,26 @@ def request_line(i: int) -> dict[str, Any]:
     }
 
 
-def write_file(lines: int) -> Path:
+def write_file(lines: int, *, pad: int = 0) -> Path:
+    """A batch file of ``lines`` requests, each prompt padded by ``pad`` characters."""
     path = Path(tempfile.mkdtemp()) / "bench.jsonl"
     with path.open("wb") as out:
         for i in range(lines):
-            out.write(json.dumps(request_line(i)).encode() + b"\n")
+            line = request_line(i)
+            line["body"]["messages"][0]["content"] += " " + "x" * pad
+            out.write(json.dumps(line).encode() + b"\n")
     return path
+
+
+def upload_only(client: httpx.Client, path: Path) -> float:
+    """Upload (and check) a file without running it; seconds taken."""
+    start = time.perf_counter()
+    with path.open("rb") as stream:
+        answer = client.post(
+            "/v1/files", files={"file": ("big.jsonl", stream)}, data={"purpose": "batch"}
+        )
+    answer.raise_for_status()
+    return time.perf_counter() - start
 
 
 def wait_ended(client: httpx.Client, ids: list[str]) -> None:
@@ -143,6 +157,9 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=10_000)
     parser.add_argument("--baseline", type=int, default=500, help="jobs posted one by one")
     parser.add_argument("--latency", type=float, default=0.05, help="gateway seconds per call")
+    parser.add_argument(
+        "--big-mib", type=int, default=100, help="then upload (only) a file this large; 0: skip"
+    )
     args = parser.parse_args()
 
     from service.db.migrate import throwaway_database
@@ -188,6 +205,12 @@ def main() -> None:
             before = peak_rss_mib(api.pid)
             ours = batch(client, path, args.lines)
             after = peak_rss_mib(api.pid)
+            big_s = big_after = 0.0
+            if args.big_mib:
+                # 50,000 lines of about args.big_mib MiB: the largest file there may be.
+                big = write_file(50_000, pad=max(0, args.big_mib * 2**20 // 50_000 - 200))
+                big_s = upload_only(client, big)
+                big_after = peak_rss_mib(api.pid)
         finally:
             for process in (api, worker):
                 process.terminate()
@@ -205,13 +228,18 @@ def main() -> None:
         f"  {label:<42}{ours['submit s']:>10.2f}{ours['ms per line']:>10.2f}{ours['lines/s']:>10.1f}"
     )
     print(
-        f"  submit per line, batch / one by one: {ours['ms per line'] / base['ms per line']:.2f}x"
+        f"  submit per line, batch / one by one: {ours['ms per line'] / base['ms per line']:.3f}x"
     )
     print(f"  output lines {int(ours['output lines'])}, failed {int(ours['failed'])}")
     print(
         f"  API peak RSS: idle {idle:.0f} MiB, after the baseline {before:.0f} MiB,"
         f" after the batch {after:.0f} MiB (file {size:.1f} MiB)"
     )
+    if args.big_mib:
+        print(
+            f"  upload of a 50,000-line file of ~{args.big_mib} MiB: {big_s:.1f} s,"
+            f" API peak RSS after it {big_after:.0f} MiB"
+        )
 
 
 if __name__ == "__main__":

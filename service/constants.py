@@ -86,6 +86,9 @@ BATCH_CHUNK_BYTES: Final = 1024 * 1024  # one batch_file_chunks row
 BATCH_INSERT_LINES: Final = 1_000  # jobs inserted per statement, and published per call
 BATCH_MAX_ERRORS: Final = 100  # line errors reported for a bad file (the first ones)
 BATCH_COMPLETION_WINDOW: Final = "24h"
+# Batch lines queue below interactive work (PRIORITY_DEFAULT) unless the batch says
+# otherwise; aging (EZQ_PRIORITY_AGING) still lets them through a busy queue.
+BATCH_PRIORITY_DEFAULT: Final = 1
 BATCH_COMPLETION_WINDOW_S: Final = 24 * 3600.0
 BATCH_ENDPOINT: Final = "/v1/chat/completions"
 BATCH_FINALIZE_LIMIT: Final = 20  # batches the sweep finalises per run

@@ -456,6 +456,11 @@ def checked_callback_url(value: object) -> str | None:
     return _callback_url(value)
 
 
+def checked_priority(value: object, default: int) -> int:
+    """A priority as enqueue checks it (0-9), ``default`` when none is given."""
+    return default if value is None else _priority(value)
+
+
 def checked_tenant(value: object) -> str | None:
     """A tenant as enqueue checks it: a non-empty string Postgres can store."""
     tenant = _text("tenant", value, c.MAX_TENANT_LENGTH, required=False)

@@ -152,6 +152,8 @@ def test_sdk_runs_a_mixed_file_and_the_output_matches_postgres(
     assert bad[2:6] == ("failed", 1, "client_error", 400)
     assert errors["bad"]["error"]["code"] == "client_error"
     assert errors["bad"]["response"]["status_code"] == 400
+    # Below interactive work (5) by default.
+    assert sql("SELECT DISTINCT priority FROM jobs WHERE batch_id = :b", b=batch.id) == [(1,)]
     costs = sql("SELECT custom_id FROM job_costs WHERE batch_id = :b", b=batch.id)
     assert sorted(c for (c,) in costs) == sorted(prompts)
     assert client.batches.list(limit=100).data[0].id == batch.id
@@ -301,7 +303,10 @@ def test_cli_submits_follows_reads_and_refuses(keys: dict[str, str], worker: Any
     marker = uuid.uuid4().hex
     path = Path(tempfile.mkdtemp()) / "cli.jsonl"
     path.write_bytes(jsonl([line(f"c{i}", f"cli {i} {marker}") for i in range(3)]))
-    done = run_ezq("batch", "submit", str(path), "--tenant", TENANT_A, "--meta", f"run={marker}")
+    done = run_ezq(
+        "batch", "submit", str(path), "--tenant", TENANT_A, "--meta", f"run={marker}",
+        "--priority", "7",
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
     batch_id = done.stdout.strip()
 
@@ -317,8 +322,10 @@ def test_cli_submits_follows_reads_and_refuses(keys: dict[str, str], worker: Any
     assert read.returncode == 0, read.stderr
     lines = [json.loads(item) for item in out.read_text().splitlines()]
     assert [item["custom_id"] for item in lines] == ["c0", "c1", "c2"]
-    tenants = sql("SELECT DISTINCT tenant, metadata FROM jobs WHERE batch_id = :b", b=batch_id)
-    assert tenants == [(TENANT_A, {"run": marker})]
+    tenants = sql(
+        "SELECT DISTINCT tenant, metadata, priority FROM jobs WHERE batch_id = :b", b=batch_id
+    )
+    assert tenants == [(TENANT_A, {"run": marker}, 7)]
     again = run_ezq("batch", "cancel", batch_id)
     assert again.returncode == 1 and "already ended (completed)" in again.stderr
     bad = path.with_name("bad.jsonl")
@@ -326,3 +333,47 @@ def test_cli_submits_follows_reads_and_refuses(keys: dict[str, str], worker: Any
     refused = run_ezq("batch", "submit", str(bad))
     assert refused.returncode == 1
     assert "line 2: method: must be POST" in refused.stderr
+
+
+def test_limits_and_a_file_that_no_longer_passes(
+    api_server_factory: Any, server: Any, keys: dict[str, str]
+) -> None:
+    """Over EZQ_BATCH_MAX_FILE_BYTES an upload is refused (a 413 once the body passes the
+    limit while streaming); a file stored under looser settings makes a batch `failed` with
+    its line numbers, and no job is written."""
+    strict = api_server_factory(
+        EZQ_API_TOKENS=ADMIN_TOKEN, EZQ_MAX_REQUEST_BYTES="1000", EZQ_BATCH_MAX_FILE_BYTES="5000"
+    )
+    tight = sdk(strict, keys["a"])
+    big = jsonl([line(f"b{i}", "x" * 90) for i in range(1000)])  # ~150 KB
+    with pytest.raises(openai.APIStatusError) as caught:
+        tight.files.create(file=("big.jsonl", big), purpose="batch")
+    assert caught.value.status_code == 413
+    medium = jsonl([line(f"m{i}", "x" * 90) for i in range(50)])  # ~7.5 KB
+    with pytest.raises(openai.UnprocessableEntityError) as refused:
+        tight.files.create(file=("medium.jsonl", medium), purpose="batch")
+    assert "the limit is 5000" in str(refused.value.body)
+
+    long_prompt = "y" * 2000
+    stored = sdk(server, keys["a"]).files.create(
+        file=("long.jsonl", jsonl([line("short", "fine"), line("long", long_prompt)])),
+        purpose="batch",
+    )
+    batch = tight.batches.create(
+        input_file_id=stored.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    assert batch.status == "failed" and batch.failed_at
+    with pytest.raises(openai.UnprocessableEntityError) as bad_priority:
+        tight.batches.create(
+            input_file_id=stored.id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            extra_body={"priority": 12},
+        )
+    assert "priority: must be between 0 and 9" in str(bad_priority.value.body)
+    assert batch.errors is not None and batch.errors.data
+    error = batch.errors.data[0]
+    assert (error.line, error.param) == (2, "body.messages")
+    assert "the limit is 1000 bytes" in (error.message or "")
+    assert sql("SELECT count(*) FROM jobs WHERE batch_id = :b", b=batch.id) == [(0,)]
+    assert tight.batches.retrieve(batch.id).request_counts.total == 2

@@ -387,3 +387,64 @@ def test_a_quiet_stream_sends_keep_alives_until_the_job_ends(
         assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
         rest = [line for line in lines if line.startswith("event: ")]
     assert rest == ["event: job.cancelled"]
+
+
+def test_idle_listeners_hold_no_thread_each(server: Any, client: httpx.Client) -> None:
+    """Sixty listeners on jobs that have not started stay open together (more than the
+    server's thread pool of 40 could serve if each held a thread), with fewer server threads
+    than listeners, and all get keep-alives."""
+    import asyncio
+    from pathlib import Path
+
+    from service.db import queries
+    from service.db.session import transaction
+    from service.validation import validate_request
+
+    listeners = 60
+    with transaction() as session:  # never published: they stay queued
+        job_ids = [
+            queries.create_job(
+                session,
+                validate_request(
+                    model=MODEL, messages=[{"role": "user", "content": marker()}], tenant=TENANT
+                ),
+            )[0]
+            for _ in range(listeners)
+        ]
+    status = Path(f"/proc/{server.proc.pid}/status")
+
+    def server_threads() -> int:
+        line = next(x for x in status.read_text().splitlines() if x.startswith("Threads:"))
+        return int(line.split()[1])
+
+    async def main() -> int:
+        opened = 0
+        all_open = asyncio.Event()
+
+        async def listen(http: httpx.AsyncClient, job_id: uuid.UUID) -> None:
+            nonlocal opened
+            async with http.stream("GET", f"/v1/jobs/{job_id}/events") as response:
+                lines = response.aiter_lines()
+                assert await anext(lines) == "retry: 2000"
+                opened += 1
+                if opened == listeners:
+                    all_open.set()
+                await asyncio.wait_for(all_open.wait(), timeout=30)
+                async for line in lines:
+                    if line == ": keep-alive":
+                        return
+
+        async def count_threads() -> int:
+            await asyncio.wait_for(all_open.wait(), timeout=30)
+            return server_threads()
+
+        limits = httpx.Limits(max_connections=listeners + 5)
+        async with httpx.AsyncClient(
+            base_url=server.url, headers=client.headers, timeout=30, limits=limits
+        ) as http:
+            results = await asyncio.gather(count_threads(), *(listen(http, j) for j in job_ids))
+        threads: int = results[0]
+        return threads
+
+    threads = asyncio.run(main())
+    assert threads < listeners, threads

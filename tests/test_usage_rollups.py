@@ -85,6 +85,7 @@ def turn(model: str, tenant: str, prompt: str, conversation: Any = None) -> dict
 def cancelled_spend(fake_gateway: Any, model: str, tenant: str) -> uuid.UUID:
     """A job cancelled while its call runs: the call's usage is still written."""
     marker = uuid.uuid4().hex
+    # Under EZQ_GATEWAY_READ_TIMEOUT (1.5 s in the tests), long enough to cancel it meanwhile.
     fake_gateway.add_faults(Fault(kind="normal", latency=1.0, match=marker))
     job_id = enqueue_completion(
         model, [{"role": "user", "content": f"slow {marker}"}], tenant=tenant

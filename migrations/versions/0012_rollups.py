@@ -57,7 +57,8 @@ CREATE TABLE usage_rollup_daily (
     jobs bigint NOT NULL,
     unpriced_jobs bigint NOT NULL,
 {_TOKEN_COLUMNS}    cost_usd numeric NOT NULL
-);
+-- Each usage insert updates a row in place: free room on its page keeps that update HOT.
+) WITH (fillfactor = 50);
 -- Finds a key's rows (tenant and price_id may be NULL, hence the coalesce; the exact
 -- match is re-checked with IS NOT DISTINCT FROM), and serves filters on day.
 CREATE INDEX ix_usage_rollup_daily_key ON usage_rollup_daily
@@ -81,8 +82,6 @@ CREATE TABLE usage_rollup_conversations (
 );
 CREATE INDEX ix_usage_rollup_conversations_priced_cost_usd ON usage_rollup_conversations
     (priced_cost_usd DESC NULLS LAST);
-CREATE INDEX ix_usage_rollup_conversations_last_used_at ON usage_rollup_conversations
-    (last_used_at);
 CREATE INDEX ix_token_usage_issues ON token_usage (created_at) WHERE usage_issues IS NOT NULL;
 """
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from starlette.datastructures import UploadFile
@@ -130,26 +130,34 @@ def read_file_content(file_id: str, principal: Caller) -> StreamingResponse:
         }
     },
 )
-async def create_batch(request: Request, principal: Caller) -> dict[str, Any]:
+async def create_batch(
+    request: Request, principal: Caller, background: BackgroundTasks
+) -> dict[str, Any]:
     """Create a batch from an uploaded file: each line becomes a queued job of the file's
-    tenant, published once all are stored. A line that no longer passes the checks makes
-    the batch `failed` with `errors` (line numbers), and no job is written."""
+    tenant, all stored in one transaction and published right after the answer. A line
+    that no longer passes the checks makes the batch `failed` with `errors` (line
+    numbers), and no job is written."""
     from service.batches.submit import create_batch as create
+    from service.batches.submit import publish_lines
 
     payload = parse_json_object(await request.body())
     unknown = sorted(set(payload) - set(CREATE_FIELDS))
     if unknown:
         raise InvalidRequest(unknown[0], "is not a known field")
-    return await run_in_threadpool(
+    created = await run_in_threadpool(
         create,
         input_file_id=payload.get("input_file_id"),
         endpoint=payload.get("endpoint"),
         completion_window=payload.get("completion_window"),
         metadata=payload.get("metadata"),
         callback_url=payload.get("callback_url"),
+        priority=payload.get("priority"),
         tenants=principal.tenants,
         created_by=principal.key_id,
     )
+    # Publishing thousands of messages takes seconds: the caller has its batch meanwhile.
+    background.add_task(publish_lines, created.job_ids)
+    return created.view
 
 
 @router.get("/v1/batches", response_model=None, responses={200: {"model": BatchList}})

@@ -147,6 +147,12 @@ class BatchCreate(BaseModel):
     callback_url: str | None = Field(
         default=None, description="ezq: POST one signed webhook here when the batch ends."
     )
+    priority: int | None = Field(
+        default=None,
+        ge=0,
+        le=9,
+        description="ezq: the lines' priority (0-9); default 1, below interactive work (5).",
+    )
 
 
 class BatchRequestCounts(BaseModel):

@@ -28,16 +28,22 @@ def batch() -> None:
 @batch.command("submit")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--tenant", help="Tenant of every line.")
+@click.option("--priority", type=click.IntRange(0, 9), help="0-9; default 1, below interactive.")
 @click.option("--callback-url", help="POST one signed webhook here when the batch ends.")
 @click.option("--meta", "meta", multiple=True, help="KEY=VALUE tag of the batch and its jobs.")
 @click.option("--format", "fmt", type=click.Choice(["id", "json"]), default="id")
 def submit(
-    path: str, tenant: str | None, callback_url: str | None, meta: tuple[str, ...], fmt: str
+    path: str,
+    tenant: str | None,
+    priority: int | None,
+    callback_url: str | None,
+    meta: tuple[str, ...],
+    fmt: str,
 ) -> None:
     """Check FILE.jsonl (every line, before anything is stored), store it and run each
     line as a job; print the batch id (or the batch, with --format json)."""
     from service.batches.files import store_input_file
-    from service.batches.submit import create_batch
+    from service.batches.submit import create_batch, publish_lines
     from service.validation import checked_tenant
 
     metadata = {}
@@ -54,13 +60,16 @@ def submit(
             tenant=checked_tenant(tenant),
             created_by=None,
         )
-    view = create_batch(
+    created = create_batch(
         input_file_id=uploaded["id"],
         endpoint=c.BATCH_ENDPOINT,
         completion_window=c.BATCH_COMPLETION_WINDOW,
         metadata=metadata or None,
         callback_url=callback_url,
+        priority=priority,
     )
+    publish_lines(created.job_ids)
+    view = created.view
     if fmt == "json":
         _print_json(view)
         return

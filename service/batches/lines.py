@@ -75,6 +75,7 @@ def check_line(
     metadata: dict[str, Any] | None,
     max_request_bytes: int,
     max_line_bytes: int,
+    priority: int | None = None,
 ) -> BatchLine:
     """The line as a request, or InvalidRequest naming the field (line number separate)."""
     if not raw:
@@ -110,6 +111,7 @@ def check_line(
             params=params or None,
             tenant=tenant,
             metadata=metadata,
+            priority=priority,
             max_request_bytes=max_request_bytes,
         )
     except InvalidRequest as exc:
@@ -128,9 +130,11 @@ class LineChecker:
         metadata: dict[str, Any] | None,
         max_request_bytes: int,
         max_lines: int,
+        priority: int | None = None,
     ) -> None:
         self.tenant = tenant
         self.metadata = metadata
+        self.priority = priority
         self.max_request_bytes = max_request_bytes
         # A line holds one request and its envelope: room for JSON's escapes.
         self.max_line_bytes = c.API_BODY_LIMIT_FACTOR * max_request_bytes
@@ -162,6 +166,7 @@ class LineChecker:
                 metadata=self.metadata,
                 max_request_bytes=self.max_request_bytes,
                 max_line_bytes=self.max_line_bytes,
+                priority=self.priority,
             )
         except InvalidRequest as exc:
             self._error(number, exc.field, exc.reason)
@@ -185,7 +190,9 @@ class LineChecker:
             raise InvalidBatchFile(self.errors, more=self.more_errors)
 
 
-def checker_for(tenant: str | None, metadata: dict[str, Any] | None) -> LineChecker:
+def checker_for(
+    tenant: str | None, metadata: dict[str, Any] | None, priority: int | None = None
+) -> LineChecker:
     """A checker with today's limits (EZQ_MAX_REQUEST_BYTES, EZQ_BATCH_MAX_LINES)."""
     from service.config import get_settings
 
@@ -195,4 +202,5 @@ def checker_for(tenant: str | None, metadata: dict[str, Any] | None) -> LineChec
         metadata=metadata,
         max_request_bytes=settings.ezq_max_request_bytes,
         max_lines=settings.ezq_batch_max_lines,
+        priority=priority,
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -26,11 +27,19 @@ from service.db import batches as db
 from service.db.queries import Tenants
 from service.db.session import transaction
 from service.errors import FileNotFound, InvalidBatchFile, InvalidRequest
-from service.validation import checked_callback_url
+from service.validation import checked_callback_url, checked_priority
 
 METADATA_MAX_KEYS = 16
 METADATA_MAX_KEY = 64
 METADATA_MAX_VALUE = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """A new batch as OpenAI's ``Batch``, and its jobs still to publish."""
+
+    view: dict[str, Any]
+    job_ids: list[uuid.UUID]
 
 
 def new_batch_id() -> str:
@@ -102,6 +111,7 @@ def _line_rows(
                 "created_by": created_by,
                 "batch_id": batch_id,
                 "custom_id": line.custom_id,
+                "priority": request.priority,
             }
         )
     return conversations, jobs
@@ -142,14 +152,15 @@ def create_batch(
     completion_window: object,
     metadata: object = None,
     callback_url: object = None,
+    priority: object = None,
     tenants: Tenants = None,
     created_by: str | None = None,
-) -> dict[str, Any]:
-    """Create a batch from an uploaded file: its lines become queued jobs, published once
-    committed. Returns the batch as OpenAI's ``Batch``. Raises InvalidRequest naming a bad
+) -> Created:
+    """Create a batch from an uploaded file: its lines become queued jobs, committed
+    together. Returns the batch as OpenAI's ``Batch`` and the jobs, which the caller
+    publishes (``publish_lines``). Lines run at ``priority`` (0-9), by default below
+    interactive work (``BATCH_PRIORITY_DEFAULT``). Raises InvalidRequest naming a bad
     field, FileNotFound for an unknown file (or one outside ``tenants``)."""
-    from service.worker.dispatch import publish_jobs
-
     if endpoint != c.BATCH_ENDPOINT:
         raise InvalidRequest("endpoint", f"must be {c.BATCH_ENDPOINT} (ezq runs chat completions)")
     if completion_window != c.BATCH_COMPLETION_WINDOW:
@@ -158,13 +169,14 @@ def create_batch(
         raise InvalidRequest("input_file_id", "is required (a file id)")
     meta = check_metadata(metadata)
     url = checked_callback_url(callback_url)
+    rank = checked_priority(priority, c.BATCH_PRIORITY_DEFAULT)
     with transaction() as session:
         source = db.get_file(session, input_file_id, tenants=tenants)
         if source is None or source.purpose != "batch":
             raise FileNotFound(input_file_id)
         tenant, total = source.tenant, source.line_count
     batch_id = new_batch_id()
-    checker = checker_for(tenant, meta)
+    checker = checker_for(tenant, meta, rank)
     values: dict[str, Any] = {
         "id": batch_id,
         "tenant": tenant,
@@ -189,10 +201,18 @@ def create_batch(
     except InvalidBatchFile as exc:
         from service.batches.lifecycle import store_failed
 
-        return store_failed(values, exc.errors)
+        return Created(store_failed(values, exc.errors), [])
+    return Created(view, job_ids)
+
+
+def publish_lines(job_ids: list[uuid.UUID]) -> None:
+    """Publish a committed batch's jobs, a slice at a time, through the one after-commit
+    publisher. Should this process die part way, the sweep republishes the rest (they
+    are pending jobs with no message, like any job whose publish was lost)."""
+    from service.worker.dispatch import publish_jobs
+
     for start in range(0, len(job_ids), c.BATCH_INSERT_LINES):
         publish_jobs(job_ids[start : start + c.BATCH_INSERT_LINES])
-    return view
 
 
 def _missing(batch_id: str) -> Any:

@@ -423,7 +423,6 @@ class UsageRollupConversation(Base):
             "ix_usage_rollup_conversations_priced_cost_usd",
             text("priced_cost_usd DESC NULLS LAST"),
         ),
-        Index(None, "last_used_at"),
     )
 
 

@@ -28,6 +28,7 @@ def _uuid(value: str, what: str) -> uuid.UUID:
 COLUMNS = (
     "id",
     "job_id",
+    "batch_id",
     "event_type",
     "url",
     "status",
