@@ -70,7 +70,7 @@ def _bypassed() -> Iterator[None]:
     from service.worker import runner
 
     admit, release = admission.admit, runner.release
-    admission.admit = lambda session, job_id, settings: admission.Admission(job_id, job_id)  # type: ignore[assignment]
+    admission.admit = lambda session, job_id, settings, **_: admission.Admission(job_id, job_id)  # type: ignore[assignment]
     runner.release = lambda *args: None  # type: ignore[assignment]
     try:
         yield

@@ -100,7 +100,9 @@ _CANDIDATES = f"""
     ), {_RUNNING_PER_TENANT}
     SELECT j.id, j.tenant, j.model, j.status, j.priority FROM jobs j
     LEFT JOIN running r ON r.tenant IS NOT DISTINCT FROM j.tenant
-    WHERE j.id IN (SELECT id FROM heads) AND {_PENDING}
+    -- An array, so that the few heads are fetched by primary key (the planner cannot
+    -- estimate a recursive CTE and would otherwise scan the whole backlog).
+    WHERE j.id = ANY(ARRAY(SELECT id FROM heads)) AND {_PENDING}
     ORDER BY {_RANK}
     LIMIT :limit
     FOR UPDATE OF j SKIP LOCKED
@@ -490,11 +492,24 @@ _ADD_SPEND = """
 """
 
 
-def settle(session: Session, job_id: uuid.UUID, attempt: int) -> None:
-    """Settle a finished call: its reservation becomes the tokens it really used (its usage
-    row; a call without one keeps its prompt estimate), and adaptive limits in its scope move
-    with its time to first token (additive increase, multiplicative decrease)."""
-    session.execute(
+_BEST_THROTTLED = f"""
+    SELECT j.id FROM jobs j
+    WHERE j.needs_publish AND j.throttle_reason IS NOT NULL AND {_PENDING}
+    ORDER BY j.priority DESC, j.enqueue_seq
+    LIMIT :limit
+    FOR UPDATE OF j SKIP LOCKED
+"""
+
+
+def settle(session: Session, job_id: uuid.UUID, attempt: int, *, wake: int) -> list[uuid.UUID]:
+    """Settle a finished call and wake throttled jobs, in one round trip.
+
+    The call's reservation becomes the tokens it really used (its usage row; a call without
+    one keeps its prompt estimate) and its priced usage joins its month's spend; adaptive
+    limits in its scope move with its time to first token (additive increase,
+    multiplicative decrease). Then, as ``wake_throttled``, up to ``wake`` throttled jobs
+    are marked as published and returned, for the caller to publish after the commit."""
+    rows = session.execute(
         text(
             f"""
             WITH settled AS (
@@ -511,21 +526,27 @@ def settle(session: Session, job_id: uuid.UUID, attempt: int) -> None:
                 FROM job_attempts t
                 WHERE t.job_id = :job_id AND t.attempt = :attempt
                   AND t.first_token_at IS NOT NULL
-            )
-            UPDATE flow_limits l SET current_concurrency = CASE
-                    WHEN ttft.ms > l.adaptive_ttft_ms
-                        THEN greatest(1, l.current_concurrency * 0.7)
-                    ELSE least(l.max_concurrent,
-                               l.current_concurrency + 1 / greatest(l.current_concurrency, 1))
-                END
-            FROM settled, ttft
-            WHERE l.adaptive_ttft_ms IS NOT NULL
-              AND l.tenant IN (coalesce(settled.tenant, ''), '*')
-              AND l.model IN (settled.model, '*')
+            ), adapted AS (
+                UPDATE flow_limits l SET current_concurrency = CASE
+                        WHEN ttft.ms > l.adaptive_ttft_ms
+                            THEN greatest(1, l.current_concurrency * 0.7)
+                        ELSE least(l.max_concurrent,
+                                   l.current_concurrency + 1 / greatest(l.current_concurrency, 1))
+                    END
+                FROM settled, ttft
+                WHERE l.adaptive_ttft_ms IS NOT NULL
+                  AND l.tenant IN (coalesce(settled.tenant, ''), '*')
+                  AND l.model IN (settled.model, '*')
+                RETURNING l.id
+            ), best AS ({_BEST_THROTTLED})
+            UPDATE jobs SET needs_publish = false, dispatched_at = now()
+            FROM best WHERE jobs.id = best.id
+            RETURNING jobs.id
             """
         ),
-        {"job_id": job_id, "attempt": attempt},
-    )
+        {"job_id": job_id, "attempt": attempt, "limit": wake},
+    ).scalars()
+    return list(rows)
 
 
 def wake_throttled(session: Session, *, limit: int) -> list[uuid.UUID]:
@@ -535,13 +556,7 @@ def wake_throttled(session: Session, *, limit: int) -> list[uuid.UUID]:
     rows = session.execute(
         text(
             f"""
-            WITH best AS (
-                SELECT j.id FROM jobs j
-                WHERE j.needs_publish AND j.throttle_reason IS NOT NULL AND {_PENDING}
-                ORDER BY j.priority DESC, j.enqueue_seq
-                LIMIT :limit
-                FOR UPDATE OF j SKIP LOCKED
-            )
+            WITH best AS ({_BEST_THROTTLED})
             UPDATE jobs SET needs_publish = false, dispatched_at = now()
             FROM best WHERE jobs.id = best.id
             RETURNING jobs.id

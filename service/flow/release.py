@@ -23,8 +23,7 @@ def release(job_id: uuid.UUID, attempt: int, settings: Settings) -> None:
     capacity has just freed. A failure here only delays them until the sweep's recheck."""
     try:
         with transaction() as session:
-            flow_db.settle(session, job_id, attempt)
-            woken = flow_db.wake_throttled(session, limit=c.FLOW_WAKE)
+            woken = flow_db.settle(session, job_id, attempt, wake=c.FLOW_WAKE)
     except SQLAlchemyError:
         log.warning("[job=%s] could not settle the call; the sweep wakes throttled jobs", job_id)
         return
