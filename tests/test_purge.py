@@ -134,9 +134,10 @@ def test_retention_runs_from_the_sweep(
     """With EZQ_RETENTION_DAYS the sweep, which every worker runs by itself, purges
     conversations older than that and leaves younger ones alone."""
     tenant = f"t-{uuid.uuid4().hex[:8]}"
+    # The worker runs the conversations' jobs (on this test's queue) and sweeps.
+    worker_factory(env={"EZQ_QUEUE": own_queue, "EZQ_RETENTION_DAYS": "30"})
     old = conversation(tenant, days_ago=31)
     recent = conversation(tenant, days_ago=29)
-    worker_factory(env={"EZQ_QUEUE": own_queue, "EZQ_RETENTION_DAYS": "30"})
 
     deadline = time.monotonic() + 30
     while get_conversation(old["id"])["messages"]:
