@@ -6,6 +6,7 @@ outlive it, and recovery needs nothing but running workers.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -26,6 +27,10 @@ log = logging.getLogger(__name__)
 _PRIORITY_SEP = "\x06\x16"
 _PRIORITY_LEVELS = (3, 6, 9)
 
+# kombu's Redis transport keeps taken, unacknowledged messages in this hash, each value
+# the JSON list [message, exchange, routing_key].
+_UNACKED = "unacked"
+
 identity = WorkerIdentity.new()
 active_jobs = ActiveJobs()
 _threads: list[Any] = []
@@ -45,12 +50,23 @@ def redis_broker_depth(settings: Settings) -> Any:
             pipe = client.pipeline(transaction=False)
             for key in keys:
                 pipe.llen(key)
-            pipe.hlen("unacked")
-            return int(sum(pipe.execute()))
+            pipe.hvals(_UNACKED)
+            *lengths, unacked = pipe.execute()
         except redis.RedisError:
             return None
+        # The unacked hash is shared by every queue on this Redis database: count only the
+        # messages routed to ours, or other queues' messages would hide a flushed queue.
+        return int(sum(lengths)) + sum(1 for entry in unacked if _routed_to(entry, queue))
 
     return depth
+
+
+def _routed_to(entry: bytes, queue: str) -> bool:
+    try:
+        routing_key = json.loads(entry)[2]
+    except (ValueError, IndexError, TypeError):
+        return False
+    return bool(routing_key == queue)
 
 
 class Sweeper(threading.Thread):
