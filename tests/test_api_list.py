@@ -103,6 +103,14 @@ def test_filters(client: httpx.Client) -> None:
     assert ids(**{"metadata.run": tag, "tenant": TENANT}) == set(failed + counted)
 
 
+def test_a_single_valued_filter_given_twice_is_refused(client: httpx.Client) -> None:
+    """``model=a&model=b`` names the parameter instead of silently filtering on one."""
+    response = client.get("/v1/jobs", params=[("model", "a"), ("model", "b")])
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == "model"
+    assert client.get("/v1/jobs", params=[("status", "queued"), ("status", "failed")]).is_success
+
+
 @pytest.mark.parametrize(
     "flt",
     [

@@ -82,6 +82,20 @@ _FASTAPI_422 = "#/components/schemas/HTTPValidationError"
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
 
+def _not_nullable_in_query(parameter: dict[str, Any]) -> None:
+    """An optional query parameter is left out, never sent as null: describe ``str | None``
+    as the string it is on the wire, not ``anyOf [string, null]`` (a client could only
+    send "null" or "false" as text, which the parameter then takes as that string)."""
+    schema = parameter.get("schema", {})
+    variants = schema.get("anyOf")
+    if parameter.get("in") != "query" or not isinstance(variants, list):
+        return
+    kept = [v for v in variants if v != {"type": "null"}]
+    if len(kept) == 1 and len(kept) < len(variants):
+        del schema["anyOf"]
+        schema.update(kept[0])
+
+
 def _with_body_schema(app: FastAPI) -> None:
     """Publish ``EnqueueRequest`` (and the models it uses) as OpenAPI components, and drop
     FastAPI's ``{"detail": ...}`` 422 that it adds to routes that cannot answer it."""
@@ -92,6 +106,8 @@ def _with_body_schema(app: FastAPI) -> None:
             schema = generate()
             for operations in schema["paths"].values():
                 for operation in operations.values():
+                    for parameter in operation.get("parameters", []):
+                        _not_nullable_in_query(parameter)
                     answer = operation["responses"].get("422", {})
                     if _FASTAPI_422 in str(answer):
                         del operation["responses"]["422"]

@@ -16,6 +16,7 @@ from service.keys.principal import Principal
 
 METADATA_PREFIX = "metadata."
 KNOWN_PARAMS = frozenset({"status", "tenant", "model", "since", "until", "limit", "cursor"})
+REPEATABLE_PARAMS = frozenset({"status"})
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 
@@ -68,6 +69,9 @@ def job_filter(
             metadata.append((name[len(METADATA_PREFIX) :], value))
         elif name not in KNOWN_PARAMS:
             raise InvalidRequest(name, "is not a known query parameter")
+        elif name not in REPEATABLE_PARAMS and len(params.getlist(name)) > 1:
+            # Taking one of several values silently would filter on what was not meant.
+            raise InvalidRequest(name, "may be given once")
     for name in ("since", "until"):
         raw = params.get(name)
         if raw is not None and not _is_iso(raw):
