@@ -200,10 +200,24 @@ def test_the_worker_survives_a_broker_restart_and_enqueue_never_blocks(
 ) -> None:
     """With the broker down, enqueue returns the id within two seconds with one warning
     line; the same worker process runs the job soon after the broker is back."""
-    with PrivateRedis() as broker:
-        env = {"CELERY_BROKER_URL": broker.url, "EZQ_QUEUE": own_queue()}
+    # A database of its own: no other test's worker may sweep the parked job onto a broker
+    # that is up.
+    with PrivateRedis() as broker, PrivatePostgres() as database:
+        env = {
+            "CELERY_BROKER_URL": broker.url,
+            "DATABASE_URL": database.url,
+            "EZQ_QUEUE": own_queue(),
+        }
+
+        def job_row(job_id: str) -> tuple[Any, ...] | None:
+            with psycopg.connect(database.url) as conn:
+                return conn.execute(
+                    "SELECT status, needs_publish FROM jobs WHERE id = %s", (job_id,)
+                ).fetchone()
+
         worker = worker_factory(env=env)
-        assert wait_for_job(enqueue("before", env=env), timeout=30)["status"] == "succeeded"
+        before = run_ezq("enqueue", "--model", MODEL, "before", env=env).stdout.strip()
+        wait_until(lambda: job_row(before) == ("succeeded", False), "first job", timeout=30)
 
         started = time.monotonic()
         run_ezq("show", str(uuid.uuid4()), env=env)  # the same start-up, no broker involved
@@ -219,18 +233,12 @@ def test_the_worker_survives_a_broker_restart_and_enqueue_never_blocks(
         assert "Traceback" not in out.stderr
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
         assert "dispatched when it is back" in out.stderr
-        # Flagged for the sweep (which takes the flag, fails to publish and sets it again
-        # for as long as the broker is down).
-        wait_until(
-            lambda: sql("SELECT needs_publish FROM jobs WHERE id = :j", j=job_id) == [(True,)],
-            "job flagged needs_publish",
-            timeout=10,
-        )
+        # Flagged for the sweep, which keeps the flag for as long as the broker is down.
+        wait_until(lambda: job_row(job_id) == ("queued", True), "job flagged", timeout=10)
 
         broker.start()
         back_at = time.monotonic()
-        job = wait_for_job(job_id, timeout=60)
-        assert job["status"] == "succeeded"
+        wait_until(lambda: job_row(job_id) == ("succeeded", False), "job run", timeout=60)
         assert time.monotonic() - back_at < 30
         assert worker.proc.poll() is None, "the worker exited"
 
