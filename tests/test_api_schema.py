@@ -20,7 +20,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
-from schemathesis.specs.openapi.checks import positive_data_acceptance
+from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
 TOKEN = "schema-token-" + uuid.uuid4().hex
 
@@ -44,12 +44,18 @@ def test_generated_requests_stay_within_the_spec(api_schema: Any, mode: Generati
         "POST /v1/jobs/{job_id}/cancel",
         "GET /v1/conversations/{conversation_id}",
     }
+    # Random negative cases here check what the server answers to invalid data (never a
+    # 5xx, only documented statuses and bodies). Whether it rejects them is checked by the
+    # seeded CLI run below: at random, schemathesis also reports "accepted" for mutations
+    # the wire cannot carry (a one-element array in a query string, a header this test
+    # sets itself), which made this run fail now and then on requests that were valid.
+    excluded = [positive_data_acceptance]
+    if mode is GenerationMode.NEGATIVE:
+        excluded.append(negative_data_rejection)
     for operation in operations:
 
         @given(case=operation.as_strategy(generation_mode=mode))
-        # derandomize: the same examples every run, so a failure reproduces. A one-element
-        # array in a query string reads exactly like a string, which random negative
-        # generation would otherwise now and then flag as accepted invalid data.
+        # derandomize: the same examples every run, as far as the schema allows.
         @settings(
             max_examples=60,
             deadline=None,
@@ -59,7 +65,7 @@ def test_generated_requests_stay_within_the_spec(api_schema: Any, mode: Generati
         def check(case: Any) -> None:
             case.call_and_validate(
                 headers={"Authorization": f"Bearer {TOKEN}"},
-                excluded_checks=[positive_data_acceptance],
+                excluded_checks=excluded,
             )
 
         try:
