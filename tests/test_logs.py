@@ -12,6 +12,7 @@ from typing import Any
 from service import enqueue_completion
 from service.fake_gateway import Fault
 from tests.conftest import WorkerProcess, run_ezq, wait_for_job
+from tests.private_services import PrivatePostgres
 
 
 def wait_for_line(worker: WorkerProcess, needle: str, timeout: float = 15.0) -> str:
@@ -65,13 +66,20 @@ def test_json_logs_carry_job_tenant_and_attempt(
     worker_factory: Callable[..., WorkerProcess], own_queue: str, fake_gateway: Any
 ) -> None:
     """With EZQ_LOG_FORMAT=json every log line is a JSON object; job lines have the fields."""
-    worker = worker_factory(
-        env={"EZQ_QUEUE": own_queue, "EZQ_LOG_LEVEL": "INFO", "EZQ_LOG_FORMAT": "json"}
-    )
-    tenant = f"t-{uuid.uuid4().hex[:8]}"
-    job_id = enqueue_completion("glm-5.1", [{"role": "user", "content": "hi"}], tenant=tenant)
-    assert wait_for_job(job_id)["status"] == "succeeded"
-    wait_for_line(worker, "succeeded in")
+    # A database of its own, so that this worker (and no other) runs the job.
+    with PrivatePostgres() as database:
+        env = {
+            "DATABASE_URL": database.url,
+            "EZQ_QUEUE": own_queue,
+            "EZQ_LOG_LEVEL": "INFO",
+            "EZQ_LOG_FORMAT": "json",
+        }
+        worker = worker_factory(env=env)
+        tenant = f"t-{uuid.uuid4().hex[:8]}"
+        enqueued = run_ezq("enqueue", "--model", "glm-5.1", "--tenant", tenant, "hi", env=env)
+        assert enqueued.returncode == 0, enqueued.stderr
+        job_id = enqueued.stdout.strip()
+        wait_for_line(worker, f"[{job_id}] succeeded in")
 
     entries = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
     mine = [e for e in entries if e.get("job_id") == str(job_id)]
