@@ -121,6 +121,9 @@ def service_env(
         "EZQ_HEARTBEAT_INTERVAL": "1",
         "EZQ_SWEEP_INTERVAL": "1",
         "EZQ_REDISPATCH_AFTER": "5",
+        # Flow control's rate window, the same for every worker on the database (any of
+        # them may run a throttled job once it is due): short, so rate tests are quick.
+        "EZQ_FLOW_WINDOW": "2",
     }
 
 
