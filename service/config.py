@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     # how long the Postgres gauges are reused between scrapes.
     ezq_metrics_tenants: str = ""
     ezq_metrics_max_tenants: int = Field(default=c.METRICS_MAX_TENANTS, ge=0, le=10_000)
+    ezq_metrics_max_models: int = Field(default=c.METRICS_MAX_MODELS, ge=0, le=10_000)
     ezq_metrics_db_ttl: float = Field(default=c.METRICS_DB_TTL_S, ge=0)
     # Live tokens: the Redis holding each running job's stream of deltas (default: the
     # broker's, when it is Redis; "off" turns live tokens off), and its tuning.

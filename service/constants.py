@@ -135,9 +135,11 @@ WEBHOOK_LEASE_MARGIN_S: Final = 30.0
 RECORD_RETRY_FOR_S: Final = 300.0
 RECORD_RETRY_PAUSES_S: Final = (0.2, 0.5, 1.0, 2.0)
 
-# Metrics: at most this many tenants get a label of their own per process (the rest count
-# as "other"), and the Postgres gauges are reused for this long between scrapes.
+# Metrics: at most this many tenants, and this many models (callers name both), get a label
+# of their own per process (the rest count as "other"), and the Postgres gauges are reused
+# for this long between scrapes.
 METRICS_MAX_TENANTS: Final = 50
+METRICS_MAX_MODELS: Final = 50
 METRICS_DB_TTL_S: Final = 5.0
 
 # --- flow control (service/flow) ---------------------------------------------------------

@@ -139,6 +139,33 @@ def test_tenant_labels_are_capped() -> None:
     assert [listed("vip"), listed("a"), listed("")] == ["vip", OTHER, NO_TENANT]
 
 
+def test_model_labels_are_capped(
+    worker_factory: Callable[..., WorkerProcess], own_queue: str, fake_gateway: Any
+) -> None:
+    """A model is free text in a request: past EZQ_METRICS_MAX_MODELS made-up models add no
+    series of their own, they count as other."""
+    port = free_port()
+    env = {"EZQ_QUEUE": own_queue, "EZQ_METRICS_MAX_MODELS": "1"}
+    worker_factory(env=env, args=["--metrics-port", str(port)])
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    first = wait_for_job(
+        enqueue_completion(MODEL, [{"role": "user", "content": "a"}], tenant=tenant)
+    )
+    made_up = [f"no-such-model-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    others = [
+        wait_for_job(enqueue_completion(m, [{"role": "user", "content": "b"}], tenant=tenant))
+        for m in made_up
+    ]
+    assert first["status"] == "succeeded" and {j["status"] for j in others} == {"failed"}
+
+    _, samples = scrape(f"http://127.0.0.1:{port}/metrics")
+    assert value(samples, "ezq_jobs_total", status="succeeded", model=MODEL, tenant=tenant) == 1
+    assert value(samples, "ezq_jobs_total", status="failed", model=OTHER, tenant=tenant) == 3
+    attempts = "ezq_gateway_attempts_total"
+    assert value(samples, attempts, outcome="failure", error_type="client_error", model=OTHER) == 3
+    assert [key for key in samples if {v for _, v in key[1]} & set(made_up)] == []
+
+
 def dashboard_metrics() -> set[str]:
     """Every ezq_* series named in the Grafana dashboard's queries."""
     dashboard = json.loads(DASHBOARD.read_text())

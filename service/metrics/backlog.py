@@ -67,15 +67,16 @@ class BacklogCollector(Collector):
             return [up]
         up.add_metric([], 1)
         settings = get_settings()
-        # The tenants with the most unfinished jobs get their own label (rows come ordered
-        # by size); the rest add up under "other".
+        # The tenants and models with the most unfinished jobs get their own label (rows
+        # come ordered by size); the rest add up under "other".
         labels = self._tenants or TenantLabels(
             settings.metrics_tenants(), settings.ezq_metrics_max_tenants
         )
+        models = TenantLabels((), settings.ezq_metrics_max_models)
         counts: dict[str, dict[tuple[str, str], float]] = defaultdict(lambda: defaultdict(float))
         oldest: dict[tuple[str, str], float] = {}
         for row in snap.backlog:
-            key = (labels(row.tenant), row.model)
+            key = (labels(row.tenant), models(row.model))
             for field in _GAUGES:
                 counts[field][key] += getattr(row, field)
             if row.oldest_queued_at is not None:

@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from service.metrics import definitions as m
-from service.metrics.labels import tenant_label
+from service.metrics.labels import model_label, tenant_label
 
 NONE = "none"
 
@@ -29,10 +29,11 @@ def _since(start: datetime) -> float:
 
 def _ended(job: Any) -> None:
     """Count a job that has just ended, and how long it took from enqueue."""
-    m.JOBS.labels(job.status, job.model, tenant_label(job.tenant)).inc()
+    model = model_label(job.model)
+    m.JOBS.labels(job.status, model, tenant_label(job.tenant)).inc()
     took = _seconds(job.created_at, job.finished_at)
     if took is not None:
-        m.JOB_DURATION.labels(job.model, job.status).observe(took)
+        m.JOB_DURATION.labels(model, job.status).observe(took)
 
 
 def job_succeeded(
@@ -44,25 +45,27 @@ def job_succeeded(
     cost_usd: Decimal | None,
 ) -> None:
     """A successful call whose reply was stored: ``job`` is the row as written."""
-    m.GATEWAY_ATTEMPTS.labels("success", NONE, job.model).inc()
-    m.GATEWAY_DURATION.labels(job.model, "success").observe(_since(call_started))
+    model = model_label(job.model)
+    m.GATEWAY_ATTEMPTS.labels("success", NONE, model).inc()
+    m.GATEWAY_DURATION.labels(model, "success").observe(_since(call_started))
     ttft = _seconds(call_started, first_token_at)
     if ttft is not None:
-        m.TIME_TO_FIRST_TOKEN.labels(job.model).observe(ttft)
+        m.TIME_TO_FIRST_TOKEN.labels(model).observe(ttft)
     tenant = tenant_label(job.tenant)
     if tokens is not None:
-        m.TOKENS.labels(job.model, tenant, "prompt").inc(tokens.prompt_tokens)
-        m.TOKENS.labels(job.model, tenant, "cached").inc(tokens.cached_tokens)
-        m.TOKENS.labels(job.model, tenant, "completion").inc(tokens.completion_tokens)
-    m.COST.labels(job.model, tenant).inc(float(cost_usd or 0))
+        m.TOKENS.labels(model, tenant, "prompt").inc(tokens.prompt_tokens)
+        m.TOKENS.labels(model, tenant, "cached").inc(tokens.cached_tokens)
+        m.TOKENS.labels(model, tenant, "completion").inc(tokens.completion_tokens)
+    m.COST.labels(model, tenant).inc(float(cost_usd or 0))
     _ended(job)
 
 
 def attempt_failed(job: Any, *, error_type: str, final: bool, call_started: datetime) -> None:
     """A failed call whose outcome was recorded; ``final`` when the job failed for good."""
     outcome = "failure" if final else "retry"
-    m.GATEWAY_ATTEMPTS.labels(outcome, error_type, job.model).inc()
-    m.GATEWAY_DURATION.labels(job.model, outcome).observe(_since(call_started))
+    model = model_label(job.model)
+    m.GATEWAY_ATTEMPTS.labels(outcome, error_type, model).inc()
+    m.GATEWAY_DURATION.labels(model, outcome).observe(_since(call_started))
     if final:
         _ended(job)
 
@@ -72,7 +75,7 @@ def dead_letter(kind: str) -> None:
 
 
 def attempt_lost(error_type: str, model: str) -> None:
-    m.ATTEMPTS_LOST.labels(error_type, model).inc()
+    m.ATTEMPTS_LOST.labels(error_type, model_label(model)).inc()
 
 
 def webhook_delivery(outcome: str) -> None:

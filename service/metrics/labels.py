@@ -1,8 +1,10 @@
-"""Bounded label values: tenants are capped so that one busy service cannot blow up Prometheus.
+"""Bounded label values: tenants and models are capped so that no caller can blow up
+Prometheus (both are free text in a request).
 
 A process gives its own ``tenant`` label to the tenants listed in ``EZQ_METRICS_TENANTS``
 or, when that is empty, to the first ``EZQ_METRICS_MAX_TENANTS`` distinct tenants it sees;
-every other tenant is counted as ``other``, and jobs without a tenant as ``none``.
+every other tenant is counted as ``other``, and jobs without a tenant as ``none``. Models
+likewise: the first ``EZQ_METRICS_MAX_MODELS`` distinct models seen, then ``other``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ OTHER = "other"
 
 
 class TenantLabels:
-    """Maps tenants to label values, admitting at most ``cap`` distinct ones."""
+    """Maps tenants (or models) to label values, admitting at most ``cap`` distinct ones."""
 
     def __init__(self, allowed: tuple[str, ...] = (), cap: int = 50) -> None:
         self._allowed = frozenset(allowed)
@@ -37,6 +39,7 @@ class TenantLabels:
 
 
 _labels: TenantLabels | None = None
+_models: TenantLabels | None = None
 
 
 def tenant_label(tenant: str | None) -> str:
@@ -48,3 +51,13 @@ def tenant_label(tenant: str | None) -> str:
         settings = get_settings()
         _labels = TenantLabels(settings.metrics_tenants(), settings.ezq_metrics_max_tenants)
     return _labels(tenant)
+
+
+def model_label(model: str) -> str:
+    """The label value for ``model`` under the process's cap (read from settings once)."""
+    global _models
+    if _models is None:
+        from service.config import get_settings
+
+        _models = TenantLabels((), get_settings().ezq_metrics_max_models)
+    return _models(model)
