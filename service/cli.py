@@ -74,9 +74,18 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True)
 def db_upgrade(revision: str) -> None:
     """Create the database if it is missing, then migrate it to REVISION."""
+    import psycopg.errors
+
     from service.db import migrate
 
-    if migrate.create_database_if_missing():
+    try:
+        created = migrate.create_database_if_missing()
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise EzqError(
+            f"cannot create the database: {str(exc).strip().splitlines()[0]}; create it first"
+            " (CREATE DATABASE), or give this role CREATEDB"
+        ) from None
+    if created:
         click.echo("created the database", err=True)
     migrate.upgrade(revision)
     click.echo(f"database at {revision}", err=True)
@@ -365,12 +374,14 @@ def _database_hint(error: Exception) -> str:
     from service.config import get_settings
 
     url = make_url(get_settings().database_url).render_as_string(hide_password=True)
-    first = str(getattr(error, "orig", error)).strip().splitlines()[0]
+    lines = str(getattr(error, "orig", error)).strip().splitlines()
+    first = lines[0] if lines else type(error).__name__
     return f"cannot reach the database at {url}: {first}"
 
 
 def main() -> None:
     """Entry point: run the CLI, turning expected errors into one line on stderr."""
+    import psycopg
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
     try:
@@ -387,7 +398,8 @@ def main() -> None:
     except EzqError as exc:
         click.echo(f"ezq: error: {exc}", err=True)
         sys.exit(1)
-    except OperationalError as exc:
+    except (OperationalError, psycopg.OperationalError) as exc:
+        # psycopg's own: `ezq db upgrade` connects without SQLAlchemy to create the database.
         click.echo(f"ezq: error: {_database_hint(exc)}", err=True)
         sys.exit(1)
     except ProgrammingError as exc:

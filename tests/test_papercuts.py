@@ -16,7 +16,7 @@ import pytest
 
 from service.usage.chart import MISSING_EXTRA, build_figure
 from service.usage.report import DayModel, ReportQuery
-from tests.conftest import run_ezq
+from tests.conftest import free_port, run_ezq
 
 
 @pytest.mark.parametrize(
@@ -50,6 +50,52 @@ def test_chart_path_is_checked_first(
     assert done.returncode == 1
     assert done.stderr.startswith("ezq: error: --chart: ") and reason in done.stderr
     assert not target.exists() and "Traceback" not in done.stderr
+
+
+@pytest.mark.usefixtures("service_env")
+def test_chart_that_cannot_be_written_is_one_line() -> None:
+    """--chart to a folder that exists but takes no file fails in one line, no traceback."""
+    done = run_ezq("usage", "--chart", "/proc/ezq-usage.png")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert done.stderr.startswith("ezq: error: --chart: cannot write '/proc/ezq-usage.png'")
+
+
+def test_db_upgrade_of_an_unreachable_server_is_one_line() -> None:
+    """`ezq db upgrade` against a port where no server listens says so in one line."""
+    url = f"postgresql://127.0.0.1:{free_port()}/ezq"
+    done = run_ezq("db", "upgrade", env={"DATABASE_URL": url})
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert done.stderr.startswith("ezq: error: cannot reach the database at ")
+
+
+@pytest.mark.usefixtures("service_env")
+def test_keys_list_takes_every_format_and_fits_80_columns() -> None:
+    """`ezq keys list` is a listing like the others: table (80 columns, ids whole), JSON, CSV."""
+    tenants = [f"tenant-with-a-long-name-{i}-{uuid.uuid4().hex}" for i in range(3)]
+    name = "a key whose name is longer than any terminal is wide " * 3
+    args = [arg for t in tenants for arg in ("--tenant", t)]
+    created = run_ezq("keys", "create", *args, "--name", name, "--format", "json")
+    assert created.returncode == 0, created.stderr
+    key_id = json.loads(created.stdout)["id"]
+
+    table = run_ezq("keys", "list")
+    assert table.returncode == 0, table.stderr
+    assert max(len(line) for line in table.stdout.splitlines()) <= 80
+    assert any(line.startswith(key_id) for line in table.stdout.splitlines())
+    rows = list(csv.DictReader(io.StringIO(run_ezq("keys", "list", "--format", "csv").stdout)))
+    row = next(r for r in rows if r["id"] == key_id)
+    assert (row["name"], json.loads(row["tenants"]), row["status"]) == (name, tenants, "active")
+    listed = json.loads(run_ezq("keys", "list", "--format", "json").stdout)
+    assert next(r for r in listed if r["id"] == key_id)["tenants"] == tenants
+
+
+def test_bad_since_names_the_forms_it_takes() -> None:
+    """A --since that is no time lists the forms it could be, in their own spelling."""
+    done = run_ezq("jobs", "list", "--since", "yesterday")
+    assert done.returncode == 1
+    assert "--since: must be Nd, Nh or Nm ago, a day YYYY-MM-DD (UTC)" in done.stderr
 
 
 def test_chart_cost_axis_reads_real_values_and_the_title_names_filters() -> None:

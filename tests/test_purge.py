@@ -79,11 +79,11 @@ def test_purge_keeps_usage_exact_and_deletes_content(fake_gateway: Any) -> None:
     results.set(f"celery-task-meta-{old['jobs'][0]}", '{"result": {"content": "secret"}}')
 
     dry = purge("--before", "90d", "--tenant", tenant, "--dry-run")
-    assert dry == "would purge 1 conversations: 2 jobs, 4 messages, 1 webhook payloads"
+    assert dry == "would purge 1 conversation: 2 jobs, 4 messages, 1 webhook payload"
     assert len(get_conversation(old["id"])["messages"]) == 4
 
     assert purge("--before", "90d", "--tenant", tenant) == (
-        "purged 1 conversations: 2 jobs, 4 messages, 1 webhook payloads"
+        "purged 1 conversation: 2 jobs, 4 messages, 1 webhook payload"
     )
     assert sql("SELECT payload FROM webhook_deliveries WHERE id = :d", d=delivery) == [("",)]
     redelivered = run_ezq("webhooks", "redeliver", str(delivery))
@@ -113,14 +113,14 @@ def test_erasure_of_one_conversation_and_unfinished_ones(fake_gateway: Any) -> N
     busy = seed_job(tenant=tenant, status="queued")
 
     assert purge("--conversation", chat["id"]) == (
-        "purged 1 conversations: 2 jobs, 4 messages, 0 webhook payloads"
+        "purged 1 conversation: 2 jobs, 4 messages, 0 webhook payloads"
     )
     assert get_conversation(chat["id"])["messages"] == []
 
     done = run_ezq("purge", "--tenant", tenant)
     assert done.returncode == 0
     assert done.stdout.startswith("purged 0 conversations")
-    assert "1 selected conversations still have unfinished jobs" in done.stderr
+    assert "1 selected conversation still has unfinished jobs" in done.stderr
     assert sql("SELECT purged_at FROM jobs WHERE id = :j", j=busy) == [(None,)]
 
     # Purging by age alone reports nothing held back: running conversations are in use.

@@ -74,3 +74,20 @@ def test_usage_csv_neutralises_formula_cells(database: str, by: str) -> None:
 def test_csv_cell_table(value: object, cell: object) -> None:
     """Only text that starts with a formula character is changed, by a leading quote."""
     assert csv_cell(value) == cell
+
+
+def test_jobs_list_csv_neutralises_formula_cells(database: str) -> None:
+    """`ezq jobs list --format csv` quotes tenants, models and metadata like `ezq usage`."""
+    done = run_ezq(
+        "jobs", "list", "--limit", "200", "--format", "csv", env={"DATABASE_URL": database}
+    )
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.reader(io.StringIO(done.stdout)))
+    assert len(rows) > 1
+    cells = [cell for row in rows for cell in row]
+    assert not [cell for cell in cells if cell.startswith(DANGEROUS)]
+    tenants = {row[rows[0].index("tenant")] for row in rows[1:]}
+    models = {row[rows[0].index("model")] for row in rows[1:]}
+    assert any(t.startswith('\'=HYPERLINK("http://evil")') for t in tenants), tenants
+    assert any(t.startswith("'-2+3") for t in tenants), tenants
+    assert models & {"'+plus", "'@at"}, models

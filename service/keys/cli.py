@@ -1,15 +1,18 @@
 """``ezq keys create / list / revoke``: API keys for the HTTP interface.
 
-Only click is imported at module level, so ``ezq --help`` stays cheap.
+Only click and the shared output options are imported at module level, so ``ezq --help``
+stays cheap.
 """
 
 from __future__ import annotations
 
 import json
-import sys
+from collections.abc import Sequence
 from typing import Any
 
 import click
+
+from service.ops.output import format_option
 
 
 def _record(row: Any) -> dict[str, Any]:
@@ -80,39 +83,56 @@ def keys_create(
     click.echo(f"created key {record['id']} for {scope}{until}; it is shown only now", err=True)
 
 
-@keys.command("list")
-@click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+COLUMNS = (
+    "id",
+    "name",
+    "prefix",
+    "tenants",
+    "admin",
+    "status",
+    "created_at",
+    "expires_at",
+    "revoked_at",
 )
-def keys_list(fmt: str) -> None:
-    """Every key: id, name, shown prefix, tenants, status, dates. Never the key itself."""
-    from rich.console import Console
-    from rich.table import Table
 
+
+def _keys_table(rows: Sequence[dict[str, Any]]) -> Any:
+    """Id (never wrapped), shown prefix, status, tenants and name, in the terminal's width."""
+    from service.ops import output
+
+    tenants, name = output.share(output.console().width, (36, 13, 7), (3, 2))
+    table = output.table(
+        ("ID", output.ID),
+        ("PREFIX", {"width": 13}),
+        ("STATUS", {"width": 7}),
+        ("TENANTS", {"width": tenants}),
+        ("NAME", {"width": name}),
+    )
+    for r in rows:
+        table.add_row(
+            r["id"],
+            r["prefix"] + "…",
+            r["status"],
+            "(admin)" if r["admin"] else ", ".join(r["tenants"]),
+            r["name"] or "",
+        )
+    return table
+
+
+@keys.command("list")
+@format_option
+def keys_list(fmt: str) -> None:
+    """Every key: id, name, shown prefix, tenants, status, dates. Never the key itself.
+
+    The table shows id, prefix, status, tenants and name; JSON and CSV every column.
+    """
     from service.db.session import transaction
     from service.keys.store import list_keys
-    from service.usage.render import console_for
+    from service.ops.output import emit
 
     with transaction() as session:
         records = [_record(row) for row in list_keys(session)]
-    if fmt == "json":
-        click.echo(json.dumps(records, indent=2, ensure_ascii=False))
-        return
-    table = Table(title="API keys", title_justify="left")
-    for heading in ("Id", "Name", "Prefix", "Tenants", "Status", "Created", "Expires"):
-        table.add_column(heading)
-    for r in records:
-        table.add_row(
-            r["id"],
-            r["name"] or "",
-            r["prefix"] + "…",
-            "(admin: all)" if r["admin"] else ", ".join(r["tenants"]),
-            r["status"],
-            r["created_at"][:19],
-            (r["expires_at"] or "")[:19],
-        )
-    console: Console = console_for(sys.stdout)
-    console.print(table)
+    emit(records, COLUMNS, fmt, _keys_table, empty="no API keys")
 
 
 @keys.command("revoke")

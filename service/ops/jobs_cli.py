@@ -134,18 +134,18 @@ def replay(
 
 
 def _report(result: Any) -> None:
+    from service.ops.output import counted
     from service.usage.money import usd
 
-    count = len(result.replays)
-    jobs_word = "job" if count == 1 else "jobs"
+    replays = counted(len(result.replays), "job")
     cost = usd(result.estimated_cost_usd)
     if result.unpriced_jobs:
         cost += f" ({result.unpriced_jobs} unpriced, not included)"
     if result.dry_run:
-        click.echo(f"would replay {count} {jobs_word}; estimated cost {cost}")
+        click.echo(f"would replay {replays}; estimated cost {cost}")
     else:
         for replay in result.replays:
             click.echo(str(replay.job_id))
-        click.echo(f"replayed {count} {jobs_word}; estimated cost {cost}", err=True)
+        click.echo(f"replayed {replays}; estimated cost {cost}", err=True)
     for skip in result.skipped:
         click.echo(f"skipped {skip.original_id}: {skip.reason}: {skip.message}", err=True)

@@ -57,21 +57,22 @@ def write_json(out: IO[str], value: Any) -> None:
 
 
 def write_csv(out: IO[str], columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
-    """A header and one line per row; None is an empty cell, dicts and lists are JSON."""
-    import csv
+    """A header and one line per row; None is an empty cell, dicts and lists are JSON.
 
-    writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\n")
-    writer.writeheader()
-    for row in records(rows):
-        writer.writerow(
-            {
-                key: json.dumps(value, ensure_ascii=False)
-                if isinstance(value, dict | list)
-                else value
-                for key, value in row.items()
-                if key in columns
-            }
-        )
+    Tenants, models, metadata and error text come from callers, so no cell is left that a
+    spreadsheet would run as a formula (see ``service.usage.render.csv_cell``).
+    """
+    from service.usage import render
+
+    cells = [
+        {
+            key: json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list) else value
+            for key, value in row.items()
+            if key in columns
+        }
+        for row in records(rows)
+    ]
+    render.write_csv(out, columns, cells)
 
 
 def console(out: IO[str] | None = None) -> Any:
@@ -127,6 +128,11 @@ def emit(
         console().print(as_table(rows))
     else:
         click.echo(empty, err=True)
+
+
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """``1 job``, ``2 jobs``: a count with its noun in the right number."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
 
 
 def age(moment: datetime | None, now: datetime | None = None) -> str:

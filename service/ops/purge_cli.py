@@ -23,6 +23,7 @@ def purge(before: str | None, tenant: str | None, conversation: str | None, dry_
     from service.db.purge import Selection
     from service.errors import InvalidRequest
     from service.ops.filters import job_ids
+    from service.ops.output import counted
     from service.ops.purge import purge as run_purge
     from service.ops.when import parse_moment
 
@@ -42,12 +43,15 @@ def purge(before: str | None, tenant: str | None, conversation: str | None, dry_
     counts = result.counts
     verb = "would purge" if dry_run else "purged"
     click.echo(
-        f"{verb} {counts.conversations} conversations: {counts.jobs} jobs, "
-        f"{counts.messages} messages, {counts.webhook_payloads} webhook payloads"
+        f"{verb} {counted(counts.conversations, 'conversation')}: "
+        f"{counted(counts.jobs, 'job')}, {counted(counts.messages, 'message')}, "
+        f"{counted(counts.webhook_payloads, 'webhook payload')}"
     )
     if result.blocked:
+        one = result.blocked == 1
         click.echo(
-            f"{result.blocked} selected conversations still have unfinished jobs or pending"
-            " webhooks and were left alone; run again once they have ended",
+            f"{counted(result.blocked, 'selected conversation')} still "
+            f"{'has' if one else 'have'} unfinished jobs or pending webhooks and "
+            f"{'was' if one else 'were'} left alone; run again once they have ended",
             err=True,
         )

@@ -28,9 +28,7 @@ def parse_moment(value: str, field: str, *, now: datetime | None = None) -> date
         try:
             return parse_instant(value, field)
         except InvalidRequest:
-            raise InvalidRequest(
-                field, f"must be {HELP[0].lower()}{HELP[1:-1]}; got {value!r}"
-            ) from None
+            raise InvalidRequest(field, f"must be {HELP[:-1]}; got {value!r}") from None
     amount, unit = int(match.group(1)), match.group(2)
     delta = timedelta(**{_UNITS[unit]: amount})
     if delta > timedelta(days=MAX_DAYS_BACK):

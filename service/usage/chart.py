@@ -72,8 +72,16 @@ def _title(query: ReportQuery, unpriced: int) -> str:
 
 
 def write_chart(path: Path, query: ReportQuery, usage: list[DayModel]) -> None:
-    """Write the chart of ``build_figure`` to ``path`` as a PNG."""
-    build_figure(query, usage).savefig(path, format="png", dpi=100)
+    """Write the chart of ``build_figure`` to ``path`` as a PNG (one line when it cannot)."""
+    from service.errors import InvalidRequest
+
+    figure = build_figure(query, usage)
+    try:
+        figure.savefig(path, format="png", dpi=100)
+    except OSError as exc:
+        raise InvalidRequest(
+            "--chart", f"cannot write {str(path)!r}: {exc.strerror or exc}"
+        ) from None
 
 
 def build_figure(query: ReportQuery, usage: list[DayModel]) -> Any:
