@@ -119,18 +119,20 @@ def run_demo() -> None:
 
 
 def _forget(queue: str, job_ids: list[uuid.UUID]) -> None:
-    """Delete what the demo put in Redis: its queue, kombu's keys for it, the jobs' results."""
+    """Delete what the demo put in Redis: its queue, kombu's keys for it, the jobs' results
+    and their live token streams."""
     import redis
 
+    from service.ops.purge import forget_job_keys
+
+    settings = get_settings()
     keys = [queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}"]
-    keys += [f"celery-task-meta-{job_id}" for job_id in job_ids]
     try:
-        redis.Redis.from_url(get_settings().celery_broker_url, socket_timeout=5).delete(*keys)
-        backend = get_settings().result_backend
-        if backend != get_settings().celery_broker_url and backend.startswith("redis"):
-            redis.Redis.from_url(backend, socket_timeout=5).delete(*keys[3:])
+        if settings.broker_is_redis:
+            redis.Redis.from_url(settings.celery_broker_url, socket_timeout=5).delete(*keys)
     except redis.RedisError:
         console.print("[yellow]Could not remove the demo's keys from Redis.[/]")
+    forget_job_keys(job_ids)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

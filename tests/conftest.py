@@ -62,7 +62,8 @@ def database_url(test_ids: dict[str, str]) -> Iterator[str]:
 
 
 def forget_results(database: str) -> None:
-    """Delete the Celery results this session's jobs left in Redis (keyed by job id)."""
+    """Delete the Celery results and live token streams this session's jobs left in Redis
+    (keyed by job id)."""
     try:
         with psycopg.connect(database, connect_timeout=3) as conn:
             ids = [row[0] for row in conn.execute("SELECT id FROM jobs")]
@@ -71,6 +72,7 @@ def forget_results(database: str) -> None:
     client = redis.Redis.from_url(REDIS_URL)
     for start in range(0, len(ids), 1000):
         client.delete(*(f"celery-task-meta-{i}" for i in ids[start : start + 1000]))
+        client.delete(*(f"ezq:live:{i}" for i in ids[start : start + 1000]))
 
 
 def drop_queue(queue: str) -> None:

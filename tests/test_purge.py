@@ -77,6 +77,12 @@ def test_purge_keeps_usage_exact_and_deletes_content(fake_gateway: Any) -> None:
     # messages store none): one such result, holding the reply.
     results = redis.Redis.from_url(REDIS_URL)
     results.set(f"celery-task-meta-{old['jobs'][0]}", '{"result": {"content": "secret"}}')
+    # Each job's live token stream holds its reply too, written just after the job ended.
+    streams = [f"ezq:live:{job}" for job in (*old["jobs"], *recent["jobs"])]
+    deadline = time.monotonic() + 10
+    while not all(results.exists(k) for k in streams) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(results.exists(k) for k in streams)
 
     dry = purge("--before", "90d", "--tenant", tenant, "--dry-run")
     assert dry == "would purge 1 conversation: 2 jobs, 4 messages, 1 webhook payload"
@@ -98,6 +104,7 @@ def test_purge_keeps_usage_exact_and_deletes_content(fake_gateway: Any) -> None:
         j=old["jobs"][0],
     ) == [([], {}, True)]
     assert not results.exists(f"celery-task-meta-{old['jobs'][0]}")
+    assert [bool(results.exists(k)) for k in streams] == [False, False, True, True]
     assert len(get_conversation(recent["id"])["messages"]) == 4
     # Nothing left to purge; a purged job cannot be replayed.
     assert purge("--before", "90d", "--tenant", tenant).startswith("purged 0 conversations")

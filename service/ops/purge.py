@@ -2,8 +2,8 @@
 
 See ``service.db.purge`` for what is deleted. Batches of conversations are purged in
 separate short transactions, so a large purge never holds locks for long and can be
-stopped at any point; Celery's stored results for the purged jobs (which hold the reply)
-are deleted from the result backend after each batch commits.
+stopped at any point; Celery's stored results and the live token streams of the purged
+jobs (both hold the reply) are deleted from Redis after each batch commits.
 """
 
 from __future__ import annotations
@@ -29,22 +29,34 @@ class PurgeResult:
     blocked: int  # conversations selected that cannot be purged yet (unfinished jobs)
 
 
-def _forget_results(job_ids: list[uuid.UUID]) -> None:
-    """Delete Celery's stored results of these jobs (they hold the reply) from Redis."""
-    url = get_settings().result_backend
-    if not job_ids or not url.startswith(("redis://", "rediss://", "redis+socket://")):
+def forget_job_keys(job_ids: list[uuid.UUID] | list[str]) -> None:
+    """Delete what Redis holds of these jobs' content: Celery's stored results (the reply,
+    on the result backend) and their live token streams (``ezq:live:<id>``, the reply as
+    it arrived), instead of leaving both to expire."""
+    from service.live.events import stream_key
+
+    settings = get_settings()
+    redis_schemes = ("redis://", "rediss://", "redis+socket://")
+    places: dict[str, list[str]] = {}
+    if settings.result_backend.startswith(redis_schemes):
+        places[settings.result_backend] = [f"celery-task-meta-{i}" for i in job_ids]
+    if settings.live_redis_url:
+        places.setdefault(settings.live_redis_url, []).extend(stream_key(i) for i in job_ids)
+    if not job_ids:
         return
     import redis
 
-    try:
-        client = redis.Redis.from_url(url, socket_timeout=5)
-        with client.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                pipe.delete(f"celery-task-meta-{job_id}")
-            pipe.execute()
-    except redis.RedisError as exc:
-        # The database is purged already; results expire by themselves within a week.
-        log.warning("purge: could not delete stored task results: %s", type(exc).__name__)
+    for url, keys in places.items():
+        try:
+            client = redis.Redis.from_url(url, socket_timeout=5)
+            with client.pipeline(transaction=False) as pipe:
+                for start in range(0, len(keys), 1000):
+                    pipe.delete(*keys[start : start + 1000])
+                pipe.execute()
+        except redis.RedisError as exc:
+            # The database is purged already; results expire after EZQ_RESULT_EXPIRES and
+            # live streams after EZQ_LIVE_TTL by themselves.
+            log.warning("purge: could not delete jobs' keys from Redis: %s", type(exc).__name__)
 
 
 def purge(
@@ -61,7 +73,7 @@ def purge(
             done = sql.purge_batch(session, selection, batch=BATCH)
         batches += 1
         total.add(done)
-        _forget_results(done.job_ids or [])
+        forget_job_keys(done.job_ids or [])
         if done.conversations < BATCH:
             break
     with transaction() as session:
