@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -297,11 +296,13 @@ def test_one_signed_webhook_per_batch(
     assert rows == [("batch.completed", None)]
 
 
-def test_cli_submits_follows_reads_and_refuses(keys: dict[str, str], worker: Any) -> None:
+def test_cli_submits_follows_reads_and_refuses(
+    keys: dict[str, str], worker: Any, tmp_path: Path
+) -> None:
     """`ezq batch submit` prints the batch id, `status` and `results -o` follow it, a bad
     file is refused naming its line, and an ended batch cannot be cancelled."""
     marker = uuid.uuid4().hex
-    path = Path(tempfile.mkdtemp()) / "cli.jsonl"
+    path = tmp_path / "cli.jsonl"
     path.write_bytes(jsonl([line(f"c{i}", f"cli {i} {marker}") for i in range(3)]))
     done = run_ezq(
         "batch", "submit", str(path), "--tenant", TENANT_A, "--meta", f"run={marker}",
