@@ -384,6 +384,7 @@ def main() -> None:
     import psycopg
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
+    _refuse_undecodable_arguments(sys.argv[1:])
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
@@ -411,6 +412,18 @@ def main() -> None:
             err=True,
         )
         sys.exit(2)
+
+
+def _refuse_undecodable_arguments(args: list[str]) -> None:
+    """An argument that is not UTF-8 (Python keeps its bytes as lone surrogates) can be
+    neither stored nor looked up: one line naming it, before any command runs."""
+    for arg in args:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            click.echo(f"ezq: error: argument '{shown}' is not valid UTF-8 text", err=True)
+            sys.exit(1)
 
 
 def _schema_missing(error: Exception) -> bool:

@@ -91,6 +91,25 @@ def test_keys_list_takes_every_format_and_fits_80_columns() -> None:
     assert next(r for r in listed if r["id"] == key_id)["tenants"] == tenants
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("jobs", "list", "--tenant", "t\udcff"),
+        ("keys", "create", "--tenant", "t\udcff"),
+        ("purge", "--tenant", "t\udcff", "--dry-run"),
+        ("enqueue", "--model", "glm-5.1", "bad \udcff byte"),
+    ],
+)
+def test_arguments_that_are_not_utf8_are_one_line(args: tuple[str, ...]) -> None:
+    """Bytes that are not UTF-8 on the command line (lone surrogates to Python) are refused
+    in one line naming them, by every command, before anything is looked up or stored."""
+    done = run_ezq(*args)  # subprocess passes the surrogate on as the byte 0xff
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert done.stderr.startswith("ezq: error: argument ") and "\\xff" in done.stderr
+    assert "is not valid UTF-8 text" in done.stderr
+
+
 def test_bad_since_names_the_forms_it_takes() -> None:
     """A --since that is no time lists the forms it could be, in their own spelling."""
     done = run_ezq("jobs", "list", "--since", "yesterday")
