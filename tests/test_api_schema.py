@@ -75,6 +75,9 @@ def test_generated_requests_stay_within_the_spec(api_schema: Any, mode: Generati
             assert mode is GenerationMode.NEGATIVE and operation.label == "GET /healthz"
 
 
+# pytest-timeout's 120 s (pyproject) would cut the run short under load; the subprocess
+# has its own 600 s limit, and this leaves the server's start and stop a minute on top.
+@pytest.mark.timeout(660)
 def test_schemathesis_cli_finds_nothing(api_server_factory: Any, tmp_path: Any) -> None:
     """`st run` with every phase (examples, coverage, fuzzing, stateful) and every check but
     positive-data acceptance reports no failure against the real server."""
