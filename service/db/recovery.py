@@ -254,11 +254,15 @@ def add_dead_letter(
     return row.id
 
 
-def dead_letters(session: Session, *, since: datetime | None, limit: int) -> list[dict[str, Any]]:
-    """The newest dead letters first, as plain dictionaries."""
+def dead_letters(
+    session: Session, *, since: datetime | None, until: datetime | None = None, limit: int
+) -> list[dict[str, Any]]:
+    """The newest dead letters first (received in [since, until)), as plain dictionaries."""
     stmt = select(DeadLetter).order_by(DeadLetter.id.desc()).limit(limit)
     if since is not None:
         stmt = stmt.where(DeadLetter.received_at >= since)
+    if until is not None:
+        stmt = stmt.where(DeadLetter.received_at < until)
     return [
         {
             "id": d.id,

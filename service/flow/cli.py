@@ -6,30 +6,64 @@ Only click is imported at module level, so ``ezq --help`` stays cheap.
 from __future__ import annotations
 
 import json
-import sys
+from collections.abc import Sequence
 from typing import Any
 
 import click
 
-_FORMAT = click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+from service.ops.output import format_option
+
+LIMIT_COLUMNS = (
+    "tenant",
+    "model",
+    "max_concurrent",
+    "current_concurrency",
+    "requests_per_window",
+    "tokens_per_window",
+    "adaptive_ttft_ms",
 )
+BUDGET_COLUMNS = ("tenant", "model", "monthly_usd", "spent_usd", "reserved_usd", "remaining_usd")
 
 
-def _print(records: list[dict[str, Any]], fmt: str, title: str, columns: list[str]) -> None:
-    if fmt == "json":
-        click.echo(json.dumps(records, indent=2, ensure_ascii=False))
-        return
-    from rich.table import Table
+def _count(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
 
-    from service.usage.render import console_for
 
-    table = Table(title=title, title_justify="left")
-    for column in columns:
-        table.add_column(column)
-    for record in records:
-        table.add_row(*("-" if record[c] is None else str(record[c]) for c in columns))
-    console_for(sys.stdout).print(table)
+def _scoped_table(headings: Sequence[str], rows: Sequence[tuple[str, str, list[str]]]) -> Any:
+    """TENANT and MODEL share what the numbers leave of the terminal's width; numbers are
+    never cut."""
+    from service.ops import output
+
+    widths = [max(len(h), *(len(cells[i]) for _, _, cells in rows)) for i, h in enumerate(headings)]
+    tenant, model = output.share(output.console().width, widths, (1, 1))
+    table = output.table(
+        ("TENANT", {"width": tenant}),
+        ("MODEL", {"width": model}),
+        *((h, {"justify": "right", "width": w}) for h, w in zip(headings, widths, strict=True)),
+    )
+    for scope_tenant, scope_model, cells in rows:
+        table.add_row(scope_tenant, scope_model, *cells)
+    return table
+
+
+def _limits_table(rows: Sequence[dict[str, Any]]) -> Any:
+    """Scope (``*`` is any), then each limit."""
+    headings = ("CONC", "IN FORCE", "REQ/WIN", "TOKENS/WIN", "TTFT MS")
+    cells = [(r["tenant"], r["model"], [_count(r[c]) for c in LIMIT_COLUMNS[2:]]) for r in rows]
+    return _scoped_table(headings, cells)
+
+
+def _budgets_table(rows: Sequence[dict[str, Any]]) -> Any:
+    """Scope (``*`` is every model), the cap and this UTC month's spend, in USD."""
+    from decimal import Decimal
+
+    from service.usage.money import usd
+
+    headings = ("MONTHLY", "SPENT", "RESERVED", "REMAINING")
+    cells = [
+        (r["tenant"], r["model"], [usd(Decimal(r[c])) for c in BUDGET_COLUMNS[2:]]) for r in rows
+    ]
+    return _scoped_table(headings, cells)
 
 
 @click.group("limits")
@@ -71,14 +105,17 @@ def limits_set(
 
 
 @limits.command("list")
-@_FORMAT
+@format_option
 def limits_list(fmt: str) -> None:
-    """Every limit, with the concurrency in force now (an adaptive limit's current value)."""
-    from service.flow import settings_store
+    """Every limit, with the concurrency in force now (an adaptive limit's current value).
 
-    columns = ["tenant", "model", "max_concurrent", "current_concurrency"]
-    columns += ["requests_per_window", "tokens_per_window", "adaptive_ttft_ms"]
-    _print(settings_store.list_limits(), fmt, "Limits", columns)
+    In the table ``*`` is any tenant or model; CONC is the concurrency limit, IN FORCE the
+    current one, REQ/WIN and TOKENS/WIN the per-window limits.
+    """
+    from service.flow import settings_store
+    from service.ops.output import emit
+
+    emit(settings_store.list_limits(), LIMIT_COLUMNS, fmt, _limits_table, empty="no limits")
 
 
 @limits.command("delete")
@@ -113,14 +150,18 @@ def budgets_set(tenant: str, model: str | None, monthly_usd: str) -> None:
 
 @budgets.command("list")
 @click.option("--tenant", help="Only this tenant.")
-@_FORMAT
+@format_option
 def budgets_list(tenant: str | None, fmt: str) -> None:
     """Every budget with this month's spend, the reserved worst case of running calls, and
-    what remains."""
-    from service.flow import settings_store
+    what remains.
 
-    columns = ["tenant", "model", "monthly_usd", "spent_usd", "reserved_usd", "remaining_usd"]
-    _print(settings_store.list_budgets(tenant), fmt, "Budgets", columns)
+    The table rounds to 4 decimals; JSON and CSV carry the exact amounts.
+    """
+    from service.flow import settings_store
+    from service.ops.output import emit
+
+    rows = settings_store.list_budgets(tenant)
+    emit(rows, BUDGET_COLUMNS, fmt, _budgets_table, empty="no budgets")
 
 
 @budgets.command("delete")

@@ -1,0 +1,207 @@
+"""`ezq dead-letters list`, `ezq limits list` and `ezq budgets list` are listings like the
+others: `--format table|json|csv`, tables that fit 80 columns when piped, CSV without
+formulas, and `--since 7d|DATE` where they filter by time."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from tests.conftest import run_ezq
+
+pytestmark = pytest.mark.usefixtures("service_env")
+
+DANGEROUS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def ok(*args: str) -> str:
+    done = run_ezq(*args)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def widest(text: str) -> int:
+    return max(len(line) for line in text.splitlines())
+
+
+def csv_rows(text: str) -> list[dict[str, str]]:
+    rows = list(csv.DictReader(io.StringIO(text)))
+    formulas = [cell for row in rows for cell in row.values() if cell.startswith(DANGEROUS)]
+    assert not formulas, formulas
+    return rows
+
+
+def one_line_error(done: Any, code: int, start: str) -> None:
+    """A bad value is one line; a usage error (2) is click's usage block and one error line."""
+    assert done.returncode == code, (done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert "Traceback" not in done.stderr and (code == 2 or len(lines) == 1), lines
+    assert start in lines[-1], lines
+
+
+def insert_dead_letter(received_at: datetime, **fields: Any) -> int:
+    from sqlalchemy import text
+
+    from service.db.session import get_engine
+
+    row = {"queue": None, "task_name": None, "message_id": None, "worker": None, **fields}
+    with get_engine().begin() as conn:
+        return int(
+            conn.execute(
+                text(
+                    "INSERT INTO dead_letters"
+                    " (received_at, queue, reason, task_name, message_id, worker, raw, raw_bytes)"
+                    " VALUES (:received_at, :queue, :reason, :task_name, :message_id, :worker,"
+                    " :raw, :raw_bytes) RETURNING id"
+                ),
+                {**row, "received_at": received_at, "raw_bytes": len(row["raw"])},
+            ).scalar_one()
+        )
+
+
+@pytest.fixture
+def foreign_letters() -> Iterator[tuple[int, int, str]]:
+    """A recent dead letter from a foreign producer whose every text starts a formula, and
+    one received ten days ago; deleted after."""
+    from tests.conftest import sql
+
+    task = '=HYPERLINK("http://evil","a task name far too long for any eighty-column table")'
+    recent = insert_dead_letter(
+        datetime.now(UTC),
+        queue="@queue",
+        reason="+the message names a task this worker does not know " * 2,
+        task_name=task,
+        message_id="-1",
+        worker="\tworker",
+        raw=b"=1+2 " + b"x" * 200,
+    )
+    old = insert_dead_letter(
+        datetime.now(UTC) - timedelta(days=10), reason="the message is not JSON", raw=b"old"
+    )
+    yield recent, old, task
+    from sqlalchemy import text
+
+    from service.db.session import get_engine
+
+    with get_engine().begin() as conn:
+        conn.execute(text("DELETE FROM dead_letters WHERE id IN (:a, :b)"), {"a": recent, "b": old})
+    assert sql("SELECT count(*) FROM dead_letters WHERE id IN (:a, :b)", a=recent, b=old) == [(0,)]
+
+
+def test_dead_letters_list_formats_width_and_csv(foreign_letters: tuple[int, int, str]) -> None:
+    """The table fits 80 columns with ids whole; CSV quotes a foreign task name that would
+    be a formula; JSON keeps the exact text and a 60-character preview of the raw bytes."""
+    recent, _, task = foreign_letters
+
+    table = ok("dead-letters", "list", "--limit", "10000")
+    assert widest(table) <= 80, table
+    assert any(line.split()[:1] == [str(recent)] for line in table.splitlines()), table
+
+    rows = {int(r["id"]): r for r in csv_rows(ok("dead-letters", "list", "--format", "csv"))}
+    assert rows[recent]["task_name"] == "'" + task
+    assert rows[recent]["queue"] == "'@queue" and rows[recent]["message_id"] == "'-1"
+    assert rows[recent]["raw_bytes"] == "205" and rows[recent]["raw"].startswith("'=1+2 x")
+
+    listed = json.loads(ok("dead-letters", "list", "--format", "json", "--raw"))
+    entry = next(e for e in listed if e["id"] == recent)
+    assert entry["task_name"] == task and entry["raw"] == "=1+2 " + "x" * 200
+    assert len(next(e for e in json.loads(ok("dead-letters", "list", "--format", "json"))
+                    if e["id"] == recent)["raw"]) == 60  # fmt: skip
+
+
+def test_dead_letters_since_and_until_take_the_shared_grammar(
+    foreign_letters: tuple[int, int, str],
+) -> None:
+    """--since 7d|DATE and --until DATE as in `ezq jobs list`; a bad time is one line."""
+    recent, old, _ = foreign_letters
+
+    def ids(*args: str) -> set[int]:
+        listed = json.loads(ok("dead-letters", "list", "--format", "json", *args))
+        return {e["id"] for e in listed} & {recent, old}
+
+    assert ids("--since", "7d") == {recent}
+    assert ids("--since", "11d") == {recent, old}
+    day = f"{datetime.now(UTC) - timedelta(days=10):%Y-%m-%d}"
+    assert ids("--since", day, "--until", day) == {old}
+    one_line_error(
+        run_ezq("dead-letters", "list", "--since", "yesterday"),
+        1,
+        "ezq: error: --since: must be Nd, Nh or Nm ago",
+    )
+
+
+def test_dead_letters_purge_refuses_in_one_line(foreign_letters: tuple[int, int, str]) -> None:
+    """purge takes --before in the same grammar; --all goes alone; errors are one line."""
+    recent, old, _ = foreign_letters
+    one_line_error(run_ezq("dead-letters", "purge"), 2, "say which: --before 7d|DATE")
+    one_line_error(
+        run_ezq("dead-letters", "purge", "--all", "--id", str(recent)), 2, "give it alone"
+    )
+    one_line_error(
+        run_ezq("dead-letters", "purge", "--before", "last week"), 1, "ezq: error: --before: "
+    )
+    # Both given: only what matches both, so the recent one stays.
+    kept = ok("dead-letters", "purge", "--before", "7d", "--id", str(recent))
+    assert kept.strip() == "deleted 0 dead letters"
+    gone = ok("dead-letters", "purge", "--before", "7d", "--id", str(old), "--id", str(recent))
+    assert gone.strip() == "deleted 1 dead letter"
+
+
+@pytest.fixture
+def scope() -> Iterator[tuple[str, str]]:
+    """A tenant and model no job uses, that start a formula and are longer than a column."""
+    tenant = f'=HYPERLINK("http://evil") tenant with a long name {uuid.uuid4().hex}'
+    model = f"@model-with-a-long-name-{uuid.uuid4().hex}"
+    yield tenant, model
+    run_ezq("limits", "delete", "--tenant", tenant, "--model", model)
+    run_ezq("budgets", "delete", "--tenant", tenant, "--model", model)
+
+
+def test_limits_list_formats_width_and_csv(scope: tuple[str, str]) -> None:
+    tenant, model = scope
+    ok(
+        "limits", "set", "--tenant", tenant, "--model", model, "--concurrency", "3",
+        "--rpm", "1000", "--tpm", "123456789", "--adaptive-ttft-ms", "1500",
+    )  # fmt: skip
+
+    table = ok("limits", "list")
+    assert widest(table) <= 80, table
+    (line,) = [line for line in table.splitlines() if line.startswith("=HYPERLINK")]
+    assert line.split()[-3:] == ["1,000", "123,456,789", "1,500"], line
+
+    (row,) = [
+        r for r in csv_rows(ok("limits", "list", "--format", "csv")) if r["model"] == "'" + model
+    ]
+    assert row["tenant"] == "'" + tenant
+    assert (row["max_concurrent"], row["tokens_per_window"], row["adaptive_ttft_ms"]) == (
+        "3", "123456789", "1500",
+    )  # fmt: skip
+    (entry,) = [
+        e for e in json.loads(ok("limits", "list", "--format", "json")) if e["model"] == model
+    ]
+    assert entry["tenant"] == tenant and entry["requests_per_window"] == 1000
+
+
+def test_budgets_list_formats_width_and_csv(scope: tuple[str, str]) -> None:
+    tenant, model = scope
+    ok("budgets", "set", "--tenant", tenant, "--model", model, "--monthly-usd", "12.5")
+
+    table = ok("budgets", "list")
+    assert widest(table) <= 80, table
+    (line,) = [line for line in table.splitlines() if line.startswith("=HYPERLINK")]
+    assert "$12.5000" in line
+
+    args = ("budgets", "list", "--tenant", tenant)
+    (row,) = csv_rows(ok(*args, "--format", "csv"))
+    assert (row["tenant"], row["model"]) == ("'" + tenant, "'" + model)
+    assert Decimal(row["monthly_usd"]) == Decimal("12.5") == Decimal(row["remaining_usd"])
+    (entry,) = json.loads(ok(*args, "--format", "json"))
+    assert (entry["tenant"], entry["model"], Decimal(entry["spent_usd"])) == (tenant, model, 0)
