@@ -205,3 +205,23 @@ def test_budgets_list_formats_width_and_csv(scope: tuple[str, str]) -> None:
     assert Decimal(row["monthly_usd"]) == Decimal("12.5") == Decimal(row["remaining_usd"])
     (entry,) = json.loads(ok(*args, "--format", "json"))
     assert (entry["tenant"], entry["model"], Decimal(entry["spent_usd"])) == (tenant, model, 0)
+
+
+def test_status_csv_has_every_tenant_model_line_without_formulas() -> None:
+    """`ezq status --format csv`: the backlog lines of `--format json`, one per tenant and
+    model, with a tenant that would be a formula quoted."""
+    from tests.seeding import seed_job
+
+    tenant = f"=cmd|' /C calc'!A0 {uuid.uuid4().hex[:8]}"
+    seed_job(tenant=tenant, status="queued", age_s=60)
+    seed_job(tenant=tenant, status="retrying", error_type="timeout")
+
+    rows = csv_rows(ok("status", "--format", "csv"))
+    (row,) = [r for r in rows if r["tenant"] == "'" + tenant]
+    assert (row["model"], row["queued"], row["retrying"], row["in_flight"]) == (
+        "glm-5.1", "1", "1", "0",
+    )  # fmt: skip
+    assert datetime.fromisoformat(row["oldest_queued_at"]) < datetime.now(UTC)
+    assert list(rows[0]) == [
+        "tenant", "model", "queued", "in_flight", "retrying", "throttled", "oldest_queued_at",
+    ]  # fmt: skip

@@ -84,18 +84,40 @@ def _screen(snap: Any) -> None:
         console.print(f"… and {len(snap.backlog) - MAX_ROWS} more (--format json lists all)")
 
 
+BACKLOG_COLUMNS = (
+    "tenant",
+    "model",
+    "queued",
+    "in_flight",
+    "retrying",
+    "throttled",
+    "oldest_queued_at",
+)
+
+
 @click.command("status")
-@formats("table", "json", help="One screen for people, or JSON.")
+@formats(
+    "table",
+    "json",
+    "csv",
+    help="One screen for people, JSON, or the lines per tenant and model as CSV.",
+)
 def status(fmt: str) -> None:
     """Queue depth, in flight, retrying, throttled, oldest queued job, failures in the last
-    hour by error type and the webhook backlog, per tenant and model."""
+    hour by error type and the webhook backlog, per tenant and model.
+
+    CSV has one line per tenant and model (all of them; the screen shows 20), the columns
+    of ``by_tenant_model`` in JSON.
+    """
     from service.db.session import transaction
     from service.db.status import snapshot
-    from service.ops.output import write_json
+    from service.ops.output import write_csv, write_json
 
     with transaction() as session:
         snap = snapshot(session)
     if fmt == "json":
         write_json(sys.stdout, _document(snap))
+    elif fmt == "csv":
+        write_csv(sys.stdout, BACKLOG_COLUMNS, _document(snap)["by_tenant_model"])
     else:
         _screen(snap)
