@@ -12,6 +12,7 @@ from sqlalchemy import (
     CheckConstraint,
     Computed,
     DateTime,
+    FetchedValue,
     Float,
     ForeignKey,
     Identity,
@@ -253,6 +254,15 @@ class Job(Base):
             postgresql_where=text("error_type IS NOT NULL"),
         ),
         Index("ix_jobs_metadata", "metadata", postgresql_using="gin"),
+        # Succeeded jobs per model by time, with what job_costs' latency and time to first
+        # token need: the percentiles per model read it alone (migration 0016).
+        Index(
+            "ix_jobs_succeeded_model_created_at",
+            "model",
+            "created_at",
+            postgresql_include=["id", "started_at", "first_token_at", "finished_at"],
+            postgresql_where=text("status = 'succeeded'"),
+        ),
         Index(
             "uq_jobs_batch_id_custom_id",
             "batch_id",
@@ -299,6 +309,9 @@ class JobAttempt(Base):
     retryable: Mapped[bool | None]
     # The surface this call went to; NULL when no call was made (a lost worker, a bug).
     surface: Mapped[str | None]
+    # The job's model, set on insert by a trigger (migration 0016): attempts group by model
+    # without a join to jobs.
+    model: Mapped[str | None] = mapped_column(server_default=FetchedValue())
 
     __table_args__ = (
         CheckConstraint(_in("surface", ATTEMPT_SURFACES), name="surface"),
@@ -361,7 +374,22 @@ class TokenUsage(Base):
     )
 
 
-class UsageRollupDaily(Base):
+class _RollupSums:
+    """The sums every usage rollup keeps, over the ``token_usage`` rows of its key."""
+
+    jobs: Mapped[int] = mapped_column(BigInteger)
+    unpriced_jobs: Mapped[int] = mapped_column(BigInteger)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger)
+    uncached_prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger)
+    total_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger)
+    # Over the priced rows (jobs - unpriced_jobs); 0 when there are none.
+    cost_usd: Mapped[Decimal] = mapped_column(Numeric())
+
+
+class UsageRollupDaily(_RollupSums, Base):
     """Sums of ``token_usage`` per UTC day, tenant, model and price, kept by triggers on
     ``token_usage`` (migration 0012). A key may have several rows, one per writer that
     found the others held by open transactions: read them summed (``usage_daily``)."""
@@ -373,16 +401,6 @@ class UsageRollupDaily(Base):
     tenant: Mapped[str | None]
     model: Mapped[str]
     price_id: Mapped[int | None] = mapped_column(BigInteger)
-    jobs: Mapped[int] = mapped_column(BigInteger)
-    unpriced_jobs: Mapped[int] = mapped_column(BigInteger)
-    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
-    cached_tokens: Mapped[int] = mapped_column(BigInteger)
-    uncached_prompt_tokens: Mapped[int] = mapped_column(BigInteger)
-    completion_tokens: Mapped[int] = mapped_column(BigInteger)
-    total_tokens: Mapped[int] = mapped_column(BigInteger)
-    cache_write_tokens: Mapped[int] = mapped_column(BigInteger)
-    # Over the priced rows (jobs - unpriced_jobs); 0 when there are none.
-    cost_usd: Mapped[Decimal] = mapped_column(Numeric())
 
     __table_args__ = (
         Index(
@@ -395,21 +413,12 @@ class UsageRollupDaily(Base):
     )
 
 
-class UsageRollupConversation(Base):
+class UsageRollupConversation(_RollupSums, Base):
     """Sums of ``token_usage`` per conversation, kept by the same triggers."""
 
     __tablename__ = "usage_rollup_conversations"
 
     conversation_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    jobs: Mapped[int] = mapped_column(BigInteger)
-    unpriced_jobs: Mapped[int] = mapped_column(BigInteger)
-    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
-    cached_tokens: Mapped[int] = mapped_column(BigInteger)
-    uncached_prompt_tokens: Mapped[int] = mapped_column(BigInteger)
-    completion_tokens: Mapped[int] = mapped_column(BigInteger)
-    total_tokens: Mapped[int] = mapped_column(BigInteger)
-    cache_write_tokens: Mapped[int] = mapped_column(BigInteger)
-    cost_usd: Mapped[Decimal] = mapped_column(Numeric())
     first_used_at: Mapped[datetime]
     last_used_at: Mapped[datetime]
     # What ``conversation_usage`` shows: NULL while none of the usage is priced.
@@ -422,6 +431,40 @@ class UsageRollupConversation(Base):
         Index(
             "ix_usage_rollup_conversations_priced_cost_usd",
             text("priced_cost_usd DESC NULLS LAST"),
+        ),
+    )
+
+
+class UsageRollupTagKey(Base):
+    """A metadata tag key whose usage ``usage_rollup_tags`` sums (migration 0016); added with
+    ``usage_rollup_tag_add(key)``, which fills its rollup from ``token_usage``."""
+
+    __tablename__ = "usage_rollup_tag_keys"
+
+    key: Mapped[str] = mapped_column(primary_key=True)
+    added_at: Mapped[datetime] = _now()
+
+
+class UsageRollupTag(_RollupSums, Base):
+    """Sums of ``token_usage`` per UTC day, tenant, tag key and tag value (``metadata->>key``,
+    NULL without the key), kept by triggers on ``token_usage`` for the keys of
+    ``usage_rollup_tag_keys``. A key may have several rows: read them summed."""
+
+    __tablename__ = "usage_rollup_tags"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    day: Mapped[date]
+    tenant: Mapped[str | None]
+    tag_key: Mapped[str]
+    tag_value: Mapped[str | None]
+
+    __table_args__ = (
+        Index(
+            "ix_usage_rollup_tags_key",
+            "tag_key",
+            "day",
+            text("(coalesce(tenant, ''))"),
+            text("(coalesce(tag_value, ''))"),
         ),
     )
 

@@ -136,10 +136,11 @@ FROM seed_jobs
 ORDER BY created_at
 """
 
-# Every attempt but the last failed with a retryable error; the last one decides.
+# Every attempt but the last failed with a retryable error; the last one decides. The
+# model is written here too: a bulk load runs without the trigger that sets it.
 _ATTEMPTS = """
 INSERT INTO job_attempts (job_id, attempt, started_at, first_token_at, finished_at,
-                          http_status, error_type, error, retryable)
+                          http_status, error_type, error, retryable, model)
 SELECT s.id, a,
        s.created_at + make_interval(secs => s.queue_s + a - 1),
        CASE WHEN a = s.attempts AND s.status = 'succeeded'
@@ -150,7 +151,8 @@ SELECT s.id, a,
        CASE WHEN a < s.attempts OR s.status = 'failed' THEN s.error_type END,
        CASE WHEN a < s.attempts OR s.status = 'failed' THEN 'synthetic failure' END,
        CASE WHEN a < s.attempts OR s.status = 'failed'
-            THEN s.error_type <> 'client_error' END
+            THEN s.error_type <> 'client_error' END,
+       s.model
 FROM seed_jobs s CROSS JOIN LATERAL generate_series(1, s.attempts) AS a
 ORDER BY s.created_at, a
 """
