@@ -23,7 +23,7 @@ from service.keys.cli import keys as keys_group
 from service.ops.jobs_cli import jobs as jobs_group
 from service.ops.purge_cli import purge as purge_command
 from service.ops.status_cli import status as status_command
-from service.usage.cli import grant_readonly, prices, usage
+from service.usage.cli import grant_readonly, prices, tag_rollup, usage
 from service.webhooks.cli import webhooks as webhooks_group
 from service.worker.cli import dead_letters
 
@@ -446,3 +446,4 @@ cli.add_command(dead_letters)
 cli.add_command(limits_group)
 cli.add_command(budgets_group)
 db.add_command(grant_readonly)
+db.add_command(tag_rollup)

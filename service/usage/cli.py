@@ -267,3 +267,45 @@ def grant_readonly(role: str, login: bool, password_stdin: bool, reset_password:
         " later migrations, and it can change nothing there",
         err=True,
     )
+
+
+@click.group("tag-rollup")
+def tag_rollup() -> None:
+    """Metadata tag keys whose usage is rolled up per day (usage_rollup_tags)."""
+
+
+@tag_rollup.command("add")
+@click.argument("key")
+def tag_rollup_add(key: str) -> None:
+    """Roll KEY up: its sums are computed from every usage row now (usage writes wait
+    meanwhile), then kept by the triggers; ``ezq usage --by tag:KEY`` reads them."""
+    from service.db.session import transaction
+    from service.usage.tags import add_tag_key
+
+    with transaction() as session:
+        added = add_tag_key(session, key)
+    click.echo(f"{key}: {'rolled up' if added else 'already rolled up'}", err=True)
+
+
+@tag_rollup.command("drop")
+@click.argument("key")
+def tag_rollup_drop(key: str) -> None:
+    """Stop rolling KEY up and delete its rollup rows (usage rows are untouched)."""
+    from service.db.session import transaction
+    from service.usage.tags import drop_tag_key
+
+    with transaction() as session:
+        dropped = drop_tag_key(session, key)
+    click.echo(f"{key}: {'dropped' if dropped else 'was not rolled up'}", err=True)
+
+
+@tag_rollup.command("list")
+def tag_rollup_list() -> None:
+    """The rolled-up keys, when each was added and its rollup rows."""
+    from service.db.session import transaction
+    from service.usage.tags import list_tag_keys
+
+    with transaction() as session:
+        keys = list_tag_keys(session)
+    for item in keys:
+        click.echo(f"{item.key}\t{item.added_at.isoformat()}\t{item.rows} rows")

@@ -1,9 +1,10 @@
 """The ``ezq usage`` report: token and cost totals over whole UTC days, grouped as asked.
 
 It sums the trigger-kept rollup ``usage_rollup_daily`` (a few hundred rows a day, whatever
-the traffic) in one grouping, as the view ``usage_daily`` does in two. Only a grouping by a
-tag needs the jobs' metadata, so that one reads ``token_usage`` rows, over the index
-``ix_token_usage_utc_day`` for its days.
+the traffic) in one grouping, as the view ``usage_daily`` does in two. A grouping by one tag
+key sums ``usage_rollup_tags`` (per day, tenant and tag value: no model) when that key is
+rolled up (``usage_rollup_tag_keys``) and the report neither groups nor filters by model;
+otherwise it reads the ``token_usage`` rows of its days.
 """
 
 from __future__ import annotations
@@ -66,9 +67,23 @@ ROLLUP = table(
     column("cost_usd", Numeric()),
     column("unpriced_jobs", BigInteger()),
 )
-# ``rows``: every token_usage row (what the report read before the rollup; tag groupings
-# still need it); ``daily``: the rollup.
-Source = Literal["rows", "daily"]
+# The tag rollup (migrations/versions/0016_tag_rollup.py): the same sums per day, tenant,
+# tag key and value (not per model), for the keys of usage_rollup_tag_keys.
+TAG_ROLLUP = table(
+    "usage_rollup_tags",
+    column("day", Date()),
+    column("tenant", Text()),
+    column("tag_key", Text()),
+    column("tag_value", Text()),
+    *(column(name, BigInteger()) for name in _COUNTS),
+    column("cost_usd", Numeric()),
+    column("unpriced_jobs", BigInteger()),
+)
+TAG_KEYS = table("usage_rollup_tag_keys", column("key", Text()))
+# ``rows``: every token_usage row (what the report read before the rollups; a grouping by a
+# tag key that is not rolled up still needs it); ``daily``: the daily rollup; ``tags``: the
+# tag rollup, for a grouping by one rolled-up tag key.
+Source = Literal["rows", "daily", "tags"]
 DIMENSIONS = ("day", "month", "model", "tenant")
 _TAG = re.compile(r"tag:(\S+)")
 
@@ -152,19 +167,40 @@ class Report:
         return self.query.by
 
 
-def source_for(query: ReportQuery) -> Source:
-    """Where the report reads: the rollup unless a grouping needs the jobs' tags."""
-    return "rows" if any(name.startswith("tag:") for name in query.by) else "daily"
+def tag_keys(query: ReportQuery) -> list[str]:
+    return [name.removeprefix("tag:") for name in query.by if name.startswith("tag:")]
+
+
+def source_for(query: ReportQuery, rolled_up: frozenset[str] = frozenset()) -> Source:
+    """Where the report reads: the daily rollup unless a grouping needs the jobs' tags; the
+    tag rollup for one tag key in ``rolled_up`` without models (it has none); else the rows."""
+    keys = tag_keys(query)
+    if not keys:
+        return "daily"
+    by_model = "model" in query.by or bool(query.models)
+    return "tags" if len(keys) == 1 and keys[0] in rolled_up and not by_model else "rows"
+
+
+def rolled_up_tags(session: Session, query: ReportQuery) -> frozenset[str]:
+    """Which of the query's tag keys the tag rollup sums."""
+    keys = tag_keys(query)
+    if not keys:
+        return frozenset()
+    found = session.execute(select(TAG_KEYS.c.key).where(TAG_KEYS.c.key.in_(keys))).scalars()
+    return frozenset(found)
 
 
 def _dimension(name: str, source: Source) -> ColumnElement[Any]:
-    if source == "daily":
-        day: ColumnElement[date] = ROLLUP.c.day
+    if source in ("daily", "tags"):
+        rollup = _from(source)
+        day: ColumnElement[date] = rollup.c.day
         if name == "day":
             return day
         if name == "month":
             return cast(func.date_trunc("month", day), Date)
-        return ROLLUP.c[name]
+        if name.startswith("tag:"):
+            return rollup.c.tag_value
+        return rollup.c[name]
     if name == "day":
         return UTC_DAY
     if name == "month":
@@ -176,8 +212,8 @@ def _dimension(name: str, source: Source) -> ColumnElement[Any]:
 
 
 def _sums(source: Source) -> list[ColumnElement[Any]]:
-    if source == "daily":
-        rollup = ROLLUP.c
+    if source in ("daily", "tags"):
+        rollup = _from(source).c
         # NULL without priced usage, as the sum over token_usage is.
         priced = func.sum(rollup.jobs) - func.sum(rollup.unpriced_jobs) > 0
         return [
@@ -195,13 +231,15 @@ def _sums(source: Source) -> list[ColumnElement[Any]]:
 
 
 def _from(source: Source) -> FromClause:
-    return ROLLUP if source == "daily" else _USAGE
+    return {"daily": ROLLUP, "tags": TAG_ROLLUP, "rows": _USAGE}[source]
 
 
 def _conditions(query: ReportQuery, source: Source) -> list[ColumnElement[bool]]:
     rows = _from(source).c
-    day = rows.day if source == "daily" else UTC_DAY
+    day = UTC_DAY if source == "rows" else rows.day
     conditions: list[ColumnElement[bool]] = [day.between(query.since, query.until)]
+    if source == "tags":
+        conditions.append(rows.tag_key == tag_keys(query)[0])
     if query.tenants:
         conditions.append(rows.tenant.in_(query.tenants))
     if query.models:
@@ -221,8 +259,8 @@ def report_statement(query: ReportQuery, source: Source | None = None) -> Select
         stmt = stmt.group_by(*positions).order_by(
             *(position.asc().nulls_last() for position in positions)
         )
-        if source == "daily":  # a key whose usage was all deleted keeps rows of zeros
-            stmt = stmt.having(func.sum(ROLLUP.c.jobs) != 0)
+        if source != "rows":  # a key whose usage was all deleted keeps rows of zeros
+            stmt = stmt.having(func.sum(_from(source).c.jobs) != 0)
     return stmt
 
 
@@ -252,6 +290,8 @@ def _totals(values: Sequence[Any]) -> Totals:
 
 def run_report(session: Session, query: ReportQuery, source: Source | None = None) -> Report:
     """Rows grouped by ``query.by`` (one row when empty) and their totals, exact."""
+    if source is None:
+        source = source_for(query, rolled_up_tags(session, query))
     width = len(query.by)
     rows = []
     for record in session.execute(report_statement(query, source)):
