@@ -68,6 +68,8 @@ def conn() -> Iterator[Connection]:
     """A throwaway database with 70 days of usage, failures, retries and stuck jobs."""
     with throwaway_database(ADMIN_DSN, prefix="ezq_test_sqldoc") as url:
         with transaction(url) as session:
+            # Rolled up before the seed, so the insert trigger fills the tag rollup.
+            session.execute(text("SELECT usage_rollup_tag_add('feature')"))
             seed_usage(session, PLAN)
             session.execute(text(EXTRA))
             session.execute(text(THROTTLED))
@@ -199,18 +201,36 @@ def check_retries(rows: list[dict[str, Any]], conn: Connection) -> None:
 
 
 def check_tag(rows: list[dict[str, Any]], conn: Connection) -> None:
-    assert total(rows, "jobs") == scalar(
-        conn, "SELECT count(*) FROM token_usage WHERE created_at >= now() - interval '30 days'"
-    )
+    expected = conn.execute(
+        text(
+            "SELECT coalesce(metadata->>'feature', '(untagged)'), count(*), sum(total_tokens),"
+            " sum(cost_usd), count(*) FILTER (WHERE cost_usd IS NULL) FROM token_usage"
+            f" WHERE created_at >= {DAYS_AGO_29} GROUP BY 1"
+        )
+    ).all()
+    assert {
+        row["feature"]: (
+            row["jobs"],
+            row["total_tokens"],
+            row["cost_usd"],
+            row["unpriced_jobs"],
+        )
+        for row in rows
+    } == {feature: tuple(sums) for feature, *sums in expected}
     assert "(untagged)" in {row["feature"] for row in rows}, "the extra job has no tag"
 
 
 def check_one_tag(rows: list[dict[str, Any]], conn: Connection) -> None:
-    assert total(rows, "jobs") == scalar(
-        conn,
-        "SELECT count(*) FROM token_usage WHERE metadata->>'feature' = 'search'"
-        " AND created_at >= now() - interval '30 days'",
-    )
+    expected = conn.execute(
+        text(
+            "SELECT (created_at AT TIME ZONE 'UTC')::date, count(*), sum(total_tokens),"
+            ' sum(cost_usd) FROM token_usage WHERE metadata @> \'{"feature": "search"}\''
+            f" AND created_at >= {DAYS_AGO_29} GROUP BY 1 ORDER BY 1"
+        )
+    ).all()
+    assert [(row["day"], row["jobs"], row["total_tokens"], row["cost_usd"]) for row in rows] == [
+        tuple(sums) for sums in expected
+    ]
 
 
 def check_unpriced(rows: list[dict[str, Any]], conn: Connection) -> None:
