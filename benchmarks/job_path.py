@@ -4,7 +4,7 @@ The gateway is replaced by an in-memory one returning a fixed 300-word completio
 figures are what ezq itself costs per job on top of the gateway call: wall time and SQL
 statements per job, against a throwaway database.
 
-    python -m benchmarks.job_path [--jobs 300]
+    python -m benchmarks.job_path [--jobs 300] [--rollup-tag KEY ...]
 """
 
 from __future__ import annotations
@@ -47,12 +47,26 @@ class InstantGateway:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=300)
+    parser.add_argument(
+        "--rollup-tag",
+        metavar="KEY",
+        action="append",
+        default=[],
+        help="Roll this metadata tag key up first (usage_rollup_tags), to count its cost.",
+    )
     args = parser.parse_args()
 
     from service.db.migrate import throwaway_database
 
     with throwaway_database(ADMIN_DSN, prefix="ezq_bench_job") as url:
         os.environ.update(DATABASE_URL=url, EZROUTER_API_KEY="sk-bench")
+        if args.rollup_tag:
+            from service.db.session import transaction
+            from service.usage.tags import add_tag_key
+
+            with transaction() as session:
+                for key in args.rollup_tag:
+                    add_tag_key(session, key)
         measure(args.jobs)
 
 
