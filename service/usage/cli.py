@@ -7,9 +7,13 @@ Only click is imported here; each command imports what it needs when it runs, so
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
+
+from service.ops.output import format_option
 
 _FORMAT = click.option(
     "--format",
@@ -299,13 +303,29 @@ def tag_rollup_drop(key: str) -> None:
     click.echo(f"{key}: {'dropped' if dropped else 'was not rolled up'}", err=True)
 
 
+TAG_KEY_COLUMNS = ("key", "added_at", "rows")
+
+
+def _tag_keys_table(rows: Sequence[dict[str, Any]]) -> Any:
+    from service.ops import output
+
+    (key,) = output.share(output.console().width, (25, 10), (1,))
+    table = output.table(("KEY", {"width": key}), ("ADDED", {"width": 25}), "ROWS")
+    for row in rows:
+        table.add_row(row["key"], row["added_at"].isoformat(timespec="seconds"), str(row["rows"]))
+    return table
+
+
 @tag_rollup.command("list")
-def tag_rollup_list() -> None:
-    """The rolled-up keys, when each was added and its rollup rows."""
+@format_option
+def tag_rollup_list(fmt: str) -> None:
+    """The rolled-up keys, when each was added and how many rollup rows it has."""
+    from dataclasses import asdict
+
     from service.db.session import transaction
+    from service.ops.output import emit
     from service.usage.tags import list_tag_keys
 
     with transaction() as session:
-        keys = list_tag_keys(session)
-    for item in keys:
-        click.echo(f"{item.key}\t{item.added_at.isoformat()}\t{item.rows} rows")
+        keys = [asdict(item) for item in list_tag_keys(session)]
+    emit(keys, TAG_KEY_COLUMNS, fmt, _tag_keys_table, empty="no tag key is rolled up")
