@@ -353,6 +353,17 @@ def test_the_report_by_a_rolled_up_tag_equals_the_report_from_the_rows(
         assert run_report(session, unknown).totals.jobs == 4
 
 
+def test_a_tag_value_longer_than_an_index_entry_is_rolled_up(model: str, tag_key: str) -> None:
+    """A rolled-up key's value may be as long as metadata allows: the worker still writes
+    the usage, and the rollup stays exact."""
+    tenant = f"rollup-{secrets.token_hex(4)}"
+    long_value = secrets.token_hex(4000)  # 8,000 characters: more than a btree entry holds
+    turn(model, tenant, "long one", metadata={tag_key: long_value})
+    turn(model, tenant, "long two", metadata={tag_key: long_value})
+    assert tag_totals(tag_key, tenant) == {long_value: (2, None, 2)}
+    assert_tag_rollup_exact(tag_key)
+
+
 def test_an_attempt_carries_its_jobs_model(model: str) -> None:
     """Every ``job_attempts`` row gets its job's model from the trigger, whoever writes it."""
     job = turn(model, f"rollup-{secrets.token_hex(4)}", "attempt model")

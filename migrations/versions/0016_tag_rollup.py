@@ -72,7 +72,8 @@ def _previous_rebuild() -> str:
 TABLES = f"""
 CREATE TABLE usage_rollup_tag_keys (
     key text CONSTRAINT pk_usage_rollup_tag_keys PRIMARY KEY,
-    added_at timestamptz NOT NULL DEFAULT now()
+    added_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT ck_usage_rollup_tag_keys_key CHECK (char_length(key) BETWEEN 1 AND 200)
 );
 
 CREATE TABLE usage_rollup_tags (
@@ -87,9 +88,10 @@ CREATE TABLE usage_rollup_tags (
 -- As usage_rollup_daily: each usage insert updates a row in place, HOT with room to spare.
 ) WITH (fillfactor = 50);
 -- Finds a key's rows (tenant and tag_value may be NULL: coalesced here, matched exactly
--- with IS NOT DISTINCT FROM), and serves the filters on a tag key and a range of days.
+-- with IS NOT DISTINCT FROM; a value may be longer than an index entry may be, so it is
+-- indexed by its hash), and serves the filters on a tag key and a range of days.
 CREATE INDEX ix_usage_rollup_tags_key ON usage_rollup_tags
-    (tag_key, day, (coalesce(tenant, '')), (coalesce(tag_value, '')));
+    (tag_key, day, (coalesce(tenant, '')), (md5(coalesce(tag_value, ''))));
 
 ALTER TABLE job_attempts ADD COLUMN model text;
 
@@ -114,7 +116,7 @@ _ADD_TAG = f"""
             SELECT k.id FROM usage_rollup_tags k
             WHERE k.tag_key = d.tag_key AND k.day = d.day
               AND coalesce(k.tenant, '') = coalesce(d.tenant, '')
-              AND coalesce(k.tag_value, '') = coalesce(d.tag_value, '')
+              AND md5(coalesce(k.tag_value, '')) = md5(coalesce(d.tag_value, ''))
               AND k.tenant IS NOT DISTINCT FROM d.tenant
               AND k.tag_value IS NOT DISTINCT FROM d.tag_value
             LIMIT 1 FOR UPDATE SKIP LOCKED);

@@ -446,6 +446,8 @@ class UsageRollupTagKey(Base):
     key: Mapped[str] = mapped_column(primary_key=True)
     added_at: Mapped[datetime] = _now()
 
+    __table_args__ = (CheckConstraint("char_length(key) BETWEEN 1 AND 200", name="key"),)
+
 
 class UsageRollupTag(_RollupSums, Base):
     """Sums of ``token_usage`` per UTC day, tenant, tag key and tag value (``metadata->>key``,
@@ -466,7 +468,7 @@ class UsageRollupTag(_RollupSums, Base):
             "tag_key",
             "day",
             text("(coalesce(tenant, ''))"),
-            text("(coalesce(tag_value, ''))"),
+            text("(md5(coalesce(tag_value, '')))"),
         ),
     )
 
