@@ -47,6 +47,7 @@ class Phase:
     fault_ended_at: float = 0.0
     done_at: float | None = None
     lost: int = 0
+    duplicates: int = 0
     longest_s: float = 0.0
 
     @property
@@ -89,11 +90,18 @@ class Cluster:
             **settings,
         }
         self.workers: list[subprocess.Popen[bytes] | None] = [None, None]
+        self._log_start: dict[int, int] = {}  # where each worker's latest run begins
         for index in range(2):
             self.start_worker(index)
+        for index in range(2):
+            self.wait_ready(index)
+
+    def log_path(self, index: int) -> Path:
+        return self.workdir / f"worker-{index}.log"
 
     def start_worker(self, index: int) -> None:
-        log = (self.workdir / f"worker-{index}.log").open("ab")
+        log = self.log_path(index).open("ab")
+        self._log_start[index] = self.log_path(index).stat().st_size
         self.workers[index] = subprocess.Popen(
             [sys.executable, "-m", "service", "worker", "-n", f"chaos{index}@%h"],
             env={**os.environ, **self.env},
@@ -101,6 +109,22 @@ class Cluster:
             stderr=subprocess.STDOUT,
             cwd="/",
         )
+
+    def wait_ready(self, index: int, timeout: float = 60) -> None:
+        """Until the worker started last at ``index`` consumes (its " ready." line)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.log_path(index).open("rb") as log:
+                log.seek(self._log_start[index])
+                if b" ready." in log.read():
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"worker {index} not ready after {timeout}s")
+
+    def pid(self, index: int) -> int:
+        proc = self.workers[index]
+        assert proc is not None
+        return proc.pid
 
     def kill_worker(self, index: int) -> None:
         proc = self.workers[index]
@@ -185,12 +209,23 @@ def wait_final(cluster: Cluster, phase: Phase, timeout: float) -> None:
 # --- the faults ------------------------------------------------------------------------
 
 
-def _wait_running(cluster: Cluster, index: int, timeout: float = 30) -> None:
+# A running job's lease holder is ``host:pid:random`` (service.worker.liveness).
+_RUNNING_ON = "status = 'running' AND split_part(lease_holder, ':', 2) = %s"
+
+
+def _wait_running(cluster: Cluster, index: int | None = None, timeout: float = 60) -> None:
+    """Until a job runs (on worker ``index``, if given): a fault injected into an idle
+    cluster would test nothing, so not finding one fails the run."""
+    query, params = "SELECT count(*) FROM jobs WHERE status = 'running'", ()
+    if index is not None:
+        query = f"SELECT count(*) FROM jobs WHERE {_RUNNING_ON}"
+        params = (str(cluster.pid(index)),)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if cluster.sql("SELECT count(*) FROM jobs WHERE status = 'running'")[0][0] > 0:
+        if cluster.sql(query, *params)[0][0] > 0:
             return
         time.sleep(0.05)
+    raise RuntimeError(f"no job running{'' if index is None else f' on worker {index}'}")
 
 
 def kill_mid_call(cluster: Cluster) -> None:
@@ -200,31 +235,72 @@ def kill_mid_call(cluster: Cluster) -> None:
 
 
 def kill_after_answer(cluster: Cluster) -> None:
-    # Wait for replies to be saved, then kill: with calls finishing continuously, some have
-    # just answered and are between the gateway's last chunk and their save.
-    saved = "SELECT count(*) FROM jobs WHERE status = 'succeeded'"
-    before = cluster.sql(saved)[0][0]
-    deadline = time.monotonic() + 30
-    while cluster.sql(saved)[0][0] < before + 3 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    cluster.kill_worker(1)
+    """SIGKILL a worker that holds a complete reply it has not saved yet.
+
+    One of its running jobs is row-locked from here, so that the worker's save (and its
+    heartbeat) waits on the lock once the gateway has answered; the worker is killed as
+    soon as its save is seen waiting, and the lock released."""
+    pid = str(cluster.pid(1))
+    with psycopg.connect(cluster.pg.url) as holder:
+        deadline = time.monotonic() + 60
+        while True:
+            row = holder.execute(
+                f"SELECT id, input_messages->0->>'content' FROM jobs WHERE {_RUNNING_ON}"
+                " LIMIT 1 FOR UPDATE SKIP LOCKED",
+                (pid,),
+            ).fetchone()
+            if row is not None:
+                break
+            holder.rollback()
+            if time.monotonic() > deadline:
+                raise RuntimeError("no job running on worker 1")
+            time.sleep(0.05)
+        job_id, prompt = row
+        (me,) = holder.execute("SELECT pg_backend_pid()").fetchone() or (None,)
+
+        def answered() -> bool:
+            calls = [
+                r
+                for r in cluster.gateway.requests
+                if (r.body.get("messages") or [{}])[-1].get("content") == prompt
+            ]
+            return bool(calls) and cluster.gateway.ended_at(calls[-1].request_id) is not None
+
+        def save_waits() -> bool:
+            # Whatever statement of the save comes first waits on the row (the heartbeat,
+            # which renews leases, waits too and is not the save).
+            return bool(
+                cluster.sql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))"
+                    " AND query NOT LIKE '%%beat AS%%' AND query NOT LIKE '%%ezq_claim_job%%'",
+                    me,
+                )[0][0]
+            )
+
+        deadline = time.monotonic() + 60
+        while not (answered() and save_waits()):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"job {job_id} was never saved")
+            time.sleep(0.02)
+        cluster.kill_worker(1)
+        holder.rollback()
     cluster.start_worker(1)
 
 
 def broker_flush(cluster: Cluster) -> None:
-    _wait_running(cluster, 0)
+    _wait_running(cluster)
     redis.Redis.from_url(cluster.redis.url).flushall()
 
 
 def broker_down(cluster: Cluster, seconds: float = 15) -> None:
-    _wait_running(cluster, 0)
+    _wait_running(cluster)
     cluster.redis.stop()
     time.sleep(seconds)
     cluster.redis.start()
 
 
 def pg_terminate(cluster: Cluster) -> None:
-    _wait_running(cluster, 0)
+    _wait_running(cluster)
     cluster.sql(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
         " WHERE datname = 'ezq' AND pid <> pg_backend_pid()"
@@ -233,7 +309,7 @@ def pg_terminate(cluster: Cluster) -> None:
 
 def pg_down(seconds: float) -> Callable[[Cluster], None]:
     def fault(cluster: Cluster) -> None:
-        _wait_running(cluster, 0)
+        _wait_running(cluster)
         cluster.pg.stop()
         time.sleep(seconds)
         cluster.pg.start()
@@ -260,6 +336,7 @@ FULL_FAULTS: list[Callable[[Cluster], None]] = [
 ]
 SHORT_FAULTS: list[Callable[[Cluster], None]] = [
     kill_mid_call,
+    kill_after_answer,
     broker_flush,
     pg_terminate,
     pg_down(8),
@@ -348,6 +425,40 @@ def check_invariants(cluster: Cluster, jobs: list[str]) -> dict[str, int]:
     return found
 
 
+def count_duplicates(cluster: Cluster, phase: Phase) -> int:
+    """The phase's jobs with a second reply, usage row or webhook-id, or with more gateway
+    calls than attempt rows."""
+    q = cluster.sql
+    doubled = {
+        str(job_id)
+        for (job_id,) in q(
+            """SELECT j.id FROM jobs j WHERE j.id = ANY(%s::uuid[]) AND (
+                   (SELECT count(*) FROM messages m
+                     WHERE m.job_id = j.id AND m.role = 'assistant') > 1
+                   OR (SELECT count(*) FROM token_usage u WHERE u.job_id = j.id) > 1)""",
+            phase.jobs,
+        )
+    }
+    webhooks: dict[str, set[str]] = {}
+    for received in cluster.receiver.received("/hook"):
+        event = json.loads(received.body)
+        webhooks.setdefault(event["data"]["job_id"], set()).add(received.webhook_id)
+    doubled |= {j for j in phase.jobs if len(webhooks.get(j, ())) > 1}
+    calls: dict[str, int] = {}
+    for request in cluster.gateway.requests:
+        last = str((request.body.get("messages") or [{}])[-1].get("content", ""))
+        calls[last] = calls.get(last, 0) + 1
+    for job_id, prompt, attempts in q(
+        """SELECT j.id, j.input_messages->0->>'content',
+                  (SELECT count(*) FROM job_attempts a WHERE a.job_id = j.id)
+           FROM jobs j WHERE j.id = ANY(%s::uuid[])""",
+        phase.jobs,
+    ):
+        if calls.get(prompt, 0) > attempts:
+            doubled.add(str(job_id))
+    return len(doubled)
+
+
 def wait_for_webhooks(cluster: Cluster, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -381,14 +492,14 @@ def run(
     workdir: Path,
     settings: dict[str, str] | None = None,
 ) -> tuple[list[Phase], dict[str, int]]:
+    from tests.conftest import reset_settings
+
     cluster = Cluster(workdir, concurrency, settings or {})
     saved = {k: os.environ.get(k) for k in cluster.env}
     os.environ.update(cluster.env)
-    from service.config import get_settings
-    from service.db.session import dispose_engines
-
-    get_settings.cache_clear()
-    dispose_engines()
+    # This process's own enqueues must reach the private broker, even when an earlier
+    # test already published to another one from this process.
+    reset_settings()
     phases: list[Phase] = []
     try:
         for fault in faults:
@@ -405,6 +516,8 @@ def run(
             )
         wait_for_webhooks(cluster, 60)
         invariants = check_invariants(cluster, [j for p in phases for j in p.jobs])
+        for phase in phases:
+            phase.duplicates = count_duplicates(cluster, phase)
     finally:
         cluster.close()
         for key, value in saved.items():
@@ -412,23 +525,27 @@ def run(
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        get_settings.cache_clear()
-        dispose_engines()
+        reset_settings()
     return phases, invariants
 
 
 def report(phases: list[Phase], invariants: dict[str, int]) -> bool:
-    print(f"\n{'fault':<22} {'jobs':>5} {'lost':>5} {'longest job s':>14} {'recovery s':>11}")
+    print(
+        f"\n{'fault':<22} {'jobs':>5} {'lost':>5} {'duplicates':>10} {'longest stuck s':>15}"
+        f" {'recovery s':>11}"
+    )
     for phase in phases:
         recovery = f"{phase.recovery_s:.1f}" if phase.recovery_s is not None else "never"
         print(
-            f"{phase.name:<22} {len(phase.jobs):>5} {phase.lost:>5} "
-            f"{phase.longest_s:>14.1f} {recovery:>11}"
+            f"{phase.name:<22} {len(phase.jobs):>5} {phase.lost:>5} {phase.duplicates:>10} "
+            f"{phase.longest_s:>15.1f} {recovery:>11}"
         )
     print("\ninvariant violations:")
     for name, count in invariants.items():
         print(f"  {name:<40} {count}")
-    return all(v == 0 for v in invariants.values()) and all(p.lost == 0 for p in phases)
+    return all(v == 0 for v in invariants.values()) and all(
+        p.lost == 0 and p.duplicates == 0 for p in phases
+    )
 
 
 def main() -> None:

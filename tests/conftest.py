@@ -153,11 +153,24 @@ def _producer_settings(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 def _reset_settings() -> None:
+    reset_settings()
+
+
+def reset_settings() -> None:
+    """Make this process follow the current environment: settings, database engines, and
+    the Celery app's broker connections (kept from its first publish, so without this a
+    test that switches brokers in-process would still publish to the first one)."""
     from service.config import get_settings
     from service.db.session import dispose_engines
+    from service.worker.app import app, celery_config
 
     get_settings.cache_clear()
     dispose_engines()
+    if app._pool is not None:
+        app._pool.force_close_all()
+    app._pool = None
+    app.amqp._producer_pool = None
+    app.conf.update(celery_config())
 
 
 class WorkerProcess:

@@ -11,9 +11,9 @@ from tests import chaos
 
 @pytest.mark.timeout(900)
 def test_short_fault_suite_keeps_every_invariant(tmp_path: Path) -> None:
-    """Killed worker, flushed broker, cut and stopped Postgres, poison messages: no job lost,
-    none doubled, histories in order, one attempt row per gateway call, one webhook-id per
-    event."""
+    """Worker killed mid-call and between answer and save, flushed broker, cut and stopped
+    Postgres, poison messages: no job lost, none doubled, histories in order, one attempt
+    row per gateway call, one webhook-id per event."""
     phases, invariants = chaos.run(
         faults=chaos.SHORT_FAULTS,
         jobs_per_phase=20,
@@ -24,7 +24,9 @@ def test_short_fault_suite_keeps_every_invariant(tmp_path: Path) -> None:
     )
 
     assert invariants == {name: 0 for name in invariants}, invariants
-    assert [(p.name, p.lost) for p in phases] == [(f.__name__, 0) for f in chaos.SHORT_FAULTS]
+    assert [(p.name, p.lost, p.duplicates) for p in phases] == [
+        (f.__name__, 0, 0) for f in chaos.SHORT_FAULTS
+    ]
     assert all(p.recovery_s is not None and p.recovery_s < 120 for p in phases), [
         (p.name, p.recovery_s) for p in phases
     ]
