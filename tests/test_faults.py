@@ -243,6 +243,47 @@ def test_the_worker_survives_a_broker_restart_and_enqueue_never_blocks(
         assert worker.proc.poll() is None, "the worker exited"
 
 
+def test_a_webhook_whose_message_was_lost_is_sent_within_seconds(
+    service_env: dict[str, str], worker_factory: Callable[..., WorkerProcess]
+) -> None:
+    """A delivery committed as published whose message never reached the broker (its
+    worker died between the commit and the publish) is sent again as soon as the sweep
+    sees the broker hold fewer messages than it should, not after the 2-minute grace."""
+    import base64
+    import secrets
+
+    from service.webhooks.testing import Receiver
+
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    with PrivatePostgres() as database, Receiver([secret]) as receiver:
+        env = {
+            "DATABASE_URL": database.url,
+            "EZQ_QUEUE": own_queue(),
+            "EZQ_REDISPATCH_AFTER": "2",
+            "WEBHOOK_SECRET": secret,
+            "WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
+        }
+        worker_factory(env=env)
+        out = run_ezq(
+            "enqueue", "--model", MODEL, "--callback-url", receiver.url("/hook"), "hook", env=env
+        )
+        assert out.returncode == 0, out.stderr
+        (first,) = receiver.wait_for(1, "/hook", timeout=30)
+        with psycopg.connect(database.url) as conn:
+            # The state a worker killed right after its commit leaves: due, marked as
+            # published, no message anywhere.
+            conn.execute(
+                "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = now(),"
+                " dispatched_at = now(), delivered_at = NULL"
+            )
+        lost_at = time.monotonic()
+
+        again = receiver.wait_for(2, "/hook", timeout=30)[1]
+
+        assert time.monotonic() - lost_at < 20
+        assert again.webhook_id == first.webhook_id, "the same event, sent again"
+
+
 def test_a_database_outage_while_saving_does_not_bill_twice(
     service_env: dict[str, str],
     worker_factory: Callable[..., WorkerProcess],

@@ -199,15 +199,19 @@ def take_stale(session: Session, *, older_than_s: float, limit: int) -> list[uui
 
 
 def messages_expected(session: Session) -> int:
-    """How many run messages the broker should hold: one per published pending job that
-    is not held back, and one per running job (acknowledged only when its attempt ends)."""
+    """How many messages the broker should hold on our queue: one per published pending job
+    that is not held back, one per running job (acknowledged only when its attempt ends),
+    and one per pending webhook delivery that was published (delivery messages share the
+    queue, so without them a delivery's message would hide a lost job's)."""
     count = session.execute(
         text(
             f"""
-            SELECT count(*) FROM jobs j
-            WHERE (j.status IN ('queued', 'retrying') AND NOT j.needs_publish
-                   AND {_NOT_HELD_BACK})
-               OR j.status = 'running'
+            SELECT (SELECT count(*) FROM jobs j
+                    WHERE (j.status IN ('queued', 'retrying') AND NOT j.needs_publish
+                           AND {_NOT_HELD_BACK})
+                       OR j.status = 'running')
+                 + (SELECT count(*) FROM webhook_deliveries d
+                    WHERE d.status = 'pending' AND d.dispatched_at IS NOT NULL)
             """
         )
     ).scalar_one()

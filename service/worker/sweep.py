@@ -12,9 +12,10 @@ after its commit, so even two sweeps at once would be harmless.
    every lease looks expired, and live workers need a beat to renew theirs.
 2. Parked jobs (no message on the broker) that are due are published.
 3. Jobs published a while ago that have not started are republished when the broker
-   holds fewer messages than it should (a flushed or restarted broker), and after a long
-   window whatever it says.
-4. Webhook deliveries that are due and have no message are published.
+   holds fewer messages than it should (a flushed or restarted broker, a worker that died
+   between a commit and its publish), and after a long window whatever it says.
+4. Webhook deliveries that are due and have no message are published: after the same short
+   wait when the broker holds fewer messages than it should, else after a grace.
 5. Flow control's admissions of lost calls are settled, old ones forgotten.
 6. Open batches whose lines have all ended are finalised (files, status, their webhook).
 7. With ``EZQ_RETENTION_DAYS`` set, content older than that is purged (``ezq purge``).
@@ -117,11 +118,13 @@ def _sweep(settings: Settings, *, takeovers: bool, broker_depth: BrokerDepth | N
     report.published += published
 
     stale: list[uuid.UUID] = []
+    messages_lost = False
     depth = broker_depth() if broker_depth is not None else None
     if depth is not None:
         with transaction() as session:
             expected = recovery.messages_expected(session)
-            if depth < expected:
+            messages_lost = depth < expected
+            if messages_lost:
                 stale = recovery.take_stale(
                     session, older_than_s=settings.ezq_redispatch_after, limit=settings_batch()
                 )
@@ -139,7 +142,13 @@ def _sweep(settings: Settings, *, takeovers: bool, broker_depth: BrokerDepth | N
     unpublished = publish_jobs(stale)
     report.redispatched = len(stale) - len(unpublished)
     report.published += [j for j in stale if j not in unpublished]
-    report.webhooks = republish_due_deliveries()
+    # Webhook deliveries whose message was lost with the rest are sent again as soon as
+    # lost jobs are; otherwise after the usual grace.
+    report.webhooks = (
+        republish_due_deliveries(grace_seconds=settings.ezq_redispatch_after)
+        if messages_lost
+        else republish_due_deliveries()
+    )
     report.batches = finalize_ended()
     sweep_flow(settings)  # flow control: settle lost calls, forget old admissions
     # Imported here: the purge module reaches up to the CLI's output helpers.
