@@ -96,8 +96,10 @@ def _message(prefix: str, raw: dict[str, Any]) -> dict[str, Any]:
         for j, block in enumerate(blocks):
             where = f"{prefix}.thinking_blocks[{j}]"
             shapes.check_tagged(where, block, shapes.THINKING_MODELS, tuple(shapes.THINKING_MODELS))
-    # Kept as sent (explicit nulls aside), so content parts reach the gateway untouched.
-    return {k: v for k, v in raw.items() if v is not None}
+    # Kept as sent, so content parts reach the gateway untouched: explicit nulls are left
+    # out, except an assistant's "content": null beside its tool calls, which the
+    # Chat Completions shape (and ezrouter's) has as a required, nullable field.
+    return {k: v for k, v in raw.items() if v is not None or k == "content"}
 
 
 class CompletionParams(BaseModel):

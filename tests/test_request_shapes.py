@@ -91,6 +91,32 @@ def test_content_parts_and_every_field_reach_the_gateway_as_sent(fake_gateway: A
     assert job["tool_calls"][0]["function"]["name"] == "get_weather"
 
 
+def test_tool_history_and_json_object_reach_the_gateway_as_sent(fake_gateway: Any) -> None:
+    """An assistant message with tool calls, its tool result and response_format
+    json_object reach the OpenAI surface exactly as the producer sent them."""
+    marker = uuid.uuid4().hex
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+    }
+    messages = [
+        {"role": "system", "content": "answer in json", "name": "rules"},
+        {"role": "user", "content": f"weather as json {marker}"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+    params = {"response_format": {"type": "json_object"}, "tools": [WEATHER], "tool_choice": "auto"}
+    job = wait_for_job(enqueue_completion("gpt-5.1", messages, params=params))
+
+    assert job["status"] == "succeeded", job
+    (sent,) = sent_with(fake_gateway, marker)
+    assert sent.path == "/v1/chat/completions"
+    assert sent.body["messages"] == messages
+    for key, value in params.items():
+        assert sent.body[key] == value, key
+
+
 def test_history_keeps_parts_as_sent_and_sends_them_again(fake_gateway: Any) -> None:
     """Parts are stored as sent (content_parts), content holds their text, and the next
     turn sends the parts back unchanged."""
