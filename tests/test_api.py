@@ -85,6 +85,7 @@ def test_requests_without_a_valid_token_are_refused(api: httpx.Client) -> None:
         ({"model": "m", "messages": [{"role": "bot", "content": "x"}]}, "messages[0].role"),
         ({"model": "m", "messages": USER, "params": 3}, "params"),
         ({"model": "m", "messages": USER, "surprise": 1}, "surprise"),
+        ({"model": "m", "messages": USER, "params": {"colour": "red"}}, "params.colour"),
         ({"model": "m", "messages": USER, "surface": "gemini"}, "surface"),
         ([1, 2], "body"),
     ],

@@ -54,6 +54,18 @@ BAD = [
     ),
     ({"model": "m", "messages": USER, "params": {"user": 7}}, "params.user"),
     ({"model": "m", "messages": USER, "params": {"n": 2}}, "params.n"),
+    ({"model": "m", "messages": USER, "params": {"colour": "red"}}, "params.colour"),
+    (
+        {"model": "m", "messages": USER, "params": {"response_format": {"type": "text", "x": 1}}},
+        "params.response_format.x",
+    ),
+    (
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "a", "x": 1}]}],
+        },
+        "messages[0].content[0].x",
+    ),
     ({"model": "m", "messages": USER, "params": {"logit_bias": {"1": 101}}}, "params.logit_bias.1"),
     ({"model": "m", "messages": USER, "params": {"top_logprobs": 2}}, "params.top_logprobs"),
     ({"model": "m", "messages": USER, "params": {"tool_choice": "always"}}, "params.tool_choice"),

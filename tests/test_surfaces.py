@@ -197,12 +197,15 @@ def test_cache_writes_and_reads_are_stored_and_priced(fake_gateway: Any) -> None
         Fault(kind="drop"),
         Fault(kind="drop_mid_stream", after_chunks=3),
         Fault(kind="error_frame", after_chunks=2),
+        # Past the worker's read timeout (EZQ_GATEWAY_READ_TIMEOUT, 1.5 s in the tests):
+        # the same timeout as on the OpenAI surface, and a timeout is retried.
+        Fault(latency=3.0),
     ],
-    ids=["503", "drop", "drop_mid_stream", "error_event"],
+    ids=["503", "drop", "drop_mid_stream", "error_event", "read_timeout"],
 )
 def test_anthropic_surface_retries_5xx_and_drops(fake_gateway: Any, fault: Fault) -> None:
-    """A 5xx, a dropped connection or a broken stream on the Anthropic surface is retried,
-    and the second attempt succeeds."""
+    """A 5xx, a dropped connection, a broken stream or a read timeout on the Anthropic
+    surface is retried, and the second attempt succeeds."""
     marker = uuid.uuid4().hex
     fault.match = marker
     fake_gateway.add_faults(fault)
