@@ -267,12 +267,20 @@ def kill_after_answer(cluster: Cluster) -> None:
             return bool(calls) and cluster.gateway.ended_at(calls[-1].request_id) is not None
 
         def save_waits() -> bool:
-            # Whatever statement of the save comes first waits on the row (the heartbeat,
-            # which renews leases, waits too and is not the save).
+            # Whatever statement of the save comes first waits on the row, directly or
+            # behind another waiter (the heartbeat, which renews leases, waits too and is
+            # not the save).
             return bool(
                 cluster.sql(
-                    "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))"
-                    " AND query NOT LIKE '%%beat AS%%' AND query NOT LIKE '%%ezq_claim_job%%'",
+                    """WITH RECURSIVE waiting(pid) AS (
+                           SELECT %s::int
+                           UNION
+                           SELECT a.pid FROM pg_stat_activity a, waiting w
+                           WHERE w.pid = ANY(pg_blocking_pids(a.pid)))
+                       SELECT count(*) FROM pg_stat_activity a JOIN waiting USING (pid)
+                       WHERE a.pid <> %s AND a.query NOT LIKE '%%beat AS%%'
+                         AND a.query NOT LIKE '%%ezq_claim_job%%'""",
+                    me,
                     me,
                 )[0][0]
             )

@@ -3,6 +3,7 @@ gateway as a real HTTP server, and a real ``ezq worker`` subprocess."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
@@ -170,6 +171,9 @@ def reset_settings() -> None:
         app._pool.force_close_all()
     app._pool = None
     app.amqp._producer_pool = None
+    app._backend_cache = None  # the result backend, made again on first use
+    with contextlib.suppress(AttributeError):
+        del app._local.backend
     app.conf.update(celery_config())
 
 
