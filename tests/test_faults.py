@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 import redis
@@ -87,9 +88,12 @@ def test_a_call_longer_than_the_lease_keeps_it_by_heartbeat(
 
 @pytest.mark.usefixtures("worker")
 def test_show_says_who_holds_a_running_job_and_until_when(
-    worker_factory: Callable[..., WorkerProcess], fake_gateway: Any
+    worker_factory: Callable[..., WorkerProcess], fake_gateway: Any, api_server_factory: Any
 ) -> None:
-    """``ezq show`` of a running job names the worker holding it and its lease's end."""
+    """``ezq show`` and ``GET /v1/jobs/{id}`` of a running job name the worker holding it
+    and its lease's end."""
+    token = "ezq-faults-token-" + uuid.uuid4().hex
+    api = api_server_factory(EZQ_API_TOKENS=token)
     queue = own_queue()
     worker_factory(env={**SLOW_CALLS, "EZQ_QUEUE": queue})
     marker = uuid.uuid4().hex
@@ -99,10 +103,15 @@ def test_show_says_who_holds_a_running_job_and_until_when(
     (holder,) = sql("SELECT lease_holder FROM jobs WHERE id = :j", j=job_id)[0]
 
     shown = json.loads(run_ezq("show", job_id).stdout)
+    served = httpx.get(
+        f"{api.url}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"}
+    ).json()
 
     assert shown["lease"]["holder"] == holder
     assert holder is not None and holder.split(":")[1].isdigit()
     assert shown["lease"]["expires_at"] > shown["started_at"]
+    assert served["status"] == "running" and served["lease"]["holder"] == holder
+    assert served["lease"]["expires_at"] > served["started_at"]
     assert wait_for_job(job_id, timeout=30)["lease"] is None
 
 
