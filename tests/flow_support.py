@@ -8,12 +8,40 @@ import uuid
 from typing import Any
 
 from service.fake_gateway import Fault
-from tests.conftest import sql
+from tests.conftest import run_ezq, sql
 from tests.test_faults import wait_until
 
 MODEL = "glm-5.1"
 
-__all__ = ["MODEL", "calls_of", "enqueue_many", "max_overlap", "new_tenant", "slow", "wait_until"]
+__all__ = [
+    "MODEL",
+    "calls_of",
+    "enqueue_many",
+    "max_overlap",
+    "new_tenant",
+    "price_per_token",
+    "slow",
+    "wait_until",
+]
+
+
+def price_per_token(model: str, env: dict[str, str] | None = None) -> None:
+    """Price ``model`` at $100 per million tokens in and out ($0.0001 a token), since 2020."""
+    out = run_ezq(
+        "prices",
+        "set",
+        model,
+        "--input",
+        "100",
+        "--cached-input",
+        "100",
+        "--output",
+        "100",
+        "--from",
+        "2020-01-01",
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
 
 
 def new_tenant() -> str:

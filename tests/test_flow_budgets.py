@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import WorkerProcess, run_ezq, sql, wait_for_job
-from tests.flow_support import enqueue_many, new_tenant, slow
+from tests.flow_support import enqueue_many, new_tenant, price_per_token, slow
 
 # Priced for these tests only; no other test prices it.
 MODEL = "claude-haiku-4-5"
@@ -23,20 +23,7 @@ SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 @pytest.fixture(scope="module")
 def priced() -> None:
     """$100 per million tokens in and out: $0.0001 a token."""
-    out = run_ezq(
-        "prices",
-        "set",
-        MODEL,
-        "--input",
-        "100",
-        "--cached-input",
-        "100",
-        "--output",
-        "100",
-        "--from",
-        "2020-01-01",
-    )
-    assert out.returncode == 0, out.stderr
+    price_per_token(MODEL)
 
 
 @pytest.mark.usefixtures("priced")

@@ -44,30 +44,38 @@ _RUNNING_PER_TENANT = """
 
 @dataclass(frozen=True, slots=True)
 class Pending:
-    """A pending job as admission sees it."""
+    """A pending job as admission sees it, with its rank: its priority after aging and how
+    many calls its tenant has running."""
 
     id: uuid.UUID
     tenant: str | None
     model: str
     status: str
     priority: int
+    aged_priority: int
+    tenant_running: int
+    enqueue_seq: int
+    throttled: bool  # it has a throttle reason, to clear when it is claimed
+
+    def outranks(self, other: Pending) -> bool:
+        """Strictly better placed than ``other`` (enqueue order aside): a higher priority
+        after aging, or as high with fewer calls of its tenant running."""
+        return (self.aged_priority, -self.tenant_running) > (
+            other.aged_priority,
+            -other.tenant_running,
+        )
 
 
-def lock_pending(session: Session, job_id: uuid.UUID) -> Pending | None:
-    """The job, locked, if it is pending, due (not a retry backing off) and its turn."""
-    row = session.execute(
-        text(
-            f"""
-            SELECT j.id, j.tenant, j.model, j.status, j.priority FROM jobs j
-            WHERE j.id = :id AND (j.status = 'queued'
-                                  OR (j.status = 'retrying' AND j.dispatched_at <= now()))
-              AND {_NOT_HELD_BACK}
-            FOR UPDATE
-            """
-        ),
-        {"id": job_id},
-    ).first()
-    return Pending(*row) if row is not None else None
+@dataclass(frozen=True, slots=True)
+class Ranking:
+    """What a claim starts from: the message's own job (None when it is not pending, due
+    and its turn), the best-ranked eligible jobs, whether any limit or budget exists, and
+    whether throttled jobs wait for a call to end."""
+
+    own: Pending | None
+    candidates: list[Pending]
+    rules_configured: bool
+    throttled_waiting: bool
 
 
 # Per tenant with work waiting, its best jobs by priority and its oldest one (the one that
@@ -77,9 +85,17 @@ _PENDING = "j.status IN ('queued', 'retrying')"
 _ELIGIBLE = f"""
     {_PENDING} AND (j.status = 'queued' OR j.dispatched_at <= now()) AND {_NOT_HELD_BACK}
 """
-_CANDIDATES = f"""
+_AGED = "least(9, j.priority + floor(extract(epoch FROM now() - j.created_at) / :aging))::int"
+_PENDING_COLUMNS = (
+    "j.id, j.tenant, j.model, j.status, j.priority, j.enqueue_seq,"
+    " j.throttle_reason IS NOT NULL AS throttled"
+)
+# One round trip: the message's job locked (waiting for a lock another claim holds: the
+# same job cannot be claimed twice), the best candidates locked where free (``SKIP
+# LOCKED``), their ranks, and whether flow control has anything configured at all.
+_RANKING = f"""
     WITH RECURSIVE tenants AS (
-        (SELECT coalesce(j.tenant, '') AS t FROM jobs j WHERE {_PENDING}
+        (SELECT coalesce(j.tenant, '') AS t FROM jobs j WHERE {_PENDING} AND :rank
          ORDER BY coalesce(j.tenant, '') LIMIT 1)
         UNION ALL
         SELECT (SELECT coalesce(j.tenant, '') FROM jobs j
@@ -90,31 +106,68 @@ _CANDIDATES = f"""
         SELECT h.id FROM tenants CROSS JOIN LATERAL (
             (SELECT j.id FROM jobs j
              WHERE coalesce(j.tenant, '') = tenants.t AND {_ELIGIBLE}
-             ORDER BY j.priority DESC, j.enqueue_seq LIMIT :per_tenant)
+             ORDER BY j.priority DESC, j.enqueue_seq LIMIT :limit)
             UNION
             (SELECT j.id FROM jobs j
              WHERE coalesce(j.tenant, '') = tenants.t AND {_ELIGIBLE}
              ORDER BY j.enqueue_seq LIMIT 1)
         ) h
         WHERE tenants.t IS NOT NULL
-    ), {_RUNNING_PER_TENANT}
-    SELECT j.id, j.tenant, j.model, j.status, j.priority FROM jobs j
-    LEFT JOIN running r ON r.tenant IS NOT DISTINCT FROM j.tenant
-    -- An array, so that the few heads are fetched by primary key (the planner cannot
-    -- estimate a recursive CTE and would otherwise scan the whole backlog).
-    WHERE j.id = ANY(ARRAY(SELECT id FROM heads)) AND {_PENDING}
-    ORDER BY {_RANK}
-    LIMIT :limit
-    FOR UPDATE OF j SKIP LOCKED
+    ), {_RUNNING_PER_TENANT}, own AS (
+        SELECT {_PENDING_COLUMNS}, {_AGED} AS aged FROM jobs j
+        WHERE j.id = :id AND (j.status = 'queued'
+                              OR (j.status = 'retrying' AND j.dispatched_at <= now()))
+          AND {_NOT_HELD_BACK}
+        FOR UPDATE
+    ), candidates AS (
+        SELECT {_PENDING_COLUMNS}, {_AGED} AS aged FROM jobs j
+        LEFT JOIN running r ON r.tenant IS NOT DISTINCT FROM j.tenant
+        -- An array, so that the few heads are fetched by primary key (the planner cannot
+        -- estimate a recursive CTE and would otherwise scan the whole backlog).
+        WHERE :rank AND j.id = ANY(ARRAY(SELECT id FROM heads)) AND {_PENDING}
+        ORDER BY {_RANK}
+        LIMIT :limit
+        FOR UPDATE OF j SKIP LOCKED
+    ), ranked AS (
+        SELECT true AS own, o.* FROM own o
+        UNION ALL
+        SELECT false, x.* FROM candidates x
+    )
+    SELECT k.id, k.tenant, k.model, k.status, k.priority, k.aged, coalesce(r.n, 0)::int,
+           k.enqueue_seq, k.throttled, k.own, NULL::boolean, NULL::boolean
+    FROM ranked k
+    LEFT JOIN running r ON r.tenant IS NOT DISTINCT FROM k.tenant
+    UNION ALL
+    -- Always last, always there: whether any limit or budget exists, and whether any job
+    -- waits throttled (with no message) for a call to end.
+    SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+           EXISTS (SELECT 1 FROM flow_limits) OR EXISTS (SELECT 1 FROM flow_budgets),
+           EXISTS (SELECT 1 FROM jobs j
+                   WHERE j.needs_publish AND j.throttle_reason IS NOT NULL AND {_PENDING})
 """
 
 
-def best_candidates(session: Session, *, aging_s: float, limit: int) -> list[Pending]:
-    """The best-ranked eligible pending jobs, locked (skipping rows others hold)."""
+def ranking(
+    session: Session, job_id: uuid.UUID, *, aging_s: float, limit: int, rank: bool = True
+) -> Ranking:
+    """Lock the message's job if it is pending, due and its turn; with ``rank``, also the
+    ``limit`` best-ranked eligible jobs (skipping rows other claims hold). One round trip."""
     rows = session.execute(
-        text(_CANDIDATES), {"aging": aging_s, "limit": limit, "per_tenant": limit}
+        text(_RANKING), {"id": job_id, "aging": aging_s, "limit": limit, "rank": rank}
     ).all()
-    return [Pending(*row) for row in rows]
+    own: Pending | None = None
+    candidates: list[Pending] = []
+    for row in rows[:-1]:
+        job = Pending(*row[:9])
+        if row[9]:
+            own = job
+        elif job.id != job_id:
+            candidates.append(job)
+    candidates.sort(key=lambda j: (-j.aged_priority, j.tenant_running, j.enqueue_seq))
+    flags = rows[-1]
+    return Ranking(
+        own, candidates, rules_configured=bool(flags[10]), throttled_waiting=bool(flags[11])
+    )
 
 
 # --- limits --------------------------------------------------------------------------
@@ -300,11 +353,15 @@ class Budget:
         return self.monthly_usd - self.spent_usd - self.reserved_usd
 
 
+# This UTC month's priced spend is read from the usage rollup (kept exact by triggers on
+# ``token_usage``, in the transaction that writes the usage): a few rows per day, and spend
+# is counted whether or not a budget existed when the call ran.
 _BUDGET_SELECT = """
     SELECT b.id, b.tenant, b.model, b.monthly_usd,
-        coalesce((SELECT sum(s.cost_usd) FROM flow_spend s
-                  WHERE s.tenant = b.tenant AND (b.model = '*' OR s.model = b.model)
-                    AND s.month = date_trunc('month', now() AT TIME ZONE 'UTC')::date), 0),
+        coalesce((SELECT sum(u.cost_usd) FROM usage_rollup_daily u
+                  WHERE u.day >= date_trunc('month', now() AT TIME ZONE 'UTC')::date
+                    AND coalesce(u.tenant, '') = b.tenant AND u.tenant = b.tenant
+                    AND (b.model = '*' OR u.model = b.model)), 0),
         coalesce((SELECT sum(a.cost_reserved) FROM flow_admissions a
                   WHERE a.settled_at IS NULL AND a.tenant = b.tenant
                     AND (b.model = '*' OR a.model = b.model)), 0)
@@ -315,9 +372,9 @@ _BUDGET_SELECT = """
 def budgets_by_id(session: Session, ids: list[uuid.UUID]) -> list[Budget]:
     """Budgets (locked by ``rules_for``) with what is spent and reserved this month.
 
-    A call's worst case stays reserved until it settles, and one statement settles it and
-    adds its real cost to ``flow_spend``: spend is never counted twice nor missed, and a
-    reservation (never below the real cost) covers a call until then."""
+    A call's worst case stays reserved until it settles, and it settles in the transaction
+    that records its usage: at every commit a call counts once, as its reservation or as
+    its real cost, never both and never neither."""
     if not ids:
         return []
     rows = session.execute(
@@ -445,6 +502,17 @@ def admit(
     )
 
 
+def clear_throttle(session: Session, job_id: uuid.UUID) -> None:
+    """A throttled job was claimed: its reason no longer applies."""
+    session.execute(
+        text(
+            "UPDATE jobs SET throttled_until = NULL, throttle_reason = NULL"
+            " WHERE id = :id AND throttle_reason IS NOT NULL"
+        ),
+        {"id": job_id},
+    )
+
+
 def throttle(
     session: Session, job_id: uuid.UUID, *, reason: str, until: datetime | None, recheck_s: float
 ) -> None:
@@ -480,18 +548,6 @@ def fail_at_claim(session: Session, job_id: uuid.UUID, *, error_type: str, messa
     )
 
 
-# Adds the settled calls' priced usage to their month's spend.
-_ADD_SPEND = """
-    INSERT INTO flow_spend (tenant, model, month, cost_usd)
-    SELECT s.tenant, s.model, date_trunc('month', u.created_at AT TIME ZONE 'UTC')::date,
-           u.cost_usd
-    FROM settled s JOIN token_usage u ON u.job_id = s.job_id
-    WHERE s.tenant IS NOT NULL AND u.cost_usd IS NOT NULL
-    ON CONFLICT (tenant, model, month)
-        DO UPDATE SET cost_usd = flow_spend.cost_usd + excluded.cost_usd
-"""
-
-
 _BEST_THROTTLED = f"""
     SELECT j.id FROM jobs j
     WHERE j.needs_publish AND j.throttle_reason IS NOT NULL AND {_PENDING}
@@ -505,7 +561,8 @@ def settle(session: Session, job_id: uuid.UUID, attempt: int, *, wake: int) -> l
     """Settle a finished call and wake throttled jobs, in one round trip.
 
     The call's reservation becomes the tokens it really used (its usage row; a call without
-    one keeps its prompt estimate) and its priced usage joins its month's spend; adaptive
+    one keeps its prompt estimate) and stops counting against budgets, which from then on
+    count its priced usage (run it in the transaction that writes the usage); adaptive
     limits in its scope move with its time to first token (additive increase,
     multiplicative decrease). Then, as ``wake_throttled``, up to ``wake`` throttled jobs
     are marked as published and returned, for the caller to publish after the commit."""
@@ -519,8 +576,6 @@ def settle(session: Session, job_id: uuid.UUID, attempt: int, *, wake: int) -> l
                         a.tokens_reserved)
                 WHERE a.job_id = :job_id AND a.attempt = :attempt AND a.settled_at IS NULL
                 RETURNING a.tenant, a.model, a.job_id
-            ), spent AS (
-                {_ADD_SPEND}
             ), ttft AS (
                 SELECT extract(epoch FROM t.first_token_at - t.started_at) * 1000 AS ms
                 FROM job_attempts t
@@ -569,10 +624,10 @@ def wake_throttled(session: Session, *, limit: int) -> list[uuid.UUID]:
 
 def settle_lost(session: Session, *, limit: int) -> int:
     """Settle the calls whose job no longer runs that attempt but that were never settled
-    (their worker died, or could not reach the database after recording)."""
+    (their worker died before recording): their reservations stop counting."""
     result = session.execute(
         text(
-            f"""
+            """
             WITH settled AS (
                 UPDATE flow_admissions a SET settled_at = now(),
                     tokens_used = coalesce(
@@ -585,9 +640,7 @@ def settle_lost(session: Session, *, limit: int) -> int:
                           AND j.attempts = a2.attempt)
                     LIMIT :limit
                     FOR UPDATE SKIP LOCKED)
-                RETURNING a.tenant, a.model, a.job_id
-            ), spent AS (
-                {_ADD_SPEND}
+                RETURNING a.job_id
             )
             SELECT count(*) FROM settled
             """
@@ -598,8 +651,8 @@ def settle_lost(session: Session, *, limit: int) -> int:
 
 
 def prune_admissions(session: Session, *, older_than_s: float) -> int:
-    """Delete settled admissions older than the rate window needs (their cost is in
-    ``flow_spend``)."""
+    """Delete settled admissions older than the rate window needs (their cost is in the
+    usage rollups)."""
     result = session.execute(
         text(
             """

@@ -718,17 +718,6 @@ class FlowAdmission(Base):
     )
 
 
-class FlowSpend(Base):
-    """Priced spend of a tenant on a model in a UTC month, added as calls settle."""
-
-    __tablename__ = "flow_spend"
-
-    tenant: Mapped[str] = mapped_column(primary_key=True)
-    model: Mapped[str] = mapped_column(primary_key=True)
-    month: Mapped[date] = mapped_column(primary_key=True)
-    cost_usd: Mapped[Decimal] = mapped_column(COST_USD, server_default="0")
-
-
 class BatchFile(Base):
     """A batch input file (its bytes in ``batch_file_chunks``) or a batch's output or error
     file (``batch_output``: rendered from the batch's jobs when read)."""

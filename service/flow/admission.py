@@ -3,10 +3,12 @@
 The broker is a wake-up; Postgres decides. A worker that receives a message for job A ranks
 the eligible pending jobs (priority with aging, then the tenant with the fewest running
 calls, then enqueue order; ``FOR UPDATE SKIP LOCKED``) and runs the best one whose limits
-admit it now, which may be another job B. A then waits in the database with a reason (no
-message, no thread held) and is woken when a call finishes, or by the sweep at its
-``throttled_until``. Limits and budgets are read and locked in this same transaction, so
-concurrent claims in one scope decide one after the other and cannot overshoot together.
+admit it now: its own job A unless a job B strictly outranks it (a higher priority after
+aging, or as high with fewer calls of its tenant running). When B runs, or A's limits hold
+it, A waits in the database with a reason (no message, no thread held) and is woken when a
+call finishes, or by the sweep at its ``throttled_until``. Limits and budgets are read and
+locked in this same transaction, so concurrent claims in one scope decide one after the
+other and cannot overshoot together.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 BUDGET_EXCEEDED = "budget_exceeded"
 # A call in no token-limited or budgeted scope reserves nothing; it settles to its usage.
 NO_ESTIMATE = flow_db.Estimate(0, 0, None, None)
+NO_RULES = flow_db.Rules(limits=[], budget_ids=[])
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,12 @@ class Admission:
     # To publish once the claim commits: next turns of failed jobs, their webhooks.
     next_turns: list[uuid.UUID | None] = field(default_factory=list)
     deliveries: list[uuid.UUID] = field(default_factory=list)
+    # Whether a limit or a budget exists at all: only then is a call's reservation written
+    # (and settled when it ends). Whether the job to run was throttled before (its reason is
+    # then cleared at claim), and whether throttled jobs wait for a call to end.
+    reserve: bool = False
+    was_throttled: bool = False
+    throttled_waiting: bool = False
 
     def retry_in(self, settings: Settings) -> float:
         """How long a message that must report its own job waits before it tries again."""
@@ -75,12 +84,15 @@ class Admission:
 class _Checker:
     """Limit and budget checks for one claim, each scope read (and locked) once."""
 
-    def __init__(self, session: Session, settings: Settings) -> None:
+    def __init__(self, session: Session, settings: Settings, *, configured: bool) -> None:
         self.session = session
         self.settings = settings
+        self.configured = configured  # any limit or budget at all (read with the ranking)
         self._rules: dict[tuple[str | None, str], flow_db.Rules] = {}
 
     def rules(self, job: flow_db.Pending) -> flow_db.Rules:
+        if not self.configured:
+            return NO_RULES
         key = (job.tenant, job.model)
         if key not in self._rules:
             self._rules[key] = flow_db.rules_for(self.session, job.tenant, job.model)
@@ -152,20 +164,29 @@ def admit(
 
     ``own_only``: the message's sender waits for its result (a foreign Celery producer), so
     it runs its own job or none; it still counts as a candidate for other messages."""
-    own = flow_db.lock_pending(session, job_id)
+    ranking = flow_db.ranking(
+        session,
+        job_id,
+        aging_s=settings.ezq_priority_aging,
+        limit=c.FLOW_CANDIDATES,
+        rank=not own_only,
+    )
+    own = ranking.own
     if own is None:
         return Admission(job_id, job_id)  # not pending: the claim says why
-    checker = _Checker(session, settings)
-    candidates = (
-        []
-        if own_only
-        else flow_db.best_candidates(
-            session, aging_s=settings.ezq_priority_aging, limit=c.FLOW_CANDIDATES
-        )
+    checker = _Checker(session, settings, configured=ranking.rules_configured)
+    # The message runs its own job unless another strictly outranks it. Among equals it
+    # keeps its own: the others have messages of their own on the way (or are woken when a
+    # call ends), and running one of them here would park this one until a call ends.
+    better = [job for job in ranking.candidates if job.outranks(own)]
+    others = [job for job in ranking.candidates if not job.outranks(own)]
+    candidates = [*better, own, *others]
+    admission = Admission(
+        job_id,
+        None,
+        reserve=ranking.rules_configured,
+        throttled_waiting=ranking.throttled_waiting,
     )
-    if all(job.id != own.id for job in candidates):
-        candidates.append(own)
-    admission = Admission(job_id, None)
     for job in candidates:
         # Only a token limit or a budget needs the estimate (one more round trip).
         est = checker.estimate(job.id) if checker.needs_estimate(job) else None
@@ -181,6 +202,7 @@ def admit(
                 break
             continue
         admission.job_id, admission.estimate = job.id, est or NO_ESTIMATE
+        admission.was_throttled = job.throttled
         break
     if admission.swapped and admission.hold is None:
         admission.hold = Hold(f"outranked by job {admission.job_id}")
@@ -211,8 +233,16 @@ def _fail(session: Session, admission: Admission, job_id: uuid.UUID, problem: st
 
 
 def claimed(session: Session, admission: Admission, claim: attempts.ClaimOutcome) -> None:
-    """Record the reservation of the call just claimed (same transaction as the claim)."""
+    """Record the reservation of the call just claimed (same transaction as the claim).
+
+    With no limit and no budget anywhere there is nothing to reserve nor to settle: the
+    call writes no admission (a limit set later counts from then on; budgets count spend
+    from the usage rollups either way)."""
     if not isinstance(claim, attempts.Claimed) or admission.estimate is None:
+        return
+    if not admission.reserve:
+        if admission.was_throttled:
+            flow_db.clear_throttle(session, claim.job_id)
         return
     est = admission.estimate
     flow_db.admit(

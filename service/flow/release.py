@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import dataclass
 
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from service import constants as c
 from service.config import Settings
@@ -18,15 +20,51 @@ from service.worker.dispatch import publish_jobs
 log = logging.getLogger(__name__)
 
 
-def release(job_id: uuid.UUID, attempt: int, settings: Settings) -> None:
-    """Settle the call's tokens to its real usage and publish the best throttled jobs: a
-    capacity has just freed. A failure here only delays them until the sweep's recheck."""
+@dataclass(slots=True)
+class Settlement:
+    """What the end of one admitted call owes flow control.
+
+    ``reserved``: the claim wrote the call's reservation, to settle to its real use.
+    ``wake``: throttled jobs were waiting at claim, to wake now that a capacity frees.
+    ``done``: it was settled in the transaction that recorded the call's outcome."""
+
+    reserved: bool
+    wake: bool
+    done: bool = False
+
+    @classmethod
+    def of(cls, admission: Admission) -> Settlement:
+        return cls(reserved=admission.reserve, wake=admission.throttled_waiting)
+
+
+def settle_in(
+    session: Session, settlement: Settlement | None, job_id: uuid.UUID, attempt: int
+) -> list[uuid.UUID]:
+    """Settle the call in the caller's transaction (the one that writes its usage, so that
+    a budget counts the call once: reserved before the commit, spent after it). Returns the
+    throttled jobs to publish once it commits."""
+    if settlement is None:
+        return []
+    if settlement.reserved:
+        return flow_db.settle(session, job_id, attempt, wake=c.FLOW_WAKE)
+    if settlement.wake:
+        return flow_db.wake_throttled(session, limit=c.FLOW_WAKE)
+    return []
+
+
+def release(job_id: uuid.UUID, attempt: int, settlement: Settlement) -> None:
+    """Settle a call whose outcome was not recorded with its settlement (it raised, or the
+    database was away), in a transaction of its own, and publish the best throttled jobs. A
+    failure here only delays them until the sweep's recheck."""
+    if settlement.done or not (settlement.reserved or settlement.wake):
+        return
     try:
         with transaction() as session:
-            woken = flow_db.settle(session, job_id, attempt, wake=c.FLOW_WAKE)
+            woken = settle_in(session, settlement, job_id, attempt)
     except SQLAlchemyError:
         log.warning("[job=%s] could not settle the call; the sweep wakes throttled jobs", job_id)
         return
+    settlement.done = True
     publish_jobs(woken)
 
 
@@ -38,9 +76,8 @@ def after_admission(admission: Admission) -> None:
 
 
 def sweep_flow(settings: Settings) -> int:
-    """The sweep's flow step: settle calls lost with their worker (their reservation goes,
-    their real cost, if recorded, is spent) and forget settled admissions older than an hour
-    (or two windows, if longer)."""
+    """The sweep's flow step: settle calls lost with their worker (their reservation goes)
+    and forget settled admissions older than an hour (or two windows, if longer)."""
     with transaction() as session:
         settled = flow_db.settle_lost(session, limit=c.SWEEP_BATCH)
         keep = max(2 * settings.ezq_flow_window, c.FLOW_ADMISSIONS_KEEP_S)

@@ -18,6 +18,7 @@ from service.db import attempts
 from service.db.attempts import CallOutcome, Claimed, FailedCall
 from service.db.session import transaction
 from service.errors import GatewayError
+from service.flow.release import Settlement, settle_in
 from service.tokens import TokenCounts
 from service.usage.costs import insert_priced_usage
 from service.webhooks import outbox as webhook_outbox
@@ -31,6 +32,8 @@ class FollowUps:
 
     next_job_id: uuid.UUID | None = None
     webhook_ids: list[uuid.UUID] = field(default_factory=list)
+    # Throttled jobs woken because this call's capacity freed.
+    woken: list[uuid.UUID] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +96,29 @@ def _webhooks(session: Session, job: Row[Any], view: dict[str, Any]) -> list[uui
 
 
 def record_succeeded(
-    claim: Claimed, completion: Completion, tokens: TokenCounts | None
+    claim: Claimed,
+    completion: Completion,
+    tokens: TokenCounts | None,
+    settlement: Settlement | None = None,
 ) -> Recorded:
-    """Store the reply, the history, the priced usage and the webhook, if still ours."""
+    """Store the reply, the history, the priced usage and the webhook, if still ours, and
+    settle the call with flow control."""
+    return _committed(_record_succeeded(claim, completion, tokens, settlement), settlement)
+
+
+def _committed(recorded: Recorded, settlement: Settlement | None) -> Recorded:
+    # The transaction that settled the call has committed: nothing is left to settle.
+    if settlement is not None:
+        settlement.done = True
+    return recorded
+
+
+def _record_succeeded(
+    claim: Claimed,
+    completion: Completion,
+    tokens: TokenCounts | None,
+    settlement: Settlement | None,
+) -> Recorded:
     with transaction() as session:
         ended = attempts.record_success(
             session,
@@ -113,9 +136,11 @@ def record_succeeded(
             )
             if cancelled is not None:
                 _insert_usage(session, cancelled, completion, tokens, job_cancelled=True)
+            woken = settle_in(session, settlement, claim.job_id, claim.attempt)
             view = views.job_view(session, claim.job_id)
-            return Recorded(None, view, FollowUps(ended.next_job_id))
+            return Recorded(None, view, FollowUps(ended.next_job_id, woken=woken))
         cost = _insert_usage(session, job, completion, tokens, job_cancelled=False)
+        woken = settle_in(session, settlement, claim.job_id, claim.attempt)
         # Built from what was just written rather than read back.
         usage = tokens.summary() if tokens is not None and completion.usage is not None else None
         view = views.view_of(
@@ -126,13 +151,31 @@ def record_succeeded(
             thinking_blocks=completion.thinking_blocks,
         )
         webhooks = _webhooks(session, job, view) if job.callback_url is not None else []
-    return Recorded(job, view, FollowUps(ended.next_job_id, webhooks), cost)
+    return Recorded(job, view, FollowUps(ended.next_job_id, webhooks, woken), cost)
 
 
 def record_failed(
-    claim: Claimed, error: GatewayError, *, final: bool, retry_in_s: float, park: bool
+    claim: Claimed,
+    error: GatewayError,
+    *,
+    final: bool,
+    retry_in_s: float,
+    park: bool,
+    settlement: Settlement | None = None,
 ) -> Recorded:
-    """Record a failed attempt: the job ends (``final``) or is retried in ``retry_in_s``."""
+    """Record a failed attempt: the job ends (``final``) or is retried in ``retry_in_s``;
+    settle the call with flow control."""
+    return _committed(_record_failed(claim, error, final, retry_in_s, park, settlement), settlement)
+
+
+def _record_failed(
+    claim: Claimed,
+    error: GatewayError,
+    final: bool,
+    retry_in_s: float,
+    park: bool,
+    settlement: Settlement | None,
+) -> Recorded:
     call = CallOutcome(http_status=error.status, request_id=error.request_id, surface=error.surface)
     with transaction() as session:
         ended = attempts.record_failure(
@@ -158,10 +201,12 @@ def record_failed(
                 error=f"the job was cancelled while this call ran; it failed: {error.describe()}",
                 retryable=error.retryable,
             )
+            woken = settle_in(session, settlement, claim.job_id, claim.attempt)
             view = views.job_view(session, claim.job_id)
-            return Recorded(None, view, FollowUps(ended.next_job_id))
+            return Recorded(None, view, FollowUps(ended.next_job_id, woken=woken))
         # A failed job has no reply and no usage (only a success writes them).
         view = views.view_of(job, content=None, tool_calls=None, usage=None)
         ended_now = final and job.callback_url is not None
         webhooks = _webhooks(session, job, view) if ended_now else []
-    return Recorded(job, view, FollowUps(ended.next_job_id, webhooks))
+        woken = settle_in(session, settlement, claim.job_id, claim.attempt)
+    return Recorded(job, view, FollowUps(ended.next_job_id, webhooks, woken))

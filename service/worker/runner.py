@@ -21,10 +21,11 @@ from service.db import attempts, queries
 from service.db.session import transaction
 from service.errors import GatewayError, InternalError
 from service.flow import admission
-from service.flow.release import after_admission, release
+from service.flow.release import Settlement, after_admission, release
 from service.gateway.retry import backoff_seconds, is_retryable
 from service.live import publisher as live_publisher
 from service.tokens import TokenCounts, normalise_usage
+from service.worker.dispatch import publish_jobs
 from service.worker.liveness import ActiveJobs
 from service.worker.record import FollowUps, record_failed, record_succeeded
 
@@ -153,6 +154,9 @@ def run_job(
     assert isinstance(claim, attempts.Claimed)
     if active is not None:
         active.add(claim.job_id)
+    # Flow control's step when the call ends (settle, wake throttled jobs) is taken in the
+    # transaction that records the outcome, or on its own if that one did not happen.
+    settlement = Settlement.of(gate)
     try:
         outcome = _attempt(
             claim,
@@ -161,12 +165,12 @@ def run_job(
             publish=publish,
             rng=rng,
             publish_webhooks=publish_webhooks,
+            settlement=settlement,
         )
     finally:
         if active is not None:
             active.discard(claim.job_id)
-        # Flow control's step when the call ends: settle, wake throttled jobs.
-        release(claim.job_id, claim.attempt, settings)
+        release(claim.job_id, claim.attempt, settlement)
     return _in_place_of(claim, outcome) if gate.swapped else outcome
 
 
@@ -188,6 +192,7 @@ def _attempt(
     publish: Callable[[uuid.UUID], None],
     rng: random.Random | None,
     publish_webhooks: PublishWebhooks | None,
+    settlement: Settlement,
 ) -> Outcome:
     jlog = JobLog(
         log,
@@ -213,6 +218,7 @@ def _attempt(
                 rng=rng,
                 publish_webhooks=publish_webhooks,
                 call_started=call_started,
+                settlement=settlement,
             ),
             jlog,
             wait_up_to=settings.ezq_record_retry_for,
@@ -245,6 +251,7 @@ def _attempt(
                 publish_webhooks=publish_webhooks,
                 jlog=jlog,
                 call_started=call_started,
+                settlement=settlement,
             ),
             jlog,
             wait_up_to=settings.ezq_record_retry_for,
@@ -305,8 +312,9 @@ def _succeeded_attempt(
     publish_webhooks: PublishWebhooks | None,
     jlog: JobLog,
     call_started: datetime,
+    settlement: Settlement,
 ) -> Outcome:
-    recorded = record_succeeded(claim, completion, tokens)
+    recorded = record_succeeded(claim, completion, tokens, settlement)
     if recorded.job is None:
         jlog.warning("the job is no longer ours (cancelled or taken over); reply discarded")
     else:
@@ -338,6 +346,7 @@ def _failed_attempt(
     rng: random.Random | None,
     publish_webhooks: PublishWebhooks | None,
     call_started: datetime,
+    settlement: Settlement,
 ) -> Outcome:
     final = not is_retryable(error) or claim.attempt >= settings.ezq_max_attempts
     countdown = backoff_seconds(
@@ -347,7 +356,9 @@ def _failed_attempt(
         rng=rng,
     )
     park = not final and countdown > settings.max_countdown_seconds
-    recorded = record_failed(claim, error, final=final, retry_in_s=countdown, park=park)
+    recorded = record_failed(
+        claim, error, final=final, retry_in_s=countdown, park=park, settlement=settlement
+    )
     view = recorded.view
     if recorded.job is None:
         jlog.warning("the job is no longer ours (cancelled or taken over); failure not recorded")
@@ -397,8 +408,10 @@ def _publish_follow_ups(
     publish: Callable[[uuid.UUID], None],
     publish_webhooks: PublishWebhooks | None,
 ) -> None:
-    """After the commit that wrote them: wake the next turn, send the webhooks. If this
-    process dies first, the sweep publishes both."""
+    """After the commit that wrote them: wake the next turn and the throttled jobs, send the
+    webhooks. If this process dies first, the sweep publishes them."""
+    if follow_ups.woken:
+        publish_jobs(follow_ups.woken)
     if follow_ups.next_job_id is not None:
         try:
             publish(follow_ups.next_job_id)
