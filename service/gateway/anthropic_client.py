@@ -20,6 +20,7 @@ from service.config import Settings
 from service.gateway.anthropic_stream import AnthropicAssembler
 from service.gateway.anthropic_wire import to_anthropic
 from service.gateway.reading import stream_call
+from service.gateway.shards import ThreadShards, pool_limits
 
 # What this SDK version's create() takes by name; other body fields (temperature and top_p
 # are not named by every version) travel through ``extra_body``, unchanged.
@@ -32,18 +33,26 @@ class AnthropicSurface:
     def __init__(self, settings: Settings) -> None:
         self._deadline_s = settings.ezq_gateway_attempt_deadline
         self.base_url = settings.anthropic_base_url
-        self._client = anthropic.Anthropic(
-            api_key=settings.require_api_key(),
-            base_url=self.base_url,
-            max_retries=0,
-            timeout=anthropic.Timeout(
-                timeout=settings.ezq_gateway_read_timeout,
-                connect=settings.ezq_gateway_connect_timeout,
-            ),
-        )
+        api_key = settings.require_api_key()
+
+        def make(keepalive: int) -> anthropic.Anthropic:
+            limits = pool_limits(anthropic.DefaultHttpxClient, keepalive)
+            return anthropic.Anthropic(
+                api_key=api_key,
+                base_url=self.base_url,
+                max_retries=0,
+                timeout=anthropic.Timeout(
+                    timeout=settings.ezq_gateway_read_timeout,
+                    connect=settings.ezq_gateway_connect_timeout,
+                ),
+                http_client=anthropic.DefaultHttpxClient(limits=limits),
+            )
+
+        self._clients = ThreadShards(make, threads=settings.ezq_worker_concurrency)
 
     def close(self) -> None:
-        self._client.close()
+        for client in self._clients.clients:
+            client.close()
 
     def complete(
         self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
@@ -53,7 +62,7 @@ class AnthropicSurface:
         named = {k: v for k, v in body.items() if k in _SDK_PARAMS}
         extra_body = {k: v for k, v in body.items() if k not in _SDK_PARAMS} or None
         return stream_call(
-            lambda: self._client.messages.with_streaming_response.create(
+            lambda: self._clients.get().messages.with_streaming_response.create(
                 stream=True, extra_body=extra_body, **named
             ),
             AnthropicAssembler(),

@@ -15,6 +15,7 @@ import openai
 from service.completion import Completion
 from service.config import Settings
 from service.gateway.reading import stream_call
+from service.gateway.shards import ThreadShards, pool_limits
 from service.gateway.stream import StreamAssembler
 
 # Parameters the SDK's create() takes by name; the rest are ezrouter extensions that
@@ -56,20 +57,28 @@ class OpenAISurface:
 
     def __init__(self, settings: Settings) -> None:
         self._deadline_s = settings.ezq_gateway_attempt_deadline
-        self._client = openai.OpenAI(
-            api_key=settings.require_api_key(),
-            base_url=settings.ezrouter_base_url,
-            # Celery's retry is the only retry, so that every attempt is counted and only
-            # the right errors are retried.
-            max_retries=0,
-            timeout=openai.Timeout(
-                timeout=settings.ezq_gateway_read_timeout,
-                connect=settings.ezq_gateway_connect_timeout,
-            ),
-        )
+        api_key = settings.require_api_key()
+
+        def make(keepalive: int) -> openai.OpenAI:
+            limits = pool_limits(openai.DefaultHttpxClient, keepalive)
+            return openai.OpenAI(
+                api_key=api_key,
+                base_url=settings.ezrouter_base_url,
+                # Celery's retry is the only retry, so that every attempt is counted and
+                # only the right errors are retried.
+                max_retries=0,
+                timeout=openai.Timeout(
+                    timeout=settings.ezq_gateway_read_timeout,
+                    connect=settings.ezq_gateway_connect_timeout,
+                ),
+                http_client=openai.DefaultHttpxClient(limits=limits),
+            )
+
+        self._clients = ThreadShards(make, threads=settings.ezq_worker_concurrency)
 
     def close(self) -> None:
-        self._client.close()
+        for client in self._clients.clients:
+            client.close()
 
     def complete(
         self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
@@ -78,7 +87,7 @@ class OpenAISurface:
         sdk_params = {k: v for k, v in params.items() if k in _SDK_PARAMS}
         extra_body = {k: v for k, v in params.items() if k not in _SDK_PARAMS} or None
         return stream_call(
-            lambda: self._client.chat.completions.with_streaming_response.create(  # type: ignore[call-overload]
+            lambda: self._clients.get().chat.completions.with_streaming_response.create(  # type: ignore[call-overload]
                 model=model,
                 messages=openai_messages(messages),
                 stream=True,

@@ -1,0 +1,50 @@
+"""The gateway's HTTP connection pools, one per group of worker threads.
+
+An SDK client's pool (httpcore's) scans every connection it holds each time a request
+starts or ends, so one pool shared by a thousand threads costs a thousand steps per
+request, and the SDKs' default keeps only 100 idle connections, so past 100 concurrent
+calls most calls open a new TCP connection. Each worker thread is therefore given, on
+first use and for good, one of several clients whose pool serves at most
+``THREADS_PER_POOL`` threads and keeps a connection alive for each of them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import math
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+Client = TypeVar("Client")
+
+THREADS_PER_POOL = 64
+
+
+def pool_limits(http_client_class: type[Any], keepalive: int) -> Any:
+    """Limits for the SDK's HTTP client class: no cap on connections (the threads cap them),
+    ``keepalive`` idle ones kept. Built from the package that class comes from (httpx or
+    httpx2, depending on the SDK's version)."""
+    base = next(c for c in http_client_class.__mro__[1:] if c.__name__ == "Client")
+    package = importlib.import_module(base.__module__.split(".")[0])
+    return package.Limits(max_connections=None, max_keepalive_connections=keepalive)
+
+
+class ThreadShards(Generic[Client]):
+    """``threads`` threads spread round-robin over clients made by ``make(keepalive)``."""
+
+    def __init__(self, make: Callable[[int], Client], *, threads: int) -> None:
+        count = max(1, math.ceil(threads / THREADS_PER_POOL))
+        per_pool = math.ceil(threads / count)
+        self.clients = [make(per_pool) for _ in range(count)]
+        self._turn = itertools.count()
+        self._local = threading.local()
+
+    def get(self) -> Client:
+        """This thread's client."""
+        client: Client | None = getattr(self._local, "client", None)
+        if client is None:
+            client = self.clients[next(self._turn) % len(self.clients)]
+            self._local.client = client
+        return client
