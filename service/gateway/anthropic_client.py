@@ -20,7 +20,7 @@ from service.config import Settings
 from service.gateway.anthropic_stream import AnthropicAssembler
 from service.gateway.anthropic_wire import to_anthropic
 from service.gateway.reading import stream_call
-from service.gateway.shards import ThreadShards, pool_limits
+from service.gateway.shards import sdk_clients
 
 # What this SDK version's create() takes by name; other body fields (temperature and top_p
 # are not named by every version) travel through ``extra_body``, unchanged.
@@ -33,22 +33,9 @@ class AnthropicSurface:
     def __init__(self, settings: Settings) -> None:
         self._deadline_s = settings.ezq_gateway_attempt_deadline
         self.base_url = settings.anthropic_base_url
-        api_key = settings.require_api_key()
-
-        def make(keepalive: int) -> anthropic.Anthropic:
-            limits = pool_limits(anthropic.DefaultHttpxClient, keepalive)
-            return anthropic.Anthropic(
-                api_key=api_key,
-                base_url=self.base_url,
-                max_retries=0,
-                timeout=anthropic.Timeout(
-                    timeout=settings.ezq_gateway_read_timeout,
-                    connect=settings.ezq_gateway_connect_timeout,
-                ),
-                http_client=anthropic.DefaultHttpxClient(limits=limits),
-            )
-
-        self._clients = ThreadShards(make, threads=settings.ezq_worker_concurrency)
+        self._clients = sdk_clients(
+            anthropic, anthropic.Anthropic, base_url=self.base_url, settings=settings
+        )
 
     def close(self) -> None:
         for client in self._clients.clients:

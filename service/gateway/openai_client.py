@@ -15,7 +15,7 @@ import openai
 from service.completion import Completion
 from service.config import Settings
 from service.gateway.reading import stream_call
-from service.gateway.shards import ThreadShards, pool_limits
+from service.gateway.shards import sdk_clients
 from service.gateway.stream import StreamAssembler
 
 # Parameters the SDK's create() takes by name; the rest are ezrouter extensions that
@@ -57,24 +57,9 @@ class OpenAISurface:
 
     def __init__(self, settings: Settings) -> None:
         self._deadline_s = settings.ezq_gateway_attempt_deadline
-        api_key = settings.require_api_key()
-
-        def make(keepalive: int) -> openai.OpenAI:
-            limits = pool_limits(openai.DefaultHttpxClient, keepalive)
-            return openai.OpenAI(
-                api_key=api_key,
-                base_url=settings.ezrouter_base_url,
-                # Celery's retry is the only retry, so that every attempt is counted and
-                # only the right errors are retried.
-                max_retries=0,
-                timeout=openai.Timeout(
-                    timeout=settings.ezq_gateway_read_timeout,
-                    connect=settings.ezq_gateway_connect_timeout,
-                ),
-                http_client=openai.DefaultHttpxClient(limits=limits),
-            )
-
-        self._clients = ThreadShards(make, threads=settings.ezq_worker_concurrency)
+        self._clients = sdk_clients(
+            openai, openai.OpenAI, base_url=settings.ezrouter_base_url, settings=settings
+        )
 
     def close(self) -> None:
         for client in self._clients.clients:

@@ -15,7 +15,10 @@ import itertools
 import math
 import threading
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any, Generic, TypeVar
+
+from service.config import Settings
 
 Client = TypeVar("Client")
 
@@ -48,3 +51,29 @@ class ThreadShards(Generic[Client]):
             client = self.clients[next(self._turn) % len(self.clients)]
             self._local.client = client
         return client
+
+
+def sdk_clients(
+    sdk: ModuleType, client_class: Callable[..., Client], *, base_url: str, settings: Settings
+) -> ThreadShards[Client]:
+    """The worker's clients of one SDK (``openai`` or ``anthropic``, which take the same
+    arguments): SDK retries off, ezq's connect and read timeouts, sized pools."""
+    api_key = settings.require_api_key()
+
+    def make(keepalive: int) -> Client:
+        return client_class(
+            api_key=api_key,
+            base_url=base_url,
+            # Celery's retry is the only retry, so that every attempt is counted and only
+            # the right errors are retried.
+            max_retries=0,
+            timeout=sdk.Timeout(
+                timeout=settings.ezq_gateway_read_timeout,
+                connect=settings.ezq_gateway_connect_timeout,
+            ),
+            http_client=sdk.DefaultHttpxClient(
+                limits=pool_limits(sdk.DefaultHttpxClient, keepalive)
+            ),
+        )
+
+    return ThreadShards(make, threads=settings.ezq_worker_concurrency)
