@@ -225,3 +225,30 @@ def test_status_csv_has_every_tenant_model_line_without_formulas() -> None:
     assert list(rows[0]) == [
         "tenant", "model", "queued", "in_flight", "retrying", "throttled", "oldest_queued_at",
     ]  # fmt: skip
+
+
+def test_prices_list_fits_80_columns_and_shortens_only_the_model() -> None:
+    """A long model name shortens with an ellipsis; ids, times and amounts stay whole."""
+    model = f"long-model-name-for-the-width-test-{uuid.uuid4().hex}"
+    ok(
+        "prices",
+        "set",
+        model,
+        "--input",
+        "123.456789",
+        "--cached-input",
+        "0.5",
+        "--output",
+        "987.654321",
+        "--from",
+        "2021-03-04",
+    )
+    (record,) = [
+        p for p in json.loads(ok("prices", "list", "--format", "json")) if p["model"] == model
+    ]
+    assert record["input_per_mtok"] == "123.456789"
+    table = ok("prices", "list")
+    assert widest(table) <= 80
+    (line,) = [row for row in table.splitlines() if row.split()[:1] == [str(record["id"])]]
+    assert "…" in line and model not in line and line.split()[1].startswith("long")
+    assert "2021-03-04 00:00" in line and "123.456789" in line and "987.654321" in line

@@ -104,7 +104,9 @@ def prices_list(model: str | None, fmt: str) -> None:
     elif fmt == "csv":
         render.write_csv(sys.stdout, render.PRICE_COLUMNS, render.price_records(rows))
     else:
-        render.console_for(sys.stdout).print(render.prices_table(rows))
+        from service.ops.output import console
+
+        console().print(render.prices_table(rows))
 
 
 @prices.command("import")

@@ -164,28 +164,42 @@ PRICE_COLUMNS = (
 )
 
 
-def prices_table(prices: list[PriceRow]) -> Table:
-    table = Table(title="Prices in USD per million tokens", title_justify="left")
-    table.add_column("Id", justify="right")
-    table.add_column("Model")
-    table.add_column("From (UTC)")
-    for heading in ("Input", "Cached input", "Output", "Cache write"):
-        table.add_column(heading, justify="right")
-    table.add_column("In effect")
-    for price in prices:
-        table.add_row(
+def prices_table(prices: list[PriceRow], width: int = 80) -> Table:
+    """Every price within ``width`` columns: a long model name shortens, nothing else does."""
+    from service.ops.output import GAP, table
+
+    headings = ["Id", "Model", "From (UTC)", "Input", "Cached", "Output", "Write", "Now"]
+    rows = [
+        [
             str(price.id),
             price.model,
-            f"{price.effective_from.astimezone(UTC):%Y-%m-%d %H:%M:%S}",
+            f"{price.effective_from.astimezone(UTC):%Y-%m-%d %H:%M}",
             plain(price.input_per_mtok),
             plain(price.cached_input_per_mtok),
             plain(price.output_per_mtok),
             plain(price.cache_write_input_per_mtok)
             if price.cache_write_input_per_mtok is not None
-            else "= input",
-            "[green]yes[/]" if price.in_effect else "",
+            else "=input",
+            "yes" if price.in_effect else "",
+        ]
+        for price in prices
+    ]
+    widths = [max(len(cell) for cell in column) for column in zip(headings, *rows, strict=True)]
+    others = sum(widths) - widths[1] + GAP * (len(headings) - 1)
+    widths[1] = max(8, min(widths[1], width - others))
+    result: Table = table(
+        *(
+            (heading, {"width": w, "justify": "left" if i in (1, 2, 7) else "right"})
+            for i, (heading, w) in enumerate(zip(headings, widths, strict=True))
         )
-    return table
+    )
+    result.title = "Prices in USD per million tokens"
+    result.title_justify = "left"
+    result.caption = "Cached: cache reads; Write: cache writes; Now: in effect"
+    result.caption_justify = "left"
+    for row in rows:
+        result.add_row(*row)
+    return result
 
 
 def console_for(out: IO[str]) -> Console:
