@@ -285,13 +285,16 @@ def wait_for_job(job_id: uuid.UUID | str, timeout: float = 30.0) -> dict[str, An
         time.sleep(0.05)
 
 
-def sql(query: str, **params: Any) -> list[tuple[Any, ...]]:
-    """Run a query against the test database and return all rows."""
-    from sqlalchemy import text
+def sql(query: str, *, database: str | None = None, **params: Any) -> list[tuple[Any, ...]]:
+    """Run a query against the test database (or the one at URL ``database``) and return
+    all rows."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
 
     from service.db.session import get_engine
 
-    with get_engine().connect() as conn:
+    engine = get_engine() if database is None else create_engine(database, poolclass=NullPool)
+    with engine.connect() as conn:
         return [tuple(row) for row in conn.execute(text(query), params).all()]
 
 
@@ -301,16 +304,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def places_holding(secret: str) -> list[str]:
-    """Every table of the test database and every Redis key whose contents hold ``secret``."""
+def places_holding(secret: str, database: str | None = None) -> list[str]:
+    """Every table of the test database (or the one at URL ``database``) and every Redis key
+    whose contents hold ``secret``."""
     import redis as redis_lib
 
     found = []
     for (table,) in sql(
         "SELECT quote_ident(table_name) FROM information_schema.tables"
-        " WHERE table_schema = 'public' AND table_type = 'BASE TABLE'"
+        " WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
+        database=database,
     ):
-        rows = sql(f"SELECT count(*) FROM {table} t WHERE t::text LIKE :k", k=f"%{secret}%")
+        rows = sql(
+            f"SELECT count(*) FROM {table} t WHERE t::text LIKE :k",
+            database=database,
+            k=f"%{secret}%",
+        )
         if rows != [(0,)]:
             found.append(f"table {table}")
     client = redis_lib.Redis.from_url(REDIS_URL)
