@@ -161,14 +161,18 @@ def reset_settings() -> None:
     """Make this process follow the current environment: settings, database engines, and
     the Celery app's broker connections (kept from its first publish, so without this a
     test that switches brokers in-process would still publish to the first one)."""
+    from kombu import pools as kombu_pools
+
     from service.config import get_settings
     from service.db.session import dispose_engines
     from service.worker.app import app, celery_config
 
     get_settings.cache_clear()
     dispose_engines()
-    if app._pool is not None:
-        app._pool.force_close_all()
+    # kombu keeps one connection pool and one producer pool per broker URL in a registry of
+    # its own, which the app's pool is an entry of: closing that entry alone would leave
+    # it there, closed, for the next publish to the same URL. Reset the whole registry.
+    kombu_pools.reset()
     app._pool = None
     app.amqp._producer_pool = None
     app._backend_cache = None  # the result backend, made again on first use
