@@ -278,6 +278,15 @@ def test_a_webhook_whose_message_was_lost_is_sent_within_seconds(
         )
         assert out.returncode == 0, out.stderr
         (first,) = receiver.wait_for(1, "/hook", timeout=30)
+
+        def delivered() -> bool:
+            with psycopg.connect(database.url) as conn:
+                row = conn.execute("SELECT status FROM webhook_deliveries").fetchone()
+            return row is not None and row[0] == "delivered"
+
+        # The receiver has the POST before the worker records it: wait for that record, or
+        # it would overwrite the state set below.
+        wait_until(delivered, "first delivery recorded", timeout=30)
         with psycopg.connect(database.url) as conn:
             # The state a worker killed right after its commit leaves: due, marked as
             # published, no message anywhere.
