@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -20,7 +19,7 @@ from sqlalchemy.engine import Engine
 
 from service.db.migrate import throwaway_database
 from tests.conftest import WorkerProcess, run_ezq
-from tests.flow_support import price_per_token, slow
+from tests.flow_support import price_per_token, slow, wait_until
 
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 MODEL = "claude-haiku-4-5"
@@ -141,10 +140,11 @@ def test_equal_jobs_each_run_from_their_own_message(
     worker = worker_factory(
         env={**env, "EZQ_WORKER_CONCURRENCY": "8", "EZQ_REDISPATCH_AFTER": "600"}
     )
-    deadline = time.monotonic() + 60
-    while _rows(engine, "SELECT count(*) FROM jobs WHERE status <> 'succeeded'") != [(0,)]:
-        assert time.monotonic() < deadline, "jobs did not all succeed"
-        time.sleep(0.1)
+    wait_until(
+        lambda: _rows(engine, "SELECT count(*) FROM jobs WHERE status <> 'succeeded'") == [(0,)],
+        "every job succeeded",
+        timeout=60,
+    )
     # One message per attempt (a retry after a gateway error under load is a message of
     # its own): none received for a job that was parked and woken again.
     ((attempts,),) = _rows(engine, "SELECT sum(attempts) FROM jobs")

@@ -13,6 +13,7 @@ from service import enqueue_completion
 from service.fake_gateway import Fault
 from tests.conftest import WorkerProcess, run_ezq, wait_for_job
 from tests.private_services import PrivatePostgres
+from tests.test_faults import wait_until
 
 
 def wait_for_line(worker: WorkerProcess, needle: str, timeout: float = 15.0) -> str:
@@ -47,10 +48,7 @@ def test_prompt_and_reply_text_never_reach_the_log(
     def ran(log: str) -> bool:
         return any(f"[job={job_id} " in line and "succeeded:" in line for line in log.splitlines())
 
-    deadline = time.monotonic() + 15
-    while not ran(logs()):
-        assert time.monotonic() < deadline, "the job's end was never logged"
-        time.sleep(0.05)
+    wait_until(lambda: ran(logs()), "the job's end logged", timeout=15)
     log = logs()
     assert prompt_marker not in log and reply_marker not in log
     # Celery's own line for a finished task carries no result.

@@ -15,6 +15,7 @@ from service import enqueue_completion, get_conversation, get_job
 from service.db.session import transaction
 from tests.conftest import REDIS_URL, WorkerProcess, run_ezq, sql, wait_for_job
 from tests.seeding import seed_job
+from tests.test_faults import wait_until
 
 MODEL = "glm-5.1"
 USAGE = (
@@ -79,9 +80,7 @@ def test_purge_keeps_usage_exact_and_deletes_content(fake_gateway: Any) -> None:
     results.set(f"celery-task-meta-{old['jobs'][0]}", '{"result": {"content": "secret"}}')
     # Each job's live token stream holds its reply too, written just after the job ended.
     streams = [f"ezq:live:{job}" for job in (*old["jobs"], *recent["jobs"])]
-    deadline = time.monotonic() + 10
-    while not all(results.exists(k) for k in streams) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: all(results.exists(k) for k in streams), "live streams written", 10)
     assert all(results.exists(k) for k in streams)
 
     dry = purge("--before", "90d", "--tenant", tenant, "--dry-run")
