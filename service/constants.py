@@ -68,6 +68,13 @@ RESULT_EXPIRES_S: Final = 3600.0
 
 # Worker: gateway calls are I/O bound, so one process keeps many in flight on threads.
 WORKER_CONCURRENCY: Final = 32
+# Connections kept per process, and the most opened beyond them for a burst: a thousand
+# calls that end together queue for these rather than open a thousand connections
+# (Postgres refuses past max_connections, 100 by default).
+DB_POOL_SIZE: Final = 20
+DB_POOL_BURST: Final = 10
+# How long a thread waits for a pooled connection before the database counts as unavailable.
+DB_POOL_TIMEOUT_S: Final = 30.0
 
 # Request limits, checked at enqueue.
 MAX_REQUEST_BYTES: Final = 1_000_000

@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import select
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
+from service import constants as c
 from service.config import get_settings
+
+# The database cannot be used now: unreachable, or every pooled connection busy for longer
+# than the pool's timeout. Both pass; a caller waits or delivers the job again later.
+UNAVAILABLE = (OperationalError, PoolTimeout)
+
+
+def unavailable_because(exc: Exception) -> str:
+    """What made the database unavailable, in a word: the driver's error class, or the pool's."""
+    return type(getattr(exc, "orig", None) or exc).__name__
+
 
 _lock = threading.Lock()
 _factories: dict[str, sessionmaker[Session]] = {}
@@ -18,14 +33,34 @@ _factories: dict[str, sessionmaker[Session]] = {}
 def _make_engine(url: str) -> Engine:
     settings = get_settings()
     # Worker threads hold a connection only for short transactions, never across a gateway
-    # call, so a modest pool serves many threads.
-    return create_engine(
+    # call, so a modest pool serves many threads: the others wait their turn for a
+    # connection (a few milliseconds) rather than open one each.
+    concurrency = settings.ezq_worker_concurrency
+    engine = create_engine(
         url,
-        pool_size=min(10, settings.ezq_worker_concurrency),
-        max_overflow=settings.ezq_worker_concurrency,
-        pool_pre_ping=True,
+        pool_size=min(settings.ezq_db_pool_size, concurrency),
+        max_overflow=min(c.DB_POOL_BURST, concurrency),
+        pool_timeout=c.DB_POOL_TIMEOUT_S,
         pool_recycle=1800,
     )
+    event.listen(engine, "checkout", _refuse_closed_connection)
+    return engine
+
+
+def _refuse_closed_connection(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """What ``pool_pre_ping`` is for, without its round trip on every checkout.
+
+    A connection the server has closed (a restart, a terminated backend) has something to
+    read on its socket: the server's goodbye or the end of the stream. An idle connection
+    of ours has nothing to read, so anything there means it is not to be used: the pool
+    discards it and checks out another, or connects anew (``DisconnectionError``).
+    """
+    if getattr(dbapi_connection, "closed", False) or getattr(dbapi_connection, "broken", False):
+        raise DisconnectionError("the connection is closed")
+    poller = select.poll()
+    poller.register(dbapi_connection.fileno(), select.POLLIN)
+    if poller.poll(0):
+        raise DisconnectionError("the server closed the connection")
 
 
 def session_factory(url: str | None = None) -> sessionmaker[Session]:
