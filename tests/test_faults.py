@@ -182,6 +182,37 @@ def test_a_foreign_message_taken_by_a_dead_worker_comes_back(
     assert requests_for(fake_gateway, marker) == 1
 
 
+def test_a_foreign_message_that_arrives_while_the_database_is_down_runs_once_it_is_back(
+    service_env: dict[str, str],
+    worker_factory: Callable[..., WorkerProcess],
+    fake_gateway: Any,
+) -> None:
+    """A send_task message whose job row cannot be written yet (Postgres down) is not
+    dropped: it comes back with its arguments, and the job runs once Postgres is back."""
+    with PrivatePostgres() as database:
+        queue = own_queue()
+        worker = worker_factory(env={"DATABASE_URL": database.url, "EZQ_QUEUE": queue})
+        database.stop()
+        marker = uuid.uuid4().hex
+        task_id = str(uuid.uuid4())
+        app.send_task(
+            "ezq.chat_completion",
+            kwargs={"model": MODEL, "messages": [{"role": "user", "content": marker}]},
+            task_id=task_id,
+            queue=queue,
+        )
+        wait_until(lambda: "not created yet; retrying" in worker.log(), "creation refused")
+        database.start()
+
+        def status() -> tuple[Any, ...] | None:
+            with psycopg.connect(database.url) as conn:
+                return conn.execute("SELECT status FROM jobs WHERE id = %s", (task_id,)).fetchone()
+
+        wait_until(lambda: status() == ("succeeded",), "job succeeded", timeout=60)
+        assert requests_for(fake_gateway, marker) == 1
+        assert worker.proc.poll() is None, "the worker exited"
+
+
 def test_jobs_whose_messages_were_flushed_are_dispatched_again(
     service_env: dict[str, str],
     worker_factory: Callable[..., WorkerProcess],

@@ -7,12 +7,11 @@ import uuid
 from typing import Any
 
 from celery import Task
-from sqlalchemy.exc import OperationalError
 
 from service import constants as c
 from service import metrics
 from service.config import get_settings
-from service.db.session import transaction
+from service.db.session import UNAVAILABLE, transaction, unavailable_because
 from service.errors import ConfigError, EzqCallerError
 from service.webhooks import outbox
 from service.webhooks.delivery import deliver
@@ -66,9 +65,11 @@ def deliver_webhook(self: Task, delivery_id: str) -> dict[str, Any]:
         raise EzqCallerError(f"delivery_id: {delivery_id!r} is not a UUID") from None
     try:
         outcome = deliver(the_id, settings=get_settings(), publish=publish_delivery)
-    except OperationalError as exc:
+    except UNAVAILABLE as exc:
         # The database is unreachable: nothing was decided, so deliver again later.
-        log.warning("[webhook=%s] database unavailable, retrying: %s", the_id, exc.orig)
+        log.warning(
+            "[webhook=%s] database unavailable, retrying: %s", the_id, unavailable_because(exc)
+        )
         raise self.retry(countdown=5.0, exc=exc) from None
     metrics.webhook_delivery(outcome.status)
     return outcome.as_dict()

@@ -11,14 +11,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy.exc import OperationalError
-
 from service import constants as c
 from service import metrics, views
 from service.completion import Completion
 from service.config import Settings
 from service.db import attempts, queries
-from service.db.session import transaction
+from service.db.session import UNAVAILABLE, transaction, unavailable_because
 from service.errors import GatewayError, InternalError
 from service.flow import admission
 from service.flow.release import Settlement, after_admission, release
@@ -256,7 +254,7 @@ def _attempt(
             jlog,
             wait_up_to=settings.ezq_record_retry_for,
         )
-    except OperationalError:
+    except UNAVAILABLE:
         raise  # still unreachable: the task delivers the job again later
     except Exception as caught:
         # The database refused what the gateway sent (e.g. a NUL character in the text):
@@ -284,7 +282,7 @@ def _with_db_retries(
     while True:
         try:
             outcome = record()
-        except OperationalError as exc:
+        except UNAVAILABLE as exc:
             if time.monotonic() + pause > deadline:
                 jlog.error("database unavailable for %.0fs; giving the attempt up", wait_up_to)
                 raise
@@ -292,7 +290,7 @@ def _with_db_retries(
                 jlog.warning(
                     "database unavailable while recording; waiting up to %.0fs: %s",
                     wait_up_to,
-                    type(exc.orig).__name__,
+                    unavailable_because(exc),
                 )
             failures += 1
             time.sleep(pause)

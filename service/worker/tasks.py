@@ -9,14 +9,13 @@ from typing import Any
 
 from celery import Task
 from celery.app.task import get_actual_ignore_result
-from celery.exceptions import Ignore, Retry
+from celery.exceptions import Ignore, Reject, Retry
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_shutdown
-from sqlalchemy.exc import OperationalError
 
 from service import constants as c
 from service.config import get_settings
 from service.db import queries
-from service.db.session import transaction
+from service.db.session import UNAVAILABLE, transaction, unavailable_because
 from service.errors import EzqCallerError
 from service.gateway import GatewayClient
 from service.live import publisher as live_publisher
@@ -147,6 +146,15 @@ def chat_completion(
             message_id=self.request.id,
         )
         raise
+    except UNAVAILABLE as exc:
+        # A foreign message's job could not be written: the message is all there is of the
+        # job, so it must come back, never be dropped.
+        log.warning(
+            "[job=%s] database unavailable, not created yet; retrying: %s",
+            self.request.id,
+            unavailable_because(exc),
+        )
+        _retry_unwritten(self)
     try:
         outcome = run_job(
             the_id,
@@ -161,9 +169,9 @@ def chat_completion(
             # the message then runs its own job only (see service.flow.admission).
             own_only=not get_actual_ignore_result(self, self.request),
         )
-    except OperationalError as exc:
+    except UNAVAILABLE as exc:
         # The database is unreachable before anything was decided: deliver again later.
-        log.warning("[job=%s] database unavailable, retrying: %s", the_id, type(exc.orig).__name__)
+        log.warning("[job=%s] database unavailable, retrying: %s", the_id, unavailable_because(exc))
         _retry(self, the_id, countdown=5.0)
     if isinstance(outcome, Finished):
         live_publisher.job_ended(outcome.result)
@@ -194,9 +202,20 @@ def _retry(task: Task, job_id: uuid.UUID, *, countdown: float) -> None:
         try:
             with transaction() as session:
                 queries.park(session, job_id)
-        except OperationalError:
+        except UNAVAILABLE:
             pass  # the sweep's stale window finds it
         raise Ignore() from None
+
+
+def _retry_unwritten(task: Task) -> None:
+    """Deliver a message whose job has no row yet again later, with its arguments; if the
+    broker refuses the retry, give the message back unacknowledged."""
+    try:
+        raise task.retry(countdown=5.0)
+    except Retry:
+        raise
+    except Exception:
+        raise Reject(requeue=True) from None
 
 
 @app.task(name=c.TASK_SWEEP)
