@@ -147,13 +147,17 @@ _RANKING = f"""
 """
 
 
+# Built once: the claim runs it on every message, and building a text clause parses it.
+_RANKING_STATEMENT = text(_RANKING)
+
+
 def ranking(
     session: Session, job_id: uuid.UUID, *, aging_s: float, limit: int, rank: bool = True
 ) -> Ranking:
     """Lock the message's job if it is pending, due and its turn; with ``rank``, also the
     ``limit`` best-ranked eligible jobs (skipping rows other claims hold). One round trip."""
     rows = session.execute(
-        text(_RANKING), {"id": job_id, "aging": aging_s, "limit": limit, "rank": rank}
+        _RANKING_STATEMENT, {"id": job_id, "aging": aging_s, "limit": limit, "rank": rank}
     ).all()
     own: Pending | None = None
     candidates: list[Pending] = []
