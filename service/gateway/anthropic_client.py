@@ -13,7 +13,7 @@ import inspect
 from typing import Any
 
 import anthropic
-from anthropic.resources.messages import AsyncMessages
+from anthropic.resources.messages import Messages
 
 from service.completion import Completion
 from service.config import Settings
@@ -24,7 +24,7 @@ from service.gateway.shards import sdk_clients
 
 # What this SDK version's create() takes by name; other body fields (temperature and top_p
 # are not named by every version) travel through ``extra_body``, unchanged.
-_SDK_PARAMS = frozenset(inspect.signature(AsyncMessages.create).parameters) - {"self", "extra_body"}
+_SDK_PARAMS = frozenset(inspect.signature(Messages.create).parameters) - {"self", "extra_body"}
 
 
 class AnthropicSurface:
@@ -34,22 +34,22 @@ class AnthropicSurface:
         self._deadline_s = settings.ezq_gateway_attempt_deadline
         self.base_url = settings.anthropic_base_url
         self._clients = sdk_clients(
-            anthropic, anthropic.AsyncAnthropic, base_url=self.base_url, settings=settings
+            anthropic, anthropic.Anthropic, base_url=self.base_url, settings=settings
         )
 
-    async def close(self) -> None:
+    def close(self) -> None:
         for client in self._clients.clients:
-            await client.close()
+            client.close()
 
-    async def complete(
+    def complete(
         self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
     ) -> Completion:
         """One attempt: a finished completion, or a GatewayError saying why not."""
         body = to_anthropic(model, messages, params)
         named = {k: v for k, v in body.items() if k in _SDK_PARAMS}
         extra_body = {k: v for k, v in body.items() if k not in _SDK_PARAMS} or None
-        return await stream_call(
-            lambda: self._clients.next().messages.with_streaming_response.create(
+        return stream_call(
+            lambda: self._clients.get().messages.with_streaming_response.create(
                 stream=True, extra_body=extra_body, **named
             ),
             AnthropicAssembler(),

@@ -1,5 +1,4 @@
-"""ezrouter's OpenAI surface: the SDK's async client on the gateway loop, raw SSE
-assembled by us.
+"""ezrouter's OpenAI surface: one openai.OpenAI per process, raw SSE assembled by us.
 
 ezrouter always answers with SSE, and the SDK's non-stream call then returns a raw
 ``str``; so every call asks for a stream. The SDK is kept for transport, auth and its
@@ -59,21 +58,21 @@ class OpenAISurface:
     def __init__(self, settings: Settings) -> None:
         self._deadline_s = settings.ezq_gateway_attempt_deadline
         self._clients = sdk_clients(
-            openai, openai.AsyncOpenAI, base_url=settings.ezrouter_base_url, settings=settings
+            openai, openai.OpenAI, base_url=settings.ezrouter_base_url, settings=settings
         )
 
-    async def close(self) -> None:
+    def close(self) -> None:
         for client in self._clients.clients:
-            await client.close()
+            client.close()
 
-    async def complete(
+    def complete(
         self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
     ) -> Completion:
         """One attempt: a finished completion, or a GatewayError saying why not."""
         sdk_params = {k: v for k, v in params.items() if k in _SDK_PARAMS}
         extra_body = {k: v for k, v in params.items() if k not in _SDK_PARAMS} or None
-        return await stream_call(
-            lambda: self._clients.next().chat.completions.with_streaming_response.create(  # type: ignore[call-overload]
+        return stream_call(
+            lambda: self._clients.get().chat.completions.with_streaming_response.create(  # type: ignore[call-overload]
                 model=model,
                 messages=openai_messages(messages),
                 stream=True,

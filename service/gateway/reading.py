@@ -1,20 +1,16 @@
-"""Reading one SSE response into an assembler, the same way on both surfaces.
-
-Runs on the process's gateway loop (``service.gateway.loop``): the SDKs' async clients,
-one task per call.
-"""
+"""Reading one SSE response into an assembler, the same way on both surfaces."""
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from service.completion import Completion
 from service.errors import BrokenStream, GatewayTimeout
-from service.gateway.stream import split_lines_async
+from service.gateway.stream import split_lines
 from service.gateway.translate import REQUEST_ID_HEADER, translate
 from service.live import publisher as live_publisher
 from service.live.publisher import LiveAttempt
@@ -29,19 +25,19 @@ class Assembler(Protocol):
     def result(self, *, request_id: str | None) -> Completion: ...
 
 
-async def _drain(lines: AsyncIterator[bytes], deadline: float) -> None:
+def _drain(lines: Iterator[bytes], deadline: float) -> None:
     """Read what follows the end of the stream (the body's chunked terminator), as the
     SDK's own stream does: a connection left half-read cannot go back to the pool, and a
     new one per call costs a TCP handshake and an address lookup, about a fifth of a job's
     CPU at 0 ms gateway latency. The reply is complete already, so a failure here only
     costs the connection."""
     with contextlib.suppress(Exception):
-        async for _ in lines:
+        for _ in lines:
             if time.monotonic() > deadline:
                 return
 
 
-async def read_sse(
+def read_sse(
     response: Any,
     assembler: Assembler,
     *,
@@ -64,11 +60,11 @@ async def read_sse(
         )
     # Live tokens: the assembler hands each fragment to the running attempt, if any.
     assembler.live = live_publisher.current()
-    lines = split_lines_async(response.http_response.aiter_bytes())
-    async for line in lines:
+    lines = split_lines(response.http_response.iter_bytes())
+    for line in lines:
         assembler.feed(line)
         if assembler.done:
-            await _drain(lines, deadline)
+            _drain(lines, deadline)
             break
         if time.monotonic() > deadline:
             raise GatewayTimeout(
@@ -78,8 +74,8 @@ async def read_sse(
     return assembler.result(request_id=request_id)
 
 
-async def stream_call(
-    open_response: Callable[[], AbstractAsyncContextManager[Any]],
+def stream_call(
+    open_response: Callable[[], AbstractContextManager[Any]],
     assembler: Assembler,
     *,
     deadline_s: float,
@@ -89,9 +85,9 @@ async def stream_call(
     deadline = time.monotonic() + deadline_s
     request_id: str | None = None
     try:
-        async with open_response() as response:
+        with open_response() as response:
             request_id = response.headers.get(REQUEST_ID_HEADER)
-            return await read_sse(
+            return read_sse(
                 response, assembler, request_id=request_id, deadline=deadline, deadline_s=deadline_s
             )
     except Exception as error:

@@ -1,13 +1,11 @@
-"""The gateway's HTTP connection pools: several per process, each for a share of its calls.
+"""The gateway's HTTP connection pools, one per group of worker threads.
 
 An SDK client's pool (httpcore's) scans every connection it holds each time a request
-starts or ends, so one pool holding a thousand connections costs a thousand steps per
-request (measured: 6.0 ms of CPU per call at 1,000 in flight against 2.4 ms with pools of
-at most 64), and the SDKs' default keeps only 100 idle connections, so past 100
-concurrent calls most calls would open a new TCP connection. The calls of a process are
-therefore spread round-robin over several clients, each serving at most
-``CALLS_PER_POOL`` of the process's concurrent calls and keeping a connection alive for
-each of them.
+starts or ends, so one pool shared by a thousand threads costs a thousand steps per
+request, and the SDKs' default keeps only 100 idle connections, so past 100 concurrent
+calls most calls open a new TCP connection. Each worker thread is therefore given, on
+first use and for good, one of several clients whose pool serves at most
+``THREADS_PER_POOL`` threads and keeps a connection alive for each of them.
 """
 
 from __future__ import annotations
@@ -15,6 +13,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import math
+import threading
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any, Generic, TypeVar
@@ -23,38 +22,42 @@ from service.config import Settings
 
 Client = TypeVar("Client")
 
-CALLS_PER_POOL = 64
+THREADS_PER_POOL = 64
 
 
 def pool_limits(http_client_class: type[Any], keepalive: int) -> Any:
-    """Limits for the SDK's HTTP client class: no cap on connections (the worker's
-    concurrency caps them), ``keepalive`` idle ones kept. Built from the package that class
-    comes from (httpx or httpx2, depending on the SDK's version)."""
-    base = next(c for c in http_client_class.__mro__[1:] if c.__name__ in ("Client", "AsyncClient"))
+    """Limits for the SDK's HTTP client class: no cap on connections (the threads cap them),
+    ``keepalive`` idle ones kept. Built from the package that class comes from (httpx or
+    httpx2, depending on the SDK's version)."""
+    base = next(c for c in http_client_class.__mro__[1:] if c.__name__ == "Client")
     package = importlib.import_module(base.__module__.split(".")[0])
     return package.Limits(max_connections=None, max_keepalive_connections=keepalive)
 
 
-class CallShards(Generic[Client]):
-    """``calls`` concurrent calls spread round-robin over clients made by ``make(keepalive)``."""
+class ThreadShards(Generic[Client]):
+    """``threads`` threads spread round-robin over clients made by ``make(keepalive)``."""
 
-    def __init__(self, make: Callable[[int], Client], *, calls: int) -> None:
-        count = max(1, math.ceil(calls / CALLS_PER_POOL))
-        per_pool = math.ceil(calls / count)
+    def __init__(self, make: Callable[[int], Client], *, threads: int) -> None:
+        count = max(1, math.ceil(threads / THREADS_PER_POOL))
+        per_pool = math.ceil(threads / count)
         self.clients = [make(per_pool) for _ in range(count)]
-        self._turn = itertools.cycle(self.clients)
+        self._turn = itertools.count()
+        self._local = threading.local()
 
-    def next(self) -> Client:
-        """The client for the next call."""
-        return next(self._turn)
+    def get(self) -> Client:
+        """This thread's client."""
+        client: Client | None = getattr(self._local, "client", None)
+        if client is None:
+            client = self.clients[next(self._turn) % len(self.clients)]
+            self._local.client = client
+        return client
 
 
 def sdk_clients(
     sdk: ModuleType, client_class: Callable[..., Client], *, base_url: str, settings: Settings
-) -> CallShards[Client]:
-    """The worker's async clients of one SDK (``openai.AsyncOpenAI`` or
-    ``anthropic.AsyncAnthropic``, which take the same arguments): SDK retries off, ezq's
-    connect and read timeouts, sized pools."""
+) -> ThreadShards[Client]:
+    """The worker's clients of one SDK (``openai`` or ``anthropic``, which take the same
+    arguments): SDK retries off, ezq's connect and read timeouts, sized pools."""
     api_key = settings.require_api_key()
 
     def make(keepalive: int) -> Client:
@@ -68,9 +71,9 @@ def sdk_clients(
                 timeout=settings.ezq_gateway_read_timeout,
                 connect=settings.ezq_gateway_connect_timeout,
             ),
-            http_client=sdk.DefaultAsyncHttpxClient(
-                limits=pool_limits(sdk.DefaultAsyncHttpxClient, keepalive)
+            http_client=sdk.DefaultHttpxClient(
+                limits=pool_limits(sdk.DefaultHttpxClient, keepalive)
             ),
         )
 
-    return CallShards(make, calls=settings.ezq_worker_concurrency)
+    return ThreadShards(make, threads=settings.ezq_worker_concurrency)

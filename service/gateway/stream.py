@@ -7,7 +7,7 @@ This runs once per chunk, hundreds of times per job, so it works on raw frames w
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -165,29 +165,15 @@ def error_frame(error: Any) -> GatewayServerError:
     return GatewayServerError(f"error inside the stream: {message}", body=body)
 
 
-def _cut(pending: bytes, chunk: bytes) -> tuple[list[bytes], bytes]:
-    """The whole lines of ``pending + chunk`` (endings stripped), and what is left over."""
-    lines = (pending + chunk if pending else chunk).split(b"\n")
-    rest = lines.pop()
-    return [line[:-1] if line.endswith(b"\r") else line for line in lines], rest
-
-
 def split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
     """Lines of a byte stream, without their ``\\n`` / ``\\r\\n`` endings."""
     pending = b""
     for chunk in chunks:
-        lines, pending = _cut(pending, chunk)
-        yield from lines
-    if pending:
-        yield pending
-
-
-async def split_lines_async(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-    """``split_lines`` for a body read on the event loop."""
-    pending = b""
-    async for chunk in chunks:
-        lines, pending = _cut(pending, chunk)
+        if pending:
+            chunk = pending + chunk
+        lines = chunk.split(b"\n")
+        pending = lines.pop()
         for line in lines:
-            yield line
+            yield line[:-1] if line.endswith(b"\r") else line
     if pending:
         yield pending
