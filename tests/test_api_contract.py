@@ -306,3 +306,23 @@ def test_database_down_is_a_503_in_the_envelope(api_server_factory: Any) -> None
         by_key = client.get("/v1/jobs", headers={"Authorization": "Bearer ezq_" + "k" * 43})
     assert_envelope(by_token, 503, "unavailable")
     assert_envelope(by_key, 503, "unavailable")
+
+
+def test_no_free_pooled_connection_is_a_503_too() -> None:
+    """A pool whose connections are all busy past its timeout is the database being
+    unavailable, as the README says: a 503 envelope with Retry-After, not a 500."""
+    from fastapi.testclient import TestClient
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    from service.api.app import create_app
+
+    app = create_app()
+
+    @app.get("/_test/pool-timeout")
+    def _busy() -> None:
+        raise PoolTimeout("QueuePool limit of size 20 overflow 10 reached")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        answer = client.get("/_test/pool-timeout")
+    assert_envelope(answer, 503, "unavailable")
+    assert answer.headers["Retry-After"] == "5"

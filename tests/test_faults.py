@@ -52,6 +52,20 @@ def enqueue(
     return out.stdout.strip()
 
 
+def send_foreign(marker: str, queue: str, **options: Any) -> str:
+    """Send a job by task name, request in the kwargs, as a foreign producer does; return
+    the message's task id (the job's id)."""
+    task_id = str(uuid.uuid4())
+    app.send_task(
+        "ezq.chat_completion",
+        kwargs={"model": MODEL, "messages": [{"role": "user", "content": marker}]},
+        task_id=task_id,
+        queue=queue,
+        **options,
+    )
+    return task_id
+
+
 def wait_until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> float:
     """Poll ``check`` until it holds; return how long it took."""
     start = time.monotonic()
@@ -156,14 +170,8 @@ def test_a_foreign_message_taken_by_a_dead_worker_comes_back(
     env = {"EZQ_QUEUE": queue, "EZQ_BROKER_VISIBILITY_TIMEOUT": "10"}
     doomed = worker_factory(env=env)
     marker = uuid.uuid4().hex
-    task_id = str(uuid.uuid4())
-    app.send_task(
-        "ezq.chat_completion",
-        kwargs={"model": MODEL, "messages": [{"role": "user", "content": marker}]},
-        task_id=task_id,
-        queue=queue,
-        countdown=4,  # held by the worker, unacknowledged, with no row yet
-    )
+    # Held by the worker, unacknowledged, with no row yet.
+    task_id = send_foreign(marker, queue, countdown=4)
     wait_until(lambda: f"[{task_id}] received" in doomed.log(), "message taken")
     assert sql("SELECT count(*) FROM jobs WHERE id = :j", j=task_id) == [(0,)]
 
@@ -194,13 +202,7 @@ def test_a_foreign_message_that_arrives_while_the_database_is_down_runs_once_it_
         worker = worker_factory(env={"DATABASE_URL": database.url, "EZQ_QUEUE": queue})
         database.stop()
         marker = uuid.uuid4().hex
-        task_id = str(uuid.uuid4())
-        app.send_task(
-            "ezq.chat_completion",
-            kwargs={"model": MODEL, "messages": [{"role": "user", "content": marker}]},
-            task_id=task_id,
-            queue=queue,
-        )
+        task_id = send_foreign(marker, queue)
         wait_until(lambda: "not created yet; retrying" in worker.log(), "creation refused")
         database.start()
 

@@ -14,10 +14,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
+from service.db.session import UNAVAILABLE, unavailable_because
 from service.errors import (
     BatchAlreadyFinished,
     BatchNotFound,
@@ -189,13 +189,16 @@ def install_error_handlers(app: FastAPI) -> None:
             message = str(exc.detail)
         return error_response(exc.status_code, kind, message, headers=dict(exc.headers or {}))
 
-    @app.exception_handler(OperationalError)
-    def _database_down(_: Request, exc: OperationalError) -> Response:
-        log.warning("database unavailable: %s", type(exc.orig).__name__)
+    def _database_down(_: Request, exc: Exception) -> Response:
+        log.warning("database unavailable: %s", unavailable_because(exc))
         return error_response(
             503, "unavailable", "the database is unavailable; try again shortly",
             headers={"Retry-After": "5"},
         )  # fmt: skip
+
+    # Unreachable, or no pooled connection free within the pool's timeout.
+    for unavailable in UNAVAILABLE:
+        app.add_exception_handler(unavailable, _database_down)
 
     @app.exception_handler(Exception)
     def _bug(_: Request, exc: Exception) -> Response:

@@ -154,7 +154,7 @@ def chat_completion(
             self.request.id,
             unavailable_because(exc),
         )
-        _retry_unwritten(self)
+        _retry(self, None, countdown=5.0)
     try:
         outcome = run_job(
             the_id,
@@ -189,13 +189,17 @@ def chat_completion(
     raise Ignore()
 
 
-def _retry(task: Task, job_id: uuid.UUID, *, countdown: float) -> None:
-    """Deliver the job again after ``countdown``; if the broker refuses, park it."""
+def _retry(task: Task, job_id: uuid.UUID | None, *, countdown: float) -> None:
+    """Deliver the message again after ``countdown``. If the broker refuses, park the job
+    for the sweep; a job with no row yet (``job_id`` None: its foreign message is all there
+    is of it) gives its message back unacknowledged instead."""
     try:
         raise task.retry(countdown=countdown)
     except Retry:
         raise
-    except Exception as exc:  # the broker is down: the sweep publishes the job later
+    except Exception as exc:  # the broker is down
+        if job_id is None:
+            raise Reject(requeue=True) from None
         log.warning(
             "[job=%s] could not schedule its next run (%s); parked", job_id, type(exc).__name__
         )
@@ -205,17 +209,6 @@ def _retry(task: Task, job_id: uuid.UUID, *, countdown: float) -> None:
         except UNAVAILABLE:
             pass  # the sweep's stale window finds it
         raise Ignore() from None
-
-
-def _retry_unwritten(task: Task) -> None:
-    """Deliver a message whose job has no row yet again later, with its arguments; if the
-    broker refuses the retry, give the message back unacknowledged."""
-    try:
-        raise task.retry(countdown=5.0)
-    except Retry:
-        raise
-    except Exception:
-        raise Reject(requeue=True) from None
 
 
 @app.task(name=c.TASK_SWEEP)
