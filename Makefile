@@ -32,6 +32,7 @@ typecheck: $(STAMP)
 ## Hot-path benchmarks, each against its baseline run side by side.
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.stream_assembly
+	$(BIN)/python -m benchmarks.gateway_request
 	$(BIN)/python -m benchmarks.live_tokens
 	$(BIN)/python -m benchmarks.job_path
 	$(BIN)/python -m benchmarks.flow_admission

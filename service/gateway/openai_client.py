@@ -2,7 +2,8 @@
 
 ezrouter always answers with SSE, and the SDK's non-stream call then returns a raw
 ``str``; so every call asks for a stream. The SDK is kept for transport, auth and its
-typed HTTP errors; frames are parsed by ``StreamAssembler``, which is several times
+typed HTTP errors; the request body is built here from the stored (validated) request and
+posted as it is, and frames are parsed by ``StreamAssembler``, which is several times
 cheaper per chunk than building the SDK's typed chunk objects (see ``make bench``).
 """
 
@@ -14,33 +15,9 @@ import openai
 
 from service.completion import Completion
 from service.config import Settings
-from service.gateway.reading import stream_call
-from service.gateway.shards import sdk_clients
+from service.gateway.reading import post_streamed, stream_call
+from service.gateway.shards import http_package, sdk_clients
 from service.gateway.stream import StreamAssembler
-
-# Parameters the SDK's create() takes by name; the rest are ezrouter extensions that
-# travel in the request body through ``extra_body``.
-_SDK_PARAMS = frozenset(
-    {
-        "temperature",
-        "top_p",
-        "max_tokens",
-        "max_completion_tokens",
-        "stop",
-        "seed",
-        "presence_penalty",
-        "frequency_penalty",
-        "tools",
-        "tool_choice",
-        "parallel_tool_calls",
-        "response_format",
-        "reasoning_effort",
-        "user",
-        "logit_bias",
-        "logprobs",
-        "top_logprobs",
-    }
-)
 
 
 def openai_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -60,6 +37,7 @@ class OpenAISurface:
         self._clients = sdk_clients(
             openai, openai.OpenAI, base_url=settings.ezrouter_base_url, settings=settings
         )
+        self._response_type = http_package(openai).Response
 
     def close(self) -> None:
         for client in self._clients.clients:
@@ -69,16 +47,18 @@ class OpenAISurface:
         self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
     ) -> Completion:
         """One attempt: a finished completion, or a GatewayError saying why not."""
-        sdk_params = {k: v for k, v in params.items() if k in _SDK_PARAMS}
-        extra_body = {k: v for k, v in params.items() if k not in _SDK_PARAMS} or None
+        # ``params`` holds only fields validation knows (``CompletionParams``), none of
+        # them the four set here.
+        body = {
+            **params,
+            "model": model,
+            "messages": openai_messages(messages),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         return stream_call(
-            lambda: self._clients.get().chat.completions.with_streaming_response.create(  # type: ignore[call-overload]
-                model=model,
-                messages=openai_messages(messages),
-                stream=True,
-                stream_options={"include_usage": True},
-                extra_body=extra_body,
-                **sdk_params,
+            lambda: post_streamed(
+                self._clients.get(), "/chat/completions", body, self._response_type
             ),
             StreamAssembler(),
             deadline_s=self._deadline_s,

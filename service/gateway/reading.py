@@ -47,8 +47,8 @@ def read_sse(
 ) -> Completion:
     """Feed the body's lines until the stream's end, within the attempt's deadline.
 
-    ``response`` is an SDK streaming response (``with_streaming_response``); its raw bytes
-    are read, never the SDK's typed events (see ``make bench``).
+    ``response`` is the HTTP response of the SDK's client, its body not read yet; its raw
+    bytes are read, never the SDK's typed events (see ``make bench``).
     """
     content_type = response.headers.get("content-type", "")
     if "text/event-stream" not in content_type:
@@ -60,7 +60,7 @@ def read_sse(
         )
     # Live tokens: the assembler hands each fragment to the running attempt, if any.
     assembler.live = live_publisher.current()
-    lines = split_lines(response.http_response.iter_bytes())
+    lines = split_lines(response.iter_bytes())
     for line in lines:
         assembler.feed(line)
         if assembler.done:
@@ -74,14 +74,34 @@ def read_sse(
     return assembler.result(request_id=request_id)
 
 
+@contextlib.contextmanager
+def post_streamed(
+    client: Any, path: str, body: dict[str, Any], response_type: type[Any]
+) -> Iterator[Any]:
+    """POST ``body`` as it is through an SDK client and give its HTTP response unread.
+
+    The client's documented way to send a request it has no method for (``client.post``
+    with ``cast_to`` the HTTP response type): its base URL, auth, timeouts, connection pool
+    and typed HTTP errors, without its per-call walk of the request against the endpoint's
+    parameter types, which grows with the conversation (``make bench``). The body is
+    already JSON-ready: validated at enqueue, stored as JSON.
+    """
+    response = client.post(path, cast_to=response_type, body=body, stream=True)
+    try:
+        yield response
+    finally:
+        response.close()
+
+
 def stream_call(
     open_response: Callable[[], AbstractContextManager[Any]],
     assembler: Assembler,
     *,
     deadline_s: float,
 ) -> Completion:
-    """One streamed call: open it, read it to its end, and translate whatever fails into
-    our error tree, with the gateway's request id when it sent one."""
+    """One streamed call: open it (``open_response`` gives the HTTP response, its body
+    unread), read it to its end, and translate whatever fails into our error tree, with the
+    gateway's request id when it sent one."""
     deadline = time.monotonic() + deadline_s
     request_id: str | None = None
     try:

@@ -25,13 +25,17 @@ Client = TypeVar("Client")
 THREADS_PER_POOL = 64
 
 
-def pool_limits(http_client_class: type[Any], keepalive: int) -> Any:
-    """Limits for the SDK's HTTP client class: no cap on connections (the threads cap them),
-    ``keepalive`` idle ones kept. Built from the package that class comes from (httpx or
-    httpx2, depending on the SDK's version)."""
-    base = next(c for c in http_client_class.__mro__[1:] if c.__name__ == "Client")
-    package = importlib.import_module(base.__module__.split(".")[0])
-    return package.Limits(max_connections=None, max_keepalive_connections=keepalive)
+def http_package(sdk: ModuleType) -> ModuleType:
+    """The HTTP package an SDK is built on (httpx or httpx2, depending on its version)."""
+    client_class = sdk.DefaultHttpxClient
+    base = next(c for c in client_class.__mro__[1:] if c.__name__ == "Client")
+    return importlib.import_module(base.__module__.split(".")[0])
+
+
+def pool_limits(sdk: ModuleType, keepalive: int) -> Any:
+    """Limits for the SDK's HTTP client: no cap on connections (the threads cap them),
+    ``keepalive`` idle ones kept."""
+    return http_package(sdk).Limits(max_connections=None, max_keepalive_connections=keepalive)
 
 
 class ThreadShards(Generic[Client]):
@@ -71,9 +75,7 @@ def sdk_clients(
                 timeout=settings.ezq_gateway_read_timeout,
                 connect=settings.ezq_gateway_connect_timeout,
             ),
-            http_client=sdk.DefaultHttpxClient(
-                limits=pool_limits(sdk.DefaultHttpxClient, keepalive)
-            ),
+            http_client=sdk.DefaultHttpxClient(limits=pool_limits(sdk, keepalive)),
         )
 
     return ThreadShards(make, threads=settings.ezq_worker_concurrency)
