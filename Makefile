@@ -33,6 +33,7 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.stream_assembly
 	$(BIN)/python -m benchmarks.gateway_request
+	$(BIN)/python -m benchmarks.broker_commands
 	$(BIN)/python -m benchmarks.live_tokens
 	$(BIN)/python -m benchmarks.job_path
 	$(BIN)/python -m benchmarks.flow_admission
