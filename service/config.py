@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     ezq_worker_concurrency: int = Field(default=c.WORKER_CONCURRENCY, ge=1, le=1000)
     # Postgres connections a process keeps (a few more are opened for bursts).
     ezq_db_pool_size: int = Field(default=c.DB_POOL_SIZE, ge=1, le=500)
+    # Celery task events (what Flower and `celery events` show); off saves a worker the
+    # Redis publishes of three events per job.
+    ezq_task_events: bool = True
     ezq_max_request_bytes: int = Field(default=c.MAX_REQUEST_BYTES, ge=1_000)
     ezq_sweep_stale_after: float = Field(default=c.SWEEP_STALE_AFTER_S, gt=0)
     ezq_sweep_interval: float = Field(default=c.SWEEP_INTERVAL_S, ge=0)

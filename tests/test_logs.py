@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -11,6 +10,7 @@ from typing import Any
 
 from service import enqueue_completion
 from service.fake_gateway import Fault
+from tests.celery_events import EventLog
 from tests.conftest import WorkerProcess, run_ezq, wait_for_job
 from tests.private_services import PrivatePostgres
 from tests.test_faults import wait_until
@@ -99,34 +99,11 @@ def test_reply_text_never_reaches_task_events(
 ) -> None:
     """The task-succeeded event (what Flower and `celery events` record as the task's
     result) holds no reply text; the job's result itself still does."""
-    from service.worker.app import app
-
     worker_factory(env={"EZQ_QUEUE": own_queue, "EZQ_LOG_LEVEL": "INFO"})
-    seen: dict[str, dict[str, Any]] = {}
-    listening = threading.Event()
-    done = threading.Event()
-
-    def listen() -> None:
-        def record(event: dict[str, Any]) -> None:
-            listening.set()  # any event (worker heartbeats too): the queue is bound
-            if event.get("type") == "task-succeeded":
-                seen[event["uuid"]] = event
-
-        with app.connection_for_read() as conn:
-            receiver = app.events.Receiver(conn, handlers={"*": record})
-            for _ in receiver.itercapture(limit=None, timeout=60, wakeup=False):
-                if done.is_set():
-                    return
-
-    threading.Thread(target=listen, daemon=True).start()
-    assert listening.wait(30), "no Celery event received"
-    reply_marker = uuid.uuid4().hex
-    fake_gateway.add_faults(Fault(reply=f"the answer {reply_marker}", match=reply_marker))
-    job_id = enqueue_completion("glm-5.1", [{"role": "user", "content": f"q {reply_marker}"}])
-    assert reply_marker in wait_for_job(job_id)["content"]
-    deadline = time.monotonic() + 15
-    while str(job_id) not in seen:
-        assert time.monotonic() < deadline, "no task-succeeded event for the job"
-        time.sleep(0.05)
-    done.set()
-    assert reply_marker not in json.dumps(seen[str(job_id)])
+    with EventLog() as events:
+        reply_marker = uuid.uuid4().hex
+        fake_gateway.add_faults(Fault(reply=f"the answer {reply_marker}", match=reply_marker))
+        job_id = enqueue_completion("glm-5.1", [{"role": "user", "content": f"q {reply_marker}"}])
+        assert reply_marker in wait_for_job(job_id)["content"]
+        succeeded = events.wait_for("task-succeeded", str(job_id))
+    assert reply_marker not in json.dumps(succeeded)

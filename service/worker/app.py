@@ -83,9 +83,10 @@ def celery_config() -> dict[str, Any]:
         "worker_consumer": "service.worker.consumer:Consumer",
         "worker_hijack_root_logger": True,
         "worker_redirect_stdouts": False,
-        # Task events on, so that Flower and `celery events` see every task.
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Task events, so that Flower and `celery events` see every task (on by default);
+        # worker events (online, heartbeats) are sent either way.
+        "worker_send_task_events": settings.ezq_task_events,
+        "task_send_sent_event": settings.ezq_task_events,
     }
 
 
