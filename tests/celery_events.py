@@ -14,7 +14,8 @@ class EventLog:
         self.events: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._listening = threading.Event()
-        self._done = threading.Event()
+        self._receiver: Any = None
+        self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._listen, daemon=True)
 
     def __enter__(self) -> EventLog:
@@ -24,7 +25,9 @@ class EventLog:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._done.set()
+        if self._receiver is not None:
+            self._receiver.should_stop = True  # seen within a second (kombu's drain loop)
+        self._thread.join(timeout=10)
 
     def _listen(self) -> None:
         from service.worker.app import app
@@ -34,11 +37,16 @@ class EventLog:
                 self.events.append(event)
             self._listening.set()
 
-        with app.connection_for_read() as conn:
-            receiver = app.events.Receiver(conn, handlers={"*": record})
-            for _ in receiver.itercapture(limit=None, timeout=60, wakeup=False):
-                if self._done.is_set():
-                    return
+        try:
+            with app.connection_for_read() as conn:
+                self._receiver = app.events.Receiver(conn, handlers={"*": record})
+                self._receiver.capture(limit=None, timeout=None, wakeup=False)
+        except BaseException as exc:  # reported by the next wait, not lost in the thread
+            self._failure = exc
+
+    def _check(self) -> None:
+        if self._failure is not None:
+            raise AssertionError(f"the event listener failed: {self._failure!r}")
 
     def of_task(self, task_id: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -51,6 +59,7 @@ class EventLog:
         or before; fails after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while True:
+            self._check()
             with self._lock:
                 for event in self.events:
                     if event.get("type") == kind and task_id in (None, event.get("uuid")):
@@ -60,6 +69,7 @@ class EventLog:
 
     def count(self, kind: str, node: str = "") -> int:
         """How many events of type ``kind`` came from workers named ``node``..."""
+        self._check()
         with self._lock:
             return sum(
                 1

@@ -4,6 +4,7 @@ demand, and back on in a running worker with `celery control enable_events`."""
 from __future__ import annotations
 
 import secrets
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +23,7 @@ def test_task_events_off_until_enabled_remotely(
     from service.worker.app import app
 
     node = f"events-off-{secrets.token_hex(3)}"
-    worker = worker_factory(
+    worker_factory(
         env={"EZQ_QUEUE": own_queue, "EZQ_TASK_EVENTS": "false"}, args=["-n", f"{node}@%h"]
     )
     with EventLog() as events:
@@ -38,12 +39,26 @@ def test_task_events_off_until_enabled_remotely(
         sent = {e["type"] for e in events.of_task(str(quiet))}
         assert not sent & WORKER_TASK_EVENTS, sent
 
-        app.control.enable_events()
-        deadline = time.monotonic() + 15
-        while "Events of group {task} enabled by remote" not in worker.log():
-            assert time.monotonic() < deadline, worker.log()
-            time.sleep(0.05)
+        nodename = f"{node}@{socket.gethostname()}"
+        replies = app.control.enable_events(destination=[nodename], reply=True, timeout=10)
+        assert replies == [{nodename: {"ok": "task events enabled"}}], replies
         loud = enqueue_completion("glm-5.1", [{"role": "user", "content": "events on"}])
         assert wait_for_job(loud)["status"] == "succeeded"
         succeeded = events.wait_for("task-succeeded", str(loud))
         assert str(succeeded["hostname"]).startswith(node)
+
+
+def test_the_setting_governs_both_task_event_options(monkeypatch: Any) -> None:
+    """Off, neither the worker's task events nor the producers' ``task-sent`` are sent."""
+    from service.config import get_settings
+    from service.worker.app import celery_config
+
+    for value, expected in (("false", False), ("true", True)):
+        monkeypatch.setenv("EZQ_TASK_EVENTS", value)
+        get_settings.cache_clear()
+        config = celery_config()
+        assert config["worker_send_task_events"] is expected
+        assert config["task_send_sent_event"] is expected
+    monkeypatch.undo()
+    get_settings.cache_clear()
+    assert celery_config()["worker_send_task_events"] is True
