@@ -23,7 +23,7 @@ from typing import Any
 import openai
 
 from benchmarks.load import Gateway
-from service.gateway.reading import stream_call
+from service.gateway.reading import http_response_of, stream_call
 from service.gateway.stream import StreamAssembler
 
 MODEL = "deepseek-v4-flash"
@@ -72,7 +72,7 @@ def main() -> None:
 
             def via_create(messages: list[dict[str, Any]] = messages) -> None:
                 stream_call(
-                    lambda: _http_response(
+                    lambda: http_response_of(
                         client.chat.completions.with_streaming_response.create(
                             model=MODEL,
                             messages=messages,  # type: ignore[arg-type]
@@ -99,19 +99,6 @@ def main() -> None:
         client.close()
     finally:
         gateway.stop()
-
-
-class _http_response:
-    """The HTTP response inside an SDK streaming response (what ``stream_call`` reads)."""
-
-    def __init__(self, streaming: Any) -> None:
-        self._streaming = streaming
-
-    def __enter__(self) -> Any:
-        return self._streaming.__enter__().http_response
-
-    def __exit__(self, *exc: object) -> None:
-        self._streaming.__exit__(*exc)
 
 
 if __name__ == "__main__":

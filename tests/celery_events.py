@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import threading
-import time
+from collections.abc import Callable
 from typing import Any
 
 
 class EventLog:
-    """Every Celery event on the broker while it runs, collected by a thread."""
+    """Every Celery event on the broker while it runs, collected by a thread; a wait
+    wakes on each event that arrives."""
 
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._listening = threading.Event()
+        self._arrived = threading.Condition()
         self._receiver: Any = None
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._listen, daemon=True)
@@ -21,7 +21,7 @@ class EventLog:
     def __enter__(self) -> EventLog:
         self._thread.start()
         # Any event (a worker's heartbeat too) says the listener's queue is bound.
-        assert self._listening.wait(30), "no Celery event received"
+        self._wait(lambda: bool(self.events), "any Celery event", timeout=30)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -33,46 +33,59 @@ class EventLog:
         from service.worker.app import app
 
         def record(event: dict[str, Any]) -> None:
-            with self._lock:
+            with self._arrived:
                 self.events.append(event)
-            self._listening.set()
+                self._arrived.notify_all()
 
         try:
             with app.connection_for_read() as conn:
                 self._receiver = app.events.Receiver(conn, handlers={"*": record})
                 self._receiver.capture(limit=None, timeout=None, wakeup=False)
-        except BaseException as exc:  # reported by the next wait, not lost in the thread
-            self._failure = exc
+        except BaseException as exc:  # reported by the waits, not lost in the thread
+            with self._arrived:
+                self._failure = exc
+                self._arrived.notify_all()
 
-    def _check(self) -> None:
-        if self._failure is not None:
-            raise AssertionError(f"the event listener failed: {self._failure!r}")
+    def _wait(self, found: Callable[[], Any], what: str, timeout: float) -> Any:
+        with self._arrived:
+            result = self._arrived.wait_for(lambda: self._failure is not None or found(), timeout)
+            if self._failure is not None:
+                raise AssertionError(f"the event listener failed: {self._failure!r}")
+            assert result, f"no {what} within {timeout}s"
+            return result
 
     def of_task(self, task_id: str) -> list[dict[str, Any]]:
-        with self._lock:
+        with self._arrived:
             return [e for e in self.events if e.get("uuid") == task_id]
 
-    def wait_for(
-        self, kind: str, task_id: str | None = None, timeout: float = 15
-    ) -> dict[str, Any]:
-        """The first event of type ``kind`` (for ``task_id``, if given) received after now
-        or before; fails after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self._check()
-            with self._lock:
-                for event in self.events:
-                    if event.get("type") == kind and task_id in (None, event.get("uuid")):
-                        return event
-            assert time.monotonic() < deadline, f"no {kind} event within {timeout}s"
-            time.sleep(0.05)
+    def wait_for(self, kind: str, task_id: str | None = None, timeout: float = 15) -> Any:
+        """The first event of type ``kind`` (for ``task_id``, if given), received before
+        or within ``timeout`` seconds."""
+
+        def first() -> dict[str, Any] | None:
+            return next(
+                (
+                    e
+                    for e in self.events
+                    if e.get("type") == kind and task_id in (None, e.get("uuid"))
+                ),
+                None,
+            )
+
+        return self._wait(first, f"{kind} event", timeout)
 
     def count(self, kind: str, node: str = "") -> int:
         """How many events of type ``kind`` came from workers named ``node``..."""
-        self._check()
-        with self._lock:
-            return sum(
-                1
-                for e in self.events
-                if e.get("type") == kind and str(e.get("hostname", "")).startswith(node)
-            )
+        with self._arrived:
+            return self._count(kind, node)
+
+    def wait_count(self, kind: str, node: str, at_least: int, timeout: float = 15) -> None:
+        """Until ``at_least`` events of type ``kind`` came from workers named ``node``..."""
+        self._wait(lambda: self._count(kind, node) >= at_least, f"{at_least} {kind}", timeout)
+
+    def _count(self, kind: str, node: str) -> int:
+        return sum(
+            1
+            for e in self.events
+            if e.get("type") == kind and str(e.get("hostname", "")).startswith(node)
+        )

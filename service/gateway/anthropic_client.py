@@ -9,10 +9,7 @@ OpenAI shape and is translated here (``anthropic_wire``); the reply leaves in it
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-from collections.abc import Iterator
-from contextlib import AbstractContextManager
 from typing import Any
 
 import anthropic
@@ -22,19 +19,12 @@ from service.completion import Completion
 from service.config import Settings
 from service.gateway.anthropic_stream import AnthropicAssembler
 from service.gateway.anthropic_wire import to_anthropic
-from service.gateway.reading import stream_call
+from service.gateway.reading import http_response_of, stream_call
 from service.gateway.shards import sdk_clients
 
 # What this SDK version's create() takes by name; other body fields (temperature and top_p
 # are not named by every version) travel through ``extra_body``, unchanged.
 _SDK_PARAMS = frozenset(inspect.signature(Messages.create).parameters) - {"self", "extra_body"}
-
-
-@contextlib.contextmanager
-def _http_response(streaming: AbstractContextManager[Any]) -> Iterator[Any]:
-    """The HTTP response inside the SDK's streaming response, its body unread."""
-    with streaming as response:
-        yield response.http_response
 
 
 class AnthropicSurface:
@@ -59,7 +49,7 @@ class AnthropicSurface:
         named = {k: v for k, v in body.items() if k in _SDK_PARAMS}
         extra_body = {k: v for k, v in body.items() if k not in _SDK_PARAMS} or None
         return stream_call(
-            lambda: _http_response(
+            lambda: http_response_of(
                 self._clients.get().messages.with_streaming_response.create(
                     stream=True, extra_body=extra_body, **named
                 )

@@ -93,6 +93,14 @@ def post_streamed(
         response.close()
 
 
+@contextlib.contextmanager
+def http_response_of(streaming: AbstractContextManager[Any]) -> Iterator[Any]:
+    """The HTTP response inside an SDK's streaming response (``with_streaming_response``),
+    its body unread."""
+    with streaming as response:
+        yield response.http_response
+
+
 def stream_call(
     open_response: Callable[[], AbstractContextManager[Any]],
     assembler: Assembler,
