@@ -133,6 +133,34 @@ def flush_cost(job_id: uuid.UUID, fragments: int = 25, runs: int = 200) -> None:
     )
 
 
+def job_thread_cost(jobs: int = 300, fragments: int = 5) -> None:
+    """What the hooks cost the job's own thread per job: an attempt that read a few
+    fragments, its end, and the job's final event (what the worker pays between the last
+    chunk and taking the next message)."""
+    pub = live_publisher.publisher()
+    assert pub is not None
+    ids = [uuid.uuid4() for _ in range(jobs)]
+    samples: dict[str, list[float]] = {"wall": [], "cpu": []}
+    for job_id in ids:
+        view = {"job_id": str(job_id), "status": "succeeded", "content": "w " * fragments}
+        wall, cpu = time.perf_counter(), time.thread_time()
+        with live_publisher.attempt(job_id, 1) as live:
+            assert live is not None
+            for i in range(fragments):
+                live.content(f"w{i:04d} ")
+        live_publisher.job_ended(view)
+        samples["wall"].append(time.perf_counter() - wall)
+        samples["cpu"].append(time.thread_time() - cpu)
+    pub.flush()
+    wall_us = statistics.median(samples["wall"]) * 1e6
+    cpu_us = statistics.median(samples["cpu"]) * 1e6
+    print(
+        f"\nOn the job's thread, per job (start, {fragments} fragments, end, final event),"
+        f" median of {jobs}: {wall_us:.0f} us wall, {cpu_us:.0f} us CPU"
+    )
+    redis.Redis.from_url(REDIS_URL).delete(*(stream_key(j) for j in ids))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--chunks", type=int, default=500)
@@ -180,6 +208,7 @@ def main() -> None:
         entries = client.xlen(stream_key(job_ids["on"]))
         print(f"  stream entries written for one job over all runs: {entries}")
         flush_cost(job_ids["on"])
+        job_thread_cost()
     finally:
         client.delete(*(stream_key(j) for j in job_ids.values()))
 

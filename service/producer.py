@@ -107,5 +107,5 @@ def cancel_job(job_id: uuid.UUID | str, *, tenants: queries.Tenants = None) -> d
     # Committed already; the sweep publishes whatever these cannot.
     publish_deliveries(deliveries)
     publish_jobs([waiting])
-    job_ended(view)
+    job_ended(view, now=True)
     return view

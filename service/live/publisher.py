@@ -1,18 +1,21 @@
 """The worker's side of live tokens: deltas from the stream-reading loop to Redis.
 
 Cheap on purpose: per chunk an assembler appends the fragment to its attempt's deque
-(``LiveAttempt``), nothing more. One flusher thread per process drains every running
-attempt each ``EZQ_LIVE_FLUSH_INTERVAL`` (50 ms) into one pipelined round trip (one
-``XADD`` per job with something new, plus an ``EXPIRE`` on an attempt's first write),
-however many jobs run. An attempt start writes ``attempt_restarted`` (attempt 2 and
-later), its end flushes what is left before the outcome is recorded, and a job's end
-writes the final event. Redis being slow or down never fails or slows a call for long: a
-failed write drops that batch and skips Redis for ``LIVE_BACKOFF_S``; the reply is in
-Postgres whatever happens here.
+(``LiveAttempt``), nothing more, and a job's thread never waits on Redis. One flusher
+thread per process writes, each ``EZQ_LIVE_FLUSH_INTERVAL`` (50 ms), everything new in one
+pipelined round trip (one ``XADD`` per entry, plus an ``EXPIRE`` on a stream's first
+write), however many jobs run: first the entries queued in order by the jobs' threads (an
+attempt's ``attempt_restarted`` when it starts, its last fragments when its call ends, a
+job's final event after its end is committed), then the new fragments of every running
+attempt. One queue and one writer keep each job's entries in the order they happened.
+Redis being slow or down never fails or slows a call for long: a failed write drops that
+batch and skips Redis for ``LIVE_BACKOFF_S``; the reply is in Postgres whatever happens
+here.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
@@ -126,65 +129,79 @@ class Publisher:
         self._maxlen = maxlen
         self._ttl = int(ttl)
         self._attempts: set[LiveAttempt] = set()
-        # Held while a batch is drained and written, so batches of one job never overtake.
+        # Entries the jobs' threads queued, in the order they happened.
+        self._queued: deque[Entry] = deque()
+        # Held for the queue and the running attempts, never across I/O.
+        self._state_lock = threading.Lock()
+        # Held while a batch is taken and written, so batches never overtake each other.
         self._write_lock = threading.Lock()
         self._wake = threading.Event()
         self._skip_until = 0.0
         self._thread: threading.Thread | None = None
 
-    # --- the hooks ------------------------------------------------------------------
+    # --- the hooks: called on the jobs' threads, they only queue --------------------
 
     def start(self, job_id: uuid.UUID, attempt: int) -> LiveAttempt:
         live = LiveAttempt(job_id, attempt)
-        if attempt > 1:
-            # Whatever an earlier attempt streamed is void: readers drop it.
-            restarted = entry_fields(ATTEMPT_RESTARTED, {"attempt": attempt}, attempt)
-            with self._write_lock:
-                live.expiring = self._send([(live.key, restarted, True)])
-        with self._write_lock:
+        with self._state_lock:
+            if attempt > 1:
+                # Whatever an earlier attempt streamed is void: readers drop it.
+                restarted = entry_fields(ATTEMPT_RESTARTED, {"attempt": attempt}, attempt)
+                self._queued.append((live.key, restarted, True))
             self._attempts.add(live)
         self._ensure_thread()
         self._wake.set()
         return live
 
     def finish(self, live: LiveAttempt) -> None:
-        """The attempt's call returned or raised: write what it left, before the outcome."""
-        with self._write_lock:
+        """The attempt's call returned or raised: queue what it left, ahead of the final
+        event."""
+        with self._state_lock:
             self._attempts.discard(live)
             data = live.drain()
             if data is not None:
-                self._send([(live.key, entry_fields(DELTA, data, live.attempt), not live.expiring)])
+                entry = (live.key, entry_fields(DELTA, data, live.attempt), not live.expiring)
+                self._queued.append(entry)
+        self._wake.set()
 
-    def ended(self, view: dict[str, Any]) -> None:
-        """The job ended (``view`` is its JSON view): write the final event."""
-        if view.get("status") in ENDED_STATUSES:
-            key = stream_key(view["job_id"])
-            kind = event_type_for(view["status"])
-            self._write([(key, entry_fields(kind, final_text(view), None), True)])
+    def ended(self, view: dict[str, Any], *, now: bool = False) -> None:
+        """The job ended (``view`` is its JSON view): its final event, queued for the next
+        flush, or written before returning with ``now`` (a short-lived caller, such as
+        ``ezq cancel``, may exit before a flush)."""
+        if view.get("status") not in ENDED_STATUSES:
+            return
+        key = stream_key(view["job_id"])
+        entry = (key, entry_fields(event_type_for(view["status"]), final_text(view), None), True)
+        with self._state_lock:
+            self._queued.append(entry)
+        if now:
+            self.flush()
+        else:
+            self._ensure_thread()
+            self._wake.set()
 
     # --- writing --------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Write every running attempt's new fragments in one round trip."""
+        """Write the queued entries, then every running attempt's new fragments, in one
+        round trip."""
         with self._write_lock:
-            batch = []
-            written = []
-            for live in self._attempts:
-                data = live.drain()
-                if data is not None:
-                    batch.append(
-                        (live.key, entry_fields(DELTA, data, live.attempt), not live.expiring)
-                    )
-                    written.append(live)
+            with self._state_lock:
+                batch = list(self._queued)
+                self._queued.clear()
+                written = []
+                for live in self._attempts:
+                    data = live.drain()
+                    if data is not None:
+                        batch.append(
+                            (live.key, entry_fields(DELTA, data, live.attempt), not live.expiring)
+                        )
+                        written.append(live)
             if self._send(batch):
                 # Only once a write with its EXPIRE went through: no stream is left without
                 # a TTL by a failed first write.
                 for live in written:
                     live.expiring = True
-
-    def _write(self, batch: list[Entry]) -> None:
-        with self._write_lock:
-            self._send(batch)
 
     def _send(self, batch: list[Entry]) -> bool:
         """Write the batch in one round trip; False if it was dropped."""
@@ -215,6 +232,11 @@ class Publisher:
                         target=self._run, name="ezq-live-flusher", daemon=True
                     )
                     self._thread.start()
+                    # What is queued when the process exits still goes out.
+                    atexit.register(self.flush)
+
+    def _idle(self) -> bool:
+        return not self._attempts and not self._queued
 
     def _run(self) -> None:
         while True:
@@ -224,9 +246,9 @@ class Publisher:
                 self.flush()
             except Exception as exc:  # never let the flusher die; the next interval retries
                 log.warning("live tokens: flush failed (%s)", type(exc).__name__)
-            if not self._attempts:
+            if self._idle():
                 self._wake.clear()
-                if self._attempts:  # one started between the check and the clear
+                if not self._idle():  # something came between the check and the clear
                     self._wake.set()
 
 
@@ -271,12 +293,13 @@ def attempt(job_id: uuid.UUID, attempt_number: int) -> Iterator[LiveAttempt | No
         pub.finish(live)
 
 
-def job_ended(view: dict[str, Any]) -> None:
-    """After the commit that ended the job: its final event, for live readers."""
+def job_ended(view: dict[str, Any], *, now: bool = False) -> None:
+    """After the commit that ended the job: its final event, for live readers (queued for
+    the flusher, or written at once with ``now``)."""
     pub = publisher()
     if pub is not None:
         try:
-            pub.ended(view)
+            pub.ended(view, now=now)
         except Exception as exc:  # after the commit: the job's end stands whatever happens
             # The type only: an exception's text could quote the reply.
             log.warning("live tokens: could not write the final event (%s)", type(exc).__name__)

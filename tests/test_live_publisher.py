@@ -1,0 +1,97 @@
+"""The worker's live-token publisher: jobs' threads queue, one flusher writes, in order."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from service import constants as c
+from service.live.events import stream_key
+from service.live.publisher import Publisher
+from tests.conftest import REDIS_URL
+
+
+def entry_types(job_id: uuid.UUID) -> list[tuple[str, str]]:
+    """(type, attempt) of each entry of the job's stream, oldest first."""
+    entries = redis.Redis.from_url(REDIS_URL).xrange(stream_key(job_id))
+    return [(f[b"t"].decode(), f.get(b"a", b"").decode()) for _, f in entries]
+
+
+@pytest.fixture
+def job_id() -> Iterator[uuid.UUID]:
+    the_id = uuid.uuid4()
+    yield the_id
+    redis.Redis.from_url(REDIS_URL).delete(stream_key(the_id))
+
+
+def test_the_hooks_only_queue_and_one_flush_writes_in_order(job_id: uuid.UUID) -> None:
+    """An attempt's last fragments, a retry's restart, its fragments and the final event
+    reach Redis in the order they happened, and only when the flusher writes."""
+    # An interval the test never reaches: only the explicit flushes write.
+    pub = Publisher(REDIS_URL, interval=3600, maxlen=100, ttl=60)
+    first = pub.start(job_id, 1)
+    first.content("Once upon ")
+    pub.finish(first)
+    second = pub.start(job_id, 2)
+    second.content("Once ")
+    assert entry_types(job_id) == []
+    pub.flush()
+    second.content("upon a time")
+    pub.finish(second)
+    pub.ended({"job_id": str(job_id), "status": "succeeded", "content": "Once upon a time"})
+    assert [t for t, _ in entry_types(job_id)] == ["delta", "attempt_restarted", "delta"]
+    pub.flush()
+    assert [t for t, _ in entry_types(job_id)] == [
+        "delta",
+        "attempt_restarted",
+        "delta",
+        "delta",
+        "job.succeeded",
+    ]
+    assert redis.Redis.from_url(REDIS_URL).ttl(stream_key(job_id)) > 0
+
+
+def test_a_stalled_redis_never_holds_up_a_jobs_thread(
+    job_id: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the flusher is stuck in a write to a Redis that does not answer, a job's
+    attempt still starts, ends and ends its job: its thread only queues."""
+    monkeypatch.setattr(c, "LIVE_REDIS_TIMEOUT_S", 30.0)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    request_seen = threading.Event()
+    accepted: list[socket.socket] = []
+
+    def stall() -> None:  # reads the command, never answers
+        conn, _ = listener.accept()
+        accepted.append(conn)
+        if conn.recv(65536):
+            request_seen.set()
+
+    threading.Thread(target=stall, daemon=True).start()
+    pub = Publisher(f"redis://127.0.0.1:{port}/0", interval=3600, maxlen=100, ttl=60)
+    stuck = pub.start(job_id, 1)
+    stuck.content("text")
+    flusher = threading.Thread(target=pub.flush, daemon=True)
+    flusher.start()
+    assert request_seen.wait(10), "the flush never reached the stalled Redis"
+    try:
+        other = uuid.uuid4()
+        live = pub.start(other, 2)
+        live.content("more")
+        pub.finish(live)
+        pub.ended({"job_id": str(other), "status": "failed", "error": {"type": "x"}})
+        pub.finish(stuck)
+        # Had any hook waited for the write, it would have returned only after it ended.
+        assert flusher.is_alive()
+    finally:
+        for conn in accepted:
+            conn.close()
+        listener.close()
+        flusher.join(10)
+    assert not flusher.is_alive()
