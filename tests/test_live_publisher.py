@@ -18,7 +18,9 @@ from tests.conftest import REDIS_URL
 
 def entry_types(job_id: uuid.UUID) -> list[tuple[str, str]]:
     """(type, attempt) of each entry of the job's stream, oldest first."""
-    entries = redis.Redis.from_url(REDIS_URL).xrange(stream_key(job_id))
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = redis.Redis.from_url(REDIS_URL).xrange(
+        stream_key(job_id)
+    )  # type: ignore[assignment]
     return [(f[b"t"].decode(), f.get(b"a", b"").decode()) for _, f in entries]
 
 
