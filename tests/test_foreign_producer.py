@@ -176,3 +176,37 @@ def test_job_id_of_the_wrong_type_fails_cleanly(
     with pytest.raises(Exception, match=r"job_id: .* is not a UUID"):
         result.get(timeout=30)
     assert "AttributeError" not in worker.log()
+
+
+def test_a_reused_idempotency_key_runs_nothing_new_and_answers_with_the_first_job(
+    foreign_app: Celery, service_env: dict[str, str], fake_gateway: Any
+) -> None:
+    """A second message with the same request and idempotency key (another task id)
+    writes no job and calls nothing: its result is the first job's."""
+    key = f"invoice-{uuid.uuid4()}"
+    kwargs = {
+        "model": "glm-5.1",
+        "messages": [{"role": "user", "content": f"once only {key}"}],
+        "tenant": "billing",
+        "idempotency_key": key,
+    }
+    first = foreign_app.send_task(
+        "ezq.chat_completion", kwargs=kwargs, queue=service_env["EZQ_QUEUE"]
+    )
+    value = first.get(timeout=30)
+    calls = calls_with(fake_gateway, key)
+    again = foreign_app.send_task(
+        "ezq.chat_completion", kwargs=kwargs, queue=service_env["EZQ_QUEUE"]
+    )
+    assert again.get(timeout=30) == value
+    assert value["job_id"] == first.id != again.id
+    assert calls_with(fake_gateway, key) == calls == 1
+    assert sql(
+        "SELECT count(*) FROM jobs WHERE tenant = 'billing' AND idempotency_key = :k", k=key
+    ) == [(1,)]
+    assert sql("SELECT count(*) FROM jobs WHERE id = :j", j=again.id) == [(0,)]
+
+
+def calls_with(fake_gateway: Any, text: str) -> int:
+    """Completion calls the fake received whose last message holds ``text``."""
+    return sum(text in str(r.body["messages"][-1]["content"]) for r in fake_gateway.requests)
