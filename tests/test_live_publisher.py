@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -97,3 +100,19 @@ def test_a_stalled_redis_never_holds_up_a_jobs_thread(
         listener.close()
         flusher.join(10)
     assert not flusher.is_alive()
+
+
+def test_what_is_queued_when_the_process_exits_still_goes_out(job_id: uuid.UUID) -> None:
+    """A process that queues a final event and exits at once (no flush interval passed)
+    leaves the event in the stream."""
+    code = (
+        "import sys\n"
+        "from service.live.publisher import job_ended\n"
+        "job_ended({'job_id': sys.argv[1], 'status': 'succeeded', 'content': 'bye'})\n"
+    )
+    env = {**os.environ, "EZQ_LIVE_REDIS_URL": REDIS_URL, "EZQ_LIVE_FLUSH_INTERVAL": "5"}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(job_id)], env=env, capture_output=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert entry_types(job_id) == [("job.succeeded", "")]

@@ -232,8 +232,6 @@ class Publisher:
                         target=self._run, name="ezq-live-flusher", daemon=True
                     )
                     self._thread.start()
-                    # What is queued when the process exits still goes out.
-                    atexit.register(self.flush)
 
     def _idle(self) -> bool:
         return not self._attempts and not self._queued
@@ -274,6 +272,8 @@ def publisher() -> Publisher | None:
                     maxlen=settings.ezq_live_maxlen,
                     ttl=settings.ezq_live_ttl,
                 )
+                # What is queued when the process exits still goes out.
+                atexit.register(_publisher.flush)
     return _publisher
 
 
