@@ -51,7 +51,12 @@ def test_a_late_high_priority_job_overtakes_a_low_priority_backlog(
     # A claim that began before the high job was committed could not see it: 0.1 s grace.
     after_enqueue = [s for (s,) in rows if (s - created).total_seconds() > 0.1]
     assert len(after_enqueue) >= 8  # the high job did arrive while a backlog waited
-    assert all(s >= started for s in after_enqueue), (started, sorted(after_enqueue))
+    # A start time is its claim transaction's start, not the moment its ranking ran: the
+    # other thread's claim may begin a moment before the one that takes the high job, then
+    # find it taken (locked) and run its own low job. That one race is all there may be.
+    overtaken = [s for s in after_enqueue if s < started]
+    assert len(overtaken) <= 1, (started, sorted(after_enqueue))
+    assert all((started - s).total_seconds() < 0.1 for s in overtaken), (started, overtaken)
     assert sql("SELECT priority FROM jobs WHERE id = :id", id=high) == [(9,)]
 
 
