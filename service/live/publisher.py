@@ -99,6 +99,14 @@ class LiveAttempt:
             data["tool_calls"] = tools
         return data
 
+    def delta_entry(self) -> Entry | None:
+        """What arrived since the last drain, as the stream entry to add (with the TTL
+        set on the stream's first write); None if nothing did."""
+        data = self.drain()
+        if data is None:
+            return None
+        return (self.key, entry_fields(DELTA, data, self.attempt), not self.expiring)
+
 
 def _merge_fragment(tools: list[dict[str, Any]], fragment: dict[str, Any]) -> None:
     # Consecutive argument pieces of one call become one fragment.
@@ -158,9 +166,8 @@ class Publisher:
         event."""
         with self._state_lock:
             self._attempts.discard(live)
-            data = live.drain()
-            if data is not None:
-                entry = (live.key, entry_fields(DELTA, data, live.attempt), not live.expiring)
+            entry = live.delta_entry()
+            if entry is not None:
                 self._queued.append(entry)
         self._wake.set()
 
@@ -191,11 +198,9 @@ class Publisher:
                 self._queued.clear()
                 written = []
                 for live in self._attempts:
-                    data = live.drain()
-                    if data is not None:
-                        batch.append(
-                            (live.key, entry_fields(DELTA, data, live.attempt), not live.expiring)
-                        )
+                    entry = live.delta_entry()
+                    if entry is not None:
+                        batch.append(entry)
                         written.append(live)
             if self._send(batch):
                 # Only once a write with its EXPIRE went through: no stream is left without
