@@ -91,8 +91,8 @@ _PENDING_COLUMNS = (
     " j.throttle_reason IS NOT NULL AS throttled"
 )
 # One round trip: the message's job locked (waiting for a lock another claim holds: the
-# same job cannot be claimed twice), the best candidates locked where free (``SKIP
-# LOCKED``), their ranks, and whether flow control has anything configured at all.
+# same job cannot be claimed twice), the best candidates and their ranks (read, not locked:
+# see ``lock_candidates``), and whether flow control has anything configured at all.
 _RANKING = f"""
     WITH RECURSIVE tenants AS (
         (SELECT coalesce(j.tenant, '') AS t FROM jobs j WHERE {_PENDING} AND :rank
@@ -127,7 +127,6 @@ _RANKING = f"""
         WHERE :rank AND j.id = ANY(ARRAY(SELECT id FROM heads)) AND {_PENDING}
         ORDER BY {_RANK}
         LIMIT :limit
-        FOR UPDATE OF j SKIP LOCKED
     ), ranked AS (
         SELECT true AS own, o.* FROM own o
         UNION ALL
@@ -154,8 +153,8 @@ _RANKING_STATEMENT = text(_RANKING)
 def ranking(
     session: Session, job_id: uuid.UUID, *, aging_s: float, limit: int, rank: bool = True
 ) -> Ranking:
-    """Lock the message's job if it is pending, due and its turn; with ``rank``, also the
-    ``limit`` best-ranked eligible jobs (skipping rows other claims hold). One round trip."""
+    """Lock the message's job if it is pending, due and its turn; with ``rank``, also read
+    the ``limit`` best-ranked eligible jobs. One round trip."""
     rows = session.execute(
         _RANKING_STATEMENT, {"id": job_id, "aging": aging_s, "limit": limit, "rank": rank}
     ).all()
@@ -172,6 +171,22 @@ def ranking(
     return Ranking(
         own, candidates, rules_configured=bool(flags[10]), throttled_waiting=bool(flags[11])
     )
+
+
+# The candidates are the heads of the backlog, which are the very jobs whose own messages
+# are being claimed at the same moment: locked at ranking, each claim made the claims of
+# those jobs wait on it (most claims, under load). They are locked only when one of them
+# may run in a message's place, with what made them eligible checked again.
+_LOCK_CANDIDATES = text(
+    f"SELECT j.id FROM jobs j WHERE j.id = ANY(:ids) AND {_ELIGIBLE} FOR UPDATE OF j SKIP LOCKED"
+)
+
+
+def lock_candidates(session: Session, job_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Lock those of ``job_ids`` that are still eligible and that no other claim holds;
+    return them. One round trip."""
+    rows = session.execute(_LOCK_CANDIDATES, {"ids": job_ids}).scalars()
+    return set(rows)
 
 
 # --- limits --------------------------------------------------------------------------

@@ -2,12 +2,13 @@
 
 The broker is a wake-up; Postgres decides. A worker that receives a message for job A ranks
 the eligible pending jobs (priority with aging, then the tenant with the fewest running
-calls, then enqueue order; ``FOR UPDATE SKIP LOCKED``) and runs the best one whose limits
-admit it now: its own job A unless a job B strictly outranks it (a higher priority after
-aging, or as high with fewer calls of its tenant running). When B runs, or A's limits hold
-it, A waits in the database with a reason (no message, no thread held) and is woken when a
-call finishes, or by the sweep at its ``throttled_until``. Limits and budgets are read and
-locked in this same transaction, so concurrent claims in one scope decide one after the
+calls, then enqueue order) and runs the best one whose limits admit it now: its own job A
+unless a job B strictly outranks it (a higher priority after aging, or as high with fewer
+calls of its tenant running). Another job than A is locked (``FOR UPDATE SKIP LOCKED``)
+only once it may run in A's place. When B runs, or A's limits hold it, A waits in the
+database with a reason (no message, no thread held) and is woken when a call finishes, or
+by the sweep at its ``throttled_until``. Limits and budgets are read and locked in this
+same transaction, so concurrent claims in one scope decide one after the
 other and cannot overshoot together.
 """
 
@@ -187,7 +188,15 @@ def admit(
         reserve=ranking.rules_configured,
         throttled_waiting=ranking.throttled_waiting,
     )
+    locked: set[uuid.UUID] | None = None
     for job in candidates:
+        if job.id != own.id:
+            if locked is None:
+                locked = flow_db.lock_candidates(
+                    session, [j.id for j in candidates if j.id != own.id]
+                )
+            if job.id not in locked:
+                continue  # claimed, or being claimed, since the ranking read it
         # Only a token limit or a budget needs the estimate (one more round trip).
         est = checker.estimate(job.id) if checker.needs_estimate(job) else None
         hold = checker.limits_hold(job, est)

@@ -1,0 +1,99 @@
+"""A claim locks only the jobs it may run. Ranking reads the heads of the backlog, which are
+the very jobs whose own messages are being claimed at the same moment: the ranking must not
+make those claims wait on it. A better job that another claim holds is passed over.
+
+Runs on a database of its own, so that no worker claims or ranks its jobs."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from service.config import get_settings
+from service.db import queries
+from service.db.migrate import throwaway_database
+from service.flow.admission import admit
+from service.validation import validate_request
+
+ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture
+def engine() -> Iterator[Engine]:
+    with throwaway_database(ADMIN_DSN, prefix="ezq_test_claim_locks") as url:
+        engine = create_engine(url)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
+
+
+def _jobs(engine: Engine, *priorities: int) -> list[uuid.UUID]:
+    """Queued jobs of one tenant, in this enqueue order; no message is published."""
+    ids = []
+    with Session(engine) as session, session.begin():
+        for i, priority in enumerate(priorities):
+            request = validate_request(
+                model="glm-5.1",
+                messages=[{"role": "user", "content": f"job {i}"}],
+                tenant="acme",
+                priority=priority,
+            )
+            ids.append(queries.create_job(session, request)[0])
+    return ids
+
+
+def _lockable(engine: Engine, job_id: uuid.UUID) -> bool:
+    """Whether a claim of ``job_id`` would lock it now rather than wait."""
+    with engine.connect() as conn, conn.begin():
+        try:
+            conn.execute(
+                text("SELECT 1 FROM jobs WHERE id = :id FOR UPDATE NOWAIT"), {"id": job_id}
+            )
+        except Exception as exc:  # psycopg's LockNotAvailable, wrapped by SQLAlchemy
+            if "could not obtain lock" in str(exc):
+                return False
+            raise
+    return True
+
+
+def test_a_claim_does_not_lock_the_jobs_it_ranked(engine: Engine) -> None:
+    first, second, third = _jobs(engine, 5, 5, 5)
+    with Session(engine) as claim, claim.begin():
+        admission = admit(claim, third, get_settings())
+        # Among equals a message keeps its own job.
+        assert admission.job_id == third
+        # The earlier jobs were ranked as candidates, and their own claims go on at once.
+        assert _lockable(engine, first)
+        assert _lockable(engine, second)
+        assert not _lockable(engine, third)  # its own job stays locked until it commits
+        claim.rollback()
+
+
+def test_a_better_job_another_claim_holds_is_passed_over(engine: Engine) -> None:
+    best, better, own = _jobs(engine, 9, 8, 5)
+    with engine.connect() as other, other.begin():
+        # Another claim holds the best job (its own message's claim, say).
+        other.execute(text("SELECT 1 FROM jobs WHERE id = :id FOR UPDATE"), {"id": best})
+        with Session(engine) as claim, claim.begin():
+            admission = admit(claim, own, get_settings())
+            assert admission.job_id == better
+            assert admission.hold is not None
+            assert admission.hold.reason == f"outranked by job {better}"
+            assert not _lockable(engine, better)  # locked: it is this claim's to run now
+            claim.rollback()
+        other.rollback()
+
+
+def test_a_better_job_is_run_in_the_message_s_place(engine: Engine) -> None:
+    better, own = _jobs(engine, 9, 5)
+    with Session(engine) as claim, claim.begin():
+        admission = admit(claim, own, get_settings())
+        assert admission.job_id == better
+        assert not _lockable(engine, better)
+        claim.rollback()
