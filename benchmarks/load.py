@@ -242,13 +242,21 @@ def run_raw(row: Row, gateway: Gateway) -> None:
 
 
 @contextlib.contextmanager
-def worker_running(env: dict[str, str], concurrency: int) -> Iterator[Worker]:
-    log = Path(tempfile.mkdtemp(prefix="ezq-load-")) / "worker.log"
-    worker = Worker(env, concurrency, log, env.get("EZQ_BENCH_POOL", "threads"))
+def worker_running(
+    env: dict[str, str], concurrency: int, processes: int = 1
+) -> Iterator[list[Worker]]:
+    """``processes`` worker processes sharing ``concurrency`` threads between them."""
+    folder = Path(tempfile.mkdtemp(prefix="ezq-load-"))
+    pool = env.get("EZQ_BENCH_POOL", "threads")
+    workers: list[Worker] = []
     try:
-        yield worker
+        for i in range(processes):
+            threads = concurrency // processes + (1 if i < concurrency % processes else 0)
+            workers.append(Worker(env, threads, folder / f"worker{i or ''}.log", pool))
+        yield workers
     finally:
-        worker.stop()
+        for worker in workers:
+            worker.stop()
 
 
 def run_ezq(
@@ -258,11 +266,13 @@ def run_ezq(
     conn: psycopg.Connection[Any],
     backends: Backends,
     redis_pid: int,
+    processes: int = 1,
 ) -> None:
     queue = env["EZQ_QUEUE"]
     tenant = f"load-{secrets.token_hex(4)}"
     app = _producer(queue)
-    with worker_running(env, row.concurrency) as worker:
+    with worker_running(env, row.concurrency, processes) as workers:
+        pids = [w.proc.pid for w in workers]
         gateway.latency(row.latency, row.jobs + 100)
         pg = CpuMeter()
         pg.start(backends.pids())
@@ -273,7 +283,8 @@ def run_ezq(
             peak[0] = max(peak[0], len(pids))
             pg.sample(pids)
 
-        w0, r0, g0 = (cpu_seconds(p) for p in (worker.proc.pid, redis_pid, gateway.proc.pid))
+        w0 = sum(cpu_seconds(p) for p in pids)
+        r0, g0 = cpu_seconds(redis_pid), cpu_seconds(gateway.proc.pid)
         start = time.perf_counter()
         for i in range(row.jobs):
             _send(app, queue, tenant, f"load job {i}")
@@ -286,11 +297,12 @@ def run_ezq(
         )
         elapsed = time.perf_counter() - start
         pg.sample(backends.pids())
-        w1, r1, g1 = (cpu_seconds(p) for p in (worker.proc.pid, redis_pid, gateway.proc.pid))
+        w1 = sum(cpu_seconds(p) for p in pids)
+        r1, g1 = cpu_seconds(redis_pid), cpu_seconds(gateway.proc.pid)
         (failed,) = conn.execute(
             "SELECT count(*) FROM jobs WHERE tenant = %s AND status <> 'succeeded'", (tenant,)
         ).fetchone() or (0,)
-        rss = peak_rss_mb(worker.proc.pid)
+        rss = max(peak_rss_mb(p) for p in pids)
     row.ezq = {
         "per_s": row.jobs / elapsed,
         "worker_cpu_ms": (w1 - w0) / row.jobs * 1e3,
@@ -358,9 +370,12 @@ def run_paced(
     }
 
 
-def _print(rows: list[Row], paced: dict[str, float] | None, words: int | None) -> None:
+def _print(
+    rows: list[Row], paced: dict[str, float] | None, words: int | None, processes: int = 1
+) -> None:
     reply = f"{words}-word replies" if words is not None else "short echo replies"
-    print(f"\nOne ezq worker process vs the raw openai client, {reply}, same run")
+    who = "One ezq worker process" if processes == 1 else f"{processes} ezq worker processes"
+    print(f"\n{who} vs the raw openai client, {reply}, same run")
     head = (
         f"{'latency':>8}{'in flight':>10}{'jobs':>6} |{'raw/s':>8}{'cpu ms':>8}"
         f"{'gw ms':>7} |{'ezq/s':>8}{'ratio':>7}{'ideal':>7}{'worker':>8}{'pg':>6}"
@@ -406,6 +421,13 @@ def main() -> None:
         help="the worker's pool: threads (ezq worker, the default) or gevent (a trial)",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing a row's calls in flight (default 1; the paced run"
+        " always has one); worker CPU is their sum, RSS the largest",
+    )
+    parser.add_argument(
         "--paced", type=float, default=None, help="seconds of the half-saturation run (0: none)"
     )
     args = parser.parse_args()
@@ -434,7 +456,7 @@ def main() -> None:
                 backends = Backends(conn, database)
                 for row in rows:
                     run_raw(row, gateway)
-                    run_ezq(row, gateway, env, conn, backends, redis_pid)
+                    run_ezq(row, gateway, env, conn, backends, redis_pid, args.workers)
                     print(
                         f"  {row.latency:g}s/{row.concurrency}: raw {row.raw['per_s']:.0f}/s,"
                         f" ezq {row.ezq['per_s']:.0f}/s",
@@ -447,7 +469,7 @@ def main() -> None:
                     paced = run_paced(rate, paced_s, gateway, env, conn, secret)
     finally:
         gateway.stop()
-    _print(rows, paced, args.words)
+    _print(rows, paced, args.words, args.workers)
 
 
 if __name__ == "__main__":
