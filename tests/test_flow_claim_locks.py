@@ -33,19 +33,30 @@ def engine() -> Iterator[Engine]:
             engine.dispose()
 
 
-def _jobs(engine: Engine, *priorities: int) -> list[uuid.UUID]:
-    """Queued jobs of one tenant, in this enqueue order; no message is published."""
+def _jobs(engine: Engine, *priorities: int, tenant: str = "acme") -> list[uuid.UUID]:
+    """Queued jobs of ``tenant``, in this enqueue order; no message is published."""
     ids = []
     with Session(engine) as session, session.begin():
         for i, priority in enumerate(priorities):
             request = validate_request(
                 model="glm-5.1",
                 messages=[{"role": "user", "content": f"job {i}"}],
-                tenant="acme",
+                tenant=tenant,
                 priority=priority,
             )
             ids.append(queries.create_job(session, request)[0])
     return ids
+
+
+def _set_running(engine: Engine, job_id: uuid.UUID) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE jobs SET status = 'running', attempts = 1, started_at = now(),"
+                " lease_expires_at = now() + interval '1 hour' WHERE id = :id"
+            ),
+            {"id": job_id},
+        )
 
 
 def _lockable(engine: Engine, job_id: uuid.UUID) -> bool:
@@ -96,4 +107,27 @@ def test_a_better_job_is_run_in_the_message_s_place(engine: Engine) -> None:
         admission = admit(claim, own, get_settings())
         assert admission.job_id == better
         assert not _lockable(engine, better)
+        claim.rollback()
+
+
+def test_a_job_held_by_its_limit_lets_an_equal_job_run_in_its_place(engine: Engine) -> None:
+    """The message's own job is held (its tenant is at its concurrency limit): the next
+    eligible job, which does not outrank it, is locked and run instead."""
+    acme_running, own = _jobs(engine, 5, 5, tenant="acme")
+    beta_running, beta = _jobs(engine, 5, 5, tenant="beta")
+    _set_running(engine, acme_running)
+    _set_running(engine, beta_running)  # one call each: neither tenant outranks the other
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO flow_limits (id, tenant, model, max_concurrent)"
+                " VALUES (gen_random_uuid(), 'acme', '*', 1)"
+            )
+        )
+    with Session(engine) as claim, claim.begin():
+        admission = admit(claim, own, get_settings())
+        assert admission.job_id == beta
+        assert admission.hold is not None
+        assert admission.hold.reason.startswith("max_concurrent 1/1 for tenant=acme")
+        assert not _lockable(engine, beta)
         claim.rollback()
