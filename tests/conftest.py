@@ -83,6 +83,23 @@ def drop_queue(queue: str) -> None:
     )
 
 
+@pytest.fixture
+def own_database() -> Iterator[tuple[str, Any]]:
+    """A database of the test's own, migrated to head and dropped after it: its URL and an
+    engine on it. For tests whose rows no worker of the session may see, or which depend on
+    database-wide state (whether any flow limit exists)."""
+    from sqlalchemy import create_engine
+
+    from service.db.migrate import throwaway_database
+
+    with throwaway_database(ADMIN_DSN, prefix="ezq_test_own") as url:
+        engine = create_engine(url)
+        try:
+            yield url, engine
+        finally:
+            engine.dispose()
+
+
 @pytest.fixture(scope="session")
 def fake_gateway_server() -> Iterator[Any]:
     from service.fake_gateway import FakeGateway

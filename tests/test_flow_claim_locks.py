@@ -7,30 +7,21 @@ Runs on a database of its own, so that no worker claims or ranks its jobs."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from service.config import get_settings
 from service.db import queries
-from service.db.migrate import throwaway_database
 from service.flow.admission import admit
 from service.validation import validate_request
 
-ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
 
 @pytest.fixture
-def engine() -> Iterator[Engine]:
-    with throwaway_database(ADMIN_DSN, prefix="ezq_test_claim_locks") as url:
-        engine = create_engine(url)
-        try:
-            yield engine
-        finally:
-            engine.dispose()
+def engine(own_database: tuple[str, Engine]) -> Engine:
+    return own_database[1]
 
 
 def _jobs(engine: Engine, *priorities: int, tenant: str = "acme") -> list[uuid.UUID]:

@@ -8,31 +8,18 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
 
-import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from service.db.migrate import throwaway_database
 from tests.conftest import WorkerProcess, run_ezq
 from tests.flow_support import price_per_token, slow, wait_until
 
-ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 MODEL = "claude-haiku-4-5"
-
-
-@pytest.fixture
-def own_database() -> Iterator[tuple[str, Engine]]:
-    with throwaway_database(ADMIN_DSN, prefix="ezq_test_flow_none") as url:
-        engine = create_engine(url)
-        try:
-            yield url, engine
-        finally:
-            engine.dispose()
 
 
 def _rows(engine: Engine, query: str, **params: Any) -> list[tuple[Any, ...]]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Row, bindparam, delete, func, select, text, update
+from sqlalchemy import Connection, Row, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.orm import Session
 
@@ -122,23 +122,25 @@ def _conversation_for(session: Session, request: CompletionRequest) -> tuple[uui
 
 # The common case in one round trip: a first turn without an idempotency key. Nothing is
 # written when the job id is taken already (a redelivered foreign message).
+# The job first, then its conversation from what the job insert returned: a job id that is
+# taken (a redelivered foreign message, or a concurrent insert of the same id) writes
+# nothing at all, so the statement is atomic by itself. The job's foreign key to its
+# conversation is checked at the end of the statement, when both rows exist.
 _CREATE_NEW = text(
     """
-WITH conversation AS (
-    INSERT INTO conversations (id, tenant, metadata)
-    SELECT :conversation_id, :tenant, :meta WHERE NOT EXISTS (SELECT FROM jobs WHERE id = :id)
-    RETURNING id
-),
-job AS (
+WITH job AS (
     INSERT INTO jobs (id, conversation_id, status, model, params, input_messages, tenant,
                       metadata, request_hash, callback_url, surface, created_by, priority)
-    SELECT :id, conversation.id, 'queued', :model, :params, :input_messages, :tenant, :meta,
-           :request_hash, :callback_url, :surface, :created_by, :priority
-      FROM conversation
+    VALUES (:id, :conversation_id, 'queued', :model, :params, :input_messages, :tenant, :meta,
+            :request_hash, :callback_url, :surface, :created_by, :priority)
     ON CONFLICT DO NOTHING
-    RETURNING id
+    RETURNING id, conversation_id
+),
+conversation AS (
+    INSERT INTO conversations (id, tenant, metadata)
+    SELECT job.conversation_id, :tenant, :meta FROM job
 )
-SELECT (SELECT id FROM job) AS job_id, (SELECT id FROM conversation) AS conversation_id
+SELECT id FROM job
 """
 ).bindparams(
     bindparam("meta", type_=JSONB),
@@ -147,14 +149,17 @@ SELECT (SELECT id FROM job) AS job_id, (SELECT id FROM conversation) AS conversa
 )
 
 
-def _create_in_new_conversation(
-    session: Session,
+def create_first_turn(
+    executor: Session | Connection,
     request: CompletionRequest,
-    job_id: uuid.UUID | None,
-    created_by: str | None,
+    job_id: uuid.UUID | None = None,
+    created_by: str | None = None,
 ) -> uuid.UUID | None:
-    """Write a first turn and its conversation; None when the job id is taken."""
-    row = session.execute(
+    """Write a first turn in a new conversation, with its conversation, in one statement
+    (atomic by itself, so it may run on an autocommit connection); None, with nothing
+    written, when the job id is taken. For a request with no conversation and no
+    idempotency key."""
+    job: uuid.UUID | None = executor.execute(
         _CREATE_NEW,
         {
             "id": job_id or uuid.uuid4(),
@@ -170,11 +175,7 @@ def _create_in_new_conversation(
             "created_by": created_by,
             "priority": request.priority,
         },
-    ).one()
-    if row.job_id is None and row.conversation_id is not None:
-        # Lost a race with a concurrent insert of the same id: no empty conversation stays.
-        session.execute(delete(Conversation).where(Conversation.id == row.conversation_id))
-    job: uuid.UUID | None = row.job_id
+    ).scalar_one_or_none()
     return job
 
 
@@ -195,7 +196,7 @@ def create_job(
     records the API key that asked.
     """
     if request.conversation_id is None and request.idempotency_key is None:
-        created = _create_in_new_conversation(session, request, job_id, created_by)
+        created = create_first_turn(session, request, job_id, created_by)
         if created is not None:
             return created, True
     if job_id is not None:

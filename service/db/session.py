@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
@@ -87,6 +87,15 @@ def transaction(url: str | None = None) -> Iterator[Session]:
     """A session inside one transaction: committed on success, rolled back on error."""
     with session_factory(url).begin() as session:
         yield session
+
+
+@contextmanager
+def autocommit(url: str | None = None) -> Iterator[Connection]:
+    """A pooled connection on which each statement commits by itself: for one statement
+    that is atomic on its own, which then costs one round trip instead of three (no
+    BEGIN, no COMMIT)."""
+    with get_engine(url).connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        yield conn
 
 
 def dispose_engines() -> None:

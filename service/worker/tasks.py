@@ -15,7 +15,7 @@ from celery.signals import after_setup_logger, after_setup_task_logger, worker_p
 from service import constants as c
 from service.config import get_settings
 from service.db import queries
-from service.db.session import UNAVAILABLE, transaction, unavailable_because
+from service.db.session import UNAVAILABLE, autocommit, transaction, unavailable_because
 from service.errors import EzqCallerError
 from service.gateway import GatewayClient
 from service.live import publisher as live_publisher
@@ -67,6 +67,14 @@ def _create_foreign_job(job_id: uuid.UUID, fields: dict[str, Any]) -> uuid.UUID:
         max_request_bytes=get_settings().ezq_max_request_bytes,
         **fields,
     )
+    if request.conversation_id is None and request.idempotency_key is None:
+        # The common case, a first turn: one statement, atomic by itself, on an autocommit
+        # connection (one round trip instead of three). A job id already taken (this
+        # message delivered again) writes nothing and goes the general way below.
+        with autocommit() as conn:
+            created = queries.create_first_turn(conn, request, job_id)
+        if created is not None:
+            return created
     with transaction() as session:
         effective_id, _ = queries.create_job(session, request, job_id=job_id)
     return effective_id
