@@ -7,7 +7,6 @@ Runs on a database of its own."""
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from typing import Any
 
@@ -18,6 +17,7 @@ from sqlalchemy.engine import Engine
 from service.db import queries
 from service.db.session import autocommit
 from service.validation import validate_request
+from tests.test_faults import wait_until
 
 
 @pytest.fixture
@@ -72,10 +72,7 @@ def test_a_job_id_taken_by_an_insert_in_flight_leaves_no_conversation(
 
         racer = threading.Thread(target=second)
         racer.start()
-        deadline = time.monotonic() + 30
-        while not _waiting_on_a_lock(engine):
-            assert time.monotonic() < deadline, "the second insert never waited"
-            time.sleep(0.01)
+        wait_until(lambda: _waiting_on_a_lock(engine), "the second insert waiting on the first")
         first.commit()
         racer.join(timeout=30)
     assert result == [None]

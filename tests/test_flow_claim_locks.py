@@ -9,8 +9,10 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from psycopg.errors import LockNotAvailable
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from service.config import get_settings
@@ -57,8 +59,8 @@ def _lockable(engine: Engine, job_id: uuid.UUID) -> bool:
             conn.execute(
                 text("SELECT 1 FROM jobs WHERE id = :id FOR UPDATE NOWAIT"), {"id": job_id}
             )
-        except Exception as exc:  # psycopg's LockNotAvailable, wrapped by SQLAlchemy
-            if "could not obtain lock" in str(exc):
+        except OperationalError as exc:
+            if isinstance(exc.orig, LockNotAvailable):
                 return False
             raise
     return True

@@ -120,12 +120,11 @@ def _conversation_for(session: Session, request: CompletionRequest) -> tuple[uui
     return existing.id, request.tenant
 
 
-# The common case in one round trip: a first turn without an idempotency key. Nothing is
-# written when the job id is taken already (a redelivered foreign message).
-# The job first, then its conversation from what the job insert returned: a job id that is
-# taken (a redelivered foreign message, or a concurrent insert of the same id) writes
-# nothing at all, so the statement is atomic by itself. The job's foreign key to its
-# conversation is checked at the end of the statement, when both rows exist.
+# The common case in one statement: a first turn without an idempotency key. The job
+# first, then its conversation from what the job insert returned: a job id that is taken
+# (a redelivered foreign message, or a concurrent insert of the same id) writes nothing at
+# all, so the statement is atomic by itself. The job's foreign key to its conversation is
+# checked at the end of the statement, when both rows exist.
 _CREATE_NEW = text(
     """
 WITH job AS (
