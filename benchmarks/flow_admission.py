@@ -66,16 +66,18 @@ def _enqueue(n: int, *, tenant: str, priority: int) -> list[uuid.UUID]:
 def _bypassed() -> Iterator[None]:
     """The claim as it was without flow control: admit the message's own job, release
     nothing."""
+    from service.db.flow import Ranking
     from service.flow import admission
     from service.worker import runner
 
-    admit, release = admission.admit, runner.release
-    admission.admit = lambda session, job_id, settings, **_: admission.Admission(job_id, job_id)  # type: ignore[assignment]
+    rank, release = admission.rank, runner.release
+    # Nothing ranked: the message's own job is claimed, alone.
+    admission.rank = lambda *_, **__: Ranking(None, [], False, False)  # type: ignore[assignment]
     runner.release = lambda *args: None  # type: ignore[assignment]
     try:
         yield
     finally:
-        admission.admit, runner.release = admit, release  # type: ignore[assignment]
+        admission.rank, runner.release = rank, release  # type: ignore[assignment]
 
 
 def _configure_limits() -> None:

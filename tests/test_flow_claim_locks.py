@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from service.config import get_settings
 from service.db import queries
-from service.flow.admission import admit
+from service.flow.admission import Admission, admit, rank
 from service.validation import validate_request
 
 
@@ -39,6 +39,12 @@ def _jobs(engine: Engine, *priorities: int, tenant: str = "acme") -> list[uuid.U
             )
             ids.append(queries.create_job(session, request)[0])
     return ids
+
+
+def _admit(session: Session, job_id: uuid.UUID) -> Admission:
+    """The claim's admission in ``session``'s transaction, from a ranking read just before."""
+    settings = get_settings()
+    return admit(session, job_id, rank(session, job_id, settings), settings)
 
 
 def _set_running(engine: Engine, job_id: uuid.UUID) -> None:
@@ -69,7 +75,7 @@ def _lockable(engine: Engine, job_id: uuid.UUID) -> bool:
 def test_a_claim_does_not_lock_the_jobs_it_ranked(engine: Engine) -> None:
     first, second, third = _jobs(engine, 5, 5, 5)
     with Session(engine) as claim, claim.begin():
-        admission = admit(claim, third, get_settings())
+        admission = _admit(claim, third)
         # Among equals a message keeps its own job.
         assert admission.job_id == third
         # The earlier jobs were ranked as candidates, and their own claims go on at once.
@@ -85,7 +91,7 @@ def test_a_better_job_another_claim_holds_is_passed_over(engine: Engine) -> None
         # Another claim holds the best job (its own message's claim, say).
         other.execute(text("SELECT 1 FROM jobs WHERE id = :id FOR UPDATE"), {"id": best})
         with Session(engine) as claim, claim.begin():
-            admission = admit(claim, own, get_settings())
+            admission = _admit(claim, own)
             assert admission.job_id == better
             assert admission.hold is not None
             assert admission.hold.reason == f"outranked by job {better}"
@@ -97,7 +103,7 @@ def test_a_better_job_another_claim_holds_is_passed_over(engine: Engine) -> None
 def test_a_better_job_is_run_in_the_message_s_place(engine: Engine) -> None:
     better, own = _jobs(engine, 9, 5)
     with Session(engine) as claim, claim.begin():
-        admission = admit(claim, own, get_settings())
+        admission = _admit(claim, own)
         assert admission.job_id == better
         assert not _lockable(engine, better)
         claim.rollback()
@@ -118,7 +124,7 @@ def test_a_job_held_by_its_limit_lets_an_equal_job_run_in_its_place(engine: Engi
             )
         )
     with Session(engine) as claim, claim.begin():
-        admission = admit(claim, own, get_settings())
+        admission = _admit(claim, own)
         assert admission.job_id == beta
         assert admission.hold is not None
         assert admission.hold.reason.startswith("max_concurrent 1/1 for tenant=acme")

@@ -1,9 +1,11 @@
 """The worker's hot path in SQL: claim a job for an attempt, record how the attempt ended.
 
 Each step is one statement, written once as SQL text (compiled once, no ORM unit of work):
-the claim is the ``ezq_claim_job`` function (migration 0015), a success or a failure one
-statement of data-modifying CTEs. Callers own the transaction; combining these rows with
-priced usage and the webhook outbox is ``service.worker.record``'s job.
+the claim is the ``ezq_claim_job`` function (migrations 0015, 0018), a success or a failure
+one statement of data-modifying CTEs (a success with its priced usage row). Each is atomic
+by itself, so a caller may run it on an autocommit connection (one round trip) or in its
+own transaction; combining them with flow control's settlement and the webhook outbox is
+``service.worker.record``'s job.
 """
 
 from __future__ import annotations
@@ -11,13 +13,18 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Row, bindparam, text
+from sqlalchemy import Row, TextualSelect, bindparam, column, table, text
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from service import constants as c
+from service.db.models import NULLABLE_JSONB
+from service.db.pricing import cost_of
+from service.db.session import Executor
 from service.errors import JobNotFound
 
 # --- claiming ------------------------------------------------------------------------
@@ -38,6 +45,9 @@ class Claimed:
     # The job's own new messages (the tail of ``messages``): they join the history with
     # the reply when the attempt succeeds.
     input_messages: list[dict[str, Any]] = field(default_factory=list)
+    # Where the job's end is announced (None: no webhook), so that the record knows
+    # whether it writes an outbox row.
+    callback_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +83,7 @@ ClaimOutcome = Claimed | AlreadyFinished | Busy | NotYetDue | WaitForTurn
 
 _CLAIM = text(
     "SELECT outcome, status, conversation_id, attempt, model, params, input_messages, history,"
-    " tenant, surface, due_in_s, blocking_job_id"
+    " tenant, surface, due_in_s, blocking_job_id, callback_url"
     " FROM ezq_claim_job(:job_id, :lease_seconds, :holder)"
 ).columns(params=JSONB, input_messages=JSONB, history=JSONB)
 
@@ -96,7 +106,7 @@ def _history(rows: list[list[Any]]) -> list[dict[str, Any]]:
 
 
 def claim_job(
-    session: Session,
+    session: Executor,
     job_id: uuid.UUID,
     *,
     lease_seconds: float,
@@ -136,6 +146,7 @@ def claim_job(
         tenant=row.tenant,
         surface=row.surface,
         input_messages=input_messages,
+        callback_url=row.callback_url,
     )
 
 
@@ -168,8 +179,59 @@ _RESULT = (
     " FROM (SELECT 1) AS one LEFT JOIN owned ON true"
 )
 
-_SUCCESS = (
-    text(
+# The call's priced usage row, written by the statement that ends the job (so it exists only
+# if the job is still this attempt's): the model's price in effect now, the cost by
+# ``service.db.pricing.cost_of``, rendered once. A second row for the job is not written.
+_USAGE_COLUMNS = (
+    "prompt_tokens, cached_tokens, uncached_prompt_tokens, completion_tokens,"
+    " reasoning_tokens, total_tokens, cache_write_tokens"
+)
+_PRICE_RATES = (
+    "input_per_mtok",
+    "cached_input_per_mtok",
+    "output_per_mtok",
+    "cache_write_input_per_mtok",
+)
+
+
+def _cost_sql() -> str:
+    """``cost_of`` over the statement's ``u`` (the usage) and ``price`` rows, as SQL."""
+    usage = table("u", *(column(name.strip()) for name in _USAGE_COLUMNS.split(",")))
+    price = table("price", *(column(name) for name in _PRICE_RATES))
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    return str(cost_of(usage, price).compile(dialect=dialect))
+
+
+_USAGE_ROW = f"""
+usage_row AS (
+    INSERT INTO token_usage (job_id, conversation_id, model, tenant, metadata, {_USAGE_COLUMNS},
+                             raw_usage, usage_issues, price_id, cost_usd)
+    SELECT owned.id, owned.conversation_id, owned.model, owned.tenant, owned.meta,
+           {", ".join(f"u.{name.strip()}" for name in _USAGE_COLUMNS.split(","))},
+           :raw_usage, :usage_issues, price.id, {_cost_sql()}
+      FROM owned
+     CROSS JOIN (SELECT CAST(:prompt_tokens AS integer) AS prompt_tokens,
+                        CAST(:cached_tokens AS integer) AS cached_tokens,
+                        CAST(:uncached_prompt_tokens AS integer) AS uncached_prompt_tokens,
+                        CAST(:completion_tokens AS integer) AS completion_tokens,
+                        CAST(:reasoning_tokens AS integer) AS reasoning_tokens,
+                        CAST(:total_tokens AS integer) AS total_tokens,
+                        CAST(:cache_write_tokens AS integer) AS cache_write_tokens) AS u
+      LEFT JOIN LATERAL (
+          SELECT p.id, p.input_per_mtok, p.cached_input_per_mtok, p.output_per_mtok,
+                 p.cache_write_input_per_mtok
+            FROM model_prices p
+           WHERE p.model = owned.model AND p.effective_from <= now()
+           ORDER BY p.effective_from DESC LIMIT 1) AS price ON true
+    ON CONFLICT (job_id) DO NOTHING
+    RETURNING cost_usd
+),"""
+
+
+def _success(with_usage: bool) -> TextualSelect:
+    usage_row = _USAGE_ROW if with_usage else ""
+    cost = "(SELECT cost_usd FROM usage_row)" if with_usage else "NULL::numeric"
+    statement = text(
         f"""
 WITH owned AS (
     UPDATE jobs SET status = 'succeeded', finish_reason = :finish_reason,
@@ -196,14 +258,22 @@ attempt AS (
            first_token_at = :first_token_at, gateway_request_id = :request_id,
            surface = :surface
      WHERE job_id = :job_id AND attempt = :attempt AND EXISTS (SELECT FROM owned)
-),
+),{usage_row}
 {_NEXT_TURN.format(condition="")}
-{_RESULT}
+SELECT owned.*, (SELECT id FROM next_turn) AS next_job_id, {cost} AS cost_usd
+  FROM (SELECT 1) AS one LEFT JOIN owned ON true
 """
-    )
-    .bindparams(bindparam("messages", type_=JSONB))
-    .columns(meta=JSONB)
-)
+    ).bindparams(bindparam("messages", type_=JSONB))
+    if with_usage:
+        statement = statement.bindparams(
+            bindparam("raw_usage", type_=JSONB),
+            bindparam("usage_issues", type_=NULLABLE_JSONB),
+        )
+    return statement.columns(meta=JSONB)
+
+
+# Built once each: a success with a usage object, and one without.
+_SUCCESS = {True: _success(True), False: _success(False)}
 
 _FAILURE = text(
     f"""
@@ -233,14 +303,18 @@ attempt AS (
 @dataclass(frozen=True, slots=True)
 class Ended:
     """How a recorded attempt left its job: the job's row after the write (None when the
-    attempt no longer owned it), and the next turn of its conversation to publish."""
+    attempt no longer owned it), the next turn of its conversation to publish, and the
+    cost of the usage row written with it (None: none written, or the model unpriced)."""
 
     job: Row[Any] | None
     next_job_id: uuid.UUID | None
+    cost_usd: Decimal | None = None
 
 
 def _ended(row: Row[Any]) -> Ended:
-    return Ended(row if row.id is not None else None, row.next_job_id)
+    return Ended(
+        row if row.id is not None else None, row.next_job_id, getattr(row, "cost_usd", None)
+    )
 
 
 def content_columns(content: Any) -> dict[str, Any]:
@@ -277,22 +351,44 @@ class CallOutcome:
     first_token_at: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class UsageTokens:
+    """A call's token counts as its ``token_usage`` row keeps them."""
+
+    prompt_tokens: int
+    cached_tokens: int
+    uncached_prompt_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int | None
+    total_tokens: int
+    cache_write_tokens: int
+    raw_usage: dict[str, Any]
+    usage_issues: list[str] | None
+
+
 def record_success(
-    session: Session,
+    session: Executor,
     claimed: Claimed,
     call: CallOutcome,
     *,
     finish_reason: str | None,
     reply: dict[str, Any],
+    usage: UsageTokens | None = None,
 ) -> Ended:
-    """The job succeeded with ``reply``, if this attempt still owns it. One round trip.
+    """The job succeeded with ``reply``, if this attempt still owns it. One round trip,
+    atomic by itself.
 
     The job's own messages join the history together with its reply, so a failed turn
-    leaves the history untouched and concurrent turns never interleave.
+    leaves the history untouched and concurrent turns never interleave. ``usage`` is
+    written with them as the job's priced ``token_usage`` row (its cost in ``Ended``).
     """
+    usage_values = (
+        {} if usage is None else {name: getattr(usage, name) for name in UsageTokens.__slots__}
+    )
     row = session.execute(
-        _SUCCESS,
+        _SUCCESS[usage is not None],
         {
+            **usage_values,
             "job_id": claimed.job_id,
             "attempt": claimed.attempt,
             "conversation_id": claimed.conversation_id,

@@ -19,6 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from service.db.models import ANY
+from service.db.session import Executor
 
 # A pending job is held back while an earlier turn of its conversation has not ended.
 _NOT_HELD_BACK = """
@@ -90,9 +91,10 @@ _PENDING_COLUMNS = (
     "j.id, j.tenant, j.model, j.status, j.priority, j.enqueue_seq,"
     " j.throttle_reason IS NOT NULL AS throttled"
 )
-# One round trip: the message's job locked (waiting for a lock another claim holds: the
-# same job cannot be claimed twice), the best candidates and their ranks (read, not locked:
-# see ``lock_candidates``), and whether flow control has anything configured at all.
+# One round trip, which locks nothing: the message's job if it may run, the best candidates
+# and their ranks (locked only when one may run in the message's place: see
+# ``lock_candidates``), and whether flow control has anything configured at all. The claim
+# runs it on an autocommit connection; the claim function locks the job it takes.
 _RANKING = f"""
     WITH RECURSIVE tenants AS (
         (SELECT coalesce(j.tenant, '') AS t FROM jobs j WHERE {_PENDING} AND :rank
@@ -114,11 +116,7 @@ _RANKING = f"""
         ) h
         WHERE tenants.t IS NOT NULL
     ), {_RUNNING_PER_TENANT}, own AS (
-        SELECT {_PENDING_COLUMNS}, {_AGED} AS aged FROM jobs j
-        WHERE j.id = :id AND (j.status = 'queued'
-                              OR (j.status = 'retrying' AND j.dispatched_at <= now()))
-          AND {_NOT_HELD_BACK}
-        FOR UPDATE
+        SELECT {_PENDING_COLUMNS}, {_AGED} AS aged FROM jobs j WHERE j.id = :id AND {_ELIGIBLE}
     ), candidates AS (
         SELECT {_PENDING_COLUMNS}, {_AGED} AS aged FROM jobs j
         LEFT JOIN running r ON r.tenant IS NOT DISTINCT FROM j.tenant
@@ -151,10 +149,10 @@ _RANKING_STATEMENT = text(_RANKING)
 
 
 def ranking(
-    session: Session, job_id: uuid.UUID, *, aging_s: float, limit: int, rank: bool = True
+    session: Executor, job_id: uuid.UUID, *, aging_s: float, limit: int, rank: bool = True
 ) -> Ranking:
-    """Lock the message's job if it is pending, due and its turn; with ``rank``, also read
-    the ``limit`` best-ranked eligible jobs. One round trip."""
+    """Read the message's job if it is pending, due and its turn; with ``rank``, also the
+    ``limit`` best-ranked eligible jobs. One round trip; nothing is locked."""
     rows = session.execute(
         _RANKING_STATEMENT, {"id": job_id, "aging": aging_s, "limit": limit, "rank": rank}
     ).all()
@@ -171,6 +169,16 @@ def ranking(
     return Ranking(
         own, candidates, rules_configured=bool(flags[10]), throttled_waiting=bool(flags[11])
     )
+
+
+_LOCK_OWN = text(f"SELECT j.id FROM jobs j WHERE j.id = :id AND {_ELIGIBLE} FOR UPDATE OF j")
+
+
+def lock_own(session: Session, job_id: uuid.UUID) -> bool:
+    """Lock the message's job for the claim's transaction, waiting for another claim that
+    holds it (the same job is not admitted twice at once); False when it may no longer run.
+    One round trip."""
+    return session.execute(_LOCK_OWN, {"id": job_id}).first() is not None
 
 
 # The candidates are the heads of the backlog, which are the very jobs whose own messages

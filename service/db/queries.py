@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Row, bindparam, func, select, text, update
+from sqlalchemy import Row, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.orm import Session
 
@@ -20,6 +20,7 @@ from service.db.models import (
     Message,
     TokenUsage,
 )
+from service.db.session import Executor
 from service.errors import (
     ConversationNotFound,
     IdempotencyConflict,
@@ -149,7 +150,7 @@ SELECT id FROM job
 
 
 def create_first_turn(
-    executor: Session | Connection,
+    executor: Executor,
     request: CompletionRequest,
     job_id: uuid.UUID | None = None,
     created_by: str | None = None,

@@ -26,6 +26,9 @@ def unavailable_because(exc: Exception) -> str:
     return type(getattr(exc, "orig", None) or exc).__name__
 
 
+# What runs a statement: a session in a transaction, or a connection (autocommit or not).
+Executor = Session | Connection
+
 _lock = threading.Lock()
 _factories: dict[str, sessionmaker[Session]] = {}
 

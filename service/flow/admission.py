@@ -28,6 +28,7 @@ from service.config import Settings
 from service.db import attempts, queries
 from service.db import flow as flow_db
 from service.db.models import Job
+from service.db.session import Executor
 from service.webhooks import outbox as webhook_outbox
 
 log = logging.getLogger(__name__)
@@ -157,24 +158,52 @@ def _usd(value: Decimal) -> str:
     return f"{max(value, Decimal(0)):.6f}"
 
 
-def admit(
-    session: Session, job_id: uuid.UUID, settings: Settings, *, own_only: bool = False
-) -> Admission:
-    """Decide which job the message for ``job_id`` runs; the caller claims ``job_id`` of the
-    result in the same transaction, then calls ``claimed``.
+def rank(
+    executor: Executor, job_id: uuid.UUID, settings: Settings, *, own_only: bool = False
+) -> flow_db.Ranking:
+    """Read the message's job and the best-ranked pending jobs; locks nothing.
 
     ``own_only``: the message's sender waits for its result (a foreign Celery producer), so
     it runs its own job or none; it still counts as a candidate for other messages."""
-    ranking = flow_db.ranking(
-        session,
+    return flow_db.ranking(
+        executor,
         job_id,
         aging_s=settings.ezq_priority_aging,
         limit=c.FLOW_CANDIDATES,
         rank=not own_only,
     )
+
+
+def plain(ranking: flow_db.Ranking, job_id: uuid.UUID) -> Admission | None:
+    """The admission when there is nothing to decide, which is most claims: no limit or
+    budget exists, no job outranks the message's own, and that one was not throttled. The
+    message then runs its own job, and the claim needs no transaction of its own (the
+    claim function is atomic by itself). None: ``admit`` decides, in a transaction.
+
+    A job not pending (ended, running, not due, not its turn) is claimed too: the claim
+    says why it cannot run."""
     own = ranking.own
     if own is None:
-        return Admission(job_id, job_id)  # not pending: the claim says why
+        return Admission(job_id, job_id)
+    if ranking.rules_configured or own.throttled:
+        return None
+    if any(job.outranks(own) for job in ranking.candidates):
+        return None
+    return Admission(
+        job_id, job_id, estimate=NO_ESTIMATE, throttled_waiting=ranking.throttled_waiting
+    )
+
+
+def admit(
+    session: Session, job_id: uuid.UUID, ranking: flow_db.Ranking, settings: Settings
+) -> Admission:
+    """Decide which job the message for ``job_id`` runs, from its ``ranking``; the caller
+    claims ``job_id`` of the result in the same transaction, then calls ``claimed``."""
+    own = ranking.own
+    # Locked for this transaction, so that two claims of one job decide one after the
+    # other; the ranking read it unlocked, a moment ago.
+    if own is None or not flow_db.lock_own(session, own.id):
+        return Admission(job_id, job_id)  # not pending (any more): the claim says why
     checker = _Checker(session, settings, configured=ranking.rules_configured)
     # The message runs its own job unless another strictly outranks it. Among equals it
     # keeps its own: the others have messages of their own on the way (or are woken when a

@@ -36,6 +36,11 @@ class Settlement:
     def of(cls, admission: Admission) -> Settlement:
         return cls(reserved=admission.reserve, wake=admission.throttled_waiting)
 
+    @property
+    def owed(self) -> bool:
+        """The call's end has something to settle or throttled jobs to wake."""
+        return self.reserved or self.wake
+
 
 def settle_in(
     session: Session, settlement: Settlement | None, job_id: uuid.UUID, attempt: int
@@ -56,7 +61,7 @@ def release(job_id: uuid.UUID, attempt: int, settlement: Settlement) -> None:
     """Settle a call whose outcome was not recorded with its settlement (it raised, or the
     database was away), in a transaction of its own, and publish the best throttled jobs. A
     failure here only delays them until the sweep's recheck."""
-    if settlement.done or not (settlement.reserved or settlement.wake):
+    if settlement.done or not settlement.owed:
         return
     try:
         with transaction() as session:

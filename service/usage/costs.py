@@ -15,11 +15,8 @@ from typing import Any
 
 from sqlalchemy import (
     BindParameter,
-    ColumnClause,
     ColumnElement,
-    FromClause,
     Integer,
-    Numeric,
     Table,
     Update,
     bindparam,
@@ -35,53 +32,13 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import ReturningInsert
 
 from service.db.models import ModelPrice, TokenUsage
-
-# Multiplying by this literal keeps every digit (scale 10 + 6); dividing by 1e6 would round
-# to PostgreSQL's division scale.
-PER_TOKEN: ColumnClause[Decimal] = literal_column("0.000001", Numeric())
-
-_PRICE_COLUMNS = (
-    ModelPrice.id,
-    ModelPrice.input_per_mtok,
-    ModelPrice.cached_input_per_mtok,
-    ModelPrice.output_per_mtok,
-    ModelPrice.cache_write_input_per_mtok,
-)
+from service.db.pricing import PRICE_COLUMNS, cost_of, price_at
 
 
 def usage_table() -> Table:
     table = TokenUsage.__table__
     assert isinstance(table, Table)
     return table
-
-
-def cost_of(usage: FromClause, price: FromClause) -> ColumnElement[Any]:
-    """Cost in USD of a usage row at a price row: cached tokens at the cached-input rate,
-    cache writes at the cache-write rate (the input rate when the price has none).
-
-    Cached and uncached prompt tokens partition ``prompt_tokens``, and cache writes are a
-    part of the uncached ones, so nothing is billed twice; reasoning tokens are part of
-    ``completion_tokens`` and billed as output.
-    """
-    cache_write_price = func.coalesce(price.c.cache_write_input_per_mtok, price.c.input_per_mtok)
-    return (
-        (usage.c.uncached_prompt_tokens - usage.c.cache_write_tokens) * price.c.input_per_mtok
-        + usage.c.cache_write_tokens * cache_write_price
-        + usage.c.cached_tokens * price.c.cached_input_per_mtok
-        + usage.c.completion_tokens * price.c.output_per_mtok
-    ) * PER_TOKEN
-
-
-def price_at(model: ColumnElement[str], at: ColumnElement[datetime]) -> FromClause:
-    """A lateral subquery: the model's price in effect at ``at`` (the newest that started
-    by then), none when the model had no price yet."""
-    return (
-        select(*_PRICE_COLUMNS)
-        .where(ModelPrice.model == model, ModelPrice.effective_from <= at)
-        .order_by(ModelPrice.effective_from.desc())
-        .limit(1)
-        .lateral("price")
-    )
 
 
 def _parameter(key: str) -> BindParameter[Any]:
@@ -144,7 +101,7 @@ def _recompute_statement(since: datetime, model: str | None) -> Update:
     # The price in effect when the row was written; a row older than its model's first
     # price (the case this exists for) takes that first price.
     price = (
-        select(*_PRICE_COLUMNS)
+        select(*PRICE_COLUMNS)
         .where(ModelPrice.model == usage.c.model)
         .order_by(
             (ModelPrice.effective_from <= usage.c.created_at).desc(),

@@ -19,7 +19,8 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Session
 from sqlalchemy.types import DateTime, Text, TypeEngine
 
-from service.usage.costs import cost_of, price_at, usage_table
+from service.db.pricing import cost_of, price_at
+from service.usage.costs import usage_table
 
 MODELS = (
     "claude-sonnet-4-6",

@@ -1,6 +1,10 @@
 """Recording how an attempt ended: the job's rows, its priced usage and its webhook outbox
 row, in one short transaction. What must reach the broker once it has committed (the
-conversation's next turn, the webhook deliveries) comes back as ``FollowUps``."""
+conversation's next turn, the webhook deliveries) comes back as ``FollowUps``.
+
+A success that writes no outbox row and owes flow control no settlement (no webhook, no
+limit or budget configured) is one statement, atomic by itself, and runs on an autocommit
+connection: one round trip instead of four (BEGIN, the job's rows, its usage, COMMIT)."""
 
 from __future__ import annotations
 
@@ -15,8 +19,8 @@ from sqlalchemy.orm import Session
 from service import views
 from service.completion import Completion
 from service.db import attempts
-from service.db.attempts import CallOutcome, Claimed, FailedCall
-from service.db.session import transaction
+from service.db.attempts import CallOutcome, Claimed, FailedCall, UsageTokens
+from service.db.session import Executor, autocommit, transaction
 from service.errors import GatewayError
 from service.flow.release import Settlement, settle_in
 from service.tokens import TokenCounts
@@ -57,24 +61,11 @@ def _call(completion: Completion) -> CallOutcome:
     )
 
 
-def _insert_usage(
-    session: Session,
-    job: Row[Any],
-    completion: Completion,
-    tokens: TokenCounts | None,
-    *,
-    job_cancelled: bool,
-) -> Decimal | None:
-    """Write the call's priced usage row; return its cost (None: unpriced or no usage)."""
+def _usage(completion: Completion, tokens: TokenCounts | None) -> UsageTokens | None:
+    """The call's usage as its row keeps it (None: the stream carried no usage)."""
     if tokens is None or completion.usage is None:
         return None
-    return insert_priced_usage(
-        session,
-        job_id=job.id,
-        conversation_id=job.conversation_id,
-        model=job.model,
-        tenant=job.tenant,
-        meta=job.meta,
+    return UsageTokens(
         prompt_tokens=tokens.prompt_tokens,
         cached_tokens=tokens.cached_tokens,
         uncached_prompt_tokens=tokens.uncached_prompt_tokens,
@@ -84,7 +75,20 @@ def _insert_usage(
         cache_write_tokens=tokens.cache_write_tokens,
         raw_usage=completion.usage,
         usage_issues=tokens.issues or None,
-        job_cancelled=job_cancelled,
+    )
+
+
+def _insert_cancelled_usage(session: Session, job: Row[Any], usage: UsageTokens) -> None:
+    """Write the priced usage row of a call whose job was cancelled while it ran."""
+    insert_priced_usage(
+        session,
+        job_id=job.id,
+        conversation_id=job.conversation_id,
+        model=job.model,
+        tenant=job.tenant,
+        meta=job.meta,
+        **{name: getattr(usage, name) for name in UsageTokens.__slots__},
+        job_cancelled=True,
     )
 
 
@@ -119,14 +123,19 @@ def _record_succeeded(
     tokens: TokenCounts | None,
     settlement: Settlement | None,
 ) -> Recorded:
+    usage = _usage(completion, tokens)
+    # Built from what was just written rather than read back.
+    summary = tokens.summary() if tokens is not None and usage is not None else None
+    if claim.callback_url is None and (settlement is None or not settlement.owed):
+        with autocommit() as conn:
+            ended = _write_success(conn, claim, completion, usage)
+        if ended.job is not None:
+            view = _success_view(ended.job, completion, summary)
+            return Recorded(ended.job, view, FollowUps(ended.next_job_id), ended.cost_usd)
+        # No longer ours: the statement wrote nothing of the job; the way below keeps the
+        # call's outcome and usage on the cancelled job.
     with transaction() as session:
-        ended = attempts.record_success(
-            session,
-            claim,
-            _call(completion),
-            finish_reason=completion.finish_reason,
-            reply=completion.reply_message(),
-        )
+        ended = _write_success(session, claim, completion, usage)
         job = ended.job
         if job is None:
             # A call that finished after its job was cancelled was still paid for: keep its
@@ -134,24 +143,40 @@ def _record_succeeded(
             cancelled = attempts.record_cancelled_attempt(
                 session, claim, _call(completion), error=CANCELLED_REPLY
             )
-            if cancelled is not None:
-                _insert_usage(session, cancelled, completion, tokens, job_cancelled=True)
+            if cancelled is not None and usage is not None:
+                _insert_cancelled_usage(session, cancelled, usage)
             woken = settle_in(session, settlement, claim.job_id, claim.attempt)
             view = views.job_view(session, claim.job_id)
             return Recorded(None, view, FollowUps(ended.next_job_id, woken=woken))
-        cost = _insert_usage(session, job, completion, tokens, job_cancelled=False)
         woken = settle_in(session, settlement, claim.job_id, claim.attempt)
-        # Built from what was just written rather than read back.
-        usage = tokens.summary() if tokens is not None and completion.usage is not None else None
-        view = views.view_of(
-            job,
-            content=completion.content,
-            tool_calls=completion.tool_calls,
-            usage=usage,
-            thinking_blocks=completion.thinking_blocks,
-        )
+        view = _success_view(job, completion, summary)
         webhooks = _webhooks(session, job, view) if job.callback_url is not None else []
-    return Recorded(job, view, FollowUps(ended.next_job_id, webhooks, woken), cost)
+    return Recorded(job, view, FollowUps(ended.next_job_id, webhooks, woken), ended.cost_usd)
+
+
+def _write_success(
+    executor: Executor, claim: Claimed, completion: Completion, usage: UsageTokens | None
+) -> attempts.Ended:
+    return attempts.record_success(
+        executor,
+        claim,
+        _call(completion),
+        finish_reason=completion.finish_reason,
+        reply=completion.reply_message(),
+        usage=usage,
+    )
+
+
+def _success_view(
+    job: Row[Any], completion: Completion, usage: dict[str, int] | None
+) -> dict[str, Any]:
+    return views.view_of(
+        job,
+        content=completion.content,
+        tool_calls=completion.tool_calls,
+        usage=usage,
+        thinking_blocks=completion.thinking_blocks,
+    )
 
 
 def record_failed(

@@ -16,7 +16,7 @@ from service import metrics, views
 from service.completion import Completion
 from service.config import Settings
 from service.db import attempts, queries
-from service.db.session import UNAVAILABLE, transaction, unavailable_because
+from service.db.session import UNAVAILABLE, autocommit, transaction, unavailable_because
 from service.errors import GatewayError, InternalError
 from service.flow import admission
 from service.flow.release import Settlement, after_admission, release
@@ -112,22 +112,13 @@ def run_job(
     attempt still owns the job, so a duplicate delivery cannot store a second reply. While
     the attempt runs, ``active`` lets the worker's heartbeat renew its lease.
     """
+    gate, claim = _claim(job_id, settings, own_only=own_only, holder=holder)
     finished: dict[str, Any] | None = None
-    with transaction() as session:
-        # Flow control's step at claim: which job this message runs, if any (service.flow).
-        gate = admission.admit(session, job_id, settings, own_only=own_only)
-        claim: attempts.ClaimOutcome | None = None
-        if gate.job_id is not None:
-            claim = attempts.claim_job(
-                session, gate.job_id, lease_seconds=settings.lease_seconds, holder=holder
-            )
-            admission.claimed(session, gate, claim)
-        if isinstance(claim, attempts.AlreadyFinished) or job_id in gate.failed:
+    if isinstance(claim, attempts.AlreadyFinished) or job_id in gate.failed:
+        with transaction() as session:
             finished = views.job_view(session, job_id)
-        if (
-            isinstance(claim, attempts.NotYetDue)
-            and claim.due_in_s > settings.max_countdown_seconds
-        ):
+    if isinstance(claim, attempts.NotYetDue) and claim.due_in_s > settings.max_countdown_seconds:
+        with transaction() as session:
             queries.park(session, job_id)
     after_admission(gate)
     if finished is not None:
@@ -170,6 +161,32 @@ def run_job(
             active.discard(claim.job_id)
         release(claim.job_id, claim.attempt, settlement)
     return _in_place_of(claim, outcome) if gate.swapped else outcome
+
+
+def _claim(
+    job_id: uuid.UUID, settings: Settings, *, own_only: bool, holder: str | None
+) -> tuple[admission.Admission, attempts.ClaimOutcome | None]:
+    """Flow control's step at claim (service.flow), then the claim of the job it chose.
+
+    Most claims have nothing to decide: the message runs its own job. They take two
+    statements on an autocommit connection (the ranking, which locks nothing, and the
+    claim function, atomic by itself) rather than a transaction's four round trips."""
+    with autocommit() as conn:
+        ranking = admission.rank(conn, job_id, settings, own_only=own_only)
+        gate = admission.plain(ranking, job_id)
+        if gate is not None:
+            return gate, attempts.claim_job(
+                conn, job_id, lease_seconds=settings.lease_seconds, holder=holder
+            )
+    with transaction() as session:
+        gate = admission.admit(session, job_id, ranking, settings)
+        claim: attempts.ClaimOutcome | None = None
+        if gate.job_id is not None:
+            claim = attempts.claim_job(
+                session, gate.job_id, lease_seconds=settings.lease_seconds, holder=holder
+            )
+            admission.claimed(session, gate, claim)
+    return gate, claim
 
 
 def _in_place_of(claim: attempts.Claimed, outcome: Outcome) -> Outcome:

@@ -1,0 +1,241 @@
+"""What a job costs the database, statement by statement. A job with nothing to decide at
+claim and nothing to announce at its end (no flow-control limit or budget, no webhook) is
+three statements, each on an autocommit connection: the ranking, the claim function, and
+the record of its reply, history, attempt and priced usage. A webhook or a limit puts the
+record (or the claim) back in a transaction of its own, with the rows that need it.
+
+Runs the worker's ``run_job`` in this process against the fake gateway, on a database of
+its own (whether a limit exists is database-wide, and no session worker may run its jobs).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.engine import Engine
+
+from service.completion import Completion
+from service.config import get_settings
+from service.db import queries
+from service.db.session import get_engine, transaction
+from service.gateway import GatewayClient
+from service.validation import validate_request
+from service.worker.runner import Finished, run_job
+from tests.conftest import reset_settings
+
+MODEL = "glm-5.1"
+
+# How a statement of the job's path is recognised in the SQL sent.
+_KINDS = (
+    ("ezq_claim_job", "claim"),
+    ("WITH RECURSIVE tenants", "ranking"),
+    ("SET status = 'succeeded'", "success"),
+    ("INSERT INTO webhook_deliveries", "webhook"),
+    ("INSERT INTO flow_admissions", "admission"),
+    ("UPDATE flow_admissions", "settle"),
+    ("FOR UPDATE OF j", "lock"),
+    ("status = 'cancelled' AND attempts", "cancelled attempt"),
+    ("INSERT INTO token_usage", "usage"),
+)
+
+
+def _kind(statement: str) -> str:
+    return next((kind for marker, kind in _KINDS if marker in statement), statement[:60])
+
+
+@pytest.fixture
+def database(
+    own_database: tuple[str, Engine],
+    service_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[str, Engine]]:
+    """This process's settings (the test services') and engines on a database of the
+    test's own."""
+    url, engine = own_database
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("WEBHOOK_SECRET", "whsec_" + "c2VjcmV0LWZvci10aGUtcm91bmQtdHJpcC10ZXN0cw==")
+    reset_settings()
+    try:
+        yield url, engine
+    finally:
+        monkeypatch.undo()
+        reset_settings()
+
+
+@pytest.fixture
+def statements(database: tuple[str, Engine]) -> Iterator[list[tuple[str, bool]]]:
+    """Each statement the worker's engine sends: its kind, and whether it ran on an
+    autocommit connection (False: inside a transaction)."""
+    seen: list[tuple[str, bool]] = []
+
+    def record(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append((_kind(statement), bool(conn.connection.dbapi_connection.autocommit)))
+
+    engine = get_engine(database[0])
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def _job(prompt: str, **fields: Any) -> uuid.UUID:
+    request = validate_request(
+        model=MODEL, messages=[{"role": "user", "content": prompt}], **fields
+    )
+    with transaction() as session:
+        job_id, _ = queries.create_job(session, request)
+    return job_id
+
+
+def _run(job_id: uuid.UUID, gateway: Any) -> Finished:
+    published: list[uuid.UUID] = []
+    outcome = run_job(
+        job_id,
+        gateway=gateway,
+        settings=get_settings(),
+        publish=published.append,
+        publish_webhooks=lambda ids: None,
+        holder="round-trips-test",
+    )
+    assert isinstance(outcome, Finished), outcome
+    return outcome
+
+
+def _rows(engine: Engine, query: str, **params: Any) -> list[tuple[Any, ...]]:
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(text(query), params).all()]
+
+
+@pytest.fixture
+def gateway(fake_gateway: Any) -> Iterator[GatewayClient]:
+    client = GatewayClient(get_settings())
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def test_a_plain_job_is_three_statements_and_no_transaction(
+    database: tuple[str, Engine], statements: list[tuple[str, bool]], gateway: GatewayClient
+) -> None:
+    _, engine = database
+    job_id = _job("a plain job")
+    statements.clear()
+
+    finished = _run(job_id, gateway)
+
+    assert finished.result["status"] == "succeeded"
+    assert statements == [("ranking", True), ("claim", True), ("success", True)]
+    # That one statement wrote all of it: the reply in the history, the attempt, and the
+    # priced usage row.
+    assert _rows(
+        engine, "SELECT role FROM messages WHERE job_id = :id ORDER BY seq", id=job_id
+    ) == [
+        ("user",),
+        ("assistant",),
+    ]
+    assert _rows(
+        engine,
+        "SELECT finished_at IS NOT NULL, http_status FROM job_attempts WHERE job_id = :id",
+        id=job_id,
+    ) == [(True, 200)]
+    ((total, cancelled),) = _rows(
+        engine, "SELECT total_tokens, job_cancelled FROM token_usage WHERE job_id = :id", id=job_id
+    )
+    assert total == finished.result["usage"]["total_tokens"] > 0
+    assert cancelled is False
+
+
+def test_a_job_with_a_webhook_is_recorded_with_its_outbox_row_in_one_transaction(
+    database: tuple[str, Engine], statements: list[tuple[str, bool]], gateway: GatewayClient
+) -> None:
+    _, engine = database
+    job_id = _job("a job with a webhook", callback_url="https://hooks.example.com/ezq")
+    statements.clear()
+
+    _run(job_id, gateway)
+
+    # The claim has nothing to decide; the record and its outbox row commit together.
+    assert statements == [
+        ("ranking", True),
+        ("claim", True),
+        ("success", False),
+        ("webhook", False),
+    ]
+    assert _rows(
+        engine, "SELECT event_type FROM webhook_deliveries WHERE job_id = :id", id=job_id
+    ) == [("job.succeeded",)]
+
+
+def test_a_limit_puts_the_claim_and_the_record_in_transactions(
+    database: tuple[str, Engine], statements: list[tuple[str, bool]], gateway: GatewayClient
+) -> None:
+    _, engine = database
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO flow_limits (id, tenant, model, max_concurrent)"
+                " VALUES (gen_random_uuid(), 'acme', '*', 5)"
+            )
+        )
+    job_id = _job("a job under a limit", tenant="acme")
+    statements.clear()
+
+    finished = _run(job_id, gateway)
+
+    assert finished.result["status"] == "succeeded"
+    kinds = {kind: autocommit for kind, autocommit in statements}
+    # Read without a transaction, then decided in one: the job locked, its limit checked,
+    # claimed, its reservation written; the record settles it in its own transaction.
+    assert kinds["ranking"] is True
+    assert kinds["lock"] is False
+    assert kinds["claim"] is False
+    assert kinds["admission"] is False
+    assert kinds["success"] is False
+    assert kinds["settle"] is False
+    assert _rows(
+        engine, "SELECT settled_at IS NOT NULL FROM flow_admissions WHERE job_id = :id", id=job_id
+    ) == [(True,)]
+
+
+class CancellingGateway:
+    """Cancels the job while its call is in flight, then answers."""
+
+    def __init__(self, client: GatewayClient, job_id: uuid.UUID) -> None:
+        self.client = client
+        self.job_id = job_id
+
+    def complete(
+        self, model: str, messages: list[dict[str, Any]], params: dict[str, Any], surface: str
+    ) -> Completion:
+        with transaction() as session:
+            queries.cancel_job(session, self.job_id)
+        return self.client.complete(model, messages, params, surface)
+
+
+def test_a_reply_that_arrives_after_a_cancel_keeps_its_usage_on_the_cancelled_job(
+    database: tuple[str, Engine], statements: list[tuple[str, bool]], gateway: GatewayClient
+) -> None:
+    _, engine = database
+    job_id = _job("cancelled while its call runs")
+    statements.clear()
+
+    finished = _run(job_id, CancellingGateway(gateway, job_id))
+
+    assert finished.result["status"] == "cancelled"
+    # The autocommit record found the job no longer its own and wrote nothing of it; the
+    # transaction after it kept the call's outcome and its usage, not the reply.
+    kinds = [kind for kind, _ in statements]
+    assert kinds[kinds.index("success") :].count("success") == 2
+    assert _rows(engine, "SELECT role FROM messages WHERE job_id = :id", id=job_id) == []
+    assert _rows(engine, "SELECT error_type FROM job_attempts WHERE job_id = :id", id=job_id) == [
+        ("cancelled",)
+    ]
+    assert _rows(engine, "SELECT job_cancelled FROM token_usage WHERE job_id = :id", id=job_id) == [
+        (True,)
+    ]
