@@ -1,6 +1,6 @@
 """What a job costs the database, statement by statement. A job with nothing to decide at
 claim and nothing to announce at its end (no flow-control limit or budget, no webhook) is
-three statements, each on an autocommit connection: the ranking, the claim function, and
+two statements, each on an autocommit connection: the ranking, which claims the job, and
 the record of its reply, history, attempt and priced usage. A webhook or a limit puts the
 record (or the claim) back in a transaction of its own, with the rows that need it.
 
@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 
 from service.completion import Completion
 from service.config import get_settings
-from service.db import queries
+from service.db import driver, queries
 from service.db.session import get_engine, transaction
 from service.gateway import GatewayClient
 from service.validation import validate_request
@@ -31,8 +32,8 @@ MODEL = "glm-5.1"
 
 # How a statement of the job's path is recognised in the SQL sent.
 _KINDS = (
-    ("ezq_claim_job", "claim"),
     ("WITH RECURSIVE tenants", "ranking"),
+    ("ezq_claim_job", "claim"),
     ("SET status = 'succeeded'", "success"),
     ("INSERT INTO webhook_deliveries", "webhook"),
     ("INSERT INTO flow_admissions", "admission"),
@@ -67,14 +68,27 @@ def database(
 
 
 @pytest.fixture
-def statements(database: tuple[str, Engine]) -> Iterator[list[tuple[str, bool]]]:
-    """Each statement the worker's engine sends: its kind, and whether it ran on an
-    autocommit connection (False: inside a transaction)."""
+def statements(
+    database: tuple[str, Engine], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[list[tuple[str, bool]]]:
+    """Each statement the worker sends, through SQLAlchemy or on the driver's connection
+    (``service.db.driver``): its kind, and whether it ran on an autocommit connection
+    (False: inside a transaction)."""
     seen: list[tuple[str, bool]] = []
 
     def record(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
         seen.append((_kind(statement), bool(conn.connection.dbapi_connection.autocommit)))
 
+    run_on_driver = driver.rows
+
+    def on_driver(executor: Any, statement: driver.DriverStatement, params: Any) -> Any:
+        connection = executor.connection() if isinstance(executor, Session) else executor
+        seen.append(
+            (_kind(statement.sql), bool(connection.connection.driver_connection.autocommit))
+        )
+        return run_on_driver(executor, statement, params)
+
+    monkeypatch.setattr(driver, "rows", on_driver)
     engine = get_engine(database[0])
     event.listen(engine, "before_cursor_execute", record)
     try:
@@ -120,7 +134,7 @@ def gateway(fake_gateway: Any) -> Iterator[GatewayClient]:
         client.close()
 
 
-def test_a_plain_job_is_three_statements_and_no_transaction(
+def test_a_plain_job_is_two_statements_and_no_transaction(
     database: tuple[str, Engine], statements: list[tuple[str, bool]], gateway: GatewayClient
 ) -> None:
     _, engine = database
@@ -130,7 +144,7 @@ def test_a_plain_job_is_three_statements_and_no_transaction(
     finished = _run(job_id, gateway)
 
     assert finished.result["status"] == "succeeded"
-    assert statements == [("ranking", True), ("claim", True), ("success", True)]
+    assert statements == [("ranking", True), ("success", True)]
     # That one statement wrote all of it: the reply in the history, the attempt, and the
     # priced usage row.
     assert _rows(
@@ -161,12 +175,7 @@ def test_a_job_with_a_webhook_is_recorded_with_its_outbox_row_in_one_transaction
     _run(job_id, gateway)
 
     # The claim has nothing to decide; the record and its outbox row commit together.
-    assert statements == [
-        ("ranking", True),
-        ("claim", True),
-        ("success", False),
-        ("webhook", False),
-    ]
+    assert statements == [("ranking", True), ("success", False), ("webhook", False)]
     assert _rows(
         engine, "SELECT event_type FROM webhook_deliveries WHERE job_id = :id", id=job_id
     ) == [("job.succeeded",)]
@@ -190,8 +199,9 @@ def test_a_limit_puts_the_claim_and_the_record_in_transactions(
 
     assert finished.result["status"] == "succeeded"
     kinds = {kind: autocommit for kind, autocommit in statements}
-    # Read without a transaction, then decided in one: the job locked, its limit checked,
-    # claimed, its reservation written; the record settles it in its own transaction.
+    # Read without a transaction (and not claimed there: a limit exists), then decided in
+    # one: the job locked, its limit checked, claimed, its reservation written; the record
+    # settles it in its own transaction.
     assert kinds["ranking"] is True
     assert kinds["lock"] is False
     assert kinds["claim"] is False

@@ -5,7 +5,8 @@ the claim is the ``ezq_claim_job`` function (migrations 0015, 0018), a success o
 one statement of data-modifying CTEs (a success with its priced usage row). Each is atomic
 by itself, so a caller may run it on an autocommit connection (one round trip) or in its
 own transaction; combining them with flow control's settlement and the webhook outbox is
-``service.worker.record``'s job.
+``service.worker.record``'s job. The claim and the success, run once per job, go to the
+driver directly (``service.db.driver``).
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Row, TextualSelect, bindparam, column, table, text
+from sqlalchemy import Row, column, table, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from service import constants as c
-from service.db.models import NULLABLE_JSONB
+from service.db import driver
+from service.db.driver import DriverStatement
 from service.db.pricing import cost_of
 from service.db.session import Executor
 from service.errors import JobNotFound
@@ -81,11 +83,13 @@ class WaitForTurn:
 
 ClaimOutcome = Claimed | AlreadyFinished | Busy | NotYetDue | WaitForTurn
 
-_CLAIM = text(
-    "SELECT outcome, status, conversation_id, attempt, model, params, input_messages, history,"
-    " tenant, surface, due_in_s, blocking_job_id, callback_url"
-    " FROM ezq_claim_job(:job_id, :lease_seconds, :holder)"
-).columns(params=JSONB, input_messages=JSONB, history=JSONB)
+_CLAIM = DriverStatement.of(
+    text(
+        "SELECT outcome, status, conversation_id, attempt, model, params, input_messages,"
+        " history, tenant, surface, due_in_s, blocking_job_id, callback_url"
+        " FROM ezq_claim_job(:job_id, :lease_seconds, :holder)"
+    )
+)
 
 
 def _history(rows: list[list[Any]]) -> list[dict[str, Any]]:
@@ -121,9 +125,14 @@ def claim_job(
     have renewed its lease. A turn that must wait is parked (``needs_publish``): the turn
     before it publishes it when it ends, or the sweep does.
     """
-    row = session.execute(
-        _CLAIM, {"job_id": job_id, "lease_seconds": lease_seconds, "holder": holder}
-    ).one()
+    (row,) = driver.rows(
+        session, _CLAIM, {"job_id": job_id, "lease_seconds": lease_seconds, "holder": holder}
+    )
+    return claim_outcome(row, job_id)
+
+
+def claim_outcome(row: Any, job_id: uuid.UUID) -> ClaimOutcome:
+    """What ``ezq_claim_job``'s row says (its columns by name), for the job ``job_id``."""
     outcome = row.outcome
     if outcome == "not_found":
         raise JobNotFound(job_id)
@@ -228,7 +237,7 @@ usage_row AS (
 ),"""
 
 
-def _success(with_usage: bool) -> TextualSelect:
+def _success(with_usage: bool) -> DriverStatement:
     usage_row = _USAGE_ROW if with_usage else ""
     cost = "(SELECT cost_usd FROM usage_row)" if with_usage else "NULL::numeric"
     statement = text(
@@ -263,13 +272,8 @@ attempt AS (
 SELECT owned.*, (SELECT id FROM next_turn) AS next_job_id, {cost} AS cost_usd
   FROM (SELECT 1) AS one LEFT JOIN owned ON true
 """
-    ).bindparams(bindparam("messages", type_=JSONB))
-    if with_usage:
-        statement = statement.bindparams(
-            bindparam("raw_usage", type_=JSONB),
-            bindparam("usage_issues", type_=NULLABLE_JSONB),
-        )
-    return statement.columns(meta=JSONB)
+    )
+    return DriverStatement.of(statement, json=("messages", "raw_usage", "usage_issues"))
 
 
 # Built once each: a success with a usage object, and one without.
@@ -385,7 +389,8 @@ def record_success(
     usage_values = (
         {} if usage is None else {name: getattr(usage, name) for name in UsageTokens.__slots__}
     )
-    row = session.execute(
+    (row,) = driver.rows(
+        session,
         _SUCCESS[usage is not None],
         {
             **usage_values,
@@ -399,7 +404,7 @@ def record_success(
             "request_id": call.request_id,
             "surface": call.surface,
         },
-    ).one()
+    )
     return _ended(row)
 
 

@@ -18,6 +18,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from service.db import driver
+from service.db.driver import DriverStatement
 from service.db.models import ANY
 from service.db.session import Executor
 
@@ -70,13 +72,16 @@ class Pending:
 @dataclass(frozen=True, slots=True)
 class Ranking:
     """What a claim starts from: the message's own job (None when it is not pending, due
-    and its turn), the best-ranked eligible jobs, whether any limit or budget exists, and
-    whether throttled jobs wait for a call to end."""
+    and its turn), the best-ranked eligible jobs, whether any limit or budget exists,
+    whether throttled jobs wait for a call to end, and the claim if it was made."""
 
     own: Pending | None
     candidates: list[Pending]
     rules_configured: bool
     throttled_waiting: bool
+    # The claim function's row when the ranking claimed the message's own job (nothing was
+    # left to decide); None when the claim is the caller's.
+    claim_row: Any | None = None
 
 
 # Per tenant with work waiting, its best jobs by priority and its oldest one (the one that
@@ -91,10 +96,41 @@ _PENDING_COLUMNS = (
     "j.id, j.tenant, j.model, j.status, j.priority, j.enqueue_seq,"
     " j.throttle_reason IS NOT NULL AS throttled"
 )
-# One round trip, which locks nothing: the message's job if it may run, the best candidates
-# and their ranks (locked only when one may run in the message's place: see
-# ``lock_candidates``), and whether flow control has anything configured at all. The claim
-# runs it on an autocommit connection; the claim function locks the job it takes.
+# Nothing to decide at claim, so the message runs its own job (``service.flow.admission``
+# holds the rest): its job is not pending (the claim then says why), or no limit or budget
+# exists, it was not throttled, and no candidate strictly outranks it (a higher priority
+# after aging, or as high with fewer calls of its tenant running: ``Pending.outranks``).
+_PLAIN = """
+    (NOT EXISTS (SELECT 1 FROM rows o WHERE o.own)
+     OR (NOT f.configured
+         AND NOT EXISTS (SELECT 1 FROM rows o WHERE o.own AND o.throttled)
+         AND NOT EXISTS (SELECT 1 FROM rows o JOIN rows x ON NOT x.own AND x.id <> o.id
+                         WHERE o.own AND (x.aged, -x.running) > (o.aged, -o.running))))
+"""
+_CLAIM_NAMES = (
+    "outcome",
+    "status",
+    "conversation_id",
+    "attempt",
+    "model",
+    "params",
+    "input_messages",
+    "history",
+    "tenant",
+    "surface",
+    "due_in_s",
+    "blocking_job_id",
+    "callback_url",
+)
+_CLAIM_COLUMNS = ", ".join(f"c.{name}" for name in _CLAIM_NAMES)
+_NO_CLAIM = ", ".join(f"NULL AS {name}" for name in _CLAIM_NAMES)
+
+# One round trip: the message's job if it may run, the best candidates and their ranks
+# (read, not locked: locked only when one may run in the message's place, see
+# ``lock_candidates``), whether flow control has anything configured at all, and, when
+# there is nothing to decide (see ``_PLAIN``) and ``:claim`` asks for it, the claim of the
+# message's own job by ``ezq_claim_job``, which locks the job it takes. Nothing else is
+# locked, so it runs on an autocommit connection.
 _RANKING = f"""
     WITH RECURSIVE tenants AS (
         (SELECT coalesce(j.tenant, '') AS t FROM jobs j WHERE {_PENDING} AND :rank
@@ -129,33 +165,75 @@ _RANKING = f"""
         SELECT true AS own, o.* FROM own o
         UNION ALL
         SELECT false, x.* FROM candidates x
+    ), rows AS (
+        SELECT k.id, k.tenant, k.model, k.status, k.priority, k.aged,
+               coalesce(r.n, 0)::int AS running, k.enqueue_seq, k.throttled, k.own
+        FROM ranked k
+        LEFT JOIN running r ON r.tenant IS NOT DISTINCT FROM k.tenant
+    ), flags AS (
+        -- Whether any limit or budget exists, and whether any job waits throttled (with no
+        -- message) for a call to end.
+        SELECT EXISTS (SELECT 1 FROM flow_limits) OR EXISTS (SELECT 1 FROM flow_budgets)
+                   AS configured,
+               EXISTS (SELECT 1 FROM jobs j
+                       WHERE j.needs_publish AND j.throttle_reason IS NOT NULL AND {_PENDING})
+                   AS throttled_waiting
+    ), claim AS (
+        SELECT c.* FROM flags f CROSS JOIN LATERAL
+            ezq_claim_job(:id, :lease_seconds, :holder) AS c
+        WHERE :claim AND {_PLAIN}
     )
-    SELECT k.id, k.tenant, k.model, k.status, k.priority, k.aged, coalesce(r.n, 0)::int,
-           k.enqueue_seq, k.throttled, k.own, NULL::boolean, NULL::boolean
-    FROM ranked k
-    LEFT JOIN running r ON r.tenant IS NOT DISTINCT FROM k.tenant
+    SELECT w.id AS r_id, w.tenant AS r_tenant, w.model AS r_model, w.status AS r_status,
+           w.priority AS r_priority, w.aged AS r_aged, w.running AS r_running,
+           w.enqueue_seq AS r_enqueue_seq, w.throttled AS r_throttled, w.own AS r_own,
+           NULL::boolean AS configured, NULL::boolean AS throttled_waiting, {_NO_CLAIM}
+    FROM rows w
     UNION ALL
-    -- Always last, always there: whether any limit or budget exists, and whether any job
-    -- waits throttled (with no message) for a call to end.
+    -- Always last, always there: the flags, and the claim if it was made.
     SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-           EXISTS (SELECT 1 FROM flow_limits) OR EXISTS (SELECT 1 FROM flow_budgets),
-           EXISTS (SELECT 1 FROM jobs j
-                   WHERE j.needs_publish AND j.throttle_reason IS NOT NULL AND {_PENDING})
+           f.configured, f.throttled_waiting, {_CLAIM_COLUMNS}
+    FROM flags f LEFT JOIN claim c ON true
 """
 
 
 # Built once: the claim runs it on every message, and building a text clause parses it.
-_RANKING_STATEMENT = text(_RANKING)
+_RANKING_STATEMENT = DriverStatement.of(text(_RANKING))
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """What a claim gives the job it takes: a lease of ``seconds``, held by ``holder``."""
+
+    seconds: float
+    holder: str | None
 
 
 def ranking(
-    session: Executor, job_id: uuid.UUID, *, aging_s: float, limit: int, rank: bool = True
+    session: Executor,
+    job_id: uuid.UUID,
+    *,
+    aging_s: float,
+    limit: int,
+    rank: bool = True,
+    claim: Lease | None = None,
 ) -> Ranking:
     """Read the message's job if it is pending, due and its turn; with ``rank``, also the
-    ``limit`` best-ranked eligible jobs. One round trip; nothing is locked."""
-    rows = session.execute(
-        _RANKING_STATEMENT, {"id": job_id, "aging": aging_s, "limit": limit, "rank": rank}
-    ).all()
+    ``limit`` best-ranked eligible jobs. With ``claim``, when there is nothing to decide,
+    also claim the message's own job (``Ranking.claim_row``). One round trip; nothing is
+    locked but the job claimed."""
+    rows = driver.rows(
+        session,
+        _RANKING_STATEMENT,
+        {
+            "id": job_id,
+            "aging": aging_s,
+            "limit": limit,
+            "rank": rank,
+            "claim": claim is not None,
+            "lease_seconds": claim.seconds if claim is not None else None,
+            "holder": claim.holder if claim is not None else None,
+        },
+    )
     own: Pending | None = None
     candidates: list[Pending] = []
     for row in rows[:-1]:
@@ -165,9 +243,13 @@ def ranking(
         elif job.id != job_id:
             candidates.append(job)
     candidates.sort(key=lambda j: (-j.aged_priority, j.tenant_running, j.enqueue_seq))
-    flags = rows[-1]
+    last = rows[-1]
     return Ranking(
-        own, candidates, rules_configured=bool(flags[10]), throttled_waiting=bool(flags[11])
+        own,
+        candidates,
+        rules_configured=bool(last.configured),
+        throttled_waiting=bool(last.throttled_waiting),
+        claim_row=last if last.outcome is not None else None,
     )
 
 

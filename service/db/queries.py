@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Row, bindparam, func, select, text, update
-from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy import Row, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from service.db import driver
+from service.db.driver import DriverStatement
 from service.db.models import (
     TERMINAL_STATUSES,
     Conversation,
@@ -126,8 +128,9 @@ def _conversation_for(session: Session, request: CompletionRequest) -> tuple[uui
 # (a redelivered foreign message, or a concurrent insert of the same id) writes nothing at
 # all, so the statement is atomic by itself. The job's foreign key to its conversation is
 # checked at the end of the statement, when both rows exist.
-_CREATE_NEW = text(
-    """
+_CREATE_NEW = DriverStatement.of(
+    text(
+        """
 WITH job AS (
     INSERT INTO jobs (id, conversation_id, status, model, params, input_messages, tenant,
                       metadata, request_hash, callback_url, surface, created_by, priority)
@@ -142,10 +145,8 @@ conversation AS (
 )
 SELECT id FROM job
 """
-).bindparams(
-    bindparam("meta", type_=JSONB),
-    bindparam("params", type_=JSONB),
-    bindparam("input_messages", type_=JSONB),
+    ),
+    json=("meta", "params", "input_messages"),
 )
 
 
@@ -159,7 +160,8 @@ def create_first_turn(
     (atomic by itself, so it may run on an autocommit connection); None, with nothing
     written, when the job id is taken. For a request with no conversation and no
     idempotency key."""
-    job: uuid.UUID | None = executor.execute(
+    created = driver.rows(
+        executor,
         _CREATE_NEW,
         {
             "id": job_id or uuid.uuid4(),
@@ -175,8 +177,8 @@ def create_first_turn(
             "created_by": created_by,
             "priority": request.priority,
         },
-    ).scalar_one_or_none()
-    return job
+    )
+    return created[0].id if created else None
 
 
 def create_job(

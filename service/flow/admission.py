@@ -159,9 +159,17 @@ def _usd(value: Decimal) -> str:
 
 
 def rank(
-    executor: Executor, job_id: uuid.UUID, settings: Settings, *, own_only: bool = False
+    executor: Executor,
+    job_id: uuid.UUID,
+    settings: Settings,
+    *,
+    own_only: bool = False,
+    claim: flow_db.Lease | None = None,
 ) -> flow_db.Ranking:
-    """Read the message's job and the best-ranked pending jobs; locks nothing.
+    """Read the message's job and the best-ranked pending jobs, locking nothing; with
+    ``claim``, also claim the message's own job when there is nothing to decide (no limit or
+    budget exists, no job outranks it, it was not throttled): most claims, which then take
+    one round trip and no transaction (``plain`` is their admission).
 
     ``own_only``: the message's sender waits for its result (a foreign Celery producer), so
     it runs its own job or none; it still counts as a candidate for other messages."""
@@ -171,24 +179,13 @@ def rank(
         aging_s=settings.ezq_priority_aging,
         limit=c.FLOW_CANDIDATES,
         rank=not own_only,
+        claim=claim,
     )
 
 
-def plain(ranking: flow_db.Ranking, job_id: uuid.UUID) -> Admission | None:
-    """The admission when there is nothing to decide, which is most claims: no limit or
-    budget exists, no job outranks the message's own, and that one was not throttled. The
-    message then runs its own job, and the claim needs no transaction of its own (the
-    claim function is atomic by itself). None: ``admit`` decides, in a transaction.
-
-    A job not pending (ended, running, not due, not its turn) is claimed too: the claim
-    says why it cannot run."""
-    own = ranking.own
-    if own is None:
-        return Admission(job_id, job_id)
-    if ranking.rules_configured or own.throttled:
-        return None
-    if any(job.outranks(own) for job in ranking.candidates):
-        return None
+def plain(ranking: flow_db.Ranking, job_id: uuid.UUID) -> Admission:
+    """The admission of a message whose ranking claimed its own job: nothing to check, to
+    reserve or to settle; throttled jobs are woken when its call ends, if any wait."""
     return Admission(
         job_id, job_id, estimate=NO_ESTIMATE, throttled_waiting=ranking.throttled_waiting
     )

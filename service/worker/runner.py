@@ -16,6 +16,7 @@ from service import metrics, views
 from service.completion import Completion
 from service.config import Settings
 from service.db import attempts, queries
+from service.db import flow as flow_db
 from service.db.session import UNAVAILABLE, autocommit, transaction, unavailable_because
 from service.errors import GatewayError, InternalError
 from service.flow import admission
@@ -168,22 +169,20 @@ def _claim(
 ) -> tuple[admission.Admission, attempts.ClaimOutcome | None]:
     """Flow control's step at claim (service.flow), then the claim of the job it chose.
 
-    Most claims have nothing to decide: the message runs its own job. They take two
-    statements on an autocommit connection (the ranking, which locks nothing, and the
-    claim function, atomic by itself) rather than a transaction's four round trips."""
+    Most claims have nothing to decide: the message runs its own job, claimed by the
+    ranking's statement itself on an autocommit connection (one round trip, where a
+    transaction took four). The others decide in a transaction."""
+    lease = flow_db.Lease(settings.lease_seconds, holder)
     with autocommit() as conn:
-        ranking = admission.rank(conn, job_id, settings, own_only=own_only)
-        gate = admission.plain(ranking, job_id)
-        if gate is not None:
-            return gate, attempts.claim_job(
-                conn, job_id, lease_seconds=settings.lease_seconds, holder=holder
-            )
+        ranking = admission.rank(conn, job_id, settings, own_only=own_only, claim=lease)
+    if ranking.claim_row is not None:
+        return admission.plain(ranking, job_id), attempts.claim_outcome(ranking.claim_row, job_id)
     with transaction() as session:
         gate = admission.admit(session, job_id, ranking, settings)
         claim: attempts.ClaimOutcome | None = None
         if gate.job_id is not None:
             claim = attempts.claim_job(
-                session, gate.job_id, lease_seconds=settings.lease_seconds, holder=holder
+                session, gate.job_id, lease_seconds=lease.seconds, holder=lease.holder
             )
             admission.claimed(session, gate, claim)
     return gate, claim

@@ -1,0 +1,80 @@
+"""The worker's hot statements, run on the driver's connection (psycopg) directly.
+
+Each is written once as a SQLAlchemy ``text`` clause and compiled here once to psycopg's
+SQL. Running it on the connection SQLAlchemy checked out (autocommit, or inside a session's
+transaction) skips SQLAlchemy's per-statement work: the execution context, the result's
+metadata, the row processing. The rows are named tuples with the same attribute names.
+
+A driver error is raised as the same SQLAlchemy exception SQLAlchemy would have raised
+(``OperationalError`` for a lost server, so callers' outage handling is unchanged), and
+a connection lost that way is invalidated, so that the pool does not hand it out again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.rows import namedtuple_row
+from psycopg.types.json import Jsonb
+from sqlalchemy import Connection, TextClause
+from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from service.db.session import Executor
+
+_DIALECT = PGDialect_psycopg()  # type: ignore[no-untyped-call]
+
+
+@dataclass(frozen=True, slots=True)
+class DriverStatement:
+    """A statement in psycopg's SQL, and which of its parameters are JSON documents."""
+
+    sql: str
+    json: frozenset[str]
+
+    @classmethod
+    def of(cls, clause: TextClause, *, json: Iterable[str] = ()) -> DriverStatement:
+        return cls(str(clause.compile(dialect=_DIALECT)), frozenset(json))
+
+
+def rows(executor: Executor, statement: DriverStatement, params: Mapping[str, Any]) -> list[Any]:
+    """Run ``statement`` on ``executor``'s connection (joining a session's transaction);
+    return its rows as named tuples."""
+    connection = executor.connection() if isinstance(executor, Session) else executor
+    values = {
+        key: Jsonb(value) if key in statement.json and value is not None else value
+        for key, value in params.items()
+    }
+    driver = connection.connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
+    try:
+        with driver.cursor(row_factory=namedtuple_row) as cursor:
+            cursor.execute(statement.sql, values)
+            return cursor.fetchall()
+    except psycopg.Error as exc:
+        raise _as_sqlalchemy(connection, driver, statement, exc) from exc
+
+
+def _as_sqlalchemy(
+    connection: Connection,
+    driver: psycopg.Connection[Any],
+    statement: DriverStatement,
+    exc: psycopg.Error,
+) -> Exception:
+    """The exception SQLAlchemy raises for ``exc``; a lost connection is invalidated."""
+    disconnected = bool(connection.dialect.is_disconnect(exc, driver, None))  # type: ignore[arg-type]
+    if disconnected and not connection.invalidated:
+        connection.invalidate(exc)
+    return DBAPIError.instance(
+        statement.sql,
+        None,  # never the values: they hold prompts and replies
+        exc,
+        psycopg.Error,
+        hide_parameters=True,
+        connection_invalidated=disconnected,
+        dialect=connection.dialect,
+    )
