@@ -20,14 +20,12 @@ import os
 import statistics
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
-from typing import Any
-
-from sqlalchemy import event
 
 from benchmarks.job_path import ADMIN_DSN, InstantGateway
+from benchmarks.statements import Counts, count_statements
 
 
 def main() -> None:
@@ -64,20 +62,30 @@ def _enqueue(n: int, *, tenant: str, priority: int) -> list[uuid.UUID]:
 
 @contextmanager
 def _bypassed() -> Iterator[None]:
-    """The claim as it was without flow control: admit the message's own job, release
-    nothing."""
-    from service.db.flow import Ranking
-    from service.flow import admission
+    """The claim as it would be without flow control: the message's own job claimed by the
+    claim function alone, on an autocommit connection; nothing released."""
+    from service.config import Settings
+    from service.db import attempts
+    from service.db.session import autocommit
+    from service.flow.admission import Admission
     from service.worker import runner
 
-    rank, release = admission.rank, runner.release
-    # Nothing ranked: the message's own job is claimed, alone.
-    admission.rank = lambda *_, **__: Ranking(None, [], False, False)  # type: ignore[assignment]
+    def claim_alone(
+        job_id: uuid.UUID, settings: Settings, *, own_only: bool, holder: str | None
+    ) -> tuple[Admission, attempts.ClaimOutcome]:
+        with autocommit() as conn:
+            claim = attempts.claim_job(
+                conn, job_id, lease_seconds=settings.lease_seconds, holder=holder
+            )
+        return Admission(job_id, job_id), claim
+
+    claim, release = runner._claim, runner.release
+    runner._claim = claim_alone  # type: ignore[assignment]
     runner.release = lambda *args: None  # type: ignore[assignment]
     try:
         yield
     finally:
-        admission.rank, runner.release = rank, release  # type: ignore[assignment]
+        runner._claim, runner.release = claim, release  # type: ignore[assignment]
 
 
 def _configure_limits() -> None:
@@ -99,7 +107,7 @@ def _configure_limits() -> None:
         add_price(session, PriceInput("glm-5.1", Decimal(1), Decimal("0.1"), Decimal(2)))
 
 
-def _run(name: str, jobs: int, counter: Callable[[], int]) -> tuple[float, float]:
+def _run(name: str, jobs: int, counts: Counts) -> tuple[float, float]:
     from service.config import get_settings
     from service.worker.runner import run_job
 
@@ -108,7 +116,7 @@ def _run(name: str, jobs: int, counter: Callable[[], int]) -> tuple[float, float
     ids = _enqueue(jobs + 30, tenant="bench", priority=5)
     for job_id in ids[:30]:  # warm up pools and statement caches
         run_job(job_id, gateway=gateway, settings=settings, publish=lambda _: None)
-    before = counter()
+    statements, transactions = counts.statements, counts.transactions
     times = []
     for job_id in ids[30:]:
         start = time.perf_counter()
@@ -116,28 +124,26 @@ def _run(name: str, jobs: int, counter: Callable[[], int]) -> tuple[float, float
         times.append(time.perf_counter() - start)
     median = statistics.median(times) * 1e3
     p95 = sorted(times)[int(len(times) * 0.95)] * 1e3
-    per_job = (counter() - before) / jobs
-    print(f"  {name:<14} median {median:6.2f} ms   p95 {p95:6.2f} ms   {per_job:5.1f} SQL/job")
+    per_job = (counts.statements - statements) / jobs
+    tx = (counts.transactions - transactions) / jobs
+    print(
+        f"  {name:<14} median {median:6.2f} ms   p95 {p95:6.2f} ms   {per_job:5.1f} SQL/job"
+        f"   {tx:4.1f} transactions/job"
+    )
     return median, per_job
 
 
 def measure(jobs: int, backlog: int) -> None:
     from service.db.session import dispose_engines, get_engine
 
-    statements = 0
-
-    def count(*_: Any) -> None:
-        nonlocal statements
-        statements += 1
-
-    event.listen(get_engine(), "before_cursor_execute", count)
+    counts = count_statements(get_engine())
     _enqueue(backlog, tenant="backlog", priority=0)
     print(f"\nFlow control per job, {jobs} jobs, {backlog} lower-priority jobs waiting")
     with _bypassed():
-        base, _ = _run("baseline", jobs, lambda: statements)
-    plain, _ = _run("no limits", jobs, lambda: statements)
+        base, _ = _run("baseline", jobs, counts)
+    plain, _ = _run("no limits", jobs, counts)
     _configure_limits()
-    limited, _ = _run("limits+budget", jobs, lambda: statements)
+    limited, _ = _run("limits+budget", jobs, counts)
     print(
         f"  cost per job: +{plain - base:.2f} ms with none configured ({plain / base:.2f}x),"
         f" +{limited - base:.2f} ms with a limit and a budget ({limited / base:.2f}x)"

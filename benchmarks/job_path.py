@@ -1,8 +1,10 @@
 """The database side of the per-job path: claim, record the reply and usage, read the view.
 
 The gateway is replaced by an in-memory one returning a fixed 300-word completion, so the
-figures are what ezq itself costs per job on top of the gateway call: wall time and SQL
-statements per job, against a throwaway database.
+figures are what ezq itself costs per job on top of the gateway call: wall time, SQL
+statements (through SQLAlchemy or on the driver's connection) and transactions (each a
+BEGIN and a COMMIT more; a statement on an autocommit connection is none) per job,
+against a throwaway database.
 
     python -m benchmarks.job_path [--jobs 300] [--rollup-tag KEY ...]
 """
@@ -16,7 +18,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import event
+from benchmarks.statements import count_statements
 
 ADMIN_DSN = os.environ.get("EZQ_BENCH_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -78,13 +80,7 @@ def measure(jobs: int) -> None:
     from service.worker.runner import run_job
 
     settings = get_settings()
-    statements = 0
-
-    def count(*_: Any) -> None:
-        nonlocal statements
-        statements += 1
-
-    event.listen(get_engine(), "before_cursor_execute", count)
+    counts = count_statements(get_engine())
     ids = []
     for i in range(jobs + 30):
         request = validate_request(
@@ -95,7 +91,7 @@ def measure(jobs: int) -> None:
     gateway = InstantGateway()
     for job_id in ids[:30]:  # warm up pools and statement caches
         run_job(job_id, gateway=gateway, settings=settings, publish=lambda _: None)
-    statements = 0
+    counts.statements = counts.transactions = 0
     times = []
     for job_id in ids[30:]:
         start = time.perf_counter()
@@ -105,7 +101,9 @@ def measure(jobs: int) -> None:
     print(
         f"  median {statistics.median(times) * 1e3:.2f} ms   p95 "
         f"{sorted(times)[int(len(times) * 0.95)] * 1e3:.2f} ms   "
-        f"{statements / jobs:.1f} SQL statements per job"
+        f"{counts.statements / jobs:.1f} SQL statements and"
+        f" {counts.transactions / jobs:.1f} transactions"
+        " per job"
     )
     dispose_engines()
 
