@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -22,10 +23,12 @@ from sqlalchemy.orm import Session
 from service.completion import Completion
 from service.config import get_settings
 from service.db import driver, queries
+from service.db.models import Job
 from service.db.session import get_engine, transaction
 from service.gateway import GatewayClient
+from service.usage.prices import PriceInput, add_price
 from service.validation import validate_request
-from service.worker.runner import Finished, run_job
+from service.worker.runner import Finished, Outcome, Parked, run_job
 from tests.conftest import reset_settings
 
 MODEL = "glm-5.1"
@@ -107,8 +110,14 @@ def _job(prompt: str, **fields: Any) -> uuid.UUID:
 
 
 def _run(job_id: uuid.UUID, gateway: Any) -> Finished:
+    outcome = _run_outcome(job_id, gateway)
+    assert isinstance(outcome, Finished), outcome
+    return outcome
+
+
+def _run_outcome(job_id: uuid.UUID, gateway: Any) -> Outcome:
     published: list[uuid.UUID] = []
-    outcome = run_job(
+    return run_job(
         job_id,
         gateway=gateway,
         settings=get_settings(),
@@ -116,8 +125,6 @@ def _run(job_id: uuid.UUID, gateway: Any) -> Finished:
         publish_webhooks=lambda ids: None,
         holder="round-trips-test",
     )
-    assert isinstance(outcome, Finished), outcome
-    return outcome
 
 
 def _rows(engine: Engine, query: str, **params: Any) -> list[tuple[Any, ...]]:
@@ -138,6 +145,10 @@ def test_a_plain_job_is_two_statements_and_no_transaction(
     database: tuple[str, Engine], statements: list[tuple[str, bool]], gateway: GatewayClient
 ) -> None:
     _, engine = database
+    with transaction() as session:
+        price = add_price(session, PriceInput(MODEL, Decimal(3), Decimal("0.3"), Decimal(15)))
+        assert price is not None
+        price_id = price.id
     job_id = _job("a plain job")
     statements.clear()
 
@@ -158,11 +169,18 @@ def test_a_plain_job_is_two_statements_and_no_transaction(
         "SELECT finished_at IS NOT NULL, http_status FROM job_attempts WHERE job_id = :id",
         id=job_id,
     ) == [(True, 200)]
-    ((total, cancelled),) = _rows(
-        engine, "SELECT total_tokens, job_cancelled FROM token_usage WHERE job_id = :id", id=job_id
+    ((total, cancelled, uncached, cached, completion, cost, priced_by),) = _rows(
+        engine,
+        "SELECT total_tokens, job_cancelled, uncached_prompt_tokens, cached_tokens,"
+        " completion_tokens, cost_usd, price_id FROM token_usage WHERE job_id = :id",
+        id=job_id,
     )
     assert total == finished.result["usage"]["total_tokens"] > 0
     assert cancelled is False
+    # Priced in the same statement, at the price in effect, to the last digit.
+    assert priced_by == price_id
+    expected = (uncached * 3 + cached * Decimal("0.3") + completion * 15) / Decimal(1_000_000)
+    assert cost == expected > 0
 
 
 def test_a_job_with_a_webhook_is_recorded_with_its_outbox_row_in_one_transaction(
@@ -213,6 +231,28 @@ def test_a_limit_puts_the_claim_and_the_record_in_transactions(
     ) == [(True,)]
 
 
+def test_a_better_job_runs_in_the_message_s_place_and_the_ranking_claims_nothing(
+    database: tuple[str, Engine], statements: list[tuple[str, bool]], gateway: GatewayClient
+) -> None:
+    own = _job("an ordinary job", priority=5)
+    better = _job("a more urgent job", priority=9)
+    statements.clear()
+
+    finished = _run_outcome(own, gateway)
+
+    # The ranking found a job that outranks the message's own: it claimed nothing, and the
+    # transaction after it ran the better job in the message's place.
+    assert isinstance(finished, Parked), finished
+    assert [kind for kind, _ in statements][:3] == ["ranking", "lock", "lock"]
+    assert ("claim", False) in statements
+    with transaction() as session:
+        ran = session.get(Job, better)
+        assert ran is not None and ran.status == "succeeded"
+        waiting = session.get(Job, own)
+        assert waiting is not None and waiting.status == "queued" and waiting.attempts == 0
+        assert waiting.throttle_reason == f"outranked by job {better}"
+
+
 class CancellingGateway:
     """Cancels the job while its call is in flight, then answers."""
 
@@ -240,8 +280,10 @@ def test_a_reply_that_arrives_after_a_cancel_keeps_its_usage_on_the_cancelled_jo
     assert finished.result["status"] == "cancelled"
     # The autocommit record found the job no longer its own and wrote nothing of it; the
     # transaction after it kept the call's outcome and its usage, not the reply.
-    kinds = [kind for kind, _ in statements]
-    assert kinds[kinds.index("success") :].count("success") == 2
+    recorded = [(kind, autocommit) for kind, autocommit in statements if kind != "ranking"]
+    first = recorded.index(("success", True))
+    assert recorded[first + 1 :][:2] == [("cancelled attempt", False), ("usage", False)]
+    assert [kind for kind, _ in recorded].count("success") == 1
     assert _rows(engine, "SELECT role FROM messages WHERE job_id = :id", id=job_id) == []
     assert _rows(engine, "SELECT error_type FROM job_attempts WHERE job_id = :id", id=job_id) == [
         ("cancelled",)

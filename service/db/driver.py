@@ -68,6 +68,9 @@ def _as_sqlalchemy(
     """The exception SQLAlchemy raises for ``exc``; a lost connection is invalidated."""
     disconnected = bool(connection.dialect.is_disconnect(exc, driver, None))  # type: ignore[arg-type]
     if disconnected and not connection.invalidated:
+        # As SQLAlchemy does on a disconnect: every pooled connection opened before it is
+        # replaced at its next checkout (the server may have restarted), then this one.
+        connection.engine.pool._invalidate(connection.connection, exc)
         connection.invalidate(exc)
     return DBAPIError.instance(
         statement.sql,

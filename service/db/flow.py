@@ -178,10 +178,14 @@ _RANKING = f"""
                EXISTS (SELECT 1 FROM jobs j
                        WHERE j.needs_publish AND j.throttle_reason IS NOT NULL AND {_PENDING})
                    AS throttled_waiting
+    ), decision AS (
+        SELECT :claim AND {_PLAIN} AS plain FROM flags f
     ), claim AS (
-        SELECT c.* FROM flags f CROSS JOIN LATERAL
-            ezq_claim_job(:id, :lease_seconds, :holder) AS c
-        WHERE :claim AND {_PLAIN}
+        -- The function runs only when the decision says so: the subquery's condition is on
+        -- the row it is joined to, checked before the function is called.
+        SELECT c.* FROM decision d CROSS JOIN LATERAL (
+            SELECT * FROM ezq_claim_job(:id, :lease_seconds, :holder) WHERE d.plain
+        ) AS c
     )
     SELECT w.id AS r_id, w.tenant AS r_tenant, w.model AS r_model, w.status AS r_status,
            w.priority AS r_priority, w.aged AS r_aged, w.running AS r_running,

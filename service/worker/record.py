@@ -126,16 +126,19 @@ def _record_succeeded(
     usage = _usage(completion, tokens)
     # Built from what was just written rather than read back.
     summary = tokens.summary() if tokens is not None and usage is not None else None
+    ended: attempts.Ended | None = None
     if claim.callback_url is None and (settlement is None or not settlement.owed):
         with autocommit() as conn:
             ended = _write_success(conn, claim, completion, usage)
         if ended.job is not None:
             view = _success_view(ended.job, completion, summary)
             return Recorded(ended.job, view, FollowUps(ended.next_job_id), ended.cost_usd)
-        # No longer ours: the statement wrote nothing of the job; the way below keeps the
-        # call's outcome and usage on the cancelled job.
+        # No longer ours: the statement wrote nothing of the job (it did mark the next turn
+        # as published, which it returned); the way below keeps the call's outcome and
+        # usage on the cancelled job.
     with transaction() as session:
-        ended = _write_success(session, claim, completion, usage)
+        if ended is None:
+            ended = _write_success(session, claim, completion, usage)
         job = ended.job
         if job is None:
             # A call that finished after its job was cancelled was still paid for: keep its
