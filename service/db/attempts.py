@@ -12,12 +12,13 @@ driver directly (``service.db.driver``).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Row, column, table, text
+from sqlalchemy import ColumnElement, Row, column, func, literal_column, table, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
@@ -25,7 +26,7 @@ from sqlalchemy.orm import Session
 from service import constants as c
 from service.db import driver
 from service.db.driver import DriverStatement
-from service.db.pricing import cost_of
+from service.db.pricing import cost_of, price_at, price_in_effect
 from service.db.session import Executor
 from service.errors import JobNotFound
 
@@ -83,12 +84,24 @@ class WaitForTurn:
 
 ClaimOutcome = Claimed | AlreadyFinished | Busy | NotYetDue | WaitForTurn
 
+# The columns of ``ezq_claim_job``'s row, read by name (``claim_outcome``).
+CLAIM_COLUMNS = (
+    "outcome",
+    "status",
+    "conversation_id",
+    "attempt",
+    "model",
+    "params",
+    "input_messages",
+    "history",
+    "tenant",
+    "surface",
+    "due_in_s",
+    "blocking_job_id",
+    "callback_url",
+)
 _CLAIM = DriverStatement.of(
-    text(
-        "SELECT outcome, status, conversation_id, attempt, model, params, input_messages,"
-        " history, tenant, surface, due_in_s, blocking_job_id, callback_url"
-        " FROM ezq_claim_job(:job_id, :lease_seconds, :holder)"
-    )
+    text(f"SELECT {', '.join(CLAIM_COLUMNS)} FROM ezq_claim_job(:job_id, :lease_seconds, :holder)")
 )
 
 
@@ -189,49 +202,47 @@ _RESULT = (
 )
 
 # The call's priced usage row, written by the statement that ends the job (so it exists only
-# if the job is still this attempt's): the model's price in effect now, the cost by
-# ``service.db.pricing.cost_of``, rendered once. A second row for the job is not written.
-_USAGE_COLUMNS = (
-    "prompt_tokens, cached_tokens, uncached_prompt_tokens, completion_tokens,"
-    " reasoning_tokens, total_tokens, cache_write_tokens"
+# if the job is still this attempt's), priced by ``service.db.pricing`` (the model's price
+# in effect now, and ``cost_of``), rendered once. A second row for the job is not written.
+USAGE_COLUMNS = (
+    "prompt_tokens",
+    "cached_tokens",
+    "uncached_prompt_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "total_tokens",
+    "cache_write_tokens",
+    "raw_usage",
+    "usage_issues",
 )
-_PRICE_RATES = (
-    "input_per_mtok",
-    "cached_input_per_mtok",
-    "output_per_mtok",
-    "cache_write_input_per_mtok",
-)
+_COUNTS = USAGE_COLUMNS[:7]
 
 
-def _cost_sql() -> str:
-    """``cost_of`` over the statement's ``u`` (the usage) and ``price`` rows, as SQL."""
-    usage = table("u", *(column(name.strip()) for name in _USAGE_COLUMNS.split(",")))
-    price = table("price", *(column(name) for name in _PRICE_RATES))
+def _pricing_sql() -> tuple[str, str]:
+    """The price in effect now for the model of ``owned`` (a subquery, for a lateral join
+    named ``price``) and ``cost_of`` the usage row ``u`` at that price, as SQL."""
     dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
-    return str(cost_of(usage, price).compile(dialect=dialect))
+    model: ColumnElement[str] = literal_column("owned.model")
+    now: ColumnElement[datetime] = func.now()
+    usage = table("u", *(column(name) for name in _COUNTS))
+    literal = {"literal_binds": True}
+    return (
+        str(price_in_effect(model, now).compile(dialect=dialect, compile_kwargs=literal)),
+        str(cost_of(usage, price_at(model, now)).compile(dialect=dialect, compile_kwargs=literal)),
+    )
 
 
+_PRICE, _COST = _pricing_sql()
 _USAGE_ROW = f"""
 usage_row AS (
-    INSERT INTO token_usage (job_id, conversation_id, model, tenant, metadata, {_USAGE_COLUMNS},
-                             raw_usage, usage_issues, price_id, cost_usd)
+    INSERT INTO token_usage (job_id, conversation_id, model, tenant, metadata,
+                             {", ".join(USAGE_COLUMNS)}, price_id, cost_usd)
     SELECT owned.id, owned.conversation_id, owned.model, owned.tenant, owned.meta,
-           {", ".join(f"u.{name.strip()}" for name in _USAGE_COLUMNS.split(","))},
-           :raw_usage, :usage_issues, price.id, {_cost_sql()}
+           {", ".join(f"u.{name}" for name in _COUNTS)},
+           :raw_usage, :usage_issues, price.id, {_COST}
       FROM owned
-     CROSS JOIN (SELECT CAST(:prompt_tokens AS integer) AS prompt_tokens,
-                        CAST(:cached_tokens AS integer) AS cached_tokens,
-                        CAST(:uncached_prompt_tokens AS integer) AS uncached_prompt_tokens,
-                        CAST(:completion_tokens AS integer) AS completion_tokens,
-                        CAST(:reasoning_tokens AS integer) AS reasoning_tokens,
-                        CAST(:total_tokens AS integer) AS total_tokens,
-                        CAST(:cache_write_tokens AS integer) AS cache_write_tokens) AS u
-      LEFT JOIN LATERAL (
-          SELECT p.id, p.input_per_mtok, p.cached_input_per_mtok, p.output_per_mtok,
-                 p.cache_write_input_per_mtok
-            FROM model_prices p
-           WHERE p.model = owned.model AND p.effective_from <= now()
-           ORDER BY p.effective_from DESC LIMIT 1) AS price ON true
+     CROSS JOIN (SELECT {", ".join(f"CAST(:{name} AS integer) AS {name}" for name in _COUNTS)}) AS u
+      LEFT JOIN LATERAL ({_PRICE}) AS price ON true
     ON CONFLICT (job_id) DO NOTHING
     RETURNING cost_usd
 ),"""
@@ -355,21 +366,6 @@ class CallOutcome:
     first_token_at: datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class UsageTokens:
-    """A call's token counts as its ``token_usage`` row keeps them."""
-
-    prompt_tokens: int
-    cached_tokens: int
-    uncached_prompt_tokens: int
-    completion_tokens: int
-    reasoning_tokens: int | None
-    total_tokens: int
-    cache_write_tokens: int
-    raw_usage: dict[str, Any]
-    usage_issues: list[str] | None
-
-
 def record_success(
     session: Executor,
     claimed: Claimed,
@@ -377,23 +373,21 @@ def record_success(
     *,
     finish_reason: str | None,
     reply: dict[str, Any],
-    usage: UsageTokens | None = None,
+    usage: Mapping[str, Any] | None = None,
 ) -> Ended:
     """The job succeeded with ``reply``, if this attempt still owns it. One round trip,
     atomic by itself.
 
     The job's own messages join the history together with its reply, so a failed turn
-    leaves the history untouched and concurrent turns never interleave. ``usage`` is
-    written with them as the job's priced ``token_usage`` row (its cost in ``Ended``).
+    leaves the history untouched and concurrent turns never interleave. ``usage`` (the
+    values of ``USAGE_COLUMNS``) is written with them as the job's priced ``token_usage``
+    row, its cost in ``Ended``.
     """
-    usage_values = (
-        {} if usage is None else {name: getattr(usage, name) for name in UsageTokens.__slots__}
-    )
     (row,) = driver.rows(
         session,
         _SUCCESS[usage is not None],
         {
-            **usage_values,
+            **(usage or {}),
             "job_id": claimed.job_id,
             "attempt": claimed.attempt,
             "conversation_id": claimed.conversation_id,

@@ -19,6 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from service.db import driver
+from service.db.attempts import CLAIM_COLUMNS
 from service.db.driver import DriverStatement
 from service.db.models import ANY
 from service.db.session import Executor
@@ -107,23 +108,8 @@ _PLAIN = """
          AND NOT EXISTS (SELECT 1 FROM rows o JOIN rows x ON NOT x.own AND x.id <> o.id
                          WHERE o.own AND (x.aged, -x.running) > (o.aged, -o.running))))
 """
-_CLAIM_NAMES = (
-    "outcome",
-    "status",
-    "conversation_id",
-    "attempt",
-    "model",
-    "params",
-    "input_messages",
-    "history",
-    "tenant",
-    "surface",
-    "due_in_s",
-    "blocking_job_id",
-    "callback_url",
-)
-_CLAIM_COLUMNS = ", ".join(f"c.{name}" for name in _CLAIM_NAMES)
-_NO_CLAIM = ", ".join(f"NULL AS {name}" for name in _CLAIM_NAMES)
+_CLAIM_COLUMNS = ", ".join(f"c.{name}" for name in CLAIM_COLUMNS)
+_NO_CLAIM = ", ".join(f"NULL AS {name}" for name in CLAIM_COLUMNS)
 
 # One round trip: the message's job if it may run, the best candidates and their ranks
 # (read, not locked: locked only when one may run in the message's place, see

@@ -13,6 +13,7 @@ from sqlalchemy import (
     ColumnElement,
     FromClause,
     Numeric,
+    Select,
     func,
     literal_column,
     select,
@@ -50,13 +51,19 @@ def cost_of(usage: FromClause, price: FromClause) -> ColumnElement[Any]:
     ) * PER_TOKEN
 
 
-def price_at(model: ColumnElement[str], at: ColumnElement[datetime]) -> FromClause:
-    """A lateral subquery: the model's price in effect at ``at`` (the newest that started
-    by then), none when the model had no price yet."""
+def price_in_effect(
+    model: ColumnElement[str], at: ColumnElement[datetime]
+) -> Select[int, Decimal, Decimal, Decimal, Decimal | None]:
+    """The model's price in effect at ``at`` (the newest that started by then): one row,
+    none when the model had no price yet."""
     return (
         select(*PRICE_COLUMNS)
         .where(ModelPrice.model == model, ModelPrice.effective_from <= at)
         .order_by(ModelPrice.effective_from.desc())
         .limit(1)
-        .lateral("price")
     )
+
+
+def price_at(model: ColumnElement[str], at: ColumnElement[datetime]) -> FromClause:
+    """``price_in_effect`` as a lateral subquery named ``price``."""
+    return price_in_effect(model, at).lateral("price")

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from service import views
 from service.completion import Completion
 from service.db import attempts
-from service.db.attempts import CallOutcome, Claimed, FailedCall, UsageTokens
+from service.db.attempts import CallOutcome, Claimed, FailedCall
 from service.db.session import Executor, autocommit, transaction
 from service.errors import GatewayError
 from service.flow.release import Settlement, settle_in
@@ -61,24 +61,25 @@ def _call(completion: Completion) -> CallOutcome:
     )
 
 
-def _usage(completion: Completion, tokens: TokenCounts | None) -> UsageTokens | None:
-    """The call's usage as its row keeps it (None: the stream carried no usage)."""
+def _usage(completion: Completion, tokens: TokenCounts | None) -> dict[str, Any] | None:
+    """The call's usage as its ``token_usage`` row keeps it (``attempts.USAGE_COLUMNS``);
+    None when the stream carried no usage."""
     if tokens is None or completion.usage is None:
         return None
-    return UsageTokens(
-        prompt_tokens=tokens.prompt_tokens,
-        cached_tokens=tokens.cached_tokens,
-        uncached_prompt_tokens=tokens.uncached_prompt_tokens,
-        completion_tokens=tokens.completion_tokens,
-        reasoning_tokens=tokens.reasoning_tokens,
-        total_tokens=tokens.total_tokens,
-        cache_write_tokens=tokens.cache_write_tokens,
-        raw_usage=completion.usage,
-        usage_issues=tokens.issues or None,
-    )
+    return {
+        "prompt_tokens": tokens.prompt_tokens,
+        "cached_tokens": tokens.cached_tokens,
+        "uncached_prompt_tokens": tokens.uncached_prompt_tokens,
+        "completion_tokens": tokens.completion_tokens,
+        "reasoning_tokens": tokens.reasoning_tokens,
+        "total_tokens": tokens.total_tokens,
+        "cache_write_tokens": tokens.cache_write_tokens,
+        "raw_usage": completion.usage,
+        "usage_issues": tokens.issues or None,
+    }
 
 
-def _insert_cancelled_usage(session: Session, job: Row[Any], usage: UsageTokens) -> None:
+def _insert_cancelled_usage(session: Session, job: Row[Any], usage: dict[str, Any]) -> None:
     """Write the priced usage row of a call whose job was cancelled while it ran."""
     insert_priced_usage(
         session,
@@ -87,7 +88,7 @@ def _insert_cancelled_usage(session: Session, job: Row[Any], usage: UsageTokens)
         model=job.model,
         tenant=job.tenant,
         meta=job.meta,
-        **{name: getattr(usage, name) for name in UsageTokens.__slots__},
+        **usage,
         job_cancelled=True,
     )
 
@@ -158,7 +159,7 @@ def _record_succeeded(
 
 
 def _write_success(
-    executor: Executor, claim: Claimed, completion: Completion, usage: UsageTokens | None
+    executor: Executor, claim: Claimed, completion: Completion, usage: dict[str, Any] | None
 ) -> attempts.Ended:
     return attempts.record_success(
         executor,
