@@ -45,6 +45,13 @@ def _make_engine(url: str) -> Engine:
         max_overflow=min(c.DB_POOL_BURST, concurrency),
         pool_timeout=c.DB_POOL_TIMEOUT_S,
         pool_recycle=1800,
+        # The connection returned last is handed out next, so that a few connections do
+        # the work and stay warm (their backends' catalog caches and plans, psycopg's
+        # prepared statements) while the others idle: first-in-first-out cycled every
+        # job through all of them, and each paid its cold start. At 80 jobs/s for 4 s against
+        # a worker just started (and warmed up), enqueue to the gateway's first byte had a
+        # p50 / p99 of 10.7 / 85 ms first-in-first-out, 6.0 / 37 ms last-in-first-out.
+        pool_use_lifo=True,
     )
     event.listen(engine, "checkout", _refuse_closed_connection)
     return engine

@@ -10,7 +10,12 @@ from typing import Any
 from celery import Task
 from celery.app.task import get_actual_ignore_result
 from celery.exceptions import Ignore, Reject, Retry
-from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_shutdown
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    worker_process_shutdown,
+    worker_ready,
+)
 
 from service import constants as c
 from service.config import get_settings
@@ -28,6 +33,7 @@ from service.worker.deadletter import set_aside
 from service.worker.dispatch import publish_jobs
 from service.worker.runner import Finished, LeftAlone, Parked, RunAgainLater, run_job
 from service.worker.sweep import sweep as run_sweep
+from service.worker.warmup import warm_up
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,11 @@ def gateway() -> GatewayClient:
             if _gateway is None:
                 _gateway = GatewayClient(get_settings())
     return _gateway
+
+
+@worker_ready.connect
+def _warm_up(**_: Any) -> None:
+    warm_up(gateway)
 
 
 @worker_process_shutdown.connect
