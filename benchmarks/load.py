@@ -7,9 +7,9 @@ number of jobs go through one real ``ezq worker`` process, sent by task name wit
 request in the kwargs, as a foreign Celery producer sends them. Printed per row:
 throughput and its ratio to the raw client, CPU per job by process (worker, the Postgres
 backends of the benchmark's database, Redis, the fake gateway), the worker's peak RSS.
-Then, at half of the measured saturation rate, after the worker's first 2 s (reported apart):
-enqueue to first gateway byte p50/p99 and
-a job's final commit to its webhook received p50.
+Then, at half of the measured saturation rate and after the worker's first 2 s (reported
+apart): enqueue to first gateway byte p50/p99 and a job's final commit to its webhook
+received p50.
 
     python -m benchmarks.load            # the table of issue rows (a few minutes)
     python -m benchmarks.load --smoke    # small N, under a minute
