@@ -107,3 +107,23 @@ def test_reply_text_never_reaches_task_events(
         assert reply_marker in wait_for_job(job_id)["content"]
         succeeded = events.wait_for("task-succeeded", str(job_id))
     assert reply_marker not in json.dumps(succeeded)
+
+
+def test_celery_receipt_lines_only_at_debug(
+    worker_factory: Callable[..., WorkerProcess],
+    own_queue: str,
+    own_database: tuple[str, Any],
+    fake_gateway: Any,
+) -> None:
+    """At INFO a job's lines are its own (called, ended) and Celery's "succeeded in": not
+    Celery's "received" for every message. (The session's worker logs at DEBUG, and its
+    log has them: the fault tests wait on them.)"""
+    url, _ = own_database
+    env = {"DATABASE_URL": url, "EZQ_QUEUE": own_queue, "EZQ_LOG_LEVEL": "INFO"}
+    worker = worker_factory(env=env)
+    enqueued = run_ezq("enqueue", "--model", "glm-5.1", "receipts", env=env)
+    assert enqueued.returncode == 0, enqueued.stderr
+    job_id = enqueued.stdout.strip()
+    log = wait_for_line(worker, f"[{job_id}] succeeded in")
+    assert f"[job={job_id} attempt=1" in log
+    assert f"[{job_id}] received" not in log

@@ -1,9 +1,17 @@
 """Celery's consumer, with every message it cannot run kept aside instead of crashing or
-logged with its content.
+logged with its content, and task events published in batches.
 
 Celery logs undecodable and unknown messages with their body (which may hold prompts and
 keys) and, for a few malformed shapes, lets the exception end the worker. Here each such
 message is acknowledged, stored as a dead letter with the reason, and logged once by size.
+
+Celery buffers task events (Flower's ``task-received``, ``-started``, ``-succeeded``) and
+publishes the buffer as one message, but it schedules that publish at every event, and a
+worker thread's event wakes the event loop to do it: at 0 ms gateway latency and 64 calls
+in flight, a tenth of the worker's CPU went to publishing, about one Redis ``PUBLISH`` per
+event. Here the buffer is published every ``EVENT_FLUSH_INTERVAL_S`` (and by Celery
+itself whenever it holds 50 events), so a monitor sees a task's events up to that much
+later, a few dozen in each message.
 """
 
 from __future__ import annotations
@@ -15,6 +23,8 @@ from typing import Any
 from celery.worker.consumer import Consumer as CeleryConsumer
 
 from service.worker.deadletter import set_aside
+
+EVENT_FLUSH_INTERVAL_S = 0.1
 
 
 def _describe(message: Any) -> dict[str, Any]:
@@ -59,6 +69,22 @@ def _body_problem(message: Any) -> str | None:
 
 
 class Consumer(CeleryConsumer):  # type: ignore[misc]
+    def register_with_event_loop(self, hub: Any) -> None:
+        super().register_with_event_loop(hub)
+        # Cancelled with the loop's other timers when the connection is lost, and
+        # registered again when it is back.
+        hub.call_repeatedly(EVENT_FLUSH_INTERVAL_S, self._flush_events)
+
+    def on_send_event_buffered(self) -> None:
+        """A task event was buffered: the timer publishes it with the others."""
+
+    def shutdown(self) -> None:
+        # The events buffered since the last tick, and those of the tasks that finished
+        # during a warm shutdown, before the dispatcher closes.
+        with contextlib.suppress(Exception):
+            self._flush_events()
+        super().shutdown()
+
     def _set_aside(self, message: Any, reason: str, kind: str) -> None:
         set_aside(_raw(message), reason, kind=kind, **_describe(message))
         # Already acknowledged, or the connection is gone (then it comes back, and is kept

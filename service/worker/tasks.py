@@ -24,7 +24,7 @@ from service.db.session import UNAVAILABLE, autocommit, transaction, unavailable
 from service.errors import EzqCallerError
 from service.gateway import GatewayClient
 from service.live import publisher as live_publisher
-from service.logsetup import install_redaction
+from service.logsetup import install_redaction, receipts_at_debug_only
 from service.validation import validate_request
 from service.webhooks.tasks import publish_deliveries
 from service.worker import maintenance
@@ -64,8 +64,9 @@ def _close_gateway(**_: Any) -> None:
 
 @after_setup_logger.connect
 @after_setup_task_logger.connect
-def _redact_logs(logger: logging.Logger, **_: Any) -> None:
+def _redact_logs(logger: logging.Logger, loglevel: int | str = logging.INFO, **_: Any) -> None:
     install_redaction([logger])
+    receipts_at_debug_only(loglevel)
 
 
 class JobFailed(Exception):
