@@ -323,7 +323,8 @@ def _receiver_times(receiver: Any) -> dict[str, float]:
 
 
 # The paced run's first seconds, when the worker has just started: reported apart, since
-# P3 is a steady-state figure and a start's first jobs pay for what a warm worker has.
+# the half-load latency is a steady-state figure and a start's first jobs pay for what a warm
+# worker has.
 START_S = 2.0
 
 
