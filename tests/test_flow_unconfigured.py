@@ -124,8 +124,14 @@ def test_equal_jobs_each_run_from_their_own_message(
         ids = list(pool.map(enqueue, range(30)))
     # The sweep would republish jobs queued longer than EZQ_REDISPATCH_AFTER (a slow
     # enqueue under load): out of the way, so that every message received is the producer's.
+    # At DEBUG, so that Celery logs each message it receives (counted below).
     worker = worker_factory(
-        env={**env, "EZQ_WORKER_CONCURRENCY": "8", "EZQ_REDISPATCH_AFTER": "600"}
+        env={
+            **env,
+            "EZQ_WORKER_CONCURRENCY": "8",
+            "EZQ_REDISPATCH_AFTER": "600",
+            "EZQ_LOG_LEVEL": "DEBUG",
+        }
     )
     wait_until(
         lambda: _rows(engine, "SELECT count(*) FROM jobs WHERE status <> 'succeeded'") == [(0,)],
