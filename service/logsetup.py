@@ -192,8 +192,8 @@ def install_redaction(loggers: Iterable[logging.Logger] = ()) -> RedactSecrets:
 def receipts_at_debug_only(level: int | str) -> None:
     """Celery logs every task message it receives ("Task ...[id] received") at INFO, a
     quarter of a job's log lines and about 3 % of a worker's CPU at saturation; its own
-    lines already say when it is called and how it ended. Below DEBUG that line is not
-    logged (Celery checks once, when its consumer starts)."""
+    lines already say when it is called and how it ended. Unless ``level`` is DEBUG, that
+    line is not logged (Celery checks once, when its consumer starts)."""
     numeric = logging.getLevelName(level) if isinstance(level, str) else level
     if not isinstance(numeric, int) or numeric > logging.DEBUG:
         logging.getLogger("celery.worker.strategy").setLevel(logging.WARNING)

@@ -204,7 +204,7 @@ _RESULT = (
 # The call's priced usage row, written by the statement that ends the job (so it exists only
 # if the job is still this attempt's), priced by ``service.db.pricing`` (the model's price
 # in effect now, and ``cost_of``), rendered once. A second row for the job is not written.
-USAGE_COLUMNS = (
+_COUNTS = (
     "prompt_tokens",
     "cached_tokens",
     "uncached_prompt_tokens",
@@ -212,10 +212,8 @@ USAGE_COLUMNS = (
     "reasoning_tokens",
     "total_tokens",
     "cache_write_tokens",
-    "raw_usage",
-    "usage_issues",
 )
-_COUNTS = USAGE_COLUMNS[:7]
+USAGE_COLUMNS = (*_COUNTS, "raw_usage", "usage_issues")
 
 
 def _pricing_sql() -> tuple[str, str]:
