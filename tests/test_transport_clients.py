@@ -1,18 +1,25 @@
 """The Redis transport keeps one client per connection pool for the commands it sends
-outside the event loop, and makes a new one when kombu replaces the pool."""
+outside the event loop, and makes a new one when kombu replaces the pool; acks made on the
+worker's event loop reach Redis in batches, and never after the message is given back."""
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 from kombu import Connection
 
+from service import enqueue_completion
 from service.worker.transport import Channel, Transport
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, wait_for_job
+from tests.test_faults import wait_until
+
+MODEL = "deepseek-v4-flash"
 
 
 @pytest.fixture
@@ -85,3 +92,104 @@ def test_the_event_loop_keeps_its_own_client(channel: Channel) -> None:
         # The BRPOP poller's client runs on the asynchronous pool, never the shared one.
         assert channel.client is not commands
         assert channel.client.connection_pool is not commands.connection_pool
+
+
+@pytest.fixture
+def private_channel() -> Iterator[tuple[Channel, str]]:
+    """A channel whose queue and unacked bookkeeping are this test's own."""
+    name = f"ezq-test-acks-{uuid.uuid4().hex[:8]}"
+    options = {"unacked_key": f"{name}:unacked", "unacked_index_key": f"{name}:unacked_index"}
+    with Connection(REDIS_URL, transport=Transport, transport_options=options) as connection:
+        made = connection.channel()
+        assert isinstance(made, Channel)
+        made.queue_declare(name)
+        try:
+            yield made, name
+        finally:
+            with made.conn_or_acquire() as client:
+                client.delete(name, options["unacked_key"], options["unacked_index_key"])
+
+
+def _take(channel: Channel, queue: str, count: int) -> list[Any]:
+    for i in range(count):
+        channel.basic_publish(channel.prepare_message(f"body {i}"), exchange="", routing_key=queue)
+    messages = [channel.basic_get(queue) for _ in range(count)]
+    assert all(m is not None for m in messages)
+    return messages
+
+
+def _unacked(channel: Channel) -> int:
+    with channel.conn_or_acquire() as client:
+        index = client.zcard(channel.unacked_index_key)
+        assert client.hlen(channel.unacked_key) == index
+        return int(index)
+
+
+def test_acks_on_the_event_loop_thread_reach_redis_together(
+    private_channel: tuple[Channel, str],
+) -> None:
+    channel, queue = private_channel
+    transport = channel.connection
+    transport.loop_thread = threading.get_ident()  # as the worker's loop does on its turn
+    messages = _take(channel, queue, 5)
+    assert _unacked(channel) == 5
+    for message in messages[:3]:
+        message.ack()
+    # Marked done for the channel (it may take the next message), not yet sent.
+    assert _unacked(channel) == 5
+    assert channel.qos.can_consume()
+    assert channel.qos.send_acks() == 3
+    assert _unacked(channel) == 2
+    assert channel.qos.send_acks() == 0
+
+
+def test_acks_from_other_threads_reach_redis_at_once(
+    private_channel: tuple[Channel, str],
+) -> None:
+    channel, queue = private_channel
+    channel.connection.loop_thread = threading.get_ident() + 1  # the loop is elsewhere
+    messages = _take(channel, queue, 2)
+    messages[0].ack()
+    assert _unacked(channel) == 1
+
+
+def test_a_closing_channel_gives_back_only_what_was_not_acknowledged(
+    private_channel: tuple[Channel, str],
+) -> None:
+    """Acks still waiting for the loop's turn are sent before the unacked messages are
+    restored: an acknowledged message is never delivered again."""
+    channel, queue = private_channel
+    channel.connection.loop_thread = threading.get_ident()
+    messages = _take(channel, queue, 3)
+    messages[0].ack()
+    messages[1].ack()
+    channel.qos.restore_unacked_once()
+    assert _unacked(channel) == 0
+    with channel.conn_or_acquire() as client:
+        back = [client.lindex(queue, i) for i in range(client.llen(queue))]
+    assert [json.loads(raw)["properties"]["delivery_tag"] for raw in back] == [
+        messages[2].delivery_tag
+    ]
+
+
+def _unacked_on(queue: str) -> int:
+    """Messages of ``queue`` in the worker transport's unacked bookkeeping."""
+    client = redis.Redis.from_url(REDIS_URL)
+    entries = client.hvals("unacked")
+    return sum(1 for raw in entries if json.loads(raw)[2] == queue)
+
+
+def test_a_worker_acknowledges_every_job_it_ran(
+    fake_gateway: Any, own_queue: str, worker_factory: Any
+) -> None:
+    """A real worker's acks (made on its event loop, sent in batches) leave nothing of its
+    queue in the unacked bookkeeping, and no job ran twice."""
+    worker = worker_factory(env={"EZQ_QUEUE": own_queue, "EZQ_WORKER_CONCURRENCY": "8"})
+    marker = f"acks-{uuid.uuid4().hex[:8]}"
+    jobs = [
+        enqueue_completion(MODEL, [{"role": "user", "content": f"{marker} {i}"}]) for i in range(24)
+    ]
+    assert all(wait_for_job(job)["status"] == "succeeded" for job in jobs)
+    wait_until(lambda: _unacked_on(own_queue) == 0, "every message acknowledged")
+    assert sum(1 for r in fake_gateway.requests if marker in str(r.body)) == len(jobs)
+    assert "could not acknowledge" not in worker.log()

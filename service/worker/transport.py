@@ -1,9 +1,15 @@
-"""The Redis transport, made safe against messages that are not kombu envelopes.
+"""The Redis transport, made safe against messages that are not kombu envelopes, and
+acknowledging in batches.
 
 kombu decodes every item it pops from a queue as JSON and builds a message from it inside
 the worker's event loop; anything else (not JSON, a JSON array or string, a body that is
 not base64, an envelope without properties) raises there and ends the worker. Here such
 an item is kept aside as a dead letter instead, and the worker goes on.
+
+kombu acknowledges a message by removing it from the unacked bookkeeping (a sorted set
+and a hash) in a pipeline of its own: one Redis round trip per job, on the event loop's
+thread, which also reads every message. Acks made on that thread are collected instead
+and removed together once per turn of the loop, before it polls again (see ``QoS``).
 """
 
 # kombu carries no type information.
@@ -14,11 +20,60 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
+import threading
 from typing import Any
 
-from kombu.transport import redis
+from kombu.transport import redis, virtual
 
 from service.worker.deadletter import set_aside
+
+log = logging.getLogger(__name__)
+
+
+class QoS(redis.QoS):
+    """kombu's unacked bookkeeping, its removals batched on the event loop's thread.
+
+    An ack made on the loop's thread (Celery hands every ack of the threads pool to it)
+    is marked done at once, so the channel may take its next message, and its removal from
+    Redis waits for ``send_acks`` at the end of the loop's turn: one ZREM and one HDEL for
+    all of them. Acks made anywhere else go to Redis at once, as kombu sends them.
+
+    A removal lost to a crash or a Redis error leaves the message in the bookkeeping, as an
+    ack that failed in kombu does: it is delivered again after the visibility timeout and
+    finds its job ended. Pending removals are sent before anything restores unacked
+    messages, so an acknowledged message is never given back.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._unsent_acks: list[str] = []
+        self._unsent_lock = threading.Lock()
+
+    def ack(self, delivery_tag: str) -> None:
+        if threading.get_ident() != self.channel.connection.loop_thread:
+            super().ack(delivery_tag)
+            return
+        with self._unsent_lock:
+            self._unsent_acks.append(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def send_acks(self) -> int:
+        """Remove the acknowledged messages from Redis's bookkeeping; how many."""
+        with self._unsent_lock:
+            tags, self._unsent_acks = self._unsent_acks, []
+        if tags:
+            with self.pipe_or_acquire() as pipe:
+                pipe.zrem(self.unacked_index_key, *tags).hdel(self.unacked_key, *tags).execute()
+        return len(tags)
+
+    def restore_visible(self, *args: Any, **kwargs: Any) -> Any:
+        self.send_acks()
+        return super().restore_visible(*args, **kwargs)
+
+    def restore_unacked(self, client: Any = None) -> Any:
+        self.send_acks()
+        return super().restore_unacked(client)
 
 
 def envelope_problem(payload: Any) -> str | None:
@@ -46,6 +101,8 @@ def envelope_problem(payload: Any) -> str | None:
 
 
 class Channel(redis.Channel):
+    QoS = QoS
+
     # The client kombu's commands go through outside the event loop (publishes, acks, the
     # unacked bookkeeping), kept for as long as the channel's connection pool lives.
     _commands_client: Any = None
@@ -89,6 +146,25 @@ class Channel(redis.Channel):
 
 class Transport(redis.Transport):
     Channel = Channel
+    # The thread the worker's event loop runs on, once it has turned (None before, and
+    # outside a worker): acks made there are batched (see ``QoS``).
+    loop_thread: int | None = None
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        super().register_with_event_loop(connection, loop)
+        loop.on_tick.add(self._send_acks)
+
+    def _send_acks(self) -> None:
+        """At the end of each turn of the loop, before it polls: send the turn's acks."""
+        self.loop_thread = threading.get_ident()
+        for channel in self.channels:
+            qos = channel._qos
+            if qos is None or not qos._unsent_acks:
+                continue
+            try:
+                qos.send_acks()
+            except Exception as exc:  # the messages come back after the visibility timeout
+                log.warning("could not acknowledge messages on Redis: %s", type(exc).__name__)
 
     def _deliver(self, message: Any, queue: str) -> None:
         problem = envelope_problem(message)
