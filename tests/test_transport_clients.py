@@ -143,6 +143,18 @@ def test_acks_on_the_event_loop_thread_reach_redis_together(
     assert channel.qos.send_acks() == 0
 
 
+def test_a_closing_channel_sends_its_last_acks(private_channel: tuple[Channel, str]) -> None:
+    """Every message acknowledged, none to restore: the pending removals still reach
+    Redis, so that nothing comes back after the visibility timeout."""
+    channel, queue = private_channel
+    channel.connection.loop_thread = threading.get_ident()
+    for message in _take(channel, queue, 3):
+        message.ack()
+    assert _unacked(channel) == 3
+    channel.qos.restore_unacked_once()
+    assert _unacked(channel) == 0
+
+
 def test_acks_from_other_threads_reach_redis_at_once(
     private_channel: tuple[Channel, str],
 ) -> None:
@@ -191,5 +203,13 @@ def test_a_worker_acknowledges_every_job_it_ran(
     ]
     assert all(wait_for_job(job)["status"] == "succeeded" for job in jobs)
     wait_until(lambda: _unacked_on(own_queue) == 0, "every message acknowledged")
+    # Stopped as soon as its last jobs end: the acks of its last turns still reach Redis.
+    jobs += [
+        enqueue_completion(MODEL, [{"role": "user", "content": f"{marker} last {i}"}])
+        for i in range(8)
+    ]
+    assert all(wait_for_job(job)["status"] == "succeeded" for job in jobs)
+    worker.stop()
+    assert _unacked_on(own_queue) == 0
     assert sum(1 for r in fake_gateway.requests if marker in str(r.body)) == len(jobs)
     assert "could not acknowledge" not in worker.log()

@@ -75,6 +75,12 @@ class QoS(redis.QoS):
         self.send_acks()
         return super().restore_unacked(client)
 
+    def restore_unacked_once(self, stderr: Any = None) -> Any:
+        # A closing channel restores nothing when every message it took was acknowledged;
+        # the acks of the loop's last turn must reach Redis all the same.
+        self.send_acks()
+        return super().restore_unacked_once(stderr)
+
 
 def envelope_problem(payload: Any) -> str | None:
     """Why ``payload`` cannot be a kombu envelope, or None when it can."""
