@@ -14,6 +14,7 @@ received p50.
     python -m benchmarks.load            # the table of issue rows (a few minutes)
     python -m benchmarks.load --smoke    # small N, under a minute
     python -m benchmarks.load --row 0:32:2000 --row 5:1000:4000 --paced 0
+    python -m benchmarks.load --row 0:64:3000 --repeat 3 --paced 0   # medians of 3 runs
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ class Row:
     jobs: int
     raw: dict[str, float] = field(default_factory=dict)
     ezq: dict[str, float] = field(default_factory=dict)
+    # Each run's ezq/s over raw/s, in the order run (one per ``--repeat``).
+    ratios: list[float] = field(default_factory=list)
 
     @classmethod
     def parse(cls, spec: str) -> Row:
@@ -316,6 +319,11 @@ def run_ezq(
     }
 
 
+def _medians(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the runs of a row."""
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
 def _receiver_times(receiver: Any) -> dict[str, float]:
     # The receiver stamps arrivals with the monotonic clock; the database with wall time.
     offset = time.time() - time.monotonic()
@@ -408,7 +416,7 @@ def _print(
         print(
             f"{r.latency * 1e3:>6.0f}ms{r.concurrency:>10}{r.jobs:>6} |"
             f"{r.raw['per_s']:>8.0f}{r.raw['cpu_ms']:>8.2f}{r.raw['gateway_cpu_ms']:>7.2f} |"
-            f"{r.ezq['per_s']:>8.0f}{r.ezq['per_s'] / r.raw['per_s']:>7.2f}{ideal}"
+            f"{r.ezq['per_s']:>8.0f}{statistics.median(r.ratios):>7.2f}{ideal}"
             f"{r.ezq['worker_cpu_ms']:>8.2f}{r.ezq['pg_cpu_ms']:>6.2f}"
             f"{r.ezq['redis_cpu_ms']:>7.2f}{r.ezq['gateway_cpu_ms']:>7.2f}"
             f"{r.ezq['rss_mb']:>8.0f}{r.ezq['pg_connections']:>6.0f}"
@@ -419,6 +427,11 @@ def _print(
         " gw ms = the fake gateway's; ideal = ezq/s over C/L;"
         " conns = the worker's most Postgres connections"
     )
+    if any(len(r.ratios) > 1 for r in rows):
+        print("medians over alternating raw/ezq runs; each run's ratio:")
+        for r in rows:
+            each = ", ".join(f"{ratio:.2f}" for ratio in r.ratios)
+            print(f"  {r.latency * 1e3:.0f} ms / {r.concurrency}: {each}")
     if paced:
         print(
             f"at {paced['rate']:.0f} jobs/s ({paced['jobs']:.0f} jobs, half of 0 ms saturation):"
@@ -455,6 +468,13 @@ def main() -> None:
     parser.add_argument(
         "--paced", type=float, default=None, help="seconds of the half-saturation run (0: none)"
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs of each row, raw and ezq alternating; the table shows each figure's median"
+        " and the ratio's (this machine is shared: one run can be off by a third)",
+    )
     args = parser.parse_args()
     rows = [Row.parse(s) for s in (args.row or (SMOKE_ROWS if args.smoke else FULL_ROWS))]
     paced_s = args.paced if args.paced is not None else (3.0 if args.smoke else 15.0)
@@ -480,13 +500,19 @@ def main() -> None:
             with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
                 backends = Backends(conn, database)
                 for row in rows:
-                    run_raw(row, gateway)
-                    run_ezq(row, gateway, env, conn, backends, redis_pid, args.workers)
-                    print(
-                        f"  {row.latency:g}s/{row.concurrency}: raw {row.raw['per_s']:.0f}/s,"
-                        f" ezq {row.ezq['per_s']:.0f}/s",
-                        flush=True,
-                    )
+                    raws, ezqs = [], []
+                    for _ in range(max(1, args.repeat)):
+                        run_raw(row, gateway)
+                        run_ezq(row, gateway, env, conn, backends, redis_pid, args.workers)
+                        raws.append(row.raw)
+                        ezqs.append(row.ezq)
+                        row.ratios.append(row.ezq["per_s"] / row.raw["per_s"])
+                        print(
+                            f"  {row.latency:g}s/{row.concurrency}: raw {row.raw['per_s']:.0f}/s,"
+                            f" ezq {row.ezq['per_s']:.0f}/s",
+                            flush=True,
+                        )
+                    row.raw, row.ezq = _medians(raws), _medians(ezqs)
                 paced = None
                 saturated = next((r for r in rows if r.latency == 0), None)
                 if paced_s > 0 and saturated is not None:
