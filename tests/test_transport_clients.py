@@ -5,6 +5,7 @@ worker's event loop reach Redis in batches, and never after the message is given
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import uuid
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from kombu import Connection
 from service import enqueue_completion
 from service.worker.transport import Channel, Transport
 from tests.conftest import REDIS_URL, wait_for_job
+from tests.private_services import PrivateRedis
 from tests.test_faults import wait_until
 
 MODEL = "deepseek-v4-flash"
@@ -153,6 +155,24 @@ def test_a_closing_channel_sends_its_last_acks(private_channel: tuple[Channel, s
     assert _unacked(channel) == 3
     channel.qos.restore_unacked_once()
     assert _unacked(channel) == 0
+
+
+def test_a_channel_closing_after_redis_went_away_closes_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every message acknowledged, the acks not sent yet, and Redis gone: closing the
+    channel says so in the log and raises nothing (kombu's close has nothing to restore)."""
+    with PrivateRedis() as server, Connection(server.url, transport=Transport) as connection:
+        channel = connection.channel()
+        assert isinstance(channel, Channel)
+        channel.queue_declare("q")
+        channel.connection.loop_thread = threading.get_ident()
+        for message in _take(channel, "q", 2):
+            message.ack()
+        server.stop()
+        with caplog.at_level(logging.WARNING, logger="service.worker.transport"):
+            channel.qos.restore_unacked_once()
+    assert "could not acknowledge messages on Redis: ConnectionError" in caplog.text
 
 
 def test_acks_from_other_threads_reach_redis_at_once(

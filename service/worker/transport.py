@@ -77,8 +77,13 @@ class QoS(redis.QoS):
 
     def restore_unacked_once(self, stderr: Any = None) -> Any:
         # A closing channel restores nothing when every message it took was acknowledged;
-        # the acks of the loop's last turn must reach Redis all the same.
-        self.send_acks()
+        # the acks of the loop's last turn must reach Redis all the same. A channel closed
+        # because Redis is gone closes quietly, as kombu's does when it has nothing to
+        # restore: those messages come back after the visibility timeout.
+        try:
+            self.send_acks()
+        except Exception as exc:
+            log.warning("could not acknowledge messages on Redis: %s", type(exc).__name__)
         return super().restore_unacked_once(stderr)
 
 
