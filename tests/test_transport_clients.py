@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import redis
 from kombu import Connection
+from kombu.asynchronous import Hub
 
 from service import enqueue_completion
 from service.worker.transport import Channel, Transport
@@ -173,6 +174,21 @@ def test_a_channel_closing_after_redis_went_away_closes_quietly(
         with caplog.at_level(logging.WARNING, logger="service.worker.transport"):
             channel.qos.restore_unacked_once()
     assert "could not acknowledge messages on Redis: ConnectionError" in caplog.text
+
+
+def test_a_closed_connection_leaves_the_event_loop() -> None:
+    """The worker's loop outlives a connection lost and made again: the closed one's
+    transport is no longer called at each turn."""
+    hub = Hub()
+    try:
+        with Connection(REDIS_URL, transport=Transport) as connection:
+            connection.default_channel  # noqa: B018 (opens the connection and its channel)
+            transport = connection.transport
+            transport.register_with_event_loop(connection.connection, hub)
+            assert transport._send_acks in hub.on_tick
+        assert transport._send_acks not in hub.on_tick
+    finally:
+        hub.close()
 
 
 def test_acks_from_other_threads_reach_redis_at_once(

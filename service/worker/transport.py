@@ -41,8 +41,10 @@ class QoS(redis.QoS):
 
     A removal lost to a crash or a Redis error leaves the message in the bookkeeping, as an
     ack that failed in kombu does: it is delivered again after the visibility timeout and
-    finds its job ended. Pending removals are sent before anything restores unacked
-    messages, so an acknowledged message is never given back.
+    finds its job ended. This channel sends its pending removals before it restores
+    anything (its visibility sweep, its close); another worker's sweep could give back a
+    message acknowledged in this turn only if it is older than the visibility timeout,
+    the race kombu's acks have with the sweep, here longer by the rest of one turn.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -164,6 +166,15 @@ class Transport(redis.Transport):
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
         super().register_with_event_loop(connection, loop)
         loop.on_tick.add(self._send_acks)
+        self._ticks = loop.on_tick
+
+    def close_connection(self, connection: Any) -> None:
+        super().close_connection(connection)  # closing its channels sends their acks
+        # The loop outlives a connection lost and made again: a transport closed stops
+        # being called at each turn.
+        ticks = getattr(self, "_ticks", None)
+        if ticks is not None:
+            ticks.discard(self._send_acks)
 
     def _send_acks(self) -> None:
         """At the end of each turn of the loop, before it polls: send the turn's acks."""
