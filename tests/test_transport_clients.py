@@ -12,11 +12,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 from kombu import Connection
 from kombu.asynchronous import Hub
 
 from service import enqueue_completion
+from service.config import get_settings
+from service.worker.maintenance import redis_broker_depth
 from service.worker.transport import Channel, Transport
 from tests.conftest import REDIS_URL, wait_for_job
 from tests.private_services import PrivateRedis
@@ -220,13 +221,6 @@ def test_a_closing_channel_gives_back_only_what_was_not_acknowledged(
     ]
 
 
-def _unacked_on(queue: str) -> int:
-    """Messages of ``queue`` in the worker transport's unacked bookkeeping."""
-    client = redis.Redis.from_url(REDIS_URL)
-    entries = client.hvals("unacked")
-    return sum(1 for raw in entries if json.loads(raw)[2] == queue)
-
-
 def test_a_worker_acknowledges_every_job_it_ran(
     fake_gateway: Any, own_queue: str, worker_factory: Any
 ) -> None:
@@ -238,7 +232,10 @@ def test_a_worker_acknowledges_every_job_it_ran(
         enqueue_completion(MODEL, [{"role": "user", "content": f"{marker} {i}"}]) for i in range(24)
     ]
     assert all(wait_for_job(job)["status"] == "succeeded" for job in jobs)
-    wait_until(lambda: _unacked_on(own_queue) == 0, "every message acknowledged")
+    # The broker's count of our queue (waiting plus taken and unacknowledged), every job
+    # having ended: only unacknowledged messages could be left.
+    depth = redis_broker_depth(get_settings())
+    wait_until(lambda: depth() == 0, "every message acknowledged")
     # Stopped as soon as its last jobs end: the acks of its last turns still reach Redis.
     jobs += [
         enqueue_completion(MODEL, [{"role": "user", "content": f"{marker} last {i}"}])
@@ -246,6 +243,6 @@ def test_a_worker_acknowledges_every_job_it_ran(
     ]
     assert all(wait_for_job(job)["status"] == "succeeded" for job in jobs)
     worker.stop()
-    assert _unacked_on(own_queue) == 0
+    assert depth() == 0
     assert sum(1 for r in fake_gateway.requests if marker in str(r.body)) == len(jobs)
     assert "could not acknowledge" not in worker.log()

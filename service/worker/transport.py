@@ -69,6 +69,14 @@ class QoS(redis.QoS):
                 pipe.zrem(self.unacked_index_key, *tags).hdel(self.unacked_key, *tags).execute()
         return len(tags)
 
+    def send_acks_or_warn(self) -> None:
+        """``send_acks``, a failure logged: those messages come back after the visibility
+        timeout."""
+        try:
+            self.send_acks()
+        except Exception as exc:
+            log.warning("could not acknowledge messages on Redis: %s", type(exc).__name__)
+
     def restore_visible(self, *args: Any, **kwargs: Any) -> Any:
         self.send_acks()
         return super().restore_visible(*args, **kwargs)
@@ -81,11 +89,8 @@ class QoS(redis.QoS):
         # A closing channel restores nothing when every message it took was acknowledged;
         # the acks of the loop's last turn must reach Redis all the same. A channel closed
         # because Redis is gone closes quietly, as kombu's does when it has nothing to
-        # restore: those messages come back after the visibility timeout.
-        try:
-            self.send_acks()
-        except Exception as exc:
-            log.warning("could not acknowledge messages on Redis: %s", type(exc).__name__)
+        # restore.
+        self.send_acks_or_warn()
         return super().restore_unacked_once(stderr)
 
 
@@ -162,6 +167,8 @@ class Transport(redis.Transport):
     # The thread the worker's event loop runs on, once it has turned (None before, and
     # outside a worker): acks made there are batched (see ``QoS``).
     loop_thread: int | None = None
+    # The loop's per-turn callbacks, once registered with it.
+    _ticks: set[Any] | None = None
 
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
         super().register_with_event_loop(connection, loop)
@@ -172,21 +179,16 @@ class Transport(redis.Transport):
         super().close_connection(connection)  # closing its channels sends their acks
         # The loop outlives a connection lost and made again: a transport closed stops
         # being called at each turn.
-        ticks = getattr(self, "_ticks", None)
-        if ticks is not None:
-            ticks.discard(self._send_acks)
+        if self._ticks is not None:
+            self._ticks.discard(self._send_acks)
 
     def _send_acks(self) -> None:
         """At the end of each turn of the loop, before it polls: send the turn's acks."""
         self.loop_thread = threading.get_ident()
         for channel in self.channels:
             qos = channel._qos
-            if qos is None or not qos._unsent_acks:
-                continue
-            try:
-                qos.send_acks()
-            except Exception as exc:  # the messages come back after the visibility timeout
-                log.warning("could not acknowledge messages on Redis: %s", type(exc).__name__)
+            if qos is not None and qos._unsent_acks:
+                qos.send_acks_or_warn()
 
     def _deliver(self, message: Any, queue: str) -> None:
         problem = envelope_problem(message)
