@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.broker_commands
 	$(BIN)/python -m benchmarks.live_tokens
 	$(BIN)/python -m benchmarks.job_path
+	$(BIN)/python -m benchmarks.ranking_plan
 	$(BIN)/python -m benchmarks.flow_admission
 	$(BIN)/python -m benchmarks.pipeline
 	$(BIN)/python -m benchmarks.batch

@@ -23,15 +23,7 @@ from service.db.attempts import CLAIM_COLUMNS
 from service.db.driver import DriverStatement
 from service.db.models import ANY
 from service.db.session import Executor
-
-# A pending job is held back while an earlier turn of its conversation has not ended.
-_NOT_HELD_BACK = """
-    NOT EXISTS (
-        SELECT 1 FROM jobs e
-        WHERE e.conversation_id = j.conversation_id
-          AND e.enqueue_seq < j.enqueue_seq
-          AND e.status NOT IN ('succeeded', 'failed', 'cancelled'))
-"""
+from service.db.turn_order import NOT_HELD_BACK
 
 # Rank of a pending job: its priority raised one step per ``aging`` seconds of waiting
 # (so nothing starves), then the fewest running jobs of its tenant (fair shares), then the
@@ -90,7 +82,7 @@ class Ranking:
 # so the cost of a claim grows with the number of tenants waiting, not with the backlog.
 _PENDING = "j.status IN ('queued', 'retrying')"
 _ELIGIBLE = f"""
-    {_PENDING} AND (j.status = 'queued' OR j.dispatched_at <= now()) AND {_NOT_HELD_BACK}
+    {_PENDING} AND (j.status = 'queued' OR j.dispatched_at <= now()) AND {NOT_HELD_BACK}
 """
 _AGED = "least(9, j.priority + floor(extract(epoch FROM now() - j.created_at) / :aging))::int"
 _PENDING_COLUMNS = (

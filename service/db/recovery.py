@@ -12,15 +12,7 @@ from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 
 from service.db.models import DeadLetter
-
-# A pending job is held back while an earlier turn of its conversation has not ended.
-_NOT_HELD_BACK = """
-    NOT EXISTS (
-        SELECT 1 FROM jobs e
-        WHERE e.conversation_id = j.conversation_id
-          AND e.enqueue_seq < j.enqueue_seq
-          AND e.status NOT IN ('succeeded', 'failed', 'cancelled'))
-"""
+from service.db.turn_order import NOT_HELD_BACK
 
 _HEARTBEAT = text(
     """
@@ -151,7 +143,7 @@ def parked_due(session: Session, *, limit: int) -> list[uuid.UUID]:
         f"""
         SELECT j.id FROM jobs j
         WHERE j.needs_publish AND j.status IN ('queued', 'retrying')
-          AND j.dispatched_at <= now() AND {_NOT_HELD_BACK}
+          AND j.dispatched_at <= now() AND {NOT_HELD_BACK}
         ORDER BY j.enqueue_seq
         LIMIT :limit
         """
@@ -187,7 +179,7 @@ def take_stale(session: Session, *, older_than_s: float, limit: int) -> list[uui
             SELECT j.id FROM jobs j
             WHERE j.status IN ('queued', 'retrying') AND NOT j.needs_publish
               AND j.dispatched_at < now() - make_interval(secs => :age)
-              AND {_NOT_HELD_BACK}
+              AND {NOT_HELD_BACK}
             ORDER BY j.enqueue_seq
             LIMIT :limit
             FOR UPDATE SKIP LOCKED
@@ -208,7 +200,7 @@ def messages_expected(session: Session) -> int:
             f"""
             SELECT (SELECT count(*) FROM jobs j
                     WHERE (j.status IN ('queued', 'retrying') AND NOT j.needs_publish
-                           AND {_NOT_HELD_BACK})
+                           AND {NOT_HELD_BACK})
                        OR j.status = 'running')
                  + (SELECT count(*) FROM webhook_deliveries d
                     WHERE d.status = 'pending' AND d.dispatched_at IS NOT NULL)

@@ -1,0 +1,63 @@
+"""The claim's ranking stays a few index probes however the jobs table grew since its plan
+was made. The worker's hot statements are prepared, so Postgres keeps a plan made while the
+table was small (a new database's first minute) until the next ANALYZE: the ranking's check
+that no earlier turn of a job's conversation is unfinished then hashed every unfinished job,
+a whole read of ``jobs`` three times per claim.
+
+Runs on a database of its own, with nothing analyzed, as a new deployment's."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session
+
+from service.db import flow, queries
+from service.validation import validate_request
+
+
+def _jobs(engine: Engine, count: int) -> list[uuid.UUID]:
+    """Queued first turns, each of its own conversation; no message is published."""
+    with Session(engine) as session, session.begin():
+        return [
+            queries.create_job(
+                session,
+                validate_request(
+                    model="glm-5.1", messages=[{"role": "user", "content": f"job {i}"}]
+                ),
+            )[0]
+            for i in range(count)
+        ]
+
+
+def _whole_table_reads(conn: Connection) -> int:
+    """Sequential scans of ``jobs`` in ``conn``'s transaction so far."""
+    return int(
+        conn.execute(
+            text("SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'jobs'")
+        ).scalar_one()
+    )
+
+
+def test_a_ranking_planned_on_a_small_table_reads_no_whole_table_once_it_grew(
+    own_database: tuple[str, Engine],
+) -> None:
+    _, engine = own_database
+    (first,) = _jobs(engine, 1)
+    with engine.connect() as conn:
+        # The plan is made at this first run, from a one-job table, and kept: as Postgres
+        # keeps a prepared statement's plan from its sixth run until the next ANALYZE.
+        conn.execute(text("SET plan_cache_mode = force_generic_plan"))
+        assert flow.ranking(conn, first, aging_s=60, limit=4).own is not None
+        conn.commit()
+
+        grown = _jobs(engine, 300)
+        assert _whole_table_reads(conn) == 0
+        for job_id in (first, grown[150], grown[-1]):
+            ranking = flow.ranking(conn, job_id, aging_s=60, limit=4)
+            assert ranking.own is not None and ranking.own.id == job_id
+            assert ranking.candidates, "the heads of the backlog are ranked"
+        assert _whole_table_reads(conn) == 0
+        conn.rollback()
