@@ -399,7 +399,11 @@ def run_paced(
 
 
 def _print(
-    rows: list[Row], paced: dict[str, float] | None, words: int | None, processes: int = 1
+    rows: list[Row],
+    paced: dict[str, float] | None,
+    words: int | None,
+    processes: int = 1,
+    paced_fixed: bool = False,
 ) -> None:
     reply = f"{words}-word replies" if words is not None else "short echo replies"
     who = "One ezq worker process" if processes == 1 else f"{processes} ezq worker processes"
@@ -434,7 +438,8 @@ def _print(
             print(f"  {r.latency * 1e3:.0f} ms / {r.concurrency}: {each}")
     if paced:
         print(
-            f"at {paced['rate']:.0f} jobs/s ({paced['jobs']:.0f} jobs, half of 0 ms saturation):"
+            f"at {paced['rate']:.0f} jobs/s ({paced['jobs']:.0f} jobs,"
+            f" {'a fixed rate' if paced_fixed else 'half of 0 ms saturation'}):"
             f" enqueue -> first gateway byte p50 {paced['first_byte_p50']:.1f} ms,"
             f" p99 {paced['first_byte_p99']:.1f} ms; final commit -> webhook received p50"
             f" {paced['webhook_p50']:.1f} ms"
@@ -467,6 +472,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--paced", type=float, default=None, help="seconds of the half-saturation run (0: none)"
+    )
+    parser.add_argument(
+        "--paced-rate",
+        type=float,
+        default=None,
+        help="jobs/s of the paced run (default: half of the 0 ms row's throughput); a fixed"
+        " rate compares two versions of the code at the same load",
     )
     parser.add_argument(
         "--repeat",
@@ -515,12 +527,14 @@ def main() -> None:
                     row.raw, row.ezq = _medians(raws), _medians(ezqs)
                 paced = None
                 saturated = next((r for r in rows if r.latency == 0), None)
-                if paced_s > 0 and saturated is not None:
+                rate = args.paced_rate
+                if rate is None and saturated is not None:
                     rate = saturated.ezq["per_s"] / 2
+                if paced_s > 0 and rate is not None:
                     paced = run_paced(rate, paced_s, gateway, env, conn, secret)
     finally:
         gateway.stop()
-    _print(rows, paced, args.words, args.workers)
+    _print(rows, paced, args.words, args.workers, paced_fixed=args.paced_rate is not None)
 
 
 if __name__ == "__main__":

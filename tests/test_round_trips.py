@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.completion import Completion
@@ -35,6 +36,7 @@ MODEL = "glm-5.1"
 
 # How a statement of the job's path is recognised in the SQL sent.
 _KINDS = (
+    ("INSERT INTO conversations", "first turn"),
     ("WITH RECURSIVE tenants", "ranking"),
     ("ezq_claim_job", "claim"),
     ("SET status = 'succeeded'", "success"),
@@ -91,7 +93,15 @@ def statements(
         )
         return run_on_driver(executor, statement, params)
 
+    run_together = driver.together
+
+    def together(connection: Any, bound: list[driver.Bound]) -> Any:
+        kinds = " + ".join(_kind(b.statement.sql) for b in bound)
+        seen.append((kinds, bool(connection.connection.driver_connection.autocommit)))
+        return run_together(connection, bound)
+
     monkeypatch.setattr(driver, "rows", on_driver)
+    monkeypatch.setattr(driver, "together", together)
     engine = get_engine(database[0])
     event.listen(engine, "before_cursor_execute", record)
     try:
@@ -115,7 +125,7 @@ def _run(job_id: uuid.UUID, gateway: Any) -> Finished:
     return outcome
 
 
-def _run_outcome(job_id: uuid.UUID, gateway: Any) -> Outcome:
+def _run_outcome(job_id: uuid.UUID, gateway: Any, create: Any = None) -> Outcome:
     published: list[uuid.UUID] = []
     return run_job(
         job_id,
@@ -124,6 +134,7 @@ def _run_outcome(job_id: uuid.UUID, gateway: Any) -> Outcome:
         publish=published.append,
         publish_webhooks=lambda ids: None,
         holder="round-trips-test",
+        create=create,
     )
 
 
@@ -291,3 +302,46 @@ def test_a_reply_that_arrives_after_a_cancel_keeps_its_usage_on_the_cancelled_jo
     assert _rows(engine, "SELECT job_cancelled FROM token_usage WHERE job_id = :id", id=job_id) == [
         (True,)
     ]
+
+
+def test_a_foreign_first_turn_is_written_and_claimed_in_one_round_trip_and_one_commit(
+    database: tuple[str, Engine], statements: list[tuple[str, bool]], gateway: GatewayClient
+) -> None:
+    _, engine = database
+    request = validate_request(
+        model=MODEL, messages=[{"role": "user", "content": "a foreign first turn"}]
+    )
+    job_id = uuid.uuid4()
+
+    outcome = _run_outcome(job_id, gateway, create=request)
+
+    assert isinstance(outcome, Finished) and outcome.result["status"] == "succeeded"
+    assert statements == [("first turn + ranking", True), ("success", True)]
+    # Written and claimed in one transaction: the claim's now() is the insert's.
+    assert _rows(
+        engine,
+        "SELECT created_at = started_at, attempts FROM jobs WHERE id = :id",
+        id=job_id,
+    ) == [(True, 1)]
+    assert _rows(engine, "SELECT count(*) FROM conversations") == [(1,)]
+
+
+def test_a_foreign_first_turn_whose_id_is_taken_writes_and_claims_nothing(
+    database: tuple[str, Engine], statements: list[tuple[str, bool]], gateway: GatewayClient
+) -> None:
+    _, engine = database
+    taken = _job("the job that has this id")
+    request = validate_request(
+        model=MODEL, messages=[{"role": "user", "content": "another request, the same id"}]
+    )
+
+    with pytest.raises(IntegrityError) as raised:
+        _run_outcome(taken, gateway, create=request)
+
+    assert queries.id_taken(raised.value)
+    # The job already there is neither claimed nor changed, and no conversation was added.
+    assert _rows(
+        engine, "SELECT status, attempts, input_messages FROM jobs WHERE id = :id", id=taken
+    ) == [("queued", 0, [{"role": "user", "content": "the job that has this id"}])]
+    assert _rows(engine, "SELECT count(*) FROM job_attempts") == [(0,)]
+    assert _rows(engine, "SELECT count(*) FROM conversations") == [(1,)]

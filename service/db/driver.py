@@ -12,7 +12,7 @@ a connection lost that way is invalidated, so that the pool does not hand it out
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,31 +41,77 @@ class DriverStatement:
         return cls(str(clause.compile(dialect=_DIALECT)), frozenset(json))
 
 
+@dataclass(frozen=True, slots=True)
+class Bound:
+    """A statement with its parameters, to be run later (``together``)."""
+
+    statement: DriverStatement
+    params: Mapping[str, Any]
+
+
 def rows(executor: Executor, statement: DriverStatement, params: Mapping[str, Any]) -> list[Any]:
     """Run ``statement`` on ``executor``'s connection (joining a session's transaction);
     return its rows as named tuples."""
     connection = executor.connection() if isinstance(executor, Session) else executor
-    values = {
-        key: Jsonb(value) if key in statement.json and value is not None else value
-        for key, value in params.items()
-    }
-    driver = connection.connection.driver_connection
-    assert isinstance(driver, psycopg.Connection)
+    driver = _driver(connection)
     try:
         with driver.cursor(row_factory=namedtuple_row) as cursor:
             # Prepared at its first run on a connection, not its sixth (psycopg's
             # default): each of a new connection's first runs planned the statement anew,
             # 5 ms each for the ranking.
-            cursor.execute(statement.sql, values, prepare=True)
+            cursor.execute(statement.sql, _values(statement, params), prepare=True)
             return cursor.fetchall()
     except psycopg.Error as exc:
-        raise _as_sqlalchemy(connection, driver, statement, exc) from exc
+        raise _as_sqlalchemy(connection, driver, statement.sql, exc) from exc
+
+
+def together(connection: Connection, statements: Sequence[Bound]) -> list[list[Any]]:
+    """Run ``statements`` in one round trip and one transaction on an autocommit
+    ``connection``; return each one's rows, in order.
+
+    They are sent at once (psycopg's pipeline mode) and followed by one Sync, so the
+    server runs them as one implicit transaction: each sees what the ones before it
+    wrote, and they commit together at the end (one commit, one WAL flush), or, when one
+    fails, none of them takes effect and its error is raised."""
+    driver = _driver(connection)
+    if not driver.autocommit:
+        raise RuntimeError("together() needs an autocommit connection: its Sync commits")
+    cursors: list[psycopg.Cursor[Any]] = []
+    try:
+        try:
+            with driver.pipeline():
+                for bound in statements:
+                    cursor = driver.cursor(row_factory=namedtuple_row)
+                    cursors.append(cursor)
+                    cursor.execute(
+                        bound.statement.sql, _values(bound.statement, bound.params), prepare=True
+                    )
+            return [cursor.fetchall() for cursor in cursors]
+        finally:
+            for cursor in cursors:
+                cursor.close()
+    except psycopg.Error as exc:
+        sql = ";\n".join(bound.statement.sql for bound in statements)
+        raise _as_sqlalchemy(connection, driver, sql, exc) from exc
+
+
+def _driver(connection: Connection) -> psycopg.Connection[Any]:
+    driver = connection.connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
+    return driver
+
+
+def _values(statement: DriverStatement, params: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        key: Jsonb(value) if key in statement.json and value is not None else value
+        for key, value in params.items()
+    }
 
 
 def _as_sqlalchemy(
     connection: Connection,
     driver: psycopg.Connection[Any],
-    statement: DriverStatement,
+    sql: str,
     exc: psycopg.Error,
 ) -> Exception:
     """The exception SQLAlchemy raises for ``exc``; a lost connection is invalidated."""
@@ -76,7 +122,7 @@ def _as_sqlalchemy(
         connection.engine.pool._invalidate(connection.connection, exc)
         connection.invalidate(exc)
     return DBAPIError.instance(
-        statement.sql,
+        sql,
         None,  # never the values: they hold prompts and replies
         exc,
         psycopg.Error,

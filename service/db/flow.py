@@ -198,24 +198,31 @@ def ranking(
     limit: int,
     rank: bool = True,
     claim: Lease | None = None,
+    first: driver.Bound | None = None,
 ) -> Ranking:
     """Read the message's job if it is pending, due and its turn; with ``rank``, also the
     ``limit`` best-ranked eligible jobs. With ``claim``, when there is nothing to decide,
     also claim the message's own job (``Ranking.claim_row``). One round trip; nothing is
-    locked but the job claimed."""
-    rows = driver.rows(
-        session,
-        _RANKING_STATEMENT,
-        {
-            "id": job_id,
-            "aging": aging_s,
-            "limit": limit,
-            "rank": rank,
-            "claim": claim is not None,
-            "lease_seconds": claim.seconds if claim is not None else None,
-            "holder": claim.holder if claim is not None else None,
-        },
-    )
+    locked but the job claimed.
+
+    ``first``: a statement run just before, in the same round trip and transaction (the
+    message's job written by it: a foreign first turn), on an autocommit connection. They
+    commit together, or neither does."""
+    params = {
+        "id": job_id,
+        "aging": aging_s,
+        "limit": limit,
+        "rank": rank,
+        "claim": claim is not None,
+        "lease_seconds": claim.seconds if claim is not None else None,
+        "holder": claim.holder if claim is not None else None,
+    }
+    if first is None:
+        rows = driver.rows(session, _RANKING_STATEMENT, params)
+    else:
+        if isinstance(session, Session):
+            raise TypeError("a statement run first needs an autocommit connection, not a session")
+        rows = driver.together(session, [first, driver.Bound(_RANKING_STATEMENT, params)])[1]
     own: Pending | None = None
     candidates: list[Pending] = []
     for row in rows[:-1]:

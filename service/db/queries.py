@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Row, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.db import driver
@@ -128,15 +129,13 @@ def _conversation_for(session: Session, request: CompletionRequest) -> tuple[uui
 # (a redelivered foreign message, or a concurrent insert of the same id) writes nothing at
 # all, so the statement is atomic by itself. The job's foreign key to its conversation is
 # checked at the end of the statement, when both rows exist.
-_CREATE_NEW = DriverStatement.of(
-    text(
-        """
+_CREATE_NEW_SQL = """
 WITH job AS (
     INSERT INTO jobs (id, conversation_id, status, model, params, input_messages, tenant,
                       metadata, request_hash, callback_url, surface, created_by, priority)
     VALUES (:id, :conversation_id, 'queued', :model, :params, :input_messages, :tenant, :meta,
             :request_hash, :callback_url, :surface, :created_by, :priority)
-    ON CONFLICT DO NOTHING
+    {on_conflict}
     RETURNING id, conversation_id
 ),
 conversation AS (
@@ -145,9 +144,33 @@ conversation AS (
 )
 SELECT id FROM job
 """
-    ),
-    json=("meta", "params", "input_messages"),
+_JSON = ("meta", "params", "input_messages")
+_CREATE_NEW = DriverStatement.of(
+    text(_CREATE_NEW_SQL.format(on_conflict="ON CONFLICT DO NOTHING")), json=_JSON
 )
+# The same, for a first turn written in one transaction with its claim: a taken id must
+# fail it (a unique violation), so that the claim that follows, which would take the job
+# already there, is undone with it.
+_CREATE_NEW_OR_FAIL = DriverStatement.of(text(_CREATE_NEW_SQL.format(on_conflict="")), json=_JSON)
+
+
+def _first_turn_values(
+    request: CompletionRequest, job_id: uuid.UUID | None, created_by: str | None
+) -> dict[str, Any]:
+    return {
+        "id": job_id or uuid.uuid4(),
+        "conversation_id": uuid.uuid4(),
+        "model": request.model,
+        "params": request.params,
+        "input_messages": list(request.messages),
+        "tenant": request.tenant,
+        "meta": request.metadata,
+        "request_hash": request.fingerprint(),
+        "callback_url": request.callback_url,
+        "surface": request.surface,
+        "created_by": created_by,
+        "priority": request.priority,
+    }
 
 
 def create_first_turn(
@@ -160,25 +183,26 @@ def create_first_turn(
     (atomic by itself, so it may run on an autocommit connection); None, with nothing
     written, when the job id is taken. For a request with no conversation and no
     idempotency key."""
-    created = driver.rows(
-        executor,
-        _CREATE_NEW,
-        {
-            "id": job_id or uuid.uuid4(),
-            "conversation_id": uuid.uuid4(),
-            "model": request.model,
-            "params": request.params,
-            "input_messages": list(request.messages),
-            "tenant": request.tenant,
-            "meta": request.metadata,
-            "request_hash": request.fingerprint(),
-            "callback_url": request.callback_url,
-            "surface": request.surface,
-            "created_by": created_by,
-            "priority": request.priority,
-        },
-    )
+    created = driver.rows(executor, _CREATE_NEW, _first_turn_values(request, job_id, created_by))
     return created[0].id if created else None
+
+
+def is_first_turn(request: CompletionRequest) -> bool:
+    """Whether ``request`` is written by ``create_first_turn``: a new conversation's first
+    turn without an idempotency key."""
+    return request.conversation_id is None and request.idempotency_key is None
+
+
+def first_turn_or_fail(request: CompletionRequest, job_id: uuid.UUID) -> driver.Bound:
+    """``create_first_turn``'s statement for ``job_id``, to be run before another in the same
+    transaction (``driver.together``): a taken id raises ``IntegrityError`` (see
+    ``id_taken``), and nothing of the transaction takes effect."""
+    return driver.Bound(_CREATE_NEW_OR_FAIL, _first_turn_values(request, job_id, None))
+
+
+def id_taken(exc: IntegrityError) -> bool:
+    """Whether ``exc`` is a job insert that found its id taken."""
+    return getattr(getattr(exc.orig, "diag", None), "constraint_name", None) == "pk_jobs"
 
 
 def create_job(
@@ -197,7 +221,7 @@ def create_job(
     another tenant raises ConversationNotFound, as an unknown one does. ``created_by``
     records the API key that asked.
     """
-    if request.conversation_id is None and request.idempotency_key is None:
+    if is_first_turn(request):
         created = create_first_turn(session, request, job_id, created_by)
         if created is not None:
             return created, True

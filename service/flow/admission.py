@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from service import constants as c
 from service import views
 from service.config import Settings
-from service.db import attempts, queries
+from service.db import attempts, driver, queries
 from service.db import flow as flow_db
 from service.db.models import Job
 from service.db.session import Executor
@@ -165,6 +165,7 @@ def rank(
     *,
     own_only: bool = False,
     claim: flow_db.Lease | None = None,
+    first: driver.Bound | None = None,
 ) -> flow_db.Ranking:
     """Read the message's job and the best-ranked pending jobs, locking nothing; with
     ``claim``, also claim the message's own job when there is nothing to decide (no limit or
@@ -172,7 +173,10 @@ def rank(
     one round trip and no transaction (``plain`` is their admission).
 
     ``own_only``: the message's sender waits for its result (a foreign Celery producer), so
-    it runs its own job or none; it still counts as a candidate for other messages."""
+    it runs its own job or none; it still counts as a candidate for other messages.
+
+    ``first``: the statement writing the message's job, run with the ranking in one round
+    trip and transaction (``flow_db.ranking``)."""
     return flow_db.ranking(
         executor,
         job_id,
@@ -180,6 +184,7 @@ def rank(
         limit=c.FLOW_CANDIDATES,
         rank=not own_only,
         claim=claim,
+        first=first,
     )
 
 

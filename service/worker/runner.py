@@ -15,7 +15,7 @@ from service import constants as c
 from service import metrics, views
 from service.completion import Completion
 from service.config import Settings
-from service.db import attempts, queries
+from service.db import attempts, driver, queries
 from service.db import flow as flow_db
 from service.db.session import UNAVAILABLE, autocommit, transaction, unavailable_because
 from service.errors import GatewayError, InternalError
@@ -105,6 +105,7 @@ def run_job(
     holder: str | None = None,
     active: ActiveJobs | None = None,
     own_only: bool = False,
+    create: queries.CompletionRequest | None = None,
 ) -> Outcome:
     """Take the job through one attempt and say what should happen next.
 
@@ -112,8 +113,14 @@ def run_job(
     lease first, and the outcome is written in a second short transaction that checks the
     attempt still owns the job, so a duplicate delivery cannot store a second reply. While
     the attempt runs, ``active`` lets the worker's heartbeat renew its lease.
+
+    ``create``: the request of a first turn not written yet (a foreign message's), written
+    as ``job_id`` in the claim's round trip and transaction. An id already taken raises
+    ``IntegrityError`` (``queries.id_taken``) with nothing written or claimed; any other
+    failure of that round trip raises too, and leaves nothing written either.
     """
-    gate, claim = _claim(job_id, settings, own_only=own_only, holder=holder)
+    first = queries.first_turn_or_fail(create, job_id) if create is not None else None
+    gate, claim = _claim(job_id, settings, own_only=own_only, holder=holder, first=first)
     finished: dict[str, Any] | None = None
     if isinstance(claim, attempts.AlreadyFinished) or job_id in gate.failed:
         with transaction() as session:
@@ -165,16 +172,24 @@ def run_job(
 
 
 def _claim(
-    job_id: uuid.UUID, settings: Settings, *, own_only: bool, holder: str | None
+    job_id: uuid.UUID,
+    settings: Settings,
+    *,
+    own_only: bool,
+    holder: str | None,
+    first: driver.Bound | None,
 ) -> tuple[admission.Admission, attempts.ClaimOutcome | None]:
     """Flow control's step at claim (service.flow), then the claim of the job it chose.
 
     Most claims have nothing to decide: the message runs its own job, claimed by the
     ranking's statement itself on an autocommit connection (one round trip, where a
-    transaction took four). The others decide in a transaction."""
+    transaction took four; with ``first``, the job's insert, still one round trip and one
+    commit). The others decide in a transaction."""
     lease = flow_db.Lease(settings.lease_seconds, holder)
     with autocommit() as conn:
-        ranking = admission.rank(conn, job_id, settings, own_only=own_only, claim=lease)
+        ranking = admission.rank(
+            conn, job_id, settings, own_only=own_only, claim=lease, first=first
+        )
     if ranking.claim_row is not None:
         return admission.plain(ranking, job_id), attempts.claim_outcome(ranking.claim_row, job_id)
     with transaction() as session:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Task
 from celery.app.task import get_actual_ignore_result
@@ -16,22 +16,23 @@ from celery.signals import (
     worker_process_shutdown,
     worker_ready,
 )
+from sqlalchemy.exc import IntegrityError
 
 from service import constants as c
 from service.config import get_settings
 from service.db import queries
-from service.db.session import UNAVAILABLE, autocommit, transaction, unavailable_because
+from service.db.session import UNAVAILABLE, transaction, unavailable_because
 from service.errors import EzqCallerError
 from service.gateway import GatewayClient
 from service.live import publisher as live_publisher
 from service.logsetup import install_redaction, receipts_at_debug_only
-from service.validation import validate_request
+from service.validation import CompletionRequest, validate_request
 from service.webhooks.tasks import publish_deliveries
 from service.worker import maintenance
 from service.worker.app import app
 from service.worker.deadletter import set_aside
 from service.worker.dispatch import publish_jobs
-from service.worker.runner import Finished, LeftAlone, Parked, RunAgainLater, run_job
+from service.worker.runner import Finished, LeftAlone, Outcome, Parked, RunAgainLater, run_job
 from service.worker.sweep import sweep as run_sweep
 from service.worker.warmup import warm_up
 
@@ -73,20 +74,9 @@ class JobFailed(Exception):
     """The job ended ``failed``; the message carries the job's error."""
 
 
-def _create_foreign_job(job_id: uuid.UUID, fields: dict[str, Any]) -> uuid.UUID:
-    """Write the job row for a message sent by a producer that does not use our code."""
-    request = validate_request(
-        max_request_bytes=get_settings().ezq_max_request_bytes,
-        **fields,
-    )
-    if request.conversation_id is None and request.idempotency_key is None:
-        # The common case, a first turn: one statement, atomic by itself, on an autocommit
-        # connection (one round trip instead of three). A job id already taken (this
-        # message delivered again) writes nothing and goes the general way below.
-        with autocommit() as conn:
-            created = queries.create_first_turn(conn, request, job_id)
-        if created is not None:
-            return created
+def _create_foreign_job(job_id: uuid.UUID, request: CompletionRequest) -> uuid.UUID:
+    """Write the job row for a message sent by a producer that does not use our code (a
+    first turn is written by its claim instead, see ``_run``)."""
     with transaction() as session:
         effective_id, _ = queries.create_job(session, request, job_id=job_id)
     return effective_id
@@ -152,10 +142,20 @@ def chat_completion(
         "surface": surface,
         "priority": priority,
     }
+    # A foreign message's first turn (the common case): not written here, but by its claim,
+    # in the same round trip and transaction (one commit where there were two).
+    first_turn: CompletionRequest | None = None
     try:
         the_id = _job_id(job_id, self.request.id)
         if model is not None or messages is not None:
-            the_id = _create_foreign_job(the_id, fields)
+            request = validate_request(
+                max_request_bytes=get_settings().ezq_max_request_bytes, **fields
+            )
+            if queries.is_first_turn(request):
+                first_turn = request
+            else:
+                the_id = _create_foreign_job(the_id, request)
+        outcome = _run(self, the_id, first_turn)
     except EzqCallerError as exc:
         set_aside(
             {"args": list(self.request.args or ()), "kwargs": self.request.kwargs or {}},
@@ -175,24 +175,6 @@ def chat_completion(
             unavailable_because(exc),
         )
         _retry(self, None, countdown=5.0)
-    try:
-        outcome = run_job(
-            the_id,
-            gateway=gateway(),
-            settings=get_settings(),
-            publish=_publish_one,
-            deliveries=self.request.retries,
-            publish_webhooks=publish_deliveries,
-            holder=maintenance.identity.id,
-            active=maintenance.active_jobs,
-            # A producer waiting on this message's result must get its own job's result:
-            # the message then runs its own job only (see service.flow.admission).
-            own_only=not get_actual_ignore_result(self, self.request),
-        )
-    except UNAVAILABLE as exc:
-        # The database is unreachable before anything was decided: deliver again later.
-        log.warning("[job=%s] database unavailable, retrying: %s", the_id, unavailable_because(exc))
-        _retry(self, the_id, countdown=5.0)
     if isinstance(outcome, Finished):
         live_publisher.job_ended(outcome.result)
         if outcome.failed:
@@ -209,7 +191,45 @@ def chat_completion(
     raise Ignore()
 
 
-def _retry(task: Task, job_id: uuid.UUID | None, *, countdown: float) -> None:
+def _run(task: Task, job_id: uuid.UUID, first_turn: CompletionRequest | None) -> Outcome:
+    """``run_job`` for the message's job; ``first_turn``: its request, written by the claim.
+    An outage of the database before anything was decided delivers the message again."""
+
+    def run(job_id: uuid.UUID, create: CompletionRequest | None) -> Outcome:
+        return run_job(
+            job_id,
+            gateway=gateway(),
+            settings=get_settings(),
+            publish=_publish_one,
+            deliveries=task.request.retries,
+            publish_webhooks=publish_deliveries,
+            holder=maintenance.identity.id,
+            active=maintenance.active_jobs,
+            # A producer waiting on this message's result must get its own job's result:
+            # the message then runs its own job only (see service.flow.admission).
+            own_only=not get_actual_ignore_result(task, task.request),
+            create=create,
+        )
+
+    try:
+        if first_turn is None:
+            return run(job_id, None)
+        try:
+            return run(job_id, first_turn)
+        except IntegrityError as exc:
+            if not queries.id_taken(exc):
+                raise
+        # Its id is taken, and nothing was written or claimed: this message was delivered
+        # before (its job exists), or it names another job's id. The general way says which.
+        return run(_create_foreign_job(job_id, first_turn), None)
+    except UNAVAILABLE as exc:
+        if first_turn is not None:
+            raise  # its job may not be written: the caller gives the message back
+        log.warning("[job=%s] database unavailable, retrying: %s", job_id, unavailable_because(exc))
+        _retry(task, job_id, countdown=5.0)
+
+
+def _retry(task: Task, job_id: uuid.UUID | None, *, countdown: float) -> NoReturn:
     """Deliver the message again after ``countdown``. If the broker refuses, park the job
     for the sweep; a job with no row yet (``job_id`` None: its foreign message is all there
     is of it) gives its message back unacknowledged instead."""
