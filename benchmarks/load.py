@@ -374,14 +374,24 @@ def run_paced(
         receiver.wait_for(len(range(0, jobs, 4)), "/hook", timeout=120)
         hooks = _receiver_times(receiver)
     first_byte = gateway.received_at()
-    finished = dict(
-        conn.execute(
-            "SELECT id::text, extract(epoch FROM finished_at)::float8 FROM jobs WHERE tenant = %s",
+    # started_at is the claim's transaction's start on the server: it splits the wait
+    # into the broker and the worker's hand-over before it, the claim and the gateway
+    # request after it.
+    times = {
+        job: (started, finished)
+        for job, started, finished in conn.execute(
+            "SELECT id::text, extract(epoch FROM started_at)::float8,"
+            " extract(epoch FROM finished_at)::float8 FROM jobs WHERE tenant = %s",
             (tenant,),
         ).fetchall()
-    )
+    }
+    finished = {job: f for job, (_, f) in times.items()}
     steady = sent.items()
     to_gateway = sorted((first_byte[j] - t) * 1e3 for j, (i, t) in steady if i >= starting)
+    to_claim = sorted((times[j][0] - t) * 1e3 for j, (i, t) in steady if i >= starting)
+    claim_to_gateway = sorted(
+        (first_byte[j] - times[j][0]) * 1e3 for j, (i, _) in steady if i >= starting
+    )
     at_start = sorted((first_byte[j] - t) * 1e3 for j, (i, t) in steady if i < starting)
     to_hook = sorted(
         (hooks[j] - finished[j]) * 1e3 for j, (i, _) in steady if i >= starting and j in hooks
@@ -391,6 +401,8 @@ def run_paced(
         "jobs": jobs - starting,
         "first_byte_p50": statistics.median(to_gateway),
         "first_byte_p99": _percentile(to_gateway, 0.99),
+        "to_claim_p50": statistics.median(to_claim),
+        "claim_to_first_byte_p50": statistics.median(claim_to_gateway),
         "webhook_p50": statistics.median(to_hook),
         "start_jobs": starting,
         "start_p50": statistics.median(at_start) if at_start else 0.0,
@@ -443,6 +455,10 @@ def _print(
             f" enqueue -> first gateway byte p50 {paced['first_byte_p50']:.1f} ms,"
             f" p99 {paced['first_byte_p99']:.1f} ms; final commit -> webhook received p50"
             f" {paced['webhook_p50']:.1f} ms"
+        )
+        print(
+            f"  enqueue -> the claim's transaction p50 {paced['to_claim_p50']:.1f} ms, then"
+            f" -> first gateway byte p50 {paced['claim_to_first_byte_p50']:.1f} ms"
         )
         print(
             f"  (the {paced['start_jobs']:.0f} jobs of the worker's first {START_S:g} s before"

@@ -74,3 +74,45 @@ def test_together_refuses_a_connection_in_a_transaction(own_database: tuple[str,
         conn.execute(text("SELECT 1"))
         with pytest.raises(RuntimeError, match="autocommit"):
             driver.together(conn, [driver.Bound(_COUNT, {"id": 1})])
+
+
+def test_a_name_used_twice_is_one_placeholder_and_json_is_sent_as_a_document(
+    own_database: tuple[str, Any],
+) -> None:
+    _, engine = own_database
+    statement = driver.DriverStatement.of(
+        text(
+            "SELECT CAST(:n AS integer) * CAST(:n AS integer) AS square,"
+            " CAST(:doc AS jsonb) ->> 'k' AS k, '100%' AS literal, CAST(:none AS jsonb) AS none"
+        ),
+        json=("doc", "none"),
+    )
+    assert statement.names == ("n", "doc", "none")
+    assert "$1" in statement.sql and "%(" not in statement.sql
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        (row,) = driver.rows(conn, statement, {"n": 7, "doc": {"k": "v"}, "none": None})
+    assert (row.square, row.k, row.literal, row.none) == (49, "v", "100%", None)
+
+
+def test_a_statement_longer_than_psycopgs_query_cache_runs_with_its_values(
+    own_database: tuple[str, Any],
+) -> None:
+    # psycopg caches its parse of %(name)s placeholders only for statements under 4 KB;
+    # the ranking is longer. Numbered placeholders need no parse at all.
+    _, engine = own_database
+    padding = " ".join(f"CAST(:p{i} AS integer) AS c{i}," for i in range(150))
+    statement = driver.DriverStatement.of(text(f"SELECT {padding} CAST(:p0 AS text) AS again"))
+    assert len(statement.query) > 4096
+    params = {f"p{i}": i for i in range(150)}
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        (row,) = driver.rows(conn, statement, params)
+    assert (row.c0, row.c149, row.again) == (0, 149, "0")
+
+
+def test_a_missing_value_is_named(own_database: tuple[str, Any]) -> None:
+    _, engine = own_database
+    with (
+        engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn,
+        pytest.raises(TypeError, match="no value for the statement's parameter 'id'"),
+    ):
+        driver.rows(conn, _COUNT, {"other": 1})
