@@ -188,7 +188,10 @@ def _producer(queue: str) -> Celery:
     return app
 
 
-def _send(app: Celery, queue: str, tenant: str, text: str, **extra: Any) -> str:
+def _send(app: Celery, queue: str, tenant: str, text: str, *, results: bool, **extra: Any) -> str:
+    """A job sent by task name; with ``results``, as a producer that waits for the job's
+    result sends it (Celery's default): the worker then runs the message's own job only,
+    and stores its result."""
     task_id = str(uuid.uuid4())
     app.send_task(
         TASK,
@@ -200,7 +203,7 @@ def _send(app: Celery, queue: str, tenant: str, text: str, **extra: Any) -> str:
             "tenant": tenant,
             **extra,
         },
-        ignore_result=True,
+        ignore_result=not results,
     )
     return task_id
 
@@ -271,6 +274,8 @@ def run_ezq(
     backends: Backends,
     redis_pid: int,
     processes: int = 1,
+    *,
+    results: bool = False,
 ) -> None:
     queue = env["EZQ_QUEUE"]
     tenant = f"load-{secrets.token_hex(4)}"
@@ -291,7 +296,7 @@ def run_ezq(
         r0, g0 = cpu_seconds(redis_pid), cpu_seconds(gateway.proc.pid)
         start = time.perf_counter()
         for i in range(row.jobs):
-            _send(app, queue, tenant, f"load job {i}")
+            _send(app, queue, tenant, f"load job {i}", results=results)
         _wait_done(
             conn,
             tenant,
@@ -347,6 +352,8 @@ def run_paced(
     env: dict[str, str],
     conn: psycopg.Connection[Any],
     secret: str,
+    *,
+    results: bool = False,
 ) -> dict[str, float]:
     """Jobs at a steady ``rate``, every fourth with a webhook, to a worker just started:
     the latency percentiles over ``seconds`` after its first ``START_S``, and over those."""
@@ -369,7 +376,7 @@ def run_paced(
             at = time.time()
             # A webhook delivery is a task of its own: on every job it would add load.
             extra = {"callback_url": callback} if i % 4 == 0 else {}
-            sent[_send(app, queue, tenant, f"paced job {i}", **extra)] = (i, at)
+            sent[_send(app, queue, tenant, f"paced job {i}", results=results, **extra)] = (i, at)
         _wait_done(conn, tenant, jobs, lambda: None, timeout=300)
         receiver.wait_for(len(range(0, jobs, 4)), "/hook", timeout=120)
         hooks = _receiver_times(receiver)
@@ -497,6 +504,13 @@ def main() -> None:
         " rate compares two versions of the code at the same load",
     )
     parser.add_argument(
+        "--results",
+        action="store_true",
+        help="send as a producer that waits for results (Celery's default): each message"
+        " runs its own job only (the default sends with ignore_result, as a fire-and-forget"
+        " producer does)",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=1,
@@ -531,7 +545,16 @@ def main() -> None:
                     raws, ezqs = [], []
                     for _ in range(max(1, args.repeat)):
                         run_raw(row, gateway)
-                        run_ezq(row, gateway, env, conn, backends, redis_pid, args.workers)
+                        run_ezq(
+                            row,
+                            gateway,
+                            env,
+                            conn,
+                            backends,
+                            redis_pid,
+                            args.workers,
+                            results=args.results,
+                        )
                         raws.append(row.raw)
                         ezqs.append(row.ezq)
                         row.ratios.append(row.ezq["per_s"] / row.raw["per_s"])
@@ -547,7 +570,9 @@ def main() -> None:
                 if rate is None and saturated is not None:
                     rate = saturated.ezq["per_s"] / 2
                 if paced_s > 0 and rate is not None:
-                    paced = run_paced(rate, paced_s, gateway, env, conn, secret)
+                    paced = run_paced(
+                        rate, paced_s, gateway, env, conn, secret, results=args.results
+                    )
     finally:
         gateway.stop()
     _print(rows, paced, args.words, args.workers, paced_fixed=args.paced_rate is not None)

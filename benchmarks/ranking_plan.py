@@ -8,12 +8,18 @@ table of a few jobs. Here each variant runs on a connection of its own: prepared
 a table of one job, then, after ``--jobs`` queued first turns were added, timed in
 alternating rounds; then again after an ANALYZE (the plans each variant settles on).
 
+Then the claim of a message whose sender waits for its result (a foreign producer's first
+turn written and its job claimed in one round trip, ranking nothing else) with ``rank`` written into the ranking (now) and sent as a
+parameter (before), each on a connection of its own, in alternating rounds, with how many
+of each statement's runs Postgres planned anew (``pg_prepared_statements.custom_plans``).
+
     python -m benchmarks.ranking_plan [--jobs 5000] [--rounds 10] [--runs 50]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import time
@@ -36,6 +42,7 @@ def main() -> None:
     with throwaway_database(ADMIN_DSN, prefix="ezq_bench_rank") as url:
         os.environ.update(DATABASE_URL=url, EZROUTER_API_KEY="sk-bench")
         measure(args.jobs, args.rounds, args.runs)
+        measure_rank_written_in(args.rounds, args.runs)
 
 
 def _create(count: int) -> list[uuid.UUID]:
@@ -58,11 +65,12 @@ def _create(count: int) -> list[uuid.UUID]:
 
 
 def measure(jobs: int, rounds: int, runs: int) -> None:
-    from service.db import driver, flow
+    from service.db import flow
     from service.db.session import dispose_engines, get_engine
 
-    with_probe = flow._RANKING_STATEMENT
-    without = driver.DriverStatement(with_probe.sql.replace("OFFSET 0", ""), with_probe.json)
+    with_probe = flow._RANKING_STATEMENTS[True]
+    sql = with_probe.sql.replace("OFFSET 0", "")
+    without = dataclasses.replace(with_probe, sql=sql, query=sql.encode())
     assert without.sql != with_probe.sql
     variants = {"index probe (now)": with_probe, "anti-join (before)": without}
     engine = get_engine()
@@ -72,11 +80,11 @@ def measure(jobs: int, rounds: int, runs: int) -> None:
             conn.execution_options(isolation_level="AUTOCOMMIT")
 
         def rank(name: str, job_id: uuid.UUID) -> Any:
-            flow._RANKING_STATEMENT = variants[name]
+            flow._RANKING_STATEMENTS[True] = variants[name]
             try:
                 return flow.ranking(conns[name], job_id, aging_s=60, limit=4)
             finally:
-                flow._RANKING_STATEMENT = with_probe
+                flow._RANKING_STATEMENTS[True] = with_probe
 
         (first,) = _create(1)
         for name in variants:
@@ -95,6 +103,66 @@ def measure(jobs: int, rounds: int, runs: int) -> None:
         dispose_engines()
 
 
+def measure_rank_written_in(rounds: int, runs: int) -> None:
+    from sqlalchemy import text
+
+    from service.db import driver, flow, queries
+    from service.db.session import dispose_engines, get_engine
+    from service.validation import validate_request
+
+    variants = {
+        "rank written in (now)": flow._RANKING_STATEMENTS[False],
+        "rank a parameter (before)": driver.DriverStatement.of(text(flow._RANKING)),
+    }
+    engine = get_engine()
+    conns = {name: engine.connect() for name in variants}
+    request = validate_request(model="glm-5.1", messages=[{"role": "user", "content": "hi"}])
+    try:
+        for conn in conns.values():
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+
+        def claim(name: str) -> None:
+            """A first turn written and claimed, as a foreign producer's message is; then
+            ended, so that the queue stays as it was."""
+            job_id = uuid.uuid4()
+            params = {
+                "id": job_id,
+                "aging": 60.0,
+                "limit": 4,
+                "rank": False,  # used by the statement that has it as a parameter
+                "claim": True,
+                "lease_seconds": 60.0,
+                "holder": "bench",
+            }
+            first = queries.first_turn_or_fail(request, job_id)
+            rows = driver.together(conns[name], [first, driver.Bound(variants[name], params)])
+            assert rows[1][-1].attempt == 1, "the job was not claimed"
+            conns[name].exec_driver_sql(
+                "UPDATE jobs SET status = 'succeeded', finished_at = now(),"
+                " lease_expires_at = NULL WHERE id = %(id)s",
+                {"id": job_id},
+            )
+
+        print(
+            "\nA claim whose sender waits for the result (a foreign first turn written and"
+            " claimed, nothing else ranked; ms per claim)"
+        )
+        _compare(variants, claim, rounds, runs)
+        for name, conn in conns.items():
+            planned = conn.exec_driver_sql(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                " WHERE statement LIKE '%%WITH RECURSIVE tenants%%'"
+            ).one()
+            print(
+                f"  {name:<26} runs on a plan kept {planned.generic_plans},"
+                f" planned anew {planned.custom_plans}"
+            )
+    finally:
+        for conn in conns.values():
+            conn.close()
+        dispose_engines()
+
+
 def _compare(variants: dict[str, Any], run: Callable[[str], Any], rounds: int, runs: int) -> None:
     per_round: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
@@ -106,7 +174,7 @@ def _compare(variants: dict[str, Any], run: Callable[[str], Any], rounds: int, r
     medians = {name: statistics.median(values) for name, values in per_round.items()}
     for name, value in medians.items():
         print(
-            f"  {name:<20} median {value:7.2f} ms   rounds {min(per_round[name]):.2f}"
+            f"  {name:<26} median {value:7.2f} ms   rounds {min(per_round[name]):.2f}"
             f" to {max(per_round[name]):.2f}"
         )
     now, before = medians.values()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
@@ -41,8 +42,9 @@ def _whole_table_reads(conn: Connection) -> int:
     )
 
 
+@pytest.mark.parametrize("rank", [True, False], ids=["ranking others", "own job only"])
 def test_a_ranking_planned_on_a_small_table_reads_no_whole_table_once_it_grew(
-    own_database: tuple[str, Engine],
+    own_database: tuple[str, Engine], rank: bool
 ) -> None:
     _, engine = own_database
     (first,) = _jobs(engine, 1)
@@ -50,14 +52,14 @@ def test_a_ranking_planned_on_a_small_table_reads_no_whole_table_once_it_grew(
         # The plan is made at this first run, from a one-job table, and kept: as Postgres
         # keeps a prepared statement's plan from its sixth run until the next ANALYZE.
         conn.execute(text("SET plan_cache_mode = force_generic_plan"))
-        assert flow.ranking(conn, first, aging_s=60, limit=4).own is not None
+        assert flow.ranking(conn, first, aging_s=60, limit=4, rank=rank).own is not None
         conn.commit()
 
         grown = _jobs(engine, 300)
         assert _whole_table_reads(conn) == 0
         for job_id in (first, grown[150], grown[-1]):
-            ranking = flow.ranking(conn, job_id, aging_s=60, limit=4)
+            ranking = flow.ranking(conn, job_id, aging_s=60, limit=4, rank=rank)
             assert ranking.own is not None and ranking.own.id == job_id
-            assert ranking.candidates, "the heads of the backlog are ranked"
+            assert bool(ranking.candidates) == rank, "the heads of the backlog are ranked"
         assert _whole_table_reads(conn) == 0
         conn.rollback()
