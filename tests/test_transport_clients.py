@@ -187,9 +187,36 @@ def test_a_closed_connection_leaves_the_event_loop() -> None:
             transport = connection.transport
             transport.register_with_event_loop(connection.connection, hub)
             assert transport._send_acks in hub.on_tick
+            assert transport._loop_closed in hub.on_close
         assert transport._send_acks not in hub.on_tick
+        assert transport._loop_closed not in hub.on_close
     finally:
         hub.close()
+
+
+def test_acks_left_for_a_closing_event_loop_reach_redis() -> None:
+    """kombu's hub, closing, runs the callbacks still waiting for a turn on the loop's
+    thread after its last turn: Celery's late acks of the tasks that ended during a warm
+    shutdown. They reach Redis, so that those messages are not delivered again."""
+    name = f"ezq-test-acks-{uuid.uuid4().hex[:8]}"
+    options = {"unacked_key": f"{name}:unacked", "unacked_index_key": f"{name}:unacked_index"}
+    hub = Hub()
+    with Connection(REDIS_URL, transport=Transport, transport_options=options) as connection:
+        channel = connection.default_channel
+        assert isinstance(channel, Channel)
+        channel.queue_declare(name)
+        try:
+            transport = connection.transport
+            transport.register_with_event_loop(connection.connection, hub)
+            transport._send_acks()  # a turn of the loop, on this thread
+            ended, running = _take(channel, name, 2)
+            hub.call_soon(ended.ack)  # as Celery's call_soon_ack does
+            hub.close()
+            assert _unacked(channel) == 1
+            assert running.delivery_tag in channel.qos._delivered
+        finally:
+            with channel.conn_or_acquire() as client:
+                client.delete(name, options["unacked_key"], options["unacked_index_key"])
 
 
 def test_acks_from_other_threads_reach_redis_at_once(

@@ -9,7 +9,10 @@ an item is kept aside as a dead letter instead, and the worker goes on.
 kombu acknowledges a message by removing it from the unacked bookkeeping (a sorted set
 and a hash) in a pipeline of its own: one Redis round trip per job, on the event loop's
 thread, which also reads every message. Acks made on that thread are collected instead
-and removed together once per turn of the loop, before it polls again (see ``QoS``).
+and removed together once per turn of the loop, before it polls again (see ``QoS``); when
+the loop closes, the acks made after its last turn (kombu's hub runs the callbacks left
+for a turn as it closes: Celery's late acks of the tasks that ended during a warm
+shutdown) go to Redis at once.
 """
 
 # kombu carries no type information.
@@ -167,13 +170,22 @@ class Transport(redis.Transport):
     # The thread the worker's event loop runs on, once it has turned (None before, and
     # outside a worker): acks made there are batched (see ``QoS``).
     loop_thread: int | None = None
-    # The loop's per-turn callbacks, once registered with it.
+    # The loop's per-turn and closing callbacks, once registered with it.
     _ticks: set[Any] | None = None
+    _closes: set[Any] | None = None
 
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
         super().register_with_event_loop(connection, loop)
         loop.on_tick.add(self._send_acks)
-        self._ticks = loop.on_tick
+        loop.on_close.add(self._loop_closed)
+        self._ticks, self._closes = loop.on_tick, loop.on_close
+
+    def _loop_closed(self, _loop: Any) -> None:
+        """The loop closes: its turns are over. kombu's hub then runs the callbacks still
+        waiting for a turn on this thread (Celery's late acks of the tasks that ended during
+        a warm shutdown): sent at once from now on, or nothing would send them."""
+        self._send_acks()
+        self.loop_thread = None
 
     def close_connection(self, connection: Any) -> None:
         super().close_connection(connection)  # closing its channels sends their acks
@@ -181,6 +193,8 @@ class Transport(redis.Transport):
         # being called at each turn.
         if self._ticks is not None:
             self._ticks.discard(self._send_acks)
+        if self._closes is not None:
+            self._closes.discard(self._loop_closed)
 
     def _send_acks(self) -> None:
         """At the end of each turn of the loop, before it polls: send the turn's acks."""
