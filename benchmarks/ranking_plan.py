@@ -9,9 +9,10 @@ a table of one job, then, after ``--jobs`` queued first turns were added, timed 
 alternating rounds; then again after an ANALYZE (the plans each variant settles on).
 
 Then the claim of a message whose sender waits for its result (a foreign producer's first
-turn written and its job claimed in one round trip, ranking nothing else) with ``rank`` written into the ranking (now) and sent as a
-parameter (before), each on a connection of its own, in alternating rounds, with how many
-of each statement's runs Postgres planned anew (``pg_prepared_statements.custom_plans``).
+turn written and its job claimed in one round trip, ranking nothing else) with ``rank``
+written into the ranking (now) and sent as a parameter (before), each on a connection of
+its own, in alternating rounds, with how many of each statement's runs Postgres planned
+anew (``pg_prepared_statements.custom_plans``).
 
     python -m benchmarks.ranking_plan [--jobs 5000] [--rounds 10] [--runs 50]
 """
@@ -69,8 +70,7 @@ def measure(jobs: int, rounds: int, runs: int) -> None:
     from service.db.session import dispose_engines, get_engine
 
     with_probe = flow._RANKING_STATEMENTS[True]
-    sql = with_probe.sql.replace("OFFSET 0", "")
-    without = dataclasses.replace(with_probe, sql=sql, query=sql.encode())
+    without = dataclasses.replace(with_probe, sql=with_probe.sql.replace("OFFSET 0", ""))
     assert without.sql != with_probe.sql
     variants = {"index probe (now)": with_probe, "anti-join (before)": without}
     engine = get_engine()

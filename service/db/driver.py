@@ -16,7 +16,7 @@ a connection lost that way is invalidated, so that the pool does not hand it out
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -41,14 +41,17 @@ class DriverStatement:
     sql: str
     names: tuple[str, ...]
     json_at: tuple[int, ...]
-    query: bytes  # ``sql`` encoded once, as psycopg sends it
+    query: bytes = field(init=False, repr=False)  # ``sql`` encoded once, as psycopg sends it
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "query", self.sql.encode())
 
     @classmethod
     def of(cls, clause: TextClause, *, json: Iterable[str] = ()) -> DriverStatement:
         compiled = clause.compile(dialect=_DIALECT)
         sql, names, documents = str(compiled), tuple(compiled.positiontup or ()), set(json)
         json_at = tuple(i for i, name in enumerate(names) if name in documents)
-        return cls(sql, names, json_at, sql.encode())
+        return cls(sql, names, json_at)
 
 
 @dataclass(frozen=True, slots=True)
