@@ -6,6 +6,11 @@ task message (``LPUSH``, as a next turn or a webhook delivery is published). Bot
 channels run side by side in alternating rounds against the local Redis; printed: the
 median over rounds of CPU per message, and the ratio.
 
+Then the other way: CPU and wall time per task message taken off a queue of waiting ones
+by a consumer that acknowledges each (prefetch 64, the acks sent once per read, as the
+worker's event loop sends them), one message per read as kombu takes them against ours,
+which takes those waiting behind BRPOP's in the same round trip as its bookkeeping.
+
     python -m benchmarks.broker_commands [--messages 3000] [--rounds 5]
 """
 
@@ -15,10 +20,11 @@ import argparse
 import os
 import secrets
 import statistics
+import threading
 import time
 from typing import Any
 
-from kombu import Connection, Exchange, Producer, Queue
+from kombu import Connection, Consumer, Exchange, Producer, Queue
 from kombu.transport import redis as kombu_redis
 
 from service.worker import transport
@@ -57,6 +63,45 @@ def cpu_per_message(transport_class: type[Any], kind: str, messages: int) -> flo
         return spent
 
 
+class OneAtATime(transport.Transport):
+    """Our transport taking one message per read, as kombu does."""
+
+    class Channel(transport.Channel):
+        take_at_most = 0
+
+
+def taking(transport_class: type[Any], messages: int, prefetch: int = 64) -> tuple[float, float]:
+    """CPU and wall seconds per message taken off a queue holding ``messages``."""
+    name = f"ezq-bench-take-{secrets.token_hex(4)}"
+    with Connection(BROKER, transport=transport_class) as connection:
+        channel = connection.default_channel
+        queue = Queue(name, Exchange(""), routing_key=name)
+        queue(channel).declare()
+        producer = Producer(channel)
+        body = {"task": "ezq.chat_completion", "kwargs": {"job_id": secrets.token_hex(16)}}
+        for _ in range(messages):
+            producer.publish(body, exchange="", routing_key=name)
+        taken = 0
+
+        def received(_body: Any, message: Any) -> None:
+            nonlocal taken
+            taken += 1
+            message.ack()
+
+        consumer = Consumer(channel, [queue], callbacks=[received])
+        consumer.qos(prefetch_count=prefetch)
+        consumer.consume()
+        channel.connection.loop_thread = threading.get_ident()  # acks batched per read
+        started, wall = time.process_time(), time.perf_counter()
+        while taken < messages:
+            connection.drain_events(timeout=5)
+            channel.connection._send_acks()
+        spent = (time.process_time() - started) / messages
+        elapsed = (time.perf_counter() - wall) / messages
+        queue(channel).delete()
+        return spent, elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=3000)
@@ -71,6 +116,20 @@ def main() -> None:
             before.append(cpu_per_message(KombuClients, kind, args.messages))
             after.append(cpu_per_message(transport.Transport, kind, args.messages))
         b, a = statistics.median(before) * 1e6, statistics.median(after) * 1e6
+        print(f"{label:>24}{b:>10.0f}{a:>10.0f}{a / b:>8.2f}")
+    print(
+        f"\nPer task message taken off a queue of {args.messages} (µs), prefetch 64,"
+        f" {args.rounds} alternating rounds, medians"
+    )
+    print(f"{'':>24}{'one/read':>10}{'ours':>10}{'ratio':>8}")
+    one: list[tuple[float, float]] = []
+    ours: list[tuple[float, float]] = []
+    for _ in range(args.rounds):
+        one.append(taking(OneAtATime, args.messages))
+        ours.append(taking(transport.Transport, args.messages))
+    for i, label in ((0, "CPU"), (1, "wall time")):
+        b = statistics.median(run[i] for run in one) * 1e6
+        a = statistics.median(run[i] for run in ours) * 1e6
         print(f"{label:>24}{b:>10.0f}{a:>10.0f}{a / b:>8.2f}")
 
 

@@ -13,6 +13,13 @@ and removed together once per turn of the loop, before it polls again (see ``QoS
 the loop closes, the acks made after its last turn (kombu's hub runs the callbacks left
 for a turn as it closes: Celery's late acks of the tasks that ended during a warm
 shutdown) go to Redis at once.
+
+kombu takes one message per BRPOP and then enters it in the unacked bookkeeping in a
+round trip of its own: two round trips on the event loop's thread for every message. Here
+the round trip that enters the message BRPOP returned also takes, when the queue has more
+and the worker has threads free for them, up to ``TAKE_AT_MOST`` more messages and enters
+them in the bookkeeping in the same step (one Lua script, so that a message is never off
+the queue without being in the bookkeeping); see ``Channel``.
 """
 
 # kombu carries no type information.
@@ -25,13 +32,60 @@ import binascii
 import json
 import logging
 import threading
+from time import time
 from typing import Any
 
 from kombu.transport import redis, virtual
+from kombu.utils.json import dumps, loads
 
 from service.worker.deadletter import set_aside
 
 log = logging.getLogger(__name__)
+
+# The most messages one round trip takes beyond the one BRPOP returned. The worker's free
+# threads bound it too (the channel's prefetch); this bounds the time the event loop spends
+# handing them over before it polls again.
+TAKE_AT_MOST = 32
+
+# KEYS: the unacked hash, its index, then the queue lists in the order BRPOP reads them.
+# ARGV: the time, how many more to take, and the message BRPOP returned: its delivery tag
+# and bookkeeping entry. That message is entered in the bookkeeping (as kombu's
+# ``QoS.append`` does), then up to ARGV[2] more are popped and each entered the same way:
+# its entry is the JSON array kombu writes, [message, exchange, routing key], built around
+# the message's own text. A popped item that is not such an envelope is returned not
+# entered (tag ''): the worker sets it aside, as it does an item BRPOP returns.
+# Returns the flat list: queue key, item, the delivery tag it was entered under, for each
+# message taken.
+_TAKE_MORE = """
+local now, want = ARGV[1], tonumber(ARGV[2])
+redis.call('ZADD', KEYS[2], now, ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+local taken = {}
+for i = 3, #KEYS do
+  while want > 0 do
+    local item = redis.call('RPOP', KEYS[i])
+    if not item then break end
+    want = want - 1
+    local entered = ''
+    local ok, message = pcall(cjson.decode, item)
+    if ok and type(message) == 'table' and type(message.properties) == 'table' then
+      local tag = message.properties.delivery_tag
+      local info = message.properties.delivery_info
+      if type(tag) == 'string' and type(info) == 'table'
+          and type(info.exchange) == 'string' and type(info.routing_key) == 'string' then
+        redis.call('ZADD', KEYS[2], now, tag)
+        redis.call('HSET', KEYS[1], tag, '[' .. item .. ',' .. cjson.encode(info.exchange)
+          .. ',' .. cjson.encode(info.routing_key) .. ']')
+        entered = tag
+      end
+    end
+    taken[#taken + 1] = KEYS[i]
+    taken[#taken + 1] = item
+    taken[#taken + 1] = entered
+  end
+end
+return taken
+"""
 
 
 class QoS(redis.QoS):
@@ -54,6 +108,39 @@ class QoS(redis.QoS):
         super().__init__(*args, **kwargs)
         self._unsent_acks: list[str] = []
         self._unsent_lock = threading.Lock()
+        # Delivery tags of messages taken by ``_TAKE_MORE``: already in Redis's bookkeeping.
+        self._entered: set[str] = set()
+        self._take_more: Any = None  # the script, registered on first use (EVALSHA)
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        if delivery_tag in self._entered:
+            self._entered.discard(delivery_tag)
+            virtual.QoS.append(self, message, delivery_tag)
+            return
+        channel = self.channel
+        if not channel._may_take_more:
+            super().append(message, delivery_tag)
+            return
+        # The message BRPOP returned: entered with up to ``want`` more taken behind it.
+        channel._may_take_more = False
+        free = self.can_consume_max_estimate()
+        most = channel.take_at_most
+        want = most if free is None else min(most, free - 1)
+        delivery = message.delivery_info
+        entry = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
+        with channel.conn_or_acquire() as client:
+            if self._take_more is None:
+                self._take_more = client.register_script(_TAKE_MORE)
+            taken = self._take_more(
+                keys=[self.unacked_key, self.unacked_index_key, *channel._taking_from],
+                args=[time(), max(0, want), delivery_tag, entry],
+                client=client,
+            )
+        virtual.QoS.append(self, message, delivery_tag)
+        channel._taken = [
+            (key.decode(), item, tag.decode())
+            for key, item, tag in zip(taken[::3], taken[1::3], taken[2::3], strict=True)
+        ]
 
     def ack(self, delivery_tag: str) -> None:
         if threading.get_ident() != self.channel.connection.loop_thread:
@@ -122,7 +209,31 @@ def envelope_problem(payload: Any) -> str | None:
 
 
 class Channel(redis.Channel):
+    """kombu's Redis channel, that sets aside what is not a message (see the module's
+    docstring) and takes more than one message per round trip when it may.
+
+    After BRPOP returns a message, the unacked bookkeeping's round trip takes up to
+    ``TAKE_AT_MOST`` more (never more than the worker has threads free: the channel's
+    prefetch), each entered in the bookkeeping by the same Lua script that pops it, so a
+    crash at any point leaves every message either on its queue or in the bookkeeping
+    (restored after the visibility timeout), as kombu's own BRPOP does. They are handed to
+    the consumer in order, before the loop polls again. With an empty queue it costs
+    nothing: that round trip is the one kombu makes for the first message anyway.
+    """
+
     QoS = QoS
+    # 0: one message per read, as kombu takes them.
+    take_at_most = TAKE_AT_MOST
+    # Set while the message BRPOP returned is being delivered: its bookkeeping may take
+    # more (see ``QoS.append``), from these lists, in BRPOP's order.
+    _may_take_more = False
+    _taking_from: list[str] = []
+    # What that round trip took: queue key, raw item, the delivery tag it was entered in
+    # the bookkeeping under ('' when it was not: not a message).
+    _taken: list[tuple[str, bytes, str]] = []
+    # Queues whose consumer does not acknowledge: nothing is taken ahead for them (their
+    # messages are never entered in the bookkeeping).
+    _no_ack_queues: frozenset[str] = frozenset()
 
     # The client kombu's commands go through outside the event loop (publishes, acks, the
     # unacked bookkeeping), kept for as long as the channel's connection pool lives.
@@ -145,12 +256,91 @@ class Channel(redis.Channel):
             self._commands_client = client
         return client
 
+    def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
+        if no_ack:
+            self._no_ack_queues = self._no_ack_queues | {queue}
+        else:
+            self._no_ack_queues = self._no_ack_queues - {queue}
+        return super().basic_consume(queue, no_ack, *args, **kwargs)
+
     def _brpop_read(self, **options: Any) -> Any:
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if (
+            self.take_at_most
+            and not self.global_keyprefix
+            and not self._no_ack_queues.intersection(queues)
+        ):
+            self._taking_from = [
+                self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues
+            ]
+            self._may_take_more = True
         try:
-            return super()._brpop_read(**options)
+            read = super()._brpop_read(**options)
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError: not JSON text
             set_aside(_raw_of(exc), f"not a JSON message: {type(exc).__name__}", kind="not_json")
-            return True
+            read = True
+        except BaseException:
+            taken = self._taken_now()
+            try:
+                self._give_back(taken)
+            except Exception as exc:
+                # Those entered in the bookkeeping come back after the visibility timeout.
+                log.warning(
+                    "could not give back %d messages taken ahead: %s",
+                    len(taken),
+                    type(exc).__name__,
+                )
+            raise
+        self._deliver_taken(self._taken_now())
+        return read
+
+    def _taken_now(self) -> list[tuple[str, bytes, str]]:
+        self._may_take_more = False
+        taken, self._taken = self._taken, []
+        return taken
+
+    def _deliver_taken(self, taken: list[tuple[str, bytes, str]]) -> None:
+        """Hand the messages taken behind BRPOP's to the consumer, in order. Should one
+        raise, the rest go back to their queues first, to be taken next."""
+        for i, (key, item, tag) in enumerate(taken):
+            try:
+                self._deliver_one(key, item, tag)
+            except BaseException:
+                self._give_back(taken[i + 1 :])
+                raise
+
+    def _deliver_one(self, key: str, item: bytes, tag: str) -> None:
+        queue = key.rsplit(self.sep, 1)[0]
+        payload: Any = None
+        problem: str | None
+        try:
+            payload = loads(item)
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError: not JSON text
+            problem = f"not a JSON message: {type(exc).__name__}"
+        else:
+            problem = envelope_problem(payload)
+        if tag and (problem is not None or payload["properties"]["delivery_tag"] != tag):
+            # Set aside (below, or by the transport): it must not come back from the
+            # bookkeeping after the visibility timeout.
+            self.qos._remove_from_indices(tag).execute()
+        elif tag:
+            self.qos._entered.add(tag)
+        if payload is None:
+            set_aside(item, str(problem), kind="not_json", queue=queue)
+            return
+        self._queue_cycle.rotate(queue)
+        self.connection._deliver(payload, queue)
+
+    def _give_back(self, taken: list[tuple[str, bytes, str]]) -> None:
+        """Put messages taken but not delivered back where the next read finds them first:
+        those entered in the bookkeeping as a restore does, the others as they were."""
+        with self.conn_or_acquire() as client:
+            for key, item, tag in reversed(taken):
+                if tag:
+                    self.qos._entered.discard(tag)
+                    self.qos.restore_by_tag(tag, client=client)
+                else:
+                    client.rpush(key, item)
 
     def _get(self, queue: Any, timeout: Any = None) -> Any:
         try:

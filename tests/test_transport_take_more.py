@@ -1,0 +1,213 @@
+"""A read of the Redis transport takes the messages waiting behind the one BRPOP returned,
+up to the consumer's free threads, each entered in the unacked bookkeeping in the same
+Lua step that pops it: nothing is ever off its queue and out of the bookkeeping, order and
+priority hold, what is not a message is set aside, and what a failing consumer did not
+take goes back first in line."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kombu import Connection, Consumer, Queue
+
+from service.worker.transport import TAKE_AT_MOST, Channel, Transport
+from tests.conftest import REDIS_URL, sql
+
+
+class Taker:
+    """A private queue and bookkeeping, a consumer on it, and what the consumer got."""
+
+    def __init__(self, connection: Connection, name: str) -> None:
+        self.connection = connection
+        self.name = name
+        channel = connection.default_channel
+        assert isinstance(channel, Channel)
+        self.channel = channel
+        self.got: list[Any] = []
+        self.fail_on: str | None = None
+
+    def publish(self, *bodies: str, priority: int | None = None) -> None:
+        for body in bodies:
+            properties = {} if priority is None else {"priority": priority}
+            message = self.channel.prepare_message(body, **properties)
+            self.channel.basic_publish(message, exchange="", routing_key=self.name)
+
+    def consume(self, prefetch: int, *, no_ack: bool = False) -> Consumer:
+        def received(_body: Any, message: Any) -> None:
+            if _text(message) == self.fail_on:
+                raise RuntimeError("the consumer failed")
+            self.got.append(message)
+
+        consumer = Consumer(
+            self.channel, [Queue(self.name)], callbacks=[received], no_ack=no_ack, accept=None
+        )
+        consumer.qos(prefetch_count=prefetch)
+        consumer.consume()
+        return consumer
+
+    def read_once(self) -> list[str]:
+        """One event of the connection: one BRPOP read and what it took behind it."""
+        before = len(self.got)
+        self.connection.drain_events(timeout=5)
+        return [_text(m) for m in self.got[before:]]
+
+    def waiting(self) -> list[str]:
+        """The queue's messages, the next to be taken first."""
+        with self.channel.conn_or_acquire() as client:
+            keys = [self.channel._q_for_pri(self.name, p) for p in self.channel.priority_steps]
+            items = [item for key in keys for item in reversed(client.lrange(key, 0, -1))]
+        return [_body(json.loads(item)) for item in items]
+
+    def entered(self) -> dict[str, Any]:
+        """The bookkeeping: delivery tag -> [message, exchange, routing key]."""
+        with self.channel.conn_or_acquire() as client:
+            index = {t.decode() for t in client.zrange(self.channel.unacked_index_key, 0, -1)}
+            entries = {
+                t.decode(): json.loads(v)
+                for t, v in client.hgetall(self.channel.unacked_key).items()
+            }
+        assert set(entries) == index, "the hash and its index disagree"
+        return entries
+
+
+def _text(message: Any) -> str:
+    body = message.body
+    return body.decode() if isinstance(body, bytes) else str(body)
+
+
+def _body(payload: dict[str, Any]) -> str:
+    body = payload["body"]
+    if payload["properties"].get("body_encoding") == "base64":
+        body = base64.b64decode(body).decode()
+    return str(body)
+
+
+@pytest.fixture
+def taker() -> Iterator[Taker]:
+    name = f"ezq-test-take-{uuid.uuid4().hex[:8]}"
+    options = {"unacked_key": f"{name}:unacked", "unacked_index_key": f"{name}:unacked_index"}
+    with Connection(REDIS_URL, transport=Transport, transport_options=options) as connection:
+        made = Taker(connection, name)
+        made.channel.queue_declare(name)
+        made.channel.connection.loop_thread = threading.get_ident()
+        try:
+            yield made
+        finally:
+            with made.channel.conn_or_acquire() as client:
+                steps = made.channel.priority_steps
+                client.delete(
+                    *(made.channel._q_for_pri(name, p) for p in steps),
+                    options["unacked_key"],
+                    options["unacked_index_key"],
+                )
+
+
+def test_one_read_takes_what_waits_up_to_the_free_threads(taker: Taker) -> None:
+    bodies = [f"job {i}" for i in range(10)]
+    taker.publish(*bodies)
+    taker.consume(prefetch=6)
+    assert taker.read_once() == bodies[:6]
+    assert taker.waiting() == bodies[6:]
+    entered = taker.entered()
+    assert set(entered) == {m.delivery_tag for m in taker.got}
+    for message in taker.got:
+        # The entry kombu's own bookkeeping writes, that a restore reads back.
+        raw, exchange, routing_key = entered[message.delivery_tag]
+        assert raw == message._raw
+        assert (exchange, routing_key) == ("", taker.name)
+    assert not taker.channel.qos.can_consume()
+    for message in taker.got[:4]:
+        message.ack()
+    taker.channel.qos.send_acks()
+    assert len(taker.entered()) == 2
+    assert taker.read_once() == bodies[6:10]
+    assert taker.waiting() == []
+    assert len(taker.entered()) == 6
+
+
+def test_a_read_takes_no_more_than_its_bound(taker: Taker) -> None:
+    bodies = [f"job {i}" for i in range(TAKE_AT_MOST + 5)]
+    taker.publish(*bodies)
+    taker.consume(prefetch=100)
+    assert taker.read_once() == bodies[: TAKE_AT_MOST + 1]
+    assert taker.waiting() == bodies[TAKE_AT_MOST + 1 :]
+
+
+def test_no_free_thread_no_message_taken_ahead(taker: Taker) -> None:
+    taker.publish("a", "b", "c")
+    taker.consume(prefetch=1)
+    assert taker.read_once() == ["a"]
+    assert taker.waiting() == ["b", "c"]
+    assert len(taker.entered()) == 1
+
+
+def test_a_consumer_that_does_not_acknowledge_takes_one_at_a_time(taker: Taker) -> None:
+    taker.publish("a", "b", "c")
+    taker.consume(prefetch=10, no_ack=True)
+    assert taker.read_once() == ["a"]
+    assert taker.waiting() == ["b", "c"]
+    assert taker.entered() == {}
+
+
+def test_higher_priorities_are_taken_first(taker: Taker) -> None:
+    taker.publish("low 1", "low 2", priority=9)
+    taker.publish("high 1", "high 2", priority=0)
+    taker.consume(prefetch=10)
+    assert taker.read_once() == ["high 1", "high 2", "low 1", "low 2"]
+
+
+def test_what_is_not_a_message_is_set_aside_and_left_out_of_the_bookkeeping(
+    taker: Taker, service_env: dict[str, str]
+) -> None:
+    before = sql("SELECT coalesce(max(id), 0) FROM dead_letters")[0][0]
+    taker.publish("first")
+    good = json.dumps(
+        {
+            "body": "%%% not base64 %%%",
+            "properties": {
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+                "delivery_info": {"exchange": "", "routing_key": taker.name},
+            },
+            "headers": {},
+        }
+    ).encode()
+    garbage = [b"not json", b"[1, 2, 3]", b"\xff\xfe\xfa", b'{"body": "e30="}', good]
+    with taker.channel.conn_or_acquire() as client:
+        for raw in garbage:
+            client.lpush(taker.name, raw)
+    taker.publish("last")
+    taker.consume(prefetch=10)
+    assert taker.read_once() == ["first", "last"]
+    assert taker.waiting() == []
+    assert set(taker.entered()) == {m.delivery_tag for m in taker.got}
+    letters = sql(
+        "SELECT raw, reason FROM dead_letters WHERE id > :b AND queue = :q ORDER BY id",
+        b=before,
+        q=taker.name,
+    )
+    assert [bytes(raw) for raw, _ in letters][:4] == garbage[:4]
+    assert len(letters) == len(garbage)
+    assert "not valid base64" in letters[-1][1]
+
+
+def test_a_failing_consumer_gives_back_what_it_did_not_take(taker: Taker) -> None:
+    bodies = [f"job {i}" for i in range(6)]
+    taker.publish(*bodies)
+    taker.fail_on = "job 2"
+    taker.consume(prefetch=10)
+    with pytest.raises(RuntimeError, match="the consumer failed"):
+        taker.read_once()
+    assert [_text(m) for m in taker.got] == ["job 0", "job 1"]
+    # job 2 was handed over (kombu entered it, as it does a message BRPOP returns); the
+    # ones behind it are first in line again, and out of the bookkeeping.
+    assert taker.waiting() == bodies[3:]
+    assert len(taker.entered()) == 3
+    taker.fail_on = None
+    assert taker.read_once() == bodies[3:]
