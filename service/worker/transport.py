@@ -36,6 +36,7 @@ from time import time
 from typing import Any
 
 from kombu.transport import redis, virtual
+from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
 from service.worker.deadletter import set_aside
@@ -52,8 +53,9 @@ TAKE_AT_MOST = 32
 # and bookkeeping entry. That message is entered in the bookkeeping (as kombu's
 # ``QoS.append`` does), then up to ARGV[2] more are popped and each entered the same way:
 # its entry is the JSON array kombu writes, [message, exchange, routing key], built around
-# the message's own text. A popped item that is not such an envelope is returned not
-# entered (tag ''): the worker sets it aside, as it does an item BRPOP returns.
+# the message's own text. An item that is not such an envelope to Lua's JSON is pushed
+# back where it was and ends the taking: the next BRPOP returns it, and the worker sets
+# it aside as it does any item BRPOP returns.
 # Returns the flat list: queue key, item, the delivery tag it was entered under, for each
 # message taken.
 _TAKE_MORE = """
@@ -65,26 +67,40 @@ for i = 3, #KEYS do
   while want > 0 do
     local item = redis.call('RPOP', KEYS[i])
     if not item then break end
-    want = want - 1
-    local entered = ''
+    local tag, info
     local ok, message = pcall(cjson.decode, item)
     if ok and type(message) == 'table' and type(message.properties) == 'table' then
-      local tag = message.properties.delivery_tag
-      local info = message.properties.delivery_info
-      if type(tag) == 'string' and type(info) == 'table'
-          and type(info.exchange) == 'string' and type(info.routing_key) == 'string' then
-        redis.call('ZADD', KEYS[2], now, tag)
-        redis.call('HSET', KEYS[1], tag, '[' .. item .. ',' .. cjson.encode(info.exchange)
-          .. ',' .. cjson.encode(info.routing_key) .. ']')
-        entered = tag
-      end
+      tag = message.properties.delivery_tag
+      info = message.properties.delivery_info
     end
+    if type(tag) ~= 'string' or type(info) ~= 'table'
+        or type(info.exchange) ~= 'string' or type(info.routing_key) ~= 'string' then
+      redis.call('RPUSH', KEYS[i], item)
+      return taken
+    end
+    want = want - 1
+    redis.call('ZADD', KEYS[2], now, tag)
+    redis.call('HSET', KEYS[1], tag, '[' .. item .. ',' .. cjson.encode(info.exchange)
+      .. ',' .. cjson.encode(info.routing_key) .. ']')
     taken[#taken + 1] = KEYS[i]
     taken[#taken + 1] = item
-    taken[#taken + 1] = entered
+    taken[#taken + 1] = tag
   end
 end
 return taken
+"""
+
+# KEYS: the unacked hash and its index. ARGV: queue key, item, delivery tag, for each
+# message taken and not handed over, in the order they were taken. Each goes back to the
+# end of its queue BRPOP reads next (the last taken first, so that the first taken is
+# read first) and out of the bookkeeping, together.
+_GIVE_BACK = """
+for i = #ARGV - 2, 1, -3 do
+  redis.call('RPUSH', ARGV[i], ARGV[i + 1])
+  redis.call('ZREM', KEYS[2], ARGV[i + 2])
+  redis.call('HDEL', KEYS[1], ARGV[i + 2])
+end
+return #ARGV / 3
 """
 
 
@@ -110,7 +126,8 @@ class QoS(redis.QoS):
         self._unsent_lock = threading.Lock()
         # Delivery tags of messages taken by ``_TAKE_MORE``: already in Redis's bookkeeping.
         self._entered: set[str] = set()
-        self._take_more: Any = None  # the script, registered on first use (EVALSHA)
+        self._take_more: Any = None  # the scripts, registered on first use (EVALSHA)
+        self._give_back: Any = None
 
     def append(self, message: Any, delivery_tag: str) -> None:
         if delivery_tag in self._entered:
@@ -141,6 +158,37 @@ class QoS(redis.QoS):
             (key.decode(), item, tag.decode())
             for key, item, tag in zip(taken[::3], taken[1::3], taken[2::3], strict=True)
         ]
+
+    def give_back(self, taken: list[tuple[str, bytes, str]]) -> None:
+        """Messages taken ahead and not handed over: back to where the next read finds
+        them first, as they were (not marked redelivered), and out of the bookkeeping."""
+        if not taken:
+            return
+        for _key, _item, tag in taken:
+            self._entered.discard(tag)
+        with self.channel.conn_or_acquire() as client:
+            if self._give_back is None:
+                self._give_back = client.register_script(_GIVE_BACK)
+            self._give_back(
+                keys=[self.unacked_key, self.unacked_index_key],
+                args=[value for message in taken for value in message],
+                client=client,
+            )
+
+    def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> Any:
+        """kombu's restore, except that an entry it could not read (its JSON is not what
+        Python reads) is set aside as a dead letter instead of stopping every later
+        restore of the visibility sweep."""
+        with self.channel.conn_or_acquire(client) as conn:
+            entry = conn.hget(self.unacked_key, tag)
+        if entry is not None:
+            try:
+                loads(bytes_to_str(entry))
+            except ValueError as exc:
+                set_aside(entry, f"not a JSON message: {type(exc).__name__}", kind="not_json")
+                self._remove_from_indices(tag).execute()
+                return None
+        return super().restore_by_tag(tag, client, leftmost)
 
     def ack(self, delivery_tag: str) -> None:
         if threading.get_ident() != self.channel.connection.loop_thread:
@@ -229,7 +277,7 @@ class Channel(redis.Channel):
     _may_take_more = False
     _taking_from: list[str] = []
     # What that round trip took: queue key, raw item, the delivery tag it was entered in
-    # the bookkeeping under ('' when it was not: not a message).
+    # the bookkeeping under.
     _taken: list[tuple[str, bytes, str]] = []
     # Queues whose consumer does not acknowledge: nothing is taken ahead for them (their
     # messages are never entered in the bookkeeping).
@@ -280,16 +328,7 @@ class Channel(redis.Channel):
             set_aside(_raw_of(exc), f"not a JSON message: {type(exc).__name__}", kind="not_json")
             read = True
         except BaseException:
-            taken = self._taken_now()
-            try:
-                self._give_back(taken)
-            except Exception as exc:
-                # Those entered in the bookkeeping come back after the visibility timeout.
-                log.warning(
-                    "could not give back %d messages taken ahead: %s",
-                    len(taken),
-                    type(exc).__name__,
-                )
+            self._give_back(self._taken_now())
             raise
         self._deliver_taken(self._taken_now())
         return read
@@ -309,38 +348,36 @@ class Channel(redis.Channel):
                 self._give_back(taken[i + 1 :])
                 raise
 
+    def _give_back(self, taken: list[tuple[str, bytes, str]]) -> None:
+        try:
+            self.qos.give_back(taken)
+        except Exception as exc:
+            # They stay in the bookkeeping: restored after the visibility timeout.
+            log.warning(
+                "could not give back %d messages taken ahead: %s", len(taken), type(exc).__name__
+            )
+
     def _deliver_one(self, key: str, item: bytes, tag: str) -> None:
         queue = key.rsplit(self.sep, 1)[0]
-        payload: Any = None
-        problem: str | None
         try:
-            payload = loads(item)
-        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError: not JSON text
-            problem = f"not a JSON message: {type(exc).__name__}"
-        else:
-            problem = envelope_problem(payload)
-        if tag and (problem is not None or payload["properties"]["delivery_tag"] != tag):
-            # Set aside (below, or by the transport): it must not come back from the
-            # bookkeeping after the visibility timeout.
+            # As kombu reads what BRPOP returns.
+            payload = loads(bytes_to_str(item))
+        except ValueError as exc:  # JSON Lua reads and Python does not
             self.qos._remove_from_indices(tag).execute()
-        elif tag:
-            self.qos._entered.add(tag)
-        if payload is None:
-            set_aside(item, str(problem), kind="not_json", queue=queue)
+            set_aside(item, f"not a JSON message: {type(exc).__name__}", kind="not_json")
             return
+        if envelope_problem(payload) is not None or payload["properties"]["delivery_tag"] != tag:
+            # The transport sets it aside (or kombu enters it under its own tag): its
+            # entry must not come back after the visibility timeout.
+            self.qos._remove_from_indices(tag).execute()
+        else:
+            self.qos._entered.add(tag)
         self._queue_cycle.rotate(queue)
-        self.connection._deliver(payload, queue)
-
-    def _give_back(self, taken: list[tuple[str, bytes, str]]) -> None:
-        """Put messages taken but not delivered back where the next read finds them first:
-        those entered in the bookkeeping as a restore does, the others as they were."""
-        with self.conn_or_acquire() as client:
-            for key, item, tag in reversed(taken):
-                if tag:
-                    self.qos._entered.discard(tag)
-                    self.qos.restore_by_tag(tag, client=client)
-                else:
-                    client.rpush(key, item)
+        try:
+            self.connection._deliver(payload, queue)
+        finally:
+            # Consumed by ``QoS.append``; left only when the message never reached it.
+            self.qos._entered.discard(tag)
 
     def _get(self, queue: Any, timeout: Any = None) -> Any:
         try:
