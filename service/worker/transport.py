@@ -175,20 +175,30 @@ class QoS(redis.QoS):
                 client=client,
             )
 
-    def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> Any:
-        """kombu's restore, except that an entry it could not read (its JSON is not what
-        Python reads) is set aside as a dead letter instead of stopping every later
-        restore of the visibility sweep."""
+    def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> None:
+        """kombu's restore (the same transaction), except that an entry it cannot read
+        (JSON that Lua read and Python does not) leaves the bookkeeping and is set aside
+        as a dead letter, instead of raising and stopping every later restore of the
+        visibility sweep."""
+        unreadable: list[tuple[bytes, str]] = []
+
+        def restore_transaction(pipe: Any) -> None:
+            unreadable.clear()  # the transaction runs again when the entry changed
+            entry = pipe.hget(self.unacked_key, tag)
+            pipe.multi()
+            self._remove_from_indices(tag, pipe)
+            if entry:
+                try:
+                    message, exchange, routing_key = loads(bytes_to_str(entry))
+                except ValueError as exc:
+                    unreadable.append((entry, f"not a JSON message: {type(exc).__name__}"))
+                    return
+                self.channel._do_restore_message(message, exchange, routing_key, pipe, leftmost)
+
         with self.channel.conn_or_acquire(client) as conn:
-            entry = conn.hget(self.unacked_key, tag)
-        if entry is not None:
-            try:
-                loads(bytes_to_str(entry))
-            except ValueError as exc:
-                set_aside(entry, f"not a JSON message: {type(exc).__name__}", kind="not_json")
-                self._remove_from_indices(tag).execute()
-                return None
-        return super().restore_by_tag(tag, client, leftmost)
+            conn.transaction(restore_transaction, self.unacked_key)
+        for entry, reason in unreadable:
+            set_aside(entry, reason, kind="not_json")
 
     def ack(self, delivery_tag: str) -> None:
         if threading.get_ident() != self.channel.connection.loop_thread:
@@ -263,10 +273,11 @@ class Channel(redis.Channel):
     After BRPOP returns a message, the unacked bookkeeping's round trip takes up to
     ``TAKE_AT_MOST`` more (never more than the worker has threads free: the channel's
     prefetch), each entered in the bookkeeping by the same Lua script that pops it, so a
-    crash at any point leaves every message either on its queue or in the bookkeeping
-    (restored after the visibility timeout), as kombu's own BRPOP does. They are handed to
-    the consumer in order, before the loop polls again. With an empty queue it costs
-    nothing: that round trip is the one kombu makes for the first message anyway.
+    crash leaves every message it took either on its queue or in the bookkeeping (restored
+    after the visibility timeout); only BRPOP's own message has kombu's window between its
+    pop and its entry. They are handed to the consumer in order, before the loop polls
+    again. With an empty queue a read makes kombu's two round trips: the script replaces
+    kombu's pipeline.
     """
 
     QoS = QoS
@@ -366,15 +377,19 @@ class Channel(redis.Channel):
             self.qos._remove_from_indices(tag).execute()
             set_aside(item, f"not a JSON message: {type(exc).__name__}", kind="not_json")
             return
-        if envelope_problem(payload) is not None or payload["properties"]["delivery_tag"] != tag:
-            # The transport sets it aside (or kombu enters it under its own tag): its
-            # entry must not come back after the visibility timeout.
+        problem = envelope_problem(payload)
+        if problem is not None or payload["properties"]["delivery_tag"] != tag:
+            # Set aside (or entered by kombu under its own tag): this entry must not come
+            # back after the visibility timeout.
             self.qos._remove_from_indices(tag).execute()
-        else:
-            self.qos._entered.add(tag)
+        if problem is not None:
+            _set_aside_envelope(payload, problem, queue)
+            return
+        self.qos._entered.add(tag)
         self._queue_cycle.rotate(queue)
         try:
-            self.connection._deliver(payload, queue)
+            # Checked above: kombu's delivery, without the transport's check again.
+            redis.Transport._deliver(self.connection, payload, queue)
         finally:
             # Consumed by ``QoS.append``; left only when the message never reached it.
             self.qos._entered.discard(tag)
@@ -434,15 +449,14 @@ class Transport(redis.Transport):
     def _deliver(self, message: Any, queue: str) -> None:
         problem = envelope_problem(message)
         if problem is not None:
-            # Decoded already: kept as JSON again (the same text up to spacing).
-            set_aside(
-                json.dumps(message, default=repr).encode(),
-                problem,
-                kind="bad_envelope",
-                queue=queue,
-            )
+            _set_aside_envelope(message, problem, queue)
             return
         super()._deliver(message, queue)
+
+
+def _set_aside_envelope(message: Any, problem: str, queue: str) -> None:
+    # Decoded already: kept as JSON again (the same text up to spacing).
+    set_aside(json.dumps(message, default=repr).encode(), problem, kind="bad_envelope", queue=queue)
 
 
 def _raw_of(exc: ValueError) -> Any:
