@@ -4,6 +4,7 @@ and dead letters. Callers own the transaction."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -165,6 +166,48 @@ def mark_published(session: Session, job_ids: list[uuid.UUID]) -> None:
             ),
             {"ids": job_ids},
         )
+
+
+# A claim Postgres committed whose answer the worker lost (its connection was cut between
+# the two) leaves the job running under that worker's lease with no thread of it on the
+# job. The worker, once no claim of its own is under way, undoes such claims: the open
+# attempt (which made no call) and its flow-control reservation are deleted, and the job
+# is pending again as it was before the claim, flagged for publishing.
+_UNDO_LOST_CLAIMS = text(
+    """
+    WITH lost AS (
+        SELECT id, attempts FROM jobs
+        WHERE status = 'running' AND lease_holder = :holder AND NOT (id = ANY(:keep))
+        FOR UPDATE
+    ), attempt_gone AS (
+        DELETE FROM job_attempts a USING lost
+        WHERE a.job_id = lost.id AND a.attempt = lost.attempts AND a.finished_at IS NULL
+    ), reservation_gone AS (
+        DELETE FROM flow_admissions f USING lost
+        WHERE f.job_id = lost.id AND f.attempt = lost.attempts
+    )
+    UPDATE jobs j
+       SET status = CASE WHEN lost.attempts > 1 THEN 'retrying' ELSE 'queued' END,
+           attempts = lost.attempts - 1,
+           started_at = CASE WHEN lost.attempts > 1 THEN j.started_at END,
+           lease_expires_at = NULL, lease_holder = NULL, needs_publish = true
+      FROM lost
+     WHERE j.id = lost.id
+    RETURNING j.id
+    """
+)
+
+
+def undo_lost_claims(
+    session: Session, *, holder: str, keep: Iterable[uuid.UUID]
+) -> list[uuid.UUID]:
+    """Undo the claims of the worker ``holder`` whose jobs it does not run (``keep``: those
+    it runs, or may have called the gateway for); return their jobs. One round trip.
+
+    Only the worker itself may call this, at a moment when none of its claims is under way:
+    then a job running under its lease and not in ``keep`` is one whose claim it lost."""
+    rows = session.execute(_UNDO_LOST_CLAIMS, {"holder": holder, "keep": list(keep)})
+    return list(rows.scalars())
 
 
 def take_stale(session: Session, *, older_than_s: float, limit: int) -> list[uuid.UUID]:

@@ -11,9 +11,17 @@ from __future__ import annotations
 from service.metrics.events import (
     attempt_failed,
     attempt_lost,
+    claims_undone,
     dead_letter,
     job_succeeded,
     webhook_delivery,
 )
 
-__all__ = ["attempt_failed", "attempt_lost", "dead_letter", "job_succeeded", "webhook_delivery"]
+__all__ = [
+    "attempt_failed",
+    "attempt_lost",
+    "claims_undone",
+    "dead_letter",
+    "job_succeeded",
+    "webhook_delivery",
+]

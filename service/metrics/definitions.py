@@ -57,6 +57,11 @@ ATTEMPTS_LOST = Counter(
     " lease_expired (it beats but gave the job up).",
     ["error_type", "model"],
 )
+CLAIMS_UNDONE = Counter(
+    "ezq_claims_undone_total",
+    "Claims a worker undid because Postgres's answer was lost with the connection: the"
+    " job pending again as before, no attempt counted.",
+)
 WEBHOOK_DELIVERIES = Counter(
     "ezq_webhook_deliveries_total",
     "Webhook delivery attempts by outcome (delivered, retrying, failed, skipped).",

@@ -78,5 +78,9 @@ def attempt_lost(error_type: str, model: str) -> None:
     m.ATTEMPTS_LOST.labels(error_type, model_label(model)).inc()
 
 
+def claims_undone(count: int) -> None:
+    m.CLAIMS_UNDONE.inc(count)
+
+
 def webhook_delivery(outcome: str) -> None:
     m.WEBHOOK_DELIVERIES.labels(outcome).inc()

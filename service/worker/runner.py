@@ -120,7 +120,50 @@ def run_job(
     failure of that round trip raises too, and leaves nothing written either.
     """
     first = queries.first_turn_or_fail(create, job_id) if create is not None else None
-    gate, claim = _claim(job_id, settings, own_only=own_only, holder=holder, first=first)
+    if active is None:
+        gate, claim = _claim(job_id, settings, own_only=own_only, holder=holder, first=first)
+    else:
+        # A claim that raises may have been committed: ``active`` knows it is in doubt, and
+        # the heartbeat settles it (``ActiveJobs``).
+        with active.claiming():
+            gate, claim = _claim(job_id, settings, own_only=own_only, holder=holder, first=first)
+            if isinstance(claim, attempts.Claimed):
+                active.add(claim.job_id)
+    try:
+        outcome = _after_claim(
+            job_id,
+            gate,
+            claim,
+            gateway=gateway,
+            settings=settings,
+            publish=publish,
+            rng=rng,
+            publish_webhooks=publish_webhooks,
+            own_only=own_only,
+        )
+    except BaseException:
+        if active is not None and isinstance(claim, attempts.Claimed):
+            active.abandon(claim.job_id)  # its outcome may not be recorded
+        raise
+    if active is not None and isinstance(claim, attempts.Claimed):
+        active.discard(claim.job_id)  # its outcome is recorded
+    return outcome
+
+
+def _after_claim(
+    job_id: uuid.UUID,
+    gate: admission.Admission,
+    claim: attempts.ClaimOutcome | None,
+    *,
+    gateway: Gateway,
+    settings: Settings,
+    publish: Callable[[uuid.UUID], None],
+    rng: random.Random | None,
+    publish_webhooks: PublishWebhooks | None,
+    own_only: bool,
+) -> Outcome:
+    """What the claim decided: the job ended, waits or is run by another message, or its
+    attempt (``claim`` being ``Claimed``), recorded before this returns."""
     finished: dict[str, Any] | None = None
     if isinstance(claim, attempts.AlreadyFinished) or job_id in gate.failed:
         with transaction() as session:
@@ -149,8 +192,6 @@ def run_job(
     if isinstance(claim, attempts.WaitForTurn):
         return Parked(f"waiting for earlier turn {claim.blocking_job_id}")
     assert isinstance(claim, attempts.Claimed)
-    if active is not None:
-        active.add(claim.job_id)
     # Flow control's step when the call ends (settle, wake throttled jobs) is taken in the
     # transaction that records the outcome, or on its own if that one did not happen.
     settlement = Settlement.of(gate)
@@ -165,8 +206,6 @@ def run_job(
             settlement=settlement,
         )
     finally:
-        if active is not None:
-            active.discard(claim.job_id)
         release(claim.job_id, claim.attempt, settlement)
     return _in_place_of(claim, outcome) if gate.swapped else outcome
 
