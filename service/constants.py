@@ -50,6 +50,10 @@ HEARTBEAT_INTERVAL_S: Final = 5.0
 # A heartbeat renews a job's lease for at most the attempt's own bounds plus this margin, so
 # a thread stuck by a bug cannot hold a job forever.
 LEASE_HOLD_MARGIN_S: Final = 60.0
+# A worker settling its claims in doubt (service.worker.liveness) holds its new claims back
+# while the claims under way end, for at most this long; then it tries again at its next
+# beat.
+SETTLE_CLAIMS_WAIT_S: Final = 1.0
 
 # The Redis transport gives an unacknowledged message back after this long, so a message a
 # dead worker had taken (a foreign job whose row it had not written yet) runs again within

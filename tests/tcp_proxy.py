@@ -71,14 +71,21 @@ class TcpProxy:
                 target=self._pipe, args=(server, client, swallowing), daemon=True
             ).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket, swallowing: threading.Event | None) -> None:
+    def _pipe(
+        self, src: socket.socket, dst: socket.socket, swallowing: threading.Event | None
+    ) -> None:
         try:
             while data := src.recv(65536):
                 if swallowing is None or not swallowing.is_set():
                     dst.sendall(data)
         except OSError:
             pass
+        # One side ended: so does the other, and the proxy lets go of both.
         for sock in (src, dst):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+        with self._lock:
+            for sock in (src, dst):
+                if sock in self._sockets:
+                    self._sockets.remove(sock)
+                    sock.close()

@@ -67,12 +67,14 @@ def test_a_claim_whose_answer_was_lost_is_undone_and_its_job_runs_once(
             },
             args=["--metrics-port", str(port)],
         )
+        holder_pid = holder.execute(text("SELECT pg_backend_pid()")).scalar_one()
         wait_until(
             lambda: (
                 _one(
                     engine,
                     "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    " WHERE :holder = ANY(pg_blocking_pids(pid))",
+                    holder=holder_pid,
                 )
                 == 1
             ),

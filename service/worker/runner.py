@@ -123,12 +123,12 @@ def run_job(
     if active is None:
         gate, claim = _claim(job_id, settings, own_only=own_only, holder=holder, first=first)
     else:
-        # A claim that raises may have been committed: ``active`` knows it is in doubt, and
-        # the heartbeat settles it (``ActiveJobs``).
+        # A claim that lost its connection may have been committed: ``active`` knows it is
+        # in doubt, and the heartbeat settles it (``ActiveJobs``).
         with active.claiming():
             gate, claim = _claim(job_id, settings, own_only=own_only, holder=holder, first=first)
             if isinstance(claim, attempts.Claimed):
-                active.add(claim.job_id)
+                active.add(claim.job_id, claim.attempt)
     try:
         outcome = _after_claim(
             job_id,
@@ -143,10 +143,10 @@ def run_job(
         )
     except BaseException:
         if active is not None and isinstance(claim, attempts.Claimed):
-            active.abandon(claim.job_id)  # its outcome may not be recorded
+            active.abandon(claim.job_id, claim.attempt)  # its outcome may not be recorded
         raise
     if active is not None and isinstance(claim, attempts.Claimed):
-        active.discard(claim.job_id)  # its outcome is recorded
+        active.discard(claim.job_id, claim.attempt)  # its outcome is recorded
     return outcome
 
 
