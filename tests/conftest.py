@@ -100,6 +100,22 @@ def own_database() -> Iterator[tuple[str, Any]]:
             engine.dispose()
 
 
+@pytest.fixture
+def own_database_settings(
+    own_database: tuple[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[str, Any]]:
+    """``own_database``, with this process's settings (its producer calls, its engines)
+    pointed at it (more settings: ``monkeypatch.setenv``, then ``reset_settings``)."""
+    url, engine = own_database
+    monkeypatch.setenv("DATABASE_URL", url)
+    reset_settings()
+    try:
+        yield url, engine
+    finally:
+        monkeypatch.undo()
+        reset_settings()
+
+
 @pytest.fixture(scope="session")
 def fake_gateway_server() -> Iterator[Any]:
     from service.fake_gateway import FakeGateway

@@ -5,9 +5,7 @@ only at a moment when no claim of it is under way."""
 from __future__ import annotations
 
 import threading
-import time
 import uuid
-from collections.abc import Callable
 
 import pytest
 from sqlalchemy.exc import OperationalError
@@ -89,7 +87,7 @@ def test_settling_waits_for_the_claims_under_way_and_holds_new_ones_back() -> No
     active = ActiveJobs()
     claimed, job = uuid.uuid4(), uuid.uuid4()
     in_claim, finish_claim = threading.Event(), threading.Event()
-    settled, kept_seen = threading.Event(), []
+    settled, kept_seen, seen = threading.Event(), [], threading.Event()
     order: list[str] = []
 
     def claim() -> None:
@@ -103,6 +101,7 @@ def test_settling_waits_for_the_claims_under_way_and_holds_new_ones_back() -> No
         with active.settling(wait_s=10, doubt_s=0) as kept:
             kept_seen.append(kept)
             order.append("settled")
+            seen.set()
             settled.wait(10)
 
     def claim_later() -> None:
@@ -117,7 +116,7 @@ def test_settling_waits_for_the_claims_under_way_and_holds_new_ones_back() -> No
     settler.start()
     finish_claim.set()
     first.join(10)
-    _wait_for(lambda: bool(kept_seen))
+    assert seen.wait(10)
     assert kept_seen == [{claimed}]
     later = threading.Thread(target=claim_later)
     later.start()
@@ -149,10 +148,3 @@ def test_a_claim_that_does_not_end_puts_the_settling_off_and_blocks_nothing() ->
         pass
     finish_claim.set()
     hanging.join(10)
-
-
-def _wait_for(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)

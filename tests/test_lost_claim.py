@@ -8,7 +8,6 @@ the worker through a proxy that loses Postgres's answer to the claim on cue."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,7 +18,7 @@ from service import enqueue_completion
 from service.db import attempts, recovery
 from service.db import flow as flow_db
 from service.db.session import transaction
-from tests.conftest import free_port, reset_settings, wait_for_job
+from tests.conftest import free_port, wait_for_job
 from tests.tcp_proxy import TcpProxy
 from tests.test_faults import wait_until
 from tests.test_metrics import scrape, value
@@ -28,17 +27,8 @@ MODEL = "deepseek-v4-flash"
 
 
 @pytest.fixture
-def database(
-    own_database: tuple[str, Engine], monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[str, Engine]]:
-    url, engine = own_database
-    monkeypatch.setenv("DATABASE_URL", url)
-    reset_settings()
-    try:
-        yield url, engine
-    finally:
-        monkeypatch.undo()
-        reset_settings()
+def database(own_database_settings: tuple[str, Engine]) -> tuple[str, Engine]:
+    return own_database_settings
 
 
 def _one(engine: Engine, query: str, **params: Any) -> Any:

@@ -57,21 +57,15 @@ def _kind(statement: str) -> str:
 
 @pytest.fixture
 def database(
-    own_database: tuple[str, Engine],
+    own_database_settings: tuple[str, Engine],
     service_env: dict[str, str],
     monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[tuple[str, Engine]]:
+) -> tuple[str, Engine]:
     """This process's settings (the test services') and engines on a database of the
     test's own."""
-    url, engine = own_database
-    monkeypatch.setenv("DATABASE_URL", url)
     monkeypatch.setenv("WEBHOOK_SECRET", "whsec_" + "c2VjcmV0LWZvci10aGUtcm91bmQtdHJpcC10ZXN0cw==")
     reset_settings()
-    try:
-        yield url, engine
-    finally:
-        monkeypatch.undo()
-        reset_settings()
+    return own_database_settings
 
 
 @pytest.fixture

@@ -72,8 +72,8 @@ class ActiveJobs:
     def add(self, job_id: uuid.UUID, attempt: int) -> None:
         with self._lock:
             self._claimed_at[(job_id, attempt)] = time.monotonic()
-            # Claimed again: its earlier attempts given up have been taken over.
-            self._abandoned = {(j, a) for j, a in self._abandoned if j != job_id or a > attempt}
+            if self._abandoned:  # claimed again: its earlier attempts given up were taken over
+                self._abandoned = {(j, a) for j, a in self._abandoned if j != job_id or a > attempt}
 
     def discard(self, job_id: uuid.UUID, attempt: int) -> None:
         """The attempt ended, its outcome recorded."""

@@ -121,14 +121,14 @@ def run_job(
     """
     first = queries.first_turn_or_fail(create, job_id) if create is not None else None
     if active is None:
+        active = ActiveJobs()  # a caller that keeps no list: this call's own
+    # A claim that lost its connection may have been committed: ``active`` knows it is in
+    # doubt, and the heartbeat settles it (``ActiveJobs``).
+    with active.claiming():
         gate, claim = _claim(job_id, settings, own_only=own_only, holder=holder, first=first)
-    else:
-        # A claim that lost its connection may have been committed: ``active`` knows it is
-        # in doubt, and the heartbeat settles it (``ActiveJobs``).
-        with active.claiming():
-            gate, claim = _claim(job_id, settings, own_only=own_only, holder=holder, first=first)
-            if isinstance(claim, attempts.Claimed):
-                active.add(claim.job_id, claim.attempt)
+        held = claim if isinstance(claim, attempts.Claimed) else None
+        if held is not None:
+            active.add(held.job_id, held.attempt)
     try:
         outcome = _after_claim(
             job_id,
@@ -142,11 +142,11 @@ def run_job(
             own_only=own_only,
         )
     except BaseException:
-        if active is not None and isinstance(claim, attempts.Claimed):
-            active.abandon(claim.job_id, claim.attempt)  # its outcome may not be recorded
+        if held is not None:
+            active.abandon(held.job_id, held.attempt)  # its outcome may not be recorded
         raise
-    if active is not None and isinstance(claim, attempts.Claimed):
-        active.discard(claim.job_id, claim.attempt)  # its outcome is recorded
+    if held is not None:
+        active.discard(held.job_id, held.attempt)  # its outcome is recorded
     return outcome
 
 
