@@ -72,9 +72,9 @@ RESULT_EXPIRES_S: Final = 3600.0
 
 # Worker: gateway calls are I/O bound, so one process keeps many in flight on threads.
 WORKER_CONCURRENCY: Final = 32
-# Connections kept per process, and the most opened beyond them for a burst: a thousand
-# calls that end together queue for these rather than open a thousand connections
-# (Postgres refuses past max_connections, 100 by default).
+# Connections opened when a process starts, and the most opened beyond them for a burst
+# (kept once opened): a thousand calls that end together queue for these rather than open
+# a thousand connections (Postgres refuses past max_connections, 100 by default).
 DB_POOL_SIZE: Final = 20
 DB_POOL_BURST: Final = 10
 # How long a thread waits for a pooled connection before the database counts as unavailable.

@@ -14,7 +14,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import constants as c
-from service.config import get_settings
+from service.config import Settings, get_settings
 
 # The database cannot be used now: unreachable, or every pooled connection busy for longer
 # than the pool's timeout. Both pass; a caller waits or delivers the job again later.
@@ -33,16 +33,30 @@ _lock = threading.Lock()
 _factories: dict[str, sessionmaker[Session]] = {}
 
 
+def pool_sizes(settings: Settings) -> tuple[int, int]:
+    """How many database connections a process opens when it starts, and the most it holds:
+    ``EZQ_DB_POOL_SIZE`` and ``DB_POOL_BURST`` more, each at most the worker's concurrency
+    (a thread holds one connection at a time)."""
+    concurrency = settings.ezq_worker_concurrency
+    steady = min(settings.ezq_db_pool_size, concurrency)
+    return steady, min(steady + c.DB_POOL_BURST, concurrency)
+
+
 def _make_engine(url: str) -> Engine:
-    settings = get_settings()
     # Worker threads hold a connection only for short transactions, never across a gateway
     # call, so a modest pool serves many threads: the others wait their turn for a
     # connection (a few milliseconds) rather than open one each.
-    concurrency = settings.ezq_worker_concurrency
+    _, most = pool_sizes(get_settings())
     engine = create_engine(
         url,
-        pool_size=min(settings.ezq_db_pool_size, concurrency),
-        max_overflow=min(c.DB_POOL_BURST, concurrency),
+        # A connection opened for a burst is kept, not closed when it is handed back (what
+        # ``max_overflow`` does when the pool holds its ``pool_size``): under a steady
+        # load of more threads than connections, closing them opened a new backend every
+        # 15 to 30 jobs, and each new backend planned the claim's ranking afresh (six
+        # plans before Postgres keeps one, 5 to 12 ms each): at 64 threads, 200 to 420
+        # backends and 8 to 18 s of planning per 6,000 jobs, against 32 and 1.3 s kept.
+        pool_size=most,
+        max_overflow=0,
         pool_timeout=c.DB_POOL_TIMEOUT_S,
         pool_recycle=1800,
         # The connection returned last is handed out next, so that a few connections do

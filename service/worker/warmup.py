@@ -18,7 +18,8 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
-from service.db.session import UNAVAILABLE, get_engine, unavailable_because
+from service.config import get_settings
+from service.db.session import UNAVAILABLE, get_engine, pool_sizes, unavailable_because
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ def open_database_pool() -> int:
     concurrency) and return them to it; how many were opened. A database that cannot be
     reached now is not an error here: jobs connect when it can be."""
     engine = get_engine()
-    size = engine.pool.size()  # type: ignore[attr-defined]
+    size, _ = pool_sizes(get_settings())
     opened = 0
     with ExitStack() as held:
         # Held all at once, so that the pool keeps each one rather than reusing the first.
