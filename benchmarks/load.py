@@ -130,11 +130,17 @@ class Gateway:
 
     def stop(self) -> None:
         self.proc.terminate()
-        self.proc.wait(timeout=10)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            # A fake that does not stop must not hold the run (and its output) open.
+            self.proc.kill()
+            self.proc.wait()
 
 
 class Backends:
-    """The pids of the Postgres backends serving one database (the benchmark's own excluded)."""
+    """The Postgres backends serving one database: their pids (the benchmark's own
+    excluded), and how many connections were ever made to it."""
 
     def __init__(self, conn: psycopg.Connection[Any], database: str) -> None:
         self.conn = conn
@@ -146,6 +152,13 @@ class Backends:
             (self.database,),
         ).fetchall()
         return [pid for (pid,) in rows]
+
+    def sessions(self) -> int:
+        """Connections made to the database so far (Postgres counts each at its start)."""
+        row = self.conn.execute(
+            "SELECT sessions FROM pg_stat_database WHERE datname = %s", (self.database,)
+        ).fetchone()
+        return int(row[0]) if row else 0
 
 
 class Worker:
@@ -294,6 +307,9 @@ def run_ezq(
 
         w0 = sum(cpu_seconds(p) for p in pids)
         r0, g0 = cpu_seconds(redis_pid), cpu_seconds(gateway.proc.pid)
+        # The workers' warm-up opened their steady connections already: what is opened
+        # from here on is for the load (a pool that closes what it opens shows here).
+        sessions0 = backends.sessions()
         start = time.perf_counter()
         for i in range(row.jobs):
             _send(app, queue, tenant, f"load job {i}", results=results)
@@ -306,6 +322,7 @@ def run_ezq(
         )
         elapsed = time.perf_counter() - start
         pg.sample(backends.pids())
+        opened = backends.sessions() - sessions0
         w1 = sum(cpu_seconds(p) for p in pids)
         r1, g1 = cpu_seconds(redis_pid), cpu_seconds(gateway.proc.pid)
         (failed,) = conn.execute(
@@ -320,6 +337,7 @@ def run_ezq(
         "gateway_cpu_ms": (g1 - g0) / row.jobs * 1e3,
         "rss_mb": rss,
         "pg_connections": peak[0],
+        "pg_opened": opened,
         "failed": failed,
     }
 
@@ -430,7 +448,7 @@ def _print(
     head = (
         f"{'latency':>8}{'in flight':>10}{'jobs':>6} |{'raw/s':>8}{'cpu ms':>8}"
         f"{'gw ms':>7} |{'ezq/s':>8}{'ratio':>7}{'ideal':>7}{'worker':>8}{'pg':>6}"
-        f"{'redis':>7}{'gw ms':>7}{'rss MB':>8}{'conns':>6}{'failed':>7}"
+        f"{'redis':>7}{'gw ms':>7}{'rss MB':>8}{'conns':>6}{'opened':>7}{'failed':>7}"
     )
     print(head)
     print("-" * len(head))
@@ -442,13 +460,14 @@ def _print(
             f"{r.ezq['per_s']:>8.0f}{statistics.median(r.ratios):>7.2f}{ideal}"
             f"{r.ezq['worker_cpu_ms']:>8.2f}{r.ezq['pg_cpu_ms']:>6.2f}"
             f"{r.ezq['redis_cpu_ms']:>7.2f}{r.ezq['gateway_cpu_ms']:>7.2f}"
-            f"{r.ezq['rss_mb']:>8.0f}{r.ezq['pg_connections']:>6.0f}"
+            f"{r.ezq['rss_mb']:>8.0f}{r.ezq['pg_connections']:>6.0f}{r.ezq['pg_opened']:>7.0f}"
             f"{int(r.ezq['failed'] + r.raw['failed']):>7}"
         )
     print(
         "cpu ms = CPU per call/job: raw client | ezq worker, its Postgres backends, Redis;"
         " gw ms = the fake gateway's; ideal = ezq/s over C/L;"
-        " conns = the worker's most Postgres connections"
+        " conns = the worker's most Postgres connections, opened = those it opened during"
+        " the run"
     )
     if any(len(r.ratios) > 1 for r in rows):
         print("medians over alternating raw/ezq runs; each run's ratio:")
