@@ -48,3 +48,14 @@ def publish_jobs(job_ids: Iterable[uuid.UUID | None]) -> list[uuid.UUID]:
             # republishes these jobs once both are back.
             log.warning("could not flag %d unpublished job(s) for the sweep", len(unpublished))
     return unpublished
+
+
+def republish(job_ids: list[uuid.UUID]) -> list[uuid.UUID]:
+    """Publish the run messages of jobs flagged ``needs_publish`` and clear the flag of
+    those that reached the broker; return them (the others keep their flag for the sweep)."""
+    unpublished = set(publish_jobs(job_ids))
+    published = [job_id for job_id in job_ids if job_id not in unpublished]
+    if published:
+        with transaction() as session:
+            recovery.mark_published(session, published)
+    return published

@@ -21,7 +21,7 @@ from service import metrics
 from service.config import Settings
 from service.db import recovery
 from service.db.session import UNAVAILABLE, transaction
-from service.worker.dispatch import publish_jobs
+from service.worker.dispatch import republish
 
 log = logging.getLogger(__name__)
 
@@ -201,11 +201,7 @@ class Heartbeat(threading.Thread):
                 "undid %d claims whose answer was lost with their connection; republishing",
                 len(undone),
             )
-            unpublished = set(publish_jobs(undone))
-            published = [job_id for job_id in undone if job_id not in unpublished]
-            if published:
-                with transaction() as session:
-                    recovery.mark_published(session, published)
+            republish(undone)
         return undone
 
     def run(self) -> None:

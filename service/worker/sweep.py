@@ -39,7 +39,7 @@ from service.db.session import get_engine, transaction
 from service.flow.release import sweep_flow
 from service.webhooks import outbox as webhook_outbox
 from service.webhooks.tasks import publish_deliveries, republish_due_deliveries
-from service.worker.dispatch import publish_jobs
+from service.worker.dispatch import publish_jobs, republish
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +108,7 @@ def _sweep(settings: Settings, *, takeovers: bool, broker_depth: BrokerDepth | N
         _take_over_expired(settings, report)
     with transaction() as session:
         parked = recovery.parked_due(session, limit=settings_batch())
-    unpublished = publish_jobs(parked)
-    failed_ids = set(unpublished)
-    published = [j for j in parked if j not in failed_ids]
-    if published:
-        with transaction() as session:
-            recovery.mark_published(session, published)
+    published = republish(parked)
     report.parked = len(published)
     report.published += published
 
