@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.job_path
 	$(BIN)/python -m benchmarks.ranking_plan
 	$(BIN)/python -m benchmarks.flow_admission
+	$(BIN)/python -m benchmarks.webhook_delivery
 	$(BIN)/python -m benchmarks.pipeline
 	$(BIN)/python -m benchmarks.batch
 	$(BIN)/python -m benchmarks.sql_usage

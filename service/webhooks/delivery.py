@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from service import constants as c
 from service.config import Settings
-from service.db.session import transaction
+from service.db.session import autocommit, transaction
 from service.errors import ConfigError
 from service.webhooks import outbox
 from service.webhooks.retry import Delivered, GiveUp, RetryIn, decide
@@ -84,8 +84,8 @@ def deliver(
         with transaction() as session:
             outbox.note_problem(session, delivery_id, UNSIGNED_REFUSAL)
         raise ConfigError(UNSIGNED_REFUSAL)
-    with transaction() as session:
-        claim = outbox.claim(session, delivery_id, lease_seconds=settings.webhook_lease_seconds)
+    with autocommit() as conn:
+        claim = outbox.claim(conn, delivery_id, lease_seconds=settings.webhook_lease_seconds)
     if isinstance(claim, outbox.Skipped):
         log.debug("[webhook=%s] nothing to send: %s", delivery_id, claim.reason)
         return DeliveryOutcome(delivery_id, "skipped", detail=claim.reason)
@@ -112,9 +112,9 @@ def deliver(
     )
     delay = decision.seconds if isinstance(decision, RetryIn) else None
     publish_now = delay is not None and delay <= c.WEBHOOK_COUNTDOWN_MAX_S
-    with transaction() as session:
+    with autocommit() as conn:
         recorded = outbox.finish(
-            session, claim, result, decision, retry_delay=delay, published=publish_now
+            conn, claim, result, decision, retry_delay=delay, published=publish_now
         )
     target = loggable_url(claim.url)
     if not recorded:

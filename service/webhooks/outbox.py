@@ -2,22 +2,26 @@
 
 A delivery row is written in the transaction that gives its job a final status (the
 outbox), so no finished job can lose its event. A worker claims a due delivery with a
-short lease, so two messages for one delivery never POST at the same time.
+short lease, so two messages for one delivery never POST at the same time. The claim and
+the record of an attempt, run once per delivery, are one statement each: on an
+autocommit connection, one round trip apiece.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Row, func, select, text, update
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from service import constants as c
+from service.db import driver
+from service.db.driver import DriverStatement
 from service.db.models import Job, WebhookAttempt, WebhookDelivery
+from service.db.session import Executor
 from service.webhooks.events import event_type_for, serialise_event
 from service.webhooks.retry import AttemptResult, Decision, Delivered, GiveUp
 
@@ -45,8 +49,26 @@ def add_for_batch(
     return add_delivery(session, batch_id=batch_id, event_type=event_type, url=url, payload=payload)
 
 
+# Once per job with a callback, inside the transaction that ends the job.
+_ADD_DELIVERY = DriverStatement.of(
+    text(
+        """
+        INSERT INTO webhook_deliveries
+            (id, job_id, batch_id, event_type, url, payload, status, next_attempt_at,
+             dispatched_at)
+        -- Due now; the caller publishes right after the commit (dispatched now), and the
+        -- sweep steps in if it cannot.
+        VALUES (:id, :job_id, :batch_id, :event_type, :url, :payload, 'pending', now(), now())
+        -- (job_id, event_type) or (batch_id, event_type): either unique index.
+        ON CONFLICT DO NOTHING
+        RETURNING id
+        """
+    )
+)
+
+
 def add_delivery(
-    session: Session,
+    executor: Executor,
     *,
     job_id: uuid.UUID | None = None,
     batch_id: str | None = None,
@@ -55,26 +77,19 @@ def add_delivery(
     payload: str,
 ) -> uuid.UUID | None:
     """Insert a pending delivery, due now; None if its job or batch already has this event."""
-    now = func.now()
-    stmt = (
-        insert(WebhookDelivery)
-        .values(
-            id=uuid.uuid4(),
-            job_id=job_id,
-            batch_id=batch_id,
-            event_type=event_type,
-            url=url,
-            payload=payload,
-            status="pending",
-            next_attempt_at=now,
-            # The caller publishes right after the commit; the sweep steps in if it cannot.
-            dispatched_at=now,
-        )
-        # (job_id, event_type) or (batch_id, event_type): either unique index.
-        .on_conflict_do_nothing()
-        .returning(WebhookDelivery.id)
+    added = driver.rows(
+        executor,
+        _ADD_DELIVERY,
+        {
+            "id": uuid.uuid4(),
+            "job_id": job_id,
+            "batch_id": batch_id,
+            "event_type": event_type,
+            "url": url,
+            "payload": payload,
+        },
     )
-    return session.execute(stmt).scalar_one_or_none()
+    return added[0].id if added else None
 
 
 def pending_ids_for_job(session: Session, job_id: uuid.UUID) -> list[uuid.UUID]:
@@ -109,46 +124,81 @@ class Skipped:
     reason: str
 
 
-def _now(session: Session) -> datetime:
-    return session.execute(select(func.now())).scalar_one()
+LOST_ATTEMPT = "worker lost before the attempt finished"
+
+# One statement, so one round trip that commits by itself: the delivery is locked, and
+# taken for one attempt only if it is pending, due (or due within ``early``) and no live
+# lease holds it. A lease that ran out mid-attempt means its worker died: that attempt
+# counts and is closed here; if it was the last one, this extra attempt settles the
+# outcome. The row as it was before is returned with what was taken, so a skip says why.
+_CLAIM = DriverStatement.of(
+    text(
+        """
+        WITH current AS (
+            SELECT id, status, attempts, lease_expires_at, next_attempt_at
+            FROM webhook_deliveries WHERE id = :delivery_id
+            FOR UPDATE
+        ), taken AS (
+            UPDATE webhook_deliveries d
+            SET attempts = d.attempts + 1,
+                round_attempts = d.round_attempts + 1,
+                lease_expires_at = now() + make_interval(secs => :lease_seconds)
+            FROM current c
+            WHERE d.id = c.id
+              AND c.status = 'pending'
+              AND (c.lease_expires_at IS NULL OR c.lease_expires_at <= now())
+              AND c.next_attempt_at <= now() + make_interval(secs => :early_seconds)
+            RETURNING d.id, d.job_id, d.event_type, d.url, d.payload, d.attempts,
+                      d.round_attempts
+        ), lost AS (
+            UPDATE webhook_attempts a
+            SET finished_at = now(), error = :lost_error
+            FROM current c
+            WHERE a.delivery_id = c.id
+              AND a.attempt = c.attempts
+              AND a.finished_at IS NULL
+              AND c.lease_expires_at IS NOT NULL
+              AND EXISTS (SELECT FROM taken)
+        ), started AS (
+            INSERT INTO webhook_attempts (delivery_id, attempt, started_at)
+            SELECT id, attempts, now() FROM taken
+        )
+        SELECT c.status, c.lease_expires_at > now() AS busy,
+               t.id AS taken_id, t.job_id, t.event_type, t.url, t.payload, t.attempts,
+               t.round_attempts
+        FROM current c LEFT JOIN taken t ON true
+        """
+    )
+)
 
 
 def claim(
-    session: Session,
+    executor: Executor,
     delivery_id: uuid.UUID,
     *,
     lease_seconds: float,
     early_seconds: float = c.WEBHOOK_EARLY_S,
 ) -> Claimed | Skipped:
     """Take a due, pending delivery for one attempt, unless another worker holds it."""
-    row = session.get(WebhookDelivery, delivery_id, with_for_update=True)
-    if row is None:
+    found = driver.rows(
+        executor,
+        _CLAIM,
+        {
+            "delivery_id": delivery_id,
+            "lease_seconds": lease_seconds,
+            "early_seconds": early_seconds,
+            "lost_error": LOST_ATTEMPT,
+        },
+    )
+    if not found:
         return Skipped(delivery_id, "missing")
-    if row.status != "pending":
-        return Skipped(delivery_id, row.status)
-    now = _now(session)
-    if row.lease_expires_at is not None and row.lease_expires_at > now:
-        return Skipped(delivery_id, "busy")
-    if row.next_attempt_at is None or row.next_attempt_at > now + timedelta(seconds=early_seconds):
-        return Skipped(delivery_id, "not due")
-    if row.lease_expires_at is not None:
-        # The previous holder's lease ran out mid-attempt: its worker died. That attempt
-        # counts; if it was the last one, this extra attempt settles the outcome.
-        session.execute(
-            update(WebhookAttempt)
-            .where(
-                WebhookAttempt.delivery_id == row.id,
-                WebhookAttempt.attempt == row.attempts,
-                WebhookAttempt.finished_at.is_(None),
-            )
-            .values(finished_at=now, error="worker lost before the attempt finished")
-        )
-    row.attempts += 1
-    row.round_attempts += 1
-    row.lease_expires_at = now + timedelta(seconds=lease_seconds)
-    session.add(WebhookAttempt(delivery_id=row.id, attempt=row.attempts, started_at=now))
+    row = found[0]
+    if row.taken_id is None:
+        if row.status != "pending":
+            return Skipped(delivery_id, row.status)
+        return Skipped(delivery_id, "busy" if row.busy else "not due")
     return Claimed(
-        delivery_id=row.id,
+        delivery_id=row.taken_id,
         job_id=row.job_id,
         event_type=row.event_type,
         url=row.url,
@@ -158,8 +208,45 @@ def claim(
     )
 
 
+# One statement, one round trip: the attempt's outcome and the delivery's next state are
+# written only while the caller's lease still holds the delivery (pending, on this
+# attempt, leased); otherwise nothing is. A NULL retry delay is no next attempt.
+_FINISH = DriverStatement.of(
+    text(
+        """
+        WITH recorded AS (
+            UPDATE webhook_deliveries
+            SET lease_expires_at = NULL,
+                last_status_code = CAST(:status_code AS integer),
+                last_error = CAST(:error AS text),
+                status = CAST(:status AS text),
+                delivered_at = CASE WHEN CAST(:status AS text) = 'delivered'
+                                    THEN now() ELSE delivered_at END,
+                next_attempt_at = now() + CAST(:retry_delay AS float8) * interval '1 second',
+                dispatched_at = CASE WHEN CAST(:published AS boolean)
+                                     THEN now() + CAST(:retry_delay AS float8)
+                                          * interval '1 second' END
+            WHERE id = :delivery_id
+              AND status = 'pending'
+              AND attempts = :attempt
+              AND lease_expires_at IS NOT NULL
+            RETURNING id
+        ), finished AS (
+            UPDATE webhook_attempts
+            SET finished_at = now(),
+                status_code = CAST(:status_code AS integer),
+                error = CAST(:error AS text),
+                duration_ms = :duration_ms
+            WHERE delivery_id IN (SELECT id FROM recorded) AND attempt = :attempt
+        )
+        SELECT count(*) AS recorded FROM recorded
+        """
+    )
+)
+
+
 def finish(
-    session: Session,
+    executor: Executor,
     claimed: Claimed,
     result: AttemptResult,
     decision: Decision,
@@ -172,40 +259,28 @@ def finish(
     ``retry_delay`` is the wait before the next attempt when ``decision`` is a retry;
     ``published`` says a message is being published for it (a short delay).
     """
-    row = session.get(WebhookDelivery, claimed.delivery_id, with_for_update=True)
-    if (
-        row is None
-        or row.status != "pending"
-        or row.attempts != claimed.attempt
-        or row.lease_expires_at is None
-    ):
-        return False
-    now = _now(session)
-    session.execute(
-        update(WebhookAttempt)
-        .where(WebhookAttempt.delivery_id == row.id, WebhookAttempt.attempt == claimed.attempt)
-        .values(
-            finished_at=now,
-            status_code=result.status_code,
-            error=result.error,
-            duration_ms=result.duration_ms,
-        )
-    )
-    row.lease_expires_at = None
-    row.last_status_code = result.status_code
-    row.last_error = result.error
     if isinstance(decision, Delivered):
-        row.status = "delivered"
-        row.delivered_at = now
-        row.next_attempt_at = row.dispatched_at = None
+        status, retry_delay, published = "delivered", None, False
     elif isinstance(decision, GiveUp):
-        row.status = "failed"
-        row.next_attempt_at = row.dispatched_at = None
+        status, retry_delay, published = "failed", None, False
     else:
         assert retry_delay is not None
-        row.next_attempt_at = now + timedelta(seconds=retry_delay)
-        row.dispatched_at = row.next_attempt_at if published else None
-    return True
+        status = "pending"
+    [row] = driver.rows(
+        executor,
+        _FINISH,
+        {
+            "delivery_id": claimed.delivery_id,
+            "attempt": claimed.attempt,
+            "status": status,
+            "status_code": result.status_code,
+            "error": result.error,
+            "duration_ms": result.duration_ms,
+            "retry_delay": retry_delay,
+            "published": published,
+        },
+    )
+    return bool(row.recorded)
 
 
 def note_problem(session: Session, delivery_id: uuid.UUID, message: str) -> None:

@@ -1,0 +1,326 @@
+"""The outbox's claim and record of one delivery attempt, against Postgres.
+
+A claim takes a due, pending delivery for one attempt under a lease, or says why not; the
+record of the attempt writes its outcome and the delivery's next state only while that
+lease is still the caller's. Each is run here as the delivery task runs it: on a
+connection of its own, committed by itself.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from service.db import queries
+from service.db.session import autocommit, transaction
+from service.validation import validate_request
+from service.webhooks import outbox
+from service.webhooks.retry import AttemptResult, Decision, Delivered, GiveUp, RetryIn
+
+pytestmark = pytest.mark.usefixtures("service_env")
+
+LEASE_S = 30.0
+OK = AttemptResult(200, None, 12)
+BROKEN = AttemptResult(503, "HTTP 503: down", 40)
+
+
+@pytest.fixture
+def delivery() -> Iterator[uuid.UUID]:
+    """A pending delivery of a job's event, due now, never attempted."""
+    request = validate_request(
+        model="glm-5.1", messages=[{"role": "user", "content": "outbox"}], callback_url=None
+    )
+    with transaction() as session:
+        job_id, _ = queries.create_job(session, request)
+        delivery_id = outbox.add_delivery(
+            session,
+            job_id=job_id,
+            event_type="job.succeeded",
+            url="http://127.0.0.1:9/hook",
+            payload='{"type": "job.succeeded"}',
+        )
+    assert delivery_id is not None
+    yield delivery_id
+    with transaction() as session:
+        session.execute(text("DELETE FROM jobs WHERE id = :id"), {"id": job_id})
+
+
+def _row(delivery_id: uuid.UUID) -> dict[str, Any]:
+    with transaction() as session:
+        row = session.execute(
+            text("SELECT *, now() AS now FROM webhook_deliveries WHERE id = :id"),
+            {"id": delivery_id},
+        )
+        return dict(row.mappings().one())
+
+
+def _attempts(delivery_id: uuid.UUID) -> list[dict[str, Any]]:
+    with transaction() as session:
+        rows = session.execute(
+            text(
+                "SELECT attempt, started_at, finished_at, status_code, error, duration_ms"
+                " FROM webhook_attempts WHERE delivery_id = :id ORDER BY attempt"
+            ),
+            {"id": delivery_id},
+        )
+        return [dict(r) for r in rows.mappings()]
+
+
+def _set(delivery_id: uuid.UUID, assignments: str) -> None:
+    with transaction() as session:
+        session.execute(
+            text(f"UPDATE webhook_deliveries SET {assignments} WHERE id = :id"),
+            {"id": delivery_id},
+        )
+
+
+def _claim(delivery_id: uuid.UUID) -> outbox.Claimed | outbox.Skipped:
+    with autocommit() as conn:
+        return outbox.claim(conn, delivery_id, lease_seconds=LEASE_S)
+
+
+def _finish(
+    claimed: outbox.Claimed,
+    result: AttemptResult,
+    decision: Decision,
+    *,
+    retry_delay: float | None = None,
+    published: bool = False,
+) -> bool:
+    with autocommit() as conn:
+        return outbox.finish(
+            conn, claimed, result, decision, retry_delay=retry_delay, published=published
+        )
+
+
+def _close(a: datetime, b: datetime, seconds: float = 2.0) -> bool:
+    return abs((a - b).total_seconds()) < seconds
+
+
+def test_a_due_delivery_is_claimed_under_a_lease_with_its_attempt_started(
+    delivery: uuid.UUID,
+) -> None:
+    claimed = _claim(delivery)
+
+    assert isinstance(claimed, outbox.Claimed)
+    assert (claimed.delivery_id, claimed.attempt, claimed.round_attempt) == (delivery, 1, 1)
+    assert claimed.event_type == "job.succeeded"
+    assert claimed.url == "http://127.0.0.1:9/hook"
+    assert claimed.payload == '{"type": "job.succeeded"}'
+    assert claimed.job_id is not None
+    row = _row(delivery)
+    assert (row["attempts"], row["round_attempts"], row["status"]) == (1, 1, "pending")
+    assert _close(row["lease_expires_at"], row["now"] + timedelta(seconds=LEASE_S))
+    [attempt] = _attempts(delivery)
+    assert attempt["attempt"] == 1
+    assert attempt["finished_at"] is None
+    assert _close(attempt["started_at"], row["now"])
+
+
+def test_a_held_lease_keeps_a_second_claim_out(delivery: uuid.UUID) -> None:
+    assert isinstance(_claim(delivery), outbox.Claimed)
+
+    assert _claim(delivery) == outbox.Skipped(delivery, "busy")
+    assert _row(delivery)["attempts"] == 1
+    assert len(_attempts(delivery)) == 1
+
+
+@pytest.mark.parametrize(
+    ("assignments", "reason"),
+    [
+        ("status = 'delivered', next_attempt_at = NULL", "delivered"),
+        ("status = 'failed', next_attempt_at = NULL", "failed"),
+        ("next_attempt_at = now() + interval '1 minute'", "not due"),
+        ("next_attempt_at = NULL", "not due"),
+    ],
+)
+def test_a_delivery_not_to_send_now_is_skipped_untouched(
+    delivery: uuid.UUID, assignments: str, reason: str
+) -> None:
+    _set(delivery, assignments)
+    before = _row(delivery)
+
+    assert _claim(delivery) == outbox.Skipped(delivery, reason)
+    after = _row(delivery)
+    assert {k: v for k, v in after.items() if k != "now"} == {
+        k: v for k, v in before.items() if k != "now"
+    }
+    assert _attempts(delivery) == []
+
+
+def test_a_delivery_due_within_the_early_margin_is_claimed(delivery: uuid.UUID) -> None:
+    _set(delivery, "next_attempt_at = now() + interval '0.5 seconds'")
+
+    assert isinstance(_claim(delivery), outbox.Claimed)
+
+
+def test_a_missing_delivery_is_skipped() -> None:
+    missing = uuid.uuid4()
+    assert _claim(missing) == outbox.Skipped(missing, "missing")
+
+
+def test_an_expired_lease_closes_the_lost_attempt_and_starts_the_next(
+    delivery: uuid.UUID,
+) -> None:
+    assert isinstance(_claim(delivery), outbox.Claimed)
+    _set(delivery, "lease_expires_at = now() - interval '1 second'")
+
+    claimed = _claim(delivery)
+
+    assert isinstance(claimed, outbox.Claimed)
+    assert (claimed.attempt, claimed.round_attempt) == (2, 2)
+    lost, started = _attempts(delivery)
+    assert lost["attempt"] == 1
+    assert lost["finished_at"] is not None
+    assert lost["error"] == "worker lost before the attempt finished"
+    assert (started["attempt"], started["finished_at"]) == (2, None)
+
+
+def test_a_finished_attempt_is_not_closed_again_by_the_next_claim(delivery: uuid.UUID) -> None:
+    first = _claim(delivery)
+    assert isinstance(first, outbox.Claimed)
+    assert _finish(first, BROKEN, RetryIn(0.0), retry_delay=0.0)
+    [recorded] = _attempts(delivery)
+
+    assert isinstance(_claim(delivery), outbox.Claimed)
+    assert _attempts(delivery)[0] == recorded
+
+
+def test_a_delivered_attempt_ends_the_delivery(delivery: uuid.UUID) -> None:
+    claimed = _claim(delivery)
+    assert isinstance(claimed, outbox.Claimed)
+
+    assert _finish(claimed, OK, Delivered())
+
+    row = _row(delivery)
+    assert row["status"] == "delivered"
+    assert _close(row["delivered_at"], row["now"])
+    assert row["next_attempt_at"] is row["dispatched_at"] is row["lease_expires_at"] is None
+    assert (row["last_status_code"], row["last_error"]) == (200, None)
+    [attempt] = _attempts(delivery)
+    assert (attempt["status_code"], attempt["error"], attempt["duration_ms"]) == (200, None, 12)
+    assert attempt["finished_at"] is not None
+
+
+def test_a_given_up_attempt_fails_the_delivery(delivery: uuid.UUID) -> None:
+    claimed = _claim(delivery)
+    assert isinstance(claimed, outbox.Claimed)
+
+    assert _finish(claimed, BROKEN, GiveUp("no more attempts"))
+
+    row = _row(delivery)
+    assert (row["status"], row["delivered_at"]) == ("failed", None)
+    assert row["next_attempt_at"] is row["dispatched_at"] is row["lease_expires_at"] is None
+    assert (row["last_status_code"], row["last_error"]) == (503, "HTTP 503: down")
+    [attempt] = _attempts(delivery)
+    assert (attempt["status_code"], attempt["error"], attempt["duration_ms"]) == (
+        503,
+        "HTTP 503: down",
+        40,
+    )
+
+
+@pytest.mark.parametrize("published", [True, False])
+def test_a_retried_attempt_schedules_the_next(delivery: uuid.UUID, published: bool) -> None:
+    claimed = _claim(delivery)
+    assert isinstance(claimed, outbox.Claimed)
+    failed = AttemptResult(None, "timeout: read", 5000)
+
+    assert _finish(claimed, failed, RetryIn(90.0), retry_delay=90.0, published=published)
+
+    row = _row(delivery)
+    assert (row["status"], row["lease_expires_at"], row["delivered_at"]) == (
+        "pending",
+        None,
+        None,
+    )
+    assert _close(row["next_attempt_at"], row["now"] + timedelta(seconds=90))
+    # A published retry is a message due then; an unpublished one waits for the sweep.
+    assert row["dispatched_at"] == (row["next_attempt_at"] if published else None)
+    assert (row["last_status_code"], row["last_error"]) == (None, "timeout: read")
+    [attempt] = _attempts(delivery)
+    assert (attempt["status_code"], attempt["error"]) == (None, "timeout: read")
+
+
+def test_an_attempt_whose_lease_was_taken_over_is_not_recorded(delivery: uuid.UUID) -> None:
+    first = _claim(delivery)
+    assert isinstance(first, outbox.Claimed)
+    _set(delivery, "lease_expires_at = now() - interval '1 second'")
+    second = _claim(delivery)
+    assert isinstance(second, outbox.Claimed)
+
+    assert not _finish(first, OK, Delivered())
+
+    row = _row(delivery)
+    assert (row["status"], row["attempts"], row["last_status_code"]) == ("pending", 2, None)
+    lost, running = _attempts(delivery)
+    assert lost["error"] == "worker lost before the attempt finished"
+    assert lost["status_code"] is None
+    assert running["finished_at"] is None
+    assert _finish(second, OK, Delivered())
+    assert _row(delivery)["status"] == "delivered"
+
+
+@pytest.mark.parametrize(
+    "assignments",
+    [
+        "lease_expires_at = NULL",
+        "status = 'delivered'",
+        "attempts = attempts + 1",
+    ],
+)
+def test_an_attempt_no_longer_holding_its_delivery_is_not_recorded(
+    delivery: uuid.UUID, assignments: str
+) -> None:
+    claimed = _claim(delivery)
+    assert isinstance(claimed, outbox.Claimed)
+    _set(delivery, assignments)
+    before = _row(delivery)
+
+    assert not _finish(claimed, OK, Delivered())
+
+    after = _row(delivery)
+    assert {k: v for k, v in after.items() if k != "now"} == {
+        k: v for k, v in before.items() if k != "now"
+    }
+    assert _attempts(delivery)[0]["finished_at"] is None
+
+
+def test_a_claim_waiting_on_another_sees_its_lease_and_is_kept_out(delivery: uuid.UUID) -> None:
+    """Two claims at once: the second waits for the first's commit, then reads the row as
+    the first left it (not as it was when it started), so only one attempt starts."""
+    outcome: list[outbox.Claimed | outbox.Skipped] = []
+    with transaction() as session:
+        first = outbox.claim(session, delivery, lease_seconds=LEASE_S)
+        assert isinstance(first, outbox.Claimed)
+        second = threading.Thread(target=lambda: outcome.append(_claim(delivery)))
+        second.start()
+        _wait_until_blocked_on_a_lock()
+    second.join(timeout=10)
+
+    assert outcome == [outbox.Skipped(delivery, "busy")]
+    assert [a["attempt"] for a in _attempts(delivery)] == [1]
+    assert _row(delivery)["attempts"] == 1
+
+
+def _wait_until_blocked_on_a_lock(timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with autocommit() as conn:
+            waiting = conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND position('webhook_deliveries' in query) > 0"
+                )
+            ).scalar_one()
+        if waiting:
+            return
+        time.sleep(0.01)
+    raise AssertionError("the second claim never waited for the first's lock")
