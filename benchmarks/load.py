@@ -15,6 +15,7 @@ received p50.
     python -m benchmarks.load --smoke    # small N, under a minute
     python -m benchmarks.load --row 0:32:2000 --row 5:1000:4000 --paced 0
     python -m benchmarks.load --row 0:64:3000 --repeat 3 --paced 0   # medians of 3 runs
+    python -m benchmarks.load --row 5:1000:4000 --raw-async --paced 0   # and the async SDK
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ class Row:
     concurrency: int
     jobs: int
     raw: dict[str, float] = field(default_factory=dict)
+    # The SDK's async client on one event loop, with ``--raw-async``.
+    raw_async: dict[str, float] = field(default_factory=dict)
     ezq: dict[str, float] = field(default_factory=dict)
     # Each run's ezq/s over raw/s, in the order run (one per ``--repeat``).
     ratios: list[float] = field(default_factory=list)
@@ -239,20 +242,22 @@ def _wait_done(
         time.sleep(0.2)
 
 
-def run_raw(row: Row, gateway: Gateway) -> None:
+def run_raw(row: Row, gateway: Gateway, *, use_async: bool = False) -> dict[str, float]:
+    """The raw client's run of ``row``: threads, or the async client on one event loop."""
     gateway.latency(row.latency, row.jobs + 100)
     gw0 = cpu_seconds(gateway.proc.pid)
     out = subprocess.run(
         [
             *(sys.executable, "-m", "benchmarks.raw_client", "--url", gateway.url),
             *("--concurrency", str(row.concurrency), "--jobs", str(row.jobs), "--model", MODEL),
+            *(("--async",) if use_async else ()),
         ],
         capture_output=True,
         check=True,
         text=True,
     ).stdout
     result = json.loads(out.strip().splitlines()[-1])
-    row.raw = {
+    return {
         "per_s": row.jobs / result["elapsed_s"],
         "cpu_ms": result["cpu_s"] / row.jobs * 1e3,
         "gateway_cpu_ms": (cpu_seconds(gateway.proc.pid) - gw0) / row.jobs * 1e3,
@@ -469,6 +474,13 @@ def _print(
         " conns = the worker's most Postgres connections, opened = those it opened during"
         " the run"
     )
+    for r in rows:
+        if r.raw_async:
+            print(
+                f"  {r.latency * 1e3:.0f} ms / {r.concurrency}: the SDK's async client on one"
+                f" event loop {r.raw_async['per_s']:.0f} calls/s,"
+                f" {r.raw_async['cpu_ms']:.2f} ms CPU per call (last run)"
+            )
     if any(len(r.ratios) > 1 for r in rows):
         print("medians over alternating raw/ezq runs; each run's ratio:")
         for r in rows:
@@ -530,6 +542,12 @@ def main() -> None:
         " producer does)",
     )
     parser.add_argument(
+        "--raw-async",
+        action="store_true",
+        help="also run each row's calls with the SDK's async client on one event loop (the"
+        " other way it offers to hold many calls in one process), printed under the table",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=1,
@@ -563,7 +581,9 @@ def main() -> None:
                 for row in rows:
                     raws, ezqs = [], []
                     for _ in range(max(1, args.repeat)):
-                        run_raw(row, gateway)
+                        row.raw = run_raw(row, gateway)
+                        if args.raw_async:
+                            row.raw_async = run_raw(row, gateway, use_async=True)
                         run_ezq(
                             row,
                             gateway,
