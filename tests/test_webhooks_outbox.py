@@ -311,16 +311,17 @@ def test_a_claim_waiting_on_another_sees_its_lease_and_is_kept_out(delivery: uui
 
 
 def _wait_until_blocked_on_a_lock(timeout: float = 10.0) -> None:
+    """Until a backend waits on a lock in a statement on ``webhook_deliveries``: each look
+    is a round trip to Postgres, which paces the loop."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with autocommit() as conn:
+    with autocommit() as conn:
+        while time.monotonic() < deadline:
             waiting = conn.execute(
                 text(
                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
                     " AND position('webhook_deliveries' in query) > 0"
                 )
             ).scalar_one()
-        if waiting:
-            return
-        time.sleep(0.01)
+            if waiting:
+                return
     raise AssertionError("the second claim never waited for the first's lock")
