@@ -99,7 +99,7 @@ class ReceivedRequest:
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
-    received_at: float
+    received_at: float  # when its first line arrived (``time.time()``)
     request_id: str
     raw: bytes = field(default=b"", repr=False)
     # Completion calls being served when this one arrived, this one included.
@@ -161,6 +161,16 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "fake-ezrouter"
+
+    # When the request's first line arrived: a request's ``received_at``, the moment the
+    # gateway got its first byte. Stamped after the headers, the body and its JSON were
+    # parsed (as it was), it added this server's own parsing, 0.3 ms at the median, to
+    # the latency the load benchmark measures up to the gateway.
+    _line_at: float = 0.0
+
+    def parse_request(self) -> bool:
+        self._line_at = time.time()
+        return super().parse_request()
 
     def version_string(self) -> str:
         return self.server_version
@@ -366,7 +376,7 @@ class _Handler(BaseHTTPRequestHandler):
                 path=self.path,
                 headers={k.lower(): v for k, v in self.headers.items()},
                 body=body,
-                received_at=time.time(),
+                received_at=self._line_at,
                 request_id=request_id,
                 raw=raw,
                 in_flight=self._in_flight,
