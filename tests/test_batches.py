@@ -169,8 +169,18 @@ def test_cancel_stops_lines_not_started_and_keeps_finished_ones(
     # Started first: the session worker's sweep republishes lines left waiting too long.
     worker_factory(env={"EZQ_QUEUE": queue, "EZQ_WORKER_CONCURRENCY": "1"})
     marker = uuid.uuid4().hex
-    # Under the test worker's read timeout (1.5 s), so the slow call is not retried.
-    fake_gateway.add_faults(Fault(kind="normal", match=f"slow-{marker}", latency=1.2))
+    # About 2 s of stream, frames 0.3 s apart: the cancel lands while it runs, and no wait
+    # comes near the test worker's read timeout (1.5 s), so the slow call is not retried.
+    # (One wait of 1.2 s before the first byte left the cancel and the timeout too
+    # little room on a loaded machine: a third line ran.)
+    fake_gateway.add_faults(
+        Fault(
+            kind="normal",
+            match=f"slow-{marker}",
+            reply="a slow reply, word by word",
+            chunk_delay=0.3,
+        )
+    )
     names = ["first", "slow", "third", "fourth", "fifth"]
     prompts = {n: (f"slow-{marker}" if n == "slow" else f"{n} {marker}") for n in names}
     client = sdk(own, keys["a"])
