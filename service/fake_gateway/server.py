@@ -162,10 +162,10 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "fake-ezrouter"
 
-    # When the request's first line arrived: a request's ``received_at``, the moment the
-    # gateway got its first byte. Stamped after the headers, the body and its JSON were
-    # parsed (as it was), it added this server's own parsing, 0.3 ms at the median, to
-    # the latency the load benchmark measures up to the gateway.
+    # When the request's first line arrived: its ``received_at``, the moment the gateway
+    # got its first byte. Stamped after the headers, the body and its JSON are parsed,
+    # it would add this server's own parsing (0.3 ms at the median) to the latency the
+    # load benchmark measures up to the gateway.
     _line_at: float = 0.0
 
     def parse_request(self) -> bool:
