@@ -7,9 +7,11 @@ channels run side by side in alternating rounds against the local Redis; printed
 median over rounds of CPU per message, and the ratio.
 
 Then the other way: CPU and wall time per task message taken off a queue of waiting ones
-by a consumer that acknowledges each (prefetch 64, the acks sent once per read, as the
-worker's event loop sends them), one message per read as kombu takes them against ours,
-which takes those waiting behind BRPOP's in the same round trip as its bookkeeping.
+by a consumer that acknowledges each (prefetch 64, the acks sent once per turn of the
+loop, as the worker's event loop sends them), one message per read as kombu takes them
+against ours, which takes those waiting behind BRPOP's in the same round trip as its
+bookkeeping, and on the next turns takes what waits with the acks in one round trip,
+without BRPOP.
 
     python -m benchmarks.broker_commands [--messages 3000] [--rounds 5]
 """
@@ -22,6 +24,7 @@ import secrets
 import statistics
 import threading
 import time
+from collections import deque
 from typing import Any
 
 from kombu import Connection, Consumer, Exchange, Producer, Queue
@@ -70,8 +73,25 @@ class OneAtATime(transport.Transport):
         take_at_most = 0
 
 
-def taking(transport_class: type[Any], messages: int, prefetch: int = 64) -> tuple[float, float]:
-    """CPU and wall seconds per message taken off a queue holding ``messages``."""
+class BehindBrpopOnly(transport.Transport):
+    """Our transport taking more only behind the message BRPOP returned: every turn
+    sends its acks, BRPOP and the bookkeeping's script."""
+
+    class Channel(transport.Channel):
+        def take_waiting(self) -> None:
+            pass
+
+
+def taking(
+    transport_class: type[Any], messages: int, prefetch: int, busy: int | None
+) -> tuple[float, float]:
+    """CPU and wall seconds per message taken off a queue holding ``messages``.
+
+    ``busy``: None, the consumer acknowledges each message as it gets it (every thread
+    free at each turn); a number, it holds every message it got and acknowledges that
+    many of the oldest at each turn of the loop, as a worker whose threads are all busy
+    and end a few calls per turn does.
+    """
     name = f"ezq-bench-take-{secrets.token_hex(4)}"
     with Connection(BROKER, transport=transport_class) as connection:
         channel = connection.default_channel
@@ -81,23 +101,37 @@ def taking(transport_class: type[Any], messages: int, prefetch: int = 64) -> tup
         body = {"task": "ezq.chat_completion", "kwargs": {"job_id": secrets.token_hex(16)}}
         for _ in range(messages):
             producer.publish(body, exchange="", routing_key=name)
-        taken = 0
+        held: list[Any] = []
+        running: deque[Any] = deque()  # held and not acknowledged yet
 
         def received(_body: Any, message: Any) -> None:
-            nonlocal taken
-            taken += 1
-            message.ack()
+            held.append(message)
+            if busy is None:
+                message.ack()
+            else:
+                running.append(message)
 
         consumer = Consumer(channel, [queue], callbacks=[received])
         consumer.qos(prefetch_count=prefetch)
         consumer.consume()
-        channel.connection.loop_thread = threading.get_ident()  # acks batched per read
+        loop = channel.connection
+        loop.loop_thread = threading.get_ident()  # acks batched per turn
+        qos = channel.qos
         started, wall = time.process_time(), time.perf_counter()
-        while taken < messages:
-            connection.drain_events(timeout=5)
-            channel.connection._send_acks()
+        while len(held) < messages:
+            for _ in range(min(busy or 0, len(running))):
+                running.popleft().ack()
+            # A turn of the worker's loop: what waits is taken with the acks when the last
+            # take came back full; BRPOP is read when that took nothing.
+            before = len(held)
+            loop._on_tick()
+            if len(held) == before and qos.can_consume():
+                connection.drain_events(timeout=5)
         spent = (time.process_time() - started) / messages
         elapsed = (time.perf_counter() - wall) / messages
+        while running:
+            running.popleft().ack()
+        loop._send_acks()
         queue(channel).delete()
         return spent, elapsed
 
@@ -117,20 +151,31 @@ def main() -> None:
             after.append(cpu_per_message(transport.Transport, kind, args.messages))
         b, a = statistics.median(before) * 1e6, statistics.median(after) * 1e6
         print(f"{label:>24}{b:>10.0f}{a:>10.0f}{a / b:>8.2f}")
-    print(
-        f"\nPer task message taken off a queue of {args.messages} (µs), prefetch 64,"
-        f" {args.rounds} alternating rounds, medians"
+    variants = (
+        ("one/read", OneAtATime),
+        ("BRPOP+more", BehindBrpopOnly),
+        ("ours", transport.Transport),
     )
-    print(f"{'':>24}{'one/read':>10}{'ours':>10}{'ratio':>8}")
-    one: list[tuple[float, float]] = []
-    ours: list[tuple[float, float]] = []
-    for _ in range(args.rounds):
-        one.append(taking(OneAtATime, args.messages))
-        ours.append(taking(transport.Transport, args.messages))
-    for i, label in ((0, "CPU"), (1, "wall time")):
-        b = statistics.median(run[i] for run in one) * 1e6
-        a = statistics.median(run[i] for run in ours) * 1e6
-        print(f"{label:>24}{b:>10.0f}{a:>10.0f}{a / b:>8.2f}")
+    for prefetch, busy, what in (
+        (64, None, "each acknowledged at once"),
+        (32, 2, "32 held, 2 acknowledged per turn (a busy worker)"),
+    ):
+        print(
+            f"\nPer task message taken off a queue of {args.messages} (µs), prefetch"
+            f" {prefetch}, {what}; {args.rounds} alternating rounds, medians"
+        )
+        print(f"{'':>24}" + "".join(f"{label:>12}" for label, _ in variants) + f"{'ratio':>8}")
+        runs: dict[str, list[tuple[float, float]]] = {label: [] for label, _ in variants}
+        for _ in range(args.rounds):
+            for label, variant in variants:
+                runs[label].append(taking(variant, args.messages, prefetch, busy))
+        for i, name in ((0, "CPU"), (1, "wall time")):
+            figures = [
+                statistics.median(run[i] for run in runs[label]) * 1e6 for label, _ in variants
+            ]
+            ratio = figures[-1] / figures[1]
+            print(f"{name:>24}" + "".join(f"{f:>12.0f}" for f in figures) + f"{ratio:>8.2f}")
+    print("ratio: ours over BRPOP+more (the message BRPOP returned and those behind it, one read)")
 
 
 if __name__ == "__main__":

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 from kombu import Connection, Consumer, Queue
+from redis import client as redis_client
 
 from service.worker.transport import TAKE_AT_MOST, Channel, Transport
 from tests.conftest import REDIS_URL, sql
@@ -299,3 +302,180 @@ def _redelivered(payload: dict[str, Any]) -> bool:
         payload.get("headers", {}).get("redelivered")
         or payload["properties"]["delivery_info"].get("redelivered")
     )
+
+
+class RoundTrips:
+    """Counts the Redis round trips made while it is open (a command, or a pipeline)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        execute_command = redis_client.Redis.execute_command
+        execute = redis_client.Pipeline.execute
+
+        def counted_command(client: Any, *args: Any, **options: Any) -> Any:
+            if not isinstance(client, redis_client.Pipeline):
+                self.count += 1
+            return execute_command(client, *args, **options)
+
+        def counted_pipeline(pipe: Any, *args: Any, **options: Any) -> Any:
+            self.count += 1
+            return execute(pipe, *args, **options)
+
+        monkeypatch.setattr(redis_client.Redis, "execute_command", counted_command)
+        monkeypatch.setattr(redis_client.Pipeline, "execute", counted_pipeline)
+
+
+def _turn(taker: Taker) -> None:
+    """One turn of the worker's loop before it polls (no hub here: kombu's BRPOP is not
+    sent)."""
+    taker.connection.transport._on_tick()
+
+
+def test_a_busy_turn_takes_what_waits_with_its_acks_in_one_round_trip(
+    taker: Taker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bodies = [f"job {i}" for i in range(12)]
+    taker.publish(*bodies)
+    taker.consume(prefetch=4)
+    assert taker.read_once() == bodies[:4]  # as many as it asked for: the queue may hold more
+    for message in taker.got[:2]:
+        message.ack()
+    _turn(taker)  # the first take also loads its script into Redis
+    assert [_text(m) for m in taker.got] == bodies[:6]
+    acked = taker.got[2:4]
+    for message in acked:
+        message.ack()
+    trips = RoundTrips(monkeypatch)
+    _turn(taker)
+    assert trips.count == 1
+    assert [_text(m) for m in taker.got] == bodies[:8]
+    assert taker.waiting() == bodies[8:]
+    assert set(taker.entered()) == {m.delivery_tag for m in taker.got[4:]}
+    assert not taker.channel.qos._unsent_acks
+    assert not taker.channel.qos._entered
+    assert not taker.channel.qos.can_consume()
+    assert not taker.channel._in_poll  # no BRPOP was sent for them
+
+
+def test_a_turn_with_no_free_thread_sends_only_its_acks(
+    taker: Taker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taker.publish(*(f"job {i}" for i in range(6)))
+    taker.consume(prefetch=3)
+    taker.read_once()
+    trips = RoundTrips(monkeypatch)
+    _turn(taker)  # every thread busy: nothing to take, no ack to send
+    assert trips.count == 0
+    assert len(taker.got) == 3
+
+
+def test_a_short_take_hands_the_queue_back_to_brpop(taker: Taker) -> None:
+    bodies = [f"job {i}" for i in range(5)]
+    taker.publish(*bodies)
+    taker.consume(prefetch=4)
+    assert taker.read_once() == bodies[:4]
+    for message in taker.got:
+        message.ack()
+    _turn(taker)  # three free threads, one message waiting: taken, and the queue is empty
+    assert [_text(m) for m in taker.got] == bodies
+    assert not taker.channel._queue_may_hold_more
+    assert len(taker.entered()) == 1
+    taker.publish("job 5")
+    _turn(taker)  # nothing taken without BRPOP now
+    assert len(taker.got) == 5
+    assert taker.read_once() == ["job 5"]
+
+
+def test_a_read_that_finds_fewer_than_it_asked_for_leaves_taking_to_brpop(
+    taker: Taker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that keeps up (its queue mostly empty) makes no round trip that would find
+    nothing: it waits on BRPOP."""
+    taker.publish("a", "b")
+    taker.consume(prefetch=10)
+    assert taker.read_once() == ["a", "b"]
+    taker.got[0].ack()
+    trips = RoundTrips(monkeypatch)
+    _turn(taker)
+    assert trips.count == 1  # the ack alone
+    assert len(taker.got) == 2
+
+
+def test_priorities_and_order_hold_when_taken_without_brpop(taker: Taker) -> None:
+    taker.publish("low 0", priority=9)
+    taker.consume(prefetch=1)
+    assert taker.read_once() == ["low 0"]
+    taker.publish("low 1", "low 2", priority=9)
+    taker.publish("high 1", "high 2", priority=0)
+    taker.channel.qos.prefetch_count = 10
+    taker.got[0].ack()
+    _turn(taker)
+    assert [_text(m) for m in taker.got[1:]] == ["high 1", "high 2", "low 1", "low 2"]
+
+
+def test_what_is_not_a_message_stops_a_take_and_brpop_sets_it_aside(
+    taker: Taker, service_env: dict[str, str]
+) -> None:
+    taker.publish("a")
+    taker.consume(prefetch=1)
+    assert taker.read_once() == ["a"]
+    key = taker.channel._q_for_pri(taker.name, 0)
+    with taker.channel.conn_or_acquire() as client:
+        client.lpush(key, b"not json at all")
+    taker.publish("b")
+    before = sql("SELECT coalesce(max(id), 0) FROM dead_letters")[0][0]
+    taker.got[0].ack()
+    taker.channel.qos.prefetch_count = 5
+    _turn(taker)  # stops at the item: pushed back, nothing taken, BRPOP reads next
+    assert len(taker.got) == 1
+    assert not taker.channel._queue_may_hold_more
+    assert taker.read_once() == []
+    assert sql("SELECT count(*) FROM dead_letters WHERE id > :b", b=before) == [(1,)]
+    assert taker.read_once() == ["b"]
+
+
+def _a_full_read_then_an_ack(taker: Taker) -> str:
+    """Two of four waiting messages taken by a read (its take came back full), the first
+    of them acknowledged on the loop's thread; its delivery tag."""
+    taker.publish(*(f"job {i}" for i in range(4)))
+    taker.consume(prefetch=2)
+    assert taker.read_once() == ["job 0", "job 1"]
+    taker.got[0].ack()
+    return str(taker.got[0].delivery_tag)
+
+
+def test_a_take_lost_with_the_connection_keeps_its_acks(
+    taker: Taker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tag = _a_full_read_then_an_ack(taker)
+    qos = taker.channel.qos
+
+    def lost(*_args: Any, **_kwargs: Any) -> Any:
+        raise redis.exceptions.ConnectionError("Connection reset by peer")
+
+    monkeypatch.setattr(qos, "_take_waiting", lost)
+    with pytest.raises(redis.exceptions.ConnectionError):
+        _turn(taker)  # as a BRPOP that cannot be sent: the worker reconnects
+    assert qos._unsent_acks == [tag]
+    assert taker.channel._queue_may_hold_more
+    monkeypatch.undo()
+    _turn(taker)  # the connection is back: the acks go with the take
+    assert tag not in taker.entered()
+    assert len(taker.got) == 3
+
+
+def test_a_take_refused_by_redis_falls_back_to_brpop(
+    taker: Taker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    tag = _a_full_read_then_an_ack(taker)
+
+    def refused(*_args: Any, **_kwargs: Any) -> Any:
+        raise redis.exceptions.ResponseError("OOM command not allowed")
+
+    monkeypatch.setattr(taker.channel.qos, "_take_waiting", refused)
+    with caplog.at_level(logging.WARNING, logger="service.worker.transport"):
+        _turn(taker)
+    assert "could not take waiting messages: ResponseError" in caplog.text
+    assert not taker.channel._queue_may_hold_more
+    assert tag not in taker.entered()  # the turn's acks were sent on their own
+    assert taker.read_once() == ["job 2"]

@@ -19,7 +19,9 @@ round trip of its own: two round trips on the event loop's thread for every mess
 the round trip that enters the message BRPOP returned also takes, when the queue has more
 and the worker has threads free for them, up to ``TAKE_AT_MOST`` more messages and enters
 them in the bookkeeping in the same step (one Lua script, so that a message is never off
-the queue without being in the bookkeeping); see ``Channel``.
+the queue without being in the bookkeeping); see ``Channel``. A busy worker (its last take
+came back full) skips BRPOP: each turn of its loop takes what waits in the round trip that
+also carries the turn's acks; see ``Channel.take_waiting``.
 """
 
 # kombu carries no type information.
@@ -48,20 +50,9 @@ log = logging.getLogger(__name__)
 # handing them over before it polls again.
 TAKE_AT_MOST = 32
 
-# KEYS: the unacked hash, its index, then the queue lists in the order BRPOP reads them.
-# ARGV: the time, how many more to take, and the message BRPOP returned: its delivery tag
-# and bookkeeping entry. That message is entered in the bookkeeping (as kombu's
-# ``QoS.append`` does), then up to ARGV[2] more are popped and each entered the same way:
-# its entry is the JSON array kombu writes, [message, exchange, routing key], built around
-# the message's own text. An item that is not such an envelope to Lua's JSON is pushed
-# back where it was and ends the taking: the next BRPOP returns it, and the worker sets
-# it aside as it does any item BRPOP returns.
-# Returns the flat list: queue key, item, the delivery tag it was entered under, for each
-# message taken.
-_TAKE_MORE = """
-local now, want = ARGV[1], tonumber(ARGV[2])
-redis.call('ZADD', KEYS[2], now, ARGV[3])
-redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+# The taking both scripts share: up to ``want`` messages popped from KEYS[3...], in that
+# order, each entered in the bookkeeping (KEYS[1], KEYS[2]) at ``now``.
+_POP_AND_ENTER = """
 local taken = {}
 for i = 3, #KEYS do
   while want > 0 do
@@ -89,6 +80,40 @@ for i = 3, #KEYS do
 end
 return taken
 """
+
+# KEYS: the unacked hash, its index, then the queue lists in the order BRPOP reads them.
+# ARGV: the time, how many more to take, and the message BRPOP returned: its delivery tag
+# and bookkeeping entry. That message is entered in the bookkeeping (as kombu's
+# ``QoS.append`` does), then up to ARGV[2] more are popped and each entered the same way:
+# its entry is the JSON array kombu writes, [message, exchange, routing key], built around
+# the message's own text. An item that is not such an envelope to Lua's JSON is pushed
+# back where it was and ends the taking: the next BRPOP returns it, and the worker sets
+# it aside as it does any item BRPOP returns.
+# Returns the flat list: queue key, item, the delivery tag it was entered under, for each
+# message taken.
+_TAKE_MORE = (
+    """
+local now, want = ARGV[1], tonumber(ARGV[2])
+redis.call('ZADD', KEYS[2], now, ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+"""
+    + _POP_AND_ENTER
+)
+
+# KEYS: as ``_TAKE_MORE``'s. ARGV: the time, how many to take, then the delivery tags of
+# the messages acknowledged since the last round trip. Those leave the bookkeeping (what
+# ``QoS.send_acks`` does), then up to ARGV[2] messages are taken as ``_TAKE_MORE`` takes
+# them. Returns what it took, as ``_TAKE_MORE`` does.
+_TAKE_WAITING = (
+    """
+local now, want = ARGV[1], tonumber(ARGV[2])
+for i = 3, #ARGV do
+  redis.call('ZREM', KEYS[2], ARGV[i])
+  redis.call('HDEL', KEYS[1], ARGV[i])
+end
+"""
+    + _POP_AND_ENTER
+)
 
 # KEYS: the unacked hash and its index. ARGV: queue key, item, delivery tag, for each
 # message taken and not handed over, in the order they were taken. Each goes back to the
@@ -127,6 +152,7 @@ class QoS(redis.QoS):
         # Delivery tags of messages taken by ``_TAKE_MORE``: already in Redis's bookkeeping.
         self._entered: set[str] = set()
         self._take_more: Any = None  # the scripts, registered on first use (EVALSHA)
+        self._take_waiting: Any = None
         self._give_back: Any = None
 
     def append(self, message: Any, delivery_tag: str) -> None:
@@ -154,10 +180,35 @@ class QoS(redis.QoS):
                 client=client,
             )
         virtual.QoS.append(self, message, delivery_tag)
-        channel._taken = [
-            (key.decode(), item, tag.decode())
-            for key, item, tag in zip(taken[::3], taken[1::3], taken[2::3], strict=True)
-        ]
+        channel._taken = _triples(taken)
+        # As many as it asked for: the queue may hold more, taken directly next turn.
+        channel._queue_may_hold_more = len(channel._taken) >= want
+
+    def take_waiting(self, queue_keys: list[str], want: int) -> list[tuple[str, bytes, str]]:
+        """Up to ``want`` messages off ``queue_keys`` (in that order), entered in the
+        bookkeeping, in the round trip that also removes the acks not sent yet: what one
+        turn of a busy worker's loop sends to Redis (see ``Channel.take_waiting``).
+
+        Should the round trip fail, its acks stay to be sent (removing a removed entry
+        does nothing), and what it may have taken is in the bookkeeping: restored after the
+        visibility timeout, as any message a lost worker held.
+        """
+        with self._unsent_lock:
+            acks, self._unsent_acks = self._unsent_acks, []
+        try:
+            with self.channel.conn_or_acquire() as client:
+                if self._take_waiting is None:
+                    self._take_waiting = client.register_script(_TAKE_WAITING)
+                taken = self._take_waiting(
+                    keys=[self.unacked_key, self.unacked_index_key, *queue_keys],
+                    args=[time(), want, *acks],
+                    client=client,
+                )
+        except BaseException:
+            with self._unsent_lock:
+                self._unsent_acks[:0] = acks
+            raise
+        return _triples(taken)
 
     def give_back(self, taken: list[tuple[str, bytes, str]]) -> None:
         """Messages taken ahead and not handed over: back to where the next read finds
@@ -293,6 +344,9 @@ class Channel(redis.Channel):
     # Queues whose consumer does not acknowledge: nothing is taken ahead for them (their
     # messages are never entered in the bookkeeping).
     _no_ack_queues: frozenset[str] = frozenset()
+    # Set when the last take got as many messages as it asked for: the queue may hold
+    # more, and the loop's next turn takes them without BRPOP (see ``take_waiting``).
+    _queue_may_hold_more = False
 
     # The client kombu's commands go through outside the event loop (publishes, acks, the
     # unacked bookkeeping), kept for as long as the channel's connection pool lives.
@@ -322,16 +376,59 @@ class Channel(redis.Channel):
             self._no_ack_queues = self._no_ack_queues - {queue}
         return super().basic_consume(queue, no_ack, *args, **kwargs)
 
-    def _brpop_read(self, **options: Any) -> Any:
-        queues = self._queue_cycle.consume(len(self.active_queues))
-        if (
+    def _takes_ahead_from(self, queues: list[str]) -> bool:
+        return bool(
             self.take_at_most
             and not self.global_keyprefix
             and not self._no_ack_queues.intersection(queues)
+        )
+
+    def _queue_keys(self, queues: list[str]) -> list[str]:
+        """The lists behind ``queues``, in the order BRPOP reads them."""
+        return [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
+
+    def take_waiting(self) -> None:
+        """On a turn of the worker's loop, before it polls: when the last take found as
+        many messages as it asked for, take what waits now (up to the free threads) in
+        the round trip that also sends the acks, and hand it to the consumer, instead of
+        sending BRPOP. A busy worker then makes one round trip to Redis per turn instead
+        of three (the acks, BRPOP, the bookkeeping) and a poll for BRPOP's reply. When
+        the take comes back short, the queue is empty: BRPOP waits for the next message.
+        """
+        qos = self._qos
+        if (
+            not self._queue_may_hold_more
+            or self._in_poll
+            or self._closing
+            or qos is None
+            or not self.active_queues
+            or not qos.can_consume()
         ):
-            self._taking_from = [
-                self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues
-            ]
+            return
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not self._takes_ahead_from(queues):
+            self._queue_may_hold_more = False
+            return
+        free = qos.can_consume_max_estimate()
+        most = self.take_at_most + 1
+        want = most if free is None else min(most, free)
+        try:
+            taken = qos.take_waiting(self._queue_keys(queues), want)
+        except self.connection_errors:
+            raise  # as BRPOP's would: the worker reconnects
+        except Exception as exc:
+            # BRPOP then reads as kombu does; taking directly is tried again after a read
+            # that finds the queue full.
+            self._queue_may_hold_more = False
+            log.warning("could not take waiting messages: %s", type(exc).__name__)
+            return
+        self._queue_may_hold_more = len(taken) >= want
+        self._deliver_taken(taken)
+
+    def _brpop_read(self, **options: Any) -> Any:
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if self._takes_ahead_from(queues):
+            self._taking_from = self._queue_keys(queues)
             self._may_take_more = True
         try:
             read = super()._brpop_read(**options)
@@ -415,12 +512,33 @@ class Transport(redis.Transport):
     # The loop's per-turn and closing callbacks, once registered with it.
     _ticks: set[Any] | None = None
     _closes: set[Any] | None = None
+    # kombu's per-turn callbacks (they send BRPOP when a channel may consume), run from
+    # ``_on_tick``.
+    _poll_starts: tuple[Any, ...] = ()
 
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        before = set(loop.on_tick)
         super().register_with_event_loop(connection, loop)
-        loop.on_tick.add(self._send_acks)
+        # The hub keeps its per-turn callbacks in a set, in no fixed order; a turn must
+        # take what waits (with the acks) before kombu sends BRPOP, and send what acks are
+        # left after. So kombu's callbacks run inside ours, in that order.
+        self._poll_starts = tuple(tick for tick in loop.on_tick if tick not in before)
+        for tick in self._poll_starts:
+            loop.on_tick.discard(tick)
+        loop.on_tick.add(self._on_tick)
         loop.on_close.add(self._loop_closed)
         self._ticks, self._closes = loop.on_tick, loop.on_close
+
+    def _on_tick(self) -> None:
+        """A turn of the loop, before it polls: take what waits (a busy worker's one round
+        trip, which carries the turn's acks), let kombu send BRPOP where a channel still
+        may consume, then send the acks no take carried."""
+        self.loop_thread = threading.get_ident()
+        for channel in self.channels:
+            channel.take_waiting()
+        for poll_start in self._poll_starts:
+            poll_start()
+        self._send_acks()
 
     def _loop_closed(self, _loop: Any) -> None:
         """The loop closes: its turns are over. kombu's hub then runs the callbacks still
@@ -434,12 +552,13 @@ class Transport(redis.Transport):
         # The loop outlives a connection lost and made again: a transport closed stops
         # being called at each turn.
         if self._ticks is not None:
-            self._ticks.discard(self._send_acks)
+            self._ticks.discard(self._on_tick)
         if self._closes is not None:
             self._closes.discard(self._loop_closed)
 
     def _send_acks(self) -> None:
-        """At the end of each turn of the loop, before it polls: send the turn's acks."""
+        """At the end of each turn of the loop, before it polls: send the turn's acks
+        that no take carried."""
         self.loop_thread = threading.get_ident()
         for channel in self.channels:
             qos = channel._qos
@@ -452,6 +571,14 @@ class Transport(redis.Transport):
             _set_aside_envelope(message, problem, queue)
             return
         super()._deliver(message, queue)
+
+
+def _triples(taken: list[bytes]) -> list[tuple[str, bytes, str]]:
+    """A take script's flat reply as (queue key, item, delivery tag) for each message."""
+    return [
+        (key.decode(), item, tag.decode())
+        for key, item, tag in zip(taken[::3], taken[1::3], taken[2::3], strict=True)
+    ]
 
 
 def _set_aside_envelope(message: Any, problem: str, queue: str) -> None:
