@@ -19,7 +19,7 @@ from kombu.asynchronous import Hub
 from service import enqueue_completion
 from service.fake_gateway import Fault
 from service.worker.transport import Channel, Transport
-from tests.conftest import REDIS_URL, wait_for_job
+from tests.conftest import REDIS_URL, sql, wait_for_job
 from tests.private_services import PrivateRedis
 from tests.test_faults import wait_until
 
@@ -314,3 +314,63 @@ def _json_or_none(raw: bytes) -> Any:
         return json.loads(raw)
     except ValueError:
         return None
+
+
+def test_a_busy_worker_takes_its_messages_without_a_brpop_each(
+    fake_gateway: Any, worker_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker whose queue holds more jobs than it has threads takes the next ones in the
+    round trip that carries its acks, not one BRPOP per message as kombu reads, and still
+    runs each job once and leaves nothing in the unacked bookkeeping. Counted on a Redis of
+    its own, where nothing else sends BRPOP."""
+    from celery import Celery
+
+    jobs = 40
+    marker = f"busy-{uuid.uuid4().hex[:8]}"
+    fake_gateway.add_faults(Fault(latency=0.1, match=marker, times=jobs))
+    with PrivateRedis() as broker:
+        queue = f"ezq-own-{uuid.uuid4().hex[:8]}"
+        monkeypatch.setenv("CELERY_BROKER_URL", broker.url)  # Celery prefers it to broker=
+        producer = Celery("busy-test", broker=broker.url)
+        job_ids = [str(uuid.uuid4()) for _ in range(jobs)]
+        for i, job_id in enumerate(job_ids):
+            producer.send_task(
+                "ezq.chat_completion",
+                kwargs={
+                    "job_id": job_id,
+                    "model": MODEL,
+                    "messages": [{"role": "user", "content": f"{marker} {i}"}],
+                },
+                queue=queue,
+                ignore_result=True,
+            )
+        producer.close()
+        assert redis.Redis.from_url(broker.url).llen(queue) == jobs
+        # Started with every message waiting: its four threads are busy from the start.
+        worker = worker_factory(
+            env={"CELERY_BROKER_URL": broker.url, "EZQ_QUEUE": queue, "EZQ_WORKER_CONCURRENCY": "4"}
+        )
+        wait_until(
+            lambda: (
+                sql(
+                    "SELECT count(*) FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))"
+                    " AND status = 'succeeded'",
+                    ids=job_ids,
+                )
+                == [(jobs,)]
+            ),
+            "every job succeeded",
+            timeout=60,
+        )
+        client = redis.Redis.from_url(broker.url)
+        stats = client.info("commandstats")
+        brpops = stats.get("cmdstat_brpop", {}).get("calls", 0)
+        # kombu's reading takes 37 or more (one per message once the threads are busy);
+        # an idle worker's BRPOP returns empty once a second.
+        assert brpops <= 10, stats.get("cmdstat_brpop")
+        assert stats.get("cmdstat_evalsha", {}).get("calls", 0) >= 5
+        wait_until(lambda: client.hlen("unacked") == 0, "every message acknowledged")
+        assert client.llen(queue) == 0
+        assert sum(1 for r in fake_gateway.requests if marker in str(r.body)) == jobs
+        worker.stop()
+        assert "could not" not in worker.log()
