@@ -250,6 +250,41 @@ def test_a_closing_channel_gives_back_only_what_was_not_acknowledged(
     ]
 
 
+@pytest.mark.parametrize("on_the_loop", [True, False], ids=["loop thread", "other thread"])
+@pytest.mark.parametrize("settle", ["ack", "reject", "requeue"])
+def test_a_message_settled_after_its_channel_closed_changes_nothing(
+    on_the_loop: bool, settle: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker that lost its connection closes the channel and makes a new one while its
+    threads still run the tasks of the old one: closing gave those messages back to their
+    queue, to be delivered again. Their tasks' acks and rejects, ending later on the closed
+    channel, raise nothing (an error there would stop the worker) and send nothing."""
+    name = f"ezq-test-closed-{uuid.uuid4().hex[:8]}"
+    options = {"unacked_key": f"{name}:unacked", "unacked_index_key": f"{name}:unacked_index"}
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        with Connection(REDIS_URL, transport=Transport, transport_options=options) as connection:
+            channel = connection.channel()
+            assert isinstance(channel, Channel)
+            channel.queue_declare(name)
+            transport = channel.connection
+            transport.loop_thread = threading.get_ident() + (0 if on_the_loop else 1)
+            (message,) = _take(channel, name, 1)
+            channel.close()
+            assert client.llen(name) == 1  # given back by the close
+            with caplog.at_level(logging.INFO, logger="service.worker.transport"):
+                if settle == "ack":
+                    message.ack()
+                else:
+                    message.reject(requeue=settle == "requeue")
+        assert client.llen(name) == 1
+        assert client.hlen(options["unacked_key"]) == 0
+        if settle == "ack":
+            assert "acknowledged after its channel closed" in caplog.text
+    finally:
+        client.delete(name, *options.values())
+
+
 def test_a_worker_acknowledges_every_job_it_ran(
     fake_gateway: Any, own_queue: str, worker_factory: Any
 ) -> None:
@@ -316,6 +351,42 @@ def _json_or_none(raw: bytes) -> Any:
         return None
 
 
+def _send_by_name(broker_url: str, queue: str, texts: list[str]) -> list[str]:
+    """Jobs sent by task name, as a foreign producer sends them; their ids."""
+    from celery import Celery
+
+    producer = Celery("transport-test", broker=broker_url)
+    job_ids = [str(uuid.uuid4()) for _ in texts]
+    for job_id, text in zip(job_ids, texts, strict=True):
+        producer.send_task(
+            "ezq.chat_completion",
+            kwargs={
+                "job_id": job_id,
+                "model": MODEL,
+                "messages": [{"role": "user", "content": text}],
+            },
+            queue=queue,
+            ignore_result=True,
+        )
+    producer.close()
+    return job_ids
+
+
+def _wait_succeeded(job_ids: list[str], what: str) -> None:
+    wait_until(
+        lambda: (
+            sql(
+                "SELECT count(*) FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))"
+                " AND status = 'succeeded'",
+                ids=job_ids,
+            )
+            == [(len(job_ids),)]
+        ),
+        what,
+        timeout=60,
+    )
+
+
 def test_a_busy_worker_takes_its_messages_without_a_brpop_each(
     fake_gateway: Any, worker_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -323,7 +394,6 @@ def test_a_busy_worker_takes_its_messages_without_a_brpop_each(
     round trip that carries its acks, not one BRPOP per message as kombu reads, and still
     runs each job once and leaves nothing in the unacked bookkeeping. Counted on a Redis of
     its own, where nothing else sends BRPOP."""
-    from celery import Celery
 
     jobs = 40
     marker = f"busy-{uuid.uuid4().hex[:8]}"
@@ -331,37 +401,13 @@ def test_a_busy_worker_takes_its_messages_without_a_brpop_each(
     with PrivateRedis() as broker:
         queue = f"ezq-own-{uuid.uuid4().hex[:8]}"
         monkeypatch.setenv("CELERY_BROKER_URL", broker.url)  # Celery prefers it to broker=
-        producer = Celery("busy-test", broker=broker.url)
-        job_ids = [str(uuid.uuid4()) for _ in range(jobs)]
-        for i, job_id in enumerate(job_ids):
-            producer.send_task(
-                "ezq.chat_completion",
-                kwargs={
-                    "job_id": job_id,
-                    "model": MODEL,
-                    "messages": [{"role": "user", "content": f"{marker} {i}"}],
-                },
-                queue=queue,
-                ignore_result=True,
-            )
-        producer.close()
+        job_ids = _send_by_name(broker.url, queue, [f"{marker} {i}" for i in range(jobs)])
         assert redis.Redis.from_url(broker.url).llen(queue) == jobs
         # Started with every message waiting: its four threads are busy from the start.
         worker = worker_factory(
             env={"CELERY_BROKER_URL": broker.url, "EZQ_QUEUE": queue, "EZQ_WORKER_CONCURRENCY": "4"}
         )
-        wait_until(
-            lambda: (
-                sql(
-                    "SELECT count(*) FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))"
-                    " AND status = 'succeeded'",
-                    ids=job_ids,
-                )
-                == [(jobs,)]
-            ),
-            "every job succeeded",
-            timeout=60,
-        )
+        _wait_succeeded(job_ids, "every job succeeded")
         client = redis.Redis.from_url(broker.url)
         stats = client.info("commandstats")
         brpops = stats.get("cmdstat_brpop", {}).get("calls", 0)
@@ -374,3 +420,43 @@ def test_a_busy_worker_takes_its_messages_without_a_brpop_each(
         assert sum(1 for r in fake_gateway.requests if marker in str(r.body)) == jobs
         worker.stop()
         assert "could not" not in worker.log()
+
+
+def test_a_worker_outlives_its_broker_lost_while_jobs_are_in_flight(
+    fake_gateway: Any, worker_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis goes away while the worker's threads wait on the gateway, and comes back
+    (empty) before those jobs end: the jobs are recorded, their acks (for the channel the
+    loss closed) do not stop the worker, and it runs the next job. No job is called
+    twice."""
+
+    jobs = 4
+    marker = f"lost-{uuid.uuid4().hex[:8]}"
+    fake_gateway.add_faults(Fault(latency=3.0, match=marker, times=jobs))
+    with PrivateRedis() as broker:
+        queue = f"ezq-own-{uuid.uuid4().hex[:8]}"
+        monkeypatch.setenv("CELERY_BROKER_URL", broker.url)  # Celery prefers it to broker=
+        worker = worker_factory(
+            env={
+                "CELERY_BROKER_URL": broker.url,
+                "EZQ_QUEUE": queue,
+                "EZQ_WORKER_CONCURRENCY": "4",
+                "EZQ_GATEWAY_READ_TIMEOUT": "20",  # the calls outlast the outage
+            }
+        )
+
+        def calls() -> int:
+            return sum(1 for r in fake_gateway.requests if marker in str(r.body))
+
+        job_ids = _send_by_name(broker.url, queue, [f"{marker} {i}" for i in range(jobs)])
+        wait_until(lambda: calls() == jobs, "every job's call under way")
+        broker.stop()
+        wait_until(lambda: "Connection to broker lost" in worker.log(), "the loss seen")
+        broker.start()
+        wait_until(lambda: worker.log().count("Connected to ") == 2, "connected again")
+        _wait_succeeded(job_ids, "every job recorded")
+        _wait_succeeded(_send_by_name(broker.url, queue, [f"{marker} after"]), "the next job")
+        assert worker.proc.poll() is None, worker.log()
+        assert "Unrecoverable error" not in worker.log()
+        assert calls() == jobs + 1
+        worker.stop()

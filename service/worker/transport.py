@@ -252,7 +252,20 @@ class QoS(redis.QoS):
             set_aside(entry, reason, kind="not_json")
 
     def ack(self, delivery_tag: str) -> None:
-        if threading.get_ident() != self.channel.connection.loop_thread:
+        transport = self.channel.connection
+        if transport is None:
+            # The worker lost its connection and closed this channel while the message's
+            # task ran; closing gave back every message not acknowledged by then, this
+            # one too. Nothing is left to remove from Redis, and kombu's ack would fail
+            # there with an error the worker does not survive.
+            log.info(
+                "message %s acknowledged after its channel closed: the close gave it"
+                " back to its queue, to be delivered again",
+                delivery_tag,
+            )
+            virtual.QoS.ack(self, delivery_tag)
+            return
+        if threading.get_ident() != transport.loop_thread:
             super().ack(delivery_tag)
             return
         with self._unsent_lock:
