@@ -207,7 +207,7 @@ def test_a_reject_made_before_the_entry_waits_for_it(taker: Taker, requeue: bool
     taker.on_message = reject
     taker.consume(prefetch=10)
     assert taker.read_once() == ["job 0", "job 1"]
-    first, second = taker.got
+    _, second = taker.got
     assert set(taker.entered()) == {second.delivery_tag}
     assert taker.waiting() == (["job 0"] if requeue else [])
 
