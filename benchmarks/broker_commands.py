@@ -13,10 +13,6 @@ against ours, which takes those waiting behind BRPOP's in the same round trip as
 bookkeeping, and on the next turns takes what waits with the acks in one round trip,
 without BRPOP.
 
-Last, an idle consumer's latency: from a task message's publish to the consumer getting
-it, with BRPOP's message entered in the bookkeeping before it is handed over (kombu's
-order) against ours, which hands it over first and enters it in the round trip after.
-
     python -m benchmarks.broker_commands [--messages 3000] [--rounds 5]
 """
 
@@ -29,8 +25,6 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from kombu import Connection, Consumer, Exchange, Producer, Queue
@@ -88,57 +82,6 @@ class BehindBrpopOnly(transport.Transport):
             pass
 
 
-class EnteredFirst(transport.Transport):
-    """Our transport entering the message BRPOP returned in the bookkeeping before it
-    hands it over, as kombu does."""
-
-    class Channel(transport.Channel):
-        hand_over_before_entry = False
-
-
-@contextmanager
-def task_queue(
-    transport_class: type[Any], prefix: str
-) -> Iterator[tuple[Any, Any, Queue, Producer]]:
-    """A connection, its channel, a queue of its own (deleted afterwards) and a producer."""
-    name = f"{prefix}-{secrets.token_hex(4)}"
-    with Connection(BROKER, transport=transport_class) as connection:
-        channel = connection.default_channel
-        queue = Queue(name, Exchange(""), routing_key=name)
-        queue(channel).declare()
-        yield connection, channel, queue, Producer(channel)
-        queue(channel).delete()
-
-
-BODY = {"task": "ezq.chat_completion", "kwargs": {"job_id": secrets.token_hex(16)}}
-
-
-def handed_over(transport_class: type[Any], messages: int) -> list[float]:
-    """Seconds from a task message's publish to an idle consumer getting it, for each of
-    ``messages`` published one at a time (BRPOP returns each)."""
-    with task_queue(transport_class, "ezq-bench-idle") as (connection, channel, queue, producer):
-        got: list[float] = []
-
-        def received(_body: Any, message: Any) -> None:
-            got.append(time.perf_counter())
-            message.ack()
-
-        consumer = Consumer(channel, [queue], callbacks=[received])
-        consumer.qos(prefetch_count=32)
-        consumer.consume()
-        loop = channel.connection
-        loop.loop_thread = threading.get_ident()
-        spent: list[float] = []
-        for _ in range(messages):
-            sent = time.perf_counter()
-            producer.publish(BODY, exchange="", routing_key=queue.name)
-            while not got:
-                connection.drain_events(timeout=5)
-            spent.append(got.pop() - sent)
-            loop._on_tick()
-        return spent
-
-
 def taking(
     transport_class: type[Any], messages: int, prefetch: int, busy: int | None
 ) -> tuple[float, float]:
@@ -149,9 +92,15 @@ def taking(
     many of the oldest at each turn of the loop, as a worker whose threads are all busy
     and end a few calls per turn does.
     """
-    with task_queue(transport_class, "ezq-bench-take") as (connection, channel, queue, producer):
+    name = f"ezq-bench-take-{secrets.token_hex(4)}"
+    with Connection(BROKER, transport=transport_class) as connection:
+        channel = connection.default_channel
+        queue = Queue(name, Exchange(""), routing_key=name)
+        queue(channel).declare()
+        producer = Producer(channel)
+        body = {"task": "ezq.chat_completion", "kwargs": {"job_id": secrets.token_hex(16)}}
         for _ in range(messages):
-            producer.publish(BODY, exchange="", routing_key=queue.name)
+            producer.publish(body, exchange="", routing_key=name)
         held: list[Any] = []
         running: deque[Any] = deque()  # held and not acknowledged yet
 
@@ -183,6 +132,7 @@ def taking(
         while running:
             running.popleft().ack()
         loop._send_acks()
+        queue(channel).delete()
         return spent, elapsed
 
 
@@ -226,20 +176,6 @@ def main() -> None:
             ratio = figures[-1] / figures[1]
             print(f"{name:>24}" + "".join(f"{f:>12.0f}" for f in figures) + f"{ratio:>8.2f}")
     print("ratio: ours over BRPOP+more (the message BRPOP returned and those behind it, one read)")
-    print(
-        f"\nAn idle consumer: publish to the consumer holding the message BRPOP returned (µs),"
-        f" {args.messages // 10} messages one at a time x {args.rounds} alternating rounds,"
-        " medians"
-    )
-    print(f"{'':>24}{'entered first':>15}{'ours':>10}{'ratio':>8}")
-    idle: dict[str, list[float]] = {"first": [], "ours": []}
-    for _ in range(args.rounds):
-        idle["first"] += handed_over(EnteredFirst, args.messages // 10)
-        idle["ours"] += handed_over(transport.Transport, args.messages // 10)
-    first, ours = (statistics.median(idle[k]) * 1e6 for k in ("first", "ours"))
-    print(f"{'p50':>24}{first:>15.0f}{ours:>10.0f}{ours / first:>8.2f}")
-    first, ours = (sorted(idle[k])[int(len(idle[k]) * 0.9)] * 1e6 for k in ("first", "ours"))
-    print(f"{'p90':>24}{first:>15.0f}{ours:>10.0f}{ours / first:>8.2f}")
 
 
 if __name__ == "__main__":

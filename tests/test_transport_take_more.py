@@ -11,7 +11,7 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -34,7 +34,6 @@ class Taker:
         self.channel = channel
         self.got: list[Any] = []
         self.fail_on: str | None = None
-        self.on_message: Callable[[Any], None] | None = None  # run as each is received
 
     def publish(self, *bodies: str, priority: int | None = None) -> None:
         for body in bodies:
@@ -46,8 +45,6 @@ class Taker:
         def received(_body: Any, message: Any) -> None:
             if _text(message) == self.fail_on:
                 raise RuntimeError("the consumer failed")
-            if self.on_message is not None:
-                self.on_message(message)
             self.got.append(message)
 
         consumer = Consumer(
@@ -143,73 +140,6 @@ def test_one_read_takes_what_waits_up_to_the_free_threads(taker: Taker) -> None:
     assert taker.read_once() == bodies[6:10]
     assert taker.waiting() == []
     assert len(taker.entered()) == 6
-
-
-def test_brpops_message_is_handed_over_before_its_bookkeeping_round_trip(
-    taker: Taker,
-) -> None:
-    """The consumer gets the message BRPOP returned before the round trip that enters it
-    in the bookkeeping (its task starts during that round trip), and the ones that round
-    trip takes after it, entered before they are handed over."""
-    bodies = [f"job {i}" for i in range(3)]
-    taker.publish(*bodies)
-    seen: list[tuple[str, bool, list[str]]] = []
-
-    def look(message: Any) -> None:
-        entered = message.delivery_tag in taker.entered()
-        seen.append((_text(message), entered, taker.waiting()))
-
-    taker.on_message = look
-    taker.consume(prefetch=10)
-    assert taker.read_once() == bodies
-    assert seen == [
-        ("job 0", False, bodies[1:]),  # not entered yet, nothing taken behind it yet
-        ("job 1", True, []),
-        ("job 2", True, []),
-    ]
-    assert set(taker.entered()) == {m.delivery_tag for m in taker.got}
-    assert not taker.channel.qos._entering
-
-
-def test_an_ack_made_before_the_entry_is_sent_after_it(taker: Taker) -> None:
-    """A task that ends (and is acknowledged, on its own thread) before the round trip
-    entering its message returns: the removal waits for that entry and goes with the
-    loop's next acks, so that no entry is left behind to be delivered again."""
-    taker.publish("job 0", "job 1")
-
-    def ack_elsewhere(message: Any) -> None:
-        if _text(message) == "job 0":
-            acking = threading.Thread(target=message.ack)
-            acking.start()
-            acking.join()
-
-    taker.on_message = ack_elsewhere
-    taker.consume(prefetch=10)
-    assert taker.read_once() == ["job 0", "job 1"]
-    first, second = taker.got
-    assert set(taker.entered()) == {first.delivery_tag, second.delivery_tag}
-    assert taker.channel.qos.send_acks() == 1
-    assert set(taker.entered()) == {second.delivery_tag}
-    assert taker.channel.qos.can_consume()
-
-
-@pytest.mark.parametrize("requeue", [False, True])
-def test_a_reject_made_before_the_entry_waits_for_it(taker: Taker, requeue: bool) -> None:
-    """Rejected while it is handed over (as Celery rejects what it cannot run), before
-    the round trip entering it returned: no entry is left behind, and a message rejected
-    back to its queue is there, first in line."""
-    taker.publish("job 0", "job 1")
-
-    def reject(message: Any) -> None:
-        if _text(message) == "job 0":
-            message.reject(requeue=requeue)
-
-    taker.on_message = reject
-    taker.consume(prefetch=10)
-    assert taker.read_once() == ["job 0", "job 1"]
-    _, second = taker.got
-    assert set(taker.entered()) == {second.delivery_tag}
-    assert taker.waiting() == (["job 0"] if requeue else [])
 
 
 def test_a_read_takes_no_more_than_its_bound(taker: Taker) -> None:

@@ -151,11 +151,6 @@ class QoS(redis.QoS):
         self._unsent_lock = threading.Lock()
         # Delivery tags of messages taken by ``_TAKE_MORE``: already in Redis's bookkeeping.
         self._entered: set[str] = set()
-        # Delivery tags of messages handed to the consumer before their round trip to the
-        # bookkeeping (BRPOP's, see ``Channel.basic_consume``): their acks and rejects
-        # wait for it. Guarded by ``_unsent_lock``, as the rejects waiting are.
-        self._entering: set[str] = set()
-        self._rejected_entering: list[tuple[str, bool]] = []
         self._take_more: Any = None  # the scripts, registered on first use (EVALSHA)
         self._take_waiting: Any = None
         self._give_back: Any = None
@@ -165,47 +160,27 @@ class QoS(redis.QoS):
             self._entered.discard(delivery_tag)
             virtual.QoS.append(self, message, delivery_tag)
             return
-        if not self.channel._may_take_more:
+        channel = self.channel
+        if not channel._may_take_more:
             super().append(message, delivery_tag)
             return
-        want = self.hand_over_first(message, delivery_tag)
-        self.enter_taking_more(message, delivery_tag, want)
-
-    def hand_over_first(self, message: Any, delivery_tag: str) -> int:
-        """The message BRPOP returned, held by this channel (not entered in Redis's
-        bookkeeping yet: ``enter_taking_more`` does); how many more its round trip may
-        take."""
-        channel = self.channel
+        # The message BRPOP returned: entered with up to ``want`` more taken behind it.
         channel._may_take_more = False
         free = self.can_consume_max_estimate()
         most = channel.take_at_most
-        want: int = most if free is None else min(most, free - 1)
-        self._entering.add(delivery_tag)
-        virtual.QoS.append(self, message, delivery_tag)
-        return max(0, want)
-
-    def enter_taking_more(self, message: Any, delivery_tag: str, want: int) -> None:
-        """Enter BRPOP's message in the bookkeeping and take up to ``want`` more behind
-        it, in one round trip; the channel hands those over after it."""
-        channel = self.channel
+        want = most if free is None else min(most, free - 1)
         delivery = message.delivery_info
         entry = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
         with channel.conn_or_acquire() as client:
             if self._take_more is None:
                 self._take_more = client.register_script(_TAKE_MORE)
-            try:
-                taken = self._take_more(
-                    keys=[self.unacked_key, self.unacked_index_key, *channel._taking_from],
-                    args=[time(), want, delivery_tag, entry],
-                    client=client,
-                )
-            finally:
-                with self._unsent_lock:
-                    self._entering.discard(delivery_tag)
-                    rejected, self._rejected_entering = self._rejected_entering, []
+            taken = self._take_more(
+                keys=[self.unacked_key, self.unacked_index_key, *channel._taking_from],
+                args=[time(), max(0, want), delivery_tag, entry],
+                client=client,
+            )
+        virtual.QoS.append(self, message, delivery_tag)
         channel._taken = _triples(taken)
-        for tag, requeue in rejected:  # now that their entry is there
-            self._reject_in_redis(tag, requeue)
         # As many as it asked for: the queue may hold more, taken directly next turn.
         channel._queue_may_hold_more = len(channel._taken) >= want
 
@@ -290,44 +265,12 @@ class QoS(redis.QoS):
             )
             virtual.QoS.ack(self, delivery_tag)
             return
-        with self._unsent_lock:
-            entering = delivery_tag in self._entering
-            if entering:
-                # Acknowledged before the round trip entering it in the bookkeeping
-                # returned (an early ack on the task's thread, a dead letter on the
-                # loop's): sent with the loop's next acks, after that round trip, so that
-                # no entry is left behind its removal.
-                self._unsent_acks.append(delivery_tag)
-        if entering:
-            virtual.QoS.ack(self, delivery_tag)
-            return
         if threading.get_ident() != transport.loop_thread:
             super().ack(delivery_tag)
             return
         with self._unsent_lock:
             self._unsent_acks.append(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
-
-    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
-        """kombu's; rejected before the round trip entering it in the bookkeeping
-        returned, its removal or its return to the queue waits for that entry (a return
-        made before it would find nothing to return)."""
-        with self._unsent_lock:
-            entering = delivery_tag in self._entering
-            if entering:
-                self._rejected_entering.append((delivery_tag, requeue))
-        if entering:
-            virtual.QoS.ack(self, delivery_tag)
-            return
-        self._reject_in_redis(delivery_tag, requeue)
-        virtual.QoS.ack(self, delivery_tag)
-
-    def _reject_in_redis(self, delivery_tag: str, requeue: bool) -> None:
-        # What kombu's ``reject`` sends.
-        if requeue:
-            self.restore_by_tag(delivery_tag, leftmost=True)
-        else:
-            self._remove_from_indices(delivery_tag).execute()
 
     def send_acks(self) -> int:
         """Remove the acknowledged messages from Redis's bookkeeping; how many."""
@@ -404,9 +347,6 @@ class Channel(redis.Channel):
     QoS = QoS
     # 0: one message per read, as kombu takes them.
     take_at_most = TAKE_AT_MOST
-    # False: BRPOP's message is entered in the bookkeeping before it is handed over, as
-    # kombu does (see ``basic_consume``).
-    hand_over_before_entry = True
     # Set while the message BRPOP returned is being delivered: its bookkeeping may take
     # more (see ``QoS.append``), from these lists, in BRPOP's order.
     _may_take_more = False
@@ -442,38 +382,12 @@ class Channel(redis.Channel):
             self._commands_client = client
         return client
 
-    def basic_consume(
-        self, queue: str, no_ack: bool, callback: Any, *args: Any, **kwargs: Any
-    ) -> Any:
-        """kombu's, except for the message BRPOP returned: handed to the consumer before
-        the round trip that enters it in the bookkeeping (and takes more), not after it,
-        so that its task starts while that round trip is under way; kombu enters it
-        first. A message is not off its queue and out of the bookkeeping any longer than
-        with kombu (only BRPOP's own, for the same round trip), and an ack made meanwhile
-        waits for the entry (``QoS.ack``)."""
+    def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
         if no_ack:
             self._no_ack_queues = self._no_ack_queues | {queue}
         else:
             self._no_ack_queues = self._no_ack_queues - {queue}
-        consumed = super().basic_consume(queue, no_ack, callback, *args, **kwargs)
-        if no_ack or not self.hand_over_before_entry:
-            return consumed
-
-        def deliver(raw_message: Any) -> Any:
-            message = self.Message(raw_message, channel=self)
-            tag = message.delivery_tag
-            qos = self.qos
-            if not self._may_take_more or tag in qos._entered:
-                qos.append(message, tag)
-                return callback(message)
-            want = qos.hand_over_first(message, tag)
-            try:
-                return callback(message)
-            finally:
-                qos.enter_taking_more(message, tag, want)
-
-        self.connection._callbacks[queue] = deliver
-        return consumed
+        return super().basic_consume(queue, no_ack, *args, **kwargs)
 
     def _takes_ahead_from(self, queues: list[str]) -> bool:
         return bool(
