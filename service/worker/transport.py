@@ -256,8 +256,9 @@ class QoS(redis.QoS):
         if transport is None:
             # The worker lost its connection and closed this channel while the message's
             # task ran; closing gave back every message not acknowledged by then, this
-            # one too. Nothing is left to remove from Redis, and kombu's ack would fail
-            # there with an error the worker does not survive.
+            # one too, so nothing is left to remove from Redis. (Asking the closed
+            # channel for the loop's thread raised an AttributeError, which Celery does
+            # not catch: it stopped the worker.)
             log.info(
                 "message %s acknowledged after its channel closed: the close gave it"
                 " back to its queue, to be delivered again",
