@@ -9,6 +9,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ from service.fake_gateway import Fault
 from service.worker.transport import Channel, Transport
 from tests.conftest import REDIS_URL, sql, wait_for_job
 from tests.private_services import PrivateRedis
-from tests.test_faults import wait_until
+from tests.test_faults import requests_for, wait_until
 
 MODEL = "deepseek-v4-flash"
 
@@ -372,6 +373,14 @@ def _send_by_name(broker_url: str, queue: str, texts: list[str]) -> list[str]:
     return job_ids
 
 
+@contextmanager
+def _private_broker(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[PrivateRedis, str]]:
+    """A Redis of the test's own for the workers it starts, and a queue name on it."""
+    with PrivateRedis() as broker:
+        monkeypatch.setenv("CELERY_BROKER_URL", broker.url)  # Celery prefers it to broker=
+        yield broker, f"ezq-own-{uuid.uuid4().hex[:8]}"
+
+
 def _wait_succeeded(job_ids: list[str], what: str) -> None:
     wait_until(
         lambda: (
@@ -398,9 +407,7 @@ def test_a_busy_worker_takes_its_messages_without_a_brpop_each(
     jobs = 40
     marker = f"busy-{uuid.uuid4().hex[:8]}"
     fake_gateway.add_faults(Fault(latency=0.1, match=marker, times=jobs))
-    with PrivateRedis() as broker:
-        queue = f"ezq-own-{uuid.uuid4().hex[:8]}"
-        monkeypatch.setenv("CELERY_BROKER_URL", broker.url)  # Celery prefers it to broker=
+    with _private_broker(monkeypatch) as (broker, queue):
         job_ids = _send_by_name(broker.url, queue, [f"{marker} {i}" for i in range(jobs)])
         assert redis.Redis.from_url(broker.url).llen(queue) == jobs
         # Started with every message waiting: its four threads are busy from the start.
@@ -417,7 +424,7 @@ def test_a_busy_worker_takes_its_messages_without_a_brpop_each(
         assert stats.get("cmdstat_evalsha", {}).get("calls", 0) >= 5
         wait_until(lambda: client.hlen("unacked") == 0, "every message acknowledged")
         assert client.llen(queue) == 0
-        assert sum(1 for r in fake_gateway.requests if marker in str(r.body)) == jobs
+        assert requests_for(fake_gateway, marker) == jobs
         worker.stop()
         assert "could not" not in worker.log()
 
@@ -426,16 +433,15 @@ def test_a_worker_outlives_its_broker_lost_while_jobs_are_in_flight(
     fake_gateway: Any, worker_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Redis goes away while the worker's threads wait on the gateway, and comes back
-    (empty) before those jobs end: the jobs are recorded, their acks (for the channel the
-    loss closed) do not stop the worker, and it runs the next job. No job is called
-    twice."""
+    (empty) before those jobs end: the jobs are recorded, their acks (made on a channel
+    whose close failed with Redis away) do not stop the worker, and it runs the next job.
+    No job is called twice. An ack on a channel that did close is pinned above
+    (``test_a_message_settled_after_its_channel_closed_changes_nothing``)."""
 
     jobs = 4
     marker = f"lost-{uuid.uuid4().hex[:8]}"
     fake_gateway.add_faults(Fault(latency=3.0, match=marker, times=jobs))
-    with PrivateRedis() as broker:
-        queue = f"ezq-own-{uuid.uuid4().hex[:8]}"
-        monkeypatch.setenv("CELERY_BROKER_URL", broker.url)  # Celery prefers it to broker=
+    with _private_broker(monkeypatch) as (broker, queue):
         worker = worker_factory(
             env={
                 "CELERY_BROKER_URL": broker.url,
@@ -445,11 +451,8 @@ def test_a_worker_outlives_its_broker_lost_while_jobs_are_in_flight(
             }
         )
 
-        def calls() -> int:
-            return sum(1 for r in fake_gateway.requests if marker in str(r.body))
-
         job_ids = _send_by_name(broker.url, queue, [f"{marker} {i}" for i in range(jobs)])
-        wait_until(lambda: calls() == jobs, "every job's call under way")
+        wait_until(lambda: requests_for(fake_gateway, marker) == jobs, "every job's call under way")
         broker.stop()
         wait_until(lambda: "Connection to broker lost" in worker.log(), "the loss seen")
         broker.start()
@@ -458,5 +461,5 @@ def test_a_worker_outlives_its_broker_lost_while_jobs_are_in_flight(
         _wait_succeeded(_send_by_name(broker.url, queue, [f"{marker} after"]), "the next job")
         assert worker.proc.poll() is None, worker.log()
         assert "Unrecoverable error" not in worker.log()
-        assert calls() == jobs + 1
+        assert requests_for(fake_gateway, marker) == jobs + 1
         worker.stop()
