@@ -9,10 +9,11 @@ a table of one job, then, after ``--jobs`` queued first turns were added, timed 
 alternating rounds; then again after an ANALYZE (the plans each variant settles on).
 
 Then the claim of a message whose sender waits for its result (a foreign producer's first
-turn written and its job claimed in one round trip, ranking nothing else) with ``rank``
-written into the ranking (now) and sent as a parameter (before), each on a connection of
-its own, in alternating rounds, with how many of each statement's runs Postgres planned
-anew (``pg_prepared_statements.custom_plans``).
+turn, ranking nothing else): written claimed by its ranking's statement (now) against its
+insert followed by the ranking that claimed it with ``ezq_claim_job`` in one round trip
+(before), each on a connection of its own, in alternating rounds, with how many of the
+statement's runs Postgres planned anew (``pg_prepared_statements.custom_plans``: ``rank``
+is written into the statement so that its shape does not depend on its values).
 
     python -m benchmarks.ranking_plan [--jobs 5000] [--rounds 10] [--runs 50]
 """
@@ -43,7 +44,7 @@ def main() -> None:
     with throwaway_database(ADMIN_DSN, prefix="ezq_bench_rank") as url:
         os.environ.update(DATABASE_URL=url, EZROUTER_API_KEY="sk-bench")
         measure(args.jobs, args.rounds, args.runs)
-        measure_rank_written_in(args.rounds, args.runs)
+        measure_first_turn_claim(args.rounds, args.runs)
 
 
 def _create(count: int) -> list[uuid.UUID]:
@@ -103,60 +104,93 @@ def measure(jobs: int, rounds: int, runs: int) -> None:
         dispose_engines()
 
 
-def measure_rank_written_in(rounds: int, runs: int) -> None:
+# The first turn's insert and the ranking that claimed it by ``ezq_claim_job``, as a
+# foreign message's claim ran them before its ranking wrote the job claimed itself: two
+# statements in one round trip (psycopg's pipeline) and one transaction.
+_INSERT_THEN_CLAIM = "baseline: insert, then ranking + ezq_claim_job (before)"
+_WRITTEN_CLAIMED = "first turn written claimed by its ranking (now)"
+
+
+def measure_first_turn_claim(rounds: int, runs: int) -> None:
+    import psycopg
+    from psycopg.rows import namedtuple_row
     from sqlalchemy import text
 
     from service.db import driver, flow, queries
     from service.db.session import dispose_engines, get_engine
     from service.validation import validate_request
 
-    variants = {
-        "rank written in (now)": flow._RANKING_STATEMENTS[False],
-        "rank a parameter (before)": driver.DriverStatement.of(text(flow._RANKING)),
-    }
+    insert = driver.DriverStatement.of(
+        text(queries._CREATE_NEW_SQL.replace("ON CONFLICT DO NOTHING", "")),
+        json=queries.FIRST_TURN_JSON,
+    )
     engine = get_engine()
-    conns = {name: engine.connect() for name in variants}
+    conns = {name: engine.connect() for name in (_WRITTEN_CLAIMED, _INSERT_THEN_CLAIM)}
     request = validate_request(model="glm-5.1", messages=[{"role": "user", "content": "hi"}])
+    lease = flow.Lease(60.0, "bench")
+
+    def insert_then_claim(conn: Any, job_id: uuid.UUID) -> Any:
+        values = queries.first_turn_values(request, job_id)
+        ranking = flow._RANKING_STATEMENTS[False]
+        params = {
+            **values,
+            "aging": 60.0,
+            "limit": 4,
+            "claim": True,
+            "lease_seconds": lease.seconds,
+            "holder": lease.holder,
+        }
+        raw = conn.connection.driver_connection
+        cursors = [psycopg.RawCursor(raw, row_factory=namedtuple_row) for _ in range(2)]
+        with raw.pipeline():
+            for cursor, statement in zip(cursors, (insert, ranking), strict=True):
+                cursor.execute(statement.query, driver._values(statement, params), prepare=True)
+        return cursors[1].fetchall()[-1]
+
+    def claim(name: str) -> None:
+        """A first turn written and claimed, as a foreign producer's message is; then
+        ended, so that the queue stays as it was."""
+        job_id = uuid.uuid4()
+        if name == _WRITTEN_CLAIMED:
+            ranking = flow.ranking(
+                conns[name],
+                job_id,
+                aging_s=60.0,
+                limit=4,
+                rank=False,
+                claim=lease,
+                first=queries.first_turn_values(request, job_id),
+            )
+            row = ranking.claim_row
+        else:
+            row = insert_then_claim(conns[name], job_id)
+        assert row is not None and row.attempt == 1, "the job was not claimed"
+        conns[name].exec_driver_sql(
+            "UPDATE jobs SET status = 'succeeded', finished_at = now(),"
+            " lease_expires_at = NULL WHERE id = %(id)s",
+            {"id": job_id},
+        )
+
     try:
         for conn in conns.values():
             conn.execution_options(isolation_level="AUTOCOMMIT")
-
-        def claim(name: str) -> None:
-            """A first turn written and claimed, as a foreign producer's message is; then
-            ended, so that the queue stays as it was."""
-            job_id = uuid.uuid4()
-            params = {
-                "id": job_id,
-                "aging": 60.0,
-                "limit": 4,
-                "rank": False,  # used by the statement that has it as a parameter
-                "claim": True,
-                "lease_seconds": 60.0,
-                "holder": "bench",
-            }
-            first = queries.first_turn_or_fail(request, job_id)
-            rows = driver.together(conns[name], [first, driver.Bound(variants[name], params)])
-            assert rows[1][-1].attempt == 1, "the job was not claimed"
-            conns[name].exec_driver_sql(
-                "UPDATE jobs SET status = 'succeeded', finished_at = now(),"
-                " lease_expires_at = NULL WHERE id = %(id)s",
-                {"id": job_id},
-            )
-
         print(
-            "\nA claim whose sender waits for the result (a foreign first turn written and"
-            " claimed, nothing else ranked; ms per claim)"
+            "\nA foreign first turn written and claimed (its sender waits for the result:"
+            " nothing else ranked; ms per claim)"
         )
-        _compare(variants, claim, rounds, runs)
-        for name, conn in conns.items():
-            planned = conn.exec_driver_sql(
+        _compare(conns, claim, rounds, runs)
+        planned = (
+            conns[_WRITTEN_CLAIMED]
+            .exec_driver_sql(
                 "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
                 " WHERE statement LIKE '%%WITH RECURSIVE tenants%%'"
-            ).one()
-            print(
-                f"  {name:<26} runs on a plan kept {planned.generic_plans},"
-                f" planned anew {planned.custom_plans}"
             )
+            .one()
+        )
+        print(
+            f"  now: runs on a plan kept {planned.generic_plans}, planned anew"
+            f" {planned.custom_plans}"
+        )
     finally:
         for conn in conns.values():
             conn.close()

@@ -1,7 +1,7 @@
 """The driver's statements (``service.db.driver``): prepared on a connection at their
 first run, so that a new connection does not plan the worker's hot statements anew on
-each of its first runs (psycopg prepares a statement only at its sixth); statements run
-``together`` in one round trip are one transaction."""
+each of its first runs (psycopg prepares a statement only at its sixth); a driver error is
+raised as SQLAlchemy's."""
 
 from __future__ import annotations
 
@@ -14,19 +14,15 @@ from sqlalchemy.exc import IntegrityError
 
 from service.db import driver
 
-_INSERT = driver.DriverStatement.of(
-    text("INSERT INTO together_t (id) VALUES (:id) RETURNING txid_current() AS tx")
-)
-_COUNT = driver.DriverStatement.of(
-    text("SELECT count(*) AS n, txid_current() AS tx FROM together_t WHERE id = :id")
-)
+_INSERT = driver.DriverStatement.of(text("INSERT INTO driver_t (id) VALUES (:id) RETURNING id"))
+_COUNT = driver.DriverStatement.of(text("SELECT count(*) AS n FROM driver_t WHERE id = :id"))
 
 
 @pytest.fixture
 def autocommit_conn(own_database: tuple[str, Any]) -> Iterator[Connection]:
     _, engine = own_database
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("CREATE TABLE together_t (id integer PRIMARY KEY)"))
+        conn.execute(text("CREATE TABLE driver_t (id integer PRIMARY KEY)"))
         yield conn
 
 
@@ -43,37 +39,16 @@ def test_a_statement_is_prepared_at_its_first_run(own_database: tuple[str, Any])
     assert prepared == 1
 
 
-def test_statements_together_are_one_transaction_that_sees_its_own_writes(
+def test_a_failing_statement_raises_sqlalchemys_error_and_the_connection_goes_on(
     autocommit_conn: Connection,
 ) -> None:
-    inserted, counted = driver.together(
-        autocommit_conn, [driver.Bound(_INSERT, {"id": 1}), driver.Bound(_COUNT, {"id": 1})]
-    )
-    # The second sees the first's row, in the same transaction, and both are committed.
-    assert counted[0].n == 1
-    assert inserted[0].tx == counted[0].tx
-    assert autocommit_conn.execute(text("SELECT count(*) FROM together_t")).scalar_one() == 1
-
-
-def test_a_failing_statement_undoes_the_ones_before_it(autocommit_conn: Connection) -> None:
-    autocommit_conn.execute(text("INSERT INTO together_t (id) VALUES (2)"))
+    driver.rows(autocommit_conn, _INSERT, {"id": 2})
     with pytest.raises(IntegrityError) as raised:
-        driver.together(
-            autocommit_conn, [driver.Bound(_INSERT, {"id": 3}), driver.Bound(_INSERT, {"id": 2})]
-        )
-    assert "together_t_pkey" in str(raised.value)
-    assert autocommit_conn.execute(text("SELECT id FROM together_t")).scalars().all() == [2]
+        driver.rows(autocommit_conn, _INSERT, {"id": 2})
+    assert "driver_t_pkey" in str(raised.value)
     # The connection is usable again, outside any transaction.
     (row,) = driver.rows(autocommit_conn, _COUNT, {"id": 2})
     assert row.n == 1
-
-
-def test_together_refuses_a_connection_in_a_transaction(own_database: tuple[str, Any]) -> None:
-    _, engine = own_database
-    with engine.connect() as conn:
-        conn.execute(text("SELECT 1"))
-        with pytest.raises(RuntimeError, match="autocommit"):
-            driver.together(conn, [driver.Bound(_COUNT, {"id": 1})])
 
 
 def test_a_name_used_twice_is_one_placeholder_and_json_is_sent_as_a_document(

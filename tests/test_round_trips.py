@@ -38,6 +38,7 @@ MODEL = "glm-5.1"
 
 # How a statement of the job's path is recognised in the SQL sent.
 _KINDS = (
+    ("CASE WHEN d.plain THEN 'running'", "first turn written by its ranking"),
     ("INSERT INTO conversations", "first turn"),
     ("WITH RECURSIVE tenants", "ranking"),
     ("ezq_claim_job", "claim"),
@@ -89,15 +90,7 @@ def statements(
         )
         return run_on_driver(executor, statement, params)
 
-    run_together = driver.together
-
-    def together(connection: Any, bound: list[driver.Bound]) -> Any:
-        kinds = " + ".join(_kind(b.statement.sql) for b in bound)
-        seen.append((kinds, bool(connection.connection.driver_connection.autocommit)))
-        return run_together(connection, bound)
-
     monkeypatch.setattr(driver, "rows", on_driver)
-    monkeypatch.setattr(driver, "together", together)
     engine = get_engine(database[0])
     event.listen(engine, "before_cursor_execute", record)
     try:
@@ -132,6 +125,17 @@ def _run_outcome(job_id: uuid.UUID, gateway: Any, create: Any = None) -> Outcome
         holder="round-trips-test",
         create=create,
     )
+
+
+def _limit_acme(engine: Engine) -> None:
+    """A concurrency limit on tenant acme: a claim of its jobs has something to decide."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO flow_limits (id, tenant, model, max_concurrent)"
+                " VALUES (gen_random_uuid(), 'acme', '*', 5)"
+            )
+        )
 
 
 def _rows(engine: Engine, query: str, **params: Any) -> list[tuple[Any, ...]]:
@@ -210,13 +214,7 @@ def test_a_limit_puts_the_claim_and_the_record_in_transactions(
     database: tuple[str, Engine], statements: list[tuple[str, bool]], gateway: GatewayClient
 ) -> None:
     _, engine = database
-    with engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO flow_limits (id, tenant, model, max_concurrent)"
-                " VALUES (gen_random_uuid(), 'acme', '*', 5)"
-            )
-        )
+    _limit_acme(engine)
     job_id = _job("a job under a limit", tenant="acme")
     statements.clear()
 
@@ -300,26 +298,115 @@ def test_a_reply_that_arrives_after_a_cancel_keeps_its_usage_on_the_cancelled_jo
     ]
 
 
-def test_a_foreign_first_turn_is_written_and_claimed_in_one_round_trip_and_one_commit(
+def test_a_foreign_first_turn_is_written_claimed_by_one_statement(
     database: tuple[str, Engine], statements: list[tuple[str, bool]], gateway: GatewayClient
 ) -> None:
     _, engine = database
     request = validate_request(
-        model=MODEL, messages=[{"role": "user", "content": "a foreign first turn"}]
+        model=MODEL,
+        messages=[{"role": "user", "content": "a foreign first turn"}],
+        tenant="acme",
     )
     job_id = uuid.uuid4()
 
     outcome = _run_outcome(job_id, gateway, create=request)
 
     assert isinstance(outcome, Finished) and outcome.result["status"] == "succeeded"
-    assert statements == [("first turn + ranking", True), ("success", True)]
-    # Written and claimed in one transaction: the claim's now() is the insert's.
+    assert statements == [("first turn written by its ranking", True), ("success", True)]
+    # Written claimed: started when it was created, its first attempt open from then on
+    # (and closed by the record), held by this worker, in its own new conversation.
     assert _rows(
         engine,
-        "SELECT created_at = started_at, attempts FROM jobs WHERE id = :id",
+        "SELECT created_at = started_at, attempts, tenant FROM jobs WHERE id = :id",
         id=job_id,
-    ) == [(True, 1)]
-    assert _rows(engine, "SELECT count(*) FROM conversations") == [(1,)]
+    ) == [(True, 1, "acme")]
+    assert _rows(
+        engine,
+        "SELECT a.attempt, a.started_at = j.started_at, a.finished_at IS NOT NULL, a.model"
+        " FROM job_attempts a JOIN jobs j ON j.id = a.job_id WHERE a.job_id = :id",
+        id=job_id,
+    ) == [(1, True, True, MODEL)]
+    assert _rows(engine, "SELECT tenant FROM conversations") == [("acme",)]
+
+
+def _running(tenant: str) -> uuid.UUID:
+    """A job of ``tenant`` whose call is under way."""
+    job_id = _job(f"a call of {tenant} under way", tenant=tenant)
+    with autocommit() as conn:
+        flow_db.ranking(conn, job_id, aging_s=60.0, limit=4, claim=flow_db.Lease(60.0, "other"))
+    return job_id
+
+
+@pytest.mark.parametrize(
+    ("waiting", "foreign"),
+    [
+        (dict(priority=9), dict(priority=5)),
+        # Equal priorities: the tenant with fewer calls running goes first (fair shares).
+        (dict(priority=5, tenant="quiet"), dict(priority=5, tenant="busy")),
+    ],
+    ids=["a higher priority waits", "a tenant with fewer calls running waits"],
+)
+def test_an_outranked_foreign_first_turn_is_written_queued_and_the_better_job_runs_instead(
+    database: tuple[str, Engine],
+    statements: list[tuple[str, bool]],
+    gateway: GatewayClient,
+    waiting: dict[str, Any],
+    foreign: dict[str, Any],
+) -> None:
+    _, engine = database
+    if "tenant" in foreign:
+        _running(foreign["tenant"])
+    better = _job("a job that outranks the foreign one", **waiting)
+    statements.clear()
+    request = validate_request(
+        model=MODEL, messages=[{"role": "user", "content": "a foreign first turn"}], **foreign
+    )
+    job_id = uuid.uuid4()
+
+    outcome = _run_outcome(job_id, gateway, create=request)
+
+    # Written by its ranking but not claimed: queued, then admitted like any waiting job,
+    # which runs the better job in its place.
+    assert isinstance(outcome, Parked), outcome
+    assert [kind for kind, _ in statements][:3] == [
+        "first turn written by its ranking",
+        "lock",
+        "lock",
+    ]
+    assert _rows(engine, "SELECT status FROM jobs WHERE id = :id", id=better) == [("succeeded",)]
+    assert _rows(
+        engine,
+        "SELECT status, attempts, started_at, lease_holder, throttle_reason FROM jobs"
+        " WHERE id = :id",
+        id=job_id,
+    ) == [("queued", 0, None, None, f"outranked by job {better}")]
+    assert _rows(engine, "SELECT count(*) FROM job_attempts WHERE job_id = :id", id=job_id) == [
+        (0,)
+    ]
+
+
+def test_a_foreign_first_turn_under_a_limit_is_written_queued_then_admitted_and_claimed(
+    database: tuple[str, Engine], statements: list[tuple[str, bool]], gateway: GatewayClient
+) -> None:
+    _, engine = database
+    _limit_acme(engine)
+    request = validate_request(
+        model=MODEL, messages=[{"role": "user", "content": "under a limit"}], tenant="acme"
+    )
+    job_id = uuid.uuid4()
+
+    outcome = _run_outcome(job_id, gateway, create=request)
+
+    assert isinstance(outcome, Finished) and outcome.result["status"] == "succeeded"
+    kinds = {kind: autocommit for kind, autocommit in statements}
+    # Written queued (a limit exists: there is something to decide), then locked, checked
+    # against its limit, claimed and its reservation written in one transaction.
+    assert kinds["first turn written by its ranking"] is True
+    assert kinds["lock"] is False
+    assert kinds["claim"] is False
+    assert kinds["admission"] is False
+    assert _rows(engine, "SELECT attempts FROM jobs WHERE id = :id", id=job_id) == [(1,)]
+    assert _rows(engine, "SELECT attempt FROM job_attempts WHERE job_id = :id", id=job_id) == [(1,)]
 
 
 def test_a_foreign_first_turn_whose_id_is_taken_writes_and_claims_nothing(
@@ -367,7 +454,7 @@ def test_the_claims_ranking_runs_on_a_plan_postgres_keeps(
                 settings,
                 own_only=own_only,
                 claim=flow_db.Lease(60.0, "plans-test"),
-                first=queries.first_turn_or_fail(request, job_id),
+                first=queries.first_turn_values(request, job_id),
             )
             assert ranking.claim_row is not None and ranking.claim_row.attempt == 1
         planned = conn.exec_driver_sql(

@@ -15,7 +15,7 @@ a connection lost that way is invalidated, so that the pool does not hand it out
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,14 +54,6 @@ class DriverStatement:
         return cls(sql, names, json_at)
 
 
-@dataclass(frozen=True, slots=True)
-class Bound:
-    """A statement with its parameters, to be run later (``together``)."""
-
-    statement: DriverStatement
-    params: Mapping[str, Any]
-
-
 def rows(executor: Executor, statement: DriverStatement, params: Mapping[str, Any]) -> list[Any]:
     """Run ``statement`` on ``executor``'s connection (joining a session's transaction);
     return its rows as named tuples."""
@@ -76,38 +68,6 @@ def rows(executor: Executor, statement: DriverStatement, params: Mapping[str, An
             return cursor.fetchall()
     except psycopg.Error as exc:
         raise _as_sqlalchemy(connection, driver, statement.sql, exc) from exc
-
-
-def together(connection: Connection, statements: Sequence[Bound]) -> list[list[Any]]:
-    """Run ``statements`` in one round trip and one transaction on an autocommit
-    ``connection``; return each one's rows, in order.
-
-    They are sent at once (psycopg's pipeline mode) and followed by one Sync, so the
-    server runs them as one implicit transaction: each sees what the ones before it
-    wrote, and they commit together at the end (one commit, one WAL flush), or, when one
-    fails, none of them takes effect and its error is raised."""
-    driver = _driver(connection)
-    if not driver.autocommit:
-        raise RuntimeError("together() needs an autocommit connection: its Sync commits")
-    cursors: list[psycopg.RawCursor[Any]] = []
-    try:
-        try:
-            with driver.pipeline():
-                for bound in statements:
-                    cursor = psycopg.RawCursor(driver, row_factory=namedtuple_row)
-                    cursors.append(cursor)
-                    cursor.execute(
-                        bound.statement.query,
-                        _values(bound.statement, bound.params),
-                        prepare=True,
-                    )
-            return [cursor.fetchall() for cursor in cursors]
-        finally:
-            for cursor in cursors:
-                cursor.close()
-    except psycopg.Error as exc:
-        sql = ";\n".join(bound.statement.sql for bound in statements)
-        raise _as_sqlalchemy(connection, driver, sql, exc) from exc
 
 
 def _driver(connection: Connection) -> psycopg.Connection[Any]:

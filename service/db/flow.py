@@ -10,6 +10,7 @@ counted over ``flow_admissions`` (one row per admitted call) within the rate win
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -22,6 +23,7 @@ from service.db import driver
 from service.db.attempts import CLAIM_COLUMNS
 from service.db.driver import DriverStatement
 from service.db.models import ANY
+from service.db.queries import FIRST_TURN_JSON
 from service.db.session import Executor
 from service.db.turn_order import NOT_HELD_BACK
 
@@ -103,14 +105,9 @@ _PLAIN = """
 _CLAIM_COLUMNS = ", ".join(f"c.{name}" for name in CLAIM_COLUMNS)
 _NO_CLAIM = ", ".join(f"NULL AS {name}" for name in CLAIM_COLUMNS)
 
-# One round trip: the message's job if it may run, the best candidates and their ranks
-# (read, not locked: locked only when one may run in the message's place, see
-# ``lock_candidates``), whether flow control has anything configured at all, and, when
-# there is nothing to decide (see ``_PLAIN``) and ``:claim`` asks for it, the claim of the
-# message's own job by ``ezq_claim_job``, which locks the job it takes. Nothing else is
-# locked, so it runs on an autocommit connection.
-_RANKING = f"""
-    WITH RECURSIVE tenants AS (
+# The best-ranked eligible jobs (``candidates``, read, not locked) and the running calls per
+# tenant (``running``): what every claim's ranking reads.
+_CANDIDATES_CTES = f"""tenants AS (
         (SELECT coalesce(j.tenant, '') AS t FROM jobs j WHERE {_PENDING} AND :rank
          ORDER BY coalesce(j.tenant, '') LIMIT 1)
         UNION ALL
@@ -129,9 +126,7 @@ _RANKING = f"""
              ORDER BY j.enqueue_seq LIMIT 1)
         ) h
         WHERE tenants.t IS NOT NULL
-    ), {_RUNNING_PER_TENANT}, own AS (
-        SELECT {_PENDING_COLUMNS}, {_AGED} AS aged FROM jobs j WHERE j.id = :id AND {_ELIGIBLE}
-    ), candidates AS (
+    ), {_RUNNING_PER_TENANT}, candidates AS (
         SELECT {_PENDING_COLUMNS}, {_AGED} AS aged FROM jobs j
         LEFT JOIN running r ON r.tenant IS NOT DISTINCT FROM j.tenant
         -- An array, so that the few heads are fetched by primary key (the planner cannot
@@ -139,6 +134,31 @@ _RANKING = f"""
         WHERE :rank AND j.id = ANY(ARRAY(SELECT id FROM heads)) AND {_PENDING}
         ORDER BY {_RANK}
         LIMIT :limit
+    )"""
+# Whether any limit or budget exists, and whether any job waits throttled (with no message)
+# for a call to end.
+_FLAGS_COLUMNS = f"""
+    EXISTS (SELECT 1 FROM flow_limits) OR EXISTS (SELECT 1 FROM flow_budgets) AS configured,
+    EXISTS (SELECT 1 FROM jobs j
+            WHERE j.needs_publish AND j.throttle_reason IS NOT NULL AND {_PENDING})
+        AS throttled_waiting"""
+# The columns of a ranking's rows, in ``Pending``'s order, then whether the row is the
+# message's own job; the last row has the flags and the claim instead.
+_RANK_ROW_COLUMNS = """
+    w.id AS r_id, w.tenant AS r_tenant, w.model AS r_model, w.status AS r_status,
+    w.priority AS r_priority, w.aged AS r_aged, w.running AS r_running,
+    w.enqueue_seq AS r_enqueue_seq, w.throttled AS r_throttled, w.own AS r_own"""
+_NO_RANK_ROW = "NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL"
+
+# One round trip: the message's job if it may run, the best candidates and their ranks
+# (read, not locked: locked only when one may run in the message's place, see
+# ``lock_candidates``), whether flow control has anything configured at all, and, when
+# there is nothing to decide (see ``_PLAIN``) and ``:claim`` asks for it, the claim of the
+# message's own job by ``ezq_claim_job``, which locks the job it takes. Nothing else is
+# locked, so it runs on an autocommit connection.
+_RANKING = f"""
+    WITH RECURSIVE {_CANDIDATES_CTES}, own AS (
+        SELECT {_PENDING_COLUMNS}, {_AGED} AS aged FROM jobs j WHERE j.id = :id AND {_ELIGIBLE}
     ), ranked AS (
         SELECT true AS own, o.* FROM own o
         UNION ALL
@@ -149,13 +169,7 @@ _RANKING = f"""
         FROM ranked k
         LEFT JOIN running r ON r.tenant IS NOT DISTINCT FROM k.tenant
     ), flags AS (
-        -- Whether any limit or budget exists, and whether any job waits throttled (with no
-        -- message) for a call to end.
-        SELECT EXISTS (SELECT 1 FROM flow_limits) OR EXISTS (SELECT 1 FROM flow_budgets)
-                   AS configured,
-               EXISTS (SELECT 1 FROM jobs j
-                       WHERE j.needs_publish AND j.throttle_reason IS NOT NULL AND {_PENDING})
-                   AS throttled_waiting
+        SELECT {_FLAGS_COLUMNS}
     ), decision AS (
         SELECT :claim AND {_PLAIN} AS plain FROM flags f
     ), claim AS (
@@ -165,18 +179,81 @@ _RANKING = f"""
             SELECT * FROM ezq_claim_job(:id, :lease_seconds, :holder) WHERE d.plain
         ) AS c
     )
-    SELECT w.id AS r_id, w.tenant AS r_tenant, w.model AS r_model, w.status AS r_status,
-           w.priority AS r_priority, w.aged AS r_aged, w.running AS r_running,
-           w.enqueue_seq AS r_enqueue_seq, w.throttled AS r_throttled, w.own AS r_own,
+    SELECT {_RANK_ROW_COLUMNS},
            NULL::boolean AS configured, NULL::boolean AS throttled_waiting, {_NO_CLAIM}
     FROM rows w
     UNION ALL
     -- Always last, always there: the flags, and the claim if it was made.
-    SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-           f.configured, f.throttled_waiting, {_CLAIM_COLUMNS}
+    SELECT {_NO_RANK_ROW}, f.configured, f.throttled_waiting, {_CLAIM_COLUMNS}
     FROM flags f LEFT JOIN claim c ON true
 """
 
+# A first turn not written yet (a foreign producer's message: a new conversation, no
+# idempotency key), written by its own ranking: running and claimed when there is nothing
+# to decide (as ``_PLAIN`` decides for a job that waits: no limit or budget exists and no
+# candidate strictly outranks it; a new job is not throttled), queued otherwise, the
+# caller then admitting it as any other (``service.flow.admission.admit``). Written
+# claimed, its row is written once where an insert and ``ezq_claim_job``'s update wrote
+# two versions of it, each entering the jobs table's indexes; a new conversation has no
+# earlier turn to wait for, no history to read, and no other transaction can see (or
+# lock) the new rows before the statement commits. A taken job id fails the statement
+# (``pk_jobs``), and nothing is written.
+_NEW_AGED = "least(9, CAST(:priority AS smallint))::int"
+_FIRST_TURN_RANKING = f"""
+    WITH RECURSIVE {_CANDIDATES_CTES}, others AS (
+        SELECT x.id, x.tenant, x.model, x.status, x.priority, x.aged,
+               coalesce(r.n, 0)::int AS running, x.enqueue_seq, x.throttled
+        FROM candidates x LEFT JOIN running r ON r.tenant IS NOT DISTINCT FROM x.tenant
+    ), flags AS (
+        SELECT {_FLAGS_COLUMNS},
+               coalesce((SELECT r.n FROM running r
+                         WHERE r.tenant IS NOT DISTINCT FROM CAST(:tenant AS text)), 0)::int
+                   AS running
+    ), decision AS (
+        SELECT f.running, NOT f.configured AND NOT EXISTS (
+                   SELECT 1 FROM others x WHERE (x.aged, -x.running) > ({_NEW_AGED}, -f.running)
+               ) AS plain
+        FROM flags f
+    ), job AS (
+        INSERT INTO jobs (id, conversation_id, status, model, params, input_messages, tenant,
+                          metadata, request_hash, callback_url, surface, created_by, priority,
+                          attempts, started_at, lease_expires_at, lease_holder)
+        SELECT :id, :conversation_id, CASE WHEN d.plain THEN 'running' ELSE 'queued' END,
+               :model, :params, :input_messages, CAST(:tenant AS text), :meta, :request_hash,
+               :callback_url, :surface, :created_by, CAST(:priority AS smallint),
+               CASE WHEN d.plain THEN 1 ELSE 0 END,
+               CASE WHEN d.plain THEN now() END,
+               CASE WHEN d.plain THEN now() + make_interval(secs => :lease_seconds) END,
+               CASE WHEN d.plain THEN CAST(:holder AS text) END
+        FROM decision d
+        RETURNING id, conversation_id, status, model, params, input_messages, tenant, surface,
+                  priority, enqueue_seq, callback_url, attempts
+    ), conversation AS (
+        INSERT INTO conversations (id, tenant, metadata)
+        SELECT job.conversation_id, job.tenant, :meta FROM job
+    ), attempt AS (
+        INSERT INTO job_attempts (job_id, attempt, started_at)
+        SELECT job.id, 1, now() FROM job WHERE job.status = 'running'
+    )
+    SELECT {_RANK_ROW_COLUMNS},
+           NULL::boolean AS configured, NULL::boolean AS throttled_waiting, {_NO_CLAIM}
+    FROM (
+        -- The new job, as the ranking of a job that waits reads it, when it waits.
+        SELECT true AS own, job.id, job.tenant, job.model, job.status, job.priority::int,
+               {_NEW_AGED} AS aged, d.running, job.enqueue_seq, false AS throttled
+        FROM job CROSS JOIN decision d WHERE job.status = 'queued'
+        UNION ALL
+        SELECT false, o.* FROM others o
+    ) w
+    UNION ALL
+    -- Always last, always there: the flags, and the claim if it was made (the columns of
+    -- ``ezq_claim_job``'s row for a claimed job).
+    SELECT {_NO_RANK_ROW}, f.configured, f.throttled_waiting,
+           CASE WHEN job.status = 'running' THEN 'claimed' END, job.status, job.conversation_id,
+           job.attempts, job.model, job.params, job.input_messages, '[]'::jsonb, job.tenant,
+           job.surface, NULL::double precision, NULL::uuid, job.callback_url
+    FROM flags f CROSS JOIN job
+"""
 
 # Built once per value of ``:rank``, written into the statement: the claim runs it on every
 # message, and building a text clause parses it. Sent as a parameter, ``rank`` false (the
@@ -187,6 +264,13 @@ _RANKING = f"""
 # Postgres keeps its plan from the sixth run (``pg_prepared_statements.generic_plans``).
 _RANKING_STATEMENTS = {
     rank: DriverStatement.of(text(_RANKING.replace(":rank", "true" if rank else "false")))
+    for rank in (True, False)
+}
+_FIRST_TURN_STATEMENTS = {
+    rank: DriverStatement.of(
+        text(_FIRST_TURN_RANKING.replace(":rank", "true" if rank else "false")),
+        json=FIRST_TURN_JSON,
+    )
     for rank in (True, False)
 }
 
@@ -207,17 +291,19 @@ def ranking(
     limit: int,
     rank: bool = True,
     claim: Lease | None = None,
-    first: driver.Bound | None = None,
+    first: Mapping[str, Any] | None = None,
 ) -> Ranking:
     """Read the message's job if it is pending, due and its turn; with ``rank``, also the
     ``limit`` best-ranked eligible jobs. With ``claim``, when there is nothing to decide,
     also claim the message's own job (``Ranking.claim_row``). One round trip; nothing is
     locked but the job claimed.
 
-    ``first``: a statement run just before, in the same round trip and transaction (the
-    message's job written by it: a foreign first turn), on an autocommit connection. They
-    commit together, or neither does."""
-    params = {
+    ``first``: the message's job is a first turn not written yet (a foreign message's),
+    whose values these are (``queries.first_turn_values``, with ``job_id`` as its id): the
+    same statement writes it, claimed when there is nothing to decide, else queued, ranked
+    as the message's own job (``_FIRST_TURN_RANKING``); it needs ``claim``. A taken id
+    raises ``IntegrityError`` (``queries.id_taken``), with nothing written."""
+    params: dict[str, Any] = {
         "id": job_id,
         "aging": aging_s,
         "limit": limit,
@@ -225,13 +311,14 @@ def ranking(
         "lease_seconds": claim.seconds if claim is not None else None,
         "holder": claim.holder if claim is not None else None,
     }
-    statement = _RANKING_STATEMENTS[rank]
     if first is None:
-        rows = driver.rows(session, statement, params)
+        rows = driver.rows(session, _RANKING_STATEMENTS[rank], params)
     else:
-        if isinstance(session, Session):
-            raise TypeError("a statement run first needs an autocommit connection, not a session")
-        rows = driver.together(session, [first, driver.Bound(statement, params)])[1]
+        if claim is None:
+            raise TypeError("a first turn is written claimed when it may run: give its lease")
+        if first["id"] != job_id:
+            raise ValueError(f"the first turn's values are for job {first['id']}, not {job_id}")
+        rows = driver.rows(session, _FIRST_TURN_STATEMENTS[rank], {**first, **params})
     own: Pending | None = None
     candidates: list[Pending] = []
     for row in rows[:-1]:

@@ -135,7 +135,7 @@ WITH job AS (
                       metadata, request_hash, callback_url, surface, created_by, priority)
     VALUES (:id, :conversation_id, 'queued', :model, :params, :input_messages, :tenant, :meta,
             :request_hash, :callback_url, :surface, :created_by, :priority)
-    {on_conflict}
+    ON CONFLICT DO NOTHING
     RETURNING id, conversation_id
 ),
 conversation AS (
@@ -144,19 +144,17 @@ conversation AS (
 )
 SELECT id FROM job
 """
-_JSON = ("meta", "params", "input_messages")
-_CREATE_NEW = DriverStatement.of(
-    text(_CREATE_NEW_SQL.format(on_conflict="ON CONFLICT DO NOTHING")), json=_JSON
-)
-# The same, for a first turn written in one transaction with its claim: a taken id must
-# fail it (a unique violation), so that the claim that follows, which would take the job
-# already there, is undone with it.
-_CREATE_NEW_OR_FAIL = DriverStatement.of(text(_CREATE_NEW_SQL.format(on_conflict="")), json=_JSON)
+# The statement's parameters that are JSON documents (also those of the first turn written
+# by its claim's ranking, ``service.db.flow``).
+FIRST_TURN_JSON = ("meta", "params", "input_messages")
+_CREATE_NEW = DriverStatement.of(text(_CREATE_NEW_SQL), json=FIRST_TURN_JSON)
 
 
-def _first_turn_values(
-    request: CompletionRequest, job_id: uuid.UUID | None, created_by: str | None
+def first_turn_values(
+    request: CompletionRequest, job_id: uuid.UUID | None, created_by: str | None = None
 ) -> dict[str, Any]:
+    """The values a first turn is written with (``create_first_turn``, or its claim's
+    ranking: ``service.db.flow.ranking``); a new id when ``job_id`` is None."""
     return {
         "id": job_id or uuid.uuid4(),
         "conversation_id": uuid.uuid4(),
@@ -183,7 +181,7 @@ def create_first_turn(
     (atomic by itself, so it may run on an autocommit connection); None, with nothing
     written, when the job id is taken. For a request with no conversation and no
     idempotency key."""
-    created = driver.rows(executor, _CREATE_NEW, _first_turn_values(request, job_id, created_by))
+    created = driver.rows(executor, _CREATE_NEW, first_turn_values(request, job_id, created_by))
     return created[0].id if created else None
 
 
@@ -191,13 +189,6 @@ def is_first_turn(request: CompletionRequest) -> bool:
     """Whether ``request`` is written by ``create_first_turn``: a new conversation's first
     turn without an idempotency key."""
     return request.conversation_id is None and request.idempotency_key is None
-
-
-def first_turn_or_fail(request: CompletionRequest, job_id: uuid.UUID) -> driver.Bound:
-    """``create_first_turn``'s statement for ``job_id``, to be run before another in the same
-    transaction (``driver.together``): a taken id raises ``IntegrityError`` (see
-    ``id_taken``), and nothing of the transaction takes effect."""
-    return driver.Bound(_CREATE_NEW_OR_FAIL, _first_turn_values(request, job_id, None))
 
 
 def id_taken(exc: IntegrityError) -> bool:

@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from service import constants as c
 from service import views
 from service.config import Settings
-from service.db import attempts, driver, queries
+from service.db import attempts, queries
 from service.db import flow as flow_db
 from service.db.models import Job
 from service.db.session import Executor
@@ -165,7 +167,7 @@ def rank(
     *,
     own_only: bool = False,
     claim: flow_db.Lease | None = None,
-    first: driver.Bound | None = None,
+    first: Mapping[str, Any] | None = None,
 ) -> flow_db.Ranking:
     """Read the message's job and the best-ranked pending jobs, locking nothing; with
     ``claim``, also claim the message's own job when there is nothing to decide (no limit or
@@ -175,8 +177,8 @@ def rank(
     ``own_only``: the message's sender waits for its result (a foreign Celery producer), so
     it runs its own job or none; it still counts as a candidate for other messages.
 
-    ``first``: the statement writing the message's job, run with the ranking in one round
-    trip and transaction (``flow_db.ranking``)."""
+    ``first``: the values of the message's job, a first turn the ranking's statement writes,
+    claimed when there is nothing to decide (``flow_db.ranking``)."""
     return flow_db.ranking(
         executor,
         job_id,

@@ -6,7 +6,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -15,7 +15,7 @@ from service import constants as c
 from service import metrics, views
 from service.completion import Completion
 from service.config import Settings
-from service.db import attempts, driver, queries
+from service.db import attempts, queries
 from service.db import flow as flow_db
 from service.db.session import UNAVAILABLE, autocommit, transaction, unavailable_because
 from service.errors import GatewayError, InternalError
@@ -115,11 +115,12 @@ def run_job(
     the attempt runs, ``active`` lets the worker's heartbeat renew its lease.
 
     ``create``: the request of a first turn not written yet (a foreign message's), written
-    as ``job_id`` in the claim's round trip and transaction. An id already taken raises
-    ``IntegrityError`` (``queries.id_taken``) with nothing written or claimed; any other
-    failure of that round trip raises too, and leaves nothing written either.
+    as ``job_id`` by the claim's statement (already claimed when nothing is to be decided).
+    An id already taken raises ``IntegrityError`` (``queries.id_taken``) with nothing
+    written or claimed; any other failure of that statement raises too, and leaves nothing
+    written either.
     """
-    first = queries.first_turn_or_fail(create, job_id) if create is not None else None
+    first = queries.first_turn_values(create, job_id) if create is not None else None
     if active is None:
         active = ActiveJobs()  # a caller that keeps no list: this call's own
     # A claim that lost its connection may have been committed: ``active`` knows it is in
@@ -216,14 +217,14 @@ def _claim(
     *,
     own_only: bool,
     holder: str | None,
-    first: driver.Bound | None,
+    first: Mapping[str, Any] | None,
 ) -> tuple[admission.Admission, attempts.ClaimOutcome | None]:
     """Flow control's step at claim (service.flow), then the claim of the job it chose.
 
     Most claims have nothing to decide: the message runs its own job, claimed by the
     ranking's statement itself on an autocommit connection (one round trip, where a
-    transaction took four; with ``first``, the job's insert, still one round trip and one
-    commit). The others decide in a transaction."""
+    transaction took four; with ``first``, the job is written by that statement, already
+    claimed). The others decide in a transaction."""
     lease = flow_db.Lease(settings.lease_seconds, holder)
     with autocommit() as conn:
         ranking = admission.rank(
