@@ -314,7 +314,7 @@ def test_a_foreign_first_turn_is_written_claimed_by_one_statement(
     assert isinstance(outcome, Finished) and outcome.result["status"] == "succeeded"
     assert statements == [("first turn written by its ranking", True), ("success", True)]
     # Written claimed: started when it was created, its first attempt open from then on
-    # (and closed by the record), held by this worker, in its own new conversation.
+    # (and closed by the record), in its own new conversation.
     assert _rows(
         engine,
         "SELECT created_at = started_at, attempts, tenant FROM jobs WHERE id = :id",

@@ -210,7 +210,7 @@ _FIRST_TURN_RANKING = f"""
                          WHERE r.tenant IS NOT DISTINCT FROM CAST(:tenant AS text)), 0)::int
                    AS running
     ), decision AS (
-        SELECT f.running, NOT f.configured AND NOT EXISTS (
+        SELECT NOT f.configured AND NOT EXISTS (
                    SELECT 1 FROM others x WHERE (x.aged, -x.running) > ({_NEW_AGED}, -f.running)
                ) AS plain
         FROM flags f
@@ -240,8 +240,8 @@ _FIRST_TURN_RANKING = f"""
     FROM (
         -- The new job, as the ranking of a job that waits reads it, when it waits.
         SELECT true AS own, job.id, job.tenant, job.model, job.status, job.priority::int,
-               {_NEW_AGED} AS aged, d.running, job.enqueue_seq, false AS throttled
-        FROM job CROSS JOIN decision d WHERE job.status = 'queued'
+               {_NEW_AGED} AS aged, f.running, job.enqueue_seq, false AS throttled
+        FROM job CROSS JOIN flags f WHERE job.status = 'queued'
         UNION ALL
         SELECT false, o.* FROM others o
     ) w
@@ -299,7 +299,7 @@ def ranking(
     locked but the job claimed.
 
     ``first``: the message's job is a first turn not written yet (a foreign message's),
-    whose values these are (``queries.first_turn_values``, with ``job_id`` as its id): the
+    whose values these are (``queries.first_turn_values``; its id is ``job_id``): the
     same statement writes it, claimed when there is nothing to decide, else queued, ranked
     as the message's own job (``_FIRST_TURN_RANKING``); it needs ``claim``. A taken id
     raises ``IntegrityError`` (``queries.id_taken``), with nothing written."""
@@ -316,8 +316,6 @@ def ranking(
     else:
         if claim is None:
             raise TypeError("a first turn is written claimed when it may run: give its lease")
-        if first["id"] != job_id:
-            raise ValueError(f"the first turn's values are for job {first['id']}, not {job_id}")
         rows = driver.rows(session, _FIRST_TURN_STATEMENTS[rank], {**first, **params})
     own: Pending | None = None
     candidates: list[Pending] = []
