@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     ezq_gateway_read_timeout: float = Field(default=c.GATEWAY_READ_TIMEOUT_S, gt=0)
     ezq_gateway_attempt_deadline: float = Field(default=c.GATEWAY_ATTEMPT_DEADLINE_S, gt=0)
     ezq_worker_concurrency: int = Field(default=c.WORKER_CONCURRENCY, ge=1, le=1000)
+    # The worker process's garbage collector thresholds, three comma-separated counts.
+    ezq_worker_gc_thresholds: Annotated[tuple[int, int, int], NoDecode] = c.WORKER_GC_THRESHOLDS
     # Postgres connections a process keeps (a few more are opened for bursts).
     ezq_db_pool_size: int = Field(default=c.DB_POOL_SIZE, ge=1, le=500)
     # Celery task events (what Flower and `celery events` show); off saves a worker the
@@ -213,6 +215,24 @@ class Settings(BaseSettings):
             return tuple(float(p) for p in value.split(",") if p.strip())
         except ValueError:
             raise ValueError("must be comma-separated seconds, e.g. 5,300,1800") from None
+
+    @field_validator("ezq_worker_gc_thresholds", mode="before")
+    @classmethod
+    def _gc_thresholds(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        parts = [p.strip() for p in value.split(",")]
+        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+            raise ValueError(
+                f"{value!r} is not three comma-separated whole numbers, e.g. 50000,20,100"
+            )
+        first, second, third = (int(p) for p in parts)
+        if second < 1 or third < 1:
+            raise ValueError(
+                "the second and third thresholds must be at least 1"
+                " (the first may be 0: no automatic collection)"
+            )
+        return (first, second, third)
 
     @field_validator("ezq_webhook_retry_schedule")
     @classmethod

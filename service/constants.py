@@ -72,6 +72,11 @@ RESULT_EXPIRES_S: Final = 3600.0
 
 # Worker: gateway calls are I/O bound, so one process keeps many in flight on threads.
 WORKER_CONCURRENCY: Final = 32
+# The worker's garbage collector thresholds (``gc.set_threshold``; CPython's own are
+# 700, 10, 10): a job's objects live as long as its gateway call, so with many calls in
+# flight they outlive young collections and the oldest generation's full scans of the
+# heap came every few seconds (service/worker/collector.py).
+WORKER_GC_THRESHOLDS: Final = (50_000, 20, 100)
 # Connections opened when a process starts, and the most opened beyond them for a burst
 # (kept once opened): a thousand calls that end together queue for these rather than open
 # a thousand connections (Postgres refuses past max_connections, 100 by default).

@@ -1,6 +1,7 @@
 """A worker opens what its jobs need before it takes its first message, so that the first
 jobs after a start do not wait for the database pool's connections or the gateway client;
-and a database that cannot be reached then is left for the jobs to connect to."""
+a database that cannot be reached then is left for the jobs to connect to; and the
+process's garbage collector runs with the worker's thresholds."""
 
 from __future__ import annotations
 
@@ -40,11 +41,29 @@ def test_a_started_worker_holds_its_pool_before_any_job(
             "EZQ_DB_POOL_SIZE": "5",
             # Nothing else of the worker's on this database but its heartbeat.
             "EZQ_SWEEP_INTERVAL": "0",
+            "EZQ_WORKER_GC_THRESHOLDS": "12345,7,9",
         }
     )
     # " ready." is logged after the warm-up: no job was sent, and the pool is open.
     assert _backends(engine, url) >= 5
-    assert "warm-up: gateway client built, 5 database connections opened" in process.log()
+    log = process.log()
+    assert "warm-up: gateway client built, 5 database connections opened" in log
+    # The line reads the thresholds back from the process's collector.
+    assert "garbage collector thresholds 12345,7,9" in log
+
+
+def test_the_worker_collects_garbage_less_often_than_cpython_by_default() -> None:
+    import gc
+
+    from service.config import Settings
+    from service.worker.collector import set_thresholds
+
+    before = gc.get_threshold()
+    try:
+        applied = set_thresholds(Settings().ezq_worker_gc_thresholds)
+        assert applied == gc.get_threshold() == (50_000, 20, 100)
+    finally:
+        gc.set_threshold(*before)
 
 
 def test_a_database_that_cannot_be_reached_is_left_to_the_jobs(

@@ -1,4 +1,5 @@
-"""What a job needs that is slow to make, made before the worker takes its first message.
+"""What a job needs that is slow to make, made before the worker takes its first message;
+and the garbage collector's thresholds for a process that holds many calls at once.
 
 Without it the first jobs after a start pay for it: the gateway client (the SDKs' HTTP
 clients and their TLS contexts, built under a lock every thread waits on) and the
@@ -20,6 +21,7 @@ from typing import Any
 
 from service.config import get_settings
 from service.db.session import UNAVAILABLE, get_engine, pool_sizes, unavailable_because
+from service.worker.collector import set_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +50,16 @@ def open_database_pool() -> int:
 
 
 def warm_up(make_gateway: Callable[[], Any]) -> None:
-    """Build the gateway client (``make_gateway``) and open the database pool."""
+    """Build the gateway client (``make_gateway``), open the database pool and set the
+    garbage collector's thresholds (``EZQ_WORKER_GC_THRESHOLDS``)."""
     started = time.perf_counter()
     make_gateway()
     connections = open_database_pool()
+    thresholds = set_thresholds(get_settings().ezq_worker_gc_thresholds)
     log.info(
-        "warm-up: gateway client built, %d database connections opened in %.0f ms",
+        "warm-up: gateway client built, %d database connections opened in %.0f ms;"
+        " garbage collector thresholds %s",
         connections,
         (time.perf_counter() - started) * 1e3,
+        ",".join(str(t) for t in thresholds),
     )
