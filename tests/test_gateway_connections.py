@@ -44,6 +44,11 @@ def test_every_worker_thread_keeps_its_connection(
     the threads are spread over several pools."""
     threads = 150
     monkeypatch.setenv("EZQ_WORKER_CONCURRENCY", str(threads))
+    # 150 calls and the fake's 150 handlers share this process's GIL: on a loaded machine
+    # a stream can fall silent for longer than the suite's 1.5 s read timeout. What is
+    # counted here is connections, so the timeouts are the production defaults.
+    monkeypatch.setenv("EZQ_GATEWAY_READ_TIMEOUT", "60")
+    monkeypatch.setenv("EZQ_GATEWAY_ATTEMPT_DEADLINE", "600")
     get_settings.cache_clear()
     client = GatewayClient(get_settings())
     marker = f"threads-{surface}"
