@@ -222,7 +222,7 @@ class Settings(BaseSettings):
         if not isinstance(value, str):
             return value
         parts = [p.strip() for p in value.split(",")]
-        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        if len(parts) != 3 or not all(p.isascii() and p.isdigit() for p in parts):
             raise ValueError(
                 f"{value!r} is not three comma-separated whole numbers, e.g. 50000,20,100"
             )
@@ -232,6 +232,9 @@ class Settings(BaseSettings):
                 "the second and third thresholds must be at least 1"
                 " (the first may be 0: no automatic collection)"
             )
+        # gc.set_threshold takes C ints: a larger count would fail the worker's start.
+        if max(first, second, third) > c.GC_THRESHOLD_MAX:
+            raise ValueError(f"each threshold must be at most {c.GC_THRESHOLD_MAX}")
         return (first, second, third)
 
     @field_validator("ezq_webhook_retry_schedule")

@@ -77,6 +77,7 @@ WORKER_CONCURRENCY: Final = 32
 # flight they outlive young collections and the oldest generation's full scans of the
 # heap came every few seconds (service/worker/collector.py).
 WORKER_GC_THRESHOLDS: Final = (50_000, 20, 100)
+GC_THRESHOLD_MAX: Final = 2**31 - 1
 # Connections opened when a process starts, and the most opened beyond them for a burst
 # (kept once opened): a thousand calls that end together queue for these rather than open
 # a thousand connections (Postgres refuses past max_connections, 100 by default).

@@ -119,6 +119,7 @@ def test_errors_are_one_clear_line(
         ({"EZROUTER_ANTHROPIC_BASE_URL": "ftp://x"}, "EZROUTER_ANTHROPIC_BASE_URL"),
         ({"EZQ_WORKER_GC_THRESHOLDS": "50000,20"}, "EZQ_WORKER_GC_THRESHOLDS"),
         ({"EZQ_WORKER_GC_THRESHOLDS": "50000,0,100"}, "EZQ_WORKER_GC_THRESHOLDS"),
+        ({"EZQ_WORKER_GC_THRESHOLDS": "1" + "0" * 12 + ",20,100"}, "EZQ_WORKER_GC_THRESHOLDS"),
     ],
 )
 def test_bad_settings_fail_with_one_line(env: dict[str, str], expected: str) -> None:
