@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.batch
 	$(BIN)/python -m benchmarks.sql_usage
 	$(BIN)/python -m benchmarks.load
+	$(BIN)/python -m benchmarks.load --row 5:1000:6000 --steady --paced 0
 
 ## The load benchmark with small N (under a minute): one worker against the raw client.
 bench-smoke: $(STAMP)

@@ -16,6 +16,13 @@ received p50.
     python -m benchmarks.load --row 0:32:2000 --row 5:1000:4000 --paced 0
     python -m benchmarks.load --row 0:64:3000 --repeat 3 --paced 0   # medians of 3 runs
     python -m benchmarks.load --row 5:1000:4000 --raw-async --paced 0   # and the async SDK
+    python -m benchmarks.load --row 5:1000:8000 --steady --paced 0   # a steady offered load
+
+All at once (the default), a row's calls start together, so they end together: every 5 s
+the process must finish one thousand calls and start one thousand more, and the raw client
+gets ~0.7 of C/L that way. ``--steady`` offers each row with a latency at its C/L rate
+instead, the load of a service that keeps sending, and counts the jobs ended per second once
+that flow has settled.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ import redis
 from celery import Celery
 
 from benchmarks.procstat import CpuMeter, cpu_seconds, peak_rss_mb
+from benchmarks.raw_client import steady_throughput
 
 ADMIN_DSN = os.environ.get("EZQ_BENCH_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 BROKER = os.environ.get("EZQ_BENCH_BROKER", "redis://127.0.0.1:6379/0")
@@ -52,6 +60,8 @@ MODEL = "deepseek-v4-flash"
 TASK = "ezq.chat_completion"
 FULL_ROWS = ["0:32:2000", "0:64:2000", "0.2:64:2560", "5:1000:4000"]
 SMOKE_ROWS = ["0:16:200", "1:200:400"]
+# With --steady: seconds after a row's first calls come back before its window opens.
+STEADY_SETTLE_S = 2.0
 
 
 @dataclass
@@ -75,6 +85,18 @@ class Row:
     def ideal(self) -> float | None:
         """C/L: the throughput of ``concurrency`` calls that each take ``latency``."""
         return self.concurrency / self.latency if self.latency else None
+
+    @property
+    def steady_rate(self) -> float | None:
+        """The rate a ``--steady`` run offers: C/L, which keeps ``concurrency`` calls in
+        flight when nothing but the gateway takes time (no rate for a 0 ms row)."""
+        return self.ideal
+
+    @property
+    def settle_s(self) -> float:
+        """The start of a steady run left out of its throughput: the first calls come
+        back after ``latency``, and the flow of ends takes a moment to even out."""
+        return self.latency + STEADY_SETTLE_S
 
 
 def _free_port() -> int:
@@ -242,15 +264,20 @@ def _wait_done(
         time.sleep(0.2)
 
 
-def run_raw(row: Row, gateway: Gateway, *, use_async: bool = False) -> dict[str, float]:
-    """The raw client's run of ``row``: threads, or the async client on one event loop."""
+def run_raw(
+    row: Row, gateway: Gateway, *, use_async: bool = False, steady: bool = False
+) -> dict[str, float]:
+    """The raw client's run of ``row``: threads, or the async client on one event loop;
+    with ``steady``, calls started at the row's C/L and counted in the steady window."""
     gateway.latency(row.latency, row.jobs + 100)
     gw0 = cpu_seconds(gateway.proc.pid)
+    rate = row.steady_rate if steady else None
     out = subprocess.run(
         [
             *(sys.executable, "-m", "benchmarks.raw_client", "--url", gateway.url),
             *("--concurrency", str(row.concurrency), "--jobs", str(row.jobs), "--model", MODEL),
             *(("--async",) if use_async else ()),
+            *(("--rate", str(rate), "--settle", str(row.settle_s)) if rate else ()),
         ],
         capture_output=True,
         check=True,
@@ -258,7 +285,7 @@ def run_raw(row: Row, gateway: Gateway, *, use_async: bool = False) -> dict[str,
     ).stdout
     result = json.loads(out.strip().splitlines()[-1])
     return {
-        "per_s": row.jobs / result["elapsed_s"],
+        "per_s": result["steady_per_s"] if rate else row.jobs / result["elapsed_s"],
         "cpu_ms": result["cpu_s"] / row.jobs * 1e3,
         "gateway_cpu_ms": (cpu_seconds(gateway.proc.pid) - gw0) / row.jobs * 1e3,
         "rss_mb": result["rss_mb"],
@@ -294,6 +321,7 @@ def run_ezq(
     processes: int = 1,
     *,
     results: bool = False,
+    steady: bool = False,
 ) -> None:
     queue = env["EZQ_QUEUE"]
     tenant = f"load-{secrets.token_hex(4)}"
@@ -315,9 +343,20 @@ def run_ezq(
         # The workers' warm-up opened their steady connections already: what is opened
         # from here on is for the load (a pool that closes what it opens shows here).
         sessions0 = backends.sessions()
-        start = time.perf_counter()
+        rate = row.steady_rate if steady else None
+        start, wall_start = time.perf_counter(), time.time()
+        sampled = start
+        sent_at: dict[str, float] = {}
         for i in range(row.jobs):
-            _send(app, queue, tenant, f"load job {i}", results=results)
+            if rate:
+                pause = start + i / rate - time.perf_counter()
+                if pause > 0:
+                    time.sleep(pause)
+                if time.perf_counter() - sampled > 1.0:
+                    sample()  # a backend opened mid-run is charged from its start
+                    sampled = time.perf_counter()
+            at = time.time()
+            sent_at[_send(app, queue, tenant, f"load job {i}", results=results)] = at
         _wait_done(
             conn,
             tenant,
@@ -334,8 +373,14 @@ def run_ezq(
             "SELECT count(*) FROM jobs WHERE tenant = %s AND status <> 'succeeded'", (tenant,)
         ).fetchone() or (0,)
         rss = max(peak_rss_mb(p) for p in pids)
+        per_s = row.jobs / elapsed
+        stages: dict[str, float] = {}
+        if rate:
+            window = (wall_start + row.settle_s, wall_start + (row.jobs - 1) / rate)
+            per_s, stages = _steady_stages(conn, tenant, gateway, sent_at, window, row.latency)
     row.ezq = {
-        "per_s": row.jobs / elapsed,
+        "per_s": per_s,
+        **stages,
         "worker_cpu_ms": (w1 - w0) / row.jobs * 1e3,
         "pg_cpu_ms": pg.total() / row.jobs * 1e3,
         "redis_cpu_ms": (r1 - r0) / row.jobs * 1e3,
@@ -344,6 +389,47 @@ def run_ezq(
         "pg_connections": peak[0],
         "pg_opened": opened,
         "failed": failed,
+    }
+
+
+def _steady_stages(
+    conn: psycopg.Connection[Any],
+    tenant: str,
+    gateway: Gateway,
+    sent_at: dict[str, float],
+    window: tuple[float, float],
+    latency: float,
+) -> tuple[float, dict[str, float]]:
+    """A steady run's jobs ended per second in ``window``, and where the time of those
+    jobs beyond the gateway's latency went (medians, ms): waiting for a thread (send to
+    the claim's transaction), the claim and request (to the fake's receipt), the gateway
+    (receipt to first token, less ``latency``), the stream and the record (first token to
+    the final commit)."""
+    received = gateway.received_at()
+    jobs = conn.execute(
+        "SELECT id::text, extract(epoch FROM started_at)::float8,"
+        " extract(epoch FROM first_token_at)::float8, extract(epoch FROM finished_at)::float8"
+        " FROM jobs WHERE tenant = %s",
+        (tenant,),
+    ).fetchall()
+    per_s = steady_throughput([finished for *_, finished in jobs], window)
+    low, high = window
+    timed = [
+        (sent_at[job], started, received[job], first, finished)
+        for job, started, first, finished in jobs
+        if low <= finished < high and job in received and first is not None
+    ]
+    if not timed:
+        return per_s, {}
+
+    def median_ms(values: Iterator[float]) -> float:
+        return statistics.median(values) * 1e3
+
+    return per_s, {
+        "wait_ms": median_ms(started - sent for sent, started, *_ in timed),
+        "claim_ms": median_ms(got - started for _, started, got, *_ in timed),
+        "gateway_ms": median_ms(first - got - latency for *_, got, first, _ in timed),
+        "record_ms": median_ms(finished - first for *_, first, finished in timed),
     }
 
 
@@ -450,10 +536,16 @@ def _print(
     words: int | None,
     processes: int = 1,
     paced_fixed: bool = False,
+    steady: bool = False,
 ) -> None:
     reply = f"{words}-word replies" if words is not None else "short echo replies"
     who = "One ezq worker process" if processes == 1 else f"{processes} ezq worker processes"
     print(f"\n{who} vs the raw openai client, {reply}, same run")
+    if steady:
+        print(
+            "rows with a latency: jobs sent at C/L, throughput = jobs ended per second from"
+            f" latency + {STEADY_SETTLE_S:g} s after the first send to the last send"
+        )
     head = (
         f"{'latency':>8}{'in flight':>10}{'jobs':>6} |{'raw/s':>8}{'cpu ms':>8}"
         f"{'gw ms':>7} |{'ezq/s':>8}{'ratio':>7}{'ideal':>7}{'worker':>8}{'pg':>6}"
@@ -478,6 +570,15 @@ def _print(
         " conns = the worker's most Postgres connections, opened = those it opened during"
         " the run"
     )
+    for r in rows:
+        if "wait_ms" in r.ezq:
+            print(
+                f"  {r.latency * 1e3:.0f} ms / {r.concurrency} steady, a job's time beyond the"
+                f" gateway's latency (medians): send -> claim {r.ezq['wait_ms']:.0f} ms,"
+                f" claim -> gateway receipt {r.ezq['claim_ms']:.0f} ms, gateway"
+                f" {r.ezq['gateway_ms']:.0f} ms, first token -> final commit"
+                f" {r.ezq['record_ms']:.0f} ms"
+            )
     for r in rows:
         if r.raw_async:
             print(
@@ -553,6 +654,14 @@ def main() -> None:
         " other way it offers to hold many calls in one process), printed under the table",
     )
     parser.add_argument(
+        "--steady",
+        action="store_true",
+        help="send each row with a latency at its C/L rate instead of all at once, and count"
+        " jobs ended per second once the flow has settled (from latency + 2 s after the first"
+        " send to the last send): the throughput of a steady offered load, raw and ezq alike."
+        " All at once, every call starts and ends in step with the others (waves)",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=1,
@@ -562,6 +671,15 @@ def main() -> None:
     args = parser.parse_args()
     rows = [Row.parse(s) for s in (args.row or (SMOKE_ROWS if args.smoke else FULL_ROWS))]
     paced_s = args.paced if args.paced is not None else (3.0 if args.smoke else 15.0)
+    for row in rows:
+        rate = row.steady_rate if args.steady else None
+        if rate and (row.jobs - 1) / rate <= row.settle_s:
+            parser.error(
+                f"--row {row.latency:g}:{row.concurrency}:{row.jobs} with --steady: its"
+                f" {row.jobs} jobs take {row.jobs / rate:.1f} s at C/L, no longer than the"
+                f" {row.settle_s:g} s left out while the flow settles; send at least"
+                f" {int(rate * (row.settle_s + 10))} jobs"
+            )
 
     from service.db.migrate import throwaway_database
 
@@ -586,7 +704,7 @@ def main() -> None:
                 for row in rows:
                     raws, ezqs = [], []
                     for _ in range(max(1, args.repeat)):
-                        row.raw = run_raw(row, gateway)
+                        row.raw = run_raw(row, gateway, steady=args.steady)
                         if args.raw_async:
                             row.raw_async = run_raw(row, gateway, use_async=True)
                         run_ezq(
@@ -598,6 +716,7 @@ def main() -> None:
                             redis_pid,
                             args.workers,
                             results=args.results,
+                            steady=args.steady,
                         )
                         raws.append(row.raw)
                         ezqs.append(row.ezq)
@@ -619,7 +738,14 @@ def main() -> None:
                     )
     finally:
         gateway.stop()
-    _print(rows, paced, args.words, args.workers, paced_fixed=args.paced_rate is not None)
+    _print(
+        rows,
+        paced,
+        args.words,
+        args.workers,
+        paced_fixed=args.paced_rate is not None,
+        steady=args.steady,
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,20 @@
+"""The load benchmark's steady-window arithmetic (``benchmarks.raw_client``), which both
+its raw-client and its ezq figures go through under ``--steady``."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.raw_client import steady_throughput
+
+
+def test_counts_only_the_ends_inside_the_window_per_second() -> None:
+    # Ten ends before the window (the fill-up), 300 inside 1.5 s, five at its end or after.
+    ends = [0.1 * i for i in range(10)] + [2.0 + 0.005 * i for i in range(300)]
+    ends += [3.5, 3.6, 4.0, 9.0, 10.0]
+    assert steady_throughput(ends, (2.0, 3.5)) == pytest.approx(200.0)
+
+
+def test_an_empty_window_is_refused_with_what_to_change() -> None:
+    with pytest.raises(ValueError, match="more jobs or a shorter --settle"):
+        steady_throughput([1.0, 2.0], (7.0, 5.0))
