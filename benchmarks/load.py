@@ -87,12 +87,6 @@ class Row:
         return self.concurrency / self.latency if self.latency else None
 
     @property
-    def steady_rate(self) -> float | None:
-        """The rate a ``--steady`` run offers: C/L, which keeps ``concurrency`` calls in
-        flight when nothing but the gateway takes time (no rate for a 0 ms row)."""
-        return self.ideal
-
-    @property
     def settle_s(self) -> float:
         """The start of a steady run left out of its throughput: the first calls come
         back after ``latency``, and the flow of ends takes a moment to even out."""
@@ -271,7 +265,7 @@ def run_raw(
     with ``steady``, calls started at the row's C/L and counted in the steady window."""
     gateway.latency(row.latency, row.jobs + 100)
     gw0 = cpu_seconds(gateway.proc.pid)
-    rate = row.steady_rate if steady else None
+    rate = row.ideal if steady else None
     out = subprocess.run(
         [
             *(sys.executable, "-m", "benchmarks.raw_client", "--url", gateway.url),
@@ -343,7 +337,7 @@ def run_ezq(
         # The workers' warm-up opened their steady connections already: what is opened
         # from here on is for the load (a pool that closes what it opens shows here).
         sessions0 = backends.sessions()
-        rate = row.steady_rate if steady else None
+        rate = row.ideal if steady else None
         start, wall_start = time.perf_counter(), time.time()
         sampled = start
         sent_at: dict[str, float] = {}
@@ -672,7 +666,7 @@ def main() -> None:
     rows = [Row.parse(s) for s in (args.row or (SMOKE_ROWS if args.smoke else FULL_ROWS))]
     paced_s = args.paced if args.paced is not None else (3.0 if args.smoke else 15.0)
     for row in rows:
-        rate = row.steady_rate if args.steady else None
+        rate = row.ideal if args.steady else None
         if rate and (row.jobs - 1) / rate <= row.settle_s:
             parser.error(
                 f"--row {row.latency:g}:{row.concurrency}:{row.jobs} with --steady: its"
