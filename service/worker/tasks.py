@@ -13,6 +13,7 @@ from celery.exceptions import Ignore, Reject, Retry
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
+    celeryd_after_setup,
     worker_process_shutdown,
     worker_ready,
 )
@@ -26,6 +27,7 @@ from service.errors import EzqCallerError
 from service.gateway import GatewayClient
 from service.live import publisher as live_publisher
 from service.logsetup import install_redaction, receipts_at_debug_only
+from service.logwriter import write_in_background
 from service.validation import CompletionRequest, validate_request
 from service.webhooks.tasks import publish_deliveries
 from service.worker import maintenance
@@ -68,6 +70,14 @@ def _close_gateway(**_: Any) -> None:
 def _redact_logs(logger: logging.Logger, loglevel: int | str = logging.INFO, **_: Any) -> None:
     install_redaction([logger])
     receipts_at_debug_only(loglevel)
+
+
+@celeryd_after_setup.connect
+def _write_logs_in_background(**_: Any) -> None:
+    # The jobs' threads queue their lines; one thread writes them (service.logwriter).
+    # After Celery's logging set-up, which reads the root handler's stream once it is done.
+    # Celery's task logger (``celery.task``) has a handler of its own, unused by ezq.
+    write_in_background(logging.getLogger())
 
 
 class JobFailed(Exception):
