@@ -13,6 +13,11 @@ A log destination that stops reading (a full pipe) no longer stops the jobs: rec
 in the queue, up to ``capacity`` of them, and only then does a thread that logs wait.
 Records still queued when the process is killed outright are lost; ``stop`` (at exit)
 writes what is queued first.
+
+Not the standard library's ``QueueHandler`` and ``QueueListener`` as they are: on Python
+3.11 the handler folds the traceback into the message (a JSON line loses its
+``exception`` field) and drops a record, with a traceback on stderr, when a bounded queue
+is full; the listener's ``stop`` waits for ever on a destination that stopped reading.
 """
 
 from __future__ import annotations
