@@ -6,6 +6,8 @@ import uuid
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 
 from service.db import queries
 from service.db.session import transaction
@@ -48,3 +50,18 @@ def seed_job(
             },
         )
     return job_id
+
+
+def queued_first_turns(engine: Engine, count: int) -> list[uuid.UUID]:
+    """``count`` queued first turns on ``engine``'s database, each of its own conversation;
+    no message is published."""
+    with Session(engine) as session, session.begin():
+        return [
+            queries.create_job(
+                session,
+                validate_request(
+                    model="glm-5.1", messages=[{"role": "user", "content": f"job {i}"}]
+                ),
+            )[0]
+            for i in range(count)
+        ]

@@ -8,29 +8,12 @@ Runs on a database of its own, with nothing analyzed, as a new deployment's."""
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.orm import Session
 
-from service.db import flow, queries
-from service.validation import validate_request
-
-
-def _jobs(engine: Engine, count: int) -> list[uuid.UUID]:
-    """Queued first turns, each of its own conversation; no message is published."""
-    with Session(engine) as session, session.begin():
-        return [
-            queries.create_job(
-                session,
-                validate_request(
-                    model="glm-5.1", messages=[{"role": "user", "content": f"job {i}"}]
-                ),
-            )[0]
-            for i in range(count)
-        ]
+from service.db import flow
+from tests.seeding import queued_first_turns
 
 
 def _whole_table_reads(conn: Connection) -> int:
@@ -47,7 +30,7 @@ def test_a_ranking_planned_on_a_small_table_reads_no_whole_table_once_it_grew(
     own_database: tuple[str, Engine], rank: bool
 ) -> None:
     _, engine = own_database
-    (first,) = _jobs(engine, 1)
+    (first,) = queued_first_turns(engine, 1)
     with engine.connect() as conn:
         # The plan is made at this first run, from a one-job table, and kept: as Postgres
         # keeps a prepared statement's plan from its sixth run until the next ANALYZE.
@@ -55,7 +38,7 @@ def test_a_ranking_planned_on_a_small_table_reads_no_whole_table_once_it_grew(
         assert flow.ranking(conn, first, aging_s=60, limit=4, rank=rank).own is not None
         conn.commit()
 
-        grown = _jobs(engine, 300)
+        grown = queued_first_turns(engine, 300)
         assert _whole_table_reads(conn) == 0
         for job_id in (first, grown[150], grown[-1]):
             ranking = flow.ranking(conn, job_id, aging_s=60, limit=4, rank=rank)

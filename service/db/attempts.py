@@ -27,6 +27,7 @@ from service import constants as c
 from service.db import driver
 from service.db.driver import DriverStatement
 from service.db.pricing import cost_of, price_at, price_in_effect
+from service.db.row_checks import on_row
 from service.db.session import Executor
 from service.errors import JobNotFound
 
@@ -246,6 +247,10 @@ usage_row AS (
 ),"""
 
 
+# The job's own row, found by id (not through the index of running jobs).
+_RUNNING = on_row("status = 'running'")
+
+
 def _success(with_usage: bool) -> DriverStatement:
     usage_row = _USAGE_ROW if with_usage else ""
     cost = "(SELECT cost_usd FROM usage_row)" if with_usage else "NULL::numeric"
@@ -255,7 +260,7 @@ WITH owned AS (
     UPDATE jobs SET status = 'succeeded', finish_reason = :finish_reason,
            first_token_at = :first_token_at, finished_at = now(), lease_expires_at = NULL,
            lease_holder = NULL, error_type = NULL, error_status = NULL, error = NULL
-     WHERE id = :job_id AND status = 'running' AND attempts = :attempt
+     WHERE id = :job_id AND {_RUNNING} AND attempts = :attempt
     RETURNING {_JOB}
 ),
 last AS (
@@ -298,7 +303,7 @@ WITH owned AS (
            dispatched_at = CASE WHEN :final THEN dispatched_at
                                 ELSE now() + make_interval(secs => :retry_in_s) END,
            needs_publish = CASE WHEN :final THEN needs_publish ELSE :park END
-     WHERE id = :job_id AND status = 'running' AND attempts = :attempt
+     WHERE id = :job_id AND {_RUNNING} AND attempts = :attempt
     RETURNING {_JOB}
 ),
 attempt AS (

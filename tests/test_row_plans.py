@@ -1,0 +1,190 @@
+"""A job's per-job statements read that job, not every job in its state, whatever the
+table's statistics said when their plans were made.
+
+The hot statements are prepared, and Postgres keeps a prepared statement's plan until the
+table is next analyzed. Statistics taken at a quiet moment (no job running, none waiting)
+made the planner read a job by id through the partial index of running (or pending) jobs,
+filtering each entry by id: at 1,000 calls in flight, every record read the 1,000 running
+jobs. And the claim's ranking counted every running job per tenant at each claim, even
+with nothing else to rank. Each test takes the statistics at such a quiet moment, then
+fills the state, and counts the rows of ``jobs`` its statement read
+(``pg_stat_xact_user_tables``). Runs on a database of its own."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session
+
+from service.db import attempts, flow, queries
+from service.validation import validate_request
+from tests.seeding import queued_first_turns
+
+HISTORY = 5000  # finished jobs: a table the planner reads by index, as in production
+CROWD = 200  # jobs in the state a statement must not read through
+
+
+def _history(engine: Engine) -> None:
+    """``HISTORY`` finished jobs, each of its own conversation."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO conversations (id) SELECT gen_random_uuid()"
+            " FROM generate_series(1, %(n)s)",
+            {"n": HISTORY},
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO jobs (id, conversation_id, status, model, params, input_messages,"
+            " request_hash, attempts, started_at, finished_at)"
+            " SELECT gen_random_uuid(), c.id, 'succeeded', 'glm-5.1', '{}', '[]', 'h', 1,"
+            " now(), now() FROM conversations c"
+        )
+
+
+def _claim(engine: Engine, job_ids: list[uuid.UUID]) -> list[attempts.Claimed]:
+    claimed = []
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+        for job_id in job_ids:
+            outcome = attempts.claim_job(conn, job_id, lease_seconds=600, holder="test")
+            assert isinstance(outcome, attempts.Claimed)
+            claimed.append(outcome)
+    return claimed
+
+
+def _analyze(engine: Engine) -> None:
+    """Statistics taken now: a quiet moment, the history and no job in the crowd's state."""
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.exec_driver_sql("ANALYZE jobs")
+
+
+def _jobs_read(conn: Connection) -> int:
+    """Rows of ``jobs`` this connection has read: by whole-table reads, and fetched through
+    an index (an index-only read of a page not yet marked all-visible fetches its row too;
+    nothing here is vacuumed). Postgres adds what earlier transactions read until it
+    reports them, so a test takes the difference within one transaction."""
+    return int(
+        conn.execute(
+            text(
+                "SELECT seq_tup_read + idx_tup_fetch FROM pg_stat_xact_user_tables"
+                " WHERE relname = 'jobs'"
+            )
+        ).scalar_one()
+    )
+
+
+def _generic_plans(conn: Connection) -> None:
+    # The plan a prepared statement keeps from its sixth run, made at its first.
+    conn.execute(text("SET plan_cache_mode = force_generic_plan"))
+    conn.commit()
+
+
+def test_a_record_reads_its_own_job_not_every_running_one(
+    own_database: tuple[str, Engine],
+) -> None:
+    _, engine = own_database
+    _history(engine)
+    jobs = queued_first_turns(engine, CROWD)
+    _analyze(engine)  # no job running
+    claimed = _claim(engine, jobs)
+    with engine.connect() as conn:
+        _generic_plans(conn)
+        before = _jobs_read(conn)
+        for job in claimed[:3]:
+            ended = attempts.record_success(
+                conn,
+                job,
+                attempts.CallOutcome(http_status=200, request_id="r", surface="openai"),
+                finish_reason="stop",
+                reply={"role": "assistant", "content": "done"},
+            )
+            assert ended.job is not None and ended.job.status == "succeeded"
+        failed = attempts.FailedCall(
+            attempts.CallOutcome(http_status=500, request_id="r", surface="openai"),
+            error_type="http_error",
+            attempt_error="boom",
+            job_error="boom",
+            retryable=True,
+        )
+        with Session(bind=conn) as session:
+            ended = attempts.record_failure(session, claimed[3], failed, final=False)
+        assert ended.job is not None and ended.job.status == "retrying"
+        read = _jobs_read(conn) - before
+        assert read < CROWD, f"four records read {read} rows of jobs"
+        conn.rollback()
+
+
+def test_locking_a_waiting_job_reads_that_job_not_every_pending_one(
+    own_database: tuple[str, Engine],
+) -> None:
+    """The claim of a job that waits (``flow.lock_own``; the ranking reads its own job
+    with the same condition) finds it by id, whatever the statistics say of pending jobs."""
+    _, engine = own_database
+    _history(engine)
+    _analyze(engine)  # no job waiting
+    waiting = queued_first_turns(engine, CROWD)
+    with engine.connect() as conn:
+        _generic_plans(conn)
+        session = Session(bind=conn)
+        before = _jobs_read(conn)
+        for job_id in waiting[:3]:
+            assert flow.lock_own(session, job_id)
+        read = _jobs_read(conn) - before
+        assert read < CROWD, f"three locks read {read} rows of jobs"
+        ranking = flow.ranking(conn, waiting[3], aging_s=60, limit=4, rank=False)
+        assert ranking.own is not None and ranking.own.id == waiting[3]
+        conn.rollback()
+
+
+def test_a_claim_with_nothing_else_to_rank_counts_no_running_job(
+    own_database: tuple[str, Engine],
+) -> None:
+    _, engine = own_database
+    _history(engine)
+    _analyze(engine)
+    _claim(engine, queued_first_turns(engine, CROWD))
+    request = validate_request(model="glm-5.1", messages=[{"role": "user", "content": "hi"}])
+    with engine.connect() as conn:
+        before = _jobs_read(conn)
+        for _ in range(3):
+            job_id = uuid.uuid4()
+            ranking = flow.ranking(
+                conn,
+                job_id,
+                aging_s=60,
+                limit=4,
+                claim=flow.Lease(600, "test"),
+                first=queries.first_turn_values(request, job_id),
+            )
+            assert ranking.claim_row is not None and ranking.candidates == []
+        read = _jobs_read(conn) - before
+        assert read < CROWD, f"three claims read {read} rows of jobs"
+        conn.rollback()
+
+
+def test_a_claim_with_other_jobs_waiting_still_ranks_by_running_calls(
+    own_database: tuple[str, Engine],
+) -> None:
+    """The count is still made when it orders jobs: a tenant with fewer calls running
+    outranks one with more, at the same priority."""
+    _, engine = own_database
+    request_busy = validate_request(
+        model="glm-5.1", messages=[{"role": "user", "content": "busy"}], tenant="busy"
+    )
+    request_idle = validate_request(
+        model="glm-5.1", messages=[{"role": "user", "content": "idle"}], tenant="idle"
+    )
+    with Session(engine) as session, session.begin():
+        running = [queries.create_job(session, request_busy)[0] for _ in range(3)]
+        idle = queries.create_job(session, request_idle)[0]
+        busy = queries.create_job(session, request_busy)[0]
+    _claim(engine, running)
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+        ranking = flow.ranking(conn, busy, aging_s=60, limit=4)
+    assert ranking.own is not None and ranking.own.tenant_running == 3
+    (other,) = ranking.candidates
+    assert (other.id, other.tenant_running) == (idle, 0)
+    assert other.outranks(ranking.own)
