@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.live_tokens
 	$(BIN)/python -m benchmarks.job_path
 	$(BIN)/python -m benchmarks.ranking_plan
+	$(BIN)/python -m benchmarks.row_plans
 	$(BIN)/python -m benchmarks.flow_admission
 	$(BIN)/python -m benchmarks.webhook_delivery
 	$(BIN)/python -m benchmarks.pipeline
