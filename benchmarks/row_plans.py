@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import os
 import re
 import statistics
@@ -110,7 +111,7 @@ def measure(history: int, running: int, rounds: int, runs: int) -> None:
     usage: dict[str, Any] = {name: 1 for name in attempts.USAGE_COLUMNS}
     usage.update(raw_usage={"prompt_tokens": 1}, usage_issues=None)
     request = validate_request(model="glm-5.1", messages=[{"role": "user", "content": "hi"}])
-    turn = iter(range(10**9))
+    turn = itertools.count()
 
     def using(name: str) -> tuple[Any, Any]:
         """The variant's connection, in a transaction of its own, and its statements."""

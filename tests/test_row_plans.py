@@ -26,8 +26,9 @@ HISTORY = 5000  # finished jobs: a table the planner reads by index, as in produ
 CROWD = 200  # jobs in the state a statement must not read through
 
 
-def _history(engine: Engine) -> None:
-    """``HISTORY`` finished jobs, each of its own conversation."""
+def _quiet_history(engine: Engine) -> None:
+    """``HISTORY`` finished jobs, each of its own conversation, and the table's statistics
+    taken then: at a quiet moment, no job running or waiting."""
     with engine.begin() as conn:
         conn.exec_driver_sql(
             "INSERT INTO conversations (id) SELECT gen_random_uuid()"
@@ -40,6 +41,7 @@ def _history(engine: Engine) -> None:
             " SELECT gen_random_uuid(), c.id, 'succeeded', 'glm-5.1', '{}', '[]', 'h', 1,"
             " now(), now() FROM conversations c"
         )
+        conn.exec_driver_sql("ANALYZE jobs")
 
 
 def _claim(engine: Engine, job_ids: list[uuid.UUID]) -> list[attempts.Claimed]:
@@ -51,13 +53,6 @@ def _claim(engine: Engine, job_ids: list[uuid.UUID]) -> list[attempts.Claimed]:
             assert isinstance(outcome, attempts.Claimed)
             claimed.append(outcome)
     return claimed
-
-
-def _analyze(engine: Engine) -> None:
-    """Statistics taken now: a quiet moment, the history and no job in the crowd's state."""
-    with engine.connect() as conn:
-        conn.execution_options(isolation_level="AUTOCOMMIT")
-        conn.exec_driver_sql("ANALYZE jobs")
 
 
 def _jobs_read(conn: Connection) -> int:
@@ -85,10 +80,8 @@ def test_a_record_reads_its_own_job_not_every_running_one(
     own_database: tuple[str, Engine],
 ) -> None:
     _, engine = own_database
-    _history(engine)
-    jobs = queued_first_turns(engine, CROWD)
-    _analyze(engine)  # no job running
-    claimed = _claim(engine, jobs)
+    _quiet_history(engine)
+    claimed = _claim(engine, queued_first_turns(engine, CROWD))
     with engine.connect() as conn:
         _generic_plans(conn)
         before = _jobs_read(conn)
@@ -122,15 +115,14 @@ def test_locking_a_waiting_job_reads_that_job_not_every_pending_one(
     """The claim of a job that waits (``flow.lock_own``; the ranking reads its own job
     with the same condition) finds it by id, whatever the statistics say of pending jobs."""
     _, engine = own_database
-    _history(engine)
-    _analyze(engine)  # no job waiting
+    _quiet_history(engine)
     waiting = queued_first_turns(engine, CROWD)
     with engine.connect() as conn:
         _generic_plans(conn)
-        session = Session(bind=conn)
         before = _jobs_read(conn)
-        for job_id in waiting[:3]:
-            assert flow.lock_own(session, job_id)
+        with Session(bind=conn) as session:
+            for job_id in waiting[:3]:
+                assert flow.lock_own(session, job_id)
         read = _jobs_read(conn) - before
         assert read < CROWD, f"three locks read {read} rows of jobs"
         ranking = flow.ranking(conn, waiting[3], aging_s=60, limit=4, rank=False)
@@ -142,8 +134,7 @@ def test_a_claim_with_nothing_else_to_rank_counts_no_running_job(
     own_database: tuple[str, Engine],
 ) -> None:
     _, engine = own_database
-    _history(engine)
-    _analyze(engine)
+    _quiet_history(engine)
     _claim(engine, queued_first_turns(engine, CROWD))
     request = validate_request(model="glm-5.1", messages=[{"role": "user", "content": "hi"}])
     with engine.connect() as conn:

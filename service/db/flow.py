@@ -90,14 +90,11 @@ class Ranking:
 # ages): found by a skip scan over the pending-jobs index, a few index probes per tenant,
 # so the cost of a claim grows with the number of tenants waiting, not with the backlog.
 _PENDING = "j.status IN ('queued', 'retrying')"
-_ELIGIBLE = f"""
-    {_PENDING} AND (j.status = 'queued' OR j.dispatched_at <= now()) AND {NOT_HELD_BACK}
-"""
-# The same for a job found by id: its state checked on its row (``row_checks``).
-_ELIGIBLE_ROW = f"""
-    {on_row(_PENDING)} AND (j.status = 'queued' OR j.dispatched_at <= now()) AND {NOT_HELD_BACK}
-"""
-_PENDING_ROW = on_row("status IN ('queued', 'retrying')")
+# A pending job found by id: its state checked on its row (``row_checks``).
+_PENDING_ROW = on_row(_PENDING)
+_DUE = f"(j.status = 'queued' OR j.dispatched_at <= now()) AND {NOT_HELD_BACK}"
+_ELIGIBLE = f"{_PENDING} AND {_DUE}"
+_ELIGIBLE_ROW = f"{_PENDING_ROW} AND {_DUE}"
 _AGED = "least(9, j.priority + floor(extract(epoch FROM now() - j.created_at) / :aging))::int"
 _PENDING_COLUMNS = (
     "j.id, j.tenant, j.model, j.status, j.priority, j.enqueue_seq,"
@@ -726,11 +723,11 @@ def throttle(
     session.execute(
         text(
             f"""
-            UPDATE jobs SET needs_publish = true, throttle_reason = :reason,
+            UPDATE jobs AS j SET needs_publish = true, throttle_reason = :reason,
                 throttled_until = :until,
                 dispatched_at = greatest(dispatched_at,
                     coalesce(:until, now() + make_interval(secs => :recheck)))
-            WHERE id = :id AND {_PENDING_ROW}
+            WHERE j.id = :id AND {_PENDING_ROW}
             """
         ),
         {"id": job_id, "reason": reason, "until": until, "recheck": recheck_s},
@@ -742,10 +739,10 @@ def fail_at_claim(session: Session, job_id: uuid.UUID, *, error_type: str, messa
     session.execute(
         text(
             f"""
-            UPDATE jobs SET status = 'failed', error_type = :type, error_status = NULL,
+            UPDATE jobs AS j SET status = 'failed', error_type = :type, error_status = NULL,
                 error = :message, finished_at = now(), needs_publish = false,
                 throttled_until = NULL, throttle_reason = NULL
-            WHERE id = :id AND {_PENDING_ROW}
+            WHERE j.id = :id AND {_PENDING_ROW}
             """
         ),
         {"id": job_id, "type": error_type, "message": message},
