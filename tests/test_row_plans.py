@@ -130,6 +130,30 @@ def test_locking_a_waiting_job_reads_that_job_not_every_pending_one(
         conn.rollback()
 
 
+def test_ranking_a_backlog_reads_its_heads_not_the_backlog(
+    own_database: tuple[str, Engine],
+) -> None:
+    """The ranking's reads of the backlog (each tenant's best jobs and oldest one, the
+    candidates by id, whether a throttled job waits) go through the indexes made for them,
+    not through the index of pending jobs by dispatch time, which a planner that believes
+    few jobs are pending found cheapest (and then sorted the whole backlog)."""
+    _, engine = own_database
+    _quiet_history(engine)
+    waiting = queued_first_turns(engine, CROWD)
+    with engine.connect() as conn:
+        _generic_plans(conn)
+        before = _jobs_read(conn)
+        for job_id in waiting[3:6]:
+            ranking = flow.ranking(conn, job_id, aging_s=60, limit=4)
+            assert ranking.own is not None and ranking.own.id == job_id
+            # The four best by enqueue order, less the message's own job.
+            assert [c.id for c in ranking.candidates] == [w for w in waiting[:4] if w != job_id]
+            assert not ranking.throttled_waiting
+        read = _jobs_read(conn) - before
+        assert read < CROWD, f"three rankings read {read} rows of jobs"
+        conn.rollback()
+
+
 def test_a_claim_with_nothing_else_to_rank_counts_no_running_job(
     own_database: tuple[str, Engine],
 ) -> None:

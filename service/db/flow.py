@@ -136,11 +136,16 @@ _CANDIDATES_CTES = f"""tenants AS (
         ) h
         WHERE tenants.t IS NOT NULL
     ), {_RUNNING_PER_TENANT}, candidates AS (
-        SELECT {_PENDING_COLUMNS}, {_AGED} AS aged FROM jobs j
+        SELECT {_PENDING_COLUMNS}, {_AGED} AS aged FROM heads h
+        -- Each head fetched by primary key, its state checked on the row (``row_checks``):
+        -- a subquery with a LIMIT runs once per head. As a join (or by an array of ids)
+        -- the planner, which cannot estimate a recursive CTE, read the whole backlog
+        -- through a pending jobs' index, or the table once when it looked small.
+        CROSS JOIN LATERAL (
+            SELECT * FROM jobs j WHERE j.id = h.id AND {_PENDING_ROW} LIMIT 1
+        ) AS j
         LEFT JOIN running r ON r.tenant IS NOT DISTINCT FROM j.tenant
-        -- An array, so that the few heads are fetched by primary key (the planner cannot
-        -- estimate a recursive CTE and would otherwise scan the whole backlog).
-        WHERE :rank AND j.id = ANY(ARRAY(SELECT id FROM heads)) AND {_PENDING}
+        WHERE :rank
         ORDER BY {_RANK}
         LIMIT :limit
     )"""

@@ -205,10 +205,15 @@ class Job(Base):
             "lease_expires_at",
             postgresql_where=text("status = 'running'"),
         ),
+        # Pending jobs by dispatch time, less those parked throttled (their own index,
+        # below): a query that says only "pending" cannot use it (migration 0019).
         Index(
             "ix_jobs_pending_dispatch",
             "dispatched_at",
-            postgresql_where=text("status IN ('queued', 'retrying')"),
+            postgresql_where=text(
+                "status IN ('queued', 'retrying')"
+                " AND (NOT needs_publish OR throttle_reason IS NULL)"
+            ),
         ),
         CheckConstraint(_in("surface", REQUEST_SURFACES), name="surface"),
         CheckConstraint("attempts >= 0", name="attempts"),
@@ -230,6 +235,13 @@ class Job(Base):
             "ix_jobs_throttled",
             text("priority DESC"),
             "enqueue_seq",
+            postgresql_where=text(
+                "needs_publish AND throttle_reason IS NOT NULL AND status IN ('queued', 'retrying')"
+            ),
+        ),
+        Index(
+            "ix_jobs_throttled_dispatch",
+            "dispatched_at",
             postgresql_where=text(
                 "needs_publish AND throttle_reason IS NOT NULL AND status IN ('queued', 'retrying')"
             ),
