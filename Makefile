@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.job_path
 	$(BIN)/python -m benchmarks.ranking_plan
 	$(BIN)/python -m benchmarks.row_plans
+	$(BIN)/python -m benchmarks.backlog_ranking
 	$(BIN)/python -m benchmarks.flow_admission
 	$(BIN)/python -m benchmarks.webhook_delivery
 	$(BIN)/python -m benchmarks.pipeline

@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from benchmarks.history import analyzed_history
 from benchmarks.procstat import cpu_seconds
 
 ADMIN_DSN = os.environ.get("EZQ_BENCH_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -66,18 +67,7 @@ def _prepare(history: int, running: int) -> list[Any]:
     from service.validation import validate_request
 
     with autocommit() as conn:
-        conn.exec_driver_sql(
-            "INSERT INTO conversations (id) SELECT gen_random_uuid()"
-            " FROM generate_series(1, %(n)s)",
-            {"n": history},
-        )
-        conn.exec_driver_sql(
-            "INSERT INTO jobs (id, conversation_id, status, model, params, input_messages,"
-            " request_hash, attempts, started_at, finished_at)"
-            " SELECT gen_random_uuid(), c.id, 'succeeded', 'glm-5.1', '{}', '[]', 'h', 1,"
-            " now(), now() FROM conversations c"
-        )
-        conn.exec_driver_sql("VACUUM ANALYZE jobs")
+        analyzed_history(conn, history)
         claims = []
         for i in range(running):
             request = validate_request(
