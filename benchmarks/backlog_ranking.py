@@ -43,7 +43,9 @@ _HEADS_NOW = """FROM heads h
         -- the planner, which cannot estimate a recursive CTE, read the whole backlog
         -- through a pending jobs' index, or the table once when it looked small.
         CROSS JOIN LATERAL (
-            SELECT * FROM jobs j WHERE j.id = h.id AND (j.status IN ('queued', 'retrying')) IS TRUE LIMIT 1
+            SELECT j.id, j.tenant, j.model, j.status, j.priority, j.enqueue_seq,
+                   j.throttle_reason, j.created_at
+            FROM jobs j WHERE j.id = h.id AND (j.status IN ('queued', 'retrying')) IS TRUE LIMIT 1
         ) AS j
         LEFT JOIN running r ON r.tenant IS NOT DISTINCT FROM j.tenant
         WHERE :rank

@@ -142,7 +142,9 @@ _CANDIDATES_CTES = f"""tenants AS (
         -- the planner, which cannot estimate a recursive CTE, read the whole backlog
         -- through a pending jobs' index, or the table once when it looked small.
         CROSS JOIN LATERAL (
-            SELECT * FROM jobs j WHERE j.id = h.id AND {_PENDING_ROW} LIMIT 1
+            SELECT j.id, j.tenant, j.model, j.status, j.priority, j.enqueue_seq,
+                   j.throttle_reason, j.created_at
+            FROM jobs j WHERE j.id = h.id AND {_PENDING_ROW} LIMIT 1
         ) AS j
         LEFT JOIN running r ON r.tenant IS NOT DISTINCT FROM j.tenant
         WHERE :rank
