@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session
 
 from service.db import flow
 from tests.seeding import queued_first_turns
@@ -44,5 +45,27 @@ def test_a_ranking_planned_on_a_small_table_reads_no_whole_table_once_it_grew(
             ranking = flow.ranking(conn, job_id, aging_s=60, limit=4, rank=rank)
             assert ranking.own is not None and ranking.own.id == job_id
             assert bool(ranking.candidates) == rank, "the heads of the backlog are ranked"
+        assert _whole_table_reads(conn) == 0
+        conn.rollback()
+
+
+def test_locking_candidates_planned_on_a_small_table_reads_no_whole_table_once_it_grew(
+    own_database: tuple[str, Engine],
+) -> None:
+    """The lock of the candidates that may run in a message's place finds them by id (their
+    state checked on the row), not through a whole read of a table that looked small."""
+    _, engine = own_database
+    first = queued_first_turns(engine, 2)
+    with engine.connect() as conn:
+        conn.execute(text("SET plan_cache_mode = force_generic_plan"))
+        with Session(bind=conn) as session:
+            assert flow.lock_candidates(session, first) == set(first)
+        conn.commit()
+
+        grown = queued_first_turns(engine, 300)
+        assert _whole_table_reads(conn) == 0
+        with Session(bind=conn) as session:
+            for some in (grown[:4], grown[150:154], grown[-4:]):
+                assert flow.lock_candidates(session, some) == set(some)
         assert _whole_table_reads(conn) == 0
         conn.rollback()

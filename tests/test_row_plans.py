@@ -113,7 +113,9 @@ def test_locking_a_waiting_job_reads_that_job_not_every_pending_one(
     own_database: tuple[str, Engine],
 ) -> None:
     """The claim of a job that waits (``flow.lock_own``; the ranking reads its own job
-    with the same condition) finds it by id, whatever the statistics say of pending jobs."""
+    with the same condition) finds it by id, and the lock of the candidates that may run
+    in its place (``flow.lock_candidates``) finds them by id, whatever the statistics say
+    of pending jobs."""
     _, engine = own_database
     _quiet_history(engine)
     waiting = queued_first_turns(engine, CROWD)
@@ -123,8 +125,10 @@ def test_locking_a_waiting_job_reads_that_job_not_every_pending_one(
         with Session(bind=conn) as session:
             for job_id in waiting[:3]:
                 assert flow.lock_own(session, job_id)
+            # The candidates that may run in a message's place, locked by their ids.
+            assert flow.lock_candidates(session, waiting[4:8]) == set(waiting[4:8])
         read = _jobs_read(conn) - before
-        assert read < CROWD, f"three locks read {read} rows of jobs"
+        assert read < CROWD, f"three locks and a lock of candidates read {read} rows of jobs"
         ranking = flow.ranking(conn, waiting[3], aging_s=60, limit=4, rank=False)
         assert ranking.own is not None and ranking.own.id == waiting[3]
         conn.rollback()

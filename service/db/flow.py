@@ -367,7 +367,8 @@ def lock_own(session: Session, job_id: uuid.UUID) -> bool:
 # those jobs wait on it (most claims, under load). They are locked only when one of them
 # may run in a message's place, with what made them eligible checked again.
 _LOCK_CANDIDATES = text(
-    f"SELECT j.id FROM jobs j WHERE j.id = ANY(:ids) AND {_ELIGIBLE} FOR UPDATE OF j SKIP LOCKED"
+    f"SELECT j.id FROM jobs j WHERE j.id = ANY(:ids) AND {_ELIGIBLE_ROW}"
+    " FOR UPDATE OF j SKIP LOCKED"
 )
 
 

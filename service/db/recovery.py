@@ -13,6 +13,7 @@ from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 
 from service.db.models import DeadLetter
+from service.db.row_checks import on_row
 from service.db.turn_order import NOT_HELD_BACK
 
 _HEARTBEAT = text(
@@ -267,13 +268,14 @@ def messages_expected(session: Session) -> int:
 
 def mark_unpublished(session: Session, job_ids: list[uuid.UUID]) -> None:
     """Flag pending jobs whose message could not be published, for the sweep."""
-    session.execute(
-        text(
-            "UPDATE jobs SET needs_publish = true"
-            " WHERE id = ANY(:ids) AND status IN ('queued', 'retrying')"
-        ),
-        {"ids": job_ids},
-    )
+    session.execute(_MARK_UNPUBLISHED, {"ids": job_ids})
+
+
+# The jobs found by id, their state checked on the row (``row_checks``).
+_MARK_UNPUBLISHED = text(
+    "UPDATE jobs SET needs_publish = true"
+    " WHERE id = ANY(:ids) AND " + on_row("status IN ('queued', 'retrying')")
+)
 
 
 # --- dead letters ----------------------------------------------------------------------
