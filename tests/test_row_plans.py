@@ -158,6 +158,28 @@ def test_ranking_a_backlog_reads_its_heads_not_the_backlog(
         conn.rollback()
 
 
+def test_waking_throttled_jobs_reads_the_best_not_every_throttled_one(
+    own_database: tuple[str, Engine],
+) -> None:
+    """A call that ends under flow control wakes the best throttled jobs, read in priority
+    order from their index, not read and sorted all through an index by dispatch time."""
+    _, engine = own_database
+    _quiet_history(engine)
+    throttled = queued_first_turns(engine, CROWD)
+    with Session(engine) as session, session.begin():
+        for job_id in throttled:
+            flow.throttle(session, job_id, reason="limit", until=None, recheck_s=3600)
+    with engine.connect() as conn:
+        _generic_plans(conn)
+        before = _jobs_read(conn)
+        with Session(bind=conn) as session:
+            woken = [flow.wake_throttled(session, limit=2) for _ in range(3)]
+        assert [set(w) for w in woken] == [set(throttled[i : i + 2]) for i in (0, 2, 4)]
+        read = _jobs_read(conn) - before
+        assert read < CROWD, f"three wakes read {read} rows of jobs"
+        conn.rollback()
+
+
 def test_a_claim_with_nothing_else_to_rank_counts_no_running_job(
     own_database: tuple[str, Engine],
 ) -> None:

@@ -10,7 +10,8 @@ Changes, as public interface (README "SQL tables"):
   NULL``): its condition becomes ``status IN ('queued', 'retrying') AND (NOT
   needs_publish OR throttle_reason IS NULL)``.
 - Adds ``ix_jobs_throttled_dispatch``: those throttled jobs by ``dispatched_at`` (the
-  condition of ``ix_jobs_throttled``), for the sweep that publishes them when they are due.
+  condition of ``ix_jobs_throttled``, and ``dispatched_at IS NOT NULL``), for the sweep
+  that publishes them when they are due.
 
 Why: a partial index whose condition is just "pending" is, to a planner that believes
 few jobs are pending (statistics taken at a quiet moment, and kept by a prepared
@@ -20,6 +21,10 @@ jobs, its oldest one, and whether any throttled job waits (200 pending jobs: 1,2
 ``jobs`` read per claim, against 7 through the ranking's own indexes). With this
 condition a query that says only "pending" cannot use it, and whether a throttled job
 waits is read from the throttled jobs' indexes, the only ones that hold nothing else.
+The throttled jobs' new index names ``dispatched_at`` in its condition (never NULL: the
+column is NOT NULL), so that only a query bounding it (the sweep's) can use it: the
+choice of the best throttled jobs to wake, by priority, reads ``ix_jobs_throttled`` in its
+order and stops, where an index by dispatch time would have it read and sort them all.
 
 Both indexes are built while the table is locked against writes (a scan of ``jobs``; they
 hold only pending jobs).
@@ -39,6 +44,7 @@ depends_on: str | Sequence[str] | None = None
 
 _PENDING = "status IN ('queued', 'retrying')"
 _THROTTLED = f"needs_publish AND throttle_reason IS NOT NULL AND {_PENDING}"
+_THROTTLED_DISPATCH = f"{_THROTTLED} AND dispatched_at IS NOT NULL"
 _DISPATCH_BEFORE = _PENDING
 _DISPATCH_NOW = f"{_PENDING} AND (NOT needs_publish OR throttle_reason IS NULL)"
 
@@ -61,7 +67,7 @@ def upgrade() -> None:
         "jobs",
         ["dispatched_at"],
         unique=False,
-        postgresql_where=sa.text(_THROTTLED),
+        postgresql_where=sa.text(_THROTTLED_DISPATCH),
     )
 
 

@@ -239,11 +239,14 @@ class Job(Base):
                 "needs_publish AND throttle_reason IS NOT NULL AND status IN ('queued', 'retrying')"
             ),
         ),
+        # Parked throttled jobs by dispatch time, for the sweep; its condition names
+        # ``dispatched_at`` (never NULL) so that only a query bounding it can use it.
         Index(
             "ix_jobs_throttled_dispatch",
             "dispatched_at",
             postgresql_where=text(
                 "needs_publish AND throttle_reason IS NOT NULL AND status IN ('queued', 'retrying')"
+                " AND dispatched_at IS NOT NULL"
             ),
         ),
         Index(
