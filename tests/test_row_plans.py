@@ -1,5 +1,5 @@
-"""A job's per-job statements read that job, not every job in its state, whatever the
-table's statistics said when their plans were made.
+"""A job's per-job statements read that job (its admission, its webhook delivery), not
+every one in its state, whatever the table's statistics said when their plans were made.
 
 The hot statements are prepared, and Postgres keeps a prepared statement's plan until the
 table is next analyzed. Statistics taken at a quiet moment (no job running, none waiting)
@@ -20,6 +20,8 @@ from sqlalchemy.orm import Session
 
 from service.db import attempts, flow, queries
 from service.validation import validate_request
+from service.webhooks import outbox
+from service.webhooks.retry import AttemptResult, Delivered
 from tests.seeding import queued_first_turns
 
 HISTORY = 5000  # finished jobs: a table the planner reads by index, as in production
@@ -44,6 +46,14 @@ def _quiet_history(engine: Engine) -> None:
         conn.exec_driver_sql("ANALYZE jobs")
 
 
+def _one_per_finished_job(engine: Engine, table: str, insert: str) -> None:
+    """A row of ``table`` per finished job (``insert``), in its final state, and the
+    table's statistics taken then."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql(insert)
+        conn.exec_driver_sql(f"ANALYZE {table}")
+
+
 def _claim(engine: Engine, job_ids: list[uuid.UUID]) -> list[attempts.Claimed]:
     claimed = []
     with engine.connect() as conn:
@@ -55,19 +65,24 @@ def _claim(engine: Engine, job_ids: list[uuid.UUID]) -> list[attempts.Claimed]:
     return claimed
 
 
-def _jobs_read(conn: Connection) -> int:
-    """Rows of ``jobs`` this connection has read: by whole-table reads, and fetched through
-    an index (an index-only read of a page not yet marked all-visible fetches its row too;
-    nothing here is vacuumed). Postgres adds what earlier transactions read until it
-    reports them, so a test takes the difference within one transaction."""
+def _rows_read(conn: Connection, table: str) -> int:
+    """Rows of ``table`` this connection has read: by whole-table reads, and fetched
+    through an index (an index-only read of a page not yet marked all-visible fetches its
+    row too; nothing here is vacuumed). Postgres adds what earlier transactions read until
+    it reports them, so a test takes the difference within one transaction."""
     return int(
         conn.execute(
             text(
                 "SELECT seq_tup_read + idx_tup_fetch FROM pg_stat_xact_user_tables"
-                " WHERE relname = 'jobs'"
-            )
+                " WHERE relname = :table"
+            ),
+            {"table": table},
         ).scalar_one()
     )
+
+
+def _jobs_read(conn: Connection) -> int:
+    return _rows_read(conn, "jobs")
 
 
 def _generic_plans(conn: Connection) -> None:
@@ -229,3 +244,86 @@ def test_a_claim_with_other_jobs_waiting_still_ranks_by_running_calls(
     (other,) = ranking.candidates
     assert (other.id, other.tenant_running) == (idle, 0)
     assert other.outranks(ranking.own)
+
+
+def test_settling_a_call_reads_its_admission_not_every_unsettled_one(
+    own_database: tuple[str, Engine],
+) -> None:
+    """A call that ends under flow control settles its admission, found by its key,
+    whatever the statistics say of unsettled admissions (the calls in flight)."""
+    _, engine = own_database
+    _quiet_history(engine)
+    _one_per_finished_job(
+        engine,
+        "flow_admissions",
+        "INSERT INTO flow_admissions (job_id, attempt, model, tokens_reserved, settled_at)"
+        " SELECT id, 1, 'glm-5.1', 10, now() FROM jobs",
+    )
+    admitted = queued_first_turns(engine, CROWD)
+    with Session(engine) as session, session.begin():
+        for job_id in admitted:
+            flow.admit(
+                session,
+                job_id=job_id,
+                attempt=1,
+                tenant=None,
+                model="glm-5.1",
+                tokens=10,
+                cost_usd=None,
+            )
+    with engine.connect() as conn:
+        _generic_plans(conn)
+        before = _rows_read(conn, "flow_admissions")
+        with Session(bind=conn) as session:
+            for job_id in admitted[:3]:
+                flow.settle(session, job_id, 1, wake=0)
+        read = _rows_read(conn, "flow_admissions") - before
+        assert read < CROWD, f"three settles read {read} rows of flow_admissions"
+        settled = conn.execute(
+            text("SELECT count(*) FROM flow_admissions WHERE settled_at IS NOT NULL")
+        ).scalar_one()
+        assert settled == HISTORY + 3
+        conn.rollback()
+
+
+def test_recording_a_webhook_attempt_reads_its_delivery_not_every_pending_one(
+    own_database: tuple[str, Engine],
+) -> None:
+    """A webhook attempt's outcome is written to its delivery, found by id, whatever the
+    statistics say of pending deliveries (a receiver that is down makes many)."""
+    _, engine = own_database
+    _quiet_history(engine)
+    _one_per_finished_job(
+        engine,
+        "webhook_deliveries",
+        "INSERT INTO webhook_deliveries"
+        " (id, job_id, event_type, url, payload, status, next_attempt_at)"
+        " SELECT gen_random_uuid(), id, 'job.succeeded', 'http://receiver.test/', '{}',"
+        " 'delivered', now() FROM jobs",
+    )
+    jobs = queued_first_turns(engine, CROWD)
+    with engine.begin() as conn:
+        pending = [
+            outbox.add_delivery(
+                conn,
+                job_id=job_id,
+                event_type="job.succeeded",
+                url="http://receiver.test/",
+                payload="{}",
+            )
+            for job_id in jobs
+        ]
+    with engine.connect() as conn:
+        _generic_plans(conn)
+        before = _rows_read(conn, "webhook_deliveries")
+        for delivery_id in pending[:3]:
+            assert delivery_id is not None
+            claimed = outbox.claim(conn, delivery_id, lease_seconds=60)
+            assert isinstance(claimed, outbox.Claimed)
+            result = AttemptResult(status_code=200, error=None, duration_ms=5)
+            assert outbox.finish(
+                conn, claimed, result, Delivered(), retry_delay=None, published=False
+            )
+        read = _rows_read(conn, "webhook_deliveries") - before
+        assert read < CROWD, f"three attempts read {read} rows of webhook_deliveries"
+        conn.rollback()

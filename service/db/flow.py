@@ -757,6 +757,11 @@ def fail_at_claim(session: Session, job_id: uuid.UUID, *, error_type: str, messa
     )
 
 
+# A call's admission found by its key, its state checked on the row (``row_checks``): with
+# statistics taken when every admission was settled, the check in the same WHERE read all
+# unsettled ones (the calls in flight) through their partial index at each settle.
+_UNSETTLED_ROW = on_row("a.settled_at IS NULL")
+
 _BEST_THROTTLED = f"""
     SELECT j.id FROM jobs j
     WHERE j.needs_publish AND j.throttle_reason IS NOT NULL AND {_PENDING}
@@ -783,7 +788,7 @@ def settle(session: Session, job_id: uuid.UUID, attempt: int, *, wake: int) -> l
                     tokens_used = coalesce(
                         (SELECT u.total_tokens FROM token_usage u WHERE u.job_id = a.job_id),
                         a.tokens_reserved)
-                WHERE a.job_id = :job_id AND a.attempt = :attempt AND a.settled_at IS NULL
+                WHERE a.job_id = :job_id AND a.attempt = :attempt AND {_UNSETTLED_ROW}
                 RETURNING a.tenant, a.model, a.job_id
             ), ttft AS (
                 SELECT extract(epoch FROM t.first_token_at - t.started_at) * 1000 AS ms

@@ -21,6 +21,7 @@ from service import constants as c
 from service.db import driver
 from service.db.driver import DriverStatement
 from service.db.models import Job, WebhookAttempt, WebhookDelivery
+from service.db.row_checks import on_row
 from service.db.session import Executor
 from service.webhooks.events import event_type_for, serialise_event
 from service.webhooks.retry import AttemptResult, Decision, Delivered, GiveUp
@@ -208,12 +209,17 @@ def claim(
     )
 
 
+# The delivery found by id, its state checked on the row (``row_checks``): checked in the
+# same WHERE, with statistics taken when nothing was pending, the plan read every pending
+# delivery through the index of due ones at each attempt.
+_PENDING_ROW = on_row("status = 'pending'")
+
 # One statement, one round trip: the attempt's outcome and the delivery's next state are
 # written only while the caller's lease still holds the delivery (pending, on this
 # attempt, leased); otherwise nothing is. A NULL retry delay is no next attempt.
 _FINISH = DriverStatement.of(
     text(
-        """
+        f"""
         WITH recorded AS (
             UPDATE webhook_deliveries
             SET lease_expires_at = NULL,
@@ -227,7 +233,7 @@ _FINISH = DriverStatement.of(
                                      THEN now() + CAST(:retry_delay AS float8)
                                           * interval '1 second' END
             WHERE id = :delivery_id
-              AND status = 'pending'
+              AND {_PENDING_ROW}
               AND attempts = :attempt
               AND lease_expires_at IS NOT NULL
             RETURNING id
