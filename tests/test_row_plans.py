@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from service.db import attempts, flow, queries
+from service.db.models import Job
 from service.validation import validate_request
 from service.webhooks import outbox
 from service.webhooks.retry import AttemptResult, Delivered
@@ -121,6 +122,35 @@ def test_a_record_reads_its_own_job_not_every_running_one(
         assert ended.job is not None and ended.job.status == "retrying"
         read = _jobs_read(conn) - before
         assert read < CROWD, f"four records read {read} rows of jobs"
+        conn.rollback()
+
+
+def test_a_record_under_a_backlog_reads_its_conversation_not_the_backlog(
+    own_database: tuple[str, Engine],
+) -> None:
+    """A record looks for the next queued turn of its conversation through the
+    conversation's turns, not through the pending jobs (``queries.next_waiting_job``, the
+    same lookup outside a record, and ``queries.park`` likewise)."""
+    _, engine = own_database
+    _quiet_history(engine)
+    waiting = queued_first_turns(engine, CROWD)
+    claimed = _claim(engine, waiting[:3])
+    call = attempts.CallOutcome(http_status=200, request_id="r", surface="openai")
+    with engine.connect() as conn:
+        _generic_plans(conn)
+        before = _jobs_read(conn)
+        for job in claimed:
+            reply = {"role": "assistant", "content": "done"}
+            ended = attempts.record_success(conn, job, call, finish_reason="stop", reply=reply)
+            assert ended.job is not None and ended.next_job_id is None
+        with Session(bind=conn) as session:
+            for job_id in waiting[3:6]:
+                job = session.get(Job, job_id)
+                assert job is not None
+                assert queries.next_waiting_job(session, job.conversation_id) == job_id
+                queries.park(session, job_id)
+        read = _jobs_read(conn) - before
+        assert read < CROWD, f"three records, lookups and parks read {read} rows of jobs"
         conn.rollback()
 
 

@@ -185,15 +185,22 @@ _JOB = (
 
 # The next queued turn of the conversation, marked as published: the caller publishes it
 # after the commit, and a turn parked while it waited is no longer the sweep's to publish.
-_NEXT_TURN = """
+# Read through the conversation's turns in order, its state checked on each row
+# (``row_checks``): checked in the WHERE, with statistics taken when nothing waited, the
+# plan read every pending job through a pending jobs' index at each record.
+_NEXT_TURN = (
+    """
 next_turn AS (
     UPDATE jobs SET needs_publish = false, dispatched_at = now()
      WHERE {condition} id = (
         SELECT n.id FROM jobs n
-         WHERE n.conversation_id = :conversation_id AND n.status = 'queued'
+         WHERE n.conversation_id = :conversation_id AND """
+    + on_row("n.status = 'queued'")
+    + """
          ORDER BY n.enqueue_seq LIMIT 1)
     RETURNING id
 )"""
+)
 
 # One row always: the job's columns are NULL when this attempt no longer owned it
 # (cancelled, or taken over), and ``next_job_id`` says which turn to publish.

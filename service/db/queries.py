@@ -23,6 +23,7 @@ from service.db.models import (
     Message,
     TokenUsage,
 )
+from service.db.row_checks import on_row
 from service.db.session import Executor
 from service.errors import (
     ConversationNotFound,
@@ -267,13 +268,16 @@ def create_job(
 # --- claiming and running ------------------------------------------------------------
 
 
+# A job found by id, or a conversation's turns read in order, their state checked on each
+# row (``row_checks``): with statistics taken when nothing waited, a state checked in the
+# WHERE made the plan read every pending job through a pending jobs' index.
+_PENDING_ON_ROW = text(on_row("jobs.status IN ('queued', 'retrying')"))
+_QUEUED_ON_ROW = text(on_row("jobs.status = 'queued'"))
+
+
 def park(session: Session, job_id: uuid.UUID) -> None:
     """Leave a pending job to the sweep: no message for it is on the broker any more."""
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status.in_(("queued", "retrying")))
-        .values(needs_publish=True)
-    )
+    session.execute(update(Job).where(Job.id == job_id, _PENDING_ON_ROW).values(needs_publish=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,7 +431,7 @@ def next_waiting_job(session: Session, conversation_id: uuid.UUID) -> uuid.UUID 
     """
     earliest = (
         select(Job.id)
-        .where(Job.conversation_id == conversation_id, Job.status == "queued")
+        .where(Job.conversation_id == conversation_id, _QUEUED_ON_ROW)
         .order_by(Job.enqueue_seq)
         .limit(1)
         .scalar_subquery()
