@@ -10,20 +10,12 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from service.db import flow
 from tests.seeding import queued_first_turns
-
-
-def _whole_table_reads(conn: Connection) -> int:
-    """Sequential scans of ``jobs`` in ``conn``'s transaction so far."""
-    return int(
-        conn.execute(
-            text("SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'jobs'")
-        ).scalar_one()
-    )
+from tests.table_reads import rows_read, whole_table_reads
 
 
 @pytest.mark.parametrize("rank", [True, False], ids=["ranking others", "own job only"])
@@ -40,12 +32,12 @@ def test_a_ranking_planned_on_a_small_table_reads_no_whole_table_once_it_grew(
         conn.commit()
 
         grown = queued_first_turns(engine, 300)
-        assert _whole_table_reads(conn) == 0
+        assert whole_table_reads(conn) == 0
         for job_id in (first, grown[150], grown[-1]):
             ranking = flow.ranking(conn, job_id, aging_s=60, limit=4, rank=rank)
             assert ranking.own is not None and ranking.own.id == job_id
             assert bool(ranking.candidates) == rank, "the heads of the backlog are ranked"
-        assert _whole_table_reads(conn) == 0
+        assert whole_table_reads(conn) == 0
         conn.rollback()
 
 
@@ -53,7 +45,8 @@ def test_locking_candidates_planned_on_a_small_table_reads_no_whole_table_once_i
     own_database: tuple[str, Engine],
 ) -> None:
     """The lock of the candidates that may run in a message's place finds them by id (their
-    state checked on the row), not through a whole read of a table that looked small."""
+    state checked on the row): not through a whole read of a table that looked small, nor
+    through every pending job."""
     _, engine = own_database
     first = queued_first_turns(engine, 2)
     with engine.connect() as conn:
@@ -63,9 +56,12 @@ def test_locking_candidates_planned_on_a_small_table_reads_no_whole_table_once_i
         conn.commit()
 
         grown = queued_first_turns(engine, 300)
-        assert _whole_table_reads(conn) == 0
+        assert whole_table_reads(conn) == 0
+        before = rows_read(conn)
         with Session(bind=conn) as session:
             for some in (grown[:4], grown[150:154], grown[-4:]):
                 assert flow.lock_candidates(session, some) == set(some)
-        assert _whole_table_reads(conn) == 0
+        assert whole_table_reads(conn) == 0
+        read = rows_read(conn) - before
+        assert read < 100, f"three locks of four candidates read {read} rows of jobs"
         conn.rollback()

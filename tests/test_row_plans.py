@@ -13,17 +13,19 @@ fills the state, and counts the rows of ``jobs`` its statement read
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
-from service.db import attempts, flow, queries
+from service.db import attempts, flow, queries, recovery
 from service.db.models import Job
 from service.validation import validate_request
 from service.webhooks import outbox
 from service.webhooks.retry import AttemptResult, Delivered
 from tests.seeding import queued_first_turns
+from tests.table_reads import rows_read
 
 HISTORY = 5000  # finished jobs: a table the planner reads by index, as in production
 CROWD = 200  # jobs in the state a statement must not read through
@@ -66,24 +68,16 @@ def _claim(engine: Engine, job_ids: list[uuid.UUID]) -> list[attempts.Claimed]:
     return claimed
 
 
-def _rows_read(conn: Connection, table: str) -> int:
-    """Rows of ``table`` this connection has read: by whole-table reads, and fetched
-    through an index (an index-only read of a page not yet marked all-visible fetches its
-    row too; nothing here is vacuumed). Postgres adds what earlier transactions read until
-    it reports them, so a test takes the difference within one transaction."""
-    return int(
-        conn.execute(
-            text(
-                "SELECT seq_tup_read + idx_tup_fetch FROM pg_stat_xact_user_tables"
-                " WHERE relname = :table"
-            ),
-            {"table": table},
-        ).scalar_one()
-    )
+def _running_after_quiet(own_database: tuple[str, Engine]) -> tuple[Engine, list[Any]]:
+    """The quiet history, then ``CROWD`` jobs claimed (running, held by ``test``)."""
+    _, engine = own_database
+    _quiet_history(engine)
+    return engine, _claim(engine, queued_first_turns(engine, CROWD))
 
 
 def _jobs_read(conn: Connection) -> int:
-    return _rows_read(conn, "jobs")
+    # Nothing here is vacuumed: an index-only read fetches its rows too.
+    return rows_read(conn, "jobs")
 
 
 def _generic_plans(conn: Connection) -> None:
@@ -95,9 +89,7 @@ def _generic_plans(conn: Connection) -> None:
 def test_a_record_reads_its_own_job_not_every_running_one(
     own_database: tuple[str, Engine],
 ) -> None:
-    _, engine = own_database
-    _quiet_history(engine)
-    claimed = _claim(engine, queued_first_turns(engine, CROWD))
+    engine, claimed = _running_after_quiet(own_database)
     with engine.connect() as conn:
         _generic_plans(conn)
         before = _jobs_read(conn)
@@ -129,8 +121,9 @@ def test_a_record_under_a_backlog_reads_its_conversation_not_the_backlog(
     own_database: tuple[str, Engine],
 ) -> None:
     """A record looks for the next queued turn of its conversation through the
-    conversation's turns, not through the pending jobs (``queries.next_waiting_job``, the
-    same lookup outside a record, and ``queries.park`` likewise)."""
+    conversation's turns, not through the pending jobs; ``queries.next_waiting_job`` (the
+    same lookup outside a record), ``queries.park`` and ``recovery.mark_unpublished``
+    (jobs by id) likewise."""
     _, engine = own_database
     _quiet_history(engine)
     waiting = queued_first_turns(engine, CROWD)
@@ -143,14 +136,22 @@ def test_a_record_under_a_backlog_reads_its_conversation_not_the_backlog(
             reply = {"role": "assistant", "content": "done"}
             ended = attempts.record_success(conn, job, call, finish_reason="stop", reply=reply)
             assert ended.job is not None and ended.next_job_id is None
+        read = _jobs_read(conn) - before
+        assert read < CROWD, f"three records read {read} rows of jobs"
+        # Statements sent through the ORM carry the state as a parameter, which a generic
+        # plan cannot match to a partial index: their runs before psycopg prepares them
+        # (and every run of an unprepared one) are planned for the value.
+        conn.execute(text("SET plan_cache_mode = force_custom_plan"))
+        before = _jobs_read(conn)
         with Session(bind=conn) as session:
             for job_id in waiting[3:6]:
                 job = session.get(Job, job_id)
                 assert job is not None
                 assert queries.next_waiting_job(session, job.conversation_id) == job_id
                 queries.park(session, job_id)
+            recovery.mark_unpublished(session, waiting[6:9])
         read = _jobs_read(conn) - before
-        assert read < CROWD, f"three records, lookups and parks read {read} rows of jobs"
+        assert read < CROWD, f"three lookups, parks and flags read {read} rows of jobs"
         conn.rollback()
 
 
@@ -303,11 +304,11 @@ def test_settling_a_call_reads_its_admission_not_every_unsettled_one(
             )
     with engine.connect() as conn:
         _generic_plans(conn)
-        before = _rows_read(conn, "flow_admissions")
+        before = rows_read(conn, "flow_admissions")
         with Session(bind=conn) as session:
             for job_id in admitted[:3]:
                 flow.settle(session, job_id, 1, wake=0)
-        read = _rows_read(conn, "flow_admissions") - before
+        read = rows_read(conn, "flow_admissions") - before
         assert read < CROWD, f"three settles read {read} rows of flow_admissions"
         settled = conn.execute(
             text("SELECT count(*) FROM flow_admissions WHERE settled_at IS NOT NULL")
@@ -345,7 +346,7 @@ def test_recording_a_webhook_attempt_reads_its_delivery_not_every_pending_one(
         ]
     with engine.connect() as conn:
         _generic_plans(conn)
-        before = _rows_read(conn, "webhook_deliveries")
+        before = rows_read(conn, "webhook_deliveries")
         for delivery_id in pending[:3]:
             assert delivery_id is not None
             claimed = outbox.claim(conn, delivery_id, lease_seconds=60)
@@ -354,6 +355,39 @@ def test_recording_a_webhook_attempt_reads_its_delivery_not_every_pending_one(
             assert outbox.finish(
                 conn, claimed, result, Delivered(), retry_delay=None, published=False
             )
-        read = _rows_read(conn, "webhook_deliveries") - before
+        read = rows_read(conn, "webhook_deliveries") - before
         assert read < CROWD, f"three attempts read {read} rows of webhook_deliveries"
+        # A job's pending deliveries, through the ORM (see the record's test above).
+        conn.execute(text("SET plan_cache_mode = force_custom_plan"))
+        before = rows_read(conn, "webhook_deliveries")
+        with Session(bind=conn) as session:
+            for job_id, delivery_id in zip(jobs[3:6], pending[3:6], strict=True):
+                assert outbox.pending_ids_for_job(session, job_id) == [delivery_id]
+        read = rows_read(conn, "webhook_deliveries") - before
+        assert read < CROWD, f"three jobs' pending deliveries read {read} rows"
+        conn.rollback()
+
+
+def test_a_heartbeat_renews_its_jobs_leases_reading_those_jobs(
+    own_database: tuple[str, Engine],
+) -> None:
+    """A worker's heartbeat renews the leases of its own jobs, found by id, not through the
+    running jobs of every worker."""
+    engine, claimed = _running_after_quiet(own_database)
+    with engine.connect() as conn:
+        _generic_plans(conn)
+        before = _jobs_read(conn)
+        with Session(bind=conn) as session:
+            for job in claimed[:3]:
+                renewed = recovery.heartbeat(
+                    session,
+                    worker_id="test",
+                    hostname="host",
+                    pid=1,
+                    lease_seconds=600,
+                    job_ids=[job.job_id],
+                )
+                assert renewed == 1
+        read = _jobs_read(conn) - before
+        assert read < CROWD, f"three beats read {read} rows of jobs"
         conn.rollback()

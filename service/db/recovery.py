@@ -25,7 +25,12 @@ _HEARTBEAT = text(
         RETURNING id
     )
     UPDATE jobs SET lease_expires_at = now() + make_interval(secs => :lease)
-    WHERE id = ANY(:job_ids) AND status = 'running' AND lease_holder = (SELECT id FROM beat)
+    WHERE id = ANY(:job_ids) AND """
+    # The worker's own jobs by id, their state checked on the row (``row_checks``): with
+    # the state in the WHERE and statistics taken when nothing ran, every beat read the
+    # running jobs of every worker through their partial index.
+    + on_row("status = 'running'")
+    + """ AND lease_holder = (SELECT id FROM beat)
     """
 )
 

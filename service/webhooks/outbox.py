@@ -29,6 +29,12 @@ from service.webhooks.retry import AttemptResult, Decision, Delivered, GiveUp
 # --- writing the outbox --------------------------------------------------------------
 
 
+# A delivery found by id (or a job's deliveries), its state checked on the row
+# (``row_checks``): checked in the same WHERE, with statistics taken when nothing was
+# pending, the plans read every pending delivery through the index of due ones.
+_PENDING_ROW = on_row("webhook_deliveries.status = 'pending'")
+
+
 def add_for_job(session: Session, job: Job | Row[Any], data: dict[str, Any]) -> uuid.UUID | None:
     """Write the event for a job that has just ended, if it asked for a callback.
 
@@ -95,9 +101,7 @@ def add_delivery(
 
 def pending_ids_for_job(session: Session, job_id: uuid.UUID) -> list[uuid.UUID]:
     """The job's deliveries still to be sent (to publish after the commit that wrote them)."""
-    stmt = select(WebhookDelivery.id).where(
-        WebhookDelivery.job_id == job_id, WebhookDelivery.status == "pending"
-    )
+    stmt = select(WebhookDelivery.id).where(WebhookDelivery.job_id == job_id, text(_PENDING_ROW))
     return list(session.scalars(stmt))
 
 
@@ -209,11 +213,6 @@ def claim(
     )
 
 
-# The delivery found by id, its state checked on the row (``row_checks``): checked in the
-# same WHERE, with statistics taken when nothing was pending, the plan read every pending
-# delivery through the index of due ones at each attempt.
-_PENDING_ROW = on_row("status = 'pending'")
-
 # One statement, one round trip: the attempt's outcome and the delivery's next state are
 # written only while the caller's lease still holds the delivery (pending, on this
 # attempt, leased); otherwise nothing is. A NULL retry delay is no next attempt.
@@ -293,7 +292,7 @@ def note_problem(session: Session, delivery_id: uuid.UUID, message: str) -> None
     """Show why a delivery is not moving (a worker misconfiguration) without an attempt."""
     session.execute(
         update(WebhookDelivery)
-        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == "pending")
+        .where(WebhookDelivery.id == delivery_id, text(_PENDING_ROW))
         .values(last_error=message)
     )
 
