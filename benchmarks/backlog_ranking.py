@@ -35,21 +35,8 @@ ADMIN_DSN = os.environ.get("EZQ_BENCH_ADMIN_DSN", "postgresql://postgres@127.0.0
 NOW = "now (0019, heads by key)"
 BEFORE = "before (0018, by array)"
 
-# The candidates as the ranking fetched them before: by an array of the heads' ids, their
-# state checked in the same WHERE.
-_HEADS_NOW = """FROM heads h
-        -- Each head fetched by primary key, its state checked on the row (``row_checks``):
-        -- a subquery with a LIMIT runs once per head. As a join (or by an array of ids)
-        -- the planner, which cannot estimate a recursive CTE, read the whole backlog
-        -- through a pending jobs' index, or the table once when it looked small.
-        CROSS JOIN LATERAL (
-            SELECT j.id, j.tenant, j.model, j.status, j.priority, j.enqueue_seq,
-                   j.throttle_reason, j.created_at
-            FROM jobs j WHERE j.id = h.id AND (j.status IN ('queued', 'retrying')) IS TRUE LIMIT 1
-        ) AS j
-        LEFT JOIN running r ON r.tenant IS NOT DISTINCT FROM j.tenant
-        WHERE :rank
-"""
+# The candidates as the ranking fetched them before (in place of ``flow._HEADS_BY_KEY``):
+# by an array of the heads' ids, their state checked in the same WHERE.
 _HEADS_BEFORE = """FROM jobs j
         LEFT JOIN running r ON r.tenant IS NOT DISTINCT FROM j.tenant
         WHERE :rank AND j.id = ANY(ARRAY(SELECT id FROM heads)) AND j.status IN ('queued', 'retrying')
@@ -85,8 +72,8 @@ def _statement(name: str) -> Any:
 
     sql = flow._RANKING
     if name == BEFORE:
-        assert _HEADS_NOW in sql, "the ranking's candidates changed: update this benchmark"
-        sql = sql.replace(_HEADS_NOW, _HEADS_BEFORE)
+        assert flow._HEADS_BY_KEY in sql
+        sql = sql.replace(flow._HEADS_BY_KEY, _HEADS_BEFORE)
     return DriverStatement.of(text(sql.replace(":rank", "true")))
 
 

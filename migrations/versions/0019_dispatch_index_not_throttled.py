@@ -18,7 +18,7 @@ few jobs are pending (statistics taken at a quiet moment, and kept by a prepared
 statement until the next ANALYZE), the cheapest way to read any pending job. The claim's
 ranking then read the whole backlog through it, sorted, at each claim: per tenant's best
 jobs, its oldest one, and whether any throttled job waits (200 pending jobs: 1,201 rows of
-``jobs`` read per claim, against 7 through the ranking's own indexes). With this
+``jobs`` read per claim, against 11 through the ranking's own indexes). With this
 condition a query that says only "pending" cannot use it, and whether a throttled job
 waits is read from the throttled jobs' indexes, the only ones that hold nothing else.
 The throttled jobs' new index names ``dispatched_at`` in its condition (never NULL: the

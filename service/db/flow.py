@@ -114,6 +114,20 @@ _PLAIN = """
 _CLAIM_COLUMNS = ", ".join(f"c.{name}" for name in CLAIM_COLUMNS)
 _NO_CLAIM = ", ".join(f"NULL AS {name}" for name in CLAIM_COLUMNS)
 
+# The heads' rows with their tenants' running calls: each head fetched by primary key, its
+# state checked on the row (``row_checks``); a subquery with a LIMIT runs once per head.
+# As a join (or by an array of ids) the planner, which cannot estimate a recursive CTE,
+# read the whole backlog through a pending jobs' index, or the table once when it looked
+# small (``benchmarks.backlog_ranking`` times both).
+_HEADS_BY_KEY = f"""FROM heads h
+        CROSS JOIN LATERAL (
+            SELECT j.id, j.tenant, j.model, j.status, j.priority, j.enqueue_seq,
+                   j.throttle_reason, j.created_at
+            FROM jobs j WHERE j.id = h.id AND {_PENDING_ROW} LIMIT 1
+        ) AS j
+        LEFT JOIN running r ON r.tenant IS NOT DISTINCT FROM j.tenant
+        WHERE :rank"""
+
 # The best-ranked eligible jobs (``candidates``, read, not locked) and the running calls per
 # tenant (``running``): what every claim's ranking reads.
 _CANDIDATES_CTES = f"""tenants AS (
@@ -136,18 +150,7 @@ _CANDIDATES_CTES = f"""tenants AS (
         ) h
         WHERE tenants.t IS NOT NULL
     ), {_RUNNING_PER_TENANT}, candidates AS (
-        SELECT {_PENDING_COLUMNS}, {_AGED} AS aged FROM heads h
-        -- Each head fetched by primary key, its state checked on the row (``row_checks``):
-        -- a subquery with a LIMIT runs once per head. As a join (or by an array of ids)
-        -- the planner, which cannot estimate a recursive CTE, read the whole backlog
-        -- through a pending jobs' index, or the table once when it looked small.
-        CROSS JOIN LATERAL (
-            SELECT j.id, j.tenant, j.model, j.status, j.priority, j.enqueue_seq,
-                   j.throttle_reason, j.created_at
-            FROM jobs j WHERE j.id = h.id AND {_PENDING_ROW} LIMIT 1
-        ) AS j
-        LEFT JOIN running r ON r.tenant IS NOT DISTINCT FROM j.tenant
-        WHERE :rank
+        SELECT {_PENDING_COLUMNS}, {_AGED} AS aged {_HEADS_BY_KEY}
         ORDER BY {_RANK}
         LIMIT :limit
     )"""

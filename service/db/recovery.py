@@ -149,20 +149,25 @@ def parked_due(session: Session, *, limit: int) -> list[uuid.UUID]:
     return list(session.execute(_PARKED_DUE, {"limit": limit}).scalars())
 
 
+def _parked(throttle_reason: str) -> str:
+    """Due parked jobs whose ``throttle_reason IS`` ``throttle_reason``, first by enqueue
+    order."""
+    return f"""
+        (SELECT j.id, j.enqueue_seq FROM jobs j
+         WHERE j.needs_publish AND j.throttle_reason IS {throttle_reason}
+           AND j.status IN ('queued', 'retrying')
+           AND j.dispatched_at <= now() AND {NOT_HELD_BACK}
+         ORDER BY j.enqueue_seq
+         LIMIT :limit)"""
+
+
 # Parked jobs that were throttled and those that were not, each read through its own index
 # of dispatch times (``ix_jobs_throttled_dispatch``, ``ix_jobs_pending_dispatch``), then
 # the first ``limit`` of both by enqueue order.
-_PARKED = """
-        (SELECT j.id, j.enqueue_seq FROM jobs j
-         WHERE j.needs_publish AND j.throttle_reason IS {throttled}
-           AND j.status IN ('queued', 'retrying')
-           AND j.dispatched_at <= now() AND {not_held_back}
-         ORDER BY j.enqueue_seq
-         LIMIT :limit)"""
 _PARKED_DUE = text(
     f"""
-    SELECT p.id FROM ({_PARKED.format(throttled="NULL", not_held_back=NOT_HELD_BACK)}
-        UNION ALL{_PARKED.format(throttled="NOT NULL", not_held_back=NOT_HELD_BACK)}
+    SELECT p.id FROM ({_parked("NULL")}
+        UNION ALL{_parked("NOT NULL")}
     ) AS p
     ORDER BY p.enqueue_seq
     LIMIT :limit
