@@ -61,3 +61,13 @@ def test_redaction_keeps_the_shape_of_log_arguments() -> None:
     RedactSecrets().filter(record)
     assert record.args == ("127.0.0.1:5000", "GET", "/v1/jobs?token=[redacted]", "1.1", 200)
     assert record.getMessage() == '127.0.0.1:5000 - "GET /v1/jobs?token=[redacted] HTTP/1.1" 200'
+
+
+def test_a_key_that_holds_another_key_shape_is_redacted_whole() -> None:
+    """Scanned for every shape at once: an ezq key with ``-sk-`` inside it is one secret,
+    not an ``sk-`` key whose redaction leaves the ezq key's first characters printed."""
+    record = logging.LogRecord(
+        "x", logging.INFO, __file__, 1, "token ezq_live-sk-0123456789abcdef end", None, None
+    )
+    RedactSecrets().filter(record)
+    assert record.getMessage() == "token [redacted] end"
