@@ -163,6 +163,15 @@ def service_env(
     }
 
 
+@pytest.fixture(autouse=True)
+def _short_claims_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with first turns' short claim open: a decline pauses it for this
+    process (``service.flow.admission``), and a pause must not reach the next test."""
+    from service.flow import admission
+
+    monkeypatch.setattr(admission, "_short_claims", admission._Pause())
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _producer_settings(request: pytest.FixtureRequest) -> Iterator[None]:
     """Point this process's settings at the test services, for tests that need them."""

@@ -27,7 +27,6 @@ from service.db import driver, queries
 from service.db import flow as flow_db
 from service.db.models import Job
 from service.db.session import autocommit, get_engine, transaction
-from service.flow import admission
 from service.gateway import GatewayClient
 from service.usage.prices import PriceInput, add_price
 from service.validation import validate_request
@@ -38,6 +37,7 @@ MODEL = "glm-5.1"
 
 # How a statement of the job's path is recognised in the SQL sent.
 _KINDS = (
+    ("FROM decision d WHERE d.plain", "first turn's short claim"),
     ("CASE WHEN d.plain THEN 'running'", "first turn written by its ranking"),
     ("INSERT INTO conversations", "first turn"),
     ("WITH RECURSIVE tenants", "ranking"),
@@ -312,7 +312,8 @@ def test_a_foreign_first_turn_is_written_claimed_by_one_statement(
     outcome = _run_outcome(job_id, gateway, create=request)
 
     assert isinstance(outcome, Finished) and outcome.result["status"] == "succeeded"
-    assert statements == [("first turn written by its ranking", True), ("success", True)]
+    # Nothing waits and nothing is configured: the short claim writes it, nothing is ranked.
+    assert statements == [("first turn's short claim", True), ("success", True)]
     # Written claimed: started when it was created, its first attempt open from then on
     # (and closed by the record), in its own new conversation.
     assert _rows(
@@ -365,10 +366,11 @@ def test_an_outranked_foreign_first_turn_is_written_queued_and_the_better_job_ru
 
     outcome = _run_outcome(job_id, gateway, create=request)
 
-    # Written by its ranking but not claimed: queued, then admitted like any waiting job,
-    # which runs the better job in its place.
+    # Not written by the short claim (a job waits); written by its ranking but not claimed:
+    # queued, then admitted like any waiting job, which runs the better job in its place.
     assert isinstance(outcome, Parked), outcome
-    assert [kind for kind, _ in statements][:3] == [
+    assert [kind for kind, _ in statements][:4] == [
+        "first turn's short claim",
         "first turn written by its ranking",
         "lock",
         "lock",
@@ -399,8 +401,10 @@ def test_a_foreign_first_turn_under_a_limit_is_written_queued_then_admitted_and_
 
     assert isinstance(outcome, Finished) and outcome.result["status"] == "succeeded"
     kinds = {kind: autocommit for kind, autocommit in statements}
-    # Written queued (a limit exists: there is something to decide), then locked, checked
-    # against its limit, claimed and its reservation written in one transaction.
+    # Not by the short claim; written queued (a limit exists: there is something to
+    # decide), then locked, checked against its limit, claimed and its reservation
+    # written in one transaction.
+    assert kinds["first turn's short claim"] is True
     assert kinds["first turn written by its ranking"] is True
     assert kinds["lock"] is False
     assert kinds["claim"] is False
@@ -439,26 +443,34 @@ def test_the_claims_ranking_runs_on_a_plan_postgres_keeps(
     """Postgres plans a prepared statement for its values at its first five runs, then keeps
     one plan for any values if it costs no more. The ranking's shape must not depend on its
     values: planned anew at every claim, it cost about 2 ms of a claim's 3 when the message's
-    sender waits for its result (``own_only``)."""
-    settings = get_settings()
+    sender waits for its result (``own_only``). The first turn's short claim keeps its plan
+    too."""
     runs = 8
     with autocommit() as conn:
         for i in range(runs):
-            job_id = uuid.uuid4()
             request = validate_request(
                 model=MODEL, messages=[{"role": "user", "content": f"first turn {i}"}]
             )
-            ranking = admission.rank(
+            lease = flow_db.Lease(60.0, "plans-test")
+            job_id = uuid.uuid4()
+            ranking = flow_db.ranking(
                 conn,
                 job_id,
-                settings,
-                own_only=own_only,
-                claim=flow_db.Lease(60.0, "plans-test"),
+                aging_s=60.0,
+                limit=4,
+                rank=not own_only,
+                claim=lease,
                 first=queries.first_turn_values(request, job_id),
             )
             assert ranking.claim_row is not None and ranking.claim_row.attempt == 1
+            job_id = uuid.uuid4()
+            short = flow_db.first_turn_plain(
+                conn, job_id, claim=lease, first=queries.first_turn_values(request, job_id)
+            )
+            assert short is not None and short.claim_row is not None
         planned = conn.exec_driver_sql(
-            "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
-            " WHERE statement LIKE '%%WITH RECURSIVE tenants%%'"
+            "SELECT statement LIKE '%%WITH RECURSIVE tenants%%', generic_plans, custom_plans"
+            " FROM pg_prepared_statements WHERE statement LIKE '%%INSERT INTO jobs%%'"
+            " ORDER BY 1"
         ).all()
-    assert [tuple(row) for row in planned] == [(runs - 5, 5)]
+    assert [tuple(row) for row in planned] == [(False, runs - 5, 5), (True, runs - 5, 5)]

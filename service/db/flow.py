@@ -207,6 +207,62 @@ _RANKING = f"""
     FROM flags f LEFT JOIN claim c ON true
 """
 
+
+def _first_turn_writes(*, only_plain: bool) -> str:
+    """The CTEs that write a first turn (``job``, its ``conversation`` and, claimed, its
+    ``attempt``) as ``decision`` (one row, ``plain``) says: claimed when plain, else queued;
+    with ``only_plain``, nothing unless plain.
+
+    ``decision`` must be ``MATERIALIZED``: inlined, its expression was copied into each of
+    the five ``CASE``s that read it, each copy with its own subqueries, all run (18 of them
+    in the short claim, where three were meant)."""
+    where = "WHERE d.plain" if only_plain else ""
+    return f"""job AS (
+        INSERT INTO jobs (id, conversation_id, status, model, params, input_messages, tenant,
+                          metadata, request_hash, callback_url, surface, created_by, priority,
+                          attempts, started_at, lease_expires_at, lease_holder)
+        SELECT :id, :conversation_id, CASE WHEN d.plain THEN 'running' ELSE 'queued' END,
+               :model, :params, :input_messages, CAST(:tenant AS text), :meta, :request_hash,
+               :callback_url, :surface, :created_by, CAST(:priority AS smallint),
+               CASE WHEN d.plain THEN 1 ELSE 0 END,
+               CASE WHEN d.plain THEN now() END,
+               CASE WHEN d.plain THEN now() + make_interval(secs => :lease_seconds) END,
+               CASE WHEN d.plain THEN CAST(:holder AS text) END
+        FROM decision d {where}
+        RETURNING id, conversation_id, status, model, params, input_messages, tenant, surface,
+                  priority, enqueue_seq, callback_url, attempts
+    ), conversation AS (
+        INSERT INTO conversations (id, tenant, metadata)
+        SELECT job.conversation_id, job.tenant, :meta FROM job
+    ), attempt AS (
+        INSERT INTO job_attempts (job_id, attempt, started_at)
+        SELECT job.id, 1, now() FROM job WHERE job.status = 'running'
+    )"""
+
+
+# The claim of a first turn written claimed, as ``ezq_claim_job``'s row reads (its columns,
+# ``CLAIM_COLUMNS``, in order): a new conversation has no history.
+_FIRST_TURN_CLAIM_VALUES = (
+    "CASE WHEN job.status = 'running' THEN 'claimed' END",
+    "job.status",
+    "job.conversation_id",
+    "job.attempts",
+    "job.model",
+    "job.params",
+    "job.input_messages",
+    "'[]'::jsonb",
+    "job.tenant",
+    "job.surface",
+    "NULL::double precision",
+    "NULL::uuid",
+    "job.callback_url",
+)
+_FIRST_TURN_CLAIM = ", ".join(_FIRST_TURN_CLAIM_VALUES)
+_FIRST_TURN_CLAIM_NAMED = ", ".join(
+    f"{value} AS {name}"
+    for value, name in zip(_FIRST_TURN_CLAIM_VALUES, CLAIM_COLUMNS, strict=True)
+)
+
 # A first turn not written yet (a foreign producer's message: a new conversation, no
 # idempotency key), written by its own ranking: running and claimed when there is nothing
 # to decide (as ``_PLAIN`` decides for a job that waits: no limit or budget exists and no
@@ -217,6 +273,7 @@ _RANKING = f"""
 # earlier turn to wait for, no history to read, and no other transaction can see (or
 # lock) the new rows before the statement commits. A taken job id fails the statement
 # (``pk_jobs``), and nothing is written.
+
 _NEW_AGED = "least(9, CAST(:priority AS smallint))::int"
 _FIRST_TURN_RANKING = f"""
     WITH RECURSIVE {_CANDIDATES_CTES}, others AS (
@@ -228,32 +285,12 @@ _FIRST_TURN_RANKING = f"""
                coalesce((SELECT r.n FROM running r
                          WHERE r.tenant IS NOT DISTINCT FROM CAST(:tenant AS text)), 0)::int
                    AS running
-    ), decision AS (
+    ), decision AS MATERIALIZED (
         SELECT NOT f.configured AND NOT EXISTS (
                    SELECT 1 FROM others x WHERE (x.aged, -x.running) > ({_NEW_AGED}, -f.running)
                ) AS plain
         FROM flags f
-    ), job AS (
-        INSERT INTO jobs (id, conversation_id, status, model, params, input_messages, tenant,
-                          metadata, request_hash, callback_url, surface, created_by, priority,
-                          attempts, started_at, lease_expires_at, lease_holder)
-        SELECT :id, :conversation_id, CASE WHEN d.plain THEN 'running' ELSE 'queued' END,
-               :model, :params, :input_messages, CAST(:tenant AS text), :meta, :request_hash,
-               :callback_url, :surface, :created_by, CAST(:priority AS smallint),
-               CASE WHEN d.plain THEN 1 ELSE 0 END,
-               CASE WHEN d.plain THEN now() END,
-               CASE WHEN d.plain THEN now() + make_interval(secs => :lease_seconds) END,
-               CASE WHEN d.plain THEN CAST(:holder AS text) END
-        FROM decision d
-        RETURNING id, conversation_id, status, model, params, input_messages, tenant, surface,
-                  priority, enqueue_seq, callback_url, attempts
-    ), conversation AS (
-        INSERT INTO conversations (id, tenant, metadata)
-        SELECT job.conversation_id, job.tenant, :meta FROM job
-    ), attempt AS (
-        INSERT INTO job_attempts (job_id, attempt, started_at)
-        SELECT job.id, 1, now() FROM job WHERE job.status = 'running'
-    )
+    ), {_first_turn_writes(only_plain=False)}
     SELECT {_RANK_ROW_COLUMNS},
            NULL::boolean AS configured, NULL::boolean AS throttled_waiting, {_NO_CLAIM}
     FROM (
@@ -267,12 +304,31 @@ _FIRST_TURN_RANKING = f"""
     UNION ALL
     -- Always last, always there: the flags, and the claim if it was made (the columns of
     -- ``ezq_claim_job``'s row for a claimed job).
-    SELECT {_NO_RANK_ROW}, f.configured, f.throttled_waiting,
-           CASE WHEN job.status = 'running' THEN 'claimed' END, job.status, job.conversation_id,
-           job.attempts, job.model, job.params, job.input_messages, '[]'::jsonb, job.tenant,
-           job.surface, NULL::double precision, NULL::uuid, job.callback_url
+    SELECT {_NO_RANK_ROW}, f.configured, f.throttled_waiting, {_FIRST_TURN_CLAIM}
     FROM flags f CROSS JOIN job
 """
+
+# A first turn when no job is pending and no limit or budget exists (most of them, below
+# saturation): nothing to rank, so it is written claimed by a short statement, or not at
+# all when something waits or is configured (the caller then runs ``_FIRST_TURN_RANKING``,
+# which decides as this does in that case: no candidate, ``plain`` when nothing is
+# configured). The ranking's statement initialises some sixty plan nodes at each run, a
+# third of them for candidates (tenants, heads, running calls) that do not exist then:
+# about 40 % of the Postgres CPU of such a claim (``benchmarks.row_plans``).
+_FIRST_TURN_PLAIN = DriverStatement.of(
+    text(
+        f"""
+    WITH decision AS MATERIALIZED (
+        SELECT NOT EXISTS (SELECT 1 FROM jobs j WHERE {_PENDING})
+               AND NOT EXISTS (SELECT 1 FROM flow_limits)
+               AND NOT EXISTS (SELECT 1 FROM flow_budgets) AS plain
+    ), {_first_turn_writes(only_plain=True)}
+    SELECT false AS configured, false AS throttled_waiting, {_FIRST_TURN_CLAIM_NAMED}
+    FROM job
+"""
+    ),
+    json=FIRST_TURN_JSON,
+)
 
 # Built once per value of ``:rank``, written into the statement: the claim runs it on every
 # message, and building a text clause parses it. Sent as a parameter, ``rank`` false (the
@@ -353,6 +409,20 @@ def ranking(
         throttled_waiting=bool(last.throttled_waiting),
         claim_row=last if last.outcome is not None else None,
     )
+
+
+def first_turn_plain(
+    executor: Executor, job_id: uuid.UUID, *, claim: Lease, first: Mapping[str, Any]
+) -> Ranking | None:
+    """Write the message's first turn (``first``, its values; its id is ``job_id``) claimed
+    when no job is pending and no limit or budget exists, and return its ranking (nothing
+    ranked, the claim made); write nothing and return None otherwise, for ``ranking``
+    to decide. One round trip. A taken id raises ``IntegrityError``, as ``ranking``."""
+    params = {**first, "id": job_id, "lease_seconds": claim.seconds, "holder": claim.holder}
+    rows = driver.rows(executor, _FIRST_TURN_PLAIN, params)
+    if not rows:
+        return None
+    return Ranking(None, [], rules_configured=False, throttled_waiting=False, claim_row=rows[0])
 
 
 _LOCK_OWN = text(f"SELECT j.id FROM jobs j WHERE j.id = :id AND {_ELIGIBLE_ROW} FOR UPDATE OF j")

@@ -15,6 +15,7 @@ other and cannot overshoot together.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -160,6 +161,25 @@ def _usd(value: Decimal) -> str:
     return f"{max(value, Decimal(0)):.6f}"
 
 
+class _Pause:
+    """Whether to try first turns' short claim (``flow_db.first_turn_plain``): not for a
+    moment after it found a job pending or a limit configured, since the next claims would
+    most likely find the same and pay a round trip for nothing. Only a hint: the short
+    claim checks both in its own statement."""
+
+    def __init__(self) -> None:
+        self._until = 0.0
+
+    def open(self) -> bool:
+        return time.monotonic() >= self._until
+
+    def pause(self, seconds: float) -> None:
+        self._until = time.monotonic() + seconds
+
+
+_short_claims = _Pause()
+
+
 def rank(
     executor: Executor,
     job_id: uuid.UUID,
@@ -179,6 +199,11 @@ def rank(
 
     ``first``: the values of the message's job, a first turn the ranking's statement writes,
     claimed when there is nothing to decide (``flow_db.ranking``)."""
+    if first is not None and claim is not None and _short_claims.open():
+        ranking = flow_db.first_turn_plain(executor, job_id, claim=claim, first=first)
+        if ranking is not None:
+            return ranking
+        _short_claims.pause(c.SHORT_CLAIM_PAUSE_S)
     return flow_db.ranking(
         executor,
         job_id,
