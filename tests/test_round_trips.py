@@ -38,6 +38,7 @@ MODEL = "glm-5.1"
 # How a statement of the job's path is recognised in the SQL sent.
 _KINDS = (
     ("FROM decision d WHERE d.plain", "first turn's short claim"),
+    ("AND j.id <> ", "short claim"),
     ("CASE WHEN d.plain THEN 'running'", "first turn written by its ranking"),
     ("INSERT INTO conversations", "first turn"),
     ("WITH RECURSIVE tenants", "ranking"),
@@ -166,7 +167,8 @@ def test_a_plain_job_is_two_statements_and_no_transaction(
     finished = _run(job_id, gateway)
 
     assert finished.result["status"] == "succeeded"
-    assert statements == [("ranking", True), ("success", True)]
+    # Nothing else waits and nothing is configured: the short claim, nothing ranked.
+    assert statements == [("short claim", True), ("success", True)]
     # That one statement wrote all of it: the reply in the history, the attempt, and the
     # priced usage row.
     assert _rows(
@@ -204,7 +206,7 @@ def test_a_job_with_a_webhook_is_recorded_with_its_outbox_row_in_one_transaction
     _run(job_id, gateway)
 
     # The claim has nothing to decide; the record and its outbox row commit together.
-    assert statements == [("ranking", True), ("success", False), ("webhook", False)]
+    assert statements == [("short claim", True), ("success", False), ("webhook", False)]
     assert _rows(
         engine, "SELECT event_type FROM webhook_deliveries WHERE job_id = :id", id=job_id
     ) == [("job.succeeded",)]
@@ -222,9 +224,10 @@ def test_a_limit_puts_the_claim_and_the_record_in_transactions(
 
     assert finished.result["status"] == "succeeded"
     kinds = {kind: autocommit for kind, autocommit in statements}
-    # Read without a transaction (and not claimed there: a limit exists), then decided in
-    # one: the job locked, its limit checked, claimed, its reservation written; the record
-    # settles it in its own transaction.
+    # Not claimed by the short claim (a limit exists); read without a transaction (and not
+    # claimed there), then decided in one: the job locked, its limit checked, claimed, its
+    # reservation written; the record settles it in its own transaction.
+    assert kinds["short claim"] is True
     assert kinds["ranking"] is True
     assert kinds["lock"] is False
     assert kinds["claim"] is False
@@ -248,7 +251,7 @@ def test_a_better_job_runs_in_the_message_s_place_and_the_ranking_claims_nothing
     # The ranking found a job that outranks the message's own: it claimed nothing, and the
     # transaction after it ran the better job in the message's place.
     assert isinstance(finished, Parked), finished
-    assert [kind for kind, _ in statements][:3] == ["ranking", "lock", "lock"]
+    assert [kind for kind, _ in statements][:4] == ["short claim", "ranking", "lock", "lock"]
     assert ("claim", False) in statements
     with transaction() as session:
         ran = session.get(Job, better)
@@ -285,7 +288,11 @@ def test_a_reply_that_arrives_after_a_cancel_keeps_its_usage_on_the_cancelled_jo
     assert finished.result["status"] == "cancelled"
     # The autocommit record found the job no longer its own and wrote nothing of it; the
     # transaction after it kept the call's outcome and its usage, not the reply.
-    recorded = [(kind, autocommit) for kind, autocommit in statements if kind != "ranking"]
+    recorded = [
+        (kind, autocommit)
+        for kind, autocommit in statements
+        if kind not in ("short claim", "ranking")
+    ]
     first = recorded.index(("success", True))
     assert recorded[first + 1 :][:2] == [("cancelled attempt", False), ("usage", False)]
     assert [kind for kind, _ in recorded].count("success") == 1

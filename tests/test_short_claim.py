@@ -178,3 +178,72 @@ def test_a_ranking_that_found_a_job_waiting_pauses_the_short_claim(
         conn.execute(text("UPDATE jobs SET status = 'cancelled' WHERE status = 'queued'"))
     third = claim()
     assert len(tried) == 2 and third.claim_row is not None and third.candidates == []
+
+
+def _job_state(conn: Connection, job_id: uuid.UUID) -> tuple[Any, ...]:
+    row = conn.execute(
+        text("SELECT status, attempts FROM jobs WHERE id = :id"), {"id": job_id}
+    ).one()
+    return tuple(row)
+
+
+def test_a_queued_job_with_nothing_else_waiting_is_claimed_without_ranking(
+    own_database: tuple[str, Engine],
+) -> None:
+    _, engine = own_database
+    (job_id,) = queued_first_turns(engine, 1)
+    with _autocommit(engine) as conn:
+        ranking = flow.claim_plain(conn, job_id, claim=LEASE)
+        assert ranking is not None and ranking.claim_row is not None
+        assert (ranking.own, ranking.candidates, ranking.rules_configured) == (None, [], False)
+        claimed = attempts.claim_outcome(ranking.claim_row, job_id)
+        assert isinstance(claimed, attempts.Claimed) and claimed.attempt == 1
+        assert _job_state(conn, job_id) == ("running", 1)
+        # Whatever the claim says is the answer: claimed again, it is busy.
+        again = flow.claim_plain(conn, job_id, claim=LEASE)
+        assert again is not None and again.claim_row is not None
+        assert isinstance(attempts.claim_outcome(again.claim_row, job_id), attempts.Busy)
+
+
+@pytest.mark.parametrize("configured", ["another job waits", "throttled", "limit"])
+def test_a_queued_job_is_not_claimed_by_the_short_claim_when_there_is_something_to_decide(
+    own_database: tuple[str, Engine], configured: str
+) -> None:
+    """Nothing is called (the job stays queued, no attempt opened): the ranking decides."""
+    _, engine = own_database
+    job_id, other = queued_first_turns(engine, 2)
+    with Session(engine) as session, session.begin():
+        if configured == "another job waits":
+            pass
+        elif configured == "throttled":
+            session.execute(
+                text("UPDATE jobs SET status = 'cancelled' WHERE id = :id"), {"id": other}
+            )
+            flow.throttle(session, job_id, reason="limit", until=None, recheck_s=3600)
+        else:
+            session.execute(
+                text("UPDATE jobs SET status = 'cancelled' WHERE id = :id"), {"id": other}
+            )
+            flow.set_budget(session, tenant="t1", model="*", monthly_usd=Decimal("10"))
+    with _autocommit(engine) as conn:
+        assert flow.claim_plain(conn, job_id, claim=LEASE) is None
+        assert _job_state(conn, job_id) == ("queued", 0)
+        assert conn.execute(text("SELECT count(*) FROM job_attempts")).scalar_one() == 0
+
+
+def test_the_queued_short_claim_reads_its_job_and_one_pending_entry(
+    own_database: tuple[str, Engine],
+) -> None:
+    """Under the plan Postgres keeps, with statistics taken when nothing waited: whether
+    another job waits is read from the pending index (its first entries), not the table."""
+    _, engine = own_database
+    _quiet_history(engine)
+    waiting = queued_first_turns(engine, CROWD)
+    with engine.connect() as conn:
+        _generic_plans(conn)
+        before = rows_read(conn)
+        for job_id in waiting[:3]:
+            assert flow.claim_plain(conn, job_id, claim=LEASE) is None
+        read = rows_read(conn) - before
+        assert read <= 3 * 3, f"three short claims read {read} rows of jobs"
+        conn.rollback()

@@ -330,6 +330,31 @@ _FIRST_TURN_PLAIN = DriverStatement.of(
     json=FIRST_TURN_JSON,
 )
 
+# A queued job's claim when no other job is pending, it is not throttled and no limit or
+# budget exists (most claims below saturation): nothing to rank, so ``ezq_claim_job``
+# claims it (or says why not) with no ranking; otherwise nothing is called, and the
+# ranking's statement decides, as it decides the same in that case (no candidate: plain
+# when nothing is configured and the job is not throttled). As for a first turn
+# (``_FIRST_TURN_PLAIN``): the ranking's plan nodes are not initialised for candidates that
+# do not exist. The function runs only when the decision says so (see ``_RANKING``).
+_PLAIN_CLAIM = DriverStatement.of(
+    text(
+        f"""
+    WITH decision AS MATERIALIZED (
+        SELECT NOT EXISTS (SELECT 1 FROM jobs j WHERE {_PENDING} AND j.id <> :id)
+               AND NOT EXISTS (SELECT 1 FROM jobs j
+                               WHERE j.id = :id AND j.throttle_reason IS NOT NULL)
+               AND NOT EXISTS (SELECT 1 FROM flow_limits)
+               AND NOT EXISTS (SELECT 1 FROM flow_budgets) AS plain
+    )
+    SELECT false AS configured, false AS throttled_waiting, {_CLAIM_COLUMNS}
+    FROM decision d CROSS JOIN LATERAL (
+        SELECT * FROM ezq_claim_job(:id, :lease_seconds, :holder) WHERE d.plain
+    ) AS c
+"""
+    )
+)
+
 # Built once per value of ``:rank``, written into the statement: the claim runs it on every
 # message, and building a text clause parses it. Sent as a parameter, ``rank`` false (the
 # message's sender waits for its result: a foreign producer's default) made Postgres plan
@@ -420,6 +445,18 @@ def first_turn_plain(
     to decide. One round trip. A taken id raises ``IntegrityError``, as ``ranking``."""
     params = {**first, "id": job_id, "lease_seconds": claim.seconds, "holder": claim.holder}
     rows = driver.rows(executor, _FIRST_TURN_PLAIN, params)
+    if not rows:
+        return None
+    return Ranking(None, [], rules_configured=False, throttled_waiting=False, claim_row=rows[0])
+
+
+def claim_plain(executor: Executor, job_id: uuid.UUID, *, claim: Lease) -> Ranking | None:
+    """Claim the message's job with ``ezq_claim_job`` when no other job is pending, it is
+    not throttled and no limit or budget exists, and return its ranking (nothing ranked,
+    the claim's row, whatever it says); call nothing and return None otherwise, for
+    ``ranking`` to decide. One round trip."""
+    params = {"id": job_id, "lease_seconds": claim.seconds, "holder": claim.holder}
+    rows = driver.rows(executor, _PLAIN_CLAIM, params)
     if not rows:
         return None
     return Ranking(None, [], rules_configured=False, throttled_waiting=False, claim_row=rows[0])

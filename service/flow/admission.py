@@ -162,10 +162,10 @@ def _usd(value: Decimal) -> str:
 
 
 class _Pause:
-    """Whether to try first turns' short claim (``flow_db.first_turn_plain``): not for a
-    moment after it found a job pending or a limit configured, since the next claims would
-    most likely find the same and pay a round trip for nothing. Only a hint: the short
-    claim checks both in its own statement."""
+    """Whether to try the short claim (``flow_db.first_turn_plain``, ``claim_plain``): not
+    for a moment after it found another job pending or a limit configured, since the next
+    claims would most likely find the same and pay a round trip for nothing. Only a hint:
+    the short claim checks both in its own statement."""
 
     def __init__(self) -> None:
         self._until = 0.0
@@ -199,10 +199,14 @@ def rank(
 
     ``first``: the values of the message's job, a first turn the ranking's statement writes,
     claimed when there is nothing to decide (``flow_db.ranking``)."""
-    if first is not None and claim is not None and _short_claims.open():
-        ranking = flow_db.first_turn_plain(executor, job_id, claim=claim, first=first)
-        if ranking is not None:
-            return ranking
+    if claim is not None and _short_claims.open():
+        short = (
+            flow_db.first_turn_plain(executor, job_id, claim=claim, first=first)
+            if first is not None
+            else flow_db.claim_plain(executor, job_id, claim=claim)
+        )
+        if short is not None:
+            return short
         _short_claims.pause(c.SHORT_CLAIM_PAUSE_S)
     return flow_db.ranking(
         executor,
