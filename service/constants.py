@@ -165,8 +165,9 @@ FLOW_RECHECK_S: Final = 5.0  # a throttled job checks again after this if nothin
 FLOW_DEFAULT_MAX_TOKENS: Final = 4096  # completion tokens reserved without max_tokens
 PRIORITY_AGING_S: Final = 60.0  # a waiting job gains one priority step per this long
 FLOW_CANDIDATES: Final = 8  # best-ranked jobs a claim considers running in a message's place
-# After a first turn's short claim found a job pending or a limit configured, the next claims
-# rank for this long before trying it again (``service.flow.admission``).
+# After a short claim declined (another job pending, a limit or budget configured, the job
+# throttled), the process's next claims rank for this long before trying it again
+# (``service.flow.admission``).
 SHORT_CLAIM_PAUSE_S: Final = 1.0
 FLOW_WAKE: Final = 2  # throttled jobs a finished call wakes
 FLOW_WAKE_ON_CHANGE: Final = 200  # throttled jobs a changed limit wakes

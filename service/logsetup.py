@@ -12,18 +12,44 @@ from datetime import UTC, datetime
 from typing import Any
 
 # Bearer tokens (the word kept), ezrouter/OpenAI-style keys, Standard Webhooks secrets and
-# ezq API keys: one pattern, so that a line is scanned once (every line a worker logs is).
-_KEY_SHAPED = re.compile(
-    r"(?i:(bearer\s+))[A-Za-z0-9._\-]+"
-    r"|\bsk-[A-Za-z0-9._\-]{6,}"
-    r"|\bwhsec_[A-Za-z0-9+/=]+"
-    r"|\bezq_[A-Za-z0-9_\-]{16,}"
+# ezq API keys.
+_KEY_SHAPES = (
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._\-]+"),
+    re.compile(r"\bsk-[A-Za-z0-9._\-]{6,}"),
+    re.compile(r"\bwhsec_[A-Za-z0-9+/=]+"),
+    re.compile(r"\bezq_[A-Za-z0-9_\-]{16,}"),
+)
+# Whether a line may hold any of them, in one scan: most lines (every line a worker logs)
+# hold none. It finds every line the shapes match (the word "bearer" is enough).
+_ANY_KEY_SHAPE = re.compile(
+    "|".join(["(?i:bearer)\\s", *(shape.pattern for shape in _KEY_SHAPES[1:])])
 )
 REDACTED = "[redacted]"
 
 
-def _redacted(match: re.Match[str]) -> str:
-    return (match.group(1) or "") + REDACTED
+def _redact_key_shapes(text: str) -> str:
+    """``text`` with every stretch some key shape matches replaced, the shapes found on the
+    text as it is and their stretches merged where they touch: keys written next to each
+    other are redacted whole, whichever shape starts first (a bearer token keeps its word)."""
+    if _ANY_KEY_SHAPE.search(text) is None:
+        return text
+    spans = sorted(
+        (match.end(1) if match.re.groups else match.start(), match.end())
+        for shape in _KEY_SHAPES
+        for match in shape.finditer(text)
+    )
+    parts: list[str] = []
+    done = 0
+    for start, end in spans:
+        if start > done:
+            parts += [text[done:start], REDACTED]
+        elif end <= done:
+            continue
+        elif not parts:  # a key at the very start
+            parts.append(REDACTED)
+        done = max(done, end)
+    parts.append(text[done:])
+    return "".join(parts)
 
 
 class RedactSecrets(logging.Filter):
@@ -37,7 +63,7 @@ class RedactSecrets(logging.Filter):
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
-        return _KEY_SHAPED.sub(_redacted, text)
+        return _redact_key_shapes(text)
 
     def _clean_arg(self, value: object) -> object:
         # Keep each argument's type unless it holds a secret: formatters such as uvicorn's

@@ -63,11 +63,21 @@ def test_redaction_keeps_the_shape_of_log_arguments() -> None:
     assert record.getMessage() == '127.0.0.1:5000 - "GET /v1/jobs?token=[redacted] HTTP/1.1" 200'
 
 
-def test_a_key_that_holds_another_key_shape_is_redacted_whole() -> None:
-    """Scanned for every shape at once: an ezq key with ``-sk-`` inside it is one secret,
-    not an ``sk-`` key whose redaction leaves the ezq key's first characters printed."""
-    record = logging.LogRecord(
-        "x", logging.INFO, __file__, 1, "token ezq_live-sk-0123456789abcdef end", None, None
-    )
+@pytest.mark.parametrize(
+    ("line", "secrets"),
+    [
+        ("token ezq_live-sk-0123456789abcdef end", ["ezq_live", "0123456789abcdef"]),
+        ("token whsec_Ab/sk-live.0123456789 end", ["whsec_Ab", "live.0123456789"]),
+        ("token sk-abcdef.Bearer tok3n end", ["sk-abcdef", "tok3n"]),
+        ("token ezq_0123456789abcdefgh-Bearer tok3n end", ["ezq_0123", "tok3n"]),
+    ],
+)
+def test_keys_written_next_to_each_other_are_redacted_whole(line: str, secrets: list[str]) -> None:
+    """Every shape is looked for on the line as it is and what they match is merged: a key
+    of one shape that holds or touches another leaves no part of either printed."""
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, line, None, None)
     RedactSecrets().filter(record)
-    assert record.getMessage() == "token [redacted] end"
+    text = record.getMessage()
+    assert text.startswith("token [redacted]") and text.endswith(" end")
+    for secret in secrets:
+        assert secret not in text

@@ -1,7 +1,10 @@
-"""A foreign first turn's short claim (``flow.first_turn_plain``): written claimed when no
-job is pending and no limit or budget exists, nothing written otherwise (the ranking then
-decides), and reading the pending jobs' index, not the table, whatever the statistics say.
-Runs on a database of its own: whether any job waits or any limit exists is database-wide."""
+"""The short claims: a foreign first turn's (``flow.first_turn_plain``), written claimed
+when no job is pending and no limit or budget exists, and a queued job's
+(``flow.claim_plain``), claimed by ``ezq_claim_job`` when no other job is pending, it is
+not throttled and nothing is configured; otherwise nothing is written or called (the
+ranking then decides). Each reads the pending jobs' index, not the table, whatever the
+statistics say. Runs on a database of its own: whether any job waits or any limit exists
+is database-wide."""
 
 from __future__ import annotations
 
@@ -41,6 +44,22 @@ def _autocommit(engine: Engine) -> Iterator[Connection]:
     with engine.connect() as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT")
         yield conn
+
+
+def _configure(session: Session, what: str) -> None:
+    """A flow ``limit`` or ``budget`` of tenant ``t1``: flow control is configured."""
+    if what == "limit":
+        flow.set_limit(
+            session,
+            tenant="t1",
+            model="*",
+            max_concurrent=5,
+            requests_per_window=None,
+            tokens_per_window=None,
+            adaptive_ttft_ms=None,
+        )
+    else:
+        flow.set_budget(session, tenant="t1", model="*", monthly_usd=Decimal("10"))
 
 
 def _written(conn: Connection, job_id: uuid.UUID) -> tuple[Any, ...]:
@@ -83,18 +102,8 @@ def test_a_first_turn_is_not_written_when_a_job_waits_or_flow_control_is_configu
     with Session(engine) as session, session.begin():
         if configured == "pending job":
             queued_first_turns(engine, 1)
-        elif configured == "limit":
-            flow.set_limit(
-                session,
-                tenant="t1",
-                model="*",
-                max_concurrent=5,
-                requests_per_window=None,
-                tokens_per_window=None,
-                adaptive_ttft_ms=None,
-            )
         else:
-            flow.set_budget(session, tenant="t1", model="*", monthly_usd=Decimal("10"))
+            _configure(session, configured)
     job_id = uuid.uuid4()
     with _autocommit(engine) as conn:
         assert flow.first_turn_plain(conn, job_id, claim=LEASE, first=_first(job_id)) is None
@@ -205,7 +214,30 @@ def test_a_queued_job_with_nothing_else_waiting_is_claimed_without_ranking(
         assert isinstance(attempts.claim_outcome(again.claim_row, job_id), attempts.Busy)
 
 
-@pytest.mark.parametrize("configured", ["another job waits", "throttled", "limit"])
+def test_the_short_claim_answers_what_the_claim_answers_for_a_retry_not_yet_due(
+    own_database: tuple[str, Engine],
+) -> None:
+    """Nothing else waits: ``ezq_claim_job`` is called and its answer returned, as the
+    ranking would (a retry not due yet is not its own candidate: nothing to rank)."""
+    _, engine = own_database
+    (job_id,) = queued_first_turns(engine, 1)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE jobs SET status = 'retrying', attempts = 1,"
+                " dispatched_at = now() + interval '1 hour' WHERE id = :id"
+            ),
+            {"id": job_id},
+        )
+    with _autocommit(engine) as conn:
+        ranking = flow.claim_plain(conn, job_id, claim=LEASE)
+        assert ranking is not None and ranking.claim_row is not None
+        outcome = attempts.claim_outcome(ranking.claim_row, job_id)
+        assert isinstance(outcome, attempts.NotYetDue) and outcome.due_in_s > 3000
+        assert _job_state(conn, job_id) == ("retrying", 1)
+
+
+@pytest.mark.parametrize("configured", ["another job waits", "throttled", "limit", "budget"])
 def test_a_queued_job_is_not_claimed_by_the_short_claim_when_there_is_something_to_decide(
     own_database: tuple[str, Engine], configured: str
 ) -> None:
@@ -224,7 +256,7 @@ def test_a_queued_job_is_not_claimed_by_the_short_claim_when_there_is_something_
             session.execute(
                 text("UPDATE jobs SET status = 'cancelled' WHERE id = :id"), {"id": other}
             )
-            flow.set_budget(session, tenant="t1", model="*", monthly_usd=Decimal("10"))
+            _configure(session, configured)
     with _autocommit(engine) as conn:
         assert flow.claim_plain(conn, job_id, claim=LEASE) is None
         assert _job_state(conn, job_id) == ("queued", 0)
@@ -246,4 +278,31 @@ def test_the_queued_short_claim_reads_its_job_and_one_pending_entry(
             assert flow.claim_plain(conn, job_id, claim=LEASE) is None
         read = rows_read(conn) - before
         assert read <= 3 * 3, f"three short claims read {read} rows of jobs"
+        conn.rollback()
+
+
+def test_the_short_claims_read_the_pending_index_after_a_backlog_drained(
+    own_database: tuple[str, Engine],
+) -> None:
+    """Statistics taken while jobs waited (a plan that expects to meet one soon), then the
+    backlog gone: whether a job waits is still read from the pending jobs' index, not by
+    reading the table until a pending job turns up (all of it, once none does)."""
+    _, engine = own_database
+    _quiet_history(engine)
+    backlog = queued_first_turns(engine, CROWD)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ANALYZE jobs")
+    queued_first_turns(engine, 1)  # one job still waits, after the backlog's end
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE jobs SET status = 'cancelled' WHERE id = ANY(:ids)"), {"ids": backlog}
+        )
+    with engine.connect() as conn:
+        _generic_plans(conn)
+        before = rows_read(conn)
+        new = uuid.uuid4()
+        assert flow.first_turn_plain(conn, new, claim=LEASE, first=_first(new)) is None
+        assert flow.claim_plain(conn, uuid.uuid4(), claim=LEASE) is None
+        read = rows_read(conn) - before
+        assert read <= 4, f"two short claims read {read} rows of jobs"
         conn.rollback()

@@ -12,8 +12,9 @@ Changes, as public interface (README "SQL tables", docs/sql.md):
 Why: ``replay_of`` is NULL on every job but a replay, and every version of every job's
 row entered the index anyway: two entries a job (written, then ended), each part of the
 job's write, its WAL and its index page locks, for rows no query looks up. Now a job
-enters it only if it replays another. Built while the table is locked against writes (a
-scan of ``jobs``; it holds only replays).
+enters it only if it replays another. The index is dropped and built again in one
+transaction, which holds ``jobs`` locked against reads and writes until it commits (a scan
+of ``jobs``; the new index holds only replays).
 """
 
 from __future__ import annotations

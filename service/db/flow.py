@@ -208,6 +208,18 @@ _RANKING = f"""
 """
 
 
+def _first_pending(condition: str) -> str:
+    """The first pending job (meeting ``condition`` too) in the order of the pending jobs'
+    index by tenant and enqueue order, as a scalar subquery: NULL when there is none.
+
+    Not ``EXISTS``: Postgres drops an ``EXISTS`` subquery's order and limit, and a plan
+    made while many jobs were pending reads the table until it meets one, which once the
+    backlog is gone is the whole table at every claim. In the index's order, reading
+    the index is the only plan that does not read and sort every row."""
+    return f"""(SELECT j.id FROM jobs j WHERE {_PENDING} {condition}
+                ORDER BY coalesce(j.tenant, ''), j.enqueue_seq LIMIT 1)"""
+
+
 def _first_turn_writes(*, only_plain: bool) -> str:
     """The CTEs that write a first turn (``job``, its ``conversation`` and, claimed, its
     ``attempt``) as ``decision`` (one row, ``plain``) says: claimed when plain, else queued;
@@ -273,7 +285,6 @@ _FIRST_TURN_CLAIM_NAMED = ", ".join(
 # earlier turn to wait for, no history to read, and no other transaction can see (or
 # lock) the new rows before the statement commits. A taken job id fails the statement
 # (``pk_jobs``), and nothing is written.
-
 _NEW_AGED = "least(9, CAST(:priority AS smallint))::int"
 _FIRST_TURN_RANKING = f"""
     WITH RECURSIVE {_CANDIDATES_CTES}, others AS (
@@ -319,7 +330,7 @@ _FIRST_TURN_PLAIN = DriverStatement.of(
     text(
         f"""
     WITH decision AS MATERIALIZED (
-        SELECT NOT EXISTS (SELECT 1 FROM jobs j WHERE {_PENDING})
+        SELECT {_first_pending("")} IS NULL
                AND NOT EXISTS (SELECT 1 FROM flow_limits)
                AND NOT EXISTS (SELECT 1 FROM flow_budgets) AS plain
     ), {_first_turn_writes(only_plain=True)}
@@ -336,21 +347,21 @@ _FIRST_TURN_PLAIN = DriverStatement.of(
 # ranking's statement decides, as it decides the same in that case (no candidate: plain
 # when nothing is configured and the job is not throttled). As for a first turn
 # (``_FIRST_TURN_PLAIN``): the ranking's plan nodes are not initialised for candidates that
-# do not exist. The function runs only when the decision says so (see ``_RANKING``).
+# do not exist. The decision is a one-time filter above the function's scan, checked
+# before the function is called (joined to it, the planner may call it first).
 _PLAIN_CLAIM = DriverStatement.of(
     text(
         f"""
     WITH decision AS MATERIALIZED (
-        SELECT NOT EXISTS (SELECT 1 FROM jobs j WHERE {_PENDING} AND j.id <> :id)
+        SELECT {_first_pending("AND j.id <> :id")} IS NULL
                AND NOT EXISTS (SELECT 1 FROM jobs j
                                WHERE j.id = :id AND j.throttle_reason IS NOT NULL)
                AND NOT EXISTS (SELECT 1 FROM flow_limits)
                AND NOT EXISTS (SELECT 1 FROM flow_budgets) AS plain
     )
     SELECT false AS configured, false AS throttled_waiting, {_CLAIM_COLUMNS}
-    FROM decision d CROSS JOIN LATERAL (
-        SELECT * FROM ezq_claim_job(:id, :lease_seconds, :holder) WHERE d.plain
-    ) AS c
+    FROM ezq_claim_job(:id, :lease_seconds, :holder) AS c
+    WHERE (SELECT plain FROM decision)
 """
     )
 )

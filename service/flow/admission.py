@@ -163,9 +163,9 @@ def _usd(value: Decimal) -> str:
 
 class _Pause:
     """Whether to try the short claim (``flow_db.first_turn_plain``, ``claim_plain``): not
-    for a moment after it found another job pending or a limit configured, since the next
-    claims would most likely find the same and pay a round trip for nothing. Only a hint:
-    the short claim checks both in its own statement."""
+    for a moment after it declined (another job pending, a limit or budget configured, the
+    job throttled), since the next claims would most likely find the same and pay a round
+    trip for nothing. Only a hint: the short claim checks all of it in its own statement."""
 
     def __init__(self) -> None:
         self._until = 0.0
@@ -192,7 +192,9 @@ def rank(
     """Read the message's job and the best-ranked pending jobs, locking nothing; with
     ``claim``, also claim the message's own job when there is nothing to decide (no limit or
     budget exists, no job outranks it, it was not throttled): most claims, which then take
-    one round trip and no transaction (``plain`` is their admission).
+    one round trip and no transaction (``plain`` is their admission). With ``claim``, a
+    short statement is tried first (``flow_db.claim_plain``, ``first_turn_plain``), which
+    claims without ranking when no other job waits; when it declines, the ranking runs.
 
     ``own_only``: the message's sender waits for its result (a foreign Celery producer), so
     it runs its own job or none; it still counts as a candidate for other messages.
