@@ -41,12 +41,8 @@ def _redact_key_shapes(text: str) -> str:
     parts: list[str] = []
     done = 0
     for start, end in spans:
-        if start > done:
+        if start > done or not parts:  # not within (or touching) the last stretch
             parts += [text[done:start], REDACTED]
-        elif end <= done:
-            continue
-        elif not parts:  # a key at the very start
-            parts.append(REDACTED)
         done = max(done, end)
     parts.append(text[done:])
     return "".join(parts)

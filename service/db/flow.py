@@ -455,10 +455,7 @@ def first_turn_plain(
     ranked, the claim made); write nothing and return None otherwise, for ``ranking``
     to decide. One round trip. A taken id raises ``IntegrityError``, as ``ranking``."""
     params = {**first, "id": job_id, "lease_seconds": claim.seconds, "holder": claim.holder}
-    rows = driver.rows(executor, _FIRST_TURN_PLAIN, params)
-    if not rows:
-        return None
-    return Ranking(None, [], rules_configured=False, throttled_waiting=False, claim_row=rows[0])
+    return _claimed_alone(driver.rows(executor, _FIRST_TURN_PLAIN, params))
 
 
 def claim_plain(executor: Executor, job_id: uuid.UUID, *, claim: Lease) -> Ranking | None:
@@ -467,7 +464,13 @@ def claim_plain(executor: Executor, job_id: uuid.UUID, *, claim: Lease) -> Ranki
     the claim's row, whatever it says); call nothing and return None otherwise, for
     ``ranking`` to decide. One round trip."""
     params = {"id": job_id, "lease_seconds": claim.seconds, "holder": claim.holder}
-    rows = driver.rows(executor, _PLAIN_CLAIM, params)
+    return _claimed_alone(driver.rows(executor, _PLAIN_CLAIM, params))
+
+
+def _claimed_alone(rows: list[Any]) -> Ranking | None:
+    """A short claim's ranking: nothing ranked, nothing configured, nothing throttled
+    waiting (any such job is pending, so the claim was not made), and its claim's row; None
+    when it declined (no row)."""
     if not rows:
         return None
     return Ranking(None, [], rules_configured=False, throttled_waiting=False, claim_row=rows[0])
