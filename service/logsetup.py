@@ -19,19 +19,24 @@ _KEY_SHAPES = (
     re.compile(r"\bwhsec_[A-Za-z0-9+/=]+"),
     re.compile(r"\bezq_[A-Za-z0-9_\-]{16,}"),
 )
-# Whether a line may hold any of them, in one scan: most lines (every line a worker logs)
-# hold none. It finds every line the shapes match (the word "bearer" is enough).
-_ANY_KEY_SHAPE = re.compile(
-    "|".join(["(?i:bearer)\\s", *(shape.pattern for shape in _KEY_SHAPES[1:])])
-)
+# What each shape starts with, literally: a line holding none of these (every line a
+# worker logs per job) holds no key. Substring tests, not a regular expression: a pattern
+# starting with a word boundary or a case-insensitive word is tried at every position of
+# the line (13 µs for a job's line against 0.5 µs), on every line and argument logged.
+_KEY_PREFIXES = ("sk-", "whsec_", "ezq_")
+_BEARER = "bearer"
 REDACTED = "[redacted]"
+
+
+def _may_hold_a_key(text: str) -> bool:
+    return any(prefix in text for prefix in _KEY_PREFIXES) or _BEARER in text.lower()
 
 
 def _redact_key_shapes(text: str) -> str:
     """``text`` with every stretch some key shape matches replaced, the shapes found on the
     text as it is and their stretches merged where they touch: keys written next to each
     other are redacted whole, whichever shape starts first (a bearer token keeps its word)."""
-    if _ANY_KEY_SHAPE.search(text) is None:
+    if not _may_hold_a_key(text):
         return text
     spans = sorted(
         (match.end(1) if match.re.groups else match.start(), match.end())

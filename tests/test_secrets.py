@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import random
 from typing import Any
 
 import pytest
 
-from service.logsetup import RedactSecrets
+from service.logsetup import _KEY_SHAPES, REDACTED, RedactSecrets, _redact_key_shapes
 from tests.conftest import API_KEY, places_holding, request_for, wait_for_job
 
 
@@ -81,3 +82,16 @@ def test_keys_written_next_to_each_other_are_redacted_whole(line: str, secrets: 
     assert text.startswith("token [redacted]") and text.endswith(" end")
     for secret in secrets:
         assert secret not in text
+
+
+def test_every_line_a_key_shape_matches_is_looked_at() -> None:
+    """Lines are only searched for key shapes when they hold one of the shapes' literal
+    starts: for random lines made of key pieces, case changes and separators, each line a
+    shape matches is redacted, whatever case the word "bearer" is written in."""
+    rng = random.Random(7)
+    pieces = ["sk-", "whsec_", "ezq_", "bearer", "Bearer", "BEARER", "bEaReR", "BeAr", "er"]
+    pieces += [" ", "\t", "-", ".", "_", "/", "=", "abcdef0123", "ABCDEFGHIJKLMNOP", "İ", "K"]
+    for _ in range(20_000):
+        line = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 8)))
+        if any(shape.search(line) for shape in _KEY_SHAPES):
+            assert REDACTED in _redact_key_shapes(line), line
