@@ -3,14 +3,17 @@ demand, and back on in a running worker with `celery control enable_events`."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import socket
 from collections.abc import Callable
 from typing import Any
 
 import redis
+from celery import Celery
 
 from service import enqueue_completion
+from service.worker.consumer import ARGUMENTS_NOT_SHOWN
 from tests.celery_events import EventLog
 from tests.conftest import REDIS_URL, WorkerProcess, wait_for_job
 
@@ -90,3 +93,37 @@ def test_task_events_are_published_in_batches_and_none_is_lost(
     finally:
         listener.close()
     assert 0 < messages <= len(jobs), messages
+
+
+def test_task_events_never_carry_a_task_s_arguments(
+    worker_factory: Callable[..., WorkerProcess], own_queue: str, fake_gateway: Any
+) -> None:
+    """A foreign producer's message carries its arguments as text in its headers (the
+    prompt, the metadata, a callback URL's token), which Celery copies into
+    ``task-received``: no task event holds any of it, only the placeholder."""
+    worker_factory(env={"EZQ_QUEUE": own_queue})
+    marker = f"private-prompt-{secrets.token_hex(4)}"
+    foreign = Celery("billing-service", broker=REDIS_URL)
+    foreign.conf.task_serializer = "json"
+    try:
+        with EventLog() as events:
+            sent = foreign.send_task(
+                "ezq.chat_completion",
+                kwargs={
+                    "model": "glm-5.1",
+                    "messages": [{"role": "user", "content": marker}],
+                    "metadata": {"note": marker},
+                },
+                queue=own_queue,
+                ignore_result=True,
+            )
+            # The job is written by its claim: its task's end comes first.
+            events.wait_for("task-succeeded", sent.id, timeout=30)
+            assert wait_for_job(sent.id)["status"] == "succeeded"
+            received = events.wait_for("task-received", sent.id)
+            assert received["args"] == received["kwargs"] == ARGUMENTS_NOT_SHOWN, received
+            for event in events.of_task(sent.id):
+                text = json.dumps(event)
+                assert marker not in text, event
+    finally:
+        foreign.close()

@@ -1,5 +1,6 @@
 """Celery's consumer, with every message it cannot run kept aside instead of crashing or
-logged with its content, and task events published in batches.
+logged with its content, task events published in batches and without the task's
+arguments.
 
 Celery logs undecodable and unknown messages with their body (which may hold prompts and
 keys) and, for a few malformed shapes, lets the exception end the worker. Here each such
@@ -12,6 +13,11 @@ in flight, a tenth of the worker's CPU went to publishing, about one Redis ``PUB
 event. Here the buffer is published every ``EVENT_FLUSH_INTERVAL_S`` (and by Celery
 itself whenever it holds 50 events), so a monitor sees a task's events up to that much
 later, a few dozen in each message.
+
+A task message's headers carry its arguments as text (``argsrepr``, ``kwargsrepr``, up to
+a kilobyte each), which Celery copies into the ``task-received`` event a monitor keeps and
+shows (Flower's task page): a foreign producer's messages, callback URL and metadata. They
+are replaced before Celery reads them; the event's ``uuid`` is the job's id.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ from celery.worker.consumer import Consumer as CeleryConsumer
 from service.worker.deadletter import set_aside
 
 EVENT_FLUSH_INTERVAL_S = 0.1
+# What task events (and Celery's lines) show in place of a task's arguments.
+ARGUMENTS_NOT_SHOWN = "[not shown]"
+_ARGUMENT_TEXTS = ("argsrepr", "kwargsrepr")
 
 
 def _describe(message: Any) -> dict[str, Any]:
@@ -40,6 +49,19 @@ def _describe(message: Any) -> dict[str, Any]:
 def _raw(message: Any) -> Any:
     raw = getattr(message, "_raw", None)
     return raw if raw is not None else message.body
+
+
+def _hide_arguments(message: Any) -> None:
+    """Replace the arguments' text in ``message``'s headers, which Celery puts in the
+    ``task-received`` event, before it builds its request from them."""
+    headers = message.headers
+    if isinstance(headers, dict) and any(name in headers for name in _ARGUMENT_TEXTS):
+        # A new dict: the raw message shares the old one, and a dead letter keeps the
+        # message as it arrived.
+        message.headers = {
+            **headers,
+            **{name: ARGUMENTS_NOT_SHOWN for name in _ARGUMENT_TEXTS if name in headers},
+        }
 
 
 def _body_problem(message: Any) -> str | None:
@@ -116,6 +138,7 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
                 if problem is not None:
                     self._set_aside(message, problem, "invalid_task")
                     return None
+                _hide_arguments(message)
                 return handle(message)
             except Exception as exc:  # a malformed message must never end the worker
                 self._set_aside(
