@@ -191,3 +191,8 @@ LIVE_REDIS_TIMEOUT_S: Final = 1.0
 # `ezq api` on SIGTERM: requests in flight get this long; open /events streams are then
 # closed (their clients resume with Last-Event-ID).
 API_GRACEFUL_SHUTDOWN_S: Final = 10.0
+
+# What a task's arguments read as in task events and in remote control's answers
+# (`celery inspect active`, `reserved`, `query_task`): a foreign producer's arguments hold
+# its prompt.
+ARGUMENTS_NOT_SHOWN = "[not shown]"

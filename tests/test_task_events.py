@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import secrets
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +14,8 @@ import redis
 from celery import Celery
 
 from service import enqueue_completion
-from service.worker.consumer import ARGUMENTS_NOT_SHOWN
+from service.constants import ARGUMENTS_NOT_SHOWN
+from service.fake_gateway import Fault
 from tests.celery_events import EventLog
 from tests.conftest import REDIS_URL, WorkerProcess, wait_for_job
 
@@ -127,3 +129,43 @@ def test_task_events_never_carry_a_task_s_arguments(
                 assert marker not in text, event
     finally:
         foreign.close()
+
+
+def test_remote_control_answers_without_a_task_s_arguments(
+    worker_factory: Callable[..., WorkerProcess], own_queue: str, fake_gateway: Any
+) -> None:
+    """``celery inspect active`` and ``query_task`` describe a running job without its
+    arguments (Celery answers with the decoded arguments: a foreign producer's prompt)."""
+    from service.worker.app import app
+
+    node = f"inspect-{secrets.token_hex(3)}"
+    worker_factory(env={"EZQ_QUEUE": own_queue}, args=["-n", f"{node}@%h"])
+    nodename = f"{node}@{socket.gethostname()}"
+    marker = f"private-prompt-{secrets.token_hex(4)}"
+    fake_gateway.add_faults(Fault(kind="normal", latency=3.0, match=marker))
+    foreign = Celery("billing-service", broker=REDIS_URL)
+    foreign.conf.task_serializer = "json"
+    try:
+        sent = foreign.send_task(
+            "ezq.chat_completion",
+            kwargs={"model": "glm-5.1", "messages": [{"role": "user", "content": marker}]},
+            queue=own_queue,
+            ignore_result=True,
+        )
+        deadline = time.monotonic() + 15
+        while not any(marker in str(r.body) for r in fake_gateway.requests):
+            assert time.monotonic() < deadline, "the job never reached the gateway"
+            time.sleep(0.02)
+        inspect = app.control.inspect(destination=[nodename], timeout=5)
+        active = inspect.active()
+        queried = inspect.query_task(sent.id)
+        assert wait_for_job(sent.id)["status"] == "succeeded"
+    finally:
+        foreign.close()
+    (running,) = active[nodename]
+    assert running["id"] == sent.id
+    assert running["args"] == running["kwargs"] == ARGUMENTS_NOT_SHOWN, running
+    state, described = queried[nodename][sent.id]
+    assert state == "active"
+    assert described["args"] == described["kwargs"] == ARGUMENTS_NOT_SHOWN, described
+    assert marker not in json.dumps([active, queried])

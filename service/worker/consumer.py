@@ -28,11 +28,10 @@ from typing import Any
 
 from celery.worker.consumer import Consumer as CeleryConsumer
 
+from service import constants as c
 from service.worker.deadletter import set_aside
 
 EVENT_FLUSH_INTERVAL_S = 0.1
-# What task events (and Celery's lines) show in place of a task's arguments.
-ARGUMENTS_NOT_SHOWN = "[not shown]"
 _ARGUMENT_TEXTS = ("argsrepr", "kwargsrepr")
 
 
@@ -60,7 +59,7 @@ def _hide_arguments(message: Any) -> None:
         # message as it arrived.
         message.headers = {
             **headers,
-            **{name: ARGUMENTS_NOT_SHOWN for name in _ARGUMENT_TEXTS if name in headers},
+            **{name: c.ARGUMENTS_NOT_SHOWN for name in _ARGUMENT_TEXTS if name in headers},
         }
 
 

@@ -117,6 +117,8 @@ def _publish_one(job_id: uuid.UUID) -> None:
     # Celery formats the result into its "succeeded" line and its task-succeeded event
     # (what Flower shows); ours holds the reply. Cut to nothing: cheaper, and no reply text.
     resultrepr_maxsize=1,
+    # Remote control (``celery inspect``) answers without the task's arguments.
+    Request="service.worker.request:Request",
 )
 def chat_completion(
     self: Task,
