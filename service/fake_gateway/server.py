@@ -594,6 +594,8 @@ class FakeGateway:
         self._cache = PromptCache()
         self._anthropic_cache = AnthropicCache()
         self._lock = threading.Lock()
+        # Notified at each request recorded: tests wait on it (``wait_for_request``).
+        self._recorded = threading.Condition(self._lock)
         self._requests: list[ReceivedRequest] = []
         self._calls_in_flight = 0
         self._ended_at: dict[str, float] = {}
@@ -698,6 +700,19 @@ class FakeGateway:
         with self._lock:
             return list(self._requests)
 
+    def wait_for_request(self, text: str, timeout: float = 15.0) -> ReceivedRequest:
+        """The first chat request received whose body holds ``text``, waiting up to
+        ``timeout`` seconds for it; ``TimeoutError`` if none came."""
+
+        def found() -> ReceivedRequest | None:
+            return next((r for r in self._requests if text in str(r.body)), None)
+
+        with self._recorded:
+            request = self._recorded.wait_for(found, timeout)
+        if request is None:
+            raise TimeoutError(f"no request holding {text!r} within {timeout}s")
+        return request
+
     def ended_at(self, request_id: str) -> float | None:
         """When the fake finished serving a completion call (None: not yet)."""
         with self._lock:
@@ -713,8 +728,9 @@ class FakeGateway:
     # -- internals used by the handler ------------------------------------------------------
 
     def _record(self, request: ReceivedRequest) -> None:
-        with self._lock:
+        with self._recorded:
             self._requests.append(request)
+            self._recorded.notify_all()
 
     def _clear_requests(self) -> None:
         with self._lock:
