@@ -91,3 +91,70 @@ def test_a_missing_value_is_named(own_database: tuple[str, Any]) -> None:
         pytest.raises(TypeError, match="no value for the statement's parameter 'id'"),
     ):
         driver.rows(conn, _COUNT, {"other": 1})
+
+
+# ``service.db.session.autocommit``: the pool's connection as it is, switched to autocommit
+# for its user and back before it returns to the pool.
+
+_PID = driver.DriverStatement.of(text("SELECT pg_backend_pid() AS pid"))
+
+
+def test_autocommit_commits_each_statement_and_hands_the_connection_back_transactional(
+    own_database: tuple[str, Any],
+) -> None:
+    from service.db.session import autocommit, get_engine, transaction
+
+    url, engine = own_database
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE driver_t (id integer PRIMARY KEY)"))
+    with autocommit(url) as conn:
+        driver.rows(conn, _INSERT, {"id": 1})
+        (row,) = driver.rows(conn, _PID, {})
+        autocommit_pid = row.pid
+    with engine.connect() as other:  # committed: another connection sees it
+        assert other.execute(text("SELECT count(*) FROM driver_t")).scalar_one() == 1
+
+    # The pool hands the connection just returned out next: a transaction on it is one
+    # (a rollback undoes its insert), not autocommit statements left as they were.
+    with pytest.raises(RuntimeError), transaction(url) as session:
+        (row,) = driver.rows(session, _PID, {})
+        assert row.pid == autocommit_pid
+        driver.rows(session, _INSERT, {"id": 2})
+        raise RuntimeError("roll back")
+    with engine.connect() as other:
+        assert other.execute(text("SELECT array_agg(id) FROM driver_t")).scalar_one() == [1]
+    get_engine(url).dispose()
+
+
+def test_autocommit_raises_sqlalchemys_error_for_a_lost_connection_and_replaces_it(
+    own_database: tuple[str, Any],
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from service.db.session import UNAVAILABLE, autocommit, get_engine
+
+    url, engine = own_database
+    with autocommit(url) as conn:
+        (row,) = driver.rows(conn, _PID, {})
+        with engine.connect() as admin:
+            admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": row.pid})
+        with pytest.raises(OperationalError) as raised:
+            driver.rows(conn, _PID, {})
+        assert raised.value.connection_invalidated
+        assert isinstance(raised.value, UNAVAILABLE)
+    with autocommit(url) as conn:  # a new connection, working
+        (again,) = driver.rows(conn, _PID, {})
+    assert again.pid != row.pid
+    get_engine(url).dispose()
+
+
+def test_autocommit_raises_sqlalchemys_error_when_the_server_cannot_be_reached() -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from service.db.session import UNAVAILABLE, autocommit, get_engine
+
+    url = "postgresql+psycopg://postgres@127.0.0.1:1/nowhere"  # nothing listens on port 1
+    with pytest.raises(OperationalError) as raised, autocommit(url):
+        pass
+    assert isinstance(raised.value, UNAVAILABLE)
+    get_engine(url).dispose()

@@ -19,7 +19,6 @@ import pytest
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from service.completion import Completion
 from service.config import get_settings
@@ -85,10 +84,7 @@ def statements(
     run_on_driver = driver.rows
 
     def on_driver(executor: Any, statement: driver.DriverStatement, params: Any) -> Any:
-        connection = executor.connection() if isinstance(executor, Session) else executor
-        seen.append(
-            (_kind(statement.sql), bool(connection.connection.driver_connection.autocommit))
-        )
+        seen.append((_kind(statement.sql), driver.driver_connection(executor).autocommit))
         return run_on_driver(executor, statement, params)
 
     monkeypatch.setattr(driver, "rows", on_driver)
@@ -475,9 +471,13 @@ def test_the_claims_ranking_runs_on_a_plan_postgres_keeps(
                 conn, job_id, claim=lease, first=queries.first_turn_values(request, job_id)
             )
             assert short is not None and short.claim_row is not None
-        planned = conn.exec_driver_sql(
-            "SELECT statement LIKE '%%WITH RECURSIVE tenants%%', generic_plans, custom_plans"
-            " FROM pg_prepared_statements WHERE statement LIKE '%%INSERT INTO jobs%%'"
-            " ORDER BY 1"
-        ).all()
+        planned = (
+            driver.driver_connection(conn)
+            .execute(
+                "SELECT statement LIKE '%WITH RECURSIVE tenants%', generic_plans, custom_plans"
+                " FROM pg_prepared_statements WHERE statement LIKE '%INSERT INTO jobs%'"
+                " ORDER BY 1"
+            )
+            .fetchall()
+        )
     assert [tuple(row) for row in planned] == [(False, runs - 5, 5), (True, runs - 5, 5)]

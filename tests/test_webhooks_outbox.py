@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import text
 
 from service.db import queries
+from service.db.driver import driver_connection
 from service.db.session import autocommit, transaction
 from service.validation import validate_request
 from service.webhooks import outbox
@@ -316,12 +317,10 @@ def _wait_until_blocked_on_a_lock(timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     with autocommit() as conn:
         while time.monotonic() < deadline:
-            waiting = conn.execute(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                    " AND position('webhook_deliveries' in query) > 0"
-                )
-            ).scalar_one()
+            (waiting,) = driver_connection(conn).execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND position('webhook_deliveries' in query) > 0"
+            ).fetchone() or (0,)
             if waiting:
                 return
     raise AssertionError("the second claim never waited for the first's lock")

@@ -22,12 +22,13 @@ from typing import Any
 import psycopg
 from psycopg.rows import namedtuple_row
 from psycopg.types.json import Jsonb
-from sqlalchemy import Connection, TextClause
+from sqlalchemy import Connection, Engine, TextClause
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import PoolProxiedConnection
 
-from service.db.session import Executor
+from service.db.session import DriverConnection, Executor
 
 # Postgres's numbered placeholders: a name used twice is one ``$n``.
 _DIALECT = PGDialect_psycopg(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
@@ -57,8 +58,9 @@ class DriverStatement:
 def rows(executor: Executor, statement: DriverStatement, params: Mapping[str, Any]) -> list[Any]:
     """Run ``statement`` on ``executor``'s connection (joining a session's transaction);
     return its rows as named tuples."""
-    connection = executor.connection() if isinstance(executor, Session) else executor
-    driver = _driver(connection)
+    engine, pooled, connection = _parts(executor)
+    driver = pooled.driver_connection
+    assert isinstance(driver, psycopg.Connection)
     try:
         with psycopg.RawCursor(driver, row_factory=namedtuple_row) as cursor:
             # Prepared at its first run on a connection, not its sixth (psycopg's
@@ -67,13 +69,22 @@ def rows(executor: Executor, statement: DriverStatement, params: Mapping[str, An
             cursor.execute(statement.query, _values(statement, params), prepare=True)
             return cursor.fetchall()
     except psycopg.Error as exc:
-        raise _as_sqlalchemy(connection, driver, statement.sql, exc) from exc
+        raise _as_sqlalchemy(engine, pooled, connection, statement.sql, exc) from exc
 
 
-def _driver(connection: Connection) -> psycopg.Connection[Any]:
-    driver = connection.connection.driver_connection
+def driver_connection(executor: Executor) -> psycopg.Connection[Any]:
+    """The driver's connection under ``executor`` (a session's: that of its transaction)."""
+    driver = _parts(executor)[1].driver_connection
     assert isinstance(driver, psycopg.Connection)
     return driver
+
+
+def _parts(executor: Executor) -> tuple[Engine, PoolProxiedConnection, Connection | None]:
+    """``executor``'s engine, its pool's connection, and SQLAlchemy's around it if any."""
+    if isinstance(executor, DriverConnection):
+        return executor.engine, executor.pooled, None
+    connection = executor.connection() if isinstance(executor, Session) else executor
+    return connection.engine, connection.connection, connection
 
 
 def _values(statement: DriverStatement, params: Mapping[str, Any]) -> list[Any]:
@@ -89,18 +100,22 @@ def _values(statement: DriverStatement, params: Mapping[str, Any]) -> list[Any]:
 
 
 def _as_sqlalchemy(
-    connection: Connection,
-    driver: psycopg.Connection[Any],
+    engine: Engine,
+    pooled: PoolProxiedConnection,
+    connection: Connection | None,
     sql: str,
     exc: psycopg.Error,
 ) -> Exception:
-    """The exception SQLAlchemy raises for ``exc``; a lost connection is invalidated."""
-    disconnected = bool(connection.dialect.is_disconnect(exc, driver, None))  # type: ignore[arg-type]
-    if disconnected and not connection.invalidated:
+    """The exception SQLAlchemy raises for ``exc``; a lost connection is invalidated (and
+    ``connection``, SQLAlchemy's around it, if any)."""
+    driver = pooled.driver_connection
+    disconnected = bool(engine.dialect.is_disconnect(exc, driver, None))  # type: ignore[arg-type]
+    if disconnected and pooled.is_valid:
         # As SQLAlchemy does on a disconnect: every pooled connection opened before it is
         # replaced at its next checkout (the server may have restarted), then this one.
-        connection.engine.pool._invalidate(connection.connection, exc)
-        connection.invalidate(exc)
+        engine.pool._invalidate(pooled, exc)  # and ``pooled`` itself
+        if connection is not None:
+            connection.invalidate(exc)
     return DBAPIError.instance(
         sql,
         None,  # never the values: they hold prompts and replies
@@ -108,5 +123,5 @@ def _as_sqlalchemy(
         psycopg.Error,
         hide_parameters=True,
         connection_invalidated=disconnected,
-        dialect=connection.dialect,
+        dialect=engine.dialect,
     )
