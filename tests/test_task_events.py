@@ -4,11 +4,12 @@ demand, and back on in a running worker with `celery control enable_events`."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -68,6 +69,26 @@ def test_the_setting_governs_both_task_event_options(monkeypatch: Any) -> None:
     assert celery_config()["worker_send_task_events"] is True
 
 
+@contextlib.contextmanager
+def _task_multi_messages() -> Iterator[Callable[[], list[int]]]:
+    """Listen to the ``task.multi`` messages published on Redis; the function given reads
+    what arrived since (each message's number of events), waiting half a second for more."""
+    listener = redis.Redis.from_url(REDIS_URL).pubsub()
+    listener.psubscribe("*celeryev*task.multi")
+
+    def arrived() -> list[int]:
+        counts = []
+        while (message := listener.get_message(timeout=0.5)) is not None:
+            if message["type"] == "pmessage":
+                counts.append(len(_events_in(message["data"])))
+        return counts
+
+    try:
+        yield arrived
+    finally:
+        listener.close()
+
+
 def test_task_events_are_published_in_batches_and_none_is_lost(
     worker_factory: Callable[..., WorkerProcess], own_queue: str, fake_gateway: Any
 ) -> None:
@@ -75,26 +96,13 @@ def test_task_events_are_published_in_batches_and_none_is_lost(
     (Celery published about one message per event: 41 for these 72 events, against 6)."""
     node = f"events-batched-{secrets.token_hex(3)}"
     worker_factory(env={"EZQ_QUEUE": own_queue}, args=["-n", f"{node}@%h"])
-    listener = redis.Redis.from_url(REDIS_URL).pubsub()
-    listener.psubscribe("*celeryev*task.multi")
-    try:
-        with EventLog() as events:
-            jobs = [
-                str(enqueue_completion("glm-5.1", [{"role": "user", "content": f"burst {i}"}]))
-                for i in range(24)
-            ]
-            for job in jobs:
-                assert wait_for_job(job)["status"] == "succeeded"
-            for job in jobs:
-                events.wait_for("task-succeeded", job)
-                sent = {e["type"] for e in events.of_task(job)}
-                assert sent >= WORKER_TASK_EVENTS, (job, sent)
-        messages = 0
+    with _task_multi_messages() as arrived, EventLog() as events:
+        jobs = _burst(events, 24)
+        for job in jobs:
+            sent = {e["type"] for e in events.of_task(job)}
+            assert sent >= WORKER_TASK_EVENTS, (job, sent)
         # Everything published is waiting on the listener's connection by now.
-        while (message := listener.get_message(timeout=0.5)) is not None:
-            messages += message["type"] == "pmessage"
-    finally:
-        listener.close()
+        messages = len(arrived())
     assert 0 < messages <= len(jobs), messages
 
 
@@ -109,34 +117,32 @@ def test_task_events_are_published_by_the_event_loop_s_timer_alone(
 
     node = f"events-timer-{secrets.token_hex(3)}"
     worker_factory(env={"EZQ_QUEUE": own_queue}, args=["-n", f"{node}@%h"])
-    listener = redis.Redis.from_url(REDIS_URL).pubsub()
-    listener.psubscribe("*celeryev*task.multi")
-    try:
-        with EventLog() as events:
-            warm = enqueue_completion("glm-5.1", [{"role": "user", "content": "warm"}])
-            assert wait_for_job(warm)["status"] == "succeeded"
-            events.wait_for("task-succeeded", str(warm))
-            while listener.get_message(timeout=0.5) is not None:
-                pass  # the warm-up's
-            started = time.monotonic()
-            jobs = [
-                str(enqueue_completion("glm-5.1", [{"role": "user", "content": f"rate {i}"}]))
-                for i in range(300)
-            ]
-            for job in jobs:
-                assert wait_for_job(job)["status"] == "succeeded"
-            for job in jobs:
-                events.wait_for("task-succeeded", job)
-            elapsed = time.monotonic() - started
-        counts = []
-        while (message := listener.get_message(timeout=0.5)) is not None:
-            if message["type"] == "pmessage":
-                counts.append(len(_events_in(message["data"])))
-    finally:
-        listener.close()
+    with _task_multi_messages() as arrived, EventLog() as events:
+        warm = enqueue_completion("glm-5.1", [{"role": "user", "content": "warm"}])
+        assert wait_for_job(warm)["status"] == "succeeded"
+        events.wait_for("task-succeeded", str(warm))
+        arrived()  # the warm-up's
+        started = time.monotonic()
+        jobs = _burst(events, 300)
+        elapsed = time.monotonic() - started
+        counts = arrived()
     assert sum(counts) >= 3 * len(jobs), sum(counts)
     # Each tick publishes once; the first and the last may fall outside the window.
     assert len(counts) <= elapsed / EVENT_FLUSH_INTERVAL_S + 2, (len(counts), elapsed, counts)
+
+
+def _burst(events: EventLog, count: int) -> list[str]:
+    """``count`` jobs enqueued at once; their ids once each has succeeded and its
+    ``task-succeeded`` event has arrived."""
+    jobs = [
+        str(enqueue_completion("glm-5.1", [{"role": "user", "content": f"burst {i}"}]))
+        for i in range(count)
+    ]
+    for job in jobs:
+        assert wait_for_job(job)["status"] == "succeeded"
+    for job in jobs:
+        events.wait_for("task-succeeded", job)
+    return jobs
 
 
 def _events_in(data: bytes) -> list[Any]:
