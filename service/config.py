@@ -93,6 +93,7 @@ class Settings(BaseSettings):
     ezq_live_flush_interval: float = Field(default=c.LIVE_FLUSH_INTERVAL_S, gt=0, le=5)
     ezq_live_maxlen: int = Field(default=c.LIVE_STREAM_MAXLEN, ge=100)
     ezq_live_ttl: float = Field(default=c.LIVE_TTL_S, ge=10)
+    ezq_live_ended_ttl: float = Field(default=c.LIVE_ENDED_TTL_S, ge=1)
     ezq_live_heartbeat: float = Field(default=c.LIVE_HEARTBEAT_S, gt=0, le=300)
 
     # Webhooks: comma-separated whsec_ secrets (all sign, for rotation) and CIDRs that the

@@ -184,6 +184,7 @@ PRIORITY_MAX: Final = 9
 LIVE_FLUSH_INTERVAL_S: Final = 0.05
 LIVE_STREAM_MAXLEN: Final = 10_000
 LIVE_TTL_S: Final = 3600.0
+LIVE_ENDED_TTL_S: Final = 60.0
 LIVE_HEARTBEAT_S: Final = 15.0
 # After a failed write the publisher skips Redis for this long (the stream read goes on).
 LIVE_BACKOFF_S: Final = 5.0

@@ -4,10 +4,11 @@ Cheap on purpose: per chunk an assembler appends the fragment to its attempt's d
 (``LiveAttempt``), nothing more, and a job's thread never waits on Redis. One flusher
 thread per process writes, each ``EZQ_LIVE_FLUSH_INTERVAL`` (50 ms), everything new in one
 pipelined round trip (one ``XADD`` per entry, plus an ``EXPIRE`` on a stream's first
-write), however many jobs run: first the entries queued in order by the jobs' threads (an
-attempt's ``attempt_restarted`` when it starts, its last fragments when its call ends, a
-job's final event after its end is committed), then the new fragments of every running
-attempt. One queue and one writer keep each job's entries in the order they happened.
+write and on its final event), however many jobs run: first the entries queued in order
+by the jobs' threads (an attempt's ``attempt_restarted`` when it starts, its last
+fragments when its call ends, a job's final event after its end is committed), then the
+new fragments of every running attempt. One queue and one writer keep each job's entries
+in the order they happened.
 Redis being slow or down never fails or slows a call for long: a failed write drops that
 batch and skips Redis for ``LIVE_BACKOFF_S``; the reply is in Postgres whatever happens
 here.
@@ -44,8 +45,9 @@ log = logging.getLogger(__name__)
 
 _CONTENT, _REASONING, _TOOL = 0, 1, 2
 
-# A stream entry to add: the key, its fields, and whether to (re)set the key's TTL.
-Entry = tuple[str, dict[str, str], bool]
+# A stream entry to add: the key, its fields, and the TTL to set on the key (seconds;
+# None: leave it).
+Entry = tuple[str, dict[str, str], int | None]
 
 _current: ContextVar[LiveAttempt | None] = ContextVar("ezq_live_attempt", default=None)
 
@@ -99,13 +101,13 @@ class LiveAttempt:
             data["tool_calls"] = tools
         return data
 
-    def delta_entry(self) -> Entry | None:
-        """What arrived since the last drain, as the stream entry to add (with the TTL
-        set on the stream's first write); None if nothing did."""
+    def delta_entry(self, ttl: int) -> Entry | None:
+        """What arrived since the last drain, as the stream entry to add (with ``ttl`` set
+        on the stream's first write); None if nothing did."""
         data = self.drain()
         if data is None:
             return None
-        return (self.key, entry_fields(DELTA, data, self.attempt), not self.expiring)
+        return (self.key, entry_fields(DELTA, data, self.attempt), None if self.expiring else ttl)
 
 
 def _merge_fragment(tools: list[dict[str, Any]], fragment: dict[str, Any]) -> None:
@@ -127,7 +129,15 @@ def current() -> LiveAttempt | None:
 class Publisher:
     """One per process: the Redis client, the running attempts and the flusher thread."""
 
-    def __init__(self, url: str, *, interval: float, maxlen: int, ttl: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        interval: float,
+        maxlen: int,
+        ttl: float,
+        ended_ttl: float = c.LIVE_ENDED_TTL_S,
+    ) -> None:
         self._redis = redis.Redis.from_url(
             url,
             socket_timeout=c.LIVE_REDIS_TIMEOUT_S,
@@ -136,6 +146,10 @@ class Publisher:
         self._interval = interval
         self._maxlen = maxlen
         self._ttl = int(ttl)
+        # A job's stream once its final event is written: what it holds is then also in
+        # Postgres, which answers for an ended job; only a reader already following it
+        # still reads it, to its final event.
+        self._ended_ttl = max(1, int(ended_ttl))
         self._attempts: set[LiveAttempt] = set()
         # Entries the jobs' threads queued, in the order they happened.
         self._queued: deque[Entry] = deque()
@@ -155,7 +169,7 @@ class Publisher:
             if attempt > 1:
                 # Whatever an earlier attempt streamed is void: readers drop it.
                 restarted = entry_fields(ATTEMPT_RESTARTED, {"attempt": attempt}, attempt)
-                self._queued.append((live.key, restarted, True))
+                self._queued.append((live.key, restarted, self._ttl))
             self._attempts.add(live)
         self._ensure_thread()
         self._wake.set()
@@ -166,7 +180,7 @@ class Publisher:
         event."""
         with self._state_lock:
             self._attempts.discard(live)
-            entry = live.delta_entry()
+            entry = live.delta_entry(self._ttl)
             if entry is not None:
                 self._queued.append(entry)
         self._wake.set()
@@ -178,7 +192,8 @@ class Publisher:
         if view.get("status") not in ENDED_STATUSES:
             return
         key = stream_key(view["job_id"])
-        entry = (key, entry_fields(event_type_for(view["status"]), final_text(view), None), True)
+        fields = entry_fields(event_type_for(view["status"]), final_text(view), None)
+        entry = (key, fields, self._ended_ttl)
         with self._state_lock:
             self._queued.append(entry)
         if now:
@@ -198,7 +213,7 @@ class Publisher:
                 self._queued.clear()
                 written = []
                 for live in self._attempts:
-                    entry = live.delta_entry()
+                    entry = live.delta_entry(self._ttl)
                     if entry is not None:
                         batch.append(entry)
                         written.append(live)
@@ -213,10 +228,10 @@ class Publisher:
         if not batch or time.monotonic() < self._skip_until:
             return False
         pipe = self._redis.pipeline(transaction=False)
-        for key, fields, expire in batch:
+        for key, fields, ttl in batch:
             pipe.xadd(key, fields, maxlen=self._maxlen, approximate=True)  # type: ignore[arg-type]
-            if expire:
-                pipe.expire(key, self._ttl)
+            if ttl is not None:
+                pipe.expire(key, ttl)
         try:
             pipe.execute()
         except Exception as exc:  # Redis down or slow: never the call's problem
@@ -276,6 +291,7 @@ def publisher() -> Publisher | None:
                     interval=settings.ezq_live_flush_interval,
                     maxlen=settings.ezq_live_maxlen,
                     ttl=settings.ezq_live_ttl,
+                    ended_ttl=settings.ezq_live_ended_ttl,
                 )
                 # What is queued when the process exits still goes out.
                 atexit.register(_publisher.flush)
