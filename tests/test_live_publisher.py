@@ -63,6 +63,24 @@ def test_the_hooks_only_queue_and_one_flush_writes_in_order(job_id: uuid.UUID) -
     assert 0 < redis.Redis.from_url(REDIS_URL).ttl(stream_key(job_id)) <= 30
 
 
+def test_a_stream_gone_after_its_final_event_is_not_made_again(job_id: uuid.UUID) -> None:
+    """An attempt still streaming after its job's final event (written by ``ezq cancel``
+    or the sweep, in another process) writes nothing once that stream has expired: a
+    stream made again by its later fragments would have no TTL and stay for ever."""
+    pub = Publisher(REDIS_URL, interval=3600, maxlen=100, ttl=600, ended_ttl=30)
+    live = pub.start(job_id, 1)
+    live.content("Once ")
+    pub.flush()  # the attempt's first write, with its TTL
+    canceller = Publisher(REDIS_URL, interval=3600, maxlen=100, ttl=600, ended_ttl=30)
+    canceller.ended({"job_id": str(job_id), "status": "cancelled"}, now=True)
+    r = redis.Redis.from_url(REDIS_URL)
+    r.delete(stream_key(job_id))  # as it expires, 30 s on
+    live.content("upon a time")
+    pub.finish(live)
+    pub.flush()
+    assert not r.exists(stream_key(job_id))
+
+
 def test_a_stalled_redis_never_holds_up_a_jobs_thread(
     job_id: uuid.UUID, monkeypatch: pytest.MonkeyPatch
 ) -> None:

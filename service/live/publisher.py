@@ -229,7 +229,17 @@ class Publisher:
             return False
         pipe = self._redis.pipeline(transaction=False)
         for key, fields, ttl in batch:
-            pipe.xadd(key, fields, maxlen=self._maxlen, approximate=True)  # type: ignore[arg-type]
+            # An entry that sets no TTL follows its stream's first write, which did: should
+            # the stream be gone by now (it expired, say a minute after a final event that
+            # ``ezq cancel`` or the sweep wrote while this attempt still streams), it is
+            # not made again, without a TTL, for ever (``NOMKSTREAM``, Redis 6.2).
+            pipe.xadd(
+                key,
+                fields,  # type: ignore[arg-type]
+                maxlen=self._maxlen,
+                approximate=True,
+                nomkstream=ttl is None,
+            )
             if ttl is not None:
                 pipe.expire(key, ttl)
         try:
