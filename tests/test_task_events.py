@@ -70,18 +70,18 @@ def test_the_setting_governs_both_task_event_options(monkeypatch: Any) -> None:
 
 
 @contextlib.contextmanager
-def _task_multi_messages() -> Iterator[Callable[[], list[int]]]:
+def _task_multi_messages() -> Iterator[Callable[[], list[list[Any]]]]:
     """Listen to the ``task.multi`` messages published on Redis; the function given reads
-    what arrived since (each message's number of events), waiting half a second for more."""
+    what arrived since (each message's events), waiting half a second for more."""
     listener = redis.Redis.from_url(REDIS_URL).pubsub()
     listener.psubscribe("*celeryev*task.multi")
 
-    def arrived() -> list[int]:
-        counts = []
+    def arrived() -> list[list[Any]]:
+        batches = []
         while (message := listener.get_message(timeout=0.5)) is not None:
             if message["type"] == "pmessage":
-                counts.append(len(_events_in(message["data"])))
-        return counts
+                batches.append(_events_in(message["data"]))
+        return batches
 
     try:
         yield arrived
@@ -125,10 +125,40 @@ def test_task_events_are_published_by_the_event_loop_s_timer_alone(
         started = time.monotonic()
         jobs = _burst(events, 300)
         elapsed = time.monotonic() - started
-        counts = arrived()
+        counts = [len(batch) for batch in arrived()]
     assert sum(counts) >= 3 * len(jobs), sum(counts)
     # Each tick publishes once; the first and the last may fall outside the window.
     assert len(counts) <= elapsed / EVENT_FLUSH_INTERVAL_S + 2, (len(counts), elapsed, counts)
+
+
+def test_events_buffered_when_the_connection_is_lost_go_out_on_the_next_one() -> None:
+    """The timer that publishes task events is cancelled with a lost connection; what the
+    threads had buffered by then goes out with the new connection's dispatcher, first."""
+    from service.worker.app import app
+    from service.worker.consumer import EVENT_BUFFER_LIMIT, carry_buffered_events
+
+    ended = [f"lost-{secrets.token_hex(4)}" for _ in range(3)]
+    with _task_multi_messages() as arrived, app.connection_for_write() as conn:
+        arrived()  # nothing of this test's yet
+
+        def dispatcher() -> Any:
+            return app.events.Dispatcher(
+                conn, enabled=True, buffer_group=["task"], buffer_limit=EVENT_BUFFER_LIMIT
+            )
+
+        previous = dispatcher()
+        for task_id in ended:
+            previous.send("task-succeeded", uuid=task_id, runtime=0.1)
+        previous.disable()  # as Celery does when the connection is lost
+        current = dispatcher()
+        current.send("task-received", uuid="after-the-reconnect", name="ezq.chat_completion")
+        carry_buffered_events(previous, current)
+        current.flush()
+        batches = arrived()
+        current.disable()
+    uuids = [event["uuid"] for batch in batches for event in batch]
+    assert uuids == [*ended, "after-the-reconnect"], uuids
+    assert not any(previous._group_buffer.values())
 
 
 def _burst(events: EventLog, count: int) -> list[str]:

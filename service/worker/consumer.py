@@ -16,7 +16,10 @@ Celery also publishes it from whichever thread finds it full (24 events): every 
 that sent an event while that publish's round trip was under way found it full too and
 published what little had come since (at 0 ms gateway latency and 32 calls in flight, 71
 messages a second of 9 events each, from the threads that run jobs). The buffer's limit is
-raised to ``EVENT_BUFFER_LIMIT``, which only a stalled event loop lets it reach.
+raised to ``EVENT_BUFFER_LIMIT``, which only a stalled event loop (or a broker outage)
+lets it reach; what it holds when the connection is lost goes out on the next one. (The
+``task-sent`` events of tasks a job sends, a follow-up turn or a webhook delivery, are
+published by Celery's producer as they are sent, one message each, as before.)
 
 A task message's headers carry its arguments as text (``argsrepr``, ``kwargsrepr``, up to
 a kilobyte each), which Celery copies into the ``task-received`` event a monitor keeps and
@@ -96,11 +99,33 @@ def _body_problem(message: Any) -> str | None:
     return None
 
 
+def carry_buffered_events(previous: Any, current: Any) -> None:
+    """Move the task events ``previous`` (a dispatcher whose connection was lost) still
+    buffers to the front of ``current``'s buffer, to go out with its next publish.
+
+    Celery carries over only the events whose publish failed; those its threads had
+    buffered for the timer, which was cancelled with the connection, would be dropped
+    (up to ``EVENT_BUFFER_LIMIT``). ``previous`` is disabled by then: nothing is added to
+    its buffer any more.
+    """
+    for group, events in list(previous._group_buffer.items()):
+        if events:
+            taken = list(events)
+            del events[: len(taken)]
+            current._group_buffer[group][0:0] = taken
+
+
 class Consumer(CeleryConsumer):  # type: ignore[misc]
+    _last_dispatcher: Any = None
+
     def register_with_event_loop(self, hub: Any) -> None:
         super().register_with_event_loop(hub)
-        if self.event_dispatcher is not None:  # made anew at each connection
-            self.event_dispatcher.buffer_limit = EVENT_BUFFER_LIMIT
+        dispatcher = self.event_dispatcher  # made anew at each connection
+        if dispatcher is not None:
+            dispatcher.buffer_limit = EVENT_BUFFER_LIMIT
+            previous, self._last_dispatcher = self._last_dispatcher, dispatcher
+            if previous is not None and previous is not dispatcher:
+                carry_buffered_events(previous, dispatcher)
         # Cancelled with the loop's other timers when the connection is lost, and
         # registered again when it is back.
         hub.call_repeatedly(EVENT_FLUSH_INTERVAL_S, self._flush_events)
