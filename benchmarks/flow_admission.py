@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
+from typing import Any
 
 from benchmarks.job_path import ADMIN_DSN, InstantGateway
 from benchmarks.statements import Counts, count_statements
@@ -71,8 +72,14 @@ def _bypassed() -> Iterator[None]:
     from service.worker import runner
 
     def claim_alone(
-        job_id: uuid.UUID, settings: Settings, *, own_only: bool, holder: str | None
+        job_id: uuid.UUID,
+        settings: Settings,
+        *,
+        own_only: bool,
+        holder: str | None,
+        first: Any = None,
     ) -> tuple[Admission, attempts.ClaimOutcome]:
+        assert first is None, "the benchmark's jobs are queued before they run"
         with autocommit() as conn:
             claim = attempts.claim_job(
                 conn, job_id, lease_seconds=settings.lease_seconds, holder=holder
