@@ -24,11 +24,10 @@ from psycopg.rows import namedtuple_row
 from psycopg.types.json import Jsonb
 from sqlalchemy import Connection, Engine, TextClause
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import PoolProxiedConnection
 
-from service.db.session import DriverConnection, Executor
+from service.db.session import DriverConnection, Executor, is_disconnect, sqlalchemy_error
 
 # Postgres's numbered placeholders: a name used twice is one ``$n``.
 _DIALECT = PGDialect_psycopg(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
@@ -108,20 +107,11 @@ def _as_sqlalchemy(
 ) -> Exception:
     """The exception SQLAlchemy raises for ``exc``; a lost connection is invalidated (and
     ``connection``, SQLAlchemy's around it, if any)."""
-    driver = pooled.driver_connection
-    disconnected = bool(engine.dialect.is_disconnect(exc, driver, None))  # type: ignore[arg-type]
+    disconnected = is_disconnect(engine, exc, pooled.driver_connection)
     if disconnected and pooled.is_valid:
         # As SQLAlchemy does on a disconnect: every pooled connection opened before it is
         # replaced at its next checkout (the server may have restarted), then this one.
         engine.pool._invalidate(pooled, exc)  # and ``pooled`` itself
         if connection is not None:
             connection.invalidate(exc)
-    return DBAPIError.instance(
-        sql,
-        None,  # never the values: they hold prompts and replies
-        exc,
-        psycopg.Error,
-        hide_parameters=True,
-        connection_invalidated=disconnected,
-        dialect=engine.dialect,
-    )
+    return sqlalchemy_error(engine, exc, sql, disconnected=disconnected)

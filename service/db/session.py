@@ -126,6 +126,28 @@ def transaction(url: str | None = None) -> Iterator[Session]:
         yield session
 
 
+def is_disconnect(engine: Engine, exc: psycopg.Error, driver: Any = None) -> bool:
+    """Whether the driver's ``exc`` means the connection is lost, as SQLAlchemy judges it."""
+    return bool(engine.dialect.is_disconnect(exc, driver, None))  # type: ignore[arg-type]
+
+
+def sqlalchemy_error(
+    engine: Engine, exc: psycopg.Error, sql: str | None, *, disconnected: bool
+) -> Exception:
+    """The exception SQLAlchemy raises for the driver's ``exc`` (``OperationalError`` for a
+    lost or unreachable server), never with the statement's values: they hold prompts
+    and replies."""
+    return DBAPIError.instance(
+        sql,
+        None,
+        exc,
+        psycopg.Error,
+        hide_parameters=True,
+        connection_invalidated=disconnected,
+        dialect=engine.dialect,
+    )
+
+
 @contextmanager
 def autocommit(url: str | None = None) -> Iterator[DriverConnection]:
     """A pooled connection on which each statement commits by itself: for one statement
@@ -142,15 +164,7 @@ def autocommit(url: str | None = None) -> Iterator[DriverConnection]:
     except psycopg.Error as exc:
         # Raised as ``Engine.connect`` raises it, SQLAlchemy's, which is what callers
         # take for an outage (``UNAVAILABLE``).
-        raise DBAPIError.instance(
-            None,
-            None,
-            exc,
-            psycopg.Error,
-            hide_parameters=True,
-            connection_invalidated=bool(engine.dialect.is_disconnect(exc, None, None)),  # type: ignore[arg-type]
-            dialect=engine.dialect,
-        ) from exc
+        raise sqlalchemy_error(engine, exc, None, disconnected=is_disconnect(engine, exc)) from exc
     try:
         driver = pooled.driver_connection
         assert isinstance(driver, psycopg.Connection)
