@@ -20,7 +20,7 @@ from kombu.asynchronous import Hub
 from service import enqueue_completion
 from service.fake_gateway import Fault
 from service.worker.transport import Channel, Transport
-from tests.conftest import REDIS_URL, sql, wait_for_job
+from tests.conftest import REDIS_URL, reset_settings, sql, wait_for_job
 from tests.private_services import PrivateRedis
 from tests.test_faults import requests_for, wait_until
 
@@ -375,10 +375,19 @@ def _send_by_name(broker_url: str, queue: str, texts: list[str]) -> list[str]:
 
 @contextmanager
 def _private_broker(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[PrivateRedis, str]]:
-    """A Redis of the test's own for the workers it starts, and a queue name on it."""
+    """A Redis of the test's own for the workers it starts, and a queue name on it.
+
+    This process follows it while the test runs and the shared broker again afterwards:
+    settings read meanwhile (cached) would otherwise send later tests' live-token readers
+    to a Redis that no longer exists."""
     with PrivateRedis() as broker:
         monkeypatch.setenv("CELERY_BROKER_URL", broker.url)  # Celery prefers it to broker=
-        yield broker, f"ezq-own-{uuid.uuid4().hex[:8]}"
+        reset_settings()
+        try:
+            yield broker, f"ezq-own-{uuid.uuid4().hex[:8]}"
+        finally:
+            monkeypatch.undo()
+            reset_settings()
 
 
 def _wait_succeeded(job_ids: list[str], what: str) -> None:
