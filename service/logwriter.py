@@ -8,7 +8,6 @@ while every other thread that logs waits for the lock. Measured on one worker ho
 time a thread is not free for the next job. Here a thread that logs only puts the record
 on a queue; one thread writes them all, in the order they were logged, through the
 handlers the logger had (their filters and formatters, redaction included, run there).
-What has queued up while the thread wrote goes out together, in one write to a stream.
 
 A log destination that stops reading (a full pipe) no longer stops the jobs: records wait
 in the queue, up to ``capacity`` of them, and only then does a thread that logs wait.
@@ -30,8 +29,6 @@ import queue
 import threading
 
 _STOP = object()
-# The most records taken from the queue and written at once.
-_BATCH = 512
 _TRACEBACKS = logging.Formatter()
 
 
@@ -100,61 +97,16 @@ class LogWriter:
 
     def _write(self) -> None:
         while True:
-            taken = [self._records.get()]
-            # What else is queued by now goes out with it: on a busy process the lines of
-            # many jobs cost one wake-up of this thread and one write per destination.
-            while len(taken) < _BATCH:
-                try:
-                    taken.append(self._records.get_nowait())
-                except queue.Empty:
-                    break
-            stopped = any(item is _STOP for item in taken)
-            records = [item for item in taken if isinstance(item, logging.LogRecord)]
-            for handler in self._handlers:
-                _hand_over(handler, records)
-            if stopped:
+            record = self._records.get()
+            if record is _STOP:
                 return
-
-
-def _hand_over(handler: logging.Handler, records: list[logging.LogRecord]) -> None:
-    """Have ``handler`` write ``records``, in order. A plain stream handler (the worker's
-    stderr) gets them as one write: each line of its own would be a system call, and on a
-    busy process each call waits for the GIL again."""
-    wanted = [record for record in records if record.levelno >= handler.level]
-    if not wanted:
-        return
-    if type(handler).emit is not logging.StreamHandler.emit:
-        for record in wanted:
-            try:
-                handler.handle(record)
-            except Exception:  # a handler's bug must not end the writing
-                handler.handleError(record)
-        return
-    assert isinstance(handler, logging.StreamHandler)
-    lines = []
-    for record in wanted:
-        # What ``Handler.handle`` and ``StreamHandler.emit`` do for one record.
-        try:
-            kept = handler.filter(record)
-            if kept:
-                shown = kept if isinstance(kept, logging.LogRecord) else record
-                lines.append(handler.format(shown) + handler.terminator)
-        except RecursionError:
-            raise
-        except Exception:
-            handler.handleError(record)
-    if not lines:
-        return
-    handler.acquire()
-    try:
-        handler.stream.write("".join(lines))
-        handler.flush()
-    except RecursionError:
-        raise
-    except Exception:
-        handler.handleError(wanted[-1])
-    finally:
-        handler.release()
+            assert isinstance(record, logging.LogRecord)
+            for handler in self._handlers:
+                if record.levelno >= handler.level:
+                    try:
+                        handler.handle(record)
+                    except Exception:  # a handler's bug must not end the writing
+                        handler.handleError(record)
 
 
 def write_in_background(logger: logging.Logger) -> LogWriter | None:

@@ -109,32 +109,6 @@ def test_every_line_comes_out_in_each_threads_order_and_stop_writes_what_is_queu
     assert stream.getvalue().endswith("after\n")
 
 
-def test_lines_queued_while_the_writer_writes_go_out_in_one_write(
-    logger: logging.Logger,
-) -> None:
-    """On a busy process the writer falls behind; what queued meanwhile is one write (one
-    system call), not one a line, and still every line in order."""
-    stream = StalledStream()
-    writes: list[str] = []
-    original = stream.write
-
-    def counted(text: str) -> int:
-        writes.append(text)
-        return original(text)
-
-    stream.write = counted  # type: ignore[method-assign]
-    logger.addHandler(logging.StreamHandler(stream))
-    writer = LogWriter(logger)
-    writer.start()
-    _log_on_a_thread(logger, "first").join(10)
-    assert stream.write_started.wait(10)  # the writer is in its first write
-    _log_on_a_thread(logger, *(f"line {i}" for i in range(50))).join(10)
-    stream.resume.set()
-    writer.stop()
-    assert stream.getvalue().splitlines() == ["first", *(f"line {i}" for i in range(50))]
-    assert len(writes) == 2, [text.count("\n") for text in writes]
-
-
 def test_a_record_reads_as_it_was_when_logged(logger: logging.Logger) -> None:
     stream = StalledStream()
     logger.addHandler(logging.StreamHandler(stream))
