@@ -51,7 +51,7 @@ import psycopg
 import redis
 from celery import Celery
 
-from benchmarks.procstat import CpuMeter, cpu_seconds, peak_rss_mb
+from benchmarks.procstat import CpuMeter, cpu_seconds, machine_ticks, peak_rss_mb
 from benchmarks.raw_client import steady_throughput
 
 ADMIN_DSN = os.environ.get("EZQ_BENCH_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -457,9 +457,11 @@ def run_paced(
     secret: str,
     *,
     results: bool = False,
+    processes: int = 1,
 ) -> dict[str, float]:
-    """Jobs at a steady ``rate``, every fourth with a webhook, to a worker just started:
-    the latency percentiles over ``seconds`` after its first ``START_S``, and over those."""
+    """Jobs at a steady ``rate``, every fourth with a webhook, to ``processes`` workers
+    just started (32 threads in all): the latency percentiles over ``seconds`` after their
+    first ``START_S``, and over those."""
     from service.webhooks.testing import Receiver
 
     queue = env["EZQ_QUEUE"]
@@ -469,20 +471,30 @@ def run_paced(
     jobs = starting + max(int(rate * seconds), 20)
     sent: dict[str, tuple[int, float]] = {}
     sending: list[float] = []  # how long the producer's send_task took, per steady job
-    with Receiver([secret]) as receiver, worker_running(env, 32):
+    with Receiver([secret]) as receiver, worker_running(env, 32, processes) as workers:
         gateway.latency(0, 1)
         callback = receiver.url("/hook")
+
+        def workers_cpu() -> float:
+            return sum(cpu_seconds(w.proc.pid) for w in workers)
+
+        # What the worker and the machine spent over the steady jobs: the latency of a
+        # process near its core's limit is its queue's, not its path's.
+        load_from = load_to = (0.0, 0.0, (0, 0))
         begin = time.perf_counter()
         for i in range(jobs):
             pause = begin + i / rate - time.perf_counter()
             if pause > 0:
                 time.sleep(pause)
+            if i == starting:
+                load_from = (time.perf_counter(), workers_cpu(), machine_ticks())
             at = time.time()
             # A webhook delivery is a task of its own: on every job it would add load.
             extra = {"callback_url": callback} if i % 4 == 0 else {}
             sent[_send(app, queue, tenant, f"paced job {i}", results=results, **extra)] = (i, at)
             if i >= starting:
                 sending.append((time.time() - at) * 1e3)
+        load_to = (time.perf_counter(), workers_cpu(), machine_ticks())
         _wait_done(conn, tenant, jobs, lambda: None, timeout=300)
         receiver.wait_for(len(range(0, jobs, 4)), "/hook", timeout=120)
         hooks = _receiver_times(receiver)
@@ -509,9 +521,16 @@ def run_paced(
     to_hook = sorted(
         (hooks[j] - finished[j]) * 1e3 for j, (i, _) in steady if i >= starting and j in hooks
     )
+    window_s = load_to[0] - load_from[0]
+    busy, total = (to - since for to, since in zip(load_to[2], load_from[2], strict=True))
     return {
         "rate": rate,
         "jobs": jobs - starting,
+        "worker_cores": (load_to[1] - load_from[1]) / window_s,
+        "worker_cpu_ms": (load_to[1] - load_from[1]) * 1e3 / (jobs - starting),
+        "machine_busy": busy / total if total else 0.0,
+        "cores": float(os.cpu_count() or 1),
+        "processes": float(processes),
         "first_byte_p50": statistics.median(to_gateway),
         "first_byte_p99": _percentile(to_gateway, 0.99),
         "to_claim_p50": statistics.median(to_claim),
@@ -522,6 +541,10 @@ def run_paced(
         "start_p50": statistics.median(at_start) if at_start else 0.0,
         "start_p99": _percentile(at_start, 0.99) if at_start else 0.0,
     }
+
+
+def _workers(processes: int) -> str:
+    return "the worker" if processes == 1 else f"the {processes} workers"
 
 
 def _print(
@@ -599,8 +622,15 @@ def _print(
             f" -> first gateway byte p50 {paced['claim_to_first_byte_p50']:.1f} ms"
         )
         print(
-            f"  (the {paced['start_jobs']:.0f} jobs of the worker's first {START_S:g} s before"
-            f" them: enqueue -> first gateway byte p50 {paced['start_p50']:.1f} ms,"
+            f"  while they were sent {_workers(int(paced['processes']))} used"
+            f" {paced['worker_cores']:.2f} of a core"
+            f" ({paced['worker_cpu_ms']:.2f} ms of CPU a job, a quarter of them with a webhook"
+            f" to deliver) and the machine's {paced['cores']:.0f} cores were"
+            f" {paced['machine_busy']:.0%} busy"
+        )
+        print(
+            f"  (the {paced['start_jobs']:.0f} jobs of the first {START_S:g} s after the start,"
+            f" before them: enqueue -> first gateway byte p50 {paced['start_p50']:.1f} ms,"
             f" p99 {paced['start_p99']:.1f} ms)"
         )
 
@@ -621,8 +651,8 @@ def main() -> None:
         "--workers",
         type=int,
         default=1,
-        help="worker processes sharing a row's calls in flight (default 1; the paced run"
-        " always has one); worker CPU is their sum, RSS the largest",
+        help="worker processes sharing a row's calls in flight, and the paced run's 32"
+        " threads (default 1); worker CPU is their sum, RSS the largest",
     )
     parser.add_argument(
         "--paced", type=float, default=None, help="seconds of the half-saturation run (0: none)"
@@ -728,7 +758,14 @@ def main() -> None:
                     rate = saturated.ezq["per_s"] / 2
                 if paced_s > 0 and rate is not None:
                     paced = run_paced(
-                        rate, paced_s, gateway, env, conn, secret, results=args.results
+                        rate,
+                        paced_s,
+                        gateway,
+                        env,
+                        conn,
+                        secret,
+                        results=args.results,
+                        processes=args.workers,
                     )
     finally:
         gateway.stop()

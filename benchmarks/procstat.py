@@ -24,6 +24,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def machine_ticks() -> tuple[int, int]:
+    """The machine's (busy, total) CPU ticks so far, over all cores (``/proc/stat``)."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
 def peak_rss_mb(pid: int) -> float:
     """The process's high-water resident set size (VmHWM), in MB."""
     try:

@@ -1,10 +1,14 @@
 """The load benchmark's steady-window arithmetic (``benchmarks.raw_client``), which both
-its raw-client and its ezq figures go through under ``--steady``."""
+its raw-client and its ezq figures go through under ``--steady``, and the machine's load
+that its paced run reports (``benchmarks.procstat``)."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
+from benchmarks.procstat import machine_ticks
 from benchmarks.raw_client import steady_throughput
 
 
@@ -18,3 +22,14 @@ def test_counts_only_the_ends_inside_the_window_per_second() -> None:
 def test_an_empty_window_is_refused_with_what_to_change() -> None:
     with pytest.raises(ValueError, match="more jobs or a shorter --settle"):
         steady_throughput([1.0, 2.0], (7.0, 5.0))
+
+
+def test_the_machines_busy_ticks_grow_while_a_core_spins_and_stay_within_its_total() -> None:
+    busy, total = machine_ticks()
+    deadline = time.monotonic() + 30
+    # This process keeps a core busy until the kernel has counted some of it.
+    while machine_ticks()[0] < busy + 10:
+        assert time.monotonic() < deadline, "no busy tick counted in 30 s of spinning"
+    busy_after, total_after = machine_ticks()
+    assert busy_after - busy <= total_after - total
+    assert 0 < busy_after <= total_after
