@@ -480,7 +480,7 @@ def run_paced(
 
         # What the worker and the machine spent over the steady jobs: the latency of a
         # process near its core's limit is its queue's, not its path's.
-        load_from = load_to = (0.0, 0.0, (0, 0))
+        load_from = (0.0, 0.0, (0, 0))
         begin = time.perf_counter()
         for i in range(jobs):
             pause = begin + i / rate - time.perf_counter()
@@ -529,8 +529,6 @@ def run_paced(
         "worker_cores": (load_to[1] - load_from[1]) / window_s,
         "worker_cpu_ms": (load_to[1] - load_from[1]) * 1e3 / (jobs - starting),
         "machine_busy": busy / total if total else 0.0,
-        "cores": float(os.cpu_count() or 1),
-        "processes": float(processes),
         "first_byte_p50": statistics.median(to_gateway),
         "first_byte_p99": _percentile(to_gateway, 0.99),
         "to_claim_p50": statistics.median(to_claim),
@@ -622,10 +620,10 @@ def _print(
             f" -> first gateway byte p50 {paced['claim_to_first_byte_p50']:.1f} ms"
         )
         print(
-            f"  while they were sent {_workers(int(paced['processes']))} used"
+            f"  while they were sent {_workers(processes)} used"
             f" {paced['worker_cores']:.2f} of a core"
             f" ({paced['worker_cpu_ms']:.2f} ms of CPU a job, a quarter of them with a webhook"
-            f" to deliver) and the machine's {paced['cores']:.0f} cores were"
+            f" to deliver) and the machine's {os.cpu_count()} cores were"
             f" {paced['machine_busy']:.0%} busy"
         )
         print(

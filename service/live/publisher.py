@@ -104,7 +104,7 @@ class LiveAttempt:
     def delta_entry(self, ttl: int) -> Entry | None:
         """What arrived since the last drain, as the stream entry to add (with ``ttl`` set
         on the stream's first write); None if nothing did."""
-        if not self.pending:  # at most flushes, most attempts still wait for a first token
+        if not self.pending:  # in most flushes: most attempts still wait for a first token
             return None
         data = self.drain()
         if data is None:
