@@ -106,6 +106,7 @@ class Settings(BaseSettings):
     ezq_webhook_max_response_bytes: int = Field(
         default=c.WEBHOOK_MAX_RESPONSE_BYTES, ge=0, le=1_000_000
     )
+    ezq_webhook_threads: int = Field(default=c.WEBHOOK_LOCAL_THREADS, ge=0, le=64)
 
     @field_validator("ezrouter_base_url")
     @classmethod

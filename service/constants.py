@@ -134,6 +134,8 @@ WEBHOOK_RETRY_JITTER: Final = 0.2  # each delay is scaled by a random factor in 
 WEBHOOK_RETRY_AFTER_MAX_S: Final = 36000.0  # a receiver's Retry-After is honoured up to this
 WEBHOOK_MAX_RESPONSE_BYTES: Final = 4_096  # of the receiver's answer, read and kept as error
 WEBHOOK_MAX_URL_LENGTH: Final = 2_048
+# Threads of a worker process that make the first attempt of its jobs' webhooks.
+WEBHOOK_LOCAL_THREADS: Final = 4
 WEBHOOK_SECRET_MIN_BYTES: Final = 24  # Standard Webhooks: 24 to 64 random bytes
 # Retries due within this long are published with a countdown; later ones wait in the
 # database for the sweep, because ETA messages sit in worker memory and the broker

@@ -112,6 +112,20 @@ def wait_for_delivery(job_id: object, timeout: float = 15.0) -> dict[str, Any]:
         time.sleep(0.05)
 
 
+def stored_job(prompt: str, url: str) -> uuid.UUID:
+    """A job written straight to the database, for a test to run in this process."""
+    from service.db import queries
+    from service.db.session import transaction
+    from service.validation import validate_request
+
+    request = validate_request(
+        model=MODEL, messages=[{"role": "user", "content": prompt}], callback_url=url
+    )
+    with transaction() as session:
+        job_id, _ = queries.create_job(session, request)
+    return job_id
+
+
 def attempts_of(delivery_id: object) -> list[tuple[Any, ...]]:
     return sql(
         "SELECT attempt, status_code, error, duration_ms, finished_at IS NOT NULL"
@@ -370,20 +384,12 @@ def test_worker_killed_between_commit_and_publish_still_delivers(
     receiver: Receiver, fake_gateway: Any
 ) -> None:
     """The delivery row commits with the job's final status; the sweep sends it later."""
-    from service.db import queries
     from service.db.session import transaction
     from service.gateway import GatewayClient
-    from service.validation import validate_request
     from service.worker.runner import run_job
 
     hook = path()
-    request = validate_request(
-        model=MODEL,
-        messages=[{"role": "user", "content": "killed"}],
-        callback_url=receiver.url(hook),
-    )
-    with transaction() as session:
-        job_id, _ = queries.create_job(session, request)
+    job_id = stored_job("killed", receiver.url(hook))
 
     def die(_: list[uuid.UUID]) -> None:
         raise WorkerKilled
@@ -421,6 +427,46 @@ def test_worker_killed_between_commit_and_publish_still_delivers(
     assert got.verified_by == (0,)
     assert got.event["data"]["job_id"] == str(job_id)
     assert wait_for_delivery(job_id)["status"] == "delivered"
+
+
+def test_a_workers_first_attempt_is_made_in_its_process_without_a_message(
+    receiver: Receiver, fake_gateway: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the commit that ends the job, its delivery goes to the process's delivery
+    threads (``deliver_committed``, what the worker's task passes): delivered, one attempt,
+    and no ``ezq.deliver_webhook`` message published."""
+    from service.gateway import GatewayClient
+    from service.webhooks import tasks as webhook_tasks
+    from service.worker.runner import run_job
+
+    use_producer_env(monkeypatch, WEBHOOK_ALLOWED_NETWORKS="127.0.0.0/8")
+    published: list[uuid.UUID] = []
+    monkeypatch.setattr(
+        webhook_tasks,
+        "publish_delivery",
+        lambda delivery_id, countdown=None: published.append(delivery_id),
+    )
+    hook = path()
+    job_id = stored_job("in process", receiver.url(hook))
+
+    client = GatewayClient(get_settings())
+    try:
+        run_job(
+            job_id,
+            gateway=client,
+            settings=get_settings(),
+            publish=lambda _: None,
+            publish_webhooks=webhook_tasks.deliver_committed,
+        )
+    finally:
+        client.close()
+
+    (got,) = receiver.wait_for(1, hook)
+    assert got.verified_by == (0,)
+    assert got.event["data"]["job_id"] == str(job_id)
+    delivery = wait_for_delivery(job_id)
+    assert (delivery["status"], delivery["attempts"]) == ("delivered", 1)
+    assert published == []
 
 
 # --- security ------------------------------------------------------------------------

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from typing import Any
 
 from celery import Task
+from celery.signals import worker_shutdown
 
 from service import constants as c
 from service import metrics
@@ -15,6 +17,7 @@ from service.db.session import UNAVAILABLE, transaction, unavailable_because
 from service.errors import ConfigError, EzqCallerError
 from service.webhooks import outbox
 from service.webhooks.delivery import deliver
+from service.webhooks.local import LocalDeliveries
 from service.worker.app import app
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,53 @@ def publish_deliveries(delivery_ids: list[uuid.UUID]) -> None:
             publish_delivery(delivery_id)
         except Exception:  # the row is committed: the sweep publishes it later
             log.warning("[webhook=%s] could not publish; the sweep will", delivery_id)
+
+
+def deliver_here(delivery_id: uuid.UUID) -> None:
+    """A delivery's first attempt in this worker process (``LocalDeliveries``); what it
+    cannot decide now goes on as a message, as a delivery task's attempt would."""
+    try:
+        outcome = deliver(delivery_id, settings=get_settings(), publish=publish_delivery)
+    except UNAVAILABLE as exc:
+        log.warning(
+            "[webhook=%s] database unavailable, retrying: %s", delivery_id, unavailable_because(exc)
+        )
+        try:
+            publish_delivery(delivery_id, countdown=5.0)
+        except Exception:  # its row is committed: the sweep publishes it
+            log.warning("[webhook=%s] could not publish; the sweep will", delivery_id)
+        return
+    except ConfigError as exc:  # recorded on the delivery's row; it waits for the setting
+        log.error("[webhook=%s] %s", delivery_id, exc)
+        return
+    metrics.webhook_delivery(outcome.status)
+
+
+_local: LocalDeliveries | None = None
+_local_lock = threading.Lock()
+
+
+def deliver_committed(delivery_ids: list[uuid.UUID]) -> None:
+    """A worker's way to send the deliveries its commit just wrote: attempted in this
+    process by ``EZQ_WEBHOOK_THREADS`` threads, or published when they cannot take them."""
+    global _local
+    if _local is None:
+        with _local_lock:
+            if _local is None:
+                _local = LocalDeliveries(
+                    get_settings().ezq_webhook_threads,
+                    deliver_one=deliver_here,
+                    publish=publish_deliveries,
+                )
+    _local.submit(delivery_ids)
+
+
+@worker_shutdown.connect
+def _close_local_deliveries(**_: Any) -> None:
+    # After the pool has stopped: no job hands over more. What waits is published; an
+    # attempt under way gets its deadline to end (past it, its lease and the sweep).
+    if _local is not None:
+        _local.close(timeout=get_settings().ezq_webhook_timeout)
 
 
 def republish_due_deliveries(*, grace_seconds: float = c.WEBHOOK_SWEEP_GRACE_S) -> int:

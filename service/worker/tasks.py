@@ -29,7 +29,7 @@ from service.live import publisher as live_publisher
 from service.logsetup import install_redaction, receipts_at_debug_only
 from service.logwriter import write_in_background
 from service.validation import CompletionRequest, validate_request
-from service.webhooks.tasks import publish_deliveries
+from service.webhooks.tasks import deliver_committed
 from service.worker import maintenance
 from service.worker.app import app
 from service.worker.deadletter import set_aside
@@ -214,7 +214,7 @@ def _run(task: Task, job_id: uuid.UUID, first_turn: CompletionRequest | None) ->
             settings=get_settings(),
             publish=_publish_one,
             deliveries=task.request.retries,
-            publish_webhooks=publish_deliveries,
+            publish_webhooks=deliver_committed,
             holder=maintenance.identity.id,
             active=maintenance.active_jobs,
             # A producer waiting on this message's result must get its own job's result:
