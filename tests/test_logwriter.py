@@ -109,6 +109,28 @@ def test_every_line_comes_out_in_each_threads_order_and_stop_writes_what_is_queu
     assert stream.getvalue().endswith("after\n")
 
 
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_lines_logged_together_are_written_together(logger: logging.Logger) -> None:
+    """A moment's lines reach the destination in a write or two, not one write each."""
+    stream = CountingStream()
+    logger.addHandler(logging.StreamHandler(stream))
+    writer = LogWriter(logger)
+    writer.start()
+    _log_on_a_thread(logger, *(f"line {i}" for i in range(200))).join(10)
+    writer.stop()
+    assert stream.getvalue().splitlines() == [f"line {i}" for i in range(200)]
+    assert stream.writes < 20, stream.writes
+
+
 def test_a_record_reads_as_it_was_when_logged(logger: logging.Logger) -> None:
     stream = StalledStream()
     logger.addHandler(logging.StreamHandler(stream))
