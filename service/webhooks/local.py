@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 
@@ -63,7 +64,8 @@ class LocalDeliveries:
             self._publish(spill)
 
     def close(self, timeout: float) -> None:
-        """Take no more; publish what waits; give running attempts ``timeout`` seconds."""
+        """Take no more; publish what waits; give the running attempts ``timeout`` seconds
+        between them."""
         with self._cond:
             self._closed = True
             left = list(self._waiting)
@@ -75,8 +77,9 @@ class LocalDeliveries:
                 self._publish(left)
             except Exception:  # their rows are committed: the sweep publishes them
                 log.warning("could not publish %d waiting webhook deliveries", len(left))
+        deadline = time.monotonic() + timeout
         for thread in threads:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _start(self) -> None:
         for n in range(self._threads_wanted):
