@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import atexit
 import copy
-import io
 import logging
+import logging.handlers
 import queue
 import threading
 import time
@@ -121,7 +121,11 @@ class LogWriter:
             records = [r for r in batch if isinstance(r, logging.LogRecord)]
             for handler in self._handlers:
                 wanted = [r for r in records if r.levelno >= handler.level]
-                if isinstance(handler, logging.StreamHandler) and len(wanted) > 1:
+                if (
+                    isinstance(handler, logging.StreamHandler)
+                    and type(handler) in _STREAMS
+                    and len(wanted) > 1
+                ):
                     _write_together(handler, wanted)
                 else:
                     for record in wanted:
@@ -137,29 +141,40 @@ def _handle(handler: logging.Handler, record: logging.LogRecord) -> None:
         handler.handleError(record)
 
 
+# Handlers whose emit is "format, write to ``stream``, flush" (the file ones reopen or open
+# their file first): their lines can be formatted apart and written in one go.
+_STREAMS = (logging.StreamHandler, logging.FileHandler, logging.handlers.WatchedFileHandler)
+
+
 def _write_together(
     handler: logging.StreamHandler,  # type: ignore[type-arg]
     records: list[logging.LogRecord],
 ) -> None:
-    """The records through ``handler`` (its filters and formatter), in one write to its
-    stream: formatted into a buffer that stands in for the stream meanwhile."""
-    buffer = io.StringIO()
-    handler.acquire()  # re-entrant: ``handle`` takes it again for each record
-    try:
-        stream = handler.stream
-        handler.stream = buffer
+    """The records through ``handler``'s filters and formatter, as its ``emit`` would,
+    then to its stream in one write."""
+    lines: list[str] = []
+    for record in records:
         try:
-            for record in records:
-                _handle(handler, record)
-        finally:
-            handler.stream = stream
-        text = buffer.getvalue()
-        if text:
-            try:
-                stream.write(text)
-                stream.flush()
-            except Exception:
-                handler.handleError(records[-1])
+            kept = handler.filter(record)
+            if not kept:
+                continue
+            if isinstance(kept, logging.LogRecord):  # Python 3.12: a filter may replace it
+                record = kept
+            lines.append(handler.format(record) + handler.terminator)
+        except Exception:
+            handler.handleError(record)
+    if not lines:
+        return
+    handler.acquire()
+    try:
+        if isinstance(handler, logging.handlers.WatchedFileHandler):
+            handler.reopenIfNeeded()  # the file was rotated: write to the new one
+        if handler.stream is None and isinstance(handler, logging.FileHandler):
+            handler.stream = handler._open()  # opened on its first line (``delay``)
+        handler.stream.write("".join(lines))
+        handler.flush()
+    except Exception:
+        handler.handleError(records[-1])
     finally:
         handler.release()
 

@@ -7,6 +7,7 @@ import fcntl
 import io
 import json
 import logging
+import logging.handlers
 import os
 import re
 import select
@@ -129,6 +130,29 @@ def test_lines_logged_together_are_written_together(logger: logging.Logger) -> N
     writer.stop()
     assert stream.getvalue().splitlines() == [f"line {i}" for i in range(200)]
     assert stream.writes < 20, stream.writes
+
+
+def test_a_rotated_log_file_is_reopened_and_lines_written_together_go_to_the_new_one(
+    logger: logging.Logger, tmp_path: Any
+) -> None:
+    """Celery's ``--logfile`` handler (``WatchedFileHandler``): once the file is moved
+    away, as logrotate does, the next lines go to a new file of that name."""
+    path = tmp_path / "worker.log"
+    handler = logging.handlers.WatchedFileHandler(path, encoding="utf-8")
+    logger.addHandler(handler)
+    writer = LogWriter(logger)
+    writer.start()
+    _log_on_a_thread(logger, "before 1", "before 2").join(10)
+    deadline = time.monotonic() + 10
+    while path.read_text() != "before 1\nbefore 2\n":
+        assert time.monotonic() < deadline, path.read_text()
+        time.sleep(0.01)
+    path.rename(tmp_path / "worker.log.1")
+    _log_on_a_thread(logger, "after 1", "after 2").join(10)
+    writer.stop()
+    handler.close()
+    assert (tmp_path / "worker.log.1").read_text() == "before 1\nbefore 2\n"
+    assert path.read_text() == "after 1\nafter 2\n"
 
 
 def test_a_record_reads_as_it_was_when_logged(logger: logging.Logger) -> None:
