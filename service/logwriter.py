@@ -14,8 +14,9 @@ in the queue, up to ``capacity`` of them, and only then does a thread that logs 
 Records still queued when the process is killed outright are lost; ``stop`` (at exit)
 writes what is queued first.
 
-The writer wakes for a line, lets the lines of the next ``LINGER_S`` gather, and writes
-them to each stream in one write: at a few hundred jobs a second a worker logs a line
+The writer wakes for a line, lets the lines of the next ``LINGER_S`` gather (unless one of
+them is a WARNING or worse: a problem reaches the log at once, with the lines before it),
+and writes them to each stream in one write: at a few hundred jobs a second a worker logs a line
 every couple of milliseconds, and waking a thread (and handing it the GIL) for every one
 of them, then a write call each, costs the jobs' threads more than the writing itself.
 
@@ -33,21 +34,22 @@ import logging
 import logging.handlers
 import queue
 import threading
-import time
 
 _STOP = object()
-# How long the writer lets lines gather once one has come, before writing them together:
-# how late a line may be in the log, and what keeps it at a few writes a second.
-LINGER_S = 0.05
+# How long the writer lets lines below WARNING gather once one has come, before writing
+# them together: how late such a line may be in the log, and what keeps a busy worker's
+# log at a few dozen writes a second. A WARNING or worse is written at once.
+LINGER_S = 0.02
 _TRACEBACKS = logging.Formatter()
 
 
 class _Enqueue(logging.Handler):
     """The logger's one handler while its writer runs: queues a copy of each record."""
 
-    def __init__(self, records: queue.Queue[object]) -> None:
+    def __init__(self, records: queue.Queue[object], urgent: threading.Event) -> None:
         super().__init__()
         self._records = records
+        self._urgent = urgent
 
     def handle(self, record: logging.LogRecord) -> bool:
         # No lock: the queue has its own, never held across I/O.
@@ -57,6 +59,8 @@ class _Enqueue(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self._records.put(_frozen(record))
+            if record.levelno >= logging.WARNING:
+                self._urgent.set()  # a problem is written at once, with what came before
         except Exception:
             self.handleError(record)
 
@@ -83,6 +87,7 @@ class LogWriter:
     ) -> None:
         self.logger = logger
         self._linger = linger
+        self._urgent = threading.Event()
         self._records: queue.Queue[object] = queue.Queue(maxsize=capacity)
         self._handlers: list[logging.Handler] = []
         self._thread: threading.Thread | None = None
@@ -92,7 +97,7 @@ class LogWriter:
         self._thread = threading.Thread(target=self._write, name="log-writer", daemon=True)
         self._thread.start()
         # One assignment: a record being logged meanwhile sees either list, never neither.
-        self.logger.handlers = [_Enqueue(self._records)]
+        self.logger.handlers = [_Enqueue(self._records, self._urgent)]
 
     def stop(self, timeout: float = 5.0) -> None:
         """Give the logger its handlers back and write what is queued (for up to
@@ -112,7 +117,8 @@ class LogWriter:
         while True:
             batch = [self._records.get()]
             if batch[0] is not _STOP and self._linger > 0:
-                time.sleep(self._linger)
+                self._urgent.wait(self._linger)
+            self._urgent.clear()
             while True:
                 try:
                     batch.append(self._records.get_nowait())

@@ -132,6 +132,22 @@ def test_lines_logged_together_are_written_together(logger: logging.Logger) -> N
     assert stream.writes < 20, stream.writes
 
 
+def test_a_warning_is_written_at_once_with_the_lines_before_it(logger: logging.Logger) -> None:
+    """Lines below WARNING may wait for the writer's linger (here a minute); a WARNING
+    does not, nor do the lines queued before it."""
+    stream = io.StringIO()
+    logger.addHandler(logging.StreamHandler(stream))
+    writer = LogWriter(logger, linger=60.0)
+    writer.start()
+    logger.info("routine")
+    logger.warning("a problem")
+    deadline = time.monotonic() + 10
+    while stream.getvalue() != "routine\na problem\n":
+        assert time.monotonic() < deadline, stream.getvalue()
+        time.sleep(0.01)
+    writer.stop()
+
+
 def test_a_rotated_log_file_is_reopened_and_lines_written_together_go_to_the_new_one(
     logger: logging.Logger, tmp_path: Any
 ) -> None:
