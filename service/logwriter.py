@@ -130,6 +130,7 @@ class LogWriter:
                 if (
                     isinstance(handler, logging.StreamHandler)
                     and type(handler) in _STREAMS
+                    and handler.stream is not None  # a file not opened yet (``delay``)
                     and len(wanted) > 1
                 ):
                     _write_together(handler, wanted)
@@ -147,8 +148,8 @@ def _handle(handler: logging.Handler, record: logging.LogRecord) -> None:
         handler.handleError(record)
 
 
-# Handlers whose emit is "format, write to ``stream``, flush" (the file ones reopen or open
-# their file first): their lines can be formatted apart and written in one go.
+# Handlers whose emit is "format, write to ``stream``, flush" (a rotated file reopened
+# first): their lines can be formatted apart and written in one go.
 _STREAMS = (logging.StreamHandler, logging.FileHandler, logging.handlers.WatchedFileHandler)
 
 
@@ -175,8 +176,6 @@ def _write_together(
     try:
         if isinstance(handler, logging.handlers.WatchedFileHandler):
             handler.reopenIfNeeded()  # the file was rotated: write to the new one
-        if handler.stream is None and isinstance(handler, logging.FileHandler):
-            handler.stream = handler._open()  # opened on its first line (``delay``)
         handler.stream.write("".join(lines))
         handler.flush()
     except Exception:

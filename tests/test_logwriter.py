@@ -110,6 +110,35 @@ def test_every_line_comes_out_in_each_threads_order_and_stop_writes_what_is_queu
     assert stream.getvalue().endswith("after\n")
 
 
+class Watched:
+    """A stream wrapped so that a test can wait until some text has been written to it."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.text = ""
+        self.written = threading.Condition()
+
+    def write(self, text: str) -> int:
+        count = int(self.inner.write(text))
+        with self.written:
+            self.text += text
+            self.written.notify_all()
+        return count
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def fileno(self) -> int:
+        return int(self.inner.fileno())
+
+    def wait_for(self, text: str, timeout: float = 10.0) -> None:
+        with self.written:
+            assert self.written.wait_for(lambda: self.text == text, timeout), self.text
+
+
 class CountingStream(io.StringIO):
     def __init__(self) -> None:
         super().__init__()
@@ -135,16 +164,13 @@ def test_lines_logged_together_are_written_together(logger: logging.Logger) -> N
 def test_a_warning_is_written_at_once_with_the_lines_before_it(logger: logging.Logger) -> None:
     """Lines below WARNING may wait for the writer's linger (here a minute); a WARNING
     does not, nor do the lines queued before it."""
-    stream = io.StringIO()
+    stream = Watched(io.StringIO())
     logger.addHandler(logging.StreamHandler(stream))
     writer = LogWriter(logger, linger=60.0)
     writer.start()
     logger.info("routine")
     logger.warning("a problem")
-    deadline = time.monotonic() + 10
-    while stream.getvalue() != "routine\na problem\n":
-        assert time.monotonic() < deadline, stream.getvalue()
-        time.sleep(0.01)
+    stream.wait_for("routine\na problem\n")
     writer.stop()
 
 
@@ -155,14 +181,13 @@ def test_a_rotated_log_file_is_reopened_and_lines_written_together_go_to_the_new
     away, as logrotate does, the next lines go to a new file of that name."""
     path = tmp_path / "worker.log"
     handler = logging.handlers.WatchedFileHandler(path, encoding="utf-8")
+    file = Watched(handler.stream)  # until the rotation, which opens a new file
+    handler.stream = file
     logger.addHandler(handler)
     writer = LogWriter(logger)
     writer.start()
     _log_on_a_thread(logger, "before 1", "before 2").join(10)
-    deadline = time.monotonic() + 10
-    while path.read_text() != "before 1\nbefore 2\n":
-        assert time.monotonic() < deadline, path.read_text()
-        time.sleep(0.01)
+    file.wait_for("before 1\nbefore 2\n")
     path.rename(tmp_path / "worker.log.1")
     _log_on_a_thread(logger, "after 1", "after 2").join(10)
     writer.stop()
