@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 import ssl
 import subprocess
@@ -18,7 +19,7 @@ import pytest
 from service.webhooks.retry import AttemptResult
 from service.webhooks.sender import post_event
 from service.webhooks.ssrf import AddressPolicy
-from service.webhooks.testing import Receiver
+from service.webhooks.testing import Answer, Receiver
 from service.webhooks.transport import PinnedTransport
 
 LOOPBACK_ALLOWED = AddressPolicy([ip_network("127.0.0.0/8")])
@@ -308,3 +309,34 @@ def test_a_slow_resolver_cannot_stretch_the_attempt() -> None:
     with pytest.raises(httpcore.ConnectTimeout, match="resolving"):
         backend.connect_tcp("slow.example", 443)
     assert time.monotonic() - start < 1.0
+
+
+@pytest.mark.parametrize(
+    "answer", [Answer(204), Answer(500, body=b"receiver broke")], ids=["delivered", "refused"]
+)
+def test_an_attempt_leaves_nothing_for_the_cyclic_collector(
+    receiver: Receiver, answer: Answer
+) -> None:
+    """A worker collects its young objects after 50,000 of them, and each of those runs
+    holds every thread for tens of milliseconds: an attempt's response, its connection
+    pool and its socket must be freed when the attempt ends, not left in a reference
+    cycle (httpx binds a response and its stream to each other) for that run to find."""
+    path = f"/cycles-{answer.status}"
+    receiver.script(path, answer, answer)
+    url = f"http://hooks.test:{receiver.port}{path}"
+    send(url, LOOPBACK_ALLOWED, Resolver(["127.0.0.1"]))  # imports and caches settle first
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        result = send(url, LOOPBACK_ALLOWED, Resolver(["127.0.0.1"]))
+        gc.collect()
+        left = sorted({type(o).__qualname__ for o in gc.garbage if not isinstance(o, dict)})
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        if enabled:
+            gc.enable()
+    assert result.status_code == answer.status
+    assert left == []
