@@ -312,7 +312,7 @@ def test_a_slow_resolver_cannot_stretch_the_attempt() -> None:
 
 
 @pytest.mark.parametrize(
-    "answer", [Answer(204), Answer(500, body=b"receiver broke")], ids=["delivered", "refused"]
+    "answer", [Answer(204), Answer(500, body=b"receiver broke")], ids=["delivered", "error_answer"]
 )
 def test_an_attempt_leaves_nothing_for_the_cyclic_collector(
     receiver: Receiver, answer: Answer
