@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.backlog_ranking
 	$(BIN)/python -m benchmarks.flow_admission
 	$(BIN)/python -m benchmarks.webhook_delivery
+	$(BIN)/python -m benchmarks.webhook_connections
 	$(BIN)/python -m benchmarks.pipeline
 	$(BIN)/python -m benchmarks.batch
 	$(BIN)/python -m benchmarks.sql_usage

@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
@@ -37,7 +38,7 @@ from benchmarks.statements import count_statements
 ADMIN_DSN = os.environ.get("EZQ_BENCH_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 _RECEIVER = """
-import sys
+import ssl, sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class Handler(BaseHTTPRequestHandler):
@@ -51,19 +52,27 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+if len(sys.argv) > 1:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(sys.argv[1], sys.argv[2])
+    server.socket = context.wrap_socket(server.socket, server_side=True)
 print(server.server_address[1], flush=True)
 server.serve_forever()
 """
 
 
 @contextlib.contextmanager
-def receiver() -> Iterator[str]:
-    """A URL answering 204 to every POST, served by another process."""
-    process = subprocess.Popen([sys.executable, "-c", _RECEIVER], stdout=subprocess.PIPE, text=True)
+def receiver(tls: tuple[Path, Path] | None = None) -> Iterator[str]:
+    """A URL answering 204 to every POST, served by another process (over TLS with
+    ``tls``, a certificate and its key)."""
+    args = [str(tls[0]), str(tls[1])] if tls else []
+    process = subprocess.Popen(
+        [sys.executable, "-c", _RECEIVER, *args], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert process.stdout is not None
         port = int(process.stdout.readline())
-        yield f"http://127.0.0.1:{port}/hook"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}/hook"
     finally:
         process.kill()
         process.wait()

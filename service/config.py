@@ -107,6 +107,7 @@ class Settings(BaseSettings):
         default=c.WEBHOOK_MAX_RESPONSE_BYTES, ge=0, le=1_000_000
     )
     ezq_webhook_threads: int = Field(default=c.WEBHOOK_LOCAL_THREADS, ge=0, le=64)
+    ezq_webhook_keepalive_s: float = Field(default=c.WEBHOOK_KEEPALIVE_S, ge=0, le=60)
 
     @field_validator("ezrouter_base_url")
     @classmethod

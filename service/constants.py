@@ -136,6 +136,10 @@ WEBHOOK_MAX_RESPONSE_BYTES: Final = 4_096  # of the receiver's answer, read and 
 WEBHOOK_MAX_URL_LENGTH: Final = 2_048
 # Threads of a worker process that make the first attempt of its jobs' webhooks.
 WEBHOOK_LOCAL_THREADS: Final = 4
+# How long a connection to a receiver stays open for the next attempt: shorter than the
+# idle timeouts of common servers (gunicorn's 2 s is the shortest), so that a receiver
+# does not close one just as it is reused.
+WEBHOOK_KEEPALIVE_S: Final = 1.0
 WEBHOOK_SECRET_MIN_BYTES: Final = 24  # Standard Webhooks: 24 to 64 random bytes
 # Retries due within this long are published with a countdown; later ones wait in the
 # database for the sweep, because ETA messages sit in worker memory and the broker

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import socket
 import ssl
 import subprocess
@@ -21,6 +20,7 @@ from service.webhooks.sender import post_event
 from service.webhooks.ssrf import AddressPolicy
 from service.webhooks.testing import Answer, Receiver
 from service.webhooks.transport import PinnedTransport
+from tests.cyclic_garbage import left_in_cycles
 
 LOOPBACK_ALLOWED = AddressPolicy([ip_network("127.0.0.0/8")])
 
@@ -325,18 +325,6 @@ def test_an_attempt_leaves_nothing_for_the_cyclic_collector(
     receiver.script(path, answer, answer)
     url = f"http://hooks.test:{receiver.port}{path}"
     send(url, LOOPBACK_ALLOWED, Resolver(["127.0.0.1"]))  # imports and caches settle first
-    gc.collect()
-    enabled = gc.isenabled()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        result = send(url, LOOPBACK_ALLOWED, Resolver(["127.0.0.1"]))
-        gc.collect()
-        left = sorted({type(o).__qualname__ for o in gc.garbage if not isinstance(o, dict)})
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        if enabled:
-            gc.enable()
+    result, left = left_in_cycles(lambda: send(url, LOOPBACK_ALLOWED, Resolver(["127.0.0.1"])))
     assert result.status_code == answer.status
     assert left == []

@@ -102,6 +102,7 @@ def deliver(
         timeout=settings.ezq_webhook_timeout,
         max_response_bytes=settings.ezq_webhook_max_response_bytes,
         resolve=resolve,
+        keepalive_s=settings.ezq_webhook_keepalive_s,
     )
     decision = decide(
         result,

@@ -11,9 +11,10 @@ from collections.abc import Mapping
 import httpx
 
 from service.errors import WebhookTargetRefused
+from service.webhooks.kept import kept_clients, new_client
 from service.webhooks.retry import AttemptResult, parse_retry_after
 from service.webhooks.ssrf import AddressPolicy
-from service.webhooks.transport import PinnedTransport, Resolver, resolve_host
+from service.webhooks.transport import PinnedTransport, Resolver, attempt_within, resolve_host
 
 USER_AGENT = "ezq-webhooks/1"
 
@@ -55,6 +56,39 @@ def _describe(response: httpx.Response, body: bytes) -> str:
     return f"{text}: {excerpt}" if excerpt else text
 
 
+# What a request sent on a kept connection meets when the receiver closed that connection
+# as it was being reused: the connection ended before any answer came.
+_CLOSED_UNDER_US = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+
+class _NoAnswer(Exception):
+    """The connection failed before the receiver's answer began (``__cause__``)."""
+
+
+def _attempt(
+    client: httpx.Client,
+    url: str,
+    content: bytes,
+    headers: Mapping[str, str],
+    *,
+    timeout: float,
+    max_response_bytes: int,
+) -> tuple[httpx.Response, bytes]:
+    response: httpx.Response | None = None
+    try:
+        with client.stream(
+            "POST", url, content=content, headers=headers, timeout=timeout
+        ) as response:
+            return response, _read_capped(response, max_response_bytes)
+    except _CLOSED_UNDER_US as exc:
+        if response is None:
+            raise _NoAnswer() from exc
+        raise
+    finally:
+        if response is not None:
+            _unbind(response)
+
+
 def post_event(
     url: str,
     body: str,
@@ -64,8 +98,13 @@ def post_event(
     timeout: float,
     max_response_bytes: int,
     resolve: Resolver = resolve_host,
+    keepalive_s: float = 0.0,
 ) -> AttemptResult:
-    """POST ``body`` to ``url`` once, never following redirects, within ``timeout`` seconds."""
+    """POST ``body`` to ``url`` once, never following redirects, within ``timeout`` seconds.
+
+    With ``keepalive_s``, on a connection kept from an earlier attempt to the same scheme,
+    host and port when one is idle, and the connection is kept for the next one (only
+    with the system's resolver: a scripted one gets a connection of its own)."""
     started = time.monotonic()
 
     def elapsed_ms() -> int:
@@ -77,18 +116,37 @@ def post_event(
         "accept-encoding": "identity",
         **headers,
     }
-    transport = PinnedTransport(policy, timeout=timeout, resolve=resolve)
-    response: httpx.Response | None = None
+    content = body.encode("utf-8")
+
+    def send(client: httpx.Client) -> tuple[httpx.Response, bytes]:
+        return _attempt(
+            client,
+            url,
+            content,
+            request_headers,
+            timeout=timeout,
+            max_response_bytes=max_response_bytes,
+        )
+
     try:
-        with (
-            httpx.Client(
-                transport=transport, timeout=timeout, follow_redirects=False, trust_env=False
-            ) as client,
-            client.stream(
-                "POST", url, content=body.encode("utf-8"), headers=request_headers
-            ) as response,
-        ):
-            answer = _read_capped(response, max_response_bytes)
+        with attempt_within(timeout) as scope:
+            try:
+                if keepalive_s > 0 and resolve is resolve_host:
+                    try:
+                        response, answer = send(kept_clients.get(policy, keepalive_s))
+                    except _NoAnswer:
+                        if scope.opened:
+                            raise
+                        # A kept connection the receiver had closed: it never saw this
+                        # request; it goes again, once, on a connection of its own.
+                        with new_client(PinnedTransport(policy, resolve=resolve)) as client:
+                            response, answer = send(client)
+                else:
+                    with new_client(PinnedTransport(policy, resolve=resolve)) as client:
+                        response, answer = send(client)
+            except _NoAnswer as exc:
+                assert isinstance(exc.__cause__, httpx.HTTPError)
+                raise exc.__cause__ from None
     except WebhookTargetRefused as exc:
         return AttemptResult(None, str(exc), elapsed_ms(), refused=True)
     except httpx.InvalidURL as exc:
@@ -97,9 +155,6 @@ def post_event(
         return AttemptResult(None, f"timeout: {exc or type(exc).__name__}", elapsed_ms())
     except httpx.HTTPError as exc:
         return AttemptResult(None, f"{type(exc).__name__}: {exc}", elapsed_ms())
-    finally:
-        if response is not None:
-            _unbind(response)
     if response.is_success:
         return AttemptResult(response.status_code, None, elapsed_ms())
     return AttemptResult(

@@ -17,6 +17,7 @@ from service.db.session import UNAVAILABLE, transaction, unavailable_because
 from service.errors import ConfigError, EzqCallerError
 from service.webhooks import outbox
 from service.webhooks.delivery import deliver
+from service.webhooks.kept import kept_clients
 from service.webhooks.local import LocalDeliveries
 from service.worker.app import app
 
@@ -87,6 +88,7 @@ def _close_local_deliveries(**_: Any) -> None:
     # attempt under way gets its deadline to end (past it, its lease and the sweep).
     if _local is not None:
         _local.close(timeout=get_settings().ezq_webhook_timeout)
+    kept_clients.close()
 
 
 def republish_due_deliveries(*, grace_seconds: float = c.WEBHOOK_SWEEP_GRACE_S) -> int:

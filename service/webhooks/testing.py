@@ -40,6 +40,8 @@ class Received:
     verified_by: tuple[int, ...]
     event: Any
     at: float
+    # The sender's port: one per connection, so requests on one kept connection share it.
+    peer_port: int = 0
 
     @property
     def webhook_id(self) -> str:
@@ -98,10 +100,14 @@ class Receiver:
                 verified.append(index)
         return tuple(verified), event
 
-    def _record(self, path: str, headers: dict[str, str], body: bytes) -> Answer:
+    def _record(
+        self, path: str, headers: dict[str, str], body: bytes, peer_port: int = 0
+    ) -> Answer:
         verified, event = self._verify(body, headers)
         with self._lock:
-            self._received.append(Received(path, headers, body, verified, event, time.monotonic()))
+            self._received.append(
+                Received(path, headers, body, verified, event, time.monotonic(), peer_port)
+            )
             self._lock.notify_all()
             script = self._scripts[path]
             return script.popleft() if script else Answer()
@@ -110,11 +116,14 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Keeps a connection open for the next request, as receivers do.
+            protocol_version = "HTTP/1.1"
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length)
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                answer = receiver._record(self.path, headers, body)
+                answer = receiver._record(self.path, headers, body, self.client_address[1])
                 time.sleep(answer.delay)
                 with contextlib.suppress(OSError):  # the client may have timed out
                     self.send_response(answer.status)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import contextvars
 import socket
 import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -55,6 +57,39 @@ def _translated() -> Iterator[None]:
         raise
 
 
+@dataclass(slots=True)
+class AttemptScope:
+    """The webhook attempt a thread is making: when it must end, and whether it opened a
+    connection (else it was sent on one kept from an earlier attempt)."""
+
+    deadline: float
+    opened: bool = False
+
+
+_attempt: contextvars.ContextVar[AttemptScope | None] = contextvars.ContextVar(
+    "ezq_webhook_attempt", default=None
+)
+
+
+@contextlib.contextmanager
+def attempt_within(timeout: float) -> Iterator[AttemptScope]:
+    """Make this thread's next requests one attempt that ends ``timeout`` seconds from now.
+
+    A kept connection outlives the attempt that opened it, so its socket reads and writes
+    take the deadline of the attempt using it now, from here."""
+    scope = AttemptScope(time.monotonic() + timeout)
+    token = _attempt.set(scope)
+    try:
+        yield scope
+    finally:
+        _attempt.reset(token)
+
+
+def _current_deadline() -> float | None:
+    scope = _attempt.get()
+    return scope.deadline if scope is not None else None
+
+
 @cache
 def _resolver_pool() -> concurrent.futures.ThreadPoolExecutor:
     return concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="ezq-dns")
@@ -69,15 +104,22 @@ def resolve_host(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
-class _DeadlineStream(httpcore.NetworkStream):
-    """Shortens every socket timeout so that the whole attempt ends by ``deadline``."""
+Deadline = Callable[[], float | None]
 
-    def __init__(self, inner: httpcore.NetworkStream, deadline: float) -> None:
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """Shortens every socket timeout so that the whole attempt ends by its deadline (that
+    of the attempt using the connection now: ``deadline()``; None, no attempt's)."""
+
+    def __init__(self, inner: httpcore.NetworkStream, deadline: Deadline) -> None:
         self._inner = inner
         self._deadline = deadline
 
-    def _timeout(self, timeout: float | None, error: type[Exception]) -> float:
-        left = self._deadline - time.monotonic()
+    def _timeout(self, timeout: float | None, error: type[Exception]) -> float | None:
+        deadline = self._deadline()
+        if deadline is None:
+            return timeout
+        left = deadline - time.monotonic()
         if left <= 0:
             raise error("the webhook attempt's deadline passed")
         return left if timeout is None else min(timeout, left)
@@ -107,13 +149,30 @@ class _DeadlineStream(httpcore.NetworkStream):
 
 
 class GuardedBackend(httpcore.NetworkBackend):
-    """Resolves, checks every address, then connects to a checked one."""
+    """Resolves, checks every address, then connects to a checked one.
 
-    def __init__(self, policy: AddressPolicy, *, deadline: float, resolve: Resolver) -> None:
+    Within ``deadline`` when one is given, else within the deadline of the attempt the
+    connecting thread is making (``attempt_within``)."""
+
+    def __init__(
+        self, policy: AddressPolicy, *, deadline: float | None = None, resolve: Resolver
+    ) -> None:
         self._policy = policy
-        self._deadline = deadline
+        self._fixed_deadline = deadline
         self._resolve = resolve
         self._sockets = httpcore.SyncBackend()
+
+    def _deadline(self) -> float | None:
+        return self._fixed_deadline if self._fixed_deadline is not None else _current_deadline()
+
+    def _left(self) -> float | None:
+        deadline = self._deadline()
+        if deadline is None:
+            return None
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise httpcore.ConnectTimeout("the webhook attempt's deadline passed")
+        return left
 
     def connect_tcp(
         self,
@@ -133,29 +192,30 @@ class GuardedBackend(httpcore.NetworkBackend):
                 raise WebhookTargetRefused(host, address, reason)
         error: Exception = httpcore.ConnectError(f"cannot connect to {host}")
         for address in addresses:
-            left = self._deadline - time.monotonic()
-            if left <= 0:
-                raise httpcore.ConnectTimeout("the webhook attempt's deadline passed")
+            left = self._left()
+            if left is not None:
+                timeout = left if timeout is None else min(timeout, left)
             try:
                 stream = self._sockets.connect_tcp(
                     address,
                     port,
-                    timeout=left if timeout is None else min(timeout, left),
+                    timeout=timeout,
                     local_address=local_address,
                     socket_options=socket_options,
                 )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 error = exc
                 continue
+            scope = _attempt.get()
+            if scope is not None:
+                scope.opened = True
             return _DeadlineStream(stream, self._deadline)
         raise error
 
     def _resolve_in_time(self, host: str, port: int) -> list[str]:
         # getaddrinfo has no timeout of its own; a slow resolver must not stretch the
         # attempt past its deadline (and the delivery's lease), so wait for it in a thread.
-        left = self._deadline - time.monotonic()
-        if left <= 0:
-            raise httpcore.ConnectTimeout("the webhook attempt's deadline passed")
+        left = self._left()
         future = _resolver_pool().submit(self._resolve, host, port)
         try:
             return future.result(timeout=left)
@@ -192,21 +252,34 @@ def _ssl_context() -> ssl.SSLContext:
 
 
 class PinnedTransport(httpx.BaseTransport):
-    """A one-request transport: HTTP/1.1, no retries, connections checked by the policy."""
+    """HTTP/1.1, no retries, connections checked by the policy.
+
+    Each request is one attempt, which ends ``timeout`` seconds after the transport was
+    made or, without ``timeout``, at the deadline of the attempt the sending thread is
+    making (``attempt_within``). With ``kept``, up to that many idle connections are kept
+    for ``keepalive_s`` seconds each for later attempts: a connection stays to the address
+    checked when it was opened, and is reused for the same scheme, host and port only."""
 
     def __init__(
         self,
         policy: AddressPolicy,
         *,
-        timeout: float,
+        timeout: float | None = None,
         resolve: Resolver = resolve_host,
         ssl_context: ssl.SSLContext | None = None,
+        keepalive_s: float = 0.0,
+        kept: int = 0,
     ) -> None:
-        backend = GuardedBackend(policy, deadline=time.monotonic() + timeout, resolve=resolve)
+        deadline = time.monotonic() + timeout if timeout is not None else None
+        backend = GuardedBackend(policy, deadline=deadline, resolve=resolve)
         self._pool = httpcore.ConnectionPool(
             ssl_context=ssl_context or _ssl_context(),
             network_backend=backend,
-            max_connections=1,
+            # One connection at a time for an attempt of its own; as many as the threads
+            # attempting at once for a kept pool (a limit would queue them).
+            max_connections=None if kept else 1,
+            max_keepalive_connections=kept,
+            keepalive_expiry=keepalive_s if kept else None,
             http1=True,
             http2=False,
             retries=0,
