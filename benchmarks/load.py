@@ -17,6 +17,7 @@ received p50.
     python -m benchmarks.load --row 0:64:3000 --repeat 3 --paced 0   # medians of 3 runs
     python -m benchmarks.load --row 5:1000:4000 --raw-async --paced 0   # and the async SDK
     python -m benchmarks.load --row 5:1000:8000 --steady --paced 0   # a steady offered load
+    python -m benchmarks.load --row 0:32:3000 --cpu last   # worker and raw client pinned
 
 All at once (the default), a row's calls start together, so they end together: every 5 s
 the process must finish one thousand calls and start one thousand more, and the raw client
@@ -183,14 +184,18 @@ class Backends:
 class Worker:
     """One ``ezq worker`` process (threads pool, ``concurrency`` threads), logging to a file."""
 
-    def __init__(self, env: dict[str, str], concurrency: int, log: Path, pool: str) -> None:
+    def __init__(
+        self, env: dict[str, str], concurrency: int, log: Path, pool: str, cpu: int | None
+    ) -> None:
         self.log = log
         name = f"bench-{secrets.token_hex(3)}@%h"
         command = [sys.executable, "-m", "service", "worker"]
+        if cpu is not None:
+            command += ["--cpu", str(cpu)]
         if pool != "threads":
             # Celery's own entry point, which monkey-patches before anything is imported.
-            command = [sys.executable, "-m", "celery", "-A", "service.worker.app", "worker"]
-            command += ["-P", pool, "-Q", env["EZQ_QUEUE"], "--loglevel", "INFO"]
+            command = [*_pinned(cpu), sys.executable, "-m", "celery", "-A", "service.worker.app"]
+            command += ["worker", "-P", pool, "-Q", env["EZQ_QUEUE"], "--loglevel", "INFO"]
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
                 [*command, "-c", str(concurrency), "-n", name],
@@ -211,6 +216,22 @@ class Worker:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def _pinned(cpu: int | None) -> list[str]:
+    """A command prefix that runs a process on ``cpu`` only (nothing: not pinned)."""
+    return ["taskset", "--cpu-list", str(cpu)] if cpu is not None else []
+
+
+def worker_cpus(env: dict[str, str], processes: int) -> list[int | None]:
+    """The CPU of each of ``processes`` workers: from the last one this process may use
+    down, one each (``EZQ_BENCH_CPU`` says where the first goes; empty: none pinned)."""
+    first = env.get("EZQ_BENCH_CPU", "")
+    if not first:
+        return [None] * processes
+    cpus = sorted(os.sched_getaffinity(0))
+    start = cpus.index(int(first))
+    return [cpus[(start - i) % len(cpus)] for i in range(processes)]
 
 
 def _producer(queue: str) -> Celery:
@@ -259,15 +280,22 @@ def _wait_done(
 
 
 def run_raw(
-    row: Row, gateway: Gateway, *, use_async: bool = False, steady: bool = False
+    row: Row,
+    gateway: Gateway,
+    *,
+    use_async: bool = False,
+    steady: bool = False,
+    cpu: int | None = None,
 ) -> dict[str, float]:
     """The raw client's run of ``row``: threads, or the async client on one event loop;
-    with ``steady``, calls started at the row's C/L and counted in the steady window."""
+    with ``steady``, calls started at the row's C/L and counted in the steady window; on
+    ``cpu`` only when given, as the (first) worker is."""
     gateway.latency(row.latency, row.jobs + 100)
     gw0 = cpu_seconds(gateway.proc.pid)
     rate = row.ideal if steady else None
     out = subprocess.run(
         [
+            *_pinned(cpu),
             *(sys.executable, "-m", "benchmarks.raw_client", "--url", gateway.url),
             *("--concurrency", str(row.concurrency), "--jobs", str(row.jobs), "--model", MODEL),
             *(("--async",) if use_async else ()),
@@ -296,9 +324,9 @@ def worker_running(
     pool = env.get("EZQ_BENCH_POOL", "threads")
     workers: list[Worker] = []
     try:
-        for i in range(processes):
+        for i, cpu in enumerate(worker_cpus(env, processes)):
             threads = concurrency // processes + (1 if i < concurrency % processes else 0)
-            workers.append(Worker(env, threads, folder / f"worker{i or ''}.log", pool))
+            workers.append(Worker(env, threads, folder / f"worker{i or ''}.log", pool, cpu))
         yield workers
     finally:
         for worker in workers:
@@ -552,10 +580,15 @@ def _print(
     processes: int = 1,
     paced_fixed: bool = False,
     steady: bool = False,
+    pinned: int | None = None,
 ) -> None:
     reply = f"{words}-word replies" if words is not None else "short echo replies"
     who = "One ezq worker process" if processes == 1 else f"{processes} ezq worker processes"
     print(f"\n{who} vs the raw openai client, {reply}, same run")
+    if pinned is not None:
+        print(f"pinned: the (first) worker and the raw client to CPU {pinned}")
+    else:
+        print("not pinned: the worker and the raw client may run on any CPU")
     if steady:
         print(
             "rows with a latency: jobs sent at C/L, throughput = jobs ended per second from"
@@ -653,6 +686,13 @@ def main() -> None:
         " threads (default 1); worker CPU is their sum, RSS the largest",
     )
     parser.add_argument(
+        "--cpu",
+        default="none",
+        help="pin the worker (ezq worker --cpu) and the raw client to this CPU ('last': the"
+        " last one this process may use); with --workers, the next workers go to the CPUs"
+        " below it. Default 'none': neither is pinned, as the issue's table was measured",
+    )
+    parser.add_argument(
         "--paced", type=float, default=None, help="seconds of the half-saturation run (0: none)"
     )
     parser.add_argument(
@@ -691,6 +731,17 @@ def main() -> None:
         " and the ratio's (this machine is shared: one run can be off by a third)",
     )
     args = parser.parse_args()
+    pinned: int | None = None
+    usable = sorted(os.sched_getaffinity(0))
+    if args.cpu == "last":
+        pinned = usable[-1]
+    elif args.cpu != "none":
+        if not args.cpu.isdigit() or int(args.cpu) not in usable:
+            parser.error(
+                f"--cpu {args.cpu}: not a CPU this process may use"
+                f" ({', '.join(map(str, usable))}), 'last' nor 'none'"
+            )
+        pinned = int(args.cpu)
     rows = [Row.parse(s) for s in (args.row or (SMOKE_ROWS if args.smoke else FULL_ROWS))]
     paced_s = args.paced if args.paced is not None else (3.0 if args.smoke else 15.0)
     for row in rows:
@@ -719,6 +770,7 @@ def main() -> None:
                 "WEBHOOK_SECRET": secret,
                 "WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
                 "EZQ_BENCH_POOL": args.pool,
+                "EZQ_BENCH_CPU": "" if pinned is None else str(pinned),
             }
             database = url.rsplit("/", 1)[1]
             with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
@@ -726,9 +778,9 @@ def main() -> None:
                 for row in rows:
                     raws, ezqs = [], []
                     for _ in range(max(1, args.repeat)):
-                        row.raw = run_raw(row, gateway, steady=args.steady)
+                        row.raw = run_raw(row, gateway, steady=args.steady, cpu=pinned)
                         if args.raw_async:
-                            row.raw_async = run_raw(row, gateway, use_async=True)
+                            row.raw_async = run_raw(row, gateway, use_async=True, cpu=pinned)
                         run_ezq(
                             row,
                             gateway,
@@ -774,6 +826,7 @@ def main() -> None:
         args.workers,
         paced_fixed=args.paced_rate is not None,
         steady=args.steady,
+        pinned=pinned,
     )
 
 

@@ -124,13 +124,27 @@ def db_current() -> None:
     show_default=True,
     help="Address for --metrics-port (0.0.0.0 to be scraped from other hosts).",
 )
+@click.option(
+    "--cpu",
+    type=click.IntRange(0),
+    help="Pin the process to this CPU: one worker process per CPU, each on its own"
+    " (env EZQ_WORKER_CPU).",
+)
 @click.pass_context
-def worker(ctx: click.Context, metrics_port: int | None, metrics_host: str) -> None:
+def worker(
+    ctx: click.Context, metrics_port: int | None, metrics_host: str, cpu: int | None
+) -> None:
     """Run a Celery worker (extra arguments go to ``celery worker``, e.g. -c 64)."""
     from service.config import get_settings
+    from service.worker.affinity import pin_to_cpu
     from service.worker.app import app
 
     settings = get_settings()
+    # First, before anything starts a thread: threads inherit their creator's CPUs.
+    if cpu is not None:
+        pin_to_cpu(cpu, setting="--cpu")
+    elif settings.ezq_worker_cpu is not None:
+        pin_to_cpu(settings.ezq_worker_cpu)
     settings.require_api_key()
     _check_schema()
     extra = [a for a in ctx.args if a not in ("-B", "--beat")]

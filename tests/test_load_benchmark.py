@@ -33,3 +33,16 @@ def test_the_machines_busy_ticks_grow_while_a_core_spins_and_stay_within_its_tot
     busy_after, total_after = machine_ticks()
     assert busy_after - busy <= total_after - total
     assert 0 < busy_after <= total_after
+
+
+def test_workers_are_pinned_one_per_cpu_from_the_one_named_down() -> None:
+    import os
+
+    from benchmarks.load import worker_cpus
+
+    cpus = sorted(os.sched_getaffinity(0))
+    assert worker_cpus({"EZQ_BENCH_CPU": ""}, 3) == [None, None, None]
+    last = cpus[-1]
+    expected = [cpus[(len(cpus) - 1 - i) % len(cpus)] for i in range(len(cpus) + 1)]
+    assert worker_cpus({"EZQ_BENCH_CPU": str(last)}, len(cpus) + 1) == expected
+    assert expected[0] == last and expected[len(cpus)] == last  # round the CPUs, then again

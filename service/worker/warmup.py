@@ -21,6 +21,7 @@ from typing import Any
 
 from service.config import get_settings
 from service.db.session import UNAVAILABLE, get_engine, pool_sizes, unavailable_because
+from service.worker.affinity import pinned_cpu
 from service.worker.collector import set_thresholds
 
 log = logging.getLogger(__name__)
@@ -56,10 +57,12 @@ def warm_up(make_gateway: Callable[[], Any]) -> None:
     make_gateway()
     connections = open_database_pool()
     thresholds = set_thresholds(get_settings().ezq_worker_gc_thresholds)
+    cpu = pinned_cpu()
     log.info(
         "warm-up: gateway client built, %d database connections opened in %.0f ms;"
-        " garbage collector thresholds %s",
+        " garbage collector thresholds %s; %s",
         connections,
         (time.perf_counter() - started) * 1e3,
         ",".join(str(t) for t in thresholds),
+        f"pinned to CPU {cpu}" if cpu is not None else "not pinned to a CPU",
     )

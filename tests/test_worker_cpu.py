@@ -1,0 +1,84 @@
+"""``ezq worker --cpu N`` (or ``EZQ_WORKER_CPU``) runs the whole process on one CPU: every
+thread it has and every thread it starts later; a CPU it may not use is refused at start
+with the setting named."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import run_ezq, wait_for_job
+
+MODEL = "deepseek-v4-pro"
+
+
+def _allowed_cpus(pid: int, task: str) -> str:
+    status = Path(f"/proc/{pid}/task/{task}/status").read_text()
+    return next(
+        line.split(":", 1)[1].strip()
+        for line in status.splitlines()
+        if line.startswith("Cpus_allowed_list")
+    )
+
+
+def _threads_cpus(pid: int) -> dict[str, str]:
+    cpus: dict[str, str] = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            cpus[task] = _allowed_cpus(pid, task)
+        except FileNotFoundError:  # a thread that has just ended
+            continue
+    return cpus
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_a_pinned_worker_runs_every_thread_on_its_cpu(
+    how: str, service_env: dict[str, str], worker_factory: Callable[..., Any]
+) -> None:
+    cpu = max(os.sched_getaffinity(0))
+    queue = f"ezq-cpu-{secrets.token_hex(4)}"
+    env = {"EZQ_QUEUE": queue}
+    args: list[str] = []
+    if how == "option":
+        args = ["--cpu", str(cpu)]
+    else:
+        env["EZQ_WORKER_CPU"] = str(cpu)
+    process = worker_factory(env=env, args=args)
+    assert f"pinned to CPU {cpu}" in process.log()
+    # A job, so that the threads started on demand (the job pool's) exist too.
+    out = run_ezq("enqueue", "--model", MODEL, "pinned", env={**service_env, **env})
+    assert out.returncode == 0, out.stderr
+    assert wait_for_job(out.stdout.strip())["status"] == "succeeded"
+    cpus = _threads_cpus(process.proc.pid)
+    # The main thread, those started before the first message (logs, heartbeat, live
+    # tokens), and the job pool's, started for the job.
+    assert len(cpus) >= 4, cpus
+    assert set(cpus.values()) == {str(cpu)}, cpus
+
+
+def test_an_unpinned_worker_says_so(worker: Any) -> None:
+    if len(os.sched_getaffinity(0)) == 1:
+        pytest.skip("this machine gives the tests one CPU: every process is pinned")
+    assert "not pinned to a CPU" in worker.log()
+    assert len(set(_threads_cpus(worker.proc.pid).values())) == 1  # all alike: every CPU
+
+
+def test_a_cpu_the_process_may_not_use_is_refused(service_env: dict[str, str]) -> None:
+    allowed = ", ".join(map(str, sorted(os.sched_getaffinity(0))))
+    missing = str(max(os.sched_getaffinity(0)) + 1000)
+    by_option = run_ezq("worker", "--cpu", missing, env=service_env, timeout=30)
+    assert by_option.returncode != 0
+    assert f"--cpu: CPU {missing} is not one this process may run on ({allowed})" in (
+        by_option.stderr
+    )
+    by_env = run_ezq("worker", env={**service_env, "EZQ_WORKER_CPU": missing}, timeout=30)
+    assert by_env.returncode != 0
+    assert f"EZQ_WORKER_CPU: CPU {missing} is not one" in by_env.stderr
+    negative = run_ezq("worker", env={**service_env, "EZQ_WORKER_CPU": "-1"}, timeout=30)
+    assert negative.returncode != 0
+    assert "EZQ_WORKER_CPU" in negative.stderr
