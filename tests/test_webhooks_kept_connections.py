@@ -221,3 +221,15 @@ def test_an_attempt_on_a_kept_connection_leaves_nothing_for_the_cyclic_collector
     first, second = receiver.received(path)
     assert first.peer_port == second.peer_port, "the second attempt reused the connection"
     assert left == []
+
+
+def test_a_receiver_gone_away_is_not_reached_through_a_kept_connection() -> None:
+    """A kept connection to a receiver that has stopped is not used: the attempt after it
+    finds nobody listening, as it would without keep-alive."""
+    with Receiver([]) as gone:
+        url = gone.url("/gone")
+        assert send(url).status_code == 200
+    result = send(url)
+    assert result.status_code is None
+    assert (result.error or "").startswith("ConnectError"), result.error
+    assert len(gone.received("/gone")) == 1

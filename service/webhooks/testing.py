@@ -8,6 +8,7 @@ answer is taken from a per-path script (default 200), so a test can say "500 twi
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 import time
 from collections import defaultdict, deque
@@ -56,6 +57,7 @@ class Receiver:
         self._lock = threading.Condition()
         self._scripts: dict[str, deque[Answer]] = defaultdict(deque)
         self._received: list[Received] = []
+        self._connections: set[socket.socket] = set()
         self._server = ThreadingHTTPServer((host, port), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -119,6 +121,16 @@ class Receiver:
             # Keeps a connection open for the next request, as receivers do.
             protocol_version = "HTTP/1.1"
 
+            def setup(self) -> None:
+                super().setup()
+                with receiver._lock:
+                    receiver._connections.add(self.connection)
+
+            def finish(self) -> None:
+                with receiver._lock:
+                    receiver._connections.discard(self.connection)
+                super().finish()
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length)
@@ -143,8 +155,15 @@ class Receiver:
         return self
 
     def stop(self) -> None:
+        """Stop listening and close the connections kept open, as a server that goes away
+        does (a sender's kept connection then sees it closed)."""
         self._server.shutdown()
         self._server.server_close()
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
     def __enter__(self) -> Self:
         return self.start()
