@@ -82,10 +82,11 @@ def test_a_kept_connection_does_not_carry_an_attempt_past_another_policy(
 class ScriptedServer:
     """A raw HTTP/1.1 server: ``answer(connection_number, request_number)`` says what each
     request on each connection gets: True a 200 that keeps the connection, False the
-    connection closed without an answer, a float seconds between header lines sent
-    without end (a receiver that trickles)."""
+    connection closed without an answer, bytes those bytes and then the connection
+    closed, a float seconds between header lines sent without end (a receiver that
+    trickles)."""
 
-    def __init__(self, answer: Callable[[int, int], bool | float]) -> None:
+    def __init__(self, answer: Callable[[int, int], bool | bytes | float]) -> None:
         self._answer = answer
         self._server = socket.socket()
         self._server.bind(("127.0.0.1", 0))
@@ -134,6 +135,9 @@ class ScriptedServer:
                     conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
                 elif answer is False:
                     return
+                elif isinstance(answer, bytes):
+                    conn.sendall(answer)
+                    return
                 else:
                     conn.sendall(b"HTTP/1.1 200 OK\r\n")
                     for _ in range(30):
@@ -160,6 +164,33 @@ def test_a_kept_connection_closed_under_its_reuse_is_replaced_within_the_attempt
         assert server.requests == [(1, 1), (1, 2), (2, 1)]
     finally:
         server.close()
+
+
+def test_a_kept_connection_closed_once_the_answer_began_is_not_sent_again() -> None:
+    """The receiver began to answer on the kept connection (it had the request), then
+    closed it: the attempt fails as it is, the request is not sent a second time."""
+    server = ScriptedServer(
+        lambda connection, request: True if request == 1 else b"HTTP/1.1 500 Internal Ser"
+    )
+    try:
+        url = f"http://127.0.0.1:{server.port}/half"
+        assert send(url).status_code == 200
+        second = send(url)
+        assert second.status_code is None
+        assert (second.error or "").startswith("RemoteProtocolError"), second.error
+        assert server.requests == [(1, 1), (1, 2)]
+    finally:
+        server.close()
+
+
+def test_a_cookie_one_receiver_sets_goes_to_no_later_attempt(receiver: Receiver) -> None:
+    """A kept client serves every tenant's receivers: it keeps no cookie."""
+    receiver.script("/tenant-a", Answer(200, headers={"set-cookie": "sid=a-secret; Path=/"}))
+    assert send(receiver.url("/tenant-a")).status_code == 200
+    assert send(receiver.url("/tenant-b")).status_code == 200
+    (later,) = receiver.received("/tenant-b")
+    assert later.peer_port == receiver.received("/tenant-a")[0].peer_port
+    assert "cookie" not in later.headers
 
 
 def test_a_new_connection_closed_without_an_answer_is_not_sent_again() -> None:

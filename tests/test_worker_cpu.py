@@ -26,6 +26,15 @@ def _allowed_cpus(pid: int, task: str) -> str:
     )
 
 
+def _as_list(cpus: str) -> str:
+    """``0-1,3`` as ``0,1,3``."""
+    found: list[int] = []
+    for part in cpus.split(","):
+        low, _, high = part.partition("-")
+        found.extend(range(int(low), int(high or low) + 1))
+    return ",".join(map(str, found))
+
+
 def _threads_cpus(pid: int) -> dict[str, str]:
     cpus: dict[str, str] = {}
     for task in os.listdir(f"/proc/{pid}/task"):
@@ -65,7 +74,9 @@ def test_an_unpinned_worker_says_so(worker: Any) -> None:
     if len(os.sched_getaffinity(0)) == 1:
         pytest.skip("this machine gives the tests one CPU: every process is pinned")
     assert "not pinned to a CPU" in worker.log()
-    assert len(set(_threads_cpus(worker.proc.pid).values())) == 1  # all alike: every CPU
+    everywhere = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    cpus = _threads_cpus(worker.proc.pid)
+    assert {_as_list(v) for v in cpus.values()} == {everywhere}, cpus
 
 
 def test_a_cpu_the_process_may_not_use_is_refused(service_env: dict[str, str]) -> None:

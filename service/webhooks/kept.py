@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
 
@@ -55,4 +56,12 @@ kept_clients = KeptClients()
 
 
 def new_client(transport: PinnedTransport) -> httpx.Client:
-    return httpx.Client(transport=transport, follow_redirects=False, trust_env=False)
+    """A client that follows no redirect, reads nothing from the environment and keeps no
+    cookie: a kept client serves every tenant's receivers, and a cookie one receiver set
+    must not go to another."""
+    return httpx.Client(
+        transport=transport,
+        follow_redirects=False,
+        trust_env=False,
+        cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+    )

@@ -57,12 +57,13 @@ def _describe(response: httpx.Response, body: bytes) -> str:
 
 
 # What a request sent on a kept connection meets when the receiver closed that connection
-# as it was being reused: the connection ended before any answer came.
+# as it was being reused: the connection ended before the answer's headers were read (the
+# attempt's scope says whether any byte of it had come).
 _CLOSED_UNDER_US = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
 class _NoAnswer(Exception):
-    """The connection failed before the receiver's answer began (``__cause__``)."""
+    """The connection failed before the receiver's answer was read (``__cause__``)."""
 
 
 def _attempt(
@@ -135,10 +136,10 @@ def post_event(
                     try:
                         response, answer = send(kept_clients.get(policy, keepalive_s))
                     except _NoAnswer:
-                        if scope.opened:
+                        if scope.opened or scope.answered:
                             raise
-                        # A kept connection the receiver had closed: it never saw this
-                        # request; it goes again, once, on a connection of its own.
+                        # A kept connection the receiver had closed: not a byte came back;
+                        # the request goes again, once, on a connection of its own.
                         with new_client(PinnedTransport(policy, resolve=resolve)) as client:
                             response, answer = send(client)
                 else:

@@ -59,11 +59,14 @@ def _translated() -> Iterator[None]:
 
 @dataclass(slots=True)
 class AttemptScope:
-    """The webhook attempt a thread is making: when it must end, and whether it opened a
-    connection (else it was sent on one kept from an earlier attempt)."""
+    """The webhook attempt a thread is making: when it must end, whether it opened a
+    connection (else it was sent on one kept from an earlier attempt) and whether the
+    receiver answered anything."""
 
     deadline: float
     opened: bool = False
+    # Whether any byte of an answer arrived on a connection in this attempt.
+    answered: bool = False
 
 
 _attempt: contextvars.ContextVar[AttemptScope | None] = contextvars.ContextVar(
@@ -125,7 +128,12 @@ class _DeadlineStream(httpcore.NetworkStream):
         return left if timeout is None else min(timeout, left)
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max_bytes, self._timeout(timeout, httpcore.ReadTimeout))
+        data = self._inner.read(max_bytes, self._timeout(timeout, httpcore.ReadTimeout))
+        if data:
+            scope = _attempt.get()
+            if scope is not None:
+                scope.answered = True
+        return data
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         self._inner.write(buffer, self._timeout(timeout, httpcore.WriteTimeout))

@@ -13,6 +13,7 @@ CPU a job at half of saturation; the bare openai client gains more).
 from __future__ import annotations
 
 import os
+import threading
 
 from service.errors import ConfigError
 
@@ -30,9 +31,19 @@ def pin_to_cpu(cpu: int, *, setting: str = "EZQ_WORKER_CPU") -> None:
             f"{setting}: CPU {cpu} is not one this process may run on"
             f" ({', '.join(map(str, allowed))})"
         )
-    for task in os.listdir("/proc/self/task"):
+    try:
+        tasks = [int(task) for task in os.listdir("/proc/self/task")]
+    except OSError:
+        # No /proc to list the threads by: the calling thread alone is enough only when
+        # it is the only one.
+        if threading.active_count() > 1:
+            raise ConfigError(
+                f"{setting}: cannot list this process's threads (/proc) to pin them"
+            ) from None
+        tasks = [0]
+    for task in tasks:
         try:
-            os.sched_setaffinity(int(task), {cpu})
+            os.sched_setaffinity(task, {cpu})
         except ProcessLookupError:  # a thread that has just ended
             continue
 
