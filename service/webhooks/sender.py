@@ -57,13 +57,8 @@ def _describe(response: httpx.Response, body: bytes) -> str:
 
 
 # What a request sent on a kept connection meets when the receiver closed that connection
-# as it was being reused: the connection ended before the answer's headers were read (the
-# attempt's scope says whether any byte of it had come).
+# as it was being reused (the attempt's scope says whether any byte of an answer had come).
 _CLOSED_UNDER_US = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
-
-
-class _NoAnswer(Exception):
-    """The connection failed before the receiver's answer was read (``__cause__``)."""
 
 
 def _attempt(
@@ -81,10 +76,6 @@ def _attempt(
             "POST", url, content=content, headers=headers, timeout=timeout
         ) as response:
             return response, _read_capped(response, max_response_bytes)
-    except _CLOSED_UNDER_US as exc:
-        if response is None:
-            raise _NoAnswer() from exc
-        raise
     finally:
         if response is not None:
             _unbind(response)
@@ -129,25 +120,21 @@ def post_event(
             max_response_bytes=max_response_bytes,
         )
 
+    kept = keepalive_s > 0 and resolve is resolve_host
     try:
         with attempt_within(timeout) as scope:
-            try:
-                if keepalive_s > 0 and resolve is resolve_host:
-                    try:
-                        response, answer = send(kept_clients.get(policy, keepalive_s))
-                    except _NoAnswer:
-                        if scope.opened or scope.answered:
-                            raise
-                        # A kept connection the receiver had closed: not a byte came back;
-                        # the request goes again, once, on a connection of its own.
-                        with new_client(PinnedTransport(policy, resolve=resolve)) as client:
-                            response, answer = send(client)
-                else:
-                    with new_client(PinnedTransport(policy, resolve=resolve)) as client:
-                        response, answer = send(client)
-            except _NoAnswer as exc:
-                assert isinstance(exc.__cause__, httpx.HTTPError)
-                raise exc.__cause__ from None
+            if kept:
+                try:
+                    response, answer = send(kept_clients.get(policy, keepalive_s))
+                except _CLOSED_UNDER_US:
+                    if scope.opened or scope.answered:
+                        raise
+                    # A kept connection the receiver had closed: not a byte came back; the
+                    # request goes again, once, on a connection of its own (below).
+                    kept = False
+            if not kept:
+                with new_client(PinnedTransport(policy, resolve=resolve)) as client:
+                    response, answer = send(client)
     except WebhookTargetRefused as exc:
         return AttemptResult(None, str(exc), elapsed_ms(), refused=True)
     except httpx.InvalidURL as exc:

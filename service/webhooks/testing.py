@@ -102,9 +102,7 @@ class Receiver:
                 verified.append(index)
         return tuple(verified), event
 
-    def _record(
-        self, path: str, headers: dict[str, str], body: bytes, peer_port: int = 0
-    ) -> Answer:
+    def _record(self, path: str, headers: dict[str, str], body: bytes, peer_port: int) -> Answer:
         verified, event = self._verify(body, headers)
         with self._lock:
             self._received.append(
