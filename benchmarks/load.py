@@ -52,6 +52,7 @@ import psycopg
 import redis
 from celery import Celery
 
+from benchmarks.neighbours import Neighbours, describe, running
 from benchmarks.procstat import CpuMeter, cpu_seconds, machine_ticks, peak_rss_mb
 from benchmarks.raw_client import steady_throughput
 
@@ -560,8 +561,11 @@ def run_paced(
         "first_byte_p50": statistics.median(to_gateway),
         "first_byte_p99": _percentile(to_gateway, 0.99),
         "to_claim_p50": statistics.median(to_claim),
+        "to_claim_p99": _percentile(to_claim, 0.99),
         "send_task_p50": statistics.median(sending),
+        "send_task_p99": _percentile(sorted(sending), 0.99),
         "claim_to_first_byte_p50": statistics.median(claim_to_gateway),
+        "claim_to_first_byte_p99": _percentile(claim_to_gateway, 0.99),
         "webhook_p50": statistics.median(to_hook),
         "start_jobs": starting,
         "start_p50": statistics.median(at_start) if at_start else 0.0,
@@ -581,6 +585,7 @@ def _print(
     paced_fixed: bool = False,
     steady: bool = False,
     pinned: int | None = None,
+    beside: str | None = None,
 ) -> None:
     reply = f"{words}-word replies" if words is not None else "short echo replies"
     who = "One ezq worker process" if processes == 1 else f"{processes} ezq worker processes"
@@ -589,6 +594,8 @@ def _print(
         print(f"pinned: the (first) worker and the raw client to CPU {pinned}")
     else:
         print("not pinned: the worker and the raw client may run on any CPU")
+    if beside is not None:
+        print(beside)
     if steady:
         print(
             "rows with a latency: jobs sent at C/L, throughput = jobs ended per second from"
@@ -648,9 +655,11 @@ def _print(
             f" {paced['webhook_p50']:.1f} ms"
         )
         print(
-            f"  enqueue -> the claim's transaction p50 {paced['to_claim_p50']:.1f} ms (the"
-            f" producer's own send_task call p50 {paced['send_task_p50']:.1f} ms), then"
-            f" -> first gateway byte p50 {paced['claim_to_first_byte_p50']:.1f} ms"
+            f"  enqueue -> the claim's transaction p50 {paced['to_claim_p50']:.1f} ms,"
+            f" p99 {paced['to_claim_p99']:.1f} ms (the producer's own send_task call p50"
+            f" {paced['send_task_p50']:.1f} ms, p99 {paced['send_task_p99']:.1f} ms), then"
+            f" -> first gateway byte p50 {paced['claim_to_first_byte_p50']:.1f} ms,"
+            f" p99 {paced['claim_to_first_byte_p99']:.1f} ms"
         )
         print(
             f"  while they were sent {_workers(processes)} used"
@@ -691,6 +700,13 @@ def main() -> None:
         help="pin the worker (ezq worker --cpu) and the raw client to this CPU ('last': the"
         " last one this process may use); with --workers, the next workers go to the CPUs"
         " below it. Default 'none': neither is pinned, as the issue's table was measured",
+    )
+    parser.add_argument(
+        "--neighbours",
+        default=None,
+        help="N:DUTY: run everything beside N processes each keeping a CPU busy DUTY of every"
+        " 10 ms at a higher priority (nice -10, when this user may set it), the machine's"
+        " other tenants in a busy hour, on demand (benchmarks.neighbours). Default: none",
     )
     parser.add_argument(
         "--paced", type=float, default=None, help="seconds of the half-saturation run (0: none)"
@@ -742,6 +758,10 @@ def main() -> None:
                 f" ({', '.join(map(str, usable))}), 'last' nor 'none'"
             )
         pinned = int(args.cpu)
+    try:
+        neighbours = Neighbours.parse(args.neighbours) if args.neighbours else None
+    except ValueError as exc:
+        parser.error(str(exc))
     rows = [Row.parse(s) for s in (args.row or (SMOKE_ROWS if args.smoke else FULL_ROWS))]
     paced_s = args.paced if args.paced is not None else (3.0 if args.smoke else 15.0)
     for row in rows:
@@ -759,8 +779,14 @@ def main() -> None:
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
     redis_pid = int(redis.Redis.from_url(BROKER).info("server")["process_id"])
     gateway = Gateway(args.words)
+    beside: str | None = None
     try:
-        with throwaway_database(ADMIN_DSN, prefix="ezq_bench_load") as url:
+        with (
+            contextlib.ExitStack() as stack,
+            throwaway_database(ADMIN_DSN, prefix="ezq_bench_load") as url,
+        ):
+            if neighbours is not None:
+                beside = describe(neighbours, stack.enter_context(running(neighbours)))
             env = {
                 "DATABASE_URL": url,
                 "CELERY_BROKER_URL": BROKER,
@@ -827,6 +853,7 @@ def main() -> None:
         paced_fixed=args.paced_rate is not None,
         steady=args.steady,
         pinned=pinned,
+        beside=beside,
     )
 
 

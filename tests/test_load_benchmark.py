@@ -46,3 +46,32 @@ def test_workers_are_pinned_one_per_cpu_from_the_one_named_down() -> None:
     expected = [cpus[(len(cpus) - 1 - i) % len(cpus)] for i in range(len(cpus) + 1)]
     assert worker_cpus({"EZQ_BENCH_CPU": str(last)}, len(cpus) + 1) == expected
     assert expected[0] == last and expected[len(cpus)] == last  # round the CPUs, then again
+
+
+def test_neighbours_are_read_from_n_colon_duty_and_bad_ones_refused_with_the_form() -> None:
+    from benchmarks.neighbours import Neighbours
+
+    assert Neighbours.parse("2:0.4") == Neighbours(2, 0.4)
+    for text in ("2", "x:0.4", "2:y", "0:0.4", "2:0", "2:1", "2:1.5", "-1:0.4"):
+        with pytest.raises(ValueError, match=f"--neighbours {text}: expected N:DUTY"):
+            Neighbours.parse(text)
+
+
+def test_neighbours_take_cpu_at_a_higher_priority_while_running_and_are_gone_after() -> None:
+    import os
+
+    from benchmarks.neighbours import NICE, Neighbours, describe, nice_of, running
+    from benchmarks.procstat import cpu_seconds
+
+    with running(Neighbours(2, 0.5)) as pids:
+        assert len(pids) == 2
+        # Root may lower a niceness; anyone else's neighbours run at their own.
+        expected = NICE if os.geteuid() == 0 else nice_of(os.getpid())
+        assert [nice_of(pid) for pid in pids] == [expected, expected]
+        assert f"at nice {expected}" in describe(Neighbours(2, 0.5), pids)
+        deadline = time.monotonic() + 30
+        while min(cpu_seconds(pid) for pid in pids) < 0.05:
+            assert time.monotonic() < deadline, "a neighbour used no CPU in 30 s"
+            time.sleep(0.05)
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}"), f"neighbour {pid} still runs"

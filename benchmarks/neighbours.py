@@ -1,0 +1,94 @@
+"""The machine's other tenants, standing in: processes that keep a CPU busy for part of
+every 10 ms, at a higher priority than the benchmark's own processes when it may set one.
+
+This machine is shared: in a busy hour other tenants take CPU time from every process of
+a run (the producer, Redis, Postgres, the worker, the fake gateway, the raw client) at
+moments none of them chooses, and a latency that crosses five processes crosses five
+chances to wait for a CPU. ``benchmarks.load --neighbours N:DUTY`` runs the whole
+benchmark beside N such processes, so that what a busy hour does to the figures can be
+measured at will and two versions of the code compared under the same load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+PERIOD_S = 0.01
+# Above the benchmark's processes (nice 0), as the hypervisor's other guests are: a
+# neighbour that wakes takes the CPU from whichever of them runs there.
+NICE = -10
+
+_SPIN = """
+import sys, time
+busy, idle = float(sys.argv[1]), float(sys.argv[2])
+while True:
+    start = time.perf_counter()
+    while time.perf_counter() - start < busy:
+        pass
+    time.sleep(idle)
+"""
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    count: int
+    duty: float  # the share of each PERIOD_S a neighbour keeps its CPU busy
+
+    @classmethod
+    def parse(cls, text: str) -> Neighbours:
+        """``N:DUTY``, e.g. ``2:0.4``: two processes, each busy 40 % of every 10 ms."""
+        count, sep, duty = text.partition(":")
+        problem = f"--neighbours {text}: expected N:DUTY, e.g. 2:0.4 (2 processes, 40% busy)"
+        if not sep or not count.isdigit():
+            raise ValueError(problem)
+        try:
+            share = float(duty)
+        except ValueError:
+            raise ValueError(problem) from None
+        if int(count) < 1 or not 0 < share < 1:
+            raise ValueError(f"{problem}; N at least 1 and DUTY between 0 and 1, both excluded")
+        return cls(int(count), share)
+
+
+def _lower_nice() -> None:
+    # Only a privileged user may raise a priority; otherwise the neighbours run at the
+    # benchmark's own, which the run's header says.
+    with contextlib.suppress(PermissionError):
+        os.nice(NICE)
+
+
+def nice_of(pid: int) -> int:
+    """The scheduling niceness of ``pid`` (``/proc/<pid>/stat``)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    return int(stat[stat.rindex(b")") + 2 :].split()[16])
+
+
+@contextlib.contextmanager
+def running(neighbours: Neighbours) -> Iterator[list[int]]:
+    """The neighbours' processes, for the duration of the block; their pids."""
+    busy = neighbours.duty * PERIOD_S
+    command = [sys.executable, "-c", _SPIN, repr(busy), repr(PERIOD_S - busy)]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for _ in range(neighbours.count):
+            procs.append(subprocess.Popen(command, preexec_fn=_lower_nice))
+        yield [p.pid for p in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            proc.wait()
+
+
+def describe(neighbours: Neighbours, pids: list[int]) -> str:
+    nice = nice_of(pids[0]) if pids else 0
+    return (
+        f"beside {neighbours.count} neighbour process(es), each busy {neighbours.duty:.0%}"
+        f" of every {PERIOD_S * 1e3:g} ms at nice {nice} (the machine's other tenants)"
+    )
