@@ -48,6 +48,8 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.load
 	$(BIN)/python -m benchmarks.load --row 5:1000:6000 --steady --paced 0
 	$(BIN)/python -m benchmarks.load --row 0:32:3000 --cpu last
+	$(BIN)/python -m benchmarks.load --row 0:32:3000 --neighbours 2:0.4
+	$(BIN)/python -m benchmarks.load --row 0:32:3000 --neighbours 2:0.4 --cpu last
 
 ## The load benchmark with small N (under a minute): one worker against the raw client.
 bench-smoke: $(STAMP)
