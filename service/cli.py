@@ -54,6 +54,23 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, Any]:
     return out
 
 
+class CpuParam(click.ParamType[int | str]):
+    """A CPU number (0 or more) or ``auto``."""
+
+    name = "N|auto"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int | str:
+        if isinstance(value, int):
+            return value
+        if value == "auto":
+            return "auto"
+        if isinstance(value, str) and value.isascii() and value.isdigit():
+            return int(value)
+        self.fail(f"{value!r} is neither a CPU number (0 or more) nor 'auto'", param, ctx)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """ezq: LLM chat completions as background jobs."""
@@ -126,25 +143,28 @@ def db_current() -> None:
 )
 @click.option(
     "--cpu",
-    type=click.IntRange(0),
-    help="Pin the process to this CPU: one worker process per CPU, each on its own"
-    " (env EZQ_WORKER_CPU).",
+    type=CpuParam(),
+    help="Pin the process to this CPU, or 'auto': one no other worker of this host took."
+    " One worker process per CPU, each on its own (env EZQ_WORKER_CPU).",
 )
 @click.pass_context
 def worker(
-    ctx: click.Context, metrics_port: int | None, metrics_host: str, cpu: int | None
+    ctx: click.Context, metrics_port: int | None, metrics_host: str, cpu: int | str | None
 ) -> None:
     """Run a Celery worker (extra arguments go to ``celery worker``, e.g. -c 64)."""
     from service.config import get_settings
-    from service.worker.affinity import pin_to_cpu
+    from service.worker.affinity import AUTO, claim_free_cpu, pin_to_cpu
     from service.worker.app import app
 
     settings = get_settings()
     # First, before anything starts a thread: threads inherit their creator's CPUs.
-    if cpu is not None:
-        pin_to_cpu(cpu, setting="--cpu")
-    elif settings.ezq_worker_cpu is not None:
-        pin_to_cpu(settings.ezq_worker_cpu)
+    choice, setting = (
+        (cpu, "--cpu") if cpu is not None else (settings.ezq_worker_cpu, "EZQ_WORKER_CPU")
+    )
+    if choice == AUTO:
+        pin_to_cpu(claim_free_cpu(setting=setting), setting=setting)
+    elif isinstance(choice, int):
+        pin_to_cpu(choice, setting=setting)
     settings.require_api_key()
     _check_schema()
     extra = [a for a in ctx.args if a not in ("-B", "--beat")]

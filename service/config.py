@@ -45,8 +45,9 @@ class Settings(BaseSettings):
     ezq_gateway_read_timeout: float = Field(default=c.GATEWAY_READ_TIMEOUT_S, gt=0)
     ezq_gateway_attempt_deadline: float = Field(default=c.GATEWAY_ATTEMPT_DEADLINE_S, gt=0)
     ezq_worker_concurrency: int = Field(default=c.WORKER_CONCURRENCY, ge=1, le=1000)
-    # The CPU a worker process pins itself to (``ezq worker --cpu``); None: not pinned.
-    ezq_worker_cpu: int | None = Field(default=None, ge=0)
+    # The CPU a worker process pins itself to (``ezq worker --cpu``): a number, "auto" (one
+    # no other worker of the host took), or None: not pinned.
+    ezq_worker_cpu: Annotated[int, Field(ge=0)] | Literal["auto"] | None = None
     # The worker process's garbage collector thresholds, three comma-separated counts.
     ezq_worker_gc_thresholds: Annotated[tuple[int, int, int], NoDecode] = c.WORKER_GC_THRESHOLDS
     # Postgres connections a process keeps (a few more are opened for bursts).

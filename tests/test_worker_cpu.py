@@ -93,3 +93,70 @@ def test_a_cpu_the_process_may_not_use_is_refused(service_env: dict[str, str]) -
     negative = run_ezq("worker", env={**service_env, "EZQ_WORKER_CPU": "-1"}, timeout=30)
     assert negative.returncode != 0
     assert "EZQ_WORKER_CPU" in negative.stderr
+
+
+def _release_claims() -> None:
+    from service.worker import affinity
+
+    while affinity._held:
+        affinity._held.pop().close()
+
+
+def test_auto_takes_the_last_cpu_no_other_took_then_goes_round_again() -> None:
+    import socket
+
+    from service.worker.affinity import claim_free_cpu
+
+    names = f"ezq-test-cpu-{secrets.token_hex(4)}"
+    cpus = sorted(os.sched_getaffinity(0), reverse=True)
+    others: list[socket.socket] = []
+    try:
+        taken = []
+        for _ in cpus:
+            taken.append(claim_free_cpu(names=names))
+        assert taken == cpus  # from the last down, each once
+        # Another process holding a name (here: this one, on a socket of its own) keeps it.
+        other = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        other.bind(f"\0{names}-{cpus[0]}-1")
+        others.append(other)
+        expected_next = cpus[1] if len(cpus) > 1 else cpus[0]
+        assert claim_free_cpu(names=names) == expected_next
+        # A name is given back when its holder lets it go (a worker, when it ends).
+        _release_claims()
+        assert claim_free_cpu(names=names) == cpus[0]
+    finally:
+        _release_claims()
+        for other in others:
+            other.close()
+
+
+def test_two_workers_on_auto_take_different_cpus(
+    service_env: dict[str, str], worker_factory: Callable[..., Any]
+) -> None:
+    cpus = sorted(os.sched_getaffinity(0), reverse=True)
+    if len(cpus) < 2:
+        pytest.skip("this machine gives the tests one CPU")
+    # Workers of other runs on this machine may hold CPUs already.
+    others_held = "@ezq-worker-cpu-" in Path("/proc/net/unix").read_text()
+    queue = f"ezq-cpu-{secrets.token_hex(4)}"
+    first = worker_factory(env={"EZQ_QUEUE": queue}, args=["--cpu", "auto"])
+    second = worker_factory(env={"EZQ_QUEUE": queue, "EZQ_WORKER_CPU": "auto"})
+    pinned = []
+    for process in (first, second):
+        cpu = {_as_list(v) for v in _threads_cpus(process.proc.pid).values()}
+        assert len(cpu) == 1 and cpu <= {str(c) for c in cpus}, cpu
+        (only,) = cpu
+        assert f"pinned to CPU {only}" in process.log()
+        pinned.append(int(only))
+    assert pinned[0] != pinned[1], pinned
+    if not others_held:
+        assert pinned == cpus[:2]  # from the last CPU down
+
+
+def test_a_cpu_that_is_neither_a_number_nor_auto_is_refused(service_env: dict[str, str]) -> None:
+    out = run_ezq("worker", "--cpu", "last", env=service_env, timeout=30)
+    assert out.returncode != 0
+    assert "'last' is neither a CPU number (0 or more) nor 'auto'" in out.stderr
+    by_env = run_ezq("worker", env={**service_env, "EZQ_WORKER_CPU": "last"}, timeout=30)
+    assert by_env.returncode != 0
+    assert "EZQ_WORKER_CPU" in by_env.stderr
