@@ -23,10 +23,11 @@ PERIOD_S = 0.01
 # neighbour that wakes takes the CPU from whichever of them runs there.
 NICE = -10
 
+# A neighbour ends by itself when the benchmark does, however it ends (its parent gone).
 _SPIN = """
-import sys, time
-busy, idle = float(sys.argv[1]), float(sys.argv[2])
-while True:
+import os, sys, time
+busy, idle, parent = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+while os.getppid() == parent:
     start = time.perf_counter()
     while time.perf_counter() - start < busy:
         pass
@@ -73,7 +74,7 @@ def nice_of(pid: int) -> int:
 def running(neighbours: Neighbours) -> Iterator[list[int]]:
     """The neighbours' processes, for the duration of the block; their pids."""
     busy = neighbours.duty * PERIOD_S
-    command = [sys.executable, "-c", _SPIN, repr(busy), repr(PERIOD_S - busy)]
+    command = [sys.executable, "-c", _SPIN, repr(busy), repr(PERIOD_S - busy), str(os.getpid())]
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for _ in range(neighbours.count):

@@ -75,3 +75,51 @@ def test_neighbours_take_cpu_at_a_higher_priority_while_running_and_are_gone_aft
             time.sleep(0.05)
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}"), f"neighbour {pid} still runs"
+
+
+def test_neighbours_end_by_themselves_when_the_benchmark_is_killed() -> None:
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from benchmarks.procstat import cpu_seconds
+
+    # A benchmark stand-in that starts two neighbours, prints their pids, and waits.
+    script = (
+        "import time\n"
+        "from benchmarks.neighbours import Neighbours, running\n"
+        "with running(Neighbours(2, 0.2)) as pids:\n"
+        "    print(*pids, flush=True)\n"
+        "    time.sleep(120)\n"
+    )
+    bench = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert bench.stdout is not None
+    pids = [int(p) for p in bench.stdout.readline().split()]
+    assert len(pids) == 2
+    deadline = time.monotonic() + 30
+    while min(cpu_seconds(pid) for pid in pids) == 0:
+        assert time.monotonic() < deadline, "the neighbours never ran"
+        time.sleep(0.05)
+    bench.send_signal(signal.SIGKILL)  # no finally runs: the neighbours must see it alone
+    bench.wait()
+    deadline = time.monotonic() + 30
+    try:
+        # Orphans are reaped by init once they exit: gone, or a zombie, is ended.
+        while any(_running(pid) for pid in pids):
+            assert time.monotonic() < deadline, f"neighbours {pids} outlived the benchmark"
+            time.sleep(0.05)
+    finally:
+        for pid in pids:  # a failed run leaves no CPU burner behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] != b"Z"
