@@ -23,10 +23,19 @@ PERIOD_S = 0.01
 # neighbour that wakes takes the CPU from whichever of them runs there.
 NICE = -10
 
-# A neighbour ends by itself when the benchmark does, however it ends (its parent gone).
+# A neighbour sets its own niceness (absolute: whatever the benchmark's is; a user who may
+# not keeps the benchmark's), says so, ignores the
+# terminal's Ctrl-C (the benchmark ends it), and ends by itself when the benchmark does,
+# however it ends (its parent gone).
 _SPIN = """
-import os, sys, time
-busy, idle, parent = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+import os, signal, sys, time
+busy, idle, parent, nice = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+try:
+    os.setpriority(os.PRIO_PROCESS, 0, nice)
+except PermissionError:
+    pass
+print("ready", flush=True)
 while os.getppid() == parent:
     start = time.perf_counter()
     while time.perf_counter() - start < busy:
@@ -45,7 +54,7 @@ class Neighbours:
         """``N:DUTY``, e.g. ``2:0.4``: two processes, each busy 40 % of every 10 ms."""
         count, sep, duty = text.partition(":")
         problem = f"--neighbours {text}: expected N:DUTY, e.g. 2:0.4 (2 processes, 40% busy)"
-        if not sep or not count.isdigit():
+        if not sep or not (count.isascii() and count.isdigit()):
             raise ValueError(problem)
         try:
             share = float(duty)
@@ -54,13 +63,6 @@ class Neighbours:
         if int(count) < 1 or not 0 < share < 1:
             raise ValueError(f"{problem}; N at least 1 and DUTY between 0 and 1, both excluded")
         return cls(int(count), share)
-
-
-def _lower_nice() -> None:
-    # Only a privileged user may raise a priority; otherwise the neighbours run at the
-    # benchmark's own, which the run's header says.
-    with contextlib.suppress(PermissionError):
-        os.nice(NICE)
 
 
 def nice_of(pid: int) -> int:
@@ -74,11 +76,17 @@ def nice_of(pid: int) -> int:
 def running(neighbours: Neighbours) -> Iterator[list[int]]:
     """The neighbours' processes, for the duration of the block; their pids."""
     busy = neighbours.duty * PERIOD_S
-    command = [sys.executable, "-c", _SPIN, repr(busy), repr(PERIOD_S - busy), str(os.getpid())]
+    command = [
+        *(sys.executable, "-c", _SPIN),
+        *(repr(busy), repr(PERIOD_S - busy), str(os.getpid()), str(NICE)),
+    ]
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for _ in range(neighbours.count):
-            procs.append(subprocess.Popen(command, preexec_fn=_lower_nice))
+            procs.append(subprocess.Popen(command, stdout=subprocess.PIPE))
+        for proc in procs:  # each has set its niceness, or found it may not
+            assert proc.stdout is not None
+            proc.stdout.readline()
         yield [p.pid for p in procs]
     finally:
         for proc in procs:

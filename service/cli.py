@@ -10,7 +10,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -54,10 +54,17 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, Any]:
     return out
 
 
-class CpuParam(click.ParamType[int | str]):
+# click's ParamType is generic in its type stubs from click 8.4 only; 8.1 takes no index.
+if TYPE_CHECKING:
+    _ParamType = click.ParamType[int | str]
+else:
+    _ParamType = click.ParamType
+
+
+class CpuParam(_ParamType):
     """A CPU number (0 or more) or ``auto``."""
 
-    name = "N|auto"
+    name = "cpu"
 
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
@@ -144,6 +151,7 @@ def db_current() -> None:
 @click.option(
     "--cpu",
     type=CpuParam(),
+    metavar="N|auto",
     help="Pin the process to this CPU, or 'auto': one no other worker of this host took."
     " One worker process per CPU, each on its own (env EZQ_WORKER_CPU).",
 )

@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     ezq_worker_concurrency: int = Field(default=c.WORKER_CONCURRENCY, ge=1, le=1000)
     # The CPU a worker process pins itself to (``ezq worker --cpu``): a number, "auto" (one
     # no other worker of the host took), or None: not pinned.
-    ezq_worker_cpu: Annotated[int, Field(ge=0)] | Literal["auto"] | None = None
+    ezq_worker_cpu: int | Literal["auto"] | None = None
     # The worker process's garbage collector thresholds, three comma-separated counts.
     ezq_worker_gc_thresholds: Annotated[tuple[int, int, int], NoDecode] = c.WORKER_GC_THRESHOLDS
     # Postgres connections a process keeps (a few more are opened for bursts).
@@ -111,6 +111,18 @@ class Settings(BaseSettings):
     )
     ezq_webhook_threads: int = Field(default=c.WEBHOOK_LOCAL_THREADS, ge=0, le=64)
     ezq_webhook_keepalive_s: float = Field(default=c.WEBHOOK_KEEPALIVE_S, ge=0, le=60)
+
+    @field_validator("ezq_worker_cpu", mode="before")
+    @classmethod
+    def _worker_cpu(cls, value: object) -> object:
+        if value is None or value == "auto":
+            return value
+        text = str(value).strip()
+        if not text:
+            return None  # set but blank: not pinned, as when unset
+        if not (text.isascii() and text.isdigit()):
+            raise ValueError("expected a CPU number (0 or more) or 'auto'")
+        return int(text)
 
     @field_validator("ezrouter_base_url")
     @classmethod

@@ -92,7 +92,8 @@ def test_a_cpu_the_process_may_not_use_is_refused(service_env: dict[str, str]) -
     assert f"EZQ_WORKER_CPU: CPU {missing} is not one" in by_env.stderr
     negative = run_ezq("worker", env={**service_env, "EZQ_WORKER_CPU": "-1"}, timeout=30)
     assert negative.returncode != 0
-    assert "EZQ_WORKER_CPU" in negative.stderr
+    assert "EZQ_WORKER_CPU: " in negative.stderr
+    assert "expected a CPU number (0 or more) or 'auto' (got '-1')" in negative.stderr
 
 
 def _release_claims() -> None:
@@ -130,7 +131,7 @@ def test_auto_takes_the_last_cpu_no_other_took_then_goes_round_again() -> None:
             other.close()
 
 
-def test_two_workers_on_auto_take_different_cpus(
+def test_two_workers_on_auto_take_a_cpu_each(
     service_env: dict[str, str], worker_factory: Callable[..., Any]
 ) -> None:
     cpus = sorted(os.sched_getaffinity(0), reverse=True)
@@ -148,9 +149,8 @@ def test_two_workers_on_auto_take_different_cpus(
         (only,) = cpu
         assert f"pinned to CPU {only}" in process.log()
         pinned.append(int(only))
-    assert pinned[0] != pinned[1], pinned
-    if not others_held:
-        assert pinned == cpus[:2]  # from the last CPU down
+    if not others_held:  # gaps other workers left would be filled first
+        assert pinned == cpus[:2]  # a CPU each, from the last down
 
 
 def test_a_cpu_that_is_neither_a_number_nor_auto_is_refused(service_env: dict[str, str]) -> None:
@@ -159,4 +159,5 @@ def test_a_cpu_that_is_neither_a_number_nor_auto_is_refused(service_env: dict[st
     assert "'last' is neither a CPU number (0 or more) nor 'auto'" in out.stderr
     by_env = run_ezq("worker", env={**service_env, "EZQ_WORKER_CPU": "last"}, timeout=30)
     assert by_env.returncode != 0
-    assert "EZQ_WORKER_CPU" in by_env.stderr
+    assert "EZQ_WORKER_CPU: " in by_env.stderr
+    assert "expected a CPU number (0 or more) or 'auto' (got 'last')" in by_env.stderr

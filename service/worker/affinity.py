@@ -36,9 +36,10 @@ _held: list[socket.socket] = []
 
 
 def claim_free_cpu(*, setting: str = "EZQ_WORKER_CPU", names: str = "ezq-worker-cpu") -> int:
-    """A CPU of those this process may use that no other worker here took (the one that
-    the fewest took, when each has one), held as this process's for its life under the
-    abstract name ``<names>-<cpu>-<round>``."""
+    """A CPU of those this process may use that no other worker here took, held as this
+    process's for its life under the abstract name ``<names>-<cpu>-<round>``: the first
+    name free, round by round, each round from the last CPU down (so a name a worker gave
+    back is taken again before any CPU's next round)."""
     if not hasattr(os, "sched_getaffinity") or not hasattr(socket, "AF_UNIX"):
         raise ConfigError(f"{setting}: this system cannot pin a process to a CPU")
     cpus = sorted(os.sched_getaffinity(0), reverse=True)
