@@ -18,6 +18,8 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from benchmarks.procstat import stat_fields
+
 PERIOD_S = 0.01
 # Above the benchmark's processes (nice 0), as the hypervisor's other guests are: a
 # neighbour that wakes takes the CPU from whichever of them runs there.
@@ -67,9 +69,7 @@ class Neighbours:
 
 def nice_of(pid: int) -> int:
     """The scheduling niceness of ``pid`` (``/proc/<pid>/stat``)."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        stat = f.read()
-    return int(stat[stat.rindex(b")") + 2 :].split()[16])
+    return int(stat_fields(pid)[16])
 
 
 @contextlib.contextmanager

@@ -12,15 +12,21 @@ from collections.abc import Iterable
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
+def stat_fields(pid: int) -> list[bytes]:
+    """The fields of ``/proc/<pid>/stat`` after the command name, from the state (field 3)
+    on; OSError if the process is gone."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    # The command name may hold spaces: fields are counted after its closing parenthesis.
+    return stat[stat.rindex(b")") + 2 :].split()
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of ``pid`` (all its threads) so far; 0 if it is gone."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
+        fields = stat_fields(pid)
     except OSError:
         return 0.0
-    # The command name may hold spaces: fields are counted after its closing parenthesis.
-    fields = stat[stat.rindex(b")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 

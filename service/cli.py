@@ -69,13 +69,15 @@ class CpuParam(_ParamType):
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
     ) -> int | str:
-        if isinstance(value, int):
-            return value
-        if value == "auto":
-            return "auto"
-        if isinstance(value, str) and value.isascii() and value.isdigit():
-            return int(value)
-        self.fail(f"{value!r} is neither a CPU number (0 or more) nor 'auto'", param, ctx)
+        from service.config import worker_cpu_choice
+
+        try:
+            choice = worker_cpu_choice(value)
+        except ValueError:
+            choice = None
+        if choice is None:
+            self.fail(f"{value!r} is neither a CPU number (0 or more) nor 'auto'", param, ctx)
+        return choice
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

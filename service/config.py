@@ -115,14 +115,7 @@ class Settings(BaseSettings):
     @field_validator("ezq_worker_cpu", mode="before")
     @classmethod
     def _worker_cpu(cls, value: object) -> object:
-        if value is None or value == "auto":
-            return value
-        text = str(value).strip()
-        if not text:
-            return None  # set but blank: not pinned, as when unset
-        if not (text.isascii() and text.isdigit()):
-            raise ValueError("expected a CPU number (0 or more) or 'auto'")
-        return int(text)
+        return None if value is None else worker_cpu_choice(value)
 
     @field_validator("ezrouter_base_url")
     @classmethod
@@ -395,6 +388,21 @@ def _webhook_secret_problem(secret: str) -> str | None:
     if len(key) < c.WEBHOOK_SECRET_MIN_BYTES:
         return f"decodes to {len(key)} bytes; at least {c.WEBHOOK_SECRET_MIN_BYTES} are needed"
     return None
+
+
+def worker_cpu_choice(value: object) -> int | Literal["auto"] | None:
+    """A worker's CPU as ``EZQ_WORKER_CPU`` or ``ezq worker --cpu`` gives it: a CPU number,
+    ``auto``, or None for blank (not pinned); ValueError for anything else."""
+    if isinstance(value, int) and value >= 0:
+        return value
+    text = str(value).strip()
+    if text == "auto":
+        return "auto"
+    if not text:
+        return None
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError("expected a CPU number (0 or more) or 'auto'")
+    return int(text)
 
 
 def _describe(error: ValidationError) -> str:

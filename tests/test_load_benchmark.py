@@ -87,45 +87,43 @@ def test_neighbours_take_cpu_at_a_higher_priority_while_running_and_are_gone_aft
 def test_neighbours_end_by_themselves_when_the_benchmark_is_killed() -> None:
     import contextlib
     import os
+    import select
     import signal
     import subprocess
     import sys
 
-    from benchmarks.procstat import cpu_seconds
-
-    # A benchmark stand-in that starts two neighbours, prints their pids, and waits.
+    # A benchmark stand-in that starts two neighbours (running() returns once each has
+    # started), prints their pids, and waits on its standard input until it is killed.
     script = (
-        "import time\n"
+        "import sys\n"
         "from benchmarks.neighbours import Neighbours, running\n"
         "with running(Neighbours(2, 0.2)) as pids:\n"
         "    print(*pids, flush=True)\n"
-        "    time.sleep(120)\n"
+        "    sys.stdin.read()\n"
     )
-    bench = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    bench = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert bench.stdout is not None
     pids = [int(p) for p in bench.stdout.readline().split()]
     assert len(pids) == 2
-    deadline = time.monotonic() + 30
-    while min(cpu_seconds(pid) for pid in pids) == 0:
-        assert time.monotonic() < deadline, "the neighbours never ran"
-        time.sleep(0.05)
-    bench.send_signal(signal.SIGKILL)  # no finally runs: the neighbours must see it alone
-    bench.wait()
-    deadline = time.monotonic() + 30
-    # Orphans are reaped by init once they exit: gone, or a zombie, is ended.
-    while any(_running(pid) for pid in pids):
-        if time.monotonic() > deadline:
-            for pid in pids:  # a failed run leaves no CPU burner behind (still running)
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            pytest.fail(f"neighbours {pids} outlived the benchmark")
-        time.sleep(0.05)
-
-
-def _running(pid: int) -> bool:
+    # A pidfd turns readable when its process ends: the wait is for that event.
+    ends = [os.pidfd_open(pid) for pid in pids]
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] != b"Z"
+        bench.send_signal(signal.SIGKILL)  # no finally runs: the neighbours must see it alone
+        bench.wait()
+        deadline = time.monotonic() + 30
+        waiting = list(ends)
+        while waiting:
+            ended, _, _ = select.select(waiting, [], [], max(0.0, deadline - time.monotonic()))
+            if not ended:
+                for fd in waiting:  # a failed run leaves no CPU burner behind
+                    with contextlib.suppress(ProcessLookupError):
+                        signal.pidfd_send_signal(fd, signal.SIGKILL)
+                pytest.fail(f"neighbours {pids} outlived the benchmark")
+            waiting = [fd for fd in waiting if fd not in ended]
+    finally:
+        for fd in ends:
+            os.close(fd)
+        if bench.stdin is not None:
+            bench.stdin.close()
