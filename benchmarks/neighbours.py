@@ -25,19 +25,28 @@ PERIOD_S = 0.01
 # neighbour that wakes takes the CPU from whichever of them runs there.
 NICE = -10
 
+# CPU time a neighbour uses after it is ready before it says "busy <wall seconds>": its
+# own CPU timer's event, and the wall time it took, so that its share of a CPU shows.
+BUSY_AFTER_S = 0.05
+
 # A neighbour sets its own niceness (absolute: whatever the benchmark's is; a user who may
-# not keeps the benchmark's), says so, ignores the
-# terminal's Ctrl-C (the benchmark ends it), and ends by itself when the benchmark does,
-# however it ends (its parent gone).
+# not keeps the benchmark's), says so, ignores the terminal's Ctrl-C (the benchmark ends
+# it), says "busy" when the kernel's CPU timer of the process (ITIMER_PROF: user and
+# system time) finds it used BUSY_AFTER_S since (with the wall time that took), and ends
+# by itself when the benchmark does, however it ends (its parent gone).
 _SPIN = """
 import os, signal, sys, time
-busy, idle, parent, nice = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+busy, idle, parent, nice, used = (float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]),
+                                  int(sys.argv[4]), float(sys.argv[5]))
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 try:
     os.setpriority(os.PRIO_PROCESS, 0, nice)
 except PermissionError:
     pass
 print("ready", flush=True)
+ready = time.perf_counter()
+signal.signal(signal.SIGPROF, lambda *_: print("busy", time.perf_counter() - ready, flush=True))
+signal.setitimer(signal.ITIMER_PROF, used)
 while os.getppid() == parent:
     start = time.perf_counter()
     while time.perf_counter() - start < busy:
@@ -73,12 +82,13 @@ def nice_of(pid: int) -> int:
 
 
 @contextlib.contextmanager
-def running(neighbours: Neighbours) -> Iterator[list[int]]:
-    """The neighbours' processes, for the duration of the block; their pids."""
+def running(neighbours: Neighbours) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """The neighbours' processes, for the duration of the block, each ready (its niceness
+    set); what each says next is on its standard output (see ``BUSY_AFTER_S``)."""
     busy = neighbours.duty * PERIOD_S
     command = [
         *(sys.executable, "-c", _SPIN),
-        *(repr(busy), repr(PERIOD_S - busy), str(os.getpid()), str(NICE)),
+        *(repr(busy), repr(PERIOD_S - busy), str(os.getpid()), str(NICE), repr(BUSY_AFTER_S)),
     ]
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -87,7 +97,7 @@ def running(neighbours: Neighbours) -> Iterator[list[int]]:
         for proc in procs:  # each has set its niceness, or found it may not
             assert proc.stdout is not None
             proc.stdout.readline()
-        yield [p.pid for p in procs]
+        yield procs
     finally:
         for proc in procs:
             proc.kill()
@@ -95,8 +105,8 @@ def running(neighbours: Neighbours) -> Iterator[list[int]]:
             proc.wait()
 
 
-def describe(neighbours: Neighbours, pids: list[int]) -> str:
-    nice = nice_of(pids[0]) if pids else 0
+def describe(neighbours: Neighbours, procs: list[subprocess.Popen[bytes]]) -> str:
+    nice = nice_of(procs[0].pid) if procs else 0
     return (
         f"beside {neighbours.count} neighbour process(es), each busy {neighbours.duty:.0%}"
         f" of every {PERIOD_S * 1e3:g} ms at nice {nice} (the machine's other tenants)"

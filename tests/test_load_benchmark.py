@@ -62,10 +62,10 @@ def test_neighbours_take_cpu_at_a_higher_priority_while_running_and_are_gone_aft
     import subprocess
     import sys
 
-    from benchmarks.neighbours import NICE, Neighbours, describe, nice_of, running
-    from benchmarks.procstat import cpu_seconds
+    from benchmarks.neighbours import BUSY_AFTER_S, NICE, Neighbours, describe, nice_of, running
 
-    with running(Neighbours(2, 0.5)) as pids:
+    with running(Neighbours(2, 0.5)) as procs:
+        pids = [proc.pid for proc in procs]
         assert len(pids) == 2
         # A process that may lower its niceness (root with CAP_SYS_NICE) sets NICE; any
         # other keeps the niceness it was started with, this process's.
@@ -75,11 +75,17 @@ def test_neighbours_take_cpu_at_a_higher_priority_while_running_and_are_gone_aft
         )
         expected = NICE if may.returncode == 0 else nice_of(os.getpid())
         assert [nice_of(pid) for pid in pids] == [expected, expected]
-        assert f"at nice {expected}" in describe(Neighbours(2, 0.5), pids)
-        deadline = time.monotonic() + 30
-        while min(cpu_seconds(pid) for pid in pids) < 0.05:
-            assert time.monotonic() < deadline, "a neighbour used no CPU in 30 s"
-            time.sleep(0.05)
+        assert f"at nice {expected}" in describe(Neighbours(2, 0.5), procs)
+        # Each says "busy" when its own CPU timer fires (BUSY_AFTER_S of CPU used), with
+        # the wall time that took: busy half of every period, it takes about twice that;
+        # one only waking between sleeps would take over a hundred times as long.
+        for proc in procs:
+            assert proc.stdout is not None
+            said, _, wall = proc.stdout.readline().decode().partition(" ")
+            assert said == "busy", f"neighbour {proc.pid} ended"
+            assert BUSY_AFTER_S / float(wall) > 0.1, (
+                f"a CPU share of {BUSY_AFTER_S / float(wall):.3f}"
+            )
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}"), f"neighbour {pid} still runs"
 
@@ -97,8 +103,8 @@ def test_neighbours_end_by_themselves_when_the_benchmark_is_killed() -> None:
     script = (
         "import sys\n"
         "from benchmarks.neighbours import Neighbours, running\n"
-        "with running(Neighbours(2, 0.2)) as pids:\n"
-        "    print(*pids, flush=True)\n"
+        "with running(Neighbours(2, 0.2)) as procs:\n"
+        "    print(*(proc.pid for proc in procs), flush=True)\n"
         "    sys.stdin.read()\n"
     )
     bench = subprocess.Popen(
