@@ -195,6 +195,10 @@ LIVE_HEARTBEAT_S: Final = 15.0
 # After a failed write the publisher skips Redis for this long (the stream read goes on).
 LIVE_BACKOFF_S: Final = 5.0
 LIVE_REDIS_TIMEOUT_S: Final = 1.0
+# A live-token reader blocks in XREAD for up to EZQ_LIVE_HEARTBEAT; its socket waits that
+# long plus this before it calls Redis unreachable (redis-py 8 times a read out after 5 s
+# unless told otherwise, which cut every block short and left the reader blind).
+LIVE_READ_MARGIN_S: Final = 5.0
 # `ezq api` on SIGTERM: requests in flight get this long; open /events streams are then
 # closed (their clients resume with Last-Event-ID).
 API_GRACEFUL_SHUTDOWN_S: Final = 10.0

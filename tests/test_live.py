@@ -450,3 +450,132 @@ def test_idle_listeners_hold_no_thread_each(server: Any, client: httpx.Client) -
 
     threads = asyncio.run(main())
     assert threads < listeners, threads
+
+
+# redis-py 8 times a socket read out after 5 s unless told otherwise; a listener's XREAD
+# blocks for EZQ_LIVE_HEARTBEAT (15 s by default), so each quiet read used to end in a
+# TimeoutError, taken for Redis being down: the listener slept a heartbeat blind and
+# answered the final event only, its deltas lost.
+PAST_REDIS_DEFAULT_S = 5
+
+
+def running_job() -> str:
+    """A job of TENANT that is running as far as anyone can tell (a lease an hour long,
+    so the sweep leaves it alone) while the test writes its stream itself."""
+    from service.db import queries
+    from service.db.session import transaction
+    from service.validation import validate_request
+
+    with transaction() as session:
+        job_id, _ = queries.create_job(
+            session,
+            validate_request(
+                model=MODEL, messages=[{"role": "user", "content": marker()}], tenant=TENANT
+            ),
+        )
+    sql_exec(
+        "UPDATE jobs SET status = 'running', attempts = 1, started_at = now(),"
+        " needs_publish = false, lease_expires_at = now() + interval '1 hour' WHERE id = :j",
+        j=str(job_id),
+    )
+    return str(job_id)
+
+
+def sql_exec(statement: str, **params: Any) -> None:
+    from sqlalchemy import text
+
+    from service.db.session import transaction
+
+    with transaction() as session:
+        session.execute(text(statement), params)
+
+
+def wait_for_a_long_blocked_read(gone: Any) -> None:
+    """Until some client has been blocked in XREAD for longer than redis-py's default
+    read timeout; ``gone()`` says the reader has given up (a failure)."""
+    admin = redis.Redis.from_url(REDIS_URL)
+    deadline = time.monotonic() + 3 * PAST_REDIS_DEFAULT_S
+    try:
+        while True:
+            blocked = [
+                c
+                for c in admin.client_list()
+                if c.get("cmd") == "xread" and "b" in c.get("flags", "")
+            ]
+            if any(int(c["idle"]) > PAST_REDIS_DEFAULT_S for c in blocked):
+                return
+            assert not gone(), "the reader stopped before its read had blocked long"
+            assert time.monotonic() < deadline, f"no XREAD stayed blocked past 5 s: {blocked}"
+            time.sleep(0.1)
+    finally:
+        admin.close()
+
+
+def write_reply(job_id: str) -> None:
+    """What a worker's live publisher writes for a short reply: deltas, then the end."""
+    from service.live.events import entry_fields
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        key = stream_key(job_id)
+        for i in range(0, len(REPLY), 8):
+            delta = {"attempt": 1, "content": REPLY[i : i + 8]}
+            client.xadd(key, entry_fields("delta", delta, 1))
+        client.xadd(key, entry_fields("job.succeeded", '{"type": "job.succeeded"}', None))
+        client.expire(key, 60)
+    finally:
+        client.close()
+
+
+def test_a_listener_waiting_long_for_the_first_token_gets_every_delta(
+    api_server_factory: Any,
+) -> None:
+    """A job whose first token comes after a long quiet wait (queued behind others, a
+    slow gateway) streams its deltas over HTTP as they come, not only its final event."""
+    server = api_server_factory(EZQ_API_TOKENS=ADMIN_TOKEN, EZQ_LIVE_HEARTBEAT="8")
+    job_id = running_job()
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with (
+        httpx.Client(base_url=server.url, headers=headers, timeout=30) as admin,
+        admin.stream("GET", f"/v1/jobs/{job_id}/events") as response,
+    ):
+        lines = response.iter_lines()
+        assert next(lines) == "retry: 2000"  # the stream is open: its first read follows
+        wait_for_a_long_blocked_read(gone=lambda: False)
+        write_reply(job_id)
+        named: list[tuple[str, dict[str, Any]]] = []
+        event = ""
+        for line in lines:
+            if line.startswith("event: "):
+                event = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                named.append((event, json.loads(line.removeprefix("data: "))))
+    assert "".join(data.get("content", "") for kind, data in named if kind == "delta") == REPLY
+    assert named[-1][0] == "job.succeeded"
+
+
+def test_stream_job_waiting_long_for_the_first_token_gets_every_delta() -> None:
+    """The same from Python: `stream_job` (and so `ezq enqueue --follow`) yields every
+    delta of a job whose first token came after a long quiet wait."""
+    import threading
+
+    from service import stream_job
+
+    job_id = running_job()
+    received: list[Any] = []
+    failure: list[BaseException] = []
+
+    def follow() -> None:
+        try:
+            received.extend(stream_job(job_id))
+        except BaseException as exc:  # handed to the test's thread
+            failure.append(exc)
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    wait_for_a_long_blocked_read(gone=lambda: not reader.is_alive())
+    write_reply(job_id)
+    reader.join(timeout=60)
+    assert not failure, failure
+    assert "".join(e.text for e in received) == REPLY
+    assert received[-1].type == "job.succeeded"

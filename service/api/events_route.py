@@ -24,7 +24,7 @@ from service.config import get_settings
 from service.db.queries import Tenants
 from service.errors import JobNotFound
 from service.live.events import Follower, final_event, stream_key
-from service.live.follow import READ_COUNT, ended_view, entries_of
+from service.live.follow import READ_COUNT, ended_view, entries_of, read_timeout
 
 router = APIRouter()
 
@@ -70,10 +70,12 @@ class _LiveOff(Exception):
 
 
 def _client(url: str) -> aioredis.Redis:
-    # One pool per process (uvicorn runs one event loop per process).
+    # One pool per process (uvicorn runs one event loop per process); its reads outlast
+    # the XREAD block, so that a quiet stream is not taken for Redis being down.
     client = _clients.get(url)
     if client is None:
-        client = _clients[url] = aioredis.Redis.from_url(url)
+        timeout = read_timeout(get_settings().ezq_live_heartbeat)
+        client = _clients[url] = aioredis.Redis.from_url(url, socket_timeout=timeout)
     return client
 
 

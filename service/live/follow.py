@@ -10,6 +10,7 @@ from typing import Any
 
 import redis
 
+from service import constants as c
 from service.config import get_settings
 from service.db.queries import Tenants
 from service.live.events import (
@@ -22,6 +23,16 @@ from service.live.events import (
 
 # Entries read per round trip; a late reader of a long reply catches up in a few.
 READ_COUNT = 500
+
+
+def read_timeout(block_s: float) -> float:
+    """The socket timeout of a reader that blocks up to ``block_s`` in XREAD."""
+    return block_s + c.LIVE_READ_MARGIN_S
+
+
+def live_reader(url: str, block_s: float) -> redis.Redis:
+    """A client whose reads outlast an XREAD that blocks up to ``block_s``."""
+    return redis.Redis.from_url(url, socket_timeout=read_timeout(block_s))
 
 
 def entries_of(reply: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
@@ -64,7 +75,7 @@ def stream_job(
         return
     settings = get_settings()
     url = settings.live_redis_url
-    client = redis.Redis.from_url(url) if url else None
+    client = live_reader(url, settings.ezq_live_heartbeat) if url else None
     follower = Follower(last_event_id)
     key = stream_key(the_id)
     try:
