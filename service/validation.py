@@ -384,7 +384,7 @@ def validate_request(
         ("idempotency_key", request.idempotency_key),
         ("callback_url", request.callback_url),
     ):
-        _storable(field, value)
+        storable(field, value)
     if request.surface == "anthropic":
         problem = anthropic_problem(list(checked_messages), checked_params)
         if problem is not None:
@@ -397,9 +397,9 @@ def validate_request(
     return request
 
 
-def _storable(field: str, value: object) -> None:
+def storable(field: str, value: object) -> None:
     """Refuse what Postgres cannot store: NUL characters or lone UTF-16 surrogates in text,
-    NaN or Infinity in JSON."""
+    NaN or Infinity in JSON; ``field`` (and the path below it) names where."""
     if isinstance(value, str):
         if "\x00" in value:
             raise InvalidRequest(field, "must not contain NUL (\\u0000) characters")
@@ -414,11 +414,11 @@ def _storable(field: str, value: object) -> None:
             raise InvalidRequest(field, "must not contain NaN or Infinity")
     elif isinstance(value, dict):
         for key, item in value.items():
-            _storable(f"{field}.{key}", key)
-            _storable(f"{field}.{key}", item)
+            storable(f"{field}.{key}", key)
+            storable(f"{field}.{key}", item)
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):
-            _storable(f"{field}[{i}]", item)
+            storable(f"{field}[{i}]", item)
 
 
 def _priority(value: object) -> int:
@@ -466,5 +466,5 @@ def checked_priority(value: object, default: int) -> int:
 def checked_tenant(value: object) -> str | None:
     """A tenant as enqueue checks it: a non-empty string Postgres can store."""
     tenant = _text("tenant", value, c.MAX_TENANT_LENGTH, required=False)
-    _storable("tenant", tenant)
+    storable("tenant", tenant)
     return tenant

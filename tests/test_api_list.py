@@ -95,6 +95,11 @@ def test_filters(client: httpx.Client) -> None:
     assert ids(**{"metadata.n": "3"}) == set(counted)
     assert ids(**{"metadata.flag": "true", "metadata.run": tag}) == set(counted)
     assert ids(**{"metadata.run": "no-such-run"}) == set()
+    # What JSON cannot hold in Postgres matches as text only: no job, and no 500.
+    for spelled in ("NaN", "Infinity", "-Infinity", "1e400"):
+        assert ids(**{"metadata.n": spelled, "metadata.run": tag}) == set()
+    texts = seed(TENANT, 1, metadata=f'{{"run": "{tag}-text", "n": "NaN"}}')
+    assert ids(**{"metadata.n": "NaN", "metadata.run": f"{tag}-text"}) == set(texts)
     now = datetime.now(UTC)
     assert ids(**{"metadata.run": tag, "since": (now - timedelta(minutes=5)).isoformat()}) == set(
         failed + counted

@@ -328,3 +328,45 @@ def test_other_tenants_jobs_cannot_be_replayed(
     assert sql("SELECT count(*) FROM jobs WHERE replay_of = :j", j=job_id) == [(0,)]
     mine = teams[owner].client.post(f"/v1/jobs/{job_id}/replay")
     assert (mine.status_code, mine.json()["replay_of"]) == (202, job_id)
+
+
+def test_replays_record_the_key_that_asked(teams: dict[str, Team]) -> None:
+    """A replay over HTTP, of one job or by filters, names the key that asked for it in
+    created_by, as any job made over HTTP does; it keeps the original's priority."""
+    one, many = ended_job(A), ended_job(A)
+    sql_exec("UPDATE jobs SET priority = 2 WHERE id = :j", j=one)
+    single = teams["a"].client.post(f"/v1/jobs/{one}/replay")
+    assert single.status_code == 202, single.text
+    filtered = teams["a"].client.post("/v1/jobs/replay", json={"job_ids": [many]})
+    assert filtered.status_code == 202, filtered.text
+    rows = sql(
+        "SELECT replay_of::text, created_by, priority FROM jobs WHERE replay_of IN (:a, :b)"
+        " ORDER BY replay_of = :a DESC",
+        a=one,
+        b=many,
+    )
+    assert rows == [(one, teams["a"].key_id, 2), (many, teams["a"].key_id, 5)]
+
+
+def test_idempotency_key_in_header_and_body_must_agree(teams: dict[str, Team]) -> None:
+    """Two different keys in one request are a 422 (either alone would name a job, and a
+    silent choice made a second paid job); the same key twice is one key; a header that
+    is not ASCII is refused rather than stored garbled. Nothing is written."""
+    client = teams["a"].client
+    body = {"model": "m", "messages": USER, "idempotency_key": "body-" + uuid.uuid4().hex}
+    before = sql("SELECT count(*) FROM jobs")
+    differ = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "hdr-x"})
+    assert differ.status_code == 422, differ.text
+    assert differ.json()["error"]["field"] == "Idempotency-Key"
+    garbled = client.post(
+        "/v1/jobs",
+        json={"model": "m", "messages": USER},
+        headers=[(b"Idempotency-Key", b"\xff\xfekey")],
+    )
+    assert garbled.status_code == 422, garbled.text
+    assert garbled.json()["error"]["field"] == "Idempotency-Key"
+    assert sql("SELECT count(*) FROM jobs") == before
+    agree = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": body["idempotency_key"]})
+    again = client.post("/v1/jobs", json=body)
+    assert agree.status_code == again.status_code == 202, agree.text
+    assert agree.json()["job_id"] == again.json()["job_id"]

@@ -269,6 +269,19 @@ def test_another_tenant_cannot_see_or_cancel_the_batch_or_its_files(
             call()
         assert TENANT_A not in str(caught.value.body)
     assert batch.id not in [b.id for b in other.batches.list(limit=100).data]
+    # As a page cursor, A's batch reads like an unknown id: B's own first page, in full,
+    # with B's batch made after A's (a cursor placed at A's would leave it out).
+    own = other.files.create(
+        file=("own.jsonl", jsonl([line("own", f"own {uuid.uuid4().hex}")])), purpose="batch"
+    )
+    others = other.batches.create(
+        input_file_id=own.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    unknown = "batch_" + uuid.uuid4().hex
+    others_first = [b.id for b in other.batches.list(limit=100).data]
+    assert others.id in others_first
+    assert [b.id for b in other.batches.list(limit=100, after=batch.id).data] == others_first
+    assert [b.id for b in other.batches.list(limit=100, after=unknown).data] == others_first
     assert owner.batches.retrieve(batch.id).status in ("in_progress", "finalizing", "completed")
 
 

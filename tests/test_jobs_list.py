@@ -49,6 +49,8 @@ def test_filters_select_exactly_the_matching_jobs(service_env: dict[str, str], t
     assert ids("--model", "deepseek-v4-pro") == {str(timeout)}
     assert ids("--meta", "feature=chat") == {str(failed)}
     assert ids("--meta", "n=1") == {str(failed)}
+    assert ids("--meta", "n=NaN") == set()  # not JSON Postgres holds: text only, no traceback
+    assert ids("--meta", "n=1e400") == set()
     assert ids("--until", "2d") == {str(old)}
     assert ids("--status", "succeeded", "--status", "cancelled") == {str(ok)}
     assert len(listed("--tenant", tenant, "--limit", "2")) == 2

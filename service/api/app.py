@@ -185,6 +185,15 @@ def create_app() -> FastAPI:
         if unknown:
             raise InvalidRequest(unknown[0], "is not a known field")
         if idempotency_key is not None:
+            if not idempotency_key.isascii():
+                # Header bytes arrive as Latin-1: anything else would be stored garbled.
+                raise InvalidRequest("Idempotency-Key", "must be ASCII text")
+            body_key = payload.get("idempotency_key")
+            if body_key is not None and body_key != idempotency_key:
+                # Either key alone names a job: two that differ would make a new one silently.
+                raise InvalidRequest(
+                    "Idempotency-Key", "differs from the body's idempotency_key; send one"
+                )
             payload["idempotency_key"] = idempotency_key
         payload["tenant"] = principal.tenant_for(payload.get("tenant"))
         view = await run_in_threadpool(_enqueue, payload, principal.key_id)
@@ -243,7 +252,7 @@ def create_app() -> FastAPI:
     @app.get(
         "/v1/jobs/{job_id}",
         response_model=None,
-        responses={200: {"model": JobView}, **_responses(401, 404, 503)},
+        responses={200: {"model": JobView}, **_responses(401, 404, 422, 503)},
     )
     def read_job(job_id: str, principal: Caller) -> dict[str, Any]:
         """The job: status, attempts, content, finish reason, usage, error, timestamps."""
@@ -251,12 +260,12 @@ def create_app() -> FastAPI:
 
         return get_job(_uuid(job_id, JobNotFound), tenants=principal.tenants)
 
-    app.include_router(events_route.router, responses=_responses(401, 404, 503))
+    app.include_router(events_route.router, responses=_responses(401, 404, 422, 503))
 
     @app.post(
         "/v1/jobs/{job_id}/cancel",
         response_model=None,
-        responses={200: {"model": JobView}, **_responses(401, 404, 409, 413, 503)},
+        responses={200: {"model": JobView}, **_responses(401, 404, 409, 413, 422, 503)},
     )
     def cancel_job(job_id: str, principal: Caller) -> dict[str, Any]:
         """Cancel a job that has not ended; 409 if it already succeeded or failed."""
@@ -267,7 +276,7 @@ def create_app() -> FastAPI:
     @app.get(
         "/v1/conversations/{conversation_id}",
         response_model=None,
-        responses={200: {"model": ConversationView}, **_responses(401, 404, 503)},
+        responses={200: {"model": ConversationView}, **_responses(401, 404, 422, 503)},
     )
     def read_conversation(conversation_id: str, principal: Caller) -> dict[str, Any]:
         """The conversation's messages in order, and its jobs."""

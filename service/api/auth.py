@@ -9,10 +9,11 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.api.errors import ApiError
+from service.api.query_check import refuse_unknown_query
 from service.config import get_settings
 from service.keys.principal import Principal
 
@@ -29,9 +30,17 @@ def _configured_token(presented: str) -> int | None:
 
 
 def authenticate(
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    """The caller behind the request's bearer token, or a 401."""
+    """The caller behind the request's bearer token, or a 401; then a 422 for a query
+    parameter the route does not take (after the 401: only a caller learns the rules)."""
+    principal = _principal(credentials)
+    refuse_unknown_query(request)
+    return principal
+
+
+def _principal(credentials: HTTPAuthorizationCredentials | None) -> Principal:
     from service.db.session import transaction
     from service.keys.store import principal_for
 

@@ -89,8 +89,23 @@ def error_response(
 
 
 def _field_of(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc[1:]] if loc and loc[0] in ("query", "path", "header") else []
+    if loc and loc[0] == "query" and len(loc) > 1:
+        return str(loc[1])  # a repeatable parameter is named, not its n-th value
+    parts = [str(p) for p in loc[1:]] if loc and loc[0] in ("path", "header") else []
     return ".".join(parts) or "request"
+
+
+def _invalid_message(error: Any) -> tuple[str, str]:
+    """The field and message of FastAPI's first validation error, worded as the routes
+    that parse their own bodies word theirs (``body: is not valid JSON: ...``)."""
+    loc = tuple(error.get("loc", ()))
+    if loc[:1] == ("body",) and error.get("type") == "json_invalid":
+        reason = (error.get("ctx") or {}).get("error", "malformed")
+        return "body", f"body: is not valid JSON: {reason}"
+    if loc == ("body",) and error.get("type") == "missing":
+        return "body", "body: is empty; send a JSON object"
+    field = _field_of(loc)
+    return field, f"{field}: {error.get('msg')}"
 
 
 def _allowed(request: Request) -> list[str]:
@@ -162,8 +177,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     def _request_invalid(_: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "is invalid"}
-        field = _field_of(tuple(first.get("loc", ())))
-        return error_response(422, "invalid_request", f"{field}: {first.get('msg')}", field=field)
+        field, message = _invalid_message(first)
+        return error_response(422, "invalid_request", message, field=field)
 
     @app.exception_handler(StarletteHTTPException)
     def _http(request: Request, exc: StarletteHTTPException) -> Response:

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Body, HTTPException, Response, status
 
 from service.api.auth import Caller
 from service.errors import InvalidRequest, JobNotReplayable
+from service.validation import storable
 
 router = APIRouter()
 
@@ -88,6 +89,8 @@ def replay_many(
     unknown = sorted(set(payload) - set(FILTER_FIELDS))
     if unknown:
         raise InvalidRequest(unknown[0], "is not a known field")
+    for name, value in payload.items():
+        storable(name, value)  # what Postgres cannot compare: NUL, lone surrogates, NaN
     dry_run = payload.get("dry_run", False)
     if not isinstance(dry_run, bool):
         raise InvalidRequest("dry_run", "must be true or false")
@@ -118,7 +121,9 @@ def replay_many(
             "status": "status",
         },
     )
-    result = replay_jobs(wanted, limit=_limit(payload), dry_run=dry_run)
+    result = replay_jobs(
+        wanted, limit=_limit(payload), dry_run=dry_run, created_by=principal.key_id
+    )
     if dry_run:
         response.status_code = status.HTTP_200_OK
     return result.as_dict()
@@ -132,7 +137,7 @@ def replay_one(job_id: str, response: Response, principal: Caller) -> dict[str, 
 
     try:
         scope = tuple(sorted(principal.tenants)) if principal.tenants is not None else ()
-        new_id = replay_job(_job_id(job_id), tenants=scope)
+        new_id = replay_job(_job_id(job_id), tenants=scope, created_by=principal.key_id)
     except JobNotReplayable as exc:
         raise HTTPException(
             status_code=409,

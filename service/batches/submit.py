@@ -27,7 +27,7 @@ from service.db import batches as db
 from service.db.queries import Tenants
 from service.db.session import transaction
 from service.errors import FileNotFound, InvalidBatchFile, InvalidRequest
-from service.validation import checked_callback_url, checked_priority
+from service.validation import checked_callback_url, checked_priority, storable
 
 METADATA_MAX_KEYS = 16
 METADATA_MAX_KEY = 64
@@ -83,6 +83,7 @@ def check_metadata(value: object) -> dict[str, str]:
             raise InvalidRequest(
                 f"metadata.{key}", f"must be a string of at most {METADATA_MAX_VALUE} characters"
             )
+    storable("metadata", value)
     return dict(value)
 
 

@@ -113,7 +113,8 @@ def list_batches(
         stmt = stmt.where(Batch.tenant.in_(list(tenants)))
     if after is not None and is_batch_id(after):
         anchor = session.get(Batch, after)
-        if anchor is not None:
+        # Another tenant's batch is answered like an unknown id: its place is not told.
+        if anchor is not None and visible(anchor.tenant, tenants):
             stmt = stmt.where(
                 func.row(Batch.created_at, Batch.id) < func.row(anchor.created_at, anchor.id)
             )

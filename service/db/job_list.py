@@ -19,6 +19,7 @@ from sqlalchemy import Select, Text, and_, cast, literal, or_, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
+from service.db.metadata_match import spelled_values
 from service.db.models import Job, Message, TokenUsage
 
 
@@ -48,18 +49,11 @@ class Page:
 
 
 def _metadata_match(key: str, value: str) -> Any:
-    candidates: list[Any] = [value]
-    try:
-        parsed = json.loads(value)
-    except ValueError:
-        parsed = value
-    if parsed != value and not isinstance(parsed, dict | list):
-        candidates.append(parsed)
     # The containment (@>) that ix_jobs_metadata (GIN) serves, the document cast from text.
     return or_(
         *(
             Job.meta.contains(cast(literal(json.dumps({key: candidate}), Text()), JSONB))
-            for candidate in candidates
+            for candidate in spelled_values(value)
         )
     )
 

@@ -6,7 +6,6 @@ with OR.
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,6 +14,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, func, or_, select, true
 from sqlalchemy.orm import Session
 
+from service.db.metadata_match import spelled_values
 from service.db.models import Job, TokenUsage
 
 
@@ -38,14 +38,7 @@ class JobFilter:
 
 def _meta_condition(key: str, raw: str) -> ColumnElement[bool]:
     # ``--meta n=1`` matches the number 1 and the string "1": people tag both ways.
-    wanted = [Job.meta.contains({key: raw})]
-    try:
-        parsed = json.loads(raw)
-    except ValueError:
-        parsed = raw
-    if parsed != raw:
-        wanted.append(Job.meta.contains({key: parsed}))
-    return or_(*wanted)
+    return or_(*(Job.meta.contains({key: value}) for value in spelled_values(raw)))
 
 
 def conditions(wanted: JobFilter) -> ColumnElement[bool]:

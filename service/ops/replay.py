@@ -143,7 +143,7 @@ class _Estimator:
         self._result.estimated_cost_usd += cost
 
 
-def _create(session: Session, job: Job, conversation: str) -> uuid.UUID:
+def _create(session: Session, job: Job, conversation: str, created_by: str | None) -> uuid.UUID:
     from service.db import queries
     from service.validation import validate_request
 
@@ -156,14 +156,17 @@ def _create(session: Session, job: Job, conversation: str) -> uuid.UUID:
         metadata=dict(job.meta),
         callback_url=job.callback_url,
         surface=job.surface,
+        priority=job.priority,
         max_request_bytes=get_settings().ezq_max_request_bytes,
     )
-    new_id, _ = queries.create_job(session, request)
+    new_id, _ = queries.create_job(session, request, created_by=created_by)
     replays.mark_replay(session, new_id, job.id)
     return new_id
 
 
-def _run(session: Session, originals: list[Job], result: ReplayResult) -> None:
+def _run(
+    session: Session, originals: list[Job], result: ReplayResult, created_by: str | None
+) -> None:
     estimator = _Estimator(session, result)
     made: set[uuid.UUID] = set()
     for job in originals:
@@ -174,7 +177,7 @@ def _run(session: Session, originals: list[Job], result: ReplayResult) -> None:
         new_id: uuid.UUID | None = None
         if not result.dry_run:
             try:
-                new_id = _create(session, job, decided)
+                new_id = _create(session, job, decided, created_by)
             except EzqCallerError as exc:
                 result.skipped.append(Skip(job.id, "invalid", str(exc)))
                 continue
@@ -196,19 +199,24 @@ def _publish(result: ReplayResult) -> None:
             log.warning("replay %s stored but not published yet", replay.job_id, exc_info=True)
 
 
-def replay_jobs(wanted: joblist.JobFilter, *, limit: int, dry_run: bool = False) -> ReplayResult:
-    """Replay the jobs ``wanted`` selects (oldest first, at most ``limit``)."""
+def replay_jobs(
+    wanted: joblist.JobFilter, *, limit: int, dry_run: bool = False, created_by: str | None = None
+) -> ReplayResult:
+    """Replay the jobs ``wanted`` selects (oldest first, at most ``limit``); ``created_by``
+    names the API key that asked (HTTP only), as for any job."""
     result = ReplayResult(dry_run=dry_run)
     with transaction() as session:
         originals = joblist.matching_jobs(session, wanted, limit=limit)
-        _run(session, originals, result)
+        _run(session, originals, result, created_by)
         if dry_run:
             session.rollback()
     _publish(result)
     return result
 
 
-def replay_job(job_id: uuid.UUID, *, tenants: tuple[str, ...] = ()) -> uuid.UUID:
+def replay_job(
+    job_id: uuid.UUID, *, tenants: tuple[str, ...] = (), created_by: str | None = None
+) -> uuid.UUID:
     """Replay one job; return the new job's id. Raises JobNotFound or JobNotReplayable.
 
     With ``tenants``, a job of any other tenant is reported as not found.
@@ -218,7 +226,7 @@ def replay_job(job_id: uuid.UUID, *, tenants: tuple[str, ...] = ()) -> uuid.UUID
         job = session.get(Job, job_id)
         if job is None or (tenants and job.tenant not in tenants):
             raise JobNotFound(job_id)
-        _run(session, [job], result)
+        _run(session, [job], result, created_by)
     if result.skipped:
         skip = result.skipped[0]
         raise JobNotReplayable(job_id, skip.reason, skip.message)
