@@ -138,7 +138,8 @@ def test_two_turn_thinking_sends_the_first_turns_thinking_back(fake_gateway: Any
 def test_cache_writes_and_reads_are_stored_and_priced(fake_gateway: Any) -> None:
     """cache_control hints send the job to the Anthropic surface; the first call's cache
     write and the second's cache read land in token_usage and are priced exactly."""
-    model = "claude-haiku-4-5"
+    # A model no other test prices: a price added now would outrank theirs.
+    model = "claude-sonnet-4-6"
     with transaction() as session:
         add_price(
             session,
