@@ -246,7 +246,11 @@ class ReplyDefect(GatewayError):
     """The gateway answered 200 and finished, but the reply cannot be used as a success.
 
     Not retried: the defect is deterministic for the same request on the same surface.
+    ``usage`` is the finished call's usage object (None if it sent none): the call was
+    answered in full and paid for, so its usage is recorded with the failure.
     """
+
+    usage: dict[str, Any] | None = None
 
     def describe(self) -> str:
         return self.message

@@ -108,6 +108,49 @@ def test_worker_metrics_match_the_database(
     assert "ezq_webhook_deliveries" in names or "ezq_webhook_deliveries_total" in names
 
 
+def test_jobs_failed_at_claim_or_on_a_paid_reply_are_counted(
+    worker_factory: Callable[..., WorkerProcess], own_queue: str, fake_gateway: Any
+) -> None:
+    """A job failed over budget before any call, and one failed on a reply it paid for (a
+    strict json_schema mismatch), are in the job counters like any failed job, and the
+    paid one's tokens in the token counter, as in token_usage."""
+    from tests.conftest import run_ezq
+
+    port = free_port()
+    # The model has no price here: a budget then holds it back only with `deny`.
+    env = {"EZQ_QUEUE": own_queue, "EZQ_BUDGET_UNPRICED": "deny"}
+    worker_factory(env=env, args=["--metrics-port", str(port)])
+    broke, strict = f"b-{uuid.uuid4().hex[:8]}", f"s-{uuid.uuid4().hex[:8]}"
+    done = run_ezq("budgets", "set", "--tenant", broke, "--monthly-usd", "0", "--model", MODEL)
+    assert done.returncode == 0, done.stderr
+    over = enqueue_completion(MODEL, [{"role": "user", "content": "over"}], tenant=broke)
+    marker = uuid.uuid4().hex
+    fake_gateway.add_faults(Fault(kind="normal", reply="not json", match=marker))
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    params = {
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "a", "strict": True, "schema": schema},
+        }
+    }
+    mismatch = enqueue_completion(
+        MODEL, [{"role": "user", "content": f"json {marker}"}], params=params, tenant=strict
+    )
+    assert wait_for_job(over)["error"]["type"] == "budget_exceeded"
+    assert wait_for_job(mismatch)["error"]["type"] == "json_schema_mismatch"
+
+    _, samples = scrape(f"http://127.0.0.1:{port}/metrics")
+    for tenant in (broke, strict):
+        assert value(samples, "ezq_jobs_total", status="failed", model=MODEL, tenant=tenant) == 1
+    [(prompt, completion)] = sql(
+        "SELECT sum(prompt_tokens), sum(completion_tokens) FROM token_usage WHERE tenant = :t",
+        t=strict,
+    )
+    tokens = "ezq_tokens_total"
+    assert value(samples, tokens, model=MODEL, tenant=strict, kind="prompt") == prompt > 0
+    assert value(samples, tokens, model=MODEL, tenant=strict, kind="completion") == completion
+
+
 def test_worker_processes_add_up(
     worker_factory: Callable[..., WorkerProcess],
     own_queue: str,

@@ -145,9 +145,25 @@ def test_history_keeps_parts_as_sent_and_sends_them_again(fake_gateway: Any) -> 
     assert plain == [(3,)], "string messages keep content_parts NULL"
 
 
+def assert_paid_usage(job: dict[str, Any]) -> None:
+    """The job has one usage row, holding the usage object the gateway's stream ended
+    with, and the job (also when it failed on its reply) shows those counts."""
+    rows = sql(
+        "SELECT prompt_tokens, completion_tokens, raw_usage FROM token_usage WHERE job_id = :j",
+        j=job["job_id"],
+    )
+    assert len(rows) == 1, rows
+    prompt, completion, raw = rows[0]
+    assert raw["prompt_tokens"] > 0 and raw["completion_tokens"] > 0, raw
+    assert (prompt, completion) == (raw["prompt_tokens"], raw["completion_tokens"])
+    assert job["usage"]["prompt_tokens"] == prompt
+    assert job["usage"]["completion_tokens"] == completion
+
+
 def test_gw001_fails_with_its_own_error_type_and_is_not_retried(fake_gateway: Any) -> None:
     """finish_reason "tool_calls" without a tool call fails the job as
-    gateway_tool_calls_missing on its one attempt, with no usage row."""
+    gateway_tool_calls_missing on its one attempt; the call was answered in full (and
+    billed), so its usage row is written, and the job shows that usage."""
     marker = uuid.uuid4().hex
     job_id = enqueue_completion(
         "deepseek-v4-pro",
@@ -158,7 +174,7 @@ def test_gw001_fails_with_its_own_error_type_and_is_not_retried(fake_gateway: An
 
     assert job["status"] == "failed"
     assert job["error"]["type"] == "gateway_tool_calls_missing"
-    assert job["content"] is None and job["tool_calls"] is None and job["usage"] is None
+    assert job["content"] is None and job["tool_calls"] is None
     assert job["attempts"] == 1
     (sent,) = sent_with(fake_gateway, marker)
     attempts = sql(
@@ -167,7 +183,7 @@ def test_gw001_fails_with_its_own_error_type_and_is_not_retried(fake_gateway: An
         j=job_id,
     )
     assert attempts == [(1, 200, "gateway_tool_calls_missing", False, sent.request_id)]
-    assert sql("SELECT count(*) FROM token_usage WHERE job_id = :j", j=job_id) == [(0,)]
+    assert_paid_usage(job)
     history = sql("SELECT count(*) FROM messages WHERE job_id = :j", j=job_id)
     assert history == [(0,)], "a failed turn leaves the history untouched"
 
@@ -202,6 +218,7 @@ def test_strict_json_schema_replies_must_parse_and_match(
     assert job["status"] == status
     assert (job["error"] or {}).get("type") == error_type
     assert job["attempts"] == 1 and len(sent_with(fake_gateway, marker)) == 1
+    assert_paid_usage(job)  # a mismatch was answered in full: paid, and counted
     if error_type is not None:
         assert reply not in job["error"]["message"], "reply text never reaches the error"
 

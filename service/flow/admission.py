@@ -43,6 +43,17 @@ NO_RULES = flow_db.Rules(limits=[], budget_ids=[])
 
 
 @dataclass(frozen=True, slots=True)
+class EndedJob:
+    """What the job metrics count of a job that ended at its claim."""
+
+    model: str
+    tenant: str | None
+    status: str
+    created_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class Hold:
     """Why a job cannot start now, and until when (None: until a running call ends)."""
 
@@ -63,6 +74,8 @@ class Admission:
     estimate: flow_db.Estimate | None = None
     hold: Hold | None = None  # why the message's own job waits, when it does not run
     failed: list[uuid.UUID] = field(default_factory=list)  # ended over budget at this claim
+    # Those jobs as they ended (model, tenant, status, times), counted once committed.
+    ended: list[EndedJob] = field(default_factory=list)
     # To publish once the claim commits: next turns of failed jobs, their webhooks.
     next_turns: list[uuid.UUID | None] = field(default_factory=list)
     deliveries: list[uuid.UUID] = field(default_factory=list)
@@ -298,6 +311,9 @@ def _fail(session: Session, admission: Admission, job_id: uuid.UUID, problem: st
     admission.failed.append(job_id)
     job = session.get(Job, job_id, populate_existing=True)
     assert job is not None
+    admission.ended.append(
+        EndedJob(job.model, job.tenant, job.status, job.created_at, job.finished_at)
+    )
     log.warning("[job=%s] failed at claim: %s: %s", job_id, BUDGET_EXCEEDED, problem)
     if job.callback_url is not None:
         webhook_outbox.add_for_job(session, job, views.job_view(session, job_id))

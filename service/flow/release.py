@@ -10,6 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from service import constants as c
+from service import metrics
 from service.config import Settings
 from service.db import flow as flow_db
 from service.db.session import transaction
@@ -74,7 +75,10 @@ def release(job_id: uuid.UUID, attempt: int, settlement: Settlement) -> None:
 
 
 def after_admission(admission: Admission) -> None:
-    """After the claim's commit: the next turns and webhooks of jobs failed over budget."""
+    """After the claim's commit: the next turns and webhooks of jobs failed over budget,
+    and their count in the job metrics."""
+    for job in admission.ended:
+        metrics.job_ended_at_claim(job)
     if admission.deliveries:
         publish_deliveries(admission.deliveries)
     publish_jobs(admission.next_turns)

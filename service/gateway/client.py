@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from service import constants as c
 from service.completion import Completion
 from service.config import Settings
-from service.errors import GatewayError
+from service.errors import GatewayError, ReplyDefect
 from service.gateway.anthropic_client import AnthropicSurface
 from service.gateway.checks import check_reply
 from service.gateway.openai_client import OpenAISurface
@@ -55,7 +55,11 @@ class GatewayClient:
         chosen = choose_surface(surface, model, messages, params)
         try:
             completion = self._surfaces[chosen].complete(model, messages, params)
-            check_reply(completion, params)
+            try:
+                check_reply(completion, params)
+            except ReplyDefect as defect:
+                defect.usage = completion.usage  # answered in full: paid for
+                raise
         except GatewayError as error:
             error.surface = chosen
             raise

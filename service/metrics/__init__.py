@@ -13,6 +13,7 @@ from service.metrics.events import (
     attempt_lost,
     claims_undone,
     dead_letter,
+    job_ended_at_claim,
     job_succeeded,
     webhook_delivery,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "attempt_lost",
     "claims_undone",
     "dead_letter",
+    "job_ended_at_claim",
     "job_succeeded",
     "webhook_delivery",
 ]

@@ -51,23 +51,44 @@ def job_succeeded(
     ttft = _seconds(call_started, first_token_at)
     if ttft is not None:
         m.TIME_TO_FIRST_TOKEN.labels(model).observe(ttft)
-    tenant = tenant_label(job.tenant)
+    _usage(job, tokens, cost_usd)
+    _ended(job)
+
+
+def _usage(job: Any, tokens: Any | None, cost_usd: Decimal | None) -> None:
+    """Count a usage row just written (its tokens, its cost: 0 when unpriced)."""
+    model, tenant = model_label(job.model), tenant_label(job.tenant)
     if tokens is not None:
         m.TOKENS.labels(model, tenant, "prompt").inc(tokens.prompt_tokens)
         m.TOKENS.labels(model, tenant, "cached").inc(tokens.cached_tokens)
         m.TOKENS.labels(model, tenant, "completion").inc(tokens.completion_tokens)
     m.COST.labels(model, tenant).inc(float(cost_usd or 0))
-    _ended(job)
 
 
-def attempt_failed(job: Any, *, error_type: str, final: bool, call_started: datetime) -> None:
-    """A failed call whose outcome was recorded; ``final`` when the job failed for good."""
+def attempt_failed(
+    job: Any,
+    *,
+    error_type: str,
+    final: bool,
+    call_started: datetime,
+    tokens: Any | None = None,
+    cost_usd: Decimal | None = None,
+) -> None:
+    """A failed call whose outcome was recorded; ``final`` when the job failed for good;
+    ``tokens`` when a usage row was written with it (a reply paid for but unusable)."""
     outcome = "failure" if final else "retry"
     model = model_label(job.model)
     m.GATEWAY_ATTEMPTS.labels(outcome, error_type, model).inc()
     m.GATEWAY_DURATION.labels(model, outcome).observe(_since(call_started))
+    if tokens is not None:
+        _usage(job, tokens, cost_usd)
     if final:
         _ended(job)
+
+
+def job_ended_at_claim(job: Any) -> None:
+    """A job that ended before any call (over budget at its claim)."""
+    _ended(job)
 
 
 def dead_letter(kind: str) -> None:

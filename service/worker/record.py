@@ -21,7 +21,7 @@ from service.completion import Completion
 from service.db import attempts
 from service.db.attempts import CallOutcome, Claimed, FailedCall
 from service.db.session import Executor, autocommit, transaction
-from service.errors import GatewayError
+from service.errors import GatewayError, ReplyDefect
 from service.flow.release import Settlement, settle_in
 from service.tokens import TokenCounts
 from service.usage.costs import insert_priced_usage
@@ -64,7 +64,12 @@ def _call(completion: Completion) -> CallOutcome:
 def _usage(completion: Completion, tokens: TokenCounts | None) -> dict[str, Any] | None:
     """The call's usage as its ``token_usage`` row keeps it (``attempts.USAGE_COLUMNS``);
     None when the stream carried no usage."""
-    if tokens is None or completion.usage is None:
+    return usage_columns(completion.usage, tokens)
+
+
+def usage_columns(raw: dict[str, Any] | None, tokens: TokenCounts | None) -> dict[str, Any] | None:
+    """A usage object (``raw``) and its counts as a ``token_usage`` row's columns."""
+    if tokens is None or raw is None:
         return None
     return {
         "prompt_tokens": tokens.prompt_tokens,
@@ -74,14 +79,16 @@ def _usage(completion: Completion, tokens: TokenCounts | None) -> dict[str, Any]
         "reasoning_tokens": tokens.reasoning_tokens,
         "total_tokens": tokens.total_tokens,
         "cache_write_tokens": tokens.cache_write_tokens,
-        "raw_usage": completion.usage,
+        "raw_usage": raw,
         "usage_issues": tokens.issues or None,
     }
 
 
-def _insert_cancelled_usage(session: Session, job: Row[Any], usage: dict[str, Any]) -> None:
-    """Write the priced usage row of a call whose job was cancelled while it ran."""
-    insert_priced_usage(
+def _insert_usage(
+    session: Session, job: Row[Any], usage: dict[str, Any], **flags: bool
+) -> Decimal | None:
+    """Write the job's priced usage row apart from its reply; return its cost."""
+    return insert_priced_usage(
         session,
         job_id=job.id,
         conversation_id=job.conversation_id,
@@ -89,8 +96,13 @@ def _insert_cancelled_usage(session: Session, job: Row[Any], usage: dict[str, An
         tenant=job.tenant,
         meta=job.meta,
         **usage,
-        job_cancelled=True,
+        **flags,
     )
+
+
+def _insert_cancelled_usage(session: Session, job: Row[Any], usage: dict[str, Any]) -> None:
+    """Write the priced usage row of a call whose job was cancelled while it ran."""
+    _insert_usage(session, job, usage, job_cancelled=True)
 
 
 def _webhooks(session: Session, job: Row[Any], view: dict[str, Any]) -> list[uuid.UUID]:
@@ -191,10 +203,15 @@ def record_failed(
     retry_in_s: float,
     park: bool,
     settlement: Settlement | None = None,
+    tokens: TokenCounts | None = None,
 ) -> Recorded:
     """Record a failed attempt: the job ends (``final``) or is retried in ``retry_in_s``;
-    settle the call with flow control."""
-    return _committed(_record_failed(claim, error, final, retry_in_s, park, settlement), settlement)
+    settle the call with flow control. ``tokens`` counts the usage object of a call that
+    was answered in full but could not be used (``ReplyDefect.usage``): it was paid for,
+    so its priced usage row is written with the failure."""
+    usage = usage_columns(error.usage, tokens) if isinstance(error, ReplyDefect) else None
+    recorded = _record_failed(claim, error, final, retry_in_s, park, settlement, usage, tokens)
+    return _committed(recorded, settlement)
 
 
 def _record_failed(
@@ -204,6 +221,8 @@ def _record_failed(
     retry_in_s: float,
     park: bool,
     settlement: Settlement | None,
+    usage: dict[str, Any] | None,
+    tokens: TokenCounts | None,
 ) -> Recorded:
     call = CallOutcome(http_status=error.status, request_id=error.request_id, surface=error.surface)
     with transaction() as session:
@@ -223,19 +242,23 @@ def _record_failed(
         )
         job = ended.job
         if job is None:
-            attempts.record_cancelled_attempt(
+            cancelled = attempts.record_cancelled_attempt(
                 session,
                 claim,
                 call,
                 error=f"the job was cancelled while this call ran; it failed: {error.describe()}",
                 retryable=error.retryable,
             )
+            if cancelled is not None and usage is not None:
+                _insert_cancelled_usage(session, cancelled, usage)
             woken = settle_in(session, settlement, claim.job_id, claim.attempt)
             view = views.job_view(session, claim.job_id)
             return Recorded(None, view, FollowUps(ended.next_job_id, woken=woken))
-        # A failed job has no reply and no usage (only a success writes them).
-        view = views.view_of(job, content=None, tool_calls=None, usage=None)
+        # A failed job has no reply; it has usage only when the failed call was paid for.
+        cost = _insert_usage(session, job, usage) if usage is not None else None
+        summary = tokens.summary() if tokens is not None and usage is not None else None
+        view = views.view_of(job, content=None, tool_calls=None, usage=summary)
         ended_now = final and job.callback_url is not None
         webhooks = _webhooks(session, job, view) if ended_now else []
         woken = settle_in(session, settlement, claim.job_id, claim.attempt)
-    return Recorded(job, view, FollowUps(ended.next_job_id, webhooks, woken))
+    return Recorded(job, view, FollowUps(ended.next_job_id, webhooks, woken), cost)

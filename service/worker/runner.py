@@ -18,7 +18,7 @@ from service.config import Settings
 from service.db import attempts, queries
 from service.db import flow as flow_db
 from service.db.session import UNAVAILABLE, autocommit, transaction, unavailable_because
-from service.errors import GatewayError, InternalError
+from service.errors import GatewayError, InternalError, ReplyDefect
 from service.flow import admission
 from service.flow.release import Settlement, after_admission, release
 from service.gateway.retry import backoff_seconds, is_retryable
@@ -426,8 +426,17 @@ def _failed_attempt(
         rng=rng,
     )
     park = not final and countdown > settings.max_countdown_seconds
+    # A reply answered in full but unusable was paid for: its usage is recorded.
+    paid = error.usage if isinstance(error, ReplyDefect) else None
+    tokens = normalise_usage(paid, surface=error.surface or "openai") if paid is not None else None
     recorded = record_failed(
-        claim, error, final=final, retry_in_s=countdown, park=park, settlement=settlement
+        claim,
+        error,
+        final=final,
+        retry_in_s=countdown,
+        park=park,
+        settlement=settlement,
+        tokens=tokens,
     )
     view = recorded.view
     if recorded.job is None:
@@ -439,7 +448,12 @@ def _failed_attempt(
             else LeftAlone()
         )
     metrics.attempt_failed(
-        recorded.job, error_type=error.error_type, final=final, call_started=call_started
+        recorded.job,
+        error_type=error.error_type,
+        final=final,
+        call_started=call_started,
+        tokens=tokens,
+        cost_usd=recorded.cost_usd,
     )
     if final:
         jlog.warning(
