@@ -91,3 +91,34 @@ def test_a_small_tenants_job_finishes_within_a_bound_while_a_big_backlog_drains(
     for job_id in backlog:
         assert wait_for_job(job_id, timeout=90)["status"] == "succeeded"
     assert statuses(backlog) == {"succeeded": 60}
+
+
+def test_tenants_take_turns_when_a_limit_lets_one_call_run(
+    worker_factory: Callable[..., WorkerProcess], fake_gateway: Any, own_queue: str
+) -> None:
+    """With one call allowed in a scope, a small tenant's job runs next when the slot
+    frees, not after the big tenant's backlog enqueued before it: no tenant then has a call
+    running, and the tenant served longest ago goes first."""
+    model = "kimi-k2.6"  # the limit is on the model, for every tenant: no other test's
+    big, small = new_tenant(), new_tenant()
+    marker = f"turns-{secrets.token_hex(4)}"
+    slow(fake_gateway, marker, latency=0.3)
+    assert run_ezq("limits", "set", "--model", model, "--concurrency", "1").returncode == 0
+    try:
+        worker_factory(env={"EZQ_QUEUE": own_queue, "EZQ_WORKER_CONCURRENCY": "4"})
+        backlog = enqueue_many(12, marker, tenant=big, model=model)
+        wait_until(lambda: _started(backlog) >= 1, "the big backlog running")
+        (job,) = enqueue_many(1, marker + " small", tenant=small, model=model)
+        assert wait_for_job(job, timeout=60)["status"] == "succeeded"
+        ((overtaken,),) = sql(
+            "SELECT count(*) FROM jobs b, jobs s WHERE s.id = :s AND b.id = ANY(:ids)"
+            " AND b.started_at > s.created_at AND b.started_at < s.started_at",
+            s=str(job),
+            ids=[str(j) for j in backlog],
+        )
+        # At most the one whose claim was under way when the small job came.
+        assert overtaken <= 1, f"{overtaken} of the big backlog started before it"
+        for job_id in backlog:
+            assert wait_for_job(job_id, timeout=60)["status"] == "succeeded"
+    finally:
+        assert run_ezq("limits", "delete", "--model", model).returncode == 0

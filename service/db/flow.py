@@ -10,7 +10,7 @@ counted over ``flow_admissions`` (one row per admitted call) within the rate win
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -30,7 +30,9 @@ from service.db.turn_order import NOT_HELD_BACK
 
 # Rank of a pending job: its priority raised one step per ``aging`` seconds of waiting
 # (so nothing starves), then the fewest running jobs of its tenant (fair shares), then the
-# order of enqueue.
+# order of enqueue. Where limits hold jobs back, admission then puts first among equals the
+# tenant served longest ago (``Pending.rank_key``), for which the candidates read hold
+# each tenant's best before any tenant's second (``_CANDIDATES_CTES``).
 _RANK = """
     least(9, j.priority + floor(extract(epoch FROM now() - j.created_at) / :aging)) DESC,
     coalesce(r.n, 0), j.enqueue_seq
@@ -61,14 +63,19 @@ class Pending:
     tenant_running: int
     enqueue_seq: int
     throttled: bool  # it has a throttle reason, to clear when it is claimed
+    # When its tenant last had a call admitted (None: never, or not read: see ``served``).
+    tenant_served_at: datetime | None = None
 
     def outranks(self, other: Pending) -> bool:
         """Strictly better placed than ``other`` (enqueue order aside): a higher priority
-        after aging, or as high with fewer calls of its tenant running."""
-        return (self.aged_priority, -self.tenant_running) > (
-            other.aged_priority,
-            -other.tenant_running,
-        )
+        after aging, or as high with fewer calls of its tenant running, or as few with its
+        tenant served longer ago."""
+        return self.rank_key() < other.rank_key()
+
+    def rank_key(self) -> tuple[int, int, float]:
+        """Ascending: the better placed first (enqueue order aside)."""
+        served = self.tenant_served_at.timestamp() if self.tenant_served_at else float("-inf")
+        return (-self.aged_priority, self.tenant_running, served)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +103,10 @@ _DUE = f"(j.status = 'queued' OR j.dispatched_at <= now()) AND {NOT_HELD_BACK}"
 _ELIGIBLE = f"{_PENDING} AND {_DUE}"
 _ELIGIBLE_ROW = f"{_PENDING_ROW} AND {_DUE}"
 _AGED = "least(9, j.priority + floor(extract(epoch FROM now() - j.created_at) / :aging))::int"
+# ``_PENDING_COLUMNS`` and ``aged``, read from a ranked subquery ``j``.
+_PENDING_COLUMNS_OF_RANKED = (
+    "j.id, j.tenant, j.model, j.status, j.priority, j.enqueue_seq, j.throttled, j.aged"
+)
 _PENDING_COLUMNS = (
     "j.id, j.tenant, j.model, j.status, j.priority, j.enqueue_seq,"
     " j.throttle_reason IS NOT NULL AS throttled"
@@ -150,8 +161,14 @@ _CANDIDATES_CTES = f"""tenants AS (
         ) h
         WHERE tenants.t IS NOT NULL
     ), {_RUNNING_PER_TENANT}, candidates AS (
-        SELECT {_PENDING_COLUMNS}, {_AGED} AS aged {_HEADS_BY_KEY}
-        ORDER BY {_RANK}
+        -- Each tenant's best before any tenant's second, among equals: a backlog of one
+        -- tenant cannot fill the candidates and hide another's job from admission.
+        SELECT {_PENDING_COLUMNS_OF_RANKED} FROM (
+            SELECT {_PENDING_COLUMNS}, {_AGED} AS aged, coalesce(r.n, 0) AS n,
+                   row_number() OVER (PARTITION BY j.tenant ORDER BY {_RANK}) AS place
+            {_HEADS_BY_KEY}
+        ) j
+        ORDER BY j.aged DESC, j.n, j.place, j.enqueue_seq
         LIMIT :limit
     )"""
 # Whether any limit or budget exists, and whether any job waits throttled (with no message)
@@ -436,7 +453,7 @@ def ranking(
             own = job
         elif job.id != job_id:
             candidates.append(job)
-    candidates.sort(key=lambda j: (-j.aged_priority, j.tenant_running, j.enqueue_seq))
+    candidates.sort(key=lambda j: (*j.rank_key(), j.enqueue_seq))
     last = rows[-1]
     return Ranking(
         own,
@@ -893,6 +910,22 @@ _BEST_THROTTLED = f"""
     LIMIT :limit
     FOR UPDATE OF j SKIP LOCKED
 """
+
+
+def served(session: Session, tenants: Iterable[str | None]) -> dict[str | None, datetime]:
+    """When each of ``tenants`` last had a call admitted (absent: never): one index probe a
+    tenant (``ix_flow_admissions_tenant_admitted_at``), in one round trip."""
+    named = sorted({t for t in tenants if t is not None})
+    if not named:
+        return {}
+    rows = session.execute(
+        text(
+            "SELECT t.tenant, (SELECT max(a.admitted_at) FROM flow_admissions a"
+            " WHERE a.tenant = t.tenant) FROM unnest(CAST(:tenants AS text[])) AS t(tenant)"
+        ),
+        {"tenants": named},
+    ).all()
+    return {tenant: at for tenant, at in rows if at is not None}
 
 
 def settle(session: Session, job_id: uuid.UUID, attempt: int, *, wake: int) -> list[uuid.UUID]:

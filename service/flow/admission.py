@@ -14,6 +14,7 @@ other and cannot overshoot together.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -253,11 +254,16 @@ def admit(
     if own is None or not flow_db.lock_own(session, own.id):
         return Admission(job_id, job_id)  # not pending (any more): the claim says why
     checker = _Checker(session, settings, configured=ranking.rules_configured)
+    rivals = ranking.candidates
+    if ranking.rules_configured and rivals:
+        own, rivals = _with_turns(session, own, rivals)
     # The message runs its own job unless another strictly outranks it. Among equals it
     # keeps its own: the others have messages of their own on the way (or are woken when a
     # call ends), and running one of them here would park this one until a call ends.
-    better = [job for job in ranking.candidates if job.outranks(own)]
-    others = [job for job in ranking.candidates if not job.outranks(own)]
+    better = sorted(
+        (job for job in rivals if job.outranks(own)), key=lambda j: (*j.rank_key(), j.enqueue_seq)
+    )
+    others = [job for job in rivals if not job.outranks(own)]
     candidates = [*better, own, *others]
     admission = Admission(
         job_id,
@@ -303,6 +309,21 @@ def admit(
             recheck_s=settings.ezq_flow_recheck,
         )
     return admission
+
+
+def _with_turns(
+    session: Session, own: flow_db.Pending, rivals: list[flow_db.Pending]
+) -> tuple[flow_db.Pending, list[flow_db.Pending]]:
+    """The jobs with when their tenants last had a call admitted: where limits hold jobs
+    back, a slot that frees when no tenant has a call running goes to the tenant served
+    longest ago (fair shares take turns; by enqueue order, the tenant whose backlog came
+    first took every slot, as under a concurrency of 1)."""
+    served = flow_db.served(session, [own.tenant, *(job.tenant for job in rivals)])
+
+    def dated(job: flow_db.Pending) -> flow_db.Pending:
+        return dataclasses.replace(job, tenant_served_at=served.get(job.tenant))
+
+    return dated(own), [dated(job) for job in rivals]
 
 
 def _fail(session: Session, admission: Admission, job_id: uuid.UUID, problem: str) -> None:
