@@ -95,6 +95,9 @@ def test_filters(client: httpx.Client) -> None:
     assert ids(**{"metadata.n": "3"}) == set(counted)
     assert ids(**{"metadata.flag": "true", "metadata.run": tag}) == set(counted)
     assert ids(**{"metadata.run": "no-such-run"}) == set()
+    # One key given twice: either value (as for every repeated filter).
+    assert ids(**{"metadata.n": ["3", "4"], "metadata.run": tag}) == set(counted)
+    assert ids(**{"metadata.run": [tag, "no-such-run"], "status": "failed"}) == set(failed)
     # What JSON cannot hold in Postgres matches as text only: no job, and no 500.
     for spelled in ("NaN", "Infinity", "-Infinity", "1e400"):
         assert ids(**{"metadata.n": spelled, "metadata.run": tag}) == set()

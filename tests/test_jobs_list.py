@@ -49,6 +49,10 @@ def test_filters_select_exactly_the_matching_jobs(service_env: dict[str, str], t
     assert ids("--model", "deepseek-v4-pro") == {str(timeout)}
     assert ids("--meta", "feature=chat") == {str(failed)}
     assert ids("--meta", "n=1") == {str(failed)}
+    # Filters on one key are alternatives, on different keys all hold.
+    assert ids("--meta", "feature=chat", "--meta", "feature=search") == {str(failed), str(ok)}
+    assert ids("--meta", "feature=chat", "--meta", "n=1") == {str(failed)}
+    assert ids("--meta", "feature=search", "--meta", "n=1") == set()
     assert ids("--meta", "n=NaN") == set()  # not JSON Postgres holds: text only, no traceback
     assert ids("--meta", "n=1e400") == set()
     assert ids("--until", "2d") == {str(old)}

@@ -7,8 +7,10 @@ import uuid
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from service import enqueue_completion, get_conversation, get_job
+from service.db.session import transaction
 from service.fake_gateway import Fault
 from tests.conftest import run_ezq, sql, wait_for_job
 from tests.seeding import seed_job
@@ -147,6 +149,30 @@ def test_replay_refuses_no_selection_and_unended_jobs(service_env: dict[str, str
 
     done = run_ezq("jobs", "replay", "not-a-uuid")
     assert done.returncode != 0 and "JOB_ID" in done.stderr and "Traceback" not in done.stderr
+
+    # An id no job has is named, not passed over in silence ("replayed 0 jobs").
+    unknown = uuid.uuid4()
+    result = replay(str(unknown))
+    assert result["count"] == 0
+    assert [(s["job_id"], s["reason"]) for s in result["skipped"]] == [(str(unknown), "not_found")]
+
+
+def test_dry_run_skips_what_the_run_would_refuse(service_env: dict[str, str]) -> None:
+    """A job whose request no longer passes today's checks (a callback URL and no
+    WEBHOOK_SECRET) is skipped as invalid by the dry run too, not counted."""
+    env = {"WEBHOOK_SECRET": ""}
+    job = seed_job(status="failed", error_type="server_error")
+    with transaction() as session:
+        session.execute(
+            text("UPDATE jobs SET callback_url = 'https://hooks.example.com/x' WHERE id = :j"),
+            {"j": job},
+        )
+    for args in (["--dry-run"], []):
+        done = run_ezq("jobs", "replay", str(job), "--format", "json", *args, env=env)
+        assert done.returncode == 0, done.stderr
+        result = json.loads(done.stdout)
+        assert result["count"] == 0, result
+        assert [s["reason"] for s in result["skipped"]] == ["invalid"]
 
 
 @pytest.mark.usefixtures("worker")

@@ -19,7 +19,7 @@ from sqlalchemy import Select, Text, and_, cast, literal, or_, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
-from service.db.metadata_match import spelled_values
+from service.db.metadata_match import by_key
 from service.db.models import Job, Message, TokenUsage
 
 
@@ -48,12 +48,12 @@ class Page:
     next_after: tuple[datetime, uuid.UUID] | None
 
 
-def _metadata_match(key: str, value: str) -> Any:
+def _metadata_match(key: str, values: list[Any]) -> Any:
     # The containment (@>) that ix_jobs_metadata (GIN) serves, the document cast from text.
     return or_(
         *(
             Job.meta.contains(cast(literal(json.dumps({key: candidate}), Text()), JSONB))
-            for candidate in spelled_values(value)
+            for candidate in values
         )
     )
 
@@ -75,8 +75,8 @@ def page_statement(
         stmt = stmt.where(Job.created_at >= flt.since)
     if flt.until is not None:
         stmt = stmt.where(Job.created_at < flt.until)
-    for key, value in flt.metadata:
-        stmt = stmt.where(_metadata_match(key, value))
+    for key, values in by_key(flt.metadata).items():
+        stmt = stmt.where(_metadata_match(key, values))
     if after is not None:
         # The first condition is the index range; the second breaks ties within it.
         stmt = stmt.where(

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, func, or_, select, true
 from sqlalchemy.orm import Session
 
-from service.db.metadata_match import spelled_values
+from service.db.metadata_match import by_key
 from service.db.models import Job, TokenUsage
 
 
@@ -36,9 +36,9 @@ class JobFilter:
         return self == JobFilter()
 
 
-def _meta_condition(key: str, raw: str) -> ColumnElement[bool]:
+def _meta_condition(key: str, values: list[Any]) -> ColumnElement[bool]:
     # ``--meta n=1`` matches the number 1 and the string "1": people tag both ways.
-    return or_(*(Job.meta.contains({key: value}) for value in spelled_values(raw)))
+    return or_(*(Job.meta.contains({key: value}) for value in values))
 
 
 def conditions(wanted: JobFilter) -> ColumnElement[bool]:
@@ -56,8 +56,8 @@ def conditions(wanted: JobFilter) -> ColumnElement[bool]:
         parts.append(Job.created_at >= wanted.since)
     if wanted.until is not None:
         parts.append(Job.created_at < wanted.until)
-    for key, raw in wanted.meta:
-        parts.append(_meta_condition(key, raw))
+    for key, values in by_key(wanted.meta).items():
+        parts.append(_meta_condition(key, values))
     if wanted.job_ids:
         parts.append(Job.id.in_(wanted.job_ids))
     if wanted.conversation_id is not None:

@@ -1,13 +1,16 @@
-"""What a metadata filter ``KEY=VALUE`` matches, for every job listing and selection.
+"""What metadata filters ``KEY=VALUE`` match, for every job listing and selection.
 
 People tag both ways (``{"n": 1}`` and ``{"n": "1"}``), so a value typed as text matches
-the string itself and the JSON number, boolean or null it spells.
+the string itself and the JSON number, boolean or null it spells. Filters on one key are
+alternatives (``--meta conv=c1 --meta conv=c2``: either), on different keys all must hold,
+as every other repeated filter.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -28,3 +31,17 @@ def spelled_values(raw: str) -> list[Any]:
     ):
         return [raw]
     return [raw, parsed]
+
+
+def by_key(pairs: Iterable[tuple[str, str]]) -> dict[str, list[Any]]:
+    """The values each key may have, from ``(key, value as typed)`` pairs, in order."""
+    wanted: dict[str, list[Any]] = {}
+    seen: set[tuple[str, str]] = set()
+    for key, raw in pairs:
+        values = wanted.setdefault(key, [])
+        for value in spelled_values(raw):
+            # Compared as JSON: in Python 1 == True, and either may be tagged.
+            if (key, json.dumps(value)) not in seen:
+                seen.add((key, json.dumps(value)))
+                values.append(value)
+    return wanted

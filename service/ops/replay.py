@@ -26,7 +26,7 @@ import math
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
@@ -35,6 +35,9 @@ from service.db import joblist, replays
 from service.db.models import TERMINAL_STATUSES, Job
 from service.db.session import transaction
 from service.errors import EzqCallerError, JobNotFound, JobNotReplayable
+
+if TYPE_CHECKING:
+    from service.validation import CompletionRequest
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +146,12 @@ class _Estimator:
         self._result.estimated_cost_usd += cost
 
 
-def _create(session: Session, job: Job, conversation: str, created_by: str | None) -> uuid.UUID:
-    from service.db import queries
+def _request(job: Job, conversation: str) -> CompletionRequest:
+    """The replay's request, checked as today's enqueue checks it (EzqCallerError if it
+    no longer passes: a dry run says so too)."""
     from service.validation import validate_request
 
-    request = validate_request(
+    return validate_request(
         model=job.model,
         messages=list(job.input_messages),
         conversation_id=job.conversation_id if conversation == "same" else None,
@@ -159,7 +163,12 @@ def _create(session: Session, job: Job, conversation: str, created_by: str | Non
         priority=job.priority,
         max_request_bytes=get_settings().ezq_max_request_bytes,
     )
-    new_id, _ = queries.create_job(session, request, created_by=created_by)
+
+
+def _create(session: Session, job: Job, conversation: str, created_by: str | None) -> uuid.UUID:
+    from service.db import queries
+
+    new_id, _ = queries.create_job(session, _request(job, conversation), created_by=created_by)
     replays.mark_replay(session, new_id, job.id)
     return new_id
 
@@ -175,12 +184,15 @@ def _run(
             result.skipped.append(decided)
             continue
         new_id: uuid.UUID | None = None
-        if not result.dry_run:
-            try:
+        try:
+            if result.dry_run:
+                _request(job, decided)  # what the real run would refuse, it counts out
+            else:
                 new_id = _create(session, job, decided, created_by)
-            except EzqCallerError as exc:
-                result.skipped.append(Skip(job.id, "invalid", str(exc)))
-                continue
+        except EzqCallerError as exc:
+            result.skipped.append(Skip(job.id, "invalid", str(exc)))
+            continue
+        if new_id is not None:
             made.add(new_id)
         estimator.add(job, decided)
         result.replays.append(Replay(job.id, new_id, decided))
@@ -207,6 +219,15 @@ def replay_jobs(
     result = ReplayResult(dry_run=dry_run)
     with transaction() as session:
         originals = joblist.matching_jobs(session, wanted, limit=limit)
+        if len(originals) < limit:
+            # Every match was read: an id asked for and not among them is unknown (or
+            # outside the caller's tenants, which reads the same).
+            found = {job.id for job in originals}
+            result.skipped += [
+                Skip(job_id, "not_found", f"no job {job_id} among those selected")
+                for job_id in wanted.job_ids
+                if job_id not in found
+            ]
         _run(session, originals, result, created_by)
         if dry_run:
             session.rollback()
