@@ -59,6 +59,12 @@ BAD_URLS = [
     ("https://example.com/ hook", "must not contain spaces or control characters"),
     ("https://example.com/\nhook", "must not contain spaces or control characters"),
     ("https://example.com/" + "a" * 2100, "is 2120 characters; the limit is 2048"),
+    # Hosts the sender could never use: refused now, not retried to the end of the schedule.
+    ("http://0177.0.0.1:18343/x", "is not a URL the webhook sender can use"),
+    ("http://01.2.3.4/x", "is not a URL the webhook sender can use"),
+    ("http://[fe80::1%25lo]:18343/x", "must not give an IPv6 zone id"),
+    ("http://[fe80::1%lo]/x", "must not give an IPv6 zone id"),
+    ("http://[not-v6]/x", "is not"),
 ]
 
 

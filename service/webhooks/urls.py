@@ -6,7 +6,10 @@ actually connected to (see ``transport``): a check here could be undone by DNS l
 
 from __future__ import annotations
 
+import ipaddress
 from urllib.parse import urlsplit
+
+import httpx
 
 from service import constants as c
 from service.errors import InvalidRequest
@@ -39,4 +42,24 @@ def check_callback_url(value: object, *, max_length: int = c.WEBHOOK_MAX_URL_LEN
         raise InvalidRequest(FIELD, "port 0 is not a valid port")
     if parts.fragment or value.endswith("#"):
         raise InvalidRequest(FIELD, "must not have a #fragment (it is never sent)")
+    if "[" in parts.netloc:
+        _check_ipv6_literal(parts.hostname)
+    try:
+        # The sender's own parser: a host it cannot use (an IPv4 address with leading
+        # zeros such as 0177.0.0.1) would be accepted now and never delivered.
+        httpx.URL(value)
+    except httpx.InvalidURL as exc:
+        raise InvalidRequest(FIELD, f"is not a URL the webhook sender can use ({exc})") from None
     return value
+
+
+def _check_ipv6_literal(host: str) -> None:
+    """A bracketed host must be a plain IPv6 address: a zone id (``%25eth0``) names an
+    interface of the sender's machine, and the sender would look the whole text up as a
+    host name, retrying to the end of the schedule."""
+    if "%" in host:
+        raise InvalidRequest(FIELD, "must not give an IPv6 zone id (%...): it names no host")
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        raise InvalidRequest(FIELD, f"[{host}] is not an IPv6 address") from None
