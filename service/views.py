@@ -103,6 +103,8 @@ def conversation_view(
                     "tool_calls": m.tool_calls,
                     "tool_call_id": m.tool_call_id,
                     "thinking_blocks": m.thinking_blocks,
+                    "refusal": m.refusal,
+                    "reasoning_content": m.reasoning_content,
                     "job_id": str(m.job_id) if m.job_id else None,
                 }.items()
                 if v is not None

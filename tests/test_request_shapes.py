@@ -145,6 +145,41 @@ def test_history_keeps_parts_as_sent_and_sends_them_again(fake_gateway: Any) -> 
     assert plain == [(3,)], "string messages keep content_parts NULL"
 
 
+def test_history_keeps_an_assistant_messages_refusal_and_reasoning(fake_gateway: Any) -> None:
+    """An assistant message sent with refusal and reasoning_content reaches the gateway
+    with them on its turn and, from the stored history, on every later turn."""
+    marker = uuid.uuid4().hex
+    said = {
+        "role": "assistant",
+        "content": "a1",
+        "refusal": f"I refuse {marker}",
+        "reasoning_content": "because",
+    }
+    first = wait_for_job(
+        enqueue_completion(
+            "glm-5.1",
+            [{"role": "user", "content": f"q1 {marker}"}, said, {"role": "user", "content": "q2"}],
+        )
+    )
+    assert first["status"] == "succeeded"
+    second = wait_for_job(
+        enqueue_completion(
+            "glm-5.1",
+            [{"role": "user", "content": "q3"}],
+            conversation_id=first["conversation_id"],
+        )
+    )
+    assert second["status"] == "succeeded"
+    turn1, turn2 = sent_with(fake_gateway, marker)
+    assert turn1.body["messages"][1] == said
+    assert turn2.body["messages"][1] == said
+    rows = sql(
+        "SELECT refusal, reasoning_content FROM messages WHERE conversation_id = :c AND seq = 2",
+        c=first["conversation_id"],
+    )
+    assert rows == [(said["refusal"], "because")]
+
+
 def assert_paid_usage(job: dict[str, Any]) -> None:
     """The job has one usage row, holding the usage object the gateway's stream ended
     with, and the job (also when it failed on its reply) shows those counts."""

@@ -68,6 +68,8 @@ class ConversationMessage(BaseModel):
     name: str | None = None
     tool_calls: list[Any] | None = None
     tool_call_id: str | None = None
+    refusal: str | None = None
+    reasoning_content: str | None = None
     job_id: uuid.UUID | None = None
 
 

@@ -106,11 +106,16 @@ _CLAIM = DriverStatement.of(
 )
 
 
+_KEPT = ("refusal", "reasoning_content")
+
+
 def _history(rows: list[list[Any]]) -> list[dict[str, Any]]:
     """The conversation's messages, as sent to the gateway, from the claim's history rows."""
     history = []
-    for role, content, name, tool_calls, tool_call_id, thinking_blocks in rows:
+    for role, content, name, tool_calls, tool_call_id, thinking_blocks, *kept in rows:
         message: dict[str, Any] = {"role": role, "content": content}
+        # refusal and reasoning_content (migration 0021), as the producer sent them.
+        message.update((k, v) for k, v in zip(_KEPT, kept, strict=True) if v is not None)
         if thinking_blocks is not None:
             message["thinking_blocks"] = thinking_blocks
         if name is not None:
@@ -276,12 +281,15 @@ last AS (
 ),
 added AS (
     INSERT INTO messages (conversation_id, seq, role, content, content_parts, name,
-                          tool_calls, tool_call_id, thinking_blocks, job_id)
+                          tool_calls, tool_call_id, thinking_blocks, refusal,
+                          reasoning_content, job_id)
     SELECT owned.conversation_id, last.seq + r.i, r.role, r.content, r.content_parts, r.name,
-           r.tool_calls, r.tool_call_id, r.thinking_blocks, owned.id
+           r.tool_calls, r.tool_call_id, r.thinking_blocks, r.refusal, r.reasoning_content,
+           owned.id
       FROM owned, last, jsonb_to_recordset(:messages) AS r(
            i integer, role text, content text, content_parts jsonb, name text,
-           tool_calls jsonb, tool_call_id text, thinking_blocks jsonb)
+           tool_calls jsonb, tool_call_id text, thinking_blocks jsonb, refusal text,
+           reasoning_content text)
 ),
 attempt AS (
     UPDATE job_attempts SET finished_at = now(), http_status = :http_status,
@@ -361,6 +369,8 @@ def message_rows(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "tool_calls": m.get("tool_calls"),
             "tool_call_id": m.get("tool_call_id"),
             "thinking_blocks": m.get("thinking_blocks"),
+            "refusal": m.get("refusal"),
+            "reasoning_content": m.get("reasoning_content"),
         }
         for i, m in enumerate(messages, start=1)
     ]

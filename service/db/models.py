@@ -134,6 +134,9 @@ class Message(Base):
     thinking_blocks: Mapped[list[Any] | None] = mapped_column(NULLABLE_JSONB)
     job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = _now()
+    # An assistant message's refusal and reasoning_content as the producer sent them.
+    refusal: Mapped[str | None]
+    reasoning_content: Mapped[str | None]
 
     __table_args__ = (
         CheckConstraint(_in("role", ROLES), name="role"),
