@@ -28,7 +28,9 @@ from service.gateway.routing import anthropic_problem
 from service.webhooks.urls import check_callback_url
 
 Role = Literal["system", "user", "assistant", "tool"]
-Number = Annotated[float, Field(strict=False)]
+# A finite number: NaN and infinities are refused as such (``le=2`` alone said NaN was
+# "not less than or equal to 2").
+Number = Annotated[float, Field(strict=False, allow_inf_nan=False)]
 
 
 class ChatMessage(BaseModel):
@@ -131,6 +133,24 @@ class CompletionParams(BaseModel):
     thinking: Any = None
     user: Annotated[StrictStr, Field(min_length=1, max_length=256)] | None = None
     user_id: Annotated[StrictStr, Field(min_length=1, max_length=256)] | None = None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_sequences(cls, value: object) -> object:
+        # Checked first to say what is wrong: as a union, a list of five (or of numbers)
+        # was "Input should be a valid string", the first alternative's complaint.
+        if value is None or isinstance(value, str):
+            return value
+        if not isinstance(value, list):
+            raise ValueError(
+                f"must be a string or a list of 1 to 4 strings, not {type(value).__name__}"
+            )
+        if not 1 <= len(value) <= 4:
+            raise ValueError(f"holds {len(value)} sequences; give 1 to 4")
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise ValueError(f"item {i} must be a string, not {type(item).__name__}")
+        return value
 
     @field_validator("logit_bias")
     @classmethod

@@ -156,6 +156,14 @@ def test_sdk_runs_a_mixed_file_and_the_output_matches_postgres(
     costs = sql("SELECT custom_id FROM job_costs WHERE batch_id = :b", b=batch.id)
     assert sorted(c for (c,) in costs) == sorted(prompts)
     assert client.batches.list(limit=100).data[0].id == batch.id
+    # A result file is the caller's own, but not an input: named as such, not "no file".
+    with pytest.raises(openai.UnprocessableEntityError) as caught:
+        client.batches.create(
+            input_file_id=done.output_file_id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+        )
+    assert "purpose batch" in str(caught.value.body)
 
 
 def test_cancel_stops_lines_not_started_and_keeps_finished_ones(

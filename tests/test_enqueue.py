@@ -151,6 +151,24 @@ BAD = [
 ]
 
 
+@pytest.mark.parametrize(
+    ("params", "reason"),
+    [
+        ({"stop": ["a", "b", "c", "d", "e"]}, "holds 5 sequences; give 1 to 4"),
+        ({"stop": []}, "holds 0 sequences; give 1 to 4"),
+        ({"stop": ["a", 1]}, "item 1 must be a string, not int"),
+        ({"stop": 5}, "must be a string or a list of 1 to 4 strings, not int"),
+        ({"temperature": float("nan")}, "finite number"),
+        ({"top_p": float("-inf")}, "finite number"),
+    ],
+)
+def test_bad_params_say_what_is_wrong(params: dict[str, Any], reason: str) -> None:
+    """The reason says what is wrong with the value, not what another shape wanted."""
+    with pytest.raises(InvalidRequest) as caught:
+        enqueue_completion("m", USER, params=params)
+    assert reason in caught.value.reason, caught.value.reason
+
+
 @pytest.mark.parametrize(("kwargs", "field"), BAD, ids=[f for _, f in BAD])
 def test_bad_input_is_refused_naming_the_field(kwargs: dict[str, Any], field: str) -> None:
     """Bad input raises InvalidRequest naming the field, and nothing is written."""

@@ -173,8 +173,16 @@ def create_batch(
     rank = checked_priority(priority, c.BATCH_PRIORITY_DEFAULT)
     with transaction() as session:
         source = db.get_file(session, input_file_id, tenants=tenants)
-        if source is None or source.purpose != "batch":
+        if source is None:
             raise FileNotFound(input_file_id)
+        if source.purpose != "batch":
+            # The caller's own file (``get_file`` is scoped), served by GET /v1/files: not
+            # "no file", but the wrong kind of file.
+            raise InvalidRequest(
+                "input_file_id",
+                f"{input_file_id} is a batch's result file (purpose {source.purpose}); "
+                "give a file uploaded with purpose batch",
+            )
         tenant, total = source.tenant, source.line_count
     batch_id = new_batch_id()
     checker = checker_for(tenant, meta, rank)
