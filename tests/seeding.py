@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import secrets
 import uuid
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import text
@@ -11,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from service.db import queries
 from service.db.session import transaction
+from service.usage.synthetic import SeedPlan, seed_usage
 from service.validation import validate_request
 
 
@@ -65,3 +68,32 @@ def queued_first_turns(engine: Engine, count: int) -> list[uuid.UUID]:
             )[0]
             for i in range(count)
         ]
+
+
+def seed_cheap_usage(cost: Decimal, *, model: str, url: str | None = None) -> str:
+    """One usage row of a new tenant, written now and costing ``cost`` (which no per-token
+    price of a real call would give exactly); returns the tenant."""
+    tag = secrets.token_hex(4)
+    plan = SeedPlan(
+        rows=1,
+        days=1,
+        tenants=1,
+        models=(model,),
+        unpriced_models=(model,),
+        stuck_jobs=0,
+        failed_share=0.0,
+        retried_share=0.0,
+        tenant_prefix=f"cheap-{tag}",
+        tag=tag,
+    )
+    with transaction(url) as session:
+        seed_usage(session, plan)
+        # The rollup triggers move the row to today's (this month's) totals with its cost.
+        tenant: str = session.execute(
+            text(
+                "UPDATE token_usage SET cost_usd = :cost, created_at = now()"
+                " WHERE tenant LIKE :prefix RETURNING tenant"
+            ),
+            {"cost": cost, "prefix": f"cheap-{tag}-%"},
+        ).scalar_one()
+    return tenant

@@ -53,6 +53,42 @@ def test_admin_keys_set_list_and_delete_limits_and_budgets(server: Any) -> None:
     assert sql("SELECT count(*) FROM flow_budgets WHERE tenant = :t", t=tenant) == [(0,)]
 
 
+def test_bad_limits_and_budgets_name_the_body_fields(server: Any) -> None:
+    """A limit without a limit, an adaptive one without its ceiling and a budget finer than
+    the 6 decimals kept are 422s naming the body's fields; nothing is stored."""
+    tenant = new_tenant()
+    admin = _client(server, ADMIN_TOKEN)
+    refusals = [
+        (
+            "/v1/limits",
+            {"tenant": tenant},
+            "max_concurrent",
+            "max_concurrent: give at least one of max_concurrent, requests_per_window,"
+            " tokens_per_window",
+        ),
+        (
+            "/v1/limits",
+            {"tenant": tenant, "adaptive_ttft_ms": 900},
+            "adaptive_ttft_ms",
+            "adaptive_ttft_ms: needs max_concurrent (the adaptive ceiling)",
+        ),
+        (
+            "/v1/budgets",
+            {"tenant": tenant, "monthly_usd": "0.0000004"},
+            "monthly_usd",
+            "monthly_usd: '0.0000004' has more than the 6 decimals a budget keeps (it would be"
+            " stored as 0.000000); give at most 6 decimals",
+        ),
+    ]
+    for path, body, field, message in refusals:
+        answer = admin.put(path, json=body)
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["error"]["field"] == field
+        assert answer.json()["error"]["message"] == message
+    assert sql("SELECT count(*) FROM flow_budgets WHERE tenant = :t", t=tenant) == [(0,)]
+    assert sql("SELECT count(*) FROM flow_limits WHERE tenant = :t", t=tenant) == [(0,)]
+
+
 def test_a_tenant_key_cannot_touch_limits_but_sends_a_priority(server: Any) -> None:
     """A tenant key gets 403 on /v1/limits and /v1/budgets; its jobs take a priority 0-9 and
     refuse 10, naming the field."""

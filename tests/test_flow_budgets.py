@@ -101,3 +101,30 @@ def test_an_unpriced_model_follows_the_configured_policy(
     worker_factory(env={"EZQ_QUEUE": own_queue})
     (job,) = enqueue_many(1, marker + " allowed", tenant=tenant, model="gpt-5.1")
     assert wait_for_job(job, timeout=30)["status"] == "succeeded"
+
+
+@pytest.mark.usefixtures("service_env")
+@pytest.mark.parametrize(
+    ("typed", "stored_as"), [("0.0000004", "0.000000"), ("12.0000005", "12.000000")]
+)
+def test_a_budget_finer_than_it_is_kept_is_refused_not_rounded(typed: str, stored_as: str) -> None:
+    """A budget keeps 6 decimals: a finer one would be stored rounded (0.0000004 as a zero
+    budget that fails every job), so it is refused in one line naming --monthly-usd and
+    nothing is stored; 6 decimals are kept exactly."""
+    tenant = new_tenant()
+    done = run_ezq("budgets", "set", "--tenant", tenant, "--monthly-usd", typed)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        f"ezq: error: --monthly-usd: '{typed}' has more than the 6 decimals a budget keeps"
+        f" (it would be stored as {stored_as}); give at most 6 decimals"
+    ]
+    negative = run_ezq("budgets", "set", "--tenant", tenant, "--monthly-usd", "-1")
+    assert negative.stderr.startswith("ezq: error: --monthly-usd: must be an amount from 0")
+    assert sql("SELECT count(*) FROM flow_budgets WHERE tenant = :t", t=tenant) == [(0,)]
+
+    exact = run_ezq("budgets", "set", "--tenant", tenant, "--monthly-usd", "0.000001")
+    assert exact.returncode == 0, exact.stderr
+    assert sql("SELECT monthly_usd FROM flow_budgets WHERE tenant = :t", t=tenant) == [
+        (Decimal("0.000001"),)
+    ]
+    run_ezq("budgets", "delete", "--tenant", tenant)

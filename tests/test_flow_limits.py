@@ -8,6 +8,8 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from tests.conftest import WorkerProcess, run_ezq, sql, wait_for_job
 from tests.flow_support import (
     MODEL,
@@ -177,3 +179,23 @@ def test_an_adaptive_limit_backs_off_when_the_first_token_is_slow(
 
     wait_until(lambda: current() == 1, "the adaptive limit down to 1")
     assert max_overlap(calls_of(fake_gateway, marker)) <= 4
+
+
+@pytest.mark.usefixtures("service_env")
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--model", MODEL], "--concurrency: give at least one of --concurrency, --rpm, --tpm"),
+        (
+            ["--model", MODEL, "--adaptive-ttft-ms", "900"],
+            "--adaptive-ttft-ms: needs --concurrency (the adaptive ceiling)",
+        ),
+        (["--model", MODEL, "--rpm", "0"], "--rpm: must be an integer from 1 to 2147483647, not 0"),
+        (["--concurrency", "2"], "--tenant: a limit needs a tenant, a model, or both"),
+    ],
+)
+def test_a_limit_set_wrong_names_the_flags_typed(args: list[str], error: str) -> None:
+    """The command line's errors name its own flags, never the HTTP body's fields."""
+    done = run_ezq("limits", "set", *args)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [f"ezq: error: {error}"]

@@ -197,7 +197,7 @@ def test_budgets_list_formats_width_and_csv(scope: tuple[str, str]) -> None:
     table = ok("budgets", "list")
     assert widest(table) <= 80, table
     (line,) = [line for line in table.splitlines() if line.startswith("=HYPERLINK")]
-    assert "$12.5000" in line
+    assert "$12.50" in line
 
     args = ("budgets", "list", "--tenant", tenant)
     (row,) = csv_rows(ok(*args, "--format", "csv"))
@@ -205,6 +205,22 @@ def test_budgets_list_formats_width_and_csv(scope: tuple[str, str]) -> None:
     assert Decimal(row["monthly_usd"]) == Decimal("12.5") == Decimal(row["remaining_usd"])
     (entry,) = json.loads(ok(*args, "--format", "json"))
     assert (entry["tenant"], entry["model"], Decimal(entry["spent_usd"])) == (tenant, model, 0)
+
+
+def test_budgets_list_never_shows_a_small_spend_as_zero() -> None:
+    """Three thousandths of a cent spent reads $0.000035 in the table (the 6 decimals a
+    budget keeps), not $0.0000; whole amounts keep 2 decimals and the table 80 columns."""
+    from tests.seeding import seed_cheap_usage
+
+    tenant = seed_cheap_usage(Decimal("0.000035"), model="glm-5.1")
+    ok("budgets", "set", "--tenant", tenant, "--monthly-usd", "5")
+    try:
+        table = ok("budgets", "list", "--tenant", tenant)
+        assert widest(table) <= 80, table
+        (line,) = [line for line in table.splitlines() if tenant in line]
+        assert line.split()[-4:] == ["$5.00", "$0.000035", "$0.00", "$4.999965"], line
+    finally:
+        run_ezq("budgets", "delete", "--tenant", tenant)
 
 
 def test_status_csv_has_every_tenant_model_line_without_formulas() -> None:

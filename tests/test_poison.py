@@ -93,6 +93,52 @@ def test_poison_messages_are_kept_aside_and_the_worker_keeps_serving(
     assert "not valid base64" in reasons
 
 
+def test_arguments_the_task_does_not_take_are_dead_letters_naming_them(
+    service_env: dict[str, str], worker: WorkerProcess
+) -> None:
+    """An unknown keyword, request fields without the model, a second positional argument
+    or job_id given twice: each is a dead letter whose reason names it, not a TypeError
+    traceback, and its job is never created."""
+    messages = [{"role": "user", "content": "arguments it does not take"}]
+    ids = [str(uuid.uuid4()) for _ in range(4)]
+    sends: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {
+        ids[0]: ((), {"model": "glm-5.1", "messages": messages, "bogus": 1}),
+        ids[1]: ((), {"tenant": "no-model"}),
+        ids[2]: ((ids[2], "surplus"), {}),
+        ids[3]: ((ids[3],), {"job_id": ids[3]}),
+    }
+    log_before = len(worker.log())
+    for task_id, (args, kwargs) in sends.items():
+        app.send_task(
+            "ezq.chat_completion",
+            args=args,
+            kwargs=kwargs,
+            task_id=task_id,
+            queue=service_env["EZQ_QUEUE"],
+            ignore_result=True,
+        )
+    query = "SELECT message_id, reason FROM dead_letters WHERE message_id = ANY(:ids)"
+    deadline = time.monotonic() + 30
+    while len(letters := dict(sql(query, ids=ids))) < len(ids):
+        assert time.monotonic() < deadline, (letters, worker.log()[log_before:][-3000:])
+        time.sleep(0.1)
+
+    takes = (
+        "job_id, model, messages, conversation_id, params, tenant, metadata,"
+        " idempotency_key, callback_url, surface, priority"
+    )
+    assert letters == {
+        ids[0]: f"invalid arguments: bogus: is not an argument of ezq.chat_completion;"
+        f" it takes {takes}",
+        ids[1]: "invalid arguments: model: is required",
+        ids[2]: "invalid arguments: args: ezq.chat_completion takes at most one positional"
+        " argument (job_id), got 2",
+        ids[3]: "invalid arguments: job_id: given both as the first argument and by name",
+    }
+    assert "Traceback" not in worker.log()[log_before:]
+    assert sql("SELECT count(*) FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))", ids=ids) == [(0,)]
+
+
 def test_each_dead_letter_is_logged_once_without_its_content(
     service_env: dict[str, str], worker: WorkerProcess
 ) -> None:

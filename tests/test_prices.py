@@ -13,7 +13,7 @@ from sqlalchemy import text
 from service.db.session import transaction
 from service.errors import InvalidPriceFile, InvalidRequest, PriceConflict
 from service.usage.costs import price_unpriced_usage
-from service.usage.money import parse_price, plain, usd
+from service.usage.money import parse_price, plain, usd, usd_shown
 from service.usage.periods import parse_instant, parse_since
 from service.usage.price_file import import_prices, read_price_file
 from service.usage.prices import PriceInput, add_price, list_prices
@@ -74,6 +74,18 @@ def test_amounts_print_exactly_for_machines_and_rounded_for_people() -> None:
     assert plain(Decimal("0E-16")) == "0"
     assert plain(Decimal("1E+3")) == "1000"
     assert usd(Decimal("1234.56785")) == "$1,234.5678"
+
+
+def test_table_amounts_never_show_a_nonzero_amount_as_zero() -> None:
+    """usd_shown() keeps up to 6 decimals, at least 2, and marks what rounds away."""
+    assert usd_shown(Decimal("0.000035")) == "$0.000035"
+    assert usd_shown(Decimal("0.0000349999")) == "$0.000035"
+    assert usd_shown(Decimal("12.500000")) == "$12.50"
+    assert usd_shown(Decimal("1234567.1")) == "$1,234,567.10"
+    assert usd_shown(Decimal("0E-16")) == "$0.00"
+    assert usd_shown(Decimal("0.0000004")) == "<$0.000001"
+    assert usd_shown(Decimal("-0.25")) == "-$0.25"
+    assert usd_shown(Decimal("-0.0000004")) == ">-$0.000001"
 
 
 def test_periods() -> None:

@@ -159,6 +159,14 @@ def test_recompute_says_how_many_rows_it_priced() -> None:
     )
 
 
+def test_recompute_names_the_since_forms_it_takes() -> None:
+    """A bad --since says both forms it takes (Nd and a date), as `ezq usage` does."""
+    done = ezq("recompute", "--since", "bogus")
+    one_error_line(
+        done, "--since: must be Nd (days ago, e.g. 7d) or a date YYYY-MM-DD, got 'bogus'"
+    )
+
+
 def test_cache_write_price_from_set_and_import(tmp_path: Path) -> None:
     """--cache-write and the optional cache_write_input_per_mtok column record a cache-write
     price; without one it stays empty (cache writes then cost the input price)."""

@@ -91,8 +91,17 @@ def test_purge_keeps_usage_exact_and_deletes_content(fake_gateway: Any) -> None:
         "purged 1 conversation: 2 jobs, 4 messages, 1 webhook payload"
     )
     assert sql("SELECT payload FROM webhook_deliveries WHERE id = :d", d=delivery) == [("",)]
+    # Still listed and shown, so "no such delivery" would be wrong: its payload is gone.
     redelivered = run_ezq("webhooks", "redeliver", str(delivery))
-    assert redelivered.returncode != 0 and "no webhook delivery" in redelivered.stderr
+    assert redelivered.returncode == 1 and redelivered.stderr.strip().splitlines() == [
+        f"ezq: error: DELIVERY_ID: webhook delivery {delivery} exists but its payload was"
+        " purged (ezq purge), so its event cannot be sent again"
+    ]
+    unknown = uuid.uuid4()
+    missing = run_ezq("webhooks", "redeliver", str(unknown))
+    assert missing.returncode == 1 and missing.stderr.strip().splitlines() == [
+        f"ezq: error: DELIVERY_ID: no webhook delivery {unknown}"
+    ]
     assert sql(USAGE, t=tenant) == usage_before and sql(DAILY, t=tenant) == daily_before
     assert get_conversation(old["id"])["messages"] == []
     purged = get_job(old["jobs"][1])

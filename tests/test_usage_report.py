@@ -18,7 +18,8 @@ from sqlalchemy import text
 from service.db.migrate import throwaway_database
 from service.db.session import get_engine, transaction
 from service.usage.chart import MISSING_EXTRA
-from service.usage.money import usd
+from service.usage.money import usd_shown
+from service.usage.periods import SINCE_FORMS
 from service.usage.synthetic import SeedPlan, seed_usage
 from tests.conftest import ADMIN_DSN, run_ezq
 
@@ -139,11 +140,25 @@ def test_table_shows_totals_and_unpriced(database: str) -> None:
     rows = {cells[0]: cells[1:] for cells in map(table_cells, done.stdout.splitlines()) if cells}
     assert rows["Total"] == [
         *(f"{want[name]:,}" for name in FIELDS[:6]),
-        usd(want["cost_usd"]),
+        usd_shown(want["cost_usd"]),
         f"{want['unpriced_jobs']:,}",
     ]
     assert rows["unpriced"][-2:] == ["unpriced", rows["unpriced"][0]]
     assert rows["alpha"][-2].startswith("$")
+
+
+def test_table_never_shows_a_small_cost_as_zero(database: str) -> None:
+    """A tenant's day of cheap calls ($0.000014, as JSON and CSV give it) reads $0.000014 in
+    the table, not $0.0000; the totals line too."""
+    from tests.seeding import seed_cheap_usage
+
+    tenant = seed_cheap_usage(Decimal("0.000014"), model="alpha", url=database)
+    done = ezq(database, "--since", "1d", "--by", "tenant", "--tenant", tenant)
+    assert done.returncode == 0, done.stderr
+    rows = {cells[0]: cells[1:] for cells in map(table_cells, done.stdout.splitlines()) if cells}
+    assert rows[tenant][-2] == rows["Total"][-2] == "$0.000014", done.stdout
+    report = ezq(database, "--since", "1d", "--tenant", tenant, "--format", "json").stdout
+    assert json.loads(report)["totals"]["cost_usd"] == "0.000014"
 
 
 def table_cells(line: str) -> list[str]:
@@ -204,7 +219,10 @@ def test_by_month(database: str) -> None:
     ("args", "message"),
     [
         (["--by", "week"], "ezq: error: --by: 'week' is not one of day, month, model, tenant"),
-        (["--since", "2026-13-01"], "ezq: error: --since: must be a date YYYY-MM-DD"),
+        (["--since", "2026-13-01"], f"ezq: error: --since: must be {SINCE_FORMS}"),
+        (["--since", "3h"], f"ezq: error: --since: must be {SINCE_FORMS}, got '3h'"),
+        (["--since", "-3d"], f"ezq: error: --since: must be {SINCE_FORMS}, got '-3d'"),
+        (["--until", "7d"], "ezq: error: --until: must be a date YYYY-MM-DD, got '7d'"),
         (["--since", "0d"], "ezq: error: --since: must be 1d to 36600d, got '0d'"),
         (["--since", "99999999d"], "ezq: error: --since: must be 1d to 36600d"),
         (["--since", "2026-02-01", "--until", "2026-01-01"], "is after --until 2026-01-01"),

@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import errors, sql
+from sqlalchemy import make_url
 
 from tests.conftest import run_ezq
 
@@ -119,6 +120,12 @@ def test_login_role_gets_a_hashed_password_never_shown(role: str) -> None:
     [
         (["pg_monitor"], "ROLE: 'pg_monitor' is reserved by PostgreSQL"),
         (["public"], "ROLE: 'public' is reserved by PostgreSQL"),
+        # What PostgreSQL's grammar takes for something else where a role goes.
+        (["none"], "ROLE: 'none' is reserved by PostgreSQL"),
+        (["NONE"], "ROLE: 'NONE' is reserved by PostgreSQL"),
+        (["current_user"], "ROLE: 'current_user' is reserved by PostgreSQL"),
+        (["Session_User"], "ROLE: 'Session_User' is reserved by PostgreSQL"),
+        (["current_role"], "ROLE: 'current_role' is reserved by PostgreSQL"),
         (["x" * 64], "ROLE: must be 1 to 63 bytes"),
         (["ok_name", "--password-stdin"], "--password-stdin: only makes sense with --login"),
     ],
@@ -137,6 +144,29 @@ def _create_role(role: str, *statements: str) -> None:
             sql.Identifier(role)))  # fmt: skip
         for statement in statements:
             conn.execute(sql.SQL(statement).format(role=sql.Identifier(role)))
+
+
+def test_what_postgres_refuses_is_one_line_naming_the_role(role: str) -> None:
+    """A refusal of the server beyond the names checked up front (here, a caller that may
+    not create roles) is one line naming ROLE, not a traceback; nothing is created."""
+    _create_role(role)  # LOGIN, without CREATEROLE
+    url = make_url(os.environ["DATABASE_URL"]).set(username=role, password="original-pw")
+    wanted = f"{role}_new"
+    done = run_ezq(
+        "db",
+        "grant-readonly",
+        wanted,
+        env={"DATABASE_URL": url.render_as_string(hide_password=False)},
+    )
+    assert done.returncode == 1, done
+    assert done.stderr.strip().splitlines() == [
+        f"ezq: error: ROLE: PostgreSQL refused to make '{wanted}' read-only:"
+        " permission denied to create role"
+    ]
+    with connect() as conn:
+        assert (
+            conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (wanted,)).fetchone() is None
+        )
 
 
 def _can_read_views(role: str) -> bool:

@@ -23,6 +23,16 @@ LIMIT_COLUMNS = (
     "adaptive_ttft_ms",
 )
 BUDGET_COLUMNS = ("tenant", "model", "monthly_usd", "spent_usd", "reserved_usd", "remaining_usd")
+# The settings store's errors name what was typed here: flags, not the HTTP body's fields.
+LIMIT_FLAGS = {
+    "tenant": "--tenant",
+    "model": "--model",
+    "max_concurrent": "--concurrency",
+    "requests_per_window": "--rpm",
+    "tokens_per_window": "--tpm",
+    "adaptive_ttft_ms": "--adaptive-ttft-ms",
+}
+BUDGET_FLAGS = {"tenant": "--tenant", "model": "--model", "monthly_usd": "--monthly-usd"}
 
 
 def _count(value: int | None) -> str:
@@ -54,14 +64,16 @@ def _limits_table(rows: Sequence[dict[str, Any]]) -> Any:
 
 
 def _budgets_table(rows: Sequence[dict[str, Any]]) -> Any:
-    """Scope (``*`` is every model), the cap and this UTC month's spend, in USD."""
+    """Scope (``*`` is every model), the cap and this UTC month's spend, in USD: to the
+    micro-dollar the budget keeps, so that a few cheap calls never read as $0."""
     from decimal import Decimal
 
-    from service.usage.money import usd
+    from service.usage.money import usd_shown
 
     headings = ("MONTHLY", "SPENT", "RESERVED", "REMAINING")
     cells = [
-        (r["tenant"], r["model"], [usd(Decimal(r[c])) for c in BUDGET_COLUMNS[2:]]) for r in rows
+        (r["tenant"], r["model"], [usd_shown(Decimal(r[c])) for c in BUDGET_COLUMNS[2:]])
+        for r in rows
     ]
     return _scoped_table(headings, cells)
 
@@ -100,6 +112,7 @@ def limits_set(
         requests_per_window=rpm,
         tokens_per_window=tpm,
         adaptive_ttft_ms=adaptive_ttft_ms,
+        names=LIMIT_FLAGS,
     )
     click.echo(json.dumps(record, ensure_ascii=False))
 
@@ -126,7 +139,7 @@ def limits_delete(tenant: str | None, model: str | None) -> None:
     from service.errors import EzqError
     from service.flow import settings_store
 
-    if not settings_store.delete_limit(tenant=tenant, model=model):
+    if not settings_store.delete_limit(tenant=tenant, model=model, names=LIMIT_FLAGS):
         raise EzqError(f"no limit for tenant={tenant or '*'} model={model or '*'}")
     click.echo(f"deleted the limit for tenant={tenant or '*'} model={model or '*'}", err=True)
 
@@ -144,7 +157,9 @@ def budgets_set(tenant: str, model: str | None, monthly_usd: str) -> None:
     """Create or replace a budget; in force from the next claim."""
     from service.flow import settings_store
 
-    record = settings_store.set_budget(tenant=tenant, model=model, monthly_usd=monthly_usd)
+    record = settings_store.set_budget(
+        tenant=tenant, model=model, monthly_usd=monthly_usd, names=BUDGET_FLAGS
+    )
     click.echo(json.dumps(record, ensure_ascii=False))
 
 
@@ -155,7 +170,8 @@ def budgets_list(tenant: str | None, fmt: str) -> None:
     """Every budget with this month's spend, the reserved worst case of running calls, and
     what remains.
 
-    The table rounds to 4 decimals; JSON and CSV carry the exact amounts.
+    The table shows up to 6 decimals (a nonzero amount never reads $0); JSON and CSV carry
+    the exact amounts.
     """
     from service.flow import settings_store
     from service.ops.output import emit
@@ -172,6 +188,6 @@ def budgets_delete(tenant: str, model: str | None) -> None:
     from service.errors import EzqError
     from service.flow import settings_store
 
-    if not settings_store.delete_budget(tenant=tenant, model=model):
+    if not settings_store.delete_budget(tenant=tenant, model=model, names=BUDGET_FLAGS):
         raise EzqError(f"no budget for tenant={tenant} model={model or '*'}")
     click.echo(f"deleted the budget for tenant={tenant} model={model or '*'}", err=True)

@@ -6,6 +6,7 @@ applies to the next claim in every process, without a restart.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -17,7 +18,17 @@ from service.errors import InvalidRequest
 
 _MAX_INT = 2**31 - 1  # the columns are Postgres integers
 _MAX_USD = Decimal(10) ** 13  # numeric(20, 6)
+# The decimals a budget keeps (numeric(20, 6)): a finer amount would be rounded when stored.
+USD_SCALE = 6
 _MAX_NAME = 500
+
+# Each caller names the fields as its users typed them: the HTTP body's fields by default,
+# the command line's flags when it passes its own (e.g. {"max_concurrent": "--concurrency"}).
+Names = Mapping[str, str]
+
+
+def _called(names: Names | None, field: str) -> str:
+    return (names or {}).get(field, field)
 
 
 def _name(field: str, value: str | None) -> str:
@@ -34,10 +45,11 @@ def _name(field: str, value: str | None) -> str:
     return value
 
 
-def _scope(tenant: str | None, model: str | None) -> tuple[str, str]:
-    tenant, model = _name("tenant", tenant), _name("model", model)
+def _scope(tenant: str | None, model: str | None, names: Names | None) -> tuple[str, str]:
+    tenant = _name(_called(names, "tenant"), tenant)
+    model = _name(_called(names, "model"), model)
     if tenant == ANY and model == ANY:
-        raise InvalidRequest("tenant", "a limit needs a tenant, a model, or both")
+        raise InvalidRequest(_called(names, "tenant"), "a limit needs a tenant, a model, or both")
     return tenant, model
 
 
@@ -70,25 +82,39 @@ def set_limit(
     requests_per_window: int | None = None,
     tokens_per_window: int | None = None,
     adaptive_ttft_ms: int | None = None,
+    names: Names | None = None,
 ) -> dict[str, Any]:
-    """Create or replace the limit of a scope (``*``/None: any tenant or any model)."""
-    scope = _scope(tenant, model)
-    values = {
-        "max_concurrent": _positive("max_concurrent", max_concurrent),
-        "requests_per_window": _positive("requests_per_window", requests_per_window),
-        "tokens_per_window": _positive("tokens_per_window", tokens_per_window),
-        "adaptive_ttft_ms": _positive("adaptive_ttft_ms", adaptive_ttft_ms),
+    """Create or replace the limit of a scope (``*``/None: any tenant or any model).
+
+    ``names``: what the caller's users call each field, for the errors (HTTP's by default).
+    """
+    scope = _scope(tenant, model, names)
+    given = {
+        "max_concurrent": max_concurrent,
+        "requests_per_window": requests_per_window,
+        "tokens_per_window": tokens_per_window,
+        "adaptive_ttft_ms": adaptive_ttft_ms,
     }
-    if all(v is None for v in values.values()):
-        raise InvalidRequest(
-            "max_concurrent", "give at least one of max_concurrent, requests, tokens"
-        )
-    if values["adaptive_ttft_ms"] is not None and values["max_concurrent"] is None:
-        raise InvalidRequest("adaptive_ttft_ms", "needs max_concurrent (the adaptive ceiling)")
+    values = {field: _positive(_called(names, field), v) for field, v in given.items()}
+    _check_limit_values(values, names)
     with transaction() as session:
         limit = flow_db.set_limit(session, tenant=scope[0], model=scope[1], **values)
     wake_throttled()
     return limit_record(limit)
+
+
+def _check_limit_values(values: Mapping[str, int | None], names: Names | None) -> None:
+    """A limit limits something; an adaptive one adapts below a fixed ceiling."""
+    if all(v is None for v in values.values()):
+        # adaptive_ttft_ms alone is refused below, for want of its ceiling.
+        fields = ("max_concurrent", "requests_per_window", "tokens_per_window")
+        listed = ", ".join(_called(names, f) for f in fields)
+        raise InvalidRequest(_called(names, fields[0]), f"give at least one of {listed}")
+    if values["adaptive_ttft_ms"] is not None and values["max_concurrent"] is None:
+        ceiling = _called(names, "max_concurrent")
+        raise InvalidRequest(
+            _called(names, "adaptive_ttft_ms"), f"needs {ceiling} (the adaptive ceiling)"
+        )
 
 
 def list_limits() -> list[dict[str, Any]]:
@@ -96,8 +122,8 @@ def list_limits() -> list[dict[str, Any]]:
         return [limit_record(limit) for limit in flow_db.list_limits(session)]
 
 
-def delete_limit(*, tenant: str | None, model: str | None) -> bool:
-    scope = _scope(tenant, model)
+def delete_limit(*, tenant: str | None, model: str | None, names: Names | None = None) -> bool:
+    scope = _scope(tenant, model, names)
     with transaction() as session:
         deleted = flow_db.delete_limit(session, tenant=scope[0], model=scope[1])
     wake_throttled()
@@ -126,20 +152,33 @@ def budget_record(budget: flow_db.Budget) -> dict[str, Any]:
 
 
 def parse_usd(field: str, value: object) -> Decimal:
+    """An amount the budget column holds exactly: never rounded when stored (0.0000004
+    would be kept as 0, a budget that denies every job)."""
     try:
         amount = Decimal(str(value))
     except InvalidOperation:
         raise InvalidRequest(field, f"must be an amount in USD, not {value!r}") from None
     if not amount.is_finite() or not 0 <= amount < _MAX_USD:
         raise InvalidRequest(field, f"must be an amount from 0 to {_MAX_USD:,}, not {value!r}")
+    stored = amount.quantize(Decimal(1).scaleb(-USD_SCALE))
+    if stored != amount:
+        raise InvalidRequest(
+            field,
+            f"{value!r} has more than the {USD_SCALE} decimals a budget keeps (it would be"
+            f" stored as {stored}); give at most {USD_SCALE} decimals",
+        )
     return amount
 
 
-def set_budget(*, tenant: str, model: str | None, monthly_usd: object) -> dict[str, Any]:
-    tenant, model = _name("tenant", tenant), _name("model", model)
+def set_budget(
+    *, tenant: str, model: str | None, monthly_usd: object, names: Names | None = None
+) -> dict[str, Any]:
+    """Create or replace a budget. ``names``: as in ``set_limit``."""
+    tenant = _name(_called(names, "tenant"), tenant)
+    model = _name(_called(names, "model"), model)
     if tenant == ANY:
-        raise InvalidRequest("tenant", "a budget needs a tenant")
-    amount = parse_usd("monthly_usd", monthly_usd)
+        raise InvalidRequest(_called(names, "tenant"), "a budget needs a tenant")
+    amount = parse_usd(_called(names, "monthly_usd"), monthly_usd)
     with transaction() as session:
         flow_db.set_budget(session, tenant=tenant, model=model, monthly_usd=amount)
         found = flow_db.list_budgets(session, tenant=tenant)
@@ -151,7 +190,8 @@ def list_budgets(tenant: str | None = None) -> list[dict[str, Any]]:
         return [budget_record(b) for b in flow_db.list_budgets(session, tenant=tenant)]
 
 
-def delete_budget(*, tenant: str, model: str | None) -> bool:
-    tenant, model = _name("tenant", tenant), _name("model", model)
+def delete_budget(*, tenant: str, model: str | None, names: Names | None = None) -> bool:
+    tenant = _name(_called(names, "tenant"), tenant)
+    model = _name(_called(names, "model"), model)
     with transaction() as session:
         return flow_db.delete_budget(session, tenant=tenant, model=model)

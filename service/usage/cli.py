@@ -6,8 +6,9 @@ Only click is imported here; each command imports what it needs when it runs, so
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +227,27 @@ def usage(
             console.print(render.budget_table(budgets))
 
 
+@contextlib.contextmanager
+def _refusals_in_one_line(role: str) -> Iterator[None]:
+    """What PostgreSQL refuses (a name it reserves that we do not know, a missing
+    privilege) as one line naming ROLE, not a traceback. An unreachable server is left to
+    ``ezq``'s own line, which names the database."""
+    import psycopg
+    from sqlalchemy.exc import DBAPIError
+
+    from service.errors import EzqError
+
+    try:
+        yield
+    except (psycopg.Error, DBAPIError) as exc:
+        cause = exc.orig if isinstance(exc, DBAPIError) else exc
+        if isinstance(cause, psycopg.OperationalError) or not isinstance(cause, psycopg.Error):
+            raise
+        lines = str(cause).strip().splitlines()
+        first = lines[0] if lines else type(cause).__name__
+        raise EzqError(f"ROLE: PostgreSQL refused to make {role!r} read-only: {first}") from None
+
+
 @click.command("grant-readonly")
 @click.argument("role")
 @click.option("--login", is_flag=True, help="Let ROLE log in (asks for its password).")
@@ -260,7 +282,7 @@ def grant_readonly(role: str, login: bool, password_stdin: bool, reset_password:
         )
         if not password:
             raise InvalidRequest("password", "must not be empty")
-    with transaction() as session:
+    with _refusals_in_one_line(role), transaction() as session:
         done = grant(session, role, password=password, reset_password=reset_password)
     if done.created:
         what = f"created role {role} ({'LOGIN' if done.login else 'NOLOGIN'})"

@@ -47,3 +47,16 @@ def usd(amount: Decimal, places: int = 4) -> str:
     """For people: $1,234.5678, rounded to ``places`` decimals (half to even)."""
     rounded = amount.quantize(Decimal(1).scaleb(-places))
     return f"${rounded:,.{places}f}"
+
+
+def usd_shown(amount: Decimal, places: int = 6) -> str:
+    """For tables of small amounts (a job's cost is a fraction of a cent): up to ``places``
+    decimals, trailing zeros trimmed to 2 ($12.50, $0.000035), and a nonzero amount never
+    shown as zero: one too small for ``places`` reads <$0.000001."""
+    quantum = Decimal(1).scaleb(-places)
+    rounded = amount.quantize(quantum)
+    if rounded == 0 and amount != 0:
+        return f"<${quantum}" if amount > 0 else f">-${quantum}"
+    whole, _, decimals = f"{abs(rounded):,.{places}f}".partition(".")
+    sign = "-" if rounded < 0 else ""
+    return f"{sign}${whole}.{decimals.rstrip('0').ljust(2, '0')}"

@@ -9,6 +9,7 @@ from service.errors import InvalidRequest
 
 _DAYS_AGO = re.compile(r"(\d+)d")
 MAX_DAYS_BACK = 36_600  # a century: more is a typo, and would overflow the date type
+SINCE_FORMS = "Nd (days ago, e.g. 7d) or a date YYYY-MM-DD"
 
 
 def today_utc() -> date:
@@ -27,7 +28,11 @@ def parse_since(value: str, field: str, *, today: date | None = None) -> date:
     """``Nd`` (the last N UTC days, today included, so ``1d`` is today) or YYYY-MM-DD."""
     match = _DAYS_AGO.fullmatch(value.strip())
     if match is None:
-        return parse_day(value, field)
+        try:
+            return parse_day(value, field)
+        except InvalidRequest:
+            # Not a date either: say both forms, or `7d` looks unsupported.
+            raise InvalidRequest(field, f"must be {SINCE_FORMS}, got {value!r}") from None
     days = int(match.group(1))
     if not 1 <= days <= MAX_DAYS_BACK:
         raise InvalidRequest(field, f"must be 1d to {MAX_DAYS_BACK}d, got {value!r}")

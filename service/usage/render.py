@@ -16,7 +16,7 @@ from typing import IO, Any
 from rich.console import Console
 from rich.table import Table
 
-from service.usage.money import plain, usd
+from service.usage.money import plain, usd_shown
 from service.usage.prices import PriceRow
 from service.usage.report import TOTAL_FIELDS, Report, Totals
 
@@ -102,7 +102,8 @@ def write_report_csv(out: IO[str], report: Report) -> None:
 def _cost_cell(totals: Totals) -> str:
     if totals.cost_usd is None:
         return "[yellow]unpriced[/]" if totals.unpriced_jobs else "-"
-    return usd(totals.cost_usd)
+    # A day of a few cheap calls costs a fraction of a cent: never shown as $0.
+    return usd_shown(totals.cost_usd)
 
 
 def _count_cells(totals: Totals) -> list[str]:

@@ -17,6 +17,11 @@ from sqlalchemy.orm import Session
 from service.errors import InvalidRequest
 
 MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
+# Names PostgreSQL's grammar takes for something else where a role goes (RoleSpec in
+# gram.y): "none" and "public" are refused as role names, the others name the current or
+# session role. Refused in any case: even where a quoted "PUBLIC" could be created, GRANT
+# ... TO public, typed as people do, would mean every role.
+RESERVED_ROLE_NAMES = frozenset({"none", "public", "current_user", "current_role", "session_user"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +76,7 @@ def _describe(privileges: list[str], shown: int = 4) -> str:
 def check_role_name(role: str) -> str:
     if not role or len(role.encode()) > MAX_IDENTIFIER_BYTES:
         raise InvalidRequest("ROLE", f"must be 1 to {MAX_IDENTIFIER_BYTES} bytes")
-    if role.lower() == "public" or role.lower().startswith("pg_"):
+    if role.lower() in RESERVED_ROLE_NAMES or role.lower().startswith("pg_"):
         raise InvalidRequest("ROLE", f"{role!r} is reserved by PostgreSQL")
     return role
 

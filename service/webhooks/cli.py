@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from service.errors import EzqError
 from service.ops.output import format_option
 from service.ops.when import HELP
 
@@ -70,6 +71,21 @@ def _table(rows: Sequence[dict[str, Any]]) -> Any:
     return table
 
 
+def _no_delivery(delivery_id: uuid.UUID) -> EzqError:
+    return EzqError(f"DELIVERY_ID: no webhook delivery {delivery_id}")
+
+
+def _not_sendable(purged: bool | None, delivery_id: uuid.UUID) -> EzqError:
+    """Why a delivery cannot be sent again: it does not exist, or ``ezq purge`` emptied its
+    payload (``list`` and ``show`` still show it, so "no delivery" would be wrong)."""
+    if not purged:
+        return _no_delivery(delivery_id)
+    return EzqError(
+        f"DELIVERY_ID: webhook delivery {delivery_id} exists but its payload was purged"
+        " (ezq purge), so its event cannot be sent again"
+    )
+
+
 @click.group("webhooks")
 def webhooks() -> None:
     """See webhook deliveries and their attempts; redeliver events."""
@@ -111,7 +127,7 @@ def show(delivery_id: str) -> None:
     with transaction() as session:
         found = outbox.get_delivery(session, the_id)
     if found is None:
-        raise click.ClickException(f"no webhook delivery {the_id}")
+        raise _no_delivery(the_id)
     _echo_json(found)
 
 
@@ -140,8 +156,8 @@ def redeliver(delivery_id: str | None, failed: bool, since: str | None) -> None:
             assert since is not None
             wanted = outbox.failed_since(session, parse_moment(since, "--since"))
         found = outbox.redeliver(session, wanted)
-    if delivery_id is not None and not found:
-        raise click.ClickException(f"no webhook delivery {delivery_id}")
+        if delivery_id is not None and not found:
+            raise _not_sendable(outbox.payload_purged(session, wanted[0]), wanted[0])
     publish_deliveries(found)
     click.echo(f"redelivering {deliveries_phrase(len(found))}", err=True)
     for the_id in found:

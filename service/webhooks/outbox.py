@@ -409,6 +409,14 @@ def failed_since(session: Session, since: datetime) -> list[uuid.UUID]:
     return list(session.scalars(stmt.order_by(WebhookDelivery.created_at)))
 
 
+def payload_purged(session: Session, delivery_id: uuid.UUID) -> bool | None:
+    """Whether the delivery's payload was purged (``ezq purge``), None without a delivery."""
+    payload = session.scalar(
+        select(WebhookDelivery.payload).where(WebhookDelivery.id == delivery_id)
+    )
+    return None if payload is None else payload == ""
+
+
 def redeliver(session: Session, delivery_ids: list[uuid.UUID]) -> list[uuid.UUID]:
     """Make deliveries pending and due now with a fresh round of attempts; same event and
     webhook-id. Returns the ids found; the caller publishes them after the commit."""

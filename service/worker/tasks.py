@@ -103,6 +103,27 @@ def _job_id(value: object, fallback: str | None) -> uuid.UUID:
         raise EzqCallerError(f"job_id: {value!r} is not a UUID") from None
 
 
+def _given_job_id(
+    job_id: object, extra: tuple[object, ...], unknown: dict[str, object], fields: dict[str, Any]
+) -> object:
+    """The job id a message gives, as its first argument or by name; an argument the task
+    does not take is an invalid message, named like the others."""
+    task = c.TASK_CHAT_COMPLETION
+    if extra:
+        raise EzqCallerError(
+            f"args: {task} takes at most one positional argument (job_id), got {len(extra) + 1}"
+        )
+    if "job_id" in unknown:  # by name, as producers send it
+        if job_id is not None:
+            raise EzqCallerError("job_id: given both as the first argument and by name")
+        job_id = unknown.pop("job_id")
+    if unknown:
+        names = ", ".join(sorted(unknown))
+        what = "is not an argument" if len(unknown) == 1 else "are not arguments"
+        raise EzqCallerError(f"{names}: {what} of {task}; it takes job_id, {', '.join(fields)}")
+    return job_id
+
+
 def _publish_one(job_id: uuid.UUID) -> None:
     publish_jobs([job_id])
 
@@ -123,7 +144,11 @@ def _publish_one(job_id: uuid.UUID) -> None:
 def chat_completion(
     self: Task,
     job_id: str | None = None,
-    *,
+    # job_id is positional-only and the rest is gathered, so that no message's arguments
+    # make Python raise before the body runs: a TypeError there would be logged as a task
+    # failure with a traceback, never kept as a dead letter. _given_job_id checks them.
+    /,
+    *extra: object,
     model: str | None = None,
     messages: list[dict[str, Any]] | None = None,
     conversation_id: str | None = None,
@@ -134,6 +159,7 @@ def chat_completion(
     callback_url: str | None = None,
     surface: str | None = None,
     priority: int | None = None,
+    **unknown: object,
 ) -> dict[str, Any]:
     """Run one chat-completion job and return its JSON view.
 
@@ -158,8 +184,9 @@ def chat_completion(
     # in the same round trip and transaction (one commit where there were two).
     first_turn: CompletionRequest | None = None
     try:
-        the_id = _job_id(job_id, self.request.id)
-        if model is not None or messages is not None:
+        the_id = _job_id(_given_job_id(job_id, extra, unknown, fields), self.request.id)
+        # Any request field makes it a request, so a missing model or messages is named.
+        if any(value is not None for value in fields.values()):
             request = validate_request(
                 max_request_bytes=get_settings().ezq_max_request_bytes, **fields
             )
