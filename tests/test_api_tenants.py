@@ -320,7 +320,23 @@ def test_other_tenants_jobs_cannot_be_replayed(
     assert one.json()["error"]["type"] == "job_not_found"
     by_ids = teams[other].client.post("/v1/jobs/replay", json={"job_ids": [job_id]})
     assert by_ids.status_code in (200, 202), by_ids.text
-    assert job_id not in by_ids.text
+    # Skipped exactly as an id no job has is: the caller learns nothing it did not send.
+    unknown = str(uuid.uuid4())
+    never = teams[other].client.post("/v1/jobs/replay", json={"job_ids": [unknown]})
+    assert by_ids.json()["replays"] == never.json()["replays"] == []
+    (skip,) = by_ids.json()["skipped"]
+    assert skip == {
+        "job_id": job_id,
+        "reason": "not_found",
+        "message": f"no job {job_id} among those selected",
+    }
+    assert never.json()["skipped"] == [
+        {
+            "job_id": unknown,
+            "reason": "not_found",
+            "message": f"no job {unknown} among those selected",
+        }
+    ]
     named = teams[other].client.post(
         "/v1/jobs/replay", json={"tenant": teams[owner].tenant, "dry_run": True}
     )
