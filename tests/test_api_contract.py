@@ -83,6 +83,8 @@ def assert_envelope(response: httpx.Response, status: int, kind: str) -> dict[st
         ("DELETE", "/v1/limits?tenant=t&foo=1", None, 422, "invalid_request", "foo"),
         ("GET", "/v1/batches?foo=1", None, 422, "invalid_request", "foo"),
         ("GET", "/v1/jobs?metadata.=1", None, 422, "invalid_request", "metadata."),
+        # The listing's metadata.KEY filters are the listing's: not taken by the enqueue.
+        ("POST", "/v1/jobs?metadata.team=x", b"{}", 422, "invalid_request", "metadata.team"),
     ],
 )
 def test_every_error_is_the_envelope(

@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from tests.conftest import WorkerProcess, run_ezq, sql, wait_for_job
 from tests.flow_support import enqueue_many, new_tenant, slow, statuses, wait_until
 
@@ -93,14 +95,18 @@ def test_a_small_tenants_job_finishes_within_a_bound_while_a_big_backlog_drains(
     assert statuses(backlog) == {"succeeded": 60}
 
 
+@pytest.mark.parametrize("big_has_a_tenant", [True, False], ids=["tenant", "no tenant"])
 def test_tenants_take_turns_when_a_limit_lets_one_call_run(
-    worker_factory: Callable[..., WorkerProcess], fake_gateway: Any, own_queue: str
+    worker_factory: Callable[..., WorkerProcess],
+    fake_gateway: Any,
+    own_queue: str,
+    big_has_a_tenant: bool,
 ) -> None:
     """With one call allowed in a scope, a small tenant's job runs next when the slot
-    frees, not after the big tenant's backlog enqueued before it: no tenant then has a call
-    running, and the tenant served longest ago goes first."""
+    frees, not after the big backlog enqueued before it (a tenant's, or jobs without one):
+    no tenant then has a call running, and the tenant served longest ago goes first."""
     model = "kimi-k2.6"  # the limit is on the model, for every tenant: no other test's
-    big, small = new_tenant(), new_tenant()
+    big, small = (new_tenant() if big_has_a_tenant else None), new_tenant()
     marker = f"turns-{secrets.token_hex(4)}"
     slow(fake_gateway, marker, latency=0.3)
     assert run_ezq("limits", "set", "--model", model, "--concurrency", "1").returncode == 0

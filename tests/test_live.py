@@ -74,9 +74,12 @@ def slow(prompt: str, *, delay: float = 0.15, **fields: Any) -> Fault:
     return Fault(match=prompt, reply=REPLY, chunk_delay=delay, **fields)
 
 
-def events(client: httpx.Client, job_id: str, **headers: str) -> Iterator[Event]:
+def events(
+    client: httpx.Client, job_id: str, params: dict[str, str] | None = None, **headers: str
+) -> Iterator[Event]:
     """Parse the event stream as it arrives (comments and `retry:` skipped)."""
-    with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers) as response:
+    path = f"/v1/jobs/{job_id}/events"
+    with client.stream("GET", path, headers=headers, params=params) as response:
         assert response.status_code == 200, response.read()
         assert response.headers["content-type"].startswith("text/event-stream")
         fields: dict[str, str] = {}
@@ -132,9 +135,13 @@ def test_deltas_arrive_in_order_before_the_end_then_the_final_event(
     assert REPLY.encode() in stored and API_KEY.encode() not in stored
 
 
-def test_last_event_id_resumes_after_a_reconnect(client: httpx.Client, fake_gateway: Any) -> None:
-    """A client that drops after two deltas and reconnects with `Last-Event-ID` gets the
-    rest, without repeats, and the reply adds up."""
+@pytest.mark.parametrize("way", ["header", "query"])
+def test_last_event_id_resumes_after_a_reconnect(
+    client: httpx.Client, fake_gateway: Any, way: str
+) -> None:
+    """A client that drops after two deltas and reconnects with `Last-Event-ID` (or, as
+    EventSource polyfills do, `?lastEventId=`) gets the rest, without repeats, and the
+    reply adds up."""
     prompt = marker()
     fake_gateway.add_faults(slow(prompt, delay=0.2))
     job_id = enqueue(client, prompt)
@@ -145,7 +152,10 @@ def test_last_event_id_resumes_after_a_reconnect(client: httpx.Client, fake_gate
             break
     assert [e.type for e in first] == ["delta", "delta"]
     assert get_job(job_id)["status"] == "running"  # so the resume is mid-stream
-    rest = list(events(client, job_id, **{"Last-Event-ID": first[-1].id}))
+    if way == "header":
+        rest = list(events(client, job_id, **{"Last-Event-ID": first[-1].id}))
+    else:
+        rest = list(events(client, job_id, params={"lastEventId": first[-1].id}))
     assert rest[0].type == "delta"
     assert rest[-1].type == "job.succeeded"
     assert not {e.id for e in first} & {e.id for e in rest}

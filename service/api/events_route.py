@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import redis
 import redis.asyncio as aioredis
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
@@ -130,8 +130,17 @@ def job_events(
     last_event_id: Annotated[
         str | None, Header(description="The `id` of the last event received: resume after it.")
     ] = None,
+    last_event_id_query: Annotated[
+        str | None,
+        Query(
+            alias="lastEventId",
+            description="The same as `Last-Event-ID`, for EventSource polyfills that send it"
+            " in the query string on reconnect; the header wins when both are given.",
+        ),
+    ] = None,
 ) -> StreamingResponse:
     """Stream the job's live events (see the description)."""
+    last_event_id = last_event_id if last_event_id is not None else last_event_id_query
     try:
         the_id = uuid.UUID(job_id)
     except ValueError:

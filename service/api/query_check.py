@@ -13,8 +13,8 @@ from starlette.requests import Request
 
 from service.errors import InvalidRequest
 
-# Routes that read query parameters under a prefix themselves: path -> prefixes.
-PREFIXED_PARAMS: dict[str, tuple[str, ...]] = {"/v1/jobs": ("metadata.",)}
+# Routes that read query parameters under a prefix themselves: (method, path) -> prefixes.
+PREFIXED_PARAMS: dict[tuple[str, str], tuple[str, ...]] = {("GET", "/v1/jobs"): ("metadata.",)}
 
 
 def _query_names(dependant: Dependant) -> set[str]:
@@ -24,15 +24,13 @@ def _query_names(dependant: Dependant) -> set[str]:
     return names
 
 
-# Routes live as long as their app; they are not hashable, so they are known by id.
-_DECLARED: dict[int, frozenset[str]] = {}
-
-
 def _declared(route: APIRoute) -> frozenset[str]:
-    """The query parameters the route and its dependencies declare."""
-    names = _DECLARED.get(id(route))
+    """The query parameters the route and its dependencies declare, worked out once and
+    kept on the route (routes are not hashable, and an id could be reused by another)."""
+    names: frozenset[str] | None = getattr(route, "_ezq_query_names", None)
     if names is None:
-        names = _DECLARED[id(route)] = frozenset(_query_names(route.dependant))
+        names = frozenset(_query_names(route.dependant))
+        route._ezq_query_names = names  # type: ignore[attr-defined]
     return names
 
 
@@ -44,7 +42,7 @@ def refuse_unknown_query(request: Request) -> None:
     if not isinstance(route, APIRoute):
         return
     known = _declared(route)
-    prefixes = PREFIXED_PARAMS.get(route.path, ())
+    prefixes = PREFIXED_PARAMS.get((request.method, route.path), ())
     for name in request.query_params:
         if name not in known and not any(
             name.startswith(prefix) and len(name) > len(prefix) for prefix in prefixes

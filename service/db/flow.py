@@ -114,7 +114,8 @@ _PENDING_COLUMNS = (
 # Nothing to decide at claim, so the message runs its own job (``service.flow.admission``
 # holds the rest): its job is not pending (the claim then says why), or no limit or budget
 # exists, it was not throttled, and no candidate strictly outranks it (a higher priority
-# after aging, or as high with fewer calls of its tenant running: ``Pending.outranks``).
+# after aging, or as high with fewer calls of its tenant running: ``Pending.outranks``,
+# whose last tie-break, the tenant served longest ago, applies only where limits exist).
 _PLAIN = """
     (NOT EXISTS (SELECT 1 FROM rows o WHERE o.own)
      OR (NOT f.configured
@@ -798,7 +799,9 @@ def estimate(session: Session, job_id: uuid.UUID, *, default_max_tokens: int) ->
             FROM jobs j
             LEFT JOIN LATERAL (
                 SELECT sum(length(coalesce(m.content_parts::text, m.content, ''))
-                           + length(coalesce(m.tool_calls::text, ''))) AS chars,
+                           + length(coalesce(m.tool_calls::text, ''))
+                           + length(coalesce(m.refusal, ''))
+                           + length(coalesce(m.reasoning_content, ''))) AS chars,
                        count(*) AS n
                 FROM messages m WHERE m.conversation_id = j.conversation_id) h ON true
             LEFT JOIN LATERAL (
@@ -913,17 +916,20 @@ _BEST_THROTTLED = f"""
 
 
 def served(session: Session, tenants: Iterable[str | None]) -> dict[str | None, datetime]:
-    """When each of ``tenants`` last had a call admitted (absent: never): one index probe a
-    tenant (``ix_flow_admissions_tenant_admitted_at``), in one round trip."""
-    named = sorted({t for t in tenants if t is not None})
-    if not named:
-        return {}
+    """When each of ``tenants`` last had a call admitted (absent: never), jobs without a
+    tenant (None) being one more: one index probe each
+    (``ix_flow_admissions_tenant_admitted_at``), in one round trip."""
+    wanted = set(tenants)
+    named = sorted(t for t in wanted if t is not None)
     rows = session.execute(
         text(
             "SELECT t.tenant, (SELECT max(a.admitted_at) FROM flow_admissions a"
             " WHERE a.tenant = t.tenant) FROM unnest(CAST(:tenants AS text[])) AS t(tenant)"
+            " UNION ALL"
+            " SELECT NULL, (SELECT max(a.admitted_at) FROM flow_admissions a"
+            " WHERE a.tenant IS NULL) WHERE :tenantless"
         ),
-        {"tenants": named},
+        {"tenants": named, "tenantless": None in wanted},
     ).all()
     return {tenant: at for tenant, at in rows if at is not None}
 

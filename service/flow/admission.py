@@ -2,14 +2,15 @@
 
 The broker is a wake-up; Postgres decides. A worker that receives a message for job A ranks
 the eligible pending jobs (priority with aging, then the tenant with the fewest running
-calls, then enqueue order) and runs the best one whose limits admit it now: its own job A
-unless a job B strictly outranks it (a higher priority after aging, or as high with fewer
-calls of its tenant running). Another job than A is locked (``FOR UPDATE SKIP LOCKED``)
-only once it may run in A's place. When B runs, or A's limits hold it, A waits in the
-database with a reason (no message, no thread held) and is woken when a call finishes, or
-by the sweep at its ``throttled_until``. Limits and budgets are read and locked in this
-same transaction, so concurrent claims in one scope decide one after the
-other and cannot overshoot together.
+calls, then, where a limit or budget exists, the tenant served longest ago, then enqueue
+order) and runs the best one whose limits admit it now: its own job A unless a job B
+strictly outranks it (a higher priority after aging, or as high with fewer calls of its
+tenant running, or as few with its tenant served longer ago). Another job than A is
+locked (``FOR UPDATE SKIP LOCKED``) only once it may run in A's place. When B runs, or A's
+limits hold it, A waits in the database with a reason (no message, no thread held) and is
+woken when a call finishes, or by the sweep at its ``throttled_until``. Limits and budgets
+are read and locked in this same transaction, so concurrent claims in one scope decide one
+after the other and cannot overshoot together.
 """
 
 from __future__ import annotations
@@ -263,7 +264,10 @@ def admit(
     better = sorted(
         (job for job in rivals if job.outranks(own)), key=lambda j: (*j.rank_key(), j.enqueue_seq)
     )
-    others = [job for job in rivals if not job.outranks(own)]
+    others = sorted(
+        (job for job in rivals if not job.outranks(own)),
+        key=lambda j: (*j.rank_key(), j.enqueue_seq),
+    )
     candidates = [*better, own, *others]
     admission = Admission(
         job_id,

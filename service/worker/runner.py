@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -429,15 +430,28 @@ def _failed_attempt(
     # A reply answered in full but unusable was paid for: its usage is recorded.
     paid = error.usage if isinstance(error, ReplyDefect) else None
     tokens = normalise_usage(paid, surface=error.surface or "openai") if paid is not None else None
-    recorded = record_failed(
+    record = functools.partial(
+        record_failed,
         claim,
         error,
         final=final,
         retry_in_s=countdown,
         park=park,
         settlement=settlement,
-        tokens=tokens,
     )
+    try:
+        recorded = record(tokens=tokens)
+    except UNAVAILABLE:
+        raise  # waited out by the caller
+    except Exception:
+        if tokens is None:
+            raise
+        # The database refused the usage the gateway sent (a count past an integer, a NUL
+        # in it): the failure is recorded without it rather than left running, to be taken
+        # over and billed again.
+        jlog.exception("the usage of the failed call could not be stored; recorded without it")
+        tokens = None
+        recorded = record(tokens=None)
     view = recorded.view
     if recorded.job is None:
         jlog.warning("the job is no longer ours (cancelled or taken over); failure not recorded")
