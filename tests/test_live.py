@@ -21,6 +21,7 @@ from service.fake_gateway import Fault
 from service.live.events import final_text, stream_key
 from service.producer import get_job
 from tests.conftest import API_KEY, REDIS_URL, free_port, run_ezq, wait_for_job
+from tests.test_faults import wait_until
 
 ADMIN_TOKEN = "live-admin-" + uuid.uuid4().hex
 TENANT, OTHER = "live-" + uuid.uuid4().hex[:6], "other-" + uuid.uuid4().hex[:6]
@@ -503,22 +504,18 @@ def sql_exec(statement: str, **params: Any) -> None:
 def wait_for_a_long_blocked_read(gone: Any) -> None:
     """Until some client has been blocked in XREAD for longer than redis-py's default
     read timeout; ``gone()`` says the reader has given up (a failure)."""
-    admin = redis.Redis.from_url(REDIS_URL)
-    deadline = time.monotonic() + 3 * PAST_REDIS_DEFAULT_S
-    try:
-        while True:
-            blocked = [
-                c
-                for c in admin.client_list()
-                if c.get("cmd") == "xread" and "b" in c.get("flags", "")
-            ]
-            if any(int(c["idle"]) > PAST_REDIS_DEFAULT_S for c in blocked):
-                return
-            assert not gone(), "the reader stopped before its read had blocked long"
-            assert time.monotonic() < deadline, f"no XREAD stayed blocked past 5 s: {blocked}"
-            time.sleep(0.1)
-    finally:
-        admin.close()
+
+    def blocked_long() -> bool:
+        assert not gone(), "the reader stopped before its read had blocked long"
+        return any(
+            c.get("cmd") == "xread"
+            and "b" in c.get("flags", "")
+            and int(c["idle"]) > PAST_REDIS_DEFAULT_S
+            for c in admin.client_list()
+        )
+
+    with redis.Redis.from_url(REDIS_URL) as admin:
+        wait_until(blocked_long, "an XREAD blocked past 5 s", timeout=3 * PAST_REDIS_DEFAULT_S)
 
 
 def write_reply(job_id: str) -> None:

@@ -15,6 +15,7 @@ import redis
 from service import enqueue_completion
 from service.worker.app import app
 from tests.conftest import REDIS_URL, WorkerProcess, free_port, run_ezq, sql, wait_for_job
+from tests.test_faults import wait_until
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -118,10 +119,8 @@ def test_arguments_the_task_does_not_take_are_dead_letters_naming_them(
             ignore_result=True,
         )
     query = "SELECT message_id, reason FROM dead_letters WHERE message_id = ANY(:ids)"
-    deadline = time.monotonic() + 30
-    while len(letters := dict(sql(query, ids=ids))) < len(ids):
-        assert time.monotonic() < deadline, (letters, worker.log()[log_before:][-3000:])
-        time.sleep(0.1)
+    wait_until(lambda: len(sql(query, ids=ids)) == len(ids), "a dead letter for each message")
+    letters = dict(sql(query, ids=ids))
 
     takes = (
         "job_id, model, messages, conversation_id, params, tenant, metadata,"

@@ -106,16 +106,16 @@ _CLAIM = DriverStatement.of(
 )
 
 
-_KEPT = ("refusal", "reasoning_content")
-
-
 def _history(rows: list[list[Any]]) -> list[dict[str, Any]]:
     """The conversation's messages, as sent to the gateway, from the claim's history rows."""
     history = []
-    for role, content, name, tool_calls, tool_call_id, thinking_blocks, *kept in rows:
+    for row in rows:
+        role, content, name, tool_calls, tool_call_id, thinking_blocks, refusal, reasoning = row
         message: dict[str, Any] = {"role": role, "content": content}
-        # refusal and reasoning_content (migration 0021), as the producer sent them.
-        message.update((k, v) for k, v in zip(_KEPT, kept, strict=True) if v is not None)
+        if refusal is not None:
+            message["refusal"] = refusal
+        if reasoning is not None:
+            message["reasoning_content"] = reasoning
         if thinking_blocks is not None:
             message["thinking_blocks"] = thinking_blocks
         if name is not None:

@@ -77,6 +77,10 @@ class Pending:
         served = self.tenant_served_at.timestamp() if self.tenant_served_at else float("-inf")
         return (-self.aged_priority, self.tenant_running, served)
 
+    def order_key(self) -> tuple[int, int, float, int]:
+        """Ascending: the better placed first, then the earlier enqueued."""
+        return (*self.rank_key(), self.enqueue_seq)
+
 
 @dataclass(frozen=True, slots=True)
 class Ranking:
@@ -454,7 +458,7 @@ def ranking(
             own = job
         elif job.id != job_id:
             candidates.append(job)
-    candidates.sort(key=lambda j: (*j.rank_key(), j.enqueue_seq))
+    candidates.sort(key=Pending.order_key)
     last = rows[-1]
     return Ranking(
         own,

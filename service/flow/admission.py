@@ -261,13 +261,9 @@ def admit(
     # The message runs its own job unless another strictly outranks it. Among equals it
     # keeps its own: the others have messages of their own on the way (or are woken when a
     # call ends), and running one of them here would park this one until a call ends.
-    better = sorted(
-        (job for job in rivals if job.outranks(own)), key=lambda j: (*j.rank_key(), j.enqueue_seq)
-    )
-    others = sorted(
-        (job for job in rivals if not job.outranks(own)),
-        key=lambda j: (*j.rank_key(), j.enqueue_seq),
-    )
+    ordered = sorted(rivals, key=flow_db.Pending.order_key)
+    better = [job for job in ordered if job.outranks(own)]
+    others = [job for job in ordered if not job.outranks(own)]
     candidates = [*better, own, *others]
     admission = Admission(
         job_id,
