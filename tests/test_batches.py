@@ -166,26 +166,37 @@ def test_sdk_runs_a_mixed_file_and_the_output_matches_postgres(
     assert "purpose batch" in str(caught.value.body)
 
 
+@pytest.mark.usefixtures("worker")  # another worker on the database, as in the whole suite
 def test_cancel_stops_lines_not_started_and_keeps_finished_ones(
     api_server_factory: Any, keys: dict[str, str], fake_gateway: Any, worker_factory: Any
 ) -> None:
-    """Cancelling while one line has finished and one runs: the rest never run, and the
-    output holds the finished and the running line once it ends."""
+    """Cancelling while one line runs (and those before it have finished): the rest never
+    run, and the output holds the finished lines and the running one once it ends."""
     queue = f"ezq-batch-{uuid.uuid4().hex[:8]}"
     own = api_server_factory(EZQ_API_TOKENS=ADMIN_TOKEN, EZQ_QUEUE=queue)
+    worker_factory(env={"EZQ_QUEUE": queue})
     # One call at a time, in line order: the first ends, the slow one runs, the rest wait.
-    # Started first: the session worker's sweep republishes lines left waiting too long.
-    worker_factory(env={"EZQ_QUEUE": queue, "EZQ_WORKER_CONCURRENCY": "1"})
+    # A flow limit, not a worker of one thread: every worker on the database is one pool,
+    # and the session worker's sweep republishes lines left waiting onto its own queue
+    # (then it ran them beside the slow one: five lines completed, none cancelled).
+    limit = run_ezq("limits", "set", "--tenant", TENANT_A, "--concurrency", "1")
+    assert limit.returncode == 0, limit.stderr
+    try:
+        _cancel_while_one_runs(own, keys, fake_gateway)
+    finally:
+        run_ezq("limits", "delete", "--tenant", TENANT_A)
+
+
+def _cancel_while_one_runs(own: Any, keys: dict[str, str], fake_gateway: Any) -> None:
     marker = uuid.uuid4().hex
-    # About 2 s of stream, frames 0.3 s apart: the cancel lands while it runs, and no wait
-    # comes near the test worker's read timeout (1.5 s), so the slow call is not retried.
-    # (One wait of 1.2 s before the first byte left the cancel and the timeout too
-    # little room on a loaded machine: a third line ran.)
+    # About 2.7 s of stream (9 frames of 8 characters, 0.3 s apart): the cancel lands while
+    # it runs; no wait comes near the read timeout (1.5 s) and the whole stays under the
+    # attempt deadline (4 s) of the suite's workers, so the slow call is not retried.
     fake_gateway.add_faults(
         Fault(
             kind="normal",
             match=f"slow-{marker}",
-            reply="a slow reply, word by word",
+            reply="slow word " * 7,
             chunk_delay=0.3,
         )
     )
@@ -199,25 +210,35 @@ def test_cancel_stops_lines_not_started_and_keeps_finished_ones(
         input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
     )
 
-    def status(custom_id: str) -> str:
-        rows = sql(
-            "SELECT status FROM jobs WHERE batch_id = :b AND custom_id = :c",
-            b=batch.id,
-            c=custom_id,
-        )
-        return str(rows[0][0])
+    def statuses() -> dict[str, str]:
+        rows = sql("SELECT custom_id, status FROM jobs WHERE batch_id = :b", b=batch.id)
+        return {str(custom_id): str(status) for custom_id, status in rows}
 
-    wait_until(lambda: status("first") == "succeeded" and status("slow") == "running", "slow")
+    # Equal lines are claimed about in line order, not exactly (a claim skips a line another
+    # claim holds locked): whatever ran before the slow one is read once it runs and the
+    # line before it has recorded its end (its call's slot is freed just before), and
+    # nothing else starts while the slow one holds the tenant's one call.
+    def slow_alone() -> dict[str, str] | None:
+        now = statuses()
+        running = {n for n, s in now.items() if s == "running"}
+        return now if running == {"slow"} else None
+
+    at_cancel = wait_until(slow_alone, "the slow line running alone")
+    finished = {n for n, s in at_cancel.items() if s == "succeeded"}
+    waiting = {n for n, s in at_cancel.items() if s in ("queued", "retrying")}
+    assert finished | waiting == set(names) - {"slow"}, at_cancel
+    assert waiting, "every other line ran before the slow one"
     cancelling = client.batches.cancel(batch.id)
     assert cancelling.status == "cancelling"
     done = ended(client, batch.id, "cancelled")
-    assert (done.request_counts.completed, done.request_counts.failed) == (2, 3)
-    assert set(lines_of(client, done.output_file_id)) == {"first", "slow"}
+    counts = (done.request_counts.completed, done.request_counts.failed)
+    assert counts == (len(finished) + 1, len(waiting))
+    assert set(lines_of(client, done.output_file_id)) == finished | {"slow"}
     errors = lines_of(client, done.error_file_id)
-    assert set(errors) == {"third", "fourth", "fifth"}
+    assert set(errors) == waiting
     assert all(e["error"]["code"] == "batch_cancelled" for e in errors.values())
     sent = [str(r.body) for r in fake_gateway.requests if marker in str(r.body)]
-    assert len(sent) == 2
+    assert len(sent) == len(finished) + 1
     assert not [p for n, p in prompts.items() if n in errors and any(p in b for b in sent)]
     assert client.batches.cancel(batch.id).status == "cancelled"  # a no-op
 
