@@ -384,6 +384,7 @@ def test_a_heartbeat_renews_its_jobs_leases_reading_those_jobs(
                     worker_id="test",
                     hostname="host",
                     pid=1,
+                    queue="ezq",
                     lease_seconds=600,
                     job_ids=[job.job_id],
                 )

@@ -596,6 +596,9 @@ class Worker(Base):
     started_at: Mapped[datetime] = _now()
     heartbeat_at: Mapped[datetime] = _now()
     stopped_at: Mapped[datetime | None]
+    # The broker queue it consumes (EZQ_QUEUE): the sweep counts the messages of every
+    # queue a live worker consumes. NULL on rows written before migration 0022.
+    queue: Mapped[str | None]
 
     __table_args__ = (Index(None, "heartbeat_at"),)
 

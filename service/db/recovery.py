@@ -19,8 +19,8 @@ from service.db.turn_order import NOT_HELD_BACK
 _HEARTBEAT = text(
     """
     WITH beat AS (
-        INSERT INTO workers (id, hostname, pid, started_at, heartbeat_at)
-        VALUES (:id, :hostname, :pid, now(), now())
+        INSERT INTO workers (id, hostname, pid, queue, started_at, heartbeat_at)
+        VALUES (:id, :hostname, :pid, :queue, now(), now())
         ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), stopped_at = NULL
         RETURNING id
     )
@@ -41,10 +41,12 @@ def heartbeat(
     worker_id: str,
     hostname: str,
     pid: int,
+    queue: str,
     lease_seconds: float,
     job_ids: list[uuid.UUID],
 ) -> int:
-    """Record that the worker is alive and renew its jobs' leases; one round trip.
+    """Record that the worker is alive (and the queue it consumes) and renew its jobs'
+    leases; one round trip.
 
     Returns how many leases were renewed.
     """
@@ -54,11 +56,25 @@ def heartbeat(
             "id": worker_id,
             "hostname": hostname,
             "pid": pid,
+            "queue": queue,
             "lease": lease_seconds,
             "job_ids": job_ids,
         },
     )
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+def consumed_queues(session: Session, *, beat_within_s: float) -> list[str]:
+    """The queues consumed by the workers that have beaten within ``beat_within_s`` and not
+    stopped: the broker should hold the live jobs' messages on these."""
+    rows = session.execute(
+        text(
+            "SELECT DISTINCT queue FROM workers WHERE queue IS NOT NULL"
+            " AND stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => :s)"
+        ),
+        {"s": beat_within_s},
+    )
+    return sorted(str(queue) for queue in rows.scalars())
 
 
 def worker_stopped(session: Session, worker_id: str) -> None:

@@ -174,6 +174,7 @@ class Heartbeat(threading.Thread):
                 worker_id=self.identity.id,
                 hostname=self.identity.hostname,
                 pid=self.identity.pid,
+                queue=self.settings.ezq_queue,
                 lease_seconds=self.settings.lease_seconds,
                 job_ids=self.active.renewable(self.settings.longest_hold_seconds),
             )

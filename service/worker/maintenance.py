@@ -10,6 +10,7 @@ import json
 import logging
 import random
 import threading
+from collections.abc import Collection
 from typing import Any
 
 import redis
@@ -37,15 +38,18 @@ _threads: list[Any] = []
 
 
 def redis_broker_depth(settings: Settings) -> Any:
-    """A function that counts the run messages the Redis broker holds for our queue, or
-    None when it cannot tell (another broker, or Redis is unreachable)."""
+    """A function that counts the run messages the Redis broker holds for the given queues,
+    or None when it cannot tell (another broker, or Redis is unreachable)."""
     if not settings.broker_is_redis:
         return None
     client = redis.Redis.from_url(settings.celery_broker_url, socket_timeout=2)
-    queue = settings.ezq_queue
-    keys = [queue, *(f"{queue}{_PRIORITY_SEP}{level}" for level in _PRIORITY_LEVELS)]
 
-    def depth() -> int | None:
+    def depth(queues: Collection[str]) -> int | None:
+        keys = [
+            key
+            for queue in queues
+            for key in (queue, *(f"{queue}{_PRIORITY_SEP}{level}" for level in _PRIORITY_LEVELS))
+        ]
         try:
             pipe = client.pipeline(transaction=False)
             for key in keys:
@@ -55,18 +59,19 @@ def redis_broker_depth(settings: Settings) -> Any:
         except redis.RedisError:
             return None
         # The unacked hash is shared by every queue on this Redis database: count only the
-        # messages routed to ours, or other queues' messages would hide a flushed queue.
-        return int(sum(lengths)) + sum(1 for entry in unacked if _routed_to(entry, queue))
+        # messages routed to these, or other queues' messages would hide a flushed queue.
+        wanted = set(queues)
+        return int(sum(lengths)) + sum(1 for entry in unacked if _routed_to(entry) in wanted)
 
     return depth
 
 
-def _routed_to(entry: bytes, queue: str) -> bool:
+def _routed_to(entry: bytes) -> str | None:
     try:
         routing_key = json.loads(entry)[2]
     except (ValueError, IndexError, TypeError):
-        return False
-    return bool(routing_key == queue)
+        return None
+    return routing_key if isinstance(routing_key, str) else None
 
 
 class Sweeper(threading.Thread):

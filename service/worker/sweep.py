@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from sqlalchemy import text
@@ -48,7 +48,8 @@ _LOCK_KEY = zlib.crc32(b"ezq.sweep")
 # Takeovers need the previous sweep to have run within this many intervals.
 CONTINUITY_INTERVALS = 3.0
 
-BrokerDepth = Callable[[], int | None]
+# How many run messages the broker holds on the given queues (None: it cannot tell).
+BrokerDepth = Callable[[Collection[str]], int | None]
 
 
 @dataclass(slots=True)
@@ -114,7 +115,14 @@ def _sweep(settings: Settings, *, takeovers: bool, broker_depth: BrokerDepth | N
 
     stale: list[uuid.UUID] = []
     messages_lost = False
-    depth = broker_depth() if broker_depth is not None else None
+    if broker_depth is not None:
+        # Every worker on the database is one pool: the live jobs' messages may be on any
+        # queue a live worker consumes, and this process's own.
+        with transaction() as session:
+            queues = recovery.consumed_queues(session, beat_within_s=settings.lease_seconds)
+        depth = broker_depth({*queues, settings.ezq_queue})
+    else:
+        depth = None
     if depth is not None:
         with transaction() as session:
             expected = recovery.messages_expected(session)
