@@ -429,4 +429,8 @@ def test_limits_and_a_file_that_no_longer_passes(
     assert (error.line, error.param) == (2, "body.messages")
     assert "the limit is 1000 bytes" in (error.message or "")
     assert sql("SELECT count(*) FROM jobs WHERE batch_id = :b", b=batch.id) == [(0,)]
-    assert tight.batches.retrieve(batch.id).request_counts.total == 2
+    # No line ran: none is counted (the file's two lines stay in batches.total).
+    counts = tight.batches.retrieve(batch.id).request_counts
+    assert counts is not None
+    assert (counts.total, counts.completed, counts.failed) == (0, 0, 0)
+    assert sql("SELECT total FROM batches WHERE id = :b", b=batch.id) == [(2,)]

@@ -642,19 +642,25 @@ def test_cli_lists_and_shows_deliveries_with_their_attempts(
 def test_cli_redelivers_failed_deliveries_since_a_date(
     receiver: Receiver, fake_gateway: Any, service_env: dict[str, str]
 ) -> None:
-    """redeliver --failed --since sends every failed event since then again, same ids."""
+    """redeliver --failed --since sends every failed event since then again, same ids, and
+    says how many it skipped because ezq purge emptied their payload."""
     since = sql("SELECT now()")[0][0].isoformat()
-    hooks = [path(), path()]
+    hooks = [path(), path(), path()]
     for hook in hooks:
         receiver.script(hook, Answer(410))
     jobs = [ask("fail then replay", receiver.url(hook)) for hook in hooks]
-    deliveries = [wait_for_delivery(job_id) for job_id in jobs]
-    assert all(d["status"] == "failed" for d in deliveries)
+    *deliveries, purged = [wait_for_delivery(job_id) for job_id in jobs]
+    assert all(d["status"] == "failed" for d in [*deliveries, purged])
+    ((conversation,),) = sql("SELECT conversation_id FROM jobs WHERE id = :j", j=jobs[-1])
+    emptied = ezq("purge", "--conversation", str(conversation), env=cli_env(service_env))
+    assert emptied.returncode == 0, emptied.stderr
 
     done = ezq("webhooks", "redeliver", "--failed", "--since", since, env=cli_env(service_env))
     assert done.returncode == 0, done.stderr
     assert set(done.stdout.split()) == {str(d["id"]) for d in deliveries}
-    for hook, job_id in zip(hooks, jobs, strict=True):
+    assert "redelivering 2 webhook deliveries" in done.stderr
+    assert "skipped 1 webhook delivery whose payload was purged" in done.stderr
+    for hook, job_id in zip(hooks[:2], jobs[:2], strict=True):
         first, again = receiver.wait_for(2, hook)
         assert first.webhook_id == again.webhook_id and first.body == again.body
         assert again.verified_by == (0,)

@@ -63,7 +63,9 @@ def batch_view(session: Session, batch: Batch) -> dict[str, Any]:
         "expired_at": epoch(batch.expired_at),
         "cancelling_at": epoch(batch.cancelling_at),
         "cancelled_at": epoch(batch.cancelled_at),
-        "request_counts": request_counts(counts, batch.total),
+        # A batch failed at its checks ran no line: none is counted, as OpenAI shows it
+        # (``batches.total`` keeps the file's line count).
+        "request_counts": request_counts(counts, 0 if batch.status == "failed" else batch.total),
         "usage": _usage(session, batch.id),
         "metadata": batch.meta or None,
         "tenant": batch.tenant,

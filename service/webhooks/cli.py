@@ -160,5 +160,11 @@ def redeliver(delivery_id: str | None, failed: bool, since: str | None) -> None:
             raise _not_sendable(outbox.payload_purged(session, wanted[0]), wanted[0])
     publish_deliveries(found)
     click.echo(f"redelivering {deliveries_phrase(len(found))}", err=True)
+    if len(found) < len(wanted):  # only --failed: a single id that cannot go raised above
+        click.echo(
+            f"skipped {deliveries_phrase(len(wanted) - len(found))} whose payload was purged"
+            " (ezq purge): their events cannot be sent again",
+            err=True,
+        )
     for the_id in found:
         click.echo(str(the_id))
