@@ -258,6 +258,53 @@ def test_strict_json_schema_replies_must_parse_and_match(
         assert reply not in job["error"]["message"], "reply text never reaches the error"
 
 
+def test_a_failed_calls_usage_the_database_refuses_is_left_out_not_left_running(
+    fake_gateway: Any, worker: Any
+) -> None:
+    """A reply answered in full that fails (json_schema_mismatch) and reports a count no
+    token_usage column holds: the failure is recorded without a usage row, on its one
+    attempt, rather than left running to be taken over and called (and billed) again. The
+    refused statement's values (the job's metadata among them) are not in the log."""
+    marker = uuid.uuid4().hex
+    ticket = f"ticket-{uuid.uuid4().hex}"
+    past_an_integer = 3_000_000_000
+    fake_gateway.add_faults(
+        Fault(
+            kind="normal",
+            reply="Paris, probably",
+            match=marker,
+            usage={"prompt_tokens": past_an_integer, "total_tokens": past_an_integer + 5},
+        )
+    )
+    params = {
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "city", "strict": True, "schema": CITY_SCHEMA},
+        }
+    }
+    job_id = enqueue_completion(
+        "glm-5.1",
+        [{"role": "user", "content": f"json city {marker}"}],
+        params=params,
+        metadata={"ticket": ticket},
+    )
+    job = wait_for_job(job_id)
+
+    assert (job["status"], job["error"]["type"], job["attempts"]) == (
+        "failed",
+        "json_schema_mismatch",
+        1,
+    )
+    assert job["usage"] is None
+    assert sql("SELECT count(*) FROM token_usage WHERE job_id = :j", j=job_id) == [(0,)]
+    attempts = sql("SELECT attempt, error_type FROM job_attempts WHERE job_id = :j", j=job_id)
+    assert attempts == [(1, "json_schema_mismatch")]
+    assert len(sent_with(fake_gateway, marker)) == 1
+    log = worker.log()
+    assert "the usage of the failed call could not be stored" in log
+    assert ticket not in log and str(past_an_integer) not in log
+
+
 def test_non_strict_json_schema_is_not_checked(fake_gateway: Any) -> None:
     """Without strict, a reply that does not match the schema is still a success."""
     marker = uuid.uuid4().hex

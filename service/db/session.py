@@ -79,6 +79,9 @@ def _make_engine(url: str) -> Engine:
         # a worker just started (and warmed up), enqueue to the gateway's first byte had a
         # p50 / p99 of 10.7 / 85 ms first-in-first-out, 6.0 / 37 ms last-in-first-out.
         pool_use_lifo=True,
+        # A refused statement's error (logged, and a job's error message) never carries
+        # its values: they hold prompts, replies and producers' metadata.
+        hide_parameters=True,
     )
     event.listen(engine, "checkout", _refuse_closed_connection)
     return engine

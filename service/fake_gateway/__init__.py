@@ -48,6 +48,9 @@ Fault kinds (queue them with ``FakeGateway.add_faults`` or ``POST /_fake/faults`
 ``usage_on_finish``
     Usage rides on the finish chunk for this request whatever the instance setting.
 
+Any kind that answers in full takes ``usage``: fields laid over the usage object the
+reply reports (OpenAI surface), e.g. a count past what a ``token_usage`` column holds.
+
 For the mid-stream kinds ``after_chunks`` counts content chunks; when it is
 positive the role-only opening chunk precedes them, when it is 0 nothing but
 the status line and headers is sent before the fault.

@@ -51,6 +51,9 @@ class Fault:
     latency: float = 0.0
     chunk_delay: float = 0.0
     reply: str | None = None
+    # Fields laid over the usage object the reply would carry (OpenAI surface): a gateway
+    # reporting what it should not, e.g. a count no token_usage column can hold.
+    usage: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.kind:
@@ -75,6 +78,8 @@ class Fault:
         for name in ("match", "reply"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a string or null")
+        if self.usage is not None and not isinstance(self.usage, dict):
+            raise ValueError("usage must be an object or null")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Fault:

@@ -382,8 +382,10 @@ def build_plan(
     output_tokens_zero: bool,
     prompt_tokens: int,
     cached_tokens: int,
+    usage_override: Mapping[str, Any] | None = None,
 ) -> ReplyPlan:
-    """Lay out the chunks of a response to a validated chat request."""
+    """Lay out the chunks of a response to a validated chat request (``usage_override``:
+    fields laid over the usage object it reports)."""
     model: str = body["model"]
     messages: list[Any] = body["messages"]
     factory = ChunkFactory(model)
@@ -435,6 +437,7 @@ def build_plan(
         reasoning_tokens=reasoning_tokens,
         output_tokens_zero=output_tokens_zero,
     )
+    usage.update(usage_override or {})
     on_finish = usage_placement == "finish"
     return ReplyPlan(
         opening=factory.chunk({"role": "assistant", "content": ""}),

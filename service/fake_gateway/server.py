@@ -519,6 +519,7 @@ class _Handler(BaseHTTPRequestHandler):
             output_tokens_zero=gateway.output_tokens_zero,
             prompt_tokens=prompt_tokens,
             cached_tokens=min(cached, prompt_tokens),
+            usage_override=fault.usage,
         )
 
     # -- admin endpoints (no auth: they exist for a fake started as a subprocess) -------------
