@@ -184,7 +184,8 @@ def test_cancel_stops_lines_not_started_and_keeps_finished_ones(
     try:
         _cancel_while_one_runs(own, keys, fake_gateway)
     finally:
-        run_ezq("limits", "delete", "--tenant", TENANT_A)
+        deleted = run_ezq("limits", "delete", "--tenant", TENANT_A)
+        assert deleted.returncode == 0, deleted.stderr
 
 
 def _cancel_while_one_runs(own: Any, keys: dict[str, str], fake_gateway: Any) -> None:

@@ -130,6 +130,7 @@ def test_a_reply_the_database_refuses_fails_the_job_at_once(fake_gateway: Any) -
     assert job["attempts"] == 1
     assert job["error"]["type"] == "internal_error"
     assert "could not be stored" in job["error"]["message"]
+    assert "inside" not in job["error"]["message"], "the refused text is not quoted"
     assert sum(1 for r in fake_gateway.requests if marker in str(r.body)) == 1
 
 

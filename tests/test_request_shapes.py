@@ -301,7 +301,7 @@ def test_a_failed_calls_usage_the_database_refuses_is_left_out_not_left_running(
     assert attempts == [(1, "json_schema_mismatch")]
     assert len(sent_with(fake_gateway, marker)) == 1
     log = worker.log()
-    assert "the usage of the failed call could not be stored" in log
+    assert "the usage of the failed call could not be stored: NumericValueOutOfRange" in log
     assert ticket not in log and str(past_an_integer) not in log
 
 

@@ -74,8 +74,12 @@ def submit(
         _print_json(view)
         return
     click.echo(view["id"])
-    counts = view["request_counts"]
-    click.echo(f"{view['status']}: {counts['total']} lines from {uploaded['id']}", err=True)
+    if view["status"] == "failed":
+        bad = len((view["errors"] or {}).get("data") or [])
+        click.echo(f"failed: {bad} bad lines in {uploaded['id']} (ezq batch status)", err=True)
+    else:
+        lines = view["request_counts"]["total"]
+        click.echo(f"{view['status']}: {lines} lines from {uploaded['id']}", err=True)
 
 
 @batch.command("status")

@@ -273,10 +273,11 @@ def take_stale(session: Session, *, older_than_s: float, limit: int) -> list[uui
 
 
 def messages_expected(session: Session) -> int:
-    """How many messages the broker should hold on our queue: one per published pending job
-    that is not held back, one per running job (acknowledged only when its attempt ends),
-    and one per pending webhook delivery that was published (delivery messages share the
-    queue, so without them a delivery's message would hide a lost job's)."""
+    """How many messages the broker should hold on the queues the workers consume: one per
+    published pending job that is not held back, one per running job (acknowledged only
+    when its attempt ends), and one per pending webhook delivery that was published
+    (delivery messages share the queues, so without them a delivery's message would hide a
+    lost job's)."""
     count = session.execute(
         text(
             f"""

@@ -29,6 +29,16 @@ def unavailable_because(exc: Exception) -> str:
     return type(getattr(exc, "orig", None) or exc).__name__
 
 
+def refusal(exc: BaseException) -> str | None:
+    """What Postgres refused, without the values: the driver's error class and SQLSTATE
+    (the message's DETAIL, ``Failing row contains (…)``, can quote a prompt or a reply).
+    None for an exception that is not the database's."""
+    orig = getattr(exc, "orig", None)
+    if not isinstance(orig, psycopg.Error):
+        return None
+    return f"{type(orig).__name__} (SQLSTATE {orig.sqlstate or 'unknown'})"
+
+
 @dataclass(frozen=True, slots=True)
 class DriverConnection:
     """A pooled connection in autocommit mode, for statements run on the driver directly
@@ -79,8 +89,9 @@ def _make_engine(url: str) -> Engine:
         # a worker just started (and warmed up), enqueue to the gateway's first byte had a
         # p50 / p99 of 10.7 / 85 ms first-in-first-out, 6.0 / 37 ms last-in-first-out.
         pool_use_lifo=True,
-        # A refused statement's error (logged, and a job's error message) never carries
-        # its values: they hold prompts, replies and producers' metadata.
+        # A refused statement's error never lists its values: they hold prompts, replies
+        # and producers' metadata (the server's own DETAIL may still quote a row: what is
+        # logged or stored of a refusal goes through ``refusal``).
         hide_parameters=True,
     )
     event.listen(engine, "checkout", _refuse_closed_connection)

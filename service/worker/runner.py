@@ -18,7 +18,13 @@ from service.completion import Completion
 from service.config import Settings
 from service.db import attempts, queries
 from service.db import flow as flow_db
-from service.db.session import UNAVAILABLE, autocommit, transaction, unavailable_because
+from service.db.session import (
+    UNAVAILABLE,
+    autocommit,
+    refusal,
+    transaction,
+    unavailable_because,
+)
 from service.errors import GatewayError, InternalError, ReplyDefect
 from service.flow import admission
 from service.flow.release import Settlement, after_admission, release
@@ -332,10 +338,13 @@ def _attempt(
     except Exception as caught:
         # The database refused what the gateway sent (e.g. a NUL character in the text):
         # fail the job now, rather than leave it running to be taken over and billed again.
-        jlog.exception("the reply could not be stored")
-        return fail(
-            InternalError(f"the reply could not be stored: {type(caught).__name__}: {caught}")
-        )
+        refused = refusal(caught)
+        if refused is None:
+            jlog.exception("the reply could not be stored")
+            refused = type(caught).__name__
+        else:
+            jlog.error("the reply could not be stored: the database refused it: %s", refused)
+        return fail(InternalError(f"the reply could not be stored: {refused}"))
 
 
 def _with_db_retries(
@@ -443,13 +452,18 @@ def _failed_attempt(
         recorded = record(tokens=tokens)
     except UNAVAILABLE:
         raise  # waited out by the caller
-    except Exception:
+    except Exception as caught:
         if tokens is None:
             raise
         # The database refused the usage the gateway sent (a count past an integer, a NUL
         # in it): the failure is recorded without it rather than left running, to be taken
         # over and billed again.
-        jlog.exception("the usage of the failed call could not be stored; recorded without it")
+        refused = refusal(caught)
+        if refused is None:
+            jlog.exception("the usage of the failed call could not be stored")
+        else:
+            jlog.error("the usage of the failed call could not be stored: %s", refused)
+        jlog.warning("the failure is recorded without its usage")
         tokens = None
         recorded = record(tokens=None)
     view = recorded.view
