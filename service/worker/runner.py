@@ -338,13 +338,19 @@ def _attempt(
     except Exception as caught:
         # The database refused what the gateway sent (e.g. a NUL character in the text):
         # fail the job now, rather than leave it running to be taken over and billed again.
-        refused = refusal(caught)
-        if refused is None:
-            jlog.exception("the reply could not be stored")
-            refused = type(caught).__name__
-        else:
-            jlog.error("the reply could not be stored: the database refused it: %s", refused)
+        refused = _log_refusal(jlog, "the reply could not be stored", caught)
         return fail(InternalError(f"the reply could not be stored: {refused}"))
+
+
+def _log_refusal(jlog: JobLog, what: str, caught: Exception) -> str:
+    """Log that ``what`` failed and return why, quoting none of the values: the database's
+    refusal by error class and SQLSTATE; anything else (a defect here) with its traceback."""
+    refused = refusal(caught)
+    if refused is None:
+        jlog.exception(what)
+        return type(caught).__name__
+    jlog.error("%s: %s", what, refused)
+    return refused
 
 
 def _with_db_retries(
@@ -458,11 +464,7 @@ def _failed_attempt(
         # The database refused the usage the gateway sent (a count past an integer, a NUL
         # in it): the failure is recorded without it rather than left running, to be taken
         # over and billed again.
-        refused = refusal(caught)
-        if refused is None:
-            jlog.exception("the usage of the failed call could not be stored")
-        else:
-            jlog.error("the usage of the failed call could not be stored: %s", refused)
+        _log_refusal(jlog, "the usage of the failed call could not be stored", caught)
         jlog.warning("the failure is recorded without its usage")
         tokens = None
         recorded = record(tokens=None)
