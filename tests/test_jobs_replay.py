@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from typing import Any
@@ -186,3 +187,33 @@ def test_replay_keeps_the_surface(fake_gateway: Any) -> None:
     assert (replayed["status"], replayed["surface"]) == ("succeeded", "anthropic")
     paths = [r.path for r in fake_gateway.requests if marker in r.raw.decode()]
     assert paths == ["/anthropic/v1/messages", "/anthropic/v1/messages"]
+
+
+def test_the_same_job_replayed_at_once_is_replayed_once(service_env: dict[str, str]) -> None:
+    """Concurrent replays of one job (single and bulk alike) make one replay; the others
+    are told it was replayed already."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from service.db.joblist import JobFilter
+    from service.errors import JobNotReplayable
+    from service.ops.replay import replay_job, replay_jobs
+
+    def one(original: uuid.UUID, start: Barrier, i: int) -> str:
+        start.wait()
+        if i % 2:
+            result = replay_jobs(JobFilter(job_ids=(original,)), limit=10)
+            return "replayed" if result.replays else result.skipped[0].reason
+        try:
+            replay_job(original)
+        except JobNotReplayable as exc:
+            return exc.reason
+        return "replayed"
+
+    for round_ in range(3):
+        original = seed_job(f"replay race {round_}", status="failed", error_type="server_error")
+        start = Barrier(8)
+        with ThreadPoolExecutor(8) as pool:
+            outcomes = sorted(pool.map(functools.partial(one, original, start), range(8)))
+        assert outcomes == ["already_replayed"] * 7 + ["replayed"], outcomes
+        assert sql("SELECT count(*) FROM jobs WHERE replay_of = :o", o=original) == [(1,)]

@@ -13,7 +13,14 @@ from decimal import Decimal
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
-from service.db.models import TERMINAL_STATUSES, Job, Message, ModelPrice, TokenUsage
+from service.db.models import (
+    TERMINAL_STATUSES,
+    Conversation,
+    Job,
+    Message,
+    ModelPrice,
+    TokenUsage,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +48,21 @@ def standing(session: Session, job: Job, *, ignore: Collection[uuid.UUID] = ()) 
     replayed = exists().where(Job.replay_of == job.id)
     row = session.execute(select(earlier, later, replayed)).one()
     return Standing(bool(row[0]), bool(row[1]), bool(row[2]))
+
+
+def lock_conversations(session: Session, conversation_ids: Collection[uuid.UUID]) -> None:
+    """Hold the conversations of the jobs about to be replayed until the transaction ends,
+    in one order (no two replays wait on each other's locks): a replay decided and
+    written under these locks cannot be decided again by a concurrent replay of the same
+    job, which waits and then sees it (``already_replayed``), nor can two replays of one
+    conversation's turns interleave. An enqueue into the conversation takes the same lock."""
+    if conversation_ids:
+        session.execute(
+            select(Conversation.id)
+            .where(Conversation.id.in_(sorted(set(conversation_ids))))
+            .order_by(Conversation.id)
+            .with_for_update()
+        )
 
 
 def mark_replay(session: Session, replay_id: uuid.UUID, original_id: uuid.UUID) -> None:

@@ -178,6 +178,10 @@ def _run(
 ) -> None:
     estimator = _Estimator(session, result)
     made: set[uuid.UUID] = set()
+    if not result.dry_run:
+        # Decided under the lock, each statement reading what committed before it: the
+        # same job replayed twice at once is replayed once, the other call skips it.
+        replays.lock_conversations(session, [job.conversation_id for job in originals])
     for job in originals:
         decided = _decide(session, job, made)
         if isinstance(decided, Skip):
