@@ -72,6 +72,9 @@ RESULT_EXPIRES_S: Final = 3600.0
 
 # Worker: gateway calls are I/O bound, so one process keeps many in flight on threads.
 WORKER_CONCURRENCY: Final = 32
+# How soon a message whose producer waits for its result comes back to look again when
+# its job is run by another message, or waits for an earlier turn of its conversation.
+OWN_RESULT_RECHECK_S: Final = 1.0
 # The worker's garbage collector thresholds (``gc.set_threshold``; CPython's own are
 # 700, 10, 10): a job's objects live as long as its gateway call, so with many calls in
 # flight they outlive young collections and the oldest generation's full scans of the

@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from service import get_job
+from service import cancel_job, enqueue_completion, get_job
+from service.fake_gateway import Fault
 from tests.conftest import REDIS_URL, sql, wait_for_job
+from tests.test_faults import wait_until
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -173,7 +175,7 @@ def test_job_id_of_the_wrong_type_fails_cleanly(
         },
         queue=service_env["EZQ_QUEUE"],
     )
-    with pytest.raises(Exception, match=r"job_id: .* is not a UUID"):
+    with pytest.raises(Exception, match=r"job_id: is not a UUID"):
         result.get(timeout=30)
     assert "AttributeError" not in worker.log()
 
@@ -210,3 +212,107 @@ def test_a_reused_idempotency_key_runs_nothing_new_and_answers_with_the_first_jo
 def calls_with(fake_gateway: Any, text: str) -> int:
     """Completion calls the fake received whose last message holds ``text``."""
     return sum(text in str(r.body["messages"][-1]["content"]) for r in fake_gateway.requests)
+
+
+def test_a_turn_that_waits_for_the_one_before_still_returns_its_result(
+    foreign_app: Celery, service_env: dict[str, str], fake_gateway: Any
+) -> None:
+    """A second turn sent while the first still runs waits for it in the database; the
+    producer waiting on the second's message gets its result all the same."""
+    marker = uuid.uuid4().hex
+    fake_gateway.add_faults(Fault(latency=2.0, match=f"slow first {marker}"))
+    first = enqueue_completion("glm-5.1", [{"role": "user", "content": f"slow first {marker}"}])
+    conversation = wait_until_running(first)["conversation_id"]
+
+    second = foreign_app.send_task(
+        "ezq.chat_completion",
+        kwargs={
+            "model": "glm-5.1",
+            "messages": [{"role": "user", "content": f"then me {marker}"}],
+            "conversation_id": conversation,
+        },
+        queue=service_env["EZQ_QUEUE"],
+    )
+    value = second.get(timeout=30)
+    assert value["status"] == "succeeded" and value["job_id"] == second.id
+    assert value["content"] == f"echo[3]: then me {marker}"
+    assert calls_with(fake_gateway, f"then me {marker}") == 1
+
+
+def test_a_retry_due_later_than_a_message_may_wait_still_returns_its_result(
+    foreign_app: Celery, service_env: dict[str, str], fake_gateway: Any, worker_factory: Any
+) -> None:
+    """A retry due later than a third of the visibility timeout (parked for the sweep when
+    nobody waits) keeps the message of a producer waiting on its result coming back."""
+    queue = f"ezq-longretry-{uuid.uuid4().hex[:8]}"
+    # The first retry is due in 5 to 10 s; a message may be held back 10 / 3 s at most.
+    worker_factory(
+        env={
+            "EZQ_QUEUE": queue,
+            "EZQ_BROKER_VISIBILITY_TIMEOUT": "10",
+            "EZQ_RETRY_BACKOFF_BASE": "10",
+            "EZQ_RETRY_BACKOFF_MAX": "10",
+        }
+    )
+    marker = uuid.uuid4().hex
+    fake_gateway.add_faults(Fault(status=503, match=marker))
+    result = foreign_app.send_task(
+        "ezq.chat_completion",
+        kwargs={"model": "glm-5.1", "messages": [{"role": "user", "content": marker}]},
+        queue=queue,
+    )
+    value = result.get(timeout=60)
+    assert value["status"] == "succeeded" and value["attempts"] == 2
+    assert calls_with(fake_gateway, marker) == 2
+
+
+def wait_until_running(job_id: str) -> dict[str, Any]:
+    """The job's view once a worker has claimed it."""
+    job: dict[str, Any] = {}
+
+    def running() -> bool:
+        nonlocal job
+        job = get_job(job_id)
+        return bool(job["status"] == "running")
+
+    wait_until(running, "the job is running")
+    return job
+
+
+def test_a_job_id_that_is_a_chained_result_is_not_quoted(
+    foreign_app: Celery, service_env: dict[str, str], worker: Any
+) -> None:
+    """A mutable signature in a chain receives the previous task's result (with its reply)
+    as its job_id: the error names the type only, and neither the log nor the dead
+    letter's reason quotes the value."""
+    secret = f"reply text {uuid.uuid4().hex}"
+    result = foreign_app.send_task(
+        "ezq.chat_completion",
+        args=[{"status": "succeeded", "content": secret}],
+        kwargs={"model": "glm-5.1", "messages": [{"role": "user", "content": "next"}]},
+        queue=service_env["EZQ_QUEUE"],
+    )
+    with pytest.raises(Exception, match=r"job_id: is not a UUID \(a dict\)"):
+        result.get(timeout=30)
+    reasons = sql("SELECT reason FROM dead_letters WHERE message_id = :m", m=result.id)
+    assert reasons == [("invalid arguments: job_id: is not a UUID (a dict)",)]
+    assert secret not in worker.log()
+
+
+def test_a_cancelled_job_fails_the_task_saying_so(
+    foreign_app: Celery, service_env: dict[str, str], fake_gateway: Any
+) -> None:
+    """A job cancelled while it runs fails its task with "cancelled", not an empty error."""
+    marker = uuid.uuid4().hex
+    fake_gateway.add_faults(Fault(latency=2.0, match=marker))
+    result = foreign_app.send_task(
+        "ezq.chat_completion",
+        kwargs={"model": "glm-5.1", "messages": [{"role": "user", "content": marker}]},
+        queue=service_env["EZQ_QUEUE"],
+    )
+    wait_until(lambda: bool(sql("SELECT 1 FROM jobs WHERE id = :j", j=result.id)), "job written")
+    wait_until_running(result.id)
+    cancel_job(result.id)
+    with pytest.raises(Exception) as failed:
+        result.get(timeout=30)
+    assert str(failed.value) == f"job {result.id} cancelled"

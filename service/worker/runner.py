@@ -176,7 +176,13 @@ def _after_claim(
     if isinstance(claim, attempts.AlreadyFinished) or job_id in gate.failed:
         with transaction() as session:
             finished = views.job_view(session, job_id)
-    if isinstance(claim, attempts.NotYetDue) and claim.due_in_s > settings.max_countdown_seconds:
+    # A retry due later than a message may wait is parked for the sweep, unless a producer
+    # waits on this message for its result: the message then comes back until it is due.
+    if (
+        isinstance(claim, attempts.NotYetDue)
+        and not own_only
+        and claim.due_in_s > settings.max_countdown_seconds
+    ):
         with transaction() as session:
             queries.park(session, job_id)
     after_admission(gate)
@@ -189,15 +195,23 @@ def _after_claim(
         return Parked(reason)
     if isinstance(claim, attempts.Busy) and own_only and claim.job_id == job_id:
         # Run in another message's place: this one waits for it to end, for its result.
-        return RunAgainLater(1.0, "running in another message's place")
+        return RunAgainLater(c.OWN_RESULT_RECHECK_S, "running in another message's place")
     if isinstance(claim, attempts.Busy):
         log.info("[job=%s] already running; duplicate delivery dropped", job_id)
         return LeftAlone()
     if isinstance(claim, attempts.NotYetDue):
         if claim.due_in_s > settings.max_countdown_seconds:
+            if own_only:
+                return RunAgainLater(settings.max_countdown_seconds, "retry not due yet")
             return Parked(f"retry due in {claim.due_in_s:.0f}s")
         return RunAgainLater(max(claim.due_in_s, 0.05), "retry not due yet")
     if isinstance(claim, attempts.WaitForTurn):
+        if own_only:
+            # The turn before publishes this one when it ends (the claim parked it), and
+            # that message runs it; this one comes back to report its result.
+            return RunAgainLater(
+                c.OWN_RESULT_RECHECK_S, f"waiting for earlier turn {claim.blocking_job_id}"
+            )
         return Parked(f"waiting for earlier turn {claim.blocking_job_id}")
     assert isinstance(claim, attempts.Claimed)
     # Flow control's step when the call ends (settle, wake throttled jobs) is taken in the
@@ -206,6 +220,7 @@ def _after_claim(
     try:
         outcome = _attempt(
             claim,
+            own_only=own_only,
             gateway=gateway,
             settings=settings,
             publish=publish,
@@ -264,6 +279,7 @@ def _in_place_of(claim: attempts.Claimed, outcome: Outcome) -> Outcome:
 def _attempt(
     claim: attempts.Claimed,
     *,
+    own_only: bool,
     gateway: Gateway,
     settings: Settings,
     publish: Callable[[uuid.UUID], None],
@@ -289,6 +305,7 @@ def _attempt(
             lambda: _failed_attempt(
                 claim,
                 error,
+                own_only=own_only,
                 settings=settings,
                 publish=publish,
                 jlog=jlog,
@@ -426,6 +443,7 @@ def _failed_attempt(
     claim: attempts.Claimed,
     error: GatewayError,
     *,
+    own_only: bool,
     settings: Settings,
     publish: Callable[[uuid.UUID], None],
     jlog: JobLog,
@@ -441,7 +459,11 @@ def _failed_attempt(
         cap=settings.ezq_retry_backoff_max,
         rng=rng,
     )
-    park = not final and countdown > settings.max_countdown_seconds
+    # A retry due later than a message may wait is parked for the sweep, unless a producer
+    # waits on this message for its result: it then comes back as often as it may until
+    # the retry is due (``_after_claim``).
+    wait_long = not final and countdown > settings.max_countdown_seconds
+    park = wait_long and not own_only
     # A reply answered in full but unusable was paid for: its usage is recorded.
     paid = error.usage if isinstance(error, ReplyDefect) else None
     tokens = normalise_usage(paid, surface=error.surface or "openai") if paid is not None else None
@@ -501,6 +523,8 @@ def _failed_attempt(
     )
     if park:
         return Parked(f"retry due in {countdown:.0f}s")
+    if wait_long:
+        return RunAgainLater(settings.max_countdown_seconds, error.error_type)
     return RunAgainLater(countdown, error.error_type)
 
 

@@ -95,12 +95,17 @@ def _create_foreign_job(job_id: uuid.UUID, request: CompletionRequest) -> uuid.U
 def _job_id(value: object, fallback: str | None) -> uuid.UUID:
     if value is None:
         value = fallback
+    # The value is not quoted: a wrong argument can be anything, a prompt or a chained
+    # task's result with its reply (a mutable signature's), and this error is logged and
+    # kept with the dead letter.
     if not isinstance(value, str):
-        raise EzqCallerError(f"job_id: {value!r} is not a UUID (a {type(value).__name__})")
+        raise EzqCallerError(f"job_id: is not a UUID (a {type(value).__name__})")
     try:
         return uuid.UUID(value)
     except ValueError:
-        raise EzqCallerError(f"job_id: {value!r} is not a UUID") from None
+        raise EzqCallerError(
+            f"job_id: is not a UUID (a string of {len(value)} characters)"
+        ) from None
 
 
 def _given_job_id(
@@ -217,9 +222,7 @@ def chat_completion(
     if isinstance(outcome, Finished):
         live_publisher.job_ended(outcome.result)
         if outcome.failed:
-            error = outcome.result.get("error") or {}
-            status = outcome.result["status"]
-            raise JobFailed(f"job {the_id} {status}: {error.get('type')}: {error.get('message')}")
+            raise JobFailed(_failure(the_id, outcome.result))
         return outcome.result
     if isinstance(outcome, RunAgainLater):
         _retry(self, the_id, countdown=outcome.countdown)
@@ -228,6 +231,15 @@ def chat_completion(
     else:
         assert isinstance(outcome, LeftAlone)
     raise Ignore()
+
+
+def _failure(job_id: uuid.UUID, view: dict[str, Any]) -> str:
+    """What ``JobFailed`` says: the job's status, and its error when it has one (a job
+    cancelled before it ended has none)."""
+    error = view.get("error")
+    if not error:
+        return f"job {job_id} {view['status']}"
+    return f"job {job_id} {view['status']}: {error.get('type')}: {error.get('message')}"
 
 
 def _run(task: Task, job_id: uuid.UUID, first_turn: CompletionRequest | None) -> Outcome:
