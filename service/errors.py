@@ -169,7 +169,8 @@ class InvalidPriceFile(EzqCallerError):
 class GatewayError(EzqError):
     """A gateway call failed.
 
-    ``status`` is the HTTP status when the gateway answered, ``request_id`` the
+    ``status`` is the HTTP status when the gateway answered (200 for a stream that broke
+    after a 200, and for a finished reply that cannot be used), ``request_id`` the
     ``x-oneapi-request-id`` it sent, ``error_type`` a stable short name stored on the job,
     ``surface`` the ezrouter surface called (None when no call was made).
     """

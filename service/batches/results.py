@@ -87,7 +87,10 @@ def result_line(row: Row[Any]) -> dict[str, Any]:
                 "request_id": row.gateway_request_id,
                 "body": {"error": {"message": row.error, "type": row.error_type}},
             }
-            if row.error_status is not None
+            # Only an HTTP error is a response of its own: a call the gateway answered
+            # with 200 and then failed (a broken stream, a reply that broke the request's
+            # rules) is an error line without one, not a 200 that reads as a success.
+            if row.error_status is not None and row.error_status >= 400
             else None
         )
         line["error"] = {"code": row.error_type, "message": row.error}

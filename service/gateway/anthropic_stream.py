@@ -17,10 +17,22 @@ from typing import Any
 from service.completion import Completion
 from service.errors import BrokenStream
 from service.gateway.anthropic_wire import FINISH_REASONS
-from service.gateway.stream import decode_frame, error_frame
+from service.gateway.stream import decode_frame, error_frame, shape_error, wrong_type
 from service.live.publisher import LiveAttempt
 
 _DATA = b"data:"
+
+
+# The event types read, and the field each content delta type carries.
+_EVENTS = frozenset(
+    {"content_block_start", "content_block_delta", "message_start", "message_delta"}
+)
+_DELTA_FIELDS = {
+    "text_delta": "text",
+    "input_json_delta": "partial_json",
+    "thinking_delta": "thinking",
+    "signature_delta": "signature",
+}
 
 
 class AnthropicAssembler:
@@ -45,12 +57,12 @@ class AnthropicAssembler:
         payload = line[5:].strip()
         if self.done:
             raise BrokenStream("data after message_stop")
-        frame = decode_frame(payload)
         self.frames += 1
+        frame = decode_frame(payload, self.frames)
         try:
             self._frame(frame)
         except (AttributeError, TypeError, KeyError, ValueError):
-            raise BrokenStream(f"unexpected frame shape: {payload[:200]!r}") from None
+            raise shape_error(self.frames, payload, self._problem(frame)) from None
 
     def _frame(self, frame: dict[str, Any]) -> None:
         kind = frame.get("type")
@@ -103,6 +115,50 @@ class AnthropicAssembler:
                 live.reasoning(delta["thinking"])
         elif kind == "signature_delta":
             block["signature"] = block.get("signature", "") + delta["signature"]
+
+    def _problem(self, frame: dict[str, Any]) -> str:
+        """Which field of ``frame`` could not be read, and its JSON type; never a value.
+
+        Only called once reading failed, so the common path pays nothing for it.
+        """
+        kind = frame.get("type")
+        if not isinstance(kind, str) or kind not in _EVENTS:
+            return "a field has an unexpected type"
+        named = f"a {kind} event"
+        if kind in ("content_block_start", "content_block_delta"):
+            index = frame.get("index")
+            if not isinstance(index, int) or isinstance(index, bool):
+                return f"{named}: " + wrong_type("index", index, "an integer")
+        if kind == "content_block_start":
+            block = frame.get("content_block")
+            if not isinstance(block, dict):
+                return f"{named}: " + wrong_type("content_block", block, "an object")
+        elif kind == "content_block_delta":
+            if frame["index"] not in self._blocks:
+                return f"{named}: index {frame['index']} names no started content block"
+            delta = frame.get("delta")
+            if not isinstance(delta, dict):
+                return f"{named}: " + wrong_type("delta", delta, "an object")
+            delta_type = delta.get("type")
+            field = _DELTA_FIELDS.get(delta_type) if isinstance(delta_type, str) else None
+            if field is None:
+                return f"{named}: delta.type is not a known delta type"
+            if not isinstance(delta.get(field), str):
+                return f"{named}: " + wrong_type(f"delta.{field}", delta.get(field), "a string")
+        elif kind == "message_start":
+            message = frame.get("message")
+            if not isinstance(message, dict):
+                return f"{named}: " + wrong_type("message", message, "an object")
+            usage = message.get("usage")
+            if usage and not isinstance(usage, dict):
+                return f"{named}: " + wrong_type("message.usage", usage, "an object")
+        elif kind == "message_delta":
+            delta, usage = frame.get("delta"), frame.get("usage")
+            if not isinstance(delta, dict):
+                return f"{named}: " + wrong_type("delta", delta, "an object")
+            if usage and not isinstance(usage, dict):
+                return f"{named}: " + wrong_type("usage", usage, "an object")
+        return f"{named} has a field of an unexpected type"
 
     def _live_tool_start(self, block: dict[str, Any]) -> None:
         # Live readers get OpenAI-shaped fragments: the call's position among the tool

@@ -16,31 +16,54 @@ from service.completion import Completion
 from service.errors import GatewayToolCallsMissing, ReplyNotMatchingSchema
 
 
-def tool_call_problem(tool_calls: list[dict[str, Any]] | None) -> str | None:
-    """Why these tool calls cannot be executed by the caller, or None when they can."""
+def declared_tools(params: dict[str, Any]) -> frozenset[str]:
+    """The function names the request offered: the only tool names an error may show."""
+    names = set()
+    for tool in params.get("tools") or []:
+        name = (tool.get("function") or {}).get("name") if isinstance(tool, dict) else None
+        if isinstance(name, str):
+            names.add(name)
+    return frozenset(names)
+
+
+def tool_call_problem(
+    tool_calls: list[dict[str, Any]] | None, declared: frozenset[str] = frozenset()
+) -> str | None:
+    """Why these tool calls cannot be executed by the caller, or None when they can.
+
+    A call is named by its position, and by its function's name only when the request
+    offered that name: a name the model made up is reply text, kept out of errors.
+    """
     if not tool_calls:
         return "no tool call was sent"
     for i, call in enumerate(tool_calls):
         function = call.get("function") or {}
         if not call.get("id"):
             return f"tool call {i} has no id"
-        if not function.get("name"):
+        name = function.get("name")
+        if not name:
             return f"tool call {i} has no function name"
+        shown = f"tool call {i} ({name})" if name in declared else f"tool call {i}"
         arguments = function.get("arguments") or "{}"
         try:
             parsed = json.loads(arguments)
-        except ValueError:
-            return f"tool call {i} ({function['name']}) has arguments that are not JSON"
+        except ValueError as error:
+            where = (
+                f": {error.msg} at character {error.pos}"
+                if isinstance(error, json.JSONDecodeError)
+                else ""
+            )
+            return f"{shown} has arguments that are not JSON{where}"
         if not isinstance(parsed, dict):
-            return f"tool call {i} ({function['name']}) has arguments that are not an object"
+            return f"{shown} has arguments that are not an object"
     return None
 
 
-def check_tool_calls(completion: Completion) -> None:
+def check_tool_calls(completion: Completion, declared: frozenset[str] = frozenset()) -> None:
     """GW-001: a ``tool_calls`` finish needs tool calls the caller can run."""
     if completion.finish_reason != "tool_calls":
         return
-    problem = tool_call_problem(completion.tool_calls)
+    problem = tool_call_problem(completion.tool_calls, declared)
     if problem is not None:
         raise GatewayToolCallsMissing(
             f'finish_reason "tool_calls" but {problem} (ezrouter GW-001; use the anthropic '
@@ -60,6 +83,23 @@ def strict_schema(params: dict[str, Any]) -> dict[str, Any] | None:
     return schema if spec.get("strict") is True and isinstance(schema, dict) else None
 
 
+def schema_keys(schema: Any) -> frozenset[str]:
+    """Every property name a schema names (``properties``, ``required``, at any depth)."""
+    found: set[str] = set()
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("properties", "required") and isinstance(value, dict | list):
+                    # A dict's keys, a list's items: the names either way.
+                    found.update(k for k in value if isinstance(k, str))
+                stack.append(value)
+    return frozenset(found)
+
+
 def check_json_schema(completion: Completion, params: dict[str, Any]) -> None:
     """A strict ``json_schema`` reply must parse and match; tool-call replies carry no JSON."""
     schema = strict_schema(params)
@@ -76,8 +116,13 @@ def check_json_schema(completion: Completion, params: dict[str, Any]) -> None:
     validator = jsonschema.validators.validator_for(schema)(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(value))
     if error is not None:
-        # Named by path and rule only: the reply's own values never reach logs or errors.
-        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+        # Named by path and rule only: the reply's own values never reach logs or errors,
+        # nor its keys, but those the schema names.
+        named = schema_keys(schema)
+        where = "".join(
+            f"[{p}]" if isinstance(p, int) else f".{p}" if p in named else ".<key>"
+            for p in error.absolute_path
+        )
         rule = json.dumps(error.validator_value, ensure_ascii=False)
         rule = rule if len(rule) <= 100 else rule[:100] + "…"
         raise ReplyNotMatchingSchema(
@@ -89,5 +134,5 @@ def check_json_schema(completion: Completion, params: dict[str, Any]) -> None:
 
 def check_reply(completion: Completion, params: dict[str, Any]) -> None:
     """Raise a ReplyDefect when a finished reply is not a usable success."""
-    check_tool_calls(completion)
+    check_tool_calls(completion, declared_tools(params))
     check_json_schema(completion, params)

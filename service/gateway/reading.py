@@ -109,12 +109,19 @@ def stream_call(
 ) -> Completion:
     """One streamed call: open it (``open_response`` gives the HTTP response, its body
     unread), read it to its end, and translate whatever fails into our error tree, with the
-    gateway's request id when it sent one."""
+    gateway's request id when it sent one.
+
+    Once the gateway has answered, whatever fails after (a stream dropped, cut short,
+    garbled or carrying an error frame, a deadline passed while reading) carries the HTTP
+    status it answered with (200), as it carries the request id: the attempt records what
+    the gateway said, then what went wrong."""
     deadline = time.monotonic() + deadline_s
     request_id: str | None = None
+    status: int | None = None
     try:
         with open_response() as response:
             request_id = response.headers.get(REQUEST_ID_HEADER)
+            status = response.status_code
             return read_sse(
                 response, assembler, request_id=request_id, deadline=deadline, deadline_s=deadline_s
             )
@@ -122,4 +129,6 @@ def stream_call(
         translated = translate(error, request_id=request_id)
         if translated.request_id is None:
             translated.request_id = request_id
+        if translated.status is None:
+            translated.status = status
         raise translated from error

@@ -57,15 +57,17 @@ class StreamAssembler:
             return
         if self.done:
             raise BrokenStream("data after [DONE]")
-        frame = decode_frame(payload)
         self.frames += 1
+        frame = decode_frame(payload, self.frames)
         error = frame.get("error")
         if error:
             raise error_frame(error)
         usage = frame.get("usage")
         if usage:
             if not isinstance(usage, dict):
-                raise BrokenStream(f"usage is not an object: {payload[:200]!r}")
+                raise BrokenStream(
+                    f"frame {self.frames}: usage is {json_type(usage)}, not an object"
+                )
             self.usage = usage
         # A usage-only final chunk has "choices": []; never index blindly.
         choices = frame.get("choices")
@@ -73,13 +75,15 @@ class StreamAssembler:
             try:
                 self._choice(choices[0])
             except (AttributeError, TypeError, KeyError, IndexError):
-                raise BrokenStream(f"unexpected frame shape: {payload[:200]!r}") from None
+                raise shape_error(self.frames, payload, _choices_problem(choices)) from None
 
     def _choice(self, choice: dict[str, Any]) -> None:
         delta = choice.get("delta")
         if delta:
             content = delta.get("content")
             if content:
+                if not isinstance(content, str):
+                    raise TypeError  # else "".join fails at the end, outside any check
                 if self.first_token_at is None:
                     self.first_token_at = datetime.now(UTC)
                 self._content.append(content)
@@ -87,6 +91,8 @@ class StreamAssembler:
                     self.live.content(content)
             reasoning = delta.get("reasoning_content")
             if reasoning:
+                if not isinstance(reasoning, str):
+                    raise TypeError
                 if self.first_token_at is None:
                     self.first_token_at = datetime.now(UTC)
                 self._reasoning.append(reasoning)
@@ -143,26 +149,116 @@ class StreamAssembler:
         )
 
 
-def decode_frame(payload: bytes) -> dict[str, Any]:
-    """A ``data:`` payload as a JSON object, or BrokenStream."""
+# What an error may say about a frame: its number, its size, where its JSON breaks, which
+# field has which JSON type. Never its text: frames carry the reply (and, echoed, the
+# prompt), and these messages reach the worker's log, job_attempts.error, the job's error
+# and its webhook.
+
+
+def json_type(value: Any) -> str:
+    """The JSON type of a decoded value, with its article: "a string", "an array"..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"
+
+
+def wrong_type(path: str, value: Any, expected: str) -> str:
+    """``path`` is <what it is>, not ``expected``: a field named, its value not shown."""
+    return f"{path} is {json_type(value)}, not {expected}"
+
+
+def shape_error(number: int, payload: bytes, problem: str) -> BrokenStream:
+    """A frame that is JSON but not the shape the assembler reads."""
+    return BrokenStream(f"unexpected shape of SSE frame {number} ({len(payload)} bytes): {problem}")
+
+
+def _json_problem(error: Exception) -> str:
+    if isinstance(error, json.JSONDecodeError):
+        # Its msg is the parser's fixed text ("Expecting ',' delimiter"); its doc, the frame,
+        # is left out.
+        return f"{error.msg} at character {error.pos}"
+    if isinstance(error, UnicodeDecodeError):
+        return f"not valid {error.encoding} ({error.reason} at byte {error.start})"
+    if isinstance(error, RecursionError):
+        return "nested too deeply"
+    return type(error).__name__
+
+
+def decode_frame(payload: bytes, number: int) -> dict[str, Any]:
+    """A ``data:`` payload (the stream's ``number``-th) as a JSON object, or BrokenStream."""
     try:
         frame = json.loads(payload)
-    except ValueError:
-        raise BrokenStream(f"malformed SSE frame: {payload[:200]!r}") from None
+    except (ValueError, RecursionError) as error:
+        raise BrokenStream(
+            f"malformed SSE frame {number} ({len(payload)} bytes): {_json_problem(error)}"
+        ) from None
     if not isinstance(frame, dict):
-        raise BrokenStream(f"SSE frame is not an object: {payload[:200]!r}")
+        raise BrokenStream(
+            f"SSE frame {number} ({len(payload)} bytes) is {json_type(frame)}, not an object"
+        )
     return frame
+
+
+def _choices_problem(choices: Any) -> str:
+    """Which field of a chunk's ``choices`` the assembler could not read, and its type.
+
+    Only called once reading failed, so the common path pays nothing for it.
+    """
+    if not isinstance(choices, list):
+        return wrong_type("choices", choices, "an array")
+    choice = choices[0]
+    if not isinstance(choice, dict):
+        return wrong_type("choices[0]", choice, "an object")
+    delta = choice.get("delta")
+    if not delta:
+        return "choices[0] has a field of an unexpected type"
+    if not isinstance(delta, dict):
+        return wrong_type("choices[0].delta", delta, "an object")
+    for name in ("content", "reasoning_content"):
+        value = delta.get(name)
+        if value and not isinstance(value, str):
+            return wrong_type(f"choices[0].delta.{name}", value, "a string")
+    tool_calls = delta.get("tool_calls")
+    if tool_calls and not isinstance(tool_calls, list):
+        return wrong_type("choices[0].delta.tool_calls", tool_calls, "an array")
+    for i, fragment in enumerate(tool_calls or []):
+        path = f"choices[0].delta.tool_calls[{i}]"
+        if not isinstance(fragment, dict):
+            return wrong_type(path, fragment, "an object")
+        index = fragment.get("index")
+        if isinstance(index, list | dict):
+            return wrong_type(f"{path}.index", index, "a number")
+        function = fragment.get("function")
+        if function and not isinstance(function, dict):
+            return wrong_type(f"{path}.function", function, "an object")
+        for name in ("name", "arguments"):
+            value = (function or {}).get(name)
+            if value and not isinstance(value, str):
+                return wrong_type(f"{path}.function.{name}", value, "a string")
+    return "choices[0] has a field of an unexpected type"
 
 
 def error_frame(error: Any) -> GatewayServerError:
     # The stream had started, so the request was accepted: an error frame is the upstream
     # failing, which is treated like a 5xx.
-    if isinstance(error, dict):
-        message = str(error.get("message") or error)
-        body: Any = error
-    else:
-        message, body = str(error), error
-    return GatewayServerError(f"error inside the stream: {message}", body=body)
+    # The gateway's own message is kept, like a 4xx's; without one, the frame is not quoted.
+    message = error.get("message") if isinstance(error, dict) else None
+    if not message or not isinstance(message, str):
+        if isinstance(error, dict):
+            message = f"no message (error.message is {json_type(error.get('message'))})"
+        else:
+            message = f"no message (error is {json_type(error)})"
+    return GatewayServerError(f"error inside the stream: {message}", body=error)
 
 
 def split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:

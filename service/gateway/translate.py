@@ -8,6 +8,7 @@ frame inside a started stream.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import anthropic
@@ -57,6 +58,16 @@ def _message_of(body: Any, fallback: str) -> str:
     return fallback
 
 
+# A bytes literal in an exception's text: h11 quotes what it read ("illegal chunk header:
+# b'...'"), and past a wrong chunk size what it read is the body, the reply.
+_BYTES_REPR = re.compile(r"""\bb'(?:[^'\\]|\\.)*'?|\bb"(?:[^"\\]|\\.)*"?""")
+
+
+def _without_bytes(text: str) -> str:
+    """``text`` with each quoted bytes value left out: it may be reply text."""
+    return _BYTES_REPR.sub("<bytes not shown>", text)
+
+
 def translate(error: Exception, *, request_id: str | None = None) -> GatewayError:
     """Our error for an SDK or transport exception; anything else is re-raised."""
     if isinstance(error, GatewayError):
@@ -84,6 +95,7 @@ def translate(error: Exception, *, request_id: str | None = None) -> GatewayErro
         )
     if isinstance(error, TRANSPORT_ERRORS):
         return BrokenStream(
-            f"connection lost mid-stream: {type(error).__name__}: {error}", request_id=request_id
+            f"connection lost mid-stream: {type(error).__name__}: {_without_bytes(str(error))}",
+            request_id=request_id,
         )
     raise error
