@@ -267,6 +267,10 @@ def enqueue(
     """Enqueue PROMPT as a chat completion; print the job id (or the job, with --wait)."""
     from service.producer import enqueue_completion, get_job
 
+    if wait and follow:
+        # Refused before anything is enqueued: --follow used to win and --wait (its JSON
+        # and its --timeout) was silently ignored.
+        raise click.UsageError("--wait and --follow cannot go together: choose one")
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": prompt}
     ]
@@ -399,9 +403,18 @@ def _metrics_directory(processes: int) -> Iterator[None]:
 @click.option("--port", default=8765, show_default=True)
 def fake_gateway(host: str, port: int) -> None:
     """Serve the fake ezrouter (for tests, demos and benchmarks) until interrupted."""
+    import socket
+
     from service.fake_gateway import serve
 
-    serve(host=host, port=port)
+    try:
+        serve(host=host, port=port)
+    except OSError as exc:
+        # Binding is the only socket call before serving starts: a busy or privileged port,
+        # or a host that does not resolve, is one line, not a traceback.
+        flag = "--host" if isinstance(exc, socket.gaierror) else "--port"
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"{flag}: cannot listen on {host}:{port}: {reason}") from None
 
 
 @cli.command("demo")

@@ -14,11 +14,14 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from service.config import get_settings
 from service.errors import EzqError
 
-console = Console()
+# Replies, errors, URLs and paths are shown as written: markup in a model's reply
+# (``[/x]``) would raise MarkupError. Our own styling is given as ``style``.
+console = Console(markup=False, emoji=False)
 MODEL = "claude-sonnet-4-6"
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -58,8 +61,9 @@ def run_demo() -> None:
 
             gateway = stack.enter_context(FakeGateway().start())
             console.print(
-                f"[yellow]EZROUTER_API_KEY is not set: using the built-in fake gateway at "
-                f"{gateway.url} (no real model is called).[/]"
+                f"EZROUTER_API_KEY is not set: using the built-in fake gateway at "
+                f"{gateway.url} (no real model is called).",
+                style="yellow",
             )
             worker_env.update(EZROUTER_API_KEY="sk-fake-demo", EZROUTER_BASE_URL=gateway.url)
         else:
@@ -131,7 +135,7 @@ def _forget(queue: str, job_ids: list[uuid.UUID]) -> None:
         if settings.broker_is_redis:
             redis.Redis.from_url(settings.celery_broker_url, socket_timeout=5).delete(*keys)
     except redis.RedisError:
-        console.print("[yellow]Could not remove the demo's keys from Redis.[/]")
+        console.print("Could not remove the demo's keys from Redis.", style="yellow")
     forget_job_keys(job_ids)
 
 
@@ -149,8 +153,10 @@ def _report(jobs: list[dict[str, Any]]) -> None:
     console.print(f"\nConversation {jobs[0]['conversation_id']}\n")
     for turn, job in enumerate(jobs, start=1):
         console.print(
-            f"[bold]Turn {turn}[/] job {job['job_id']} ({job['status']}, "
-            f"{job['attempts']} attempt(s))"
+            Text.assemble(
+                (f"Turn {turn}", "bold"),
+                f" job {job['job_id']} ({job['status']}, {job['attempts']} attempt(s))",
+            )
         )
         console.print(job["content"] if job["content"] is not None else job["error"])
         console.print()

@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
 
 from service import constants as c
+from service.errors import EzqError
 
 
 def _print_json(value: Any) -> None:
@@ -43,8 +44,8 @@ def submit(
     """Check FILE.jsonl (every line, before anything is stored), store it and run each
     line as a job; print the batch id (or the batch, with --format json)."""
     from service.batches.files import store_input_file
-    from service.batches.submit import create_batch, publish_lines
-    from service.validation import checked_tenant
+    from service.batches.submit import check_metadata, create_batch, publish_lines
+    from service.validation import checked_callback_url, checked_tenant
 
     metadata = {}
     for item in meta:
@@ -52,12 +53,17 @@ def submit(
         if not sep or not key:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--meta")
         metadata[key] = value
+    # What create_batch refuses is checked before the file is stored: a refused submit
+    # writes nothing (it used to leave the prompts in an unused file, one per retry).
+    check_metadata(metadata or None)
+    checked_callback_url(callback_url)
+    tenant = checked_tenant(tenant)
     with open(path, "rb") as stream:
         uploaded = store_input_file(
             stream,
             filename=os.path.basename(path),
             purpose="batch",
-            tenant=checked_tenant(tenant),
+            tenant=tenant,
             created_by=None,
         )
     created = create_batch(
@@ -97,24 +103,31 @@ def status(batch_id: str) -> None:
 def results(batch_id: str, output: str | None) -> None:
     """Every ended line in file order: output lines and error lines, as JSONL."""
     from service.batches.lifecycle import get_batch
-    from service.batches.results import result_chunks
 
     view = get_batch(batch_id)
-    target = open(output, "wb") if output else sys.stdout.buffer  # noqa: SIM115
-    try:
-        for chunk in result_chunks(batch_id, "all"):
-            target.write(chunk)
-    finally:
-        if output:
-            target.close()
-        else:
-            target.flush()
+    if output is None:
+        _write_results(batch_id, sys.stdout.buffer)
+    else:
+        try:
+            with open(output, "wb") as target:
+                _write_results(batch_id, target)
+        except OSError as exc:
+            # A missing folder, no permission, a full disk: one line naming the file.
+            raise EzqError(f"--output: cannot write {output}: {exc.strerror or exc}") from None
     counts = view["request_counts"]
     click.echo(
         f"{view['status']}: {counts['completed']} completed, {counts['failed']} failed"
         f" of {counts['total']}",
         err=True,
     )
+
+
+def _write_results(batch_id: str, target: BinaryIO) -> None:
+    from service.batches.results import result_chunks
+
+    for chunk in result_chunks(batch_id, "all"):
+        target.write(chunk)
+    target.flush()
 
 
 @batch.command("cancel")

@@ -76,10 +76,16 @@ def write_csv(out: IO[str], columns: Sequence[str], rows: Sequence[dict[str, Any
 
 
 def console(out: IO[str] | None = None) -> Any:
-    """A rich console on ``out``: the terminal's width, or 80 columns when piped."""
+    """A rich console on ``out``: the terminal's width, or 80 columns when piped.
+
+    Every string it prints, table cells and titles included, is shown as written: tenants,
+    models, metadata, error text and receivers' answers come from callers, and with rich's
+    markup a ``[/x]`` in them raised MarkupError and ``[args]`` vanished (``:smile:`` became
+    an emoji). Our own styling goes in ``rich.text.Text`` or column and header styles.
+    """
     from rich.console import Console
 
-    return Console(file=out or sys.stdout, highlight=False)
+    return Console(file=out or sys.stdout, highlight=False, markup=False, emoji=False)
 
 
 def table(*headings: str | tuple[str, dict[str, Any]]) -> Any:

@@ -42,11 +42,13 @@ def _document(snap: Any) -> dict[str, Any]:
 
 
 def _screen(snap: Any) -> None:
+    from rich.text import Text
+
     from service.ops import output
 
     console = output.console()
     oldest = output.age(snap.oldest_queued_at, snap.now) or "-"
-    console.print(f"[bold]ezq status[/] at {snap.now:%Y-%m-%d %H:%M:%S} UTC")
+    console.print(Text.assemble(("ezq status", "bold"), f" at {snap.now:%Y-%m-%d %H:%M:%S} UTC"))
     console.print(
         f"jobs      queued {snap.total('queued')} (oldest {oldest})  "
         f"in flight {snap.total('running')}  retrying {snap.total('retrying')}  "

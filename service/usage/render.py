@@ -15,6 +15,7 @@ from typing import IO, Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from service.usage.money import plain, usd_shown
 from service.usage.prices import PriceRow
@@ -99,15 +100,15 @@ def write_report_csv(out: IO[str], report: Report) -> None:
     write_csv(out, [*report.columns, *TOTAL_FIELDS], report_records(report))
 
 
-def _cost_cell(totals: Totals) -> str:
+def _cost_cell(totals: Totals) -> str | Text:
     if totals.cost_usd is None:
-        return "[yellow]unpriced[/]" if totals.unpriced_jobs else "-"
+        return Text("unpriced", style="yellow") if totals.unpriced_jobs else "-"
     # A day of a few cheap calls costs a fraction of a cent: never shown as $0.
     return usd_shown(totals.cost_usd)
 
 
-def _count_cells(totals: Totals) -> list[str]:
-    unpriced = f"[yellow]{totals.unpriced_jobs:,}[/]" if totals.unpriced_jobs else "0"
+def _count_cells(totals: Totals) -> list[str | Text]:
+    unpriced = Text(f"{totals.unpriced_jobs:,}", style="yellow") if totals.unpriced_jobs else "0"
     counted = [f"{getattr(totals, name):,}" for name in TOTAL_FIELDS[:6]]
     return [*counted, _cost_cell(totals), unpriced]
 
@@ -121,9 +122,11 @@ def report_table(report: Report) -> Table:
     for name in TOTAL_FIELDS:
         table.add_column(_HEADINGS[name], justify="right")
     for row in report.rows:
-        keys = [key if key is not None else "[dim](none)[/]" for key in row.keys]
+        keys = [key if key is not None else Text("(none)", style="dim") for key in row.keys]
         table.add_row(*keys, *_count_cells(row.totals))
-    label = ["[bold]Total[/]"] + [""] * (len(report.columns) - 1) if report.columns else []
+    label = (
+        [Text("Total", style="bold")] + [""] * (len(report.columns) - 1) if report.columns else []
+    )
     table.add_section()
     table.add_row(*label, *_count_cells(report.totals), style="bold")
     if report.totals.unpriced_jobs:
@@ -204,10 +207,14 @@ def prices_table(prices: list[PriceRow], width: int = 80) -> Table:
 
 
 def console_for(out: IO[str]) -> Console:
-    """A console on ``out``; when that is not a terminal, wide enough never to cut a cell."""
-    console = Console(file=out)
+    """A console on ``out``; when that is not a terminal, wide enough never to cut a cell.
+
+    Strings are shown as written, never read as markup or emoji codes: tenants, models and
+    tag values come from callers (see ``service.ops.output.console``).
+    """
+    console = Console(file=out, markup=False, emoji=False)
     if not console.is_terminal:
-        console = Console(file=out, width=1000, no_color=True)
+        console = Console(file=out, width=1000, no_color=True, markup=False, emoji=False)
     return console
 
 
