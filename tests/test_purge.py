@@ -84,11 +84,11 @@ def test_purge_keeps_usage_exact_and_deletes_content(fake_gateway: Any) -> None:
     assert all(results.exists(k) for k in streams)
 
     dry = purge("--before", "90d", "--tenant", tenant, "--dry-run")
-    assert dry == "would purge 1 conversation: 2 jobs, 4 messages, 1 webhook payload"
+    assert dry == "would purge 1 conversation: 2 jobs, 4 messages, 1 webhook payload, 0 batch files"
     assert len(get_conversation(old["id"])["messages"]) == 4
 
     assert purge("--before", "90d", "--tenant", tenant) == (
-        "purged 1 conversation: 2 jobs, 4 messages, 1 webhook payload"
+        "purged 1 conversation: 2 jobs, 4 messages, 1 webhook payload, 0 batch files"
     )
     assert sql("SELECT payload FROM webhook_deliveries WHERE id = :d", d=delivery) == [("",)]
     # Still listed and shown, so "no such delivery" would be wrong: its payload is gone.
@@ -128,7 +128,7 @@ def test_erasure_of_one_conversation_and_unfinished_ones(fake_gateway: Any) -> N
     busy = seed_job(tenant=tenant, status="queued")
 
     assert purge("--conversation", chat["id"]) == (
-        "purged 1 conversation: 2 jobs, 4 messages, 0 webhook payloads"
+        "purged 1 conversation: 2 jobs, 4 messages, 0 webhook payloads, 0 batch files"
     )
     assert get_conversation(chat["id"])["messages"] == []
 
@@ -141,6 +141,24 @@ def test_erasure_of_one_conversation_and_unfinished_ones(fake_gateway: Any) -> N
     # Purging by age alone reports nothing held back: running conversations are in use.
     by_age = run_ezq("purge", "--before", "3650d")
     assert by_age.returncode == 0 and by_age.stderr == ""
+
+
+@pytest.mark.usefixtures("worker")
+def test_dry_run_counts_the_conversations_it_would_leave_alone(fake_gateway: Any) -> None:
+    """A dry run says on stderr, as the real run does, how many selected conversations an
+    unfinished job holds back; it deletes nothing."""
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    chat = conversation(tenant)
+    busy = seed_job(tenant=tenant, status="queued")
+
+    dry = run_ezq("purge", "--tenant", tenant, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.strip() == (
+        "would purge 1 conversation: 2 jobs, 4 messages, 0 webhook payloads, 0 batch files"
+    )
+    assert "1 selected conversation still has unfinished jobs" in dry.stderr
+    assert len(get_conversation(chat["id"])["messages"]) == 4
+    assert sql("SELECT purged_at FROM jobs WHERE id = :j", j=busy) == [(None,)]
 
 
 def test_retention_runs_from_the_sweep(

@@ -5,6 +5,11 @@ checked), then stored in ``batch_file_chunks`` slices within one transaction: a 
 leaves no row. Output and error files are not stored: their lines are rendered from the
 batch's jobs when read (``service.batches.results``), so they always match Postgres and
 ``ezq purge`` reaches them too.
+
+``ezq purge`` erases an input file's bytes once none of its requests is needed (see
+``service.db.purge``) and keeps its row; a file's content is then answered with
+FileContentPurged, as is a batch's output or error file once every line of the batch is
+purged. The file object itself is still served, its ``status_details`` saying so.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from typing import IO, Any
+
+from sqlalchemy.orm import Session
 
 from service import constants as c
 from service.batches.lines import checker_for
@@ -21,9 +28,23 @@ from service.db import batches as db
 from service.db.models import BatchFile
 from service.db.queries import Tenants
 from service.db.session import transaction
-from service.errors import FileNotFound, InvalidRequest
+from service.errors import EzqCallerError, FileNotFound, InvalidRequest
 
 PURPOSE = "batch"
+PURGED_DETAILS = "content purged (ezq purge)"
+
+
+class FileContentPurged(FileNotFound):
+    """The file exists but ``ezq purge`` erased its content (the API answers it as a 404
+    ``file_not_found`` that says so)."""
+
+    def __init__(self, file_id: object) -> None:
+        self.file_id = file_id
+        EzqCallerError.__init__(
+            self,
+            f"file {file_id}: its content was purged (ezq purge); "
+            f"GET /v1/files/{file_id} still describes the file",
+        )
 
 
 def new_file_id() -> str:
@@ -78,8 +99,8 @@ def store_input_file(
         return file_view(row)
 
 
-def file_view(row: BatchFile) -> dict[str, Any]:
-    """The file as OpenAI's ``FileObject``."""
+def file_view(row: BatchFile, *, purged: bool = False) -> dict[str, Any]:
+    """The file as OpenAI's ``FileObject`` (``purged``: its content was erased)."""
     return {
         "id": row.id,
         "object": "file",
@@ -89,8 +110,17 @@ def file_view(row: BatchFile) -> dict[str, Any]:
         "purpose": row.purpose,
         "status": "processed",
         "expires_at": None,
-        "status_details": None,
+        "status_details": PURGED_DETAILS if purged else None,
     }
+
+
+def is_purged(session: Session, row: BatchFile) -> bool:
+    """Whether ``ezq purge`` erased the file's content: an input file's stored bytes (a
+    stored file always has some), or every line of the batch whose result file it is."""
+    if row.purpose == PURPOSE:
+        return not db.has_content(session, row.id)
+    owner = db.batch_of_result_file(session, row.id)
+    return owner is not None and db.lines_purged(session, owner[0].id)
 
 
 def get_file(file_id: str, *, tenants: Tenants = None) -> dict[str, Any]:
@@ -98,7 +128,7 @@ def get_file(file_id: str, *, tenants: Tenants = None) -> dict[str, Any]:
         row = db.get_file(session, file_id, tenants=tenants)
         if row is None:
             raise FileNotFound(file_id)
-        return file_view(row)
+        return file_view(row, purged=is_purged(session, row))
 
 
 def input_chunks(file_id: str) -> Iterator[bytes]:
@@ -115,7 +145,8 @@ def input_chunks(file_id: str) -> Iterator[bytes]:
 
 def file_content(file_id: str, *, tenants: Tenants = None) -> Iterator[bytes]:
     """The file's bytes, streamed: an input file's stored slices, or a batch's output or
-    error lines rendered from its jobs. Raises FileNotFound before yielding anything."""
+    error lines rendered from its jobs. Raises FileNotFound (FileContentPurged once
+    ``ezq purge`` erased it) before yielding anything."""
     from service.batches.results import result_chunks
 
     with transaction() as session:
@@ -123,6 +154,12 @@ def file_content(file_id: str, *, tenants: Tenants = None) -> Iterator[bytes]:
         if row is None:
             raise FileNotFound(file_id)
         owner = db.batch_of_result_file(session, file_id) if row.purpose != PURPOSE else None
+        if owner is None:
+            purged = not db.has_content(session, file_id)
+        else:
+            purged = db.lines_purged(session, owner[0].id)
+        if purged:
+            raise FileContentPurged(file_id)
     if owner is None:
         return input_chunks(file_id)
     batch, kind = owner

@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service import constants as c
-from service.batches.files import input_chunks
+from service.batches.files import FileContentPurged, input_chunks
 from service.batches.lines import BatchLine, LineChecker, checker_for
 from service.batches.views import batch_view
 from service.db import batches as db
@@ -161,7 +161,8 @@ def create_batch(
     together. Returns the batch as OpenAI's ``Batch`` and the jobs, which the caller
     publishes (``publish_lines``). Lines run at ``priority`` (0-9), by default below
     interactive work (``BATCH_PRIORITY_DEFAULT``). Raises InvalidRequest naming a bad
-    field, FileNotFound for an unknown file (or one outside ``tenants``)."""
+    field, FileNotFound for an unknown file (or one outside ``tenants``), FileContentPurged
+    for a file whose content ``ezq purge`` erased (nothing is written)."""
     if endpoint != c.BATCH_ENDPOINT:
         raise InvalidRequest("endpoint", f"must be {c.BATCH_ENDPOINT} (ezq runs chat completions)")
     if completion_window != c.BATCH_COMPLETION_WINDOW:
@@ -205,6 +206,10 @@ def create_batch(
             db.insert_batch(
                 session, status="in_progress", in_progress_at=now, expires_at=now + window, **values
             )
+            # The batch's row now holds the file's (FOR KEY SHARE): ``ezq purge`` cannot
+            # erase it from here on, and may have done so before.
+            if not db.has_content(session, input_file_id):
+                raise FileContentPurged(input_file_id)
             job_ids = _write_lines(session, checker, input_file_id, batch_id, created_by)
             view = batch_view(session, db.get_batch(session, batch_id) or _missing(batch_id))
     except InvalidBatchFile as exc:

@@ -72,6 +72,18 @@ def read_chunk(session: Session, file_id: str, seq: int) -> bytes | None:
     )
 
 
+def has_content(session: Session, file_id: str) -> bool:
+    """Whether an input file still holds its bytes (``ezq purge`` deletes them)."""
+    return bool(session.scalar(select(exists().where(BatchFileChunk.file_id == file_id))))
+
+
+def lines_purged(session: Session, batch_id: str) -> bool:
+    """Whether the batch has lines and ``ezq purge`` purged every one of them."""
+    lines = select(Job.id).where(Job.batch_id == batch_id)
+    unpurged = lines.where(Job.purged_at.is_(None))
+    return bool(session.scalar(select(lines.exists() & ~unpurged.exists())))
+
+
 def batch_of_result_file(session: Session, file_id: str) -> tuple[Batch, str] | None:
     """The batch whose output or error file this is, and which of the two."""
     row = session.execute(

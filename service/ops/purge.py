@@ -3,7 +3,9 @@
 See ``service.db.purge`` for what is deleted. Batches of conversations are purged in
 separate short transactions, so a large purge never holds locks for long and can be
 stopped at any point; Celery's stored results and the live token streams of the purged
-jobs (both hold the reply) are deleted from Redis after each batch commits.
+jobs (both hold the reply) are deleted from Redis after each batch commits. Then the
+content of batch input files none of whose requests is needed any more (every line
+purged, or the file never used) is erased, a few files per transaction.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from service.db.session import transaction
 log = logging.getLogger(__name__)
 
 BATCH = 500  # conversations per transaction
+FILE_BATCH = 20  # batch input files per transaction (up to EZQ_BATCH_MAX_FILE_BYTES each)
 
 
 @dataclass
@@ -27,6 +30,10 @@ class PurgeResult:
     dry_run: bool
     counts: sql.Counts
     blocked: int  # conversations selected that cannot be purged yet (unfinished jobs)
+    # Batch input files of the tenant or conversation whose content is kept: a batch made
+    # from it has not ended, or one of its lines is not purged (not ended, or outside the
+    # selection: with --conversation, the file's other lines).
+    held_files: int = 0
 
 
 def forget_job_keys(job_ids: list[uuid.UUID] | list[str]) -> None:
@@ -64,8 +71,12 @@ def purge(
 ) -> PurgeResult:
     """Purge what ``selection`` names (or, with ``dry_run``, only count it)."""
     if dry_run:
+        # What a real run would do, and what it would leave alone and say so.
         with transaction() as session:
-            return PurgeResult(True, sql.would_purge(session, selection), 0)
+            counts = sql.would_purge(session, selection)
+            blocked = sql.blocked(session, selection)
+            held = sql.held_files(session, selection) - counts.files
+        return PurgeResult(True, counts, blocked, held)
     total = sql.Counts()
     batches = 0
     while max_batches is None or batches < max_batches:
@@ -76,9 +87,19 @@ def purge(
         forget_job_keys(done.job_ids or [])
         if done.conversations < BATCH:
             break
+    # Files last: the lines of their batches are purged by now.
+    batches = 0
+    while max_batches is None or batches < max_batches:
+        with transaction() as session:
+            picked, erased = sql.purge_files(session, selection, batch=FILE_BATCH)
+        batches += 1
+        total.files += erased
+        if picked < FILE_BATCH:
+            break
     with transaction() as session:
         left = sql.blocked(session, selection)
-    return PurgeResult(False, total, left)
+        held = sql.held_files(session, selection)
+    return PurgeResult(False, total, left, held)
 
 
 def purge_expired() -> int:
@@ -89,11 +110,12 @@ def purge_expired() -> int:
         return 0
     cutoff = datetime.now(UTC) - timedelta(days=days)
     result = purge(sql.Selection(before=cutoff), max_batches=4)
-    if result.counts.conversations:
+    if result.counts.conversations or result.counts.files:
         log.info(
-            "retention: purged %d conversations (%d jobs) older than %d days",
+            "retention: purged %d conversations (%d jobs) and %d batch files older than %d days",
             result.counts.conversations,
             result.counts.jobs,
+            result.counts.files,
             days,
         )
     return result.counts.conversations

@@ -45,13 +45,25 @@ def purge(before: str | None, tenant: str | None, conversation: str | None, dry_
     click.echo(
         f"{verb} {counted(counts.conversations, 'conversation')}: "
         f"{counted(counts.jobs, 'job')}, {counted(counts.messages, 'message')}, "
-        f"{counted(counts.webhook_payloads, 'webhook payload')}"
+        f"{counted(counts.webhook_payloads, 'webhook payload')}, "
+        f"{counted(counts.files, 'batch file')}"
     )
     if result.blocked:
         one = result.blocked == 1
+        left = ("would be" if dry_run else "was" if one else "were") + " left alone"
         click.echo(
             f"{counted(result.blocked, 'selected conversation')} still "
             f"{'has' if one else 'have'} unfinished jobs or pending webhooks and "
-            f"{'was' if one else 'were'} left alone; run again once they have ended",
+            f"{left}; run again once they have ended",
+            err=True,
+        )
+    if result.held_files:
+        one = result.held_files == 1
+        kept = "would be kept" if dry_run else "was kept" if one else "were kept"
+        click.echo(
+            f"{counted(result.held_files, 'batch file')} of the selection still "
+            f"{'holds' if one else 'hold'} requests of jobs not purged (a batch still"
+            f" running, or lines outside the selection) and {kept}; purge those lines"
+            " to erase it",
             err=True,
         )
