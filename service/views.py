@@ -22,13 +22,13 @@ def job_view(session: Session, job_id: uuid.UUID, *, tenants: Tenants = None) ->
 
     A job outside ``tenants`` raises JobNotFound, exactly like an unknown id.
     """
-    job = queries.visible_job(session, job_id, tenants=tenants)
-    reply = queries.job_reply(session, job.id)
+    read = queries.read_job(session, job_id, tenants=tenants)
+    reply = read.reply
     return view_of(
-        job,
+        read.job,
         content=reply.content if reply else None,
         tool_calls=reply.tool_calls if reply else None,
-        usage=queries.job_usage(session, job.id),
+        usage=read.usage,
         thinking_blocks=reply.thinking_blocks if reply else None,
     )
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Row, func, select, text, update
+from sqlalchemy import Row, func, select, text, true, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -381,27 +381,52 @@ def visible_job(session: Session, job_id: uuid.UUID, *, tenants: Tenants = None)
     return job
 
 
-def job_reply(session: Session, job_id: uuid.UUID) -> Row[Any] | None:
-    """The job's reply (content, tool_calls, thinking_blocks), if it has one."""
-    return session.execute(
-        select(Message.content, Message.tool_calls, Message.thinking_blocks)
-        .where(Message.job_id == job_id, Message.role == "assistant")
-        .order_by(Message.seq.desc())
-        .limit(1)
-    ).first()
+@dataclass(frozen=True, slots=True)
+class JobRead:
+    """A job with its reply (the last assistant message, if any) and its usage counts,
+    read by one statement: one snapshot, so a reply or usage committed between two reads
+    never shows beside the row as it was before (a ``running`` job with content)."""
+
+    job: Job
+    reply: Row[Any] | None  # content, tool_calls, thinking_blocks
+    usage: dict[str, int] | None
 
 
-def job_usage(session: Session, job_id: uuid.UUID) -> dict[str, int] | None:
-    """The job's token counts as its view shows them, if it has a usage row."""
-    usage = session.execute(
+_REPLY = (
+    select(Message.seq, Message.content, Message.tool_calls, Message.thinking_blocks)
+    .where(Message.job_id == Job.id, Message.role == "assistant")
+    .order_by(Message.seq.desc())
+    .limit(1)
+    .lateral("reply")
+)
+_USAGE_COUNTS = ("prompt_tokens", "completion_tokens", "cached_tokens", "total_tokens")
+
+
+def read_job(session: Session, job_id: uuid.UUID, *, tenants: Tenants = None) -> JobRead:
+    """The job, its reply and its usage in one statement; outside ``tenants`` it raises
+    JobNotFound, exactly like an unknown id."""
+    row = session.execute(
         select(
-            TokenUsage.prompt_tokens,
-            TokenUsage.completion_tokens,
-            TokenUsage.cached_tokens,
-            TokenUsage.total_tokens,
-        ).where(TokenUsage.job_id == job_id)
+            Job,
+            _REPLY.c.seq.label("reply_seq"),
+            _REPLY.c.content,
+            _REPLY.c.tool_calls,
+            _REPLY.c.thinking_blocks,
+            TokenUsage.id.label("usage_id"),
+            *(getattr(TokenUsage, name) for name in _USAGE_COUNTS),
+        )
+        .select_from(Job)
+        .outerjoin(_REPLY, true())
+        .outerjoin(TokenUsage, TokenUsage.job_id == Job.id)
+        .where(Job.id == job_id)
+        # The row as this statement read it, even if the session holds the job already.
+        .execution_options(populate_existing=True)
     ).first()
-    return usage._asdict() if usage else None
+    if row is None or not visible(row.Job.tenant, tenants):
+        raise JobNotFound(job_id)
+    reply = row if row.reply_seq is not None else None
+    usage = {name: getattr(row, name) for name in _USAGE_COUNTS} if row.usage_id else None
+    return JobRead(row.Job, reply, usage)
 
 
 def visible_conversation(
