@@ -322,6 +322,11 @@ def _follow(job_id: uuid.UUID) -> None:
             click.echo(f"\n[attempt {attempt} starts over; the text above is void]", err=True)
         elif event.final:
             job = event.payload["data"]
+            if not printed and job.get("content"):
+                # The job ended before its stream was opened: an ended job's stream is
+                # its final event alone, which holds the reply.
+                sys.stdout.write(job["content"])
+                printed = True
             if printed:
                 click.echo()
             error = job.get("error") or {}

@@ -274,6 +274,24 @@ def test_enqueue_follow_prints_as_it_goes(fake_gateway: Any, worker: Any, server
     assert "failed: client_error" in done.stderr
 
 
+def test_follow_of_a_job_already_ended_prints_its_reply(
+    fake_gateway: Any, worker: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A job that ended before `--follow` opened its stream (a fast reply) still has its
+    reply printed: the final event holds it."""
+    from service import enqueue_completion
+    from service.cli import _follow
+
+    prompt = marker()
+    fake_gateway.add_faults(slow(prompt, delay=0.0))
+    job_id = enqueue_completion(MODEL, [{"role": "user", "content": prompt}], tenant=TENANT)
+    assert wait_for_job(job_id)["status"] == "succeeded"
+    _follow(uuid.UUID(str(job_id)))
+    out, err = capsys.readouterr()
+    assert out == REPLY + "\n"
+    assert err.strip().endswith("succeeded")
+
+
 def test_no_listener_needed_and_entries_expire(client: httpx.Client, fake_gateway: Any) -> None:
     """The stream is written without a listener, bounded, and set to expire: an hour
     after its last write while the job runs, a minute after its final event (Postgres
