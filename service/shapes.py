@@ -214,8 +214,11 @@ def path(prefix: str, loc: tuple[int | str, ...]) -> str:
 
 
 def first_error(prefix: str, error: ValidationError) -> InvalidRequest:
-    """The first problem pydantic found, as an InvalidRequest naming its path."""
-    first = error.errors()[0]
+    """The first problem pydantic found, as an InvalidRequest naming its path; an unknown
+    field first, if any: a misspelt required field is both unknown and missing, and its
+    misspelling is what the caller must see (``function.nmae``, not ``function.name``)."""
+    errors = error.errors()
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     message = str(first["msg"]).removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "is not a known field"

@@ -110,7 +110,7 @@ BAD = [
         {
             "model": "m",
             "messages": [
-                {"role": "user", "content": [{"type": "image_url", "image_url": {"uri": "x"}}]}
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"detail": "x"}}]}
             ],
         },
         "messages[0].content[0].image_url.url",
@@ -180,6 +180,15 @@ def test_bad_input_is_refused_naming_the_field(kwargs: dict[str, Any], field: st
     assert caught.value.field == field
     assert str(caught.value).startswith(field + ":")
     assert counts() == before
+
+
+def test_a_misspelt_required_field_is_named_as_written() -> None:
+    """A required field misspelt is both missing and unknown: the error names the field as
+    the caller wrote it, not the one it is missing."""
+    tool = {"type": "function", "function": {"nmae": "lookup", "parameters": {}}}
+    with pytest.raises(InvalidRequest) as caught:
+        enqueue_completion("m", USER, params={"tools": [tool]})
+    assert str(caught.value) == "params.tools[0].function.nmae: is not a known field"
 
 
 def test_unknown_conversation_is_refused() -> None:
