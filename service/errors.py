@@ -112,6 +112,10 @@ class BatchAlreadyFinished(EzqCallerError):
         super().__init__(f"batch {batch_id} already ended ({status})")
 
 
+# How many other bad lines an InvalidBatchFile's message numbers (its ``errors`` hold more).
+SHOWN_LINE_NUMBERS = 10
+
+
 class InvalidBatchFile(EzqCallerError):
     """Lines of a batch file are invalid; ``errors`` holds the first ones, in line order,
     each a dict with ``line``, ``param`` (the field at fault) and ``message``."""
@@ -121,7 +125,13 @@ class InvalidBatchFile(EzqCallerError):
         self.more = more
         first = errors[0]
         others = len(errors) - 1
-        tail = f" (and {others}{'+' if more else ''} more)" if others or more else ""
+        tail = ""
+        if others or more:
+            # Which lines, so that a caller can fix them all at once (the first few).
+            lines = [str(e["line"]) for e in errors[1 : 1 + SHOWN_LINE_NUMBERS]]
+            listed = ", ".join(lines) + (", …" if others > len(lines) or more else "")
+            where = f": line{'s' if len(lines) > 1 else ''} {listed}" if lines else ""
+            tail = f" (and {others}{'+' if more else ''} more{where})"
         super().__init__(f"line {first['line']}: {first['param']}: {first['message']}{tail}")
 
 

@@ -139,3 +139,29 @@ def test_results_to_an_unwritable_path_is_one_line(own_queue: str, tmp_path: Pat
     assert "Traceback" not in done.stderr
     (line,) = done.stderr.strip().splitlines()
     assert line == f"ezq: error: --output: cannot write {target}: No such file or directory"
+
+
+def test_a_file_failing_its_checks_names_its_bad_lines_and_its_encoding(tmp_path: Path) -> None:
+    """The refusal names the first bad line's fault and the numbers of the others; a line
+    in UTF-16 is "not UTF-8", not a codec's message; a UTF-8 BOM is accepted."""
+    good = json.loads(batch_file(tmp_path, "x").read_text().splitlines()[0])
+    rows = [json.dumps({**good, "custom_id": f"c{i}"}) for i in range(6)]
+    rows[1] = rows[3] = rows[4] = "{not json"
+    bad = tmp_path / "bad-lines.jsonl"
+    bad.write_text("\n".join(rows) + "\n")
+    done = run_ezq("batch", "submit", str(bad))
+    assert done.returncode != 0
+    assert "line 2: line: is not valid JSON" in done.stderr
+    assert "(and 2 more: lines 4, 5)" in done.stderr, done.stderr
+
+    utf16 = tmp_path / "utf16.jsonl"
+    utf16.write_bytes(rows[0].encode("utf-16") + b"\n")
+    done = run_ezq("batch", "submit", str(utf16))
+    assert done.returncode != 0
+    assert "line 1: line: is not UTF-8 text" in done.stderr, done.stderr
+    assert "codec" not in done.stderr
+
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + rows[0].encode() + b"\n" + rows[2].encode() + b"\n")
+    done = run_ezq("batch", "submit", str(bom))
+    assert done.returncode == 0, done.stderr

@@ -81,10 +81,17 @@ def check_line(
     if not raw:
         raise InvalidRequest("line", f"is longer than {max_line_bytes} bytes")
     try:
-        value = json.loads(raw)
+        # Decoded as UTF-8 first (a UTF-8 BOM, which editors write, is dropped): given
+        # bytes, json guesses UTF-16 or UTF-32 from a BOM or NUL bytes, and its error then
+        # names a codec the caller never chose.
+        value = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(
+            "line", f"is not UTF-8 text (byte {exc.start + 1} of the line cannot be decoded)"
+        ) from None
     except RecursionError:
         raise InvalidRequest("line", "nests too deeply") from None
-    except (UnicodeDecodeError, ValueError) as exc:
+    except ValueError as exc:
         raise InvalidRequest("line", f"is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise InvalidRequest("line", f"must be a JSON object, not {type(value).__name__}")
