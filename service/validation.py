@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import unicodedata
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -385,7 +386,7 @@ def validate_request(
         messages=checked_messages,
         params=checked_params,
         conversation_id=_uuid("conversation_id", conversation_id),
-        tenant=_text("tenant", tenant, c.MAX_TENANT_LENGTH, required=False),
+        tenant=checked_tenant(tenant),
         metadata=_metadata(metadata),
         idempotency_key=_text(
             "idempotency_key", idempotency_key, c.MAX_IDEMPOTENCY_KEY_LENGTH, required=False
@@ -483,8 +484,20 @@ def checked_priority(value: object, default: int) -> int:
     return default if value is None else _priority(value)
 
 
-def checked_tenant(value: object) -> str | None:
-    """A tenant as enqueue checks it: a non-empty string Postgres can store."""
-    tenant = _text("tenant", value, c.MAX_TENANT_LENGTH, required=False)
-    storable("tenant", tenant)
+def checked_tenant(value: object, field: str = "tenant") -> str | None:
+    """A tenant as given to ezq (a job, a key, a limit, a budget, a batch): a non-empty
+    string Postgres can store, without control characters (a newline or a tab would break
+    the lines of logs, tables and CSV that show it) and not starting or ending with
+    whitespace (``"acme "`` would be a tenant apart from ``acme``). Spaces inside are kept."""
+    tenant = _text(field, value, c.MAX_TENANT_LENGTH, required=False)
+    storable(field, tenant)
+    if tenant is None:
+        return None
+    for position, char in enumerate(tenant if not tenant.isprintable() else ""):
+        if unicodedata.category(char) == "Cc":
+            raise InvalidRequest(
+                field, f"must not contain control characters ({char!r} at position {position})"
+            )
+    if tenant != tenant.strip():
+        raise InvalidRequest(field, "must not start or end with whitespace")
     return tenant

@@ -13,7 +13,7 @@ from service import (
     InvalidRequest,
     enqueue_completion,
 )
-from tests.conftest import sql
+from tests.conftest import run_ezq, sql
 
 pytestmark = pytest.mark.usefixtures("service_env")
 
@@ -262,3 +262,19 @@ def test_idempotent_follow_up_turn_without_tenant_returns_the_first_job() -> Non
     again = enqueue_completion("m", USER, conversation_id=conversation_id, idempotency_key=key)
     assert turn == again
     assert sql("SELECT tenant FROM jobs WHERE id = :j", j=turn) == [("inherit",)]
+
+
+@pytest.mark.parametrize("tenant", ["x y\n", "tab\there", " acme", "acme "])
+def test_a_tenant_with_control_characters_or_edge_spaces_is_refused(tenant: str) -> None:
+    """Every way a tenant is given checks it alike: a job from Python, a limit, a budget."""
+    before = counts()
+    with pytest.raises(InvalidRequest) as caught:
+        enqueue_completion("m", USER, tenant=tenant)
+    assert caught.value.field == "tenant"
+    assert counts() == before
+    for command in (
+        ["limits", "set", "--concurrency", "1"],
+        ["budgets", "set", "--monthly-usd", "5"],
+    ):
+        done = run_ezq(*command, "--tenant", tenant)
+        assert done.returncode != 0 and "--tenant: must not" in done.stderr, done.stderr

@@ -39,7 +39,7 @@ from service.api.schemas import (
 )
 from service.config import get_settings
 from service.errors import ConversationNotFound, InvalidRequest, JobNotFound
-from service.validation import ENQUEUE_FIELDS, EnqueueRequest
+from service.validation import ENQUEUE_FIELDS, EnqueueRequest, checked_tenant
 
 _ERRORS = {
     401: "No valid API key (`unauthorized`).",
@@ -138,6 +138,9 @@ def create_app() -> FastAPI:
             ' Errors are always `{"error": {"type", "message", "field"?}}`.'
         ),
         version="1",
+        # `/v1/jobs/` is an unknown route (404 in the envelope), not Starlette's empty 307
+        # to a Location built from the Host header, answered before authentication.
+        redirect_slashes=False,
     )
     install_error_handlers(app)
     app.add_middleware(
@@ -195,7 +198,7 @@ def create_app() -> FastAPI:
                     "Idempotency-Key", "differs from the body's idempotency_key; send one"
                 )
             payload["idempotency_key"] = idempotency_key
-        payload["tenant"] = principal.tenant_for(payload.get("tenant"))
+        payload["tenant"] = principal.tenant_for(checked_tenant(payload.get("tenant")))
         view = await run_in_threadpool(_enqueue, payload, principal.key_id)
         return JSONResponse(
             view, status_code=202, headers={"Location": f"/v1/jobs/{view['job_id']}"}

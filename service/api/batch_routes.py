@@ -28,6 +28,8 @@ from service.validation import checked_tenant
 router = APIRouter()
 
 CREATE_FIELDS = tuple(BatchCreate.model_fields)
+# The multipart fields of an upload: OpenAI's `file` and `purpose`, and ezq's `tenant`.
+UPLOAD_FIELDS = ("file", "purpose", "tenant")
 MAX_LIST_LIMIT = 100
 UPLOAD_BODY = {
     "required": True,
@@ -79,6 +81,10 @@ async def upload_file(request: Request, principal: Caller) -> dict[str, Any]:
         detail = exc.message if isinstance(exc, MultiPartException) else exc.detail
         raise InvalidRequest("body", f"is not a valid multipart form: {detail}") from None
     try:
+        unknown = sorted(set(form.keys()) - set(UPLOAD_FIELDS))
+        if unknown:
+            shown = unknown[0].replace("\x00", "\\x00") or "body"
+            raise InvalidRequest(shown, "is not a known field (send file, purpose and tenant)")
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise InvalidRequest("file", "is required (a JSONL file)")
@@ -168,6 +174,11 @@ def list_batches(
 ) -> dict[str, Any]:
     """The key's batches, newest first."""
     from service.batches.lifecycle import list_batches as page
+    from service.db.batches import is_batch_id
+
+    if after is not None and not is_batch_id(after):
+        # A cursor that names no batch would silently answer the first page again.
+        raise InvalidRequest("after", "is not a batch id (the `last_id` of a page)")
 
     return page(tenants=principal.tenants, after=after, limit=limit)
 

@@ -8,8 +8,10 @@ limit is ever held in memory, whatever Content-Length says or omits.
 from __future__ import annotations
 
 import json
-from typing import Any
+import sys
+from typing import Annotated, Any
 
+from fastapi import Depends, Request
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -112,6 +114,16 @@ def _counted(receive: Receive, limit: int) -> Receive:
     return counting
 
 
+class _LongInteger:
+    """Stands, while parsing, for an integer with more digits than Python converts; where
+    it sits is told once the document is parsed (``seq``: its order in the text)."""
+
+    __slots__ = ("seq",)
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+
+
 def _json_type(value: object) -> str:
     names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
     return names.get(type(value), "number")
@@ -134,6 +146,23 @@ def _check_depth(value: Any) -> None:
             stack.extend((child, f"{path}[{i}]", depth + 1) for i, child in enumerate(item))
 
 
+def _check_long_integers(value: Any, max_digits: int) -> None:
+    """Refuse an integer Python would not convert, naming the first one's path."""
+    found: list[tuple[int, str]] = []
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, _LongInteger):
+            found.append((item.seq, path))
+        elif isinstance(item, dict):
+            stack.extend((child, f"{path}.{key}" if path else key) for key, child in item.items())
+        elif isinstance(item, list):
+            stack.extend((child, f"{path}[{i}]") for i, child in enumerate(item))
+    if found:
+        _, path = min(found)
+        raise InvalidRequest(path or "body", f"integer too long: more than {max_digits} digits")
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     """The body as a JSON object, or InvalidRequest naming what is wrong (field ``body``)."""
     if not raw.strip():
@@ -142,17 +171,63 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidRequest("body", f"is not UTF-8 (byte {exc.start})") from None
+    long_integers = 0
+    max_digits = sys.get_int_max_str_digits()  # 0: no limit
+
+    def parse_int(digits: str) -> int | _LongInteger:
+        # Python refuses to convert more digits than its limit, with a message about its
+        # internals: such a number is kept as a marker and refused below, naming its path.
+        nonlocal long_integers
+        if max_digits and len(digits) - digits.startswith("-") > max_digits:
+            long_integers += 1
+            return _LongInteger(long_integers)
+        return int(digits)
+
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_int=parse_int)
     except RecursionError:
         raise InvalidRequest("body", f"nests deeper than {MAX_JSON_DEPTH} levels") from None
     except json.JSONDecodeError as exc:
         raise InvalidRequest(
             "body", f"is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
-    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+    except ValueError as exc:  # what the JSON decoder refuses beyond its syntax errors
         raise InvalidRequest("body", f"is not valid JSON: {exc}") from None
     _check_depth(value)
     if not isinstance(value, dict):
         raise InvalidRequest("body", f"must be a JSON object, not {_json_type(value)}")
+    if long_integers:
+        _check_long_integers(value, max_digits)
     return value
+
+
+async def json_object_body(request: Request) -> dict[str, Any]:
+    """The request's body as a JSON object, parsed as ``parse_json_object`` does (after
+    the caller is authenticated, when declared after ``Caller``)."""
+    return parse_json_object(await request.body())
+
+
+async def empty_body(request: Request) -> None:
+    """A route that takes no body: nothing, or an empty JSON object; anything else is a
+    422 naming the first unknown field (or ``body``)."""
+    raw = await request.body()
+    if not raw.strip():
+        return
+    unknown = sorted(parse_json_object(raw))
+    if unknown:
+        raise InvalidRequest(unknown[0], "is not a known field (this route takes no body)")
+
+
+# A route's JSON object body, parsed by ezq rather than FastAPI (whose answers to a bad
+# body are worded otherwise and, for some, a 400 outside the contract).
+JsonObject = Annotated[dict[str, Any], Depends(json_object_body)]
+NoBody = Annotated[None, Depends(empty_body)]
+# What /openapi.json says of such bodies.
+OBJECT_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": {"type": "object"}}},
+}
+NO_BODY = {
+    "required": False,
+    "content": {"application/json": {"schema": {"type": "object", "maxProperties": 0}}},
+}

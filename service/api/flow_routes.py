@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Query
 
 from service.api.auth import Caller
+from service.api.body import OBJECT_BODY, JsonObject
 from service.api.errors import ApiError
 from service.errors import InvalidRequest
 from service.keys.principal import Principal
+from service.validation import checked_tenant
 
 router = APIRouter()
 
@@ -43,6 +45,8 @@ def _object(payload: Any, fields: tuple[str, ...]) -> dict[str, Any]:
     for name in ("tenant", "model"):
         if payload.get(name) is not None and not isinstance(payload[name], str):
             raise InvalidRequest(name, "must be a string")
+    if payload.get("tenant"):  # "" and null: any tenant, as before
+        checked_tenant(payload["tenant"])
     return payload
 
 
@@ -59,8 +63,8 @@ def list_limits(principal: Caller) -> list[dict[str, Any]]:
     return settings_store.list_limits()
 
 
-@router.put("/v1/limits")
-def set_limit(payload: Annotated[Any, Body()], principal: Caller) -> dict[str, Any]:
+@router.put("/v1/limits", openapi_extra={"requestBody": OBJECT_BODY})
+def set_limit(principal: Caller, payload: JsonObject) -> dict[str, Any]:
     """Create or replace the limit of a scope: `tenant`, `model` (either may be omitted:
     any), and any of `max_concurrent`, `requests_per_window`, `tokens_per_window`,
     `adaptive_ttft_ms`."""
@@ -95,8 +99,8 @@ def list_budgets(principal: Caller) -> list[dict[str, Any]]:
     return settings_store.list_budgets()
 
 
-@router.put("/v1/budgets")
-def set_budget(payload: Annotated[Any, Body()], principal: Caller) -> dict[str, Any]:
+@router.put("/v1/budgets", openapi_extra={"requestBody": OBJECT_BODY})
+def set_budget(principal: Caller, payload: JsonObject) -> dict[str, Any]:
     """Create or replace a budget: `tenant`, `model` (omit: all the tenant's models) and
     `monthly_usd`."""
     from service.flow import settings_store

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Body, HTTPException, Response, status
+from fastapi import APIRouter, HTTPException, Response, status
 
 from service.api.auth import Caller
+from service.api.body import NO_BODY, OBJECT_BODY, JsonObject, NoBody
 from service.errors import InvalidRequest, JobNotReplayable
 from service.validation import storable
 
@@ -75,10 +76,12 @@ def _job_id(value: str) -> uuid.UUID:
         ) from None
 
 
-@router.post("/v1/jobs/replay", status_code=status.HTTP_202_ACCEPTED)
-def replay_many(
-    response: Response, payload: Annotated[Any, Body()], principal: Caller
-) -> dict[str, Any]:
+@router.post(
+    "/v1/jobs/replay",
+    status_code=status.HTTP_202_ACCEPTED,
+    openapi_extra={"requestBody": OBJECT_BODY},
+)
+def replay_many(response: Response, principal: Caller, payload: JsonObject) -> dict[str, Any]:
     """Replay the jobs that match every filter given (failed ones unless ``status`` says
     otherwise), or ``job_ids``; ``dry_run`` only counts them and estimates the cost."""
     from service.ops.filters import build_filter
@@ -129,9 +132,14 @@ def replay_many(
     return result.as_dict()
 
 
-@router.post("/v1/jobs/{job_id}/replay", status_code=status.HTTP_202_ACCEPTED)
-def replay_one(job_id: str, response: Response, principal: Caller) -> dict[str, Any]:
-    """Replay one ended job as a new job (``replay_of`` = this id); 202 with the new job."""
+@router.post(
+    "/v1/jobs/{job_id}/replay",
+    status_code=status.HTTP_202_ACCEPTED,
+    openapi_extra={"requestBody": NO_BODY},
+)
+def replay_one(job_id: str, response: Response, principal: Caller, _body: NoBody) -> dict[str, Any]:
+    """Replay one ended job as a new job (``replay_of`` = this id); 202 with the new job.
+    It takes no body (an empty JSON object at most)."""
     from service.ops.replay import replay_job
     from service.producer import get_job
 

@@ -15,6 +15,7 @@ from service.db import flow as flow_db
 from service.db.models import ANY
 from service.db.session import transaction
 from service.errors import InvalidRequest
+from service.validation import checked_tenant
 
 _MAX_INT = 2**31 - 1  # the columns are Postgres integers
 _MAX_USD = Decimal(10) ** 13  # numeric(20, 6)
@@ -53,6 +54,13 @@ def _scope(tenant: str | None, model: str | None, names: Names | None) -> tuple[
     return tenant, model
 
 
+def _new_tenant(tenant: str, names: Names | None) -> None:
+    """A tenant a limit or budget is set for is checked as every tenant given to ezq is
+    (deleting takes any, so that a row stored before that check can still go)."""
+    if tenant != ANY:
+        checked_tenant(tenant, _called(names, "tenant"))
+
+
 def _positive(field: str, value: int | None) -> int | None:
     if value is None:
         return None
@@ -89,6 +97,7 @@ def set_limit(
     ``names``: what the caller's users call each field, for the errors (HTTP's by default).
     """
     scope = _scope(tenant, model, names)
+    _new_tenant(scope[0], names)
     given = {
         "max_concurrent": max_concurrent,
         "requests_per_window": requests_per_window,
@@ -178,6 +187,7 @@ def set_budget(
     model = _name(_called(names, "model"), model)
     if tenant == ANY:
         raise InvalidRequest(_called(names, "tenant"), "a budget needs a tenant")
+    _new_tenant(tenant, names)
     amount = parse_usd(_called(names, "monthly_usd"), monthly_usd)
     with transaction() as session:
         flow_db.set_budget(session, tenant=tenant, model=model, monthly_usd=amount)

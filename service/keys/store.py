@@ -13,22 +13,18 @@ from datetime import datetime
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from service import constants as c
 from service.db.models import ApiKey
 from service.errors import ApiKeyNotFound, InvalidRequest
 from service.keys.material import key_hash, looks_like_key, new_key, shown_prefix
 from service.keys.principal import Principal
+from service.validation import checked_tenant
 
 
 def check_tenant(tenant: str) -> str:
-    """A tenant name as jobs store it: not empty, not too long, storable text."""
-    if not tenant.strip():
-        raise InvalidRequest("--tenant", "must not be empty")
-    if len(tenant) > c.MAX_TENANT_LENGTH:
-        raise InvalidRequest("--tenant", f"is longer than {c.MAX_TENANT_LENGTH} characters")
-    if "\x00" in tenant:
-        raise InvalidRequest("--tenant", "must not contain NUL characters")
-    return tenant
+    """A tenant name as every tenant is checked (``checked_tenant``), named ``--tenant``."""
+    checked = checked_tenant(tenant, "--tenant")
+    assert checked is not None  # a string is never None
+    return checked
 
 
 def create_key(
@@ -64,18 +60,36 @@ def list_keys(session: Session) -> list[ApiKey]:
     return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at.desc())))
 
 
+# How ``ezq keys list`` ends a shown prefix, and its ASCII spelling; a prefix pasted with
+# either is taken as the prefix itself.
+SHOWN_ELLIPSES = ("…", "...")
+
+
+def _shown_prefix(ref: str) -> str:
+    for ellipsis in SHOWN_ELLIPSES:
+        if ref.endswith(ellipsis):
+            return ref[: -len(ellipsis)]
+    return ref
+
+
 def revoke_key(session: Session, ref: str) -> ApiKey:
-    """Revoke the key with id (or shown prefix) ``ref``; revoking twice is a no-op."""
+    """Revoke the key with id (or shown prefix, as ``ezq keys list`` shows it, ``…``
+    included) ``ref``; revoking twice is a no-op."""
+    ref = ref.strip()
     try:
         condition = ApiKey.id == uuid.UUID(ref)
+        by_id = True
     except ValueError:
-        condition = ApiKey.prefix == ref
+        condition = ApiKey.prefix == _shown_prefix(ref)
+        by_id = False
     rows = list(session.scalars(select(ApiKey).where(condition).with_for_update()))
     if len(rows) != 1:
-        raise (
-            ApiKeyNotFound(ref)
-            if not rows
-            else InvalidRequest("ID", f"{ref!r} matches {len(rows)} keys; give the id")
+        if rows:
+            raise InvalidRequest("ID", f"{ref!r} matches {len(rows)} keys; give the id")
+        if by_id:
+            raise ApiKeyNotFound(ref)
+        raise ApiKeyNotFound(
+            f"{ref} (give a key's id, or its prefix as `ezq keys list` shows it: ezq_…)"
         )
     row = rows[0]
     if row.revoked_at is None:
