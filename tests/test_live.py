@@ -20,7 +20,7 @@ import redis
 from service.fake_gateway import Fault
 from service.live.events import final_text, stream_key
 from service.producer import get_job
-from tests.conftest import API_KEY, REDIS_URL, free_port, run_ezq, wait_for_job
+from tests.conftest import API_KEY, REDIS_URL, free_port, run_ezq, sql, wait_for_job
 from tests.test_faults import wait_until
 
 ADMIN_TOKEN = "live-admin-" + uuid.uuid4().hex
@@ -272,6 +272,40 @@ def test_enqueue_follow_prints_as_it_goes(fake_gateway: Any, worker: Any, server
     done = run_ezq("enqueue", "--follow", "-m", MODEL, failing)
     assert done.returncode == 1
     assert "failed: client_error" in done.stderr
+
+
+def test_a_key_revoked_while_its_stream_is_open_ends_the_stream(
+    server: Any, fake_gateway: Any
+) -> None:
+    """The stream of a key revoked mid-job ends within a heartbeat, before the job does,
+    and reconnecting with the revoked key is refused."""
+    key = create_key(TENANT)
+    prompt = marker()
+    # 16 deltas 0.4 s apart: the job runs about 6 s, against a 0.5 s heartbeat.
+    fake_gateway.add_faults(slow(prompt, delay=0.4))
+    with httpx.Client(
+        base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=30
+    ) as http:
+        job_id = enqueue(http, prompt)
+        received = []
+        for event in events(http, job_id):
+            received.append(event)
+            if len(received) == 1:
+                assert event.type == "delta"
+                revoked = run_ezq("keys", "revoke", key_id_of(key))
+                assert revoked.returncode == 0, revoked.stderr
+        assert all(e.type == "delta" for e in received), "the stream outlived its key"
+        assert get_job(job_id)["status"] == "running"
+        assert http.get(f"/v1/jobs/{job_id}/events").status_code == 401
+    wait_for_job(job_id)
+
+
+def key_id_of(key: str) -> str:
+    """The id of the key ``key`` (what ``ezq keys revoke`` takes)."""
+    from service.keys.material import key_hash
+
+    ((key_id,),) = sql("SELECT id FROM api_keys WHERE key_hash = :h", h=key_hash(key))
+    return str(key_id)
 
 
 def test_follow_of_a_job_already_ended_prints_its_reply(

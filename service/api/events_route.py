@@ -2,13 +2,15 @@
 
 Async end to end: an open listener is a coroutine blocked in one ``XREAD`` on the job's
 stream (one Redis connection from the process's pool), never a thread. Postgres is asked
-only at the start, and then once per quiet heartbeat for an end that left no final entry
-(a job taken over and failed by the sweep, an expired stream).
+only at the start, then once per quiet heartbeat for an end that left no final entry (a
+job taken over and failed by the sweep, an expired stream), and once a heartbeat whether
+the caller's key still works.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -21,8 +23,8 @@ from fastapi.responses import StreamingResponse
 
 from service.api.auth import Caller
 from service.config import get_settings
-from service.db.queries import Tenants
 from service.errors import JobNotFound
+from service.keys.principal import Principal
 from service.live.events import Follower, final_event, stream_key
 from service.live.follow import READ_COUNT, ended_view, entries_of, read_timeout
 
@@ -79,16 +81,32 @@ def _client(url: str) -> aioredis.Redis:
     return client
 
 
+def _key_still_valid(principal: Principal) -> bool:
+    from service.db.session import transaction
+    from service.keys.store import still_valid
+
+    with transaction() as session:
+        return still_valid(session, principal)
+
+
 async def _events(
-    job_id: uuid.UUID, tenants: Tenants, last_event_id: str | None
+    job_id: uuid.UUID, principal: Principal, last_event_id: str | None
 ) -> AsyncIterator[bytes]:
     settings = get_settings()
     url = settings.live_redis_url
     follower = Follower(last_event_id)
     key = stream_key(job_id)
+    tenants = principal.tenants
     block_ms = int(settings.ezq_live_heartbeat * 1000)
+    key_checked = time.monotonic()
     yield _OPENING
     while True:
+        if time.monotonic() - key_checked >= settings.ezq_live_heartbeat:
+            # A key revoked or expired while its stream is open ends the stream within a
+            # heartbeat: the client's reconnection then gets the 401 any request gets.
+            if not await run_in_threadpool(_key_still_valid, principal):
+                return
+            key_checked = time.monotonic()
         events = []
         try:
             if url is None:
@@ -150,5 +168,5 @@ def job_events(
     if view is not None:
         body: Any = iter([final_event(view).sse()])
     else:
-        body = _events(the_id, principal.tenants, last_event_id)
+        body = _events(the_id, principal, last_event_id)
     return StreamingResponse(body, media_type="text/event-stream", headers=headers)

@@ -98,6 +98,23 @@ def revoke_key(session: Session, ref: str) -> ApiKey:
     return row
 
 
+def still_valid(session: Session, principal: Principal) -> bool:
+    """Whether the key behind ``principal`` still works (not revoked, not expired): for a
+    request that outlasts its start, an event stream. EZQ_API_TOKENS tokens (``env:N``)
+    change only with a restart."""
+    if principal.key_id.startswith("env:"):
+        return True
+    return bool(
+        session.scalar(
+            select(ApiKey.id).where(
+                ApiKey.id == uuid.UUID(principal.key_id),
+                ApiKey.revoked_at.is_(None),
+                or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > func.now()),
+            )
+        )
+    )
+
+
 def principal_for(session: Session, key: str) -> Principal | None:
     """The caller a presented key stands for, or None if it is unknown, revoked or expired.
 
