@@ -629,6 +629,7 @@ def test_cli_lists_and_shows_deliveries_with_their_attempts(
     table = ezq("webhooks", "list", "--job", str(job_id), env={**env, "COLUMNS": "80"})
     assert table.returncode == 0
     assert str(delivery["id"]) in table.stdout and "delivered" in table.stdout
+    assert "job.succeeded" in table.stdout, "the event type is shown whole"
     assert max(len(line) for line in table.stdout.splitlines()) <= 80
 
     shown = json.loads(ezq("webhooks", "show", str(delivery["id"]), env=env).stdout)

@@ -53,14 +53,18 @@ def _echo_json(value: Any) -> None:
 def _table(rows: Sequence[dict[str, Any]]) -> Any:
     """Delivery id (whole), status, tries, event and last answer, in the terminal's width;
     the job id is in --format json/csv and selectable with --job."""
+    from service.db.models import BATCH_EVENT_TYPES, JOB_EVENT_TYPES
     from service.ops import output
 
-    event, answer = output.share(output.console().width, (36, 9, 5), (1, 2))
+    # The event whole (`job.succeeded` and `job.failed` cut to `job.su…` read alike):
+    # as wide as the longest event type; the receiver's answer takes what is left.
+    event = max(len(kind) for kind in (*JOB_EVENT_TYPES, *BATCH_EVENT_TYPES))
+    (answer,) = output.share(output.console().width, (36, 9, 5, event), (1,))
     table = output.table(
         ("DELIVERY ID", output.ID),
         ("STATUS", {"width": 9}),
         ("TRIES", {"justify": "right", "width": 5}),
-        ("EVENT", {"width": event}),
+        ("EVENT", {"width": event, "no_wrap": True}),
         ("LAST ANSWER", {"width": answer}),
     )
     for row in rows:
