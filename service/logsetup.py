@@ -229,6 +229,38 @@ def receipts_at_debug_only(level: int | str) -> None:
         logging.getLogger("celery.worker.strategy").setLevel(logging.WARNING)
 
 
+class _IgnoredAtDebug(logging.Filter):
+    """Celery's "Task <name>[<id>] ignored" line, which it logs at INFO, as DEBUG: written
+    only when the logger logs DEBUG."""
+
+    def __init__(self, task_name: str) -> None:
+        super().__init__()
+        self.task_name = task_name
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        data = getattr(record, "data", None)
+        if not (
+            isinstance(data, dict)
+            and data.get("description") == "ignored"
+            and data.get("name") == self.task_name
+        ):
+            return True
+        if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return True
+
+
+def ignored_at_debug_only(task_name: str) -> None:
+    """Celery logs "Task <name>[<id>] ignored" at INFO for each message the task drops
+    (``Ignore``: a job parked, run in another message's place, or ended before its message
+    came), where ezq logs why at DEBUG; a cancelled batch left one line per line not
+    started. That line is DEBUG too. Idempotent."""
+    trace = logging.getLogger("celery.app.trace")
+    if not any(isinstance(f, _IgnoredAtDebug) for f in trace.filters):
+        trace.addFilter(_IgnoredAtDebug(task_name))
+
+
 def configure_logging(level: str = "WARNING") -> None:
     """Plain stderr logging for CLI commands, secrets redacted.
 

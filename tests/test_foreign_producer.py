@@ -316,3 +316,30 @@ def test_a_cancelled_job_fails_the_task_saying_so(
     with pytest.raises(Exception) as failed:
         result.get(timeout=30)
     assert str(failed.value) == f"job {result.id} cancelled"
+
+
+def test_a_chain_goes_on_from_a_message_whose_job_had_ended(
+    foreign_app: Celery, service_env: dict[str, str], fake_gateway: Any
+) -> None:
+    """A message delivered again after its job ended still answers with that job when a
+    chain goes on from it, even sent without a result (``ignore_result``): the next task
+    of the chain runs."""
+    marker = uuid.uuid4().hex
+    first = wait_for_job(
+        enqueue_completion("glm-5.1", [{"role": "user", "content": f"first {marker}"}])
+    )
+    queue = service_env["EZQ_QUEUE"]
+    following = foreign_app.signature(
+        "ezq.chat_completion",
+        kwargs={"model": "glm-5.1", "messages": [{"role": "user", "content": f"then {marker}"}]},
+        queue=queue,
+        immutable=True,
+    )
+    foreign_app.send_task(
+        "ezq.chat_completion",
+        kwargs={"job_id": first["job_id"]},
+        queue=queue,
+        ignore_result=True,
+        link=following,
+    )
+    wait_until(lambda: calls_with(fake_gateway, f"then {marker}") == 1, "the chain's next task")

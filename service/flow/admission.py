@@ -271,31 +271,7 @@ def admit(
         reserve=ranking.rules_configured,
         throttled_waiting=ranking.throttled_waiting,
     )
-    locked: set[uuid.UUID] | None = None
-    for job in candidates:
-        if job.id != own.id:
-            if locked is None:
-                locked = flow_db.lock_candidates(
-                    session, [j.id for j in candidates if j.id != own.id]
-                )
-            if job.id not in locked:
-                continue  # claimed, or being claimed, since the ranking read it
-        # Only a token limit or a budget needs the estimate (one more round trip).
-        est = checker.estimate(job.id) if checker.needs_estimate(job) else None
-        hold = checker.limits_hold(job, est)
-        if hold is not None:
-            if job.id == own.id:
-                admission.hold = hold
-            continue
-        problem = checker.over_budget(job, est) if est is not None else None
-        if problem is not None:
-            _fail(session, admission, job.id, problem)
-            if job.id == own.id:
-                break
-            continue
-        admission.job_id, admission.estimate = job.id, est or NO_ESTIMATE
-        admission.was_throttled = job.throttled
-        break
+    _first_admitted(session, admission, checker, candidates, own_id=own.id)
     if admission.swapped and admission.hold is None:
         admission.hold = Hold(f"outranked by job {admission.job_id}")
     if admission.hold is None and admission.job_id is None and own.id not in admission.failed:
@@ -311,6 +287,69 @@ def admit(
     return admission
 
 
+def admit_in_place(
+    session: Session, job_id: uuid.UUID, ranking: flow_db.Ranking, settings: Settings
+) -> Admission:
+    """Decide which waiting job a message whose own job ``job_id`` had already ended runs in
+    its place (a stale message: its job was cancelled, as a batch's lines are, or it was
+    delivered again): the best of ``ranking``'s candidates that its limits and budgets admit
+    now, each checked, locked and passed over as ``admit`` does with those that outrank a
+    message's own job. ``job_id`` of the result is None when none may start: the message
+    is then dropped. The caller claims it in the same transaction, then calls ``claimed``."""
+    checker = _Checker(session, settings, configured=ranking.rules_configured)
+    rivals = ranking.candidates
+    if ranking.rules_configured and rivals:
+        rivals = _with_served(session, rivals)
+    admission = Admission(
+        job_id,
+        None,
+        reserve=ranking.rules_configured,
+        throttled_waiting=ranking.throttled_waiting,
+    )
+    ordered = sorted(rivals, key=flow_db.Pending.order_key)
+    _first_admitted(session, admission, checker, ordered, own_id=None)
+    return admission
+
+
+def _first_admitted(
+    session: Session,
+    admission: Admission,
+    checker: _Checker,
+    candidates: list[flow_db.Pending],
+    *,
+    own_id: uuid.UUID | None,
+) -> None:
+    """Set ``admission``'s job to the first of ``candidates`` that may start now: the
+    message's own job (``own_id``, locked already) or another, locked here (one another
+    claim holds is passed over). A job over budget fails here; the own job held by a limit
+    gets its ``hold``."""
+    locked: set[uuid.UUID] | None = None
+    for job in candidates:
+        if job.id != own_id:
+            if locked is None:
+                locked = flow_db.lock_candidates(
+                    session, [j.id for j in candidates if j.id != own_id]
+                )
+            if job.id not in locked:
+                continue  # claimed, or being claimed, since the ranking read it
+        # Only a token limit or a budget needs the estimate (one more round trip).
+        est = checker.estimate(job.id) if checker.needs_estimate(job) else None
+        hold = checker.limits_hold(job, est)
+        if hold is not None:
+            if job.id == own_id:
+                admission.hold = hold
+            continue
+        problem = checker.over_budget(job, est) if est is not None else None
+        if problem is not None:
+            _fail(session, admission, job.id, problem)
+            if job.id == own_id:
+                break
+            continue
+        admission.job_id, admission.estimate = job.id, est or NO_ESTIMATE
+        admission.was_throttled = job.throttled
+        break
+
+
 def _with_turns(
     session: Session, own: flow_db.Pending, rivals: list[flow_db.Pending]
 ) -> tuple[flow_db.Pending, list[flow_db.Pending]]:
@@ -318,12 +357,14 @@ def _with_turns(
     back, a slot that frees when no tenant has a call running goes to the tenant served
     longest ago (fair shares take turns; by enqueue order, the tenant whose backlog came
     first took every slot, as under a concurrency of 1)."""
-    served = flow_db.served(session, [own.tenant, *(job.tenant for job in rivals)])
+    own, *rivals = _with_served(session, [own, *rivals])
+    return own, rivals
 
-    def dated(job: flow_db.Pending) -> flow_db.Pending:
-        return dataclasses.replace(job, tenant_served_at=served.get(job.tenant))
 
-    return dated(own), [dated(job) for job in rivals]
+def _with_served(session: Session, jobs: list[flow_db.Pending]) -> list[flow_db.Pending]:
+    """``jobs`` with when their tenants last had a call admitted (``_with_turns``)."""
+    served = flow_db.served(session, [job.tenant for job in jobs])
+    return [dataclasses.replace(job, tenant_served_at=served.get(job.tenant)) for job in jobs]
 
 
 def _fail(session: Session, admission: Admission, job_id: uuid.UUID, problem: str) -> None:

@@ -73,12 +73,25 @@ class LeftAlone:
 @dataclass(frozen=True, slots=True)
 class Parked:
     """The job waits in the database, with no message: the turn before it publishes it when
-    it ends, or the sweep does when it is due. This delivery is dropped."""
+    it ends, or the sweep does when it is due. This delivery is dropped.
+
+    ``ran``: the view of another job this delivery ran in its place, when that job ended:
+    its end is announced to live listeners as any job's is."""
+
+    reason: str
+    ran: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """The job had ended before this message was taken (a stale message: a batch line
+    cancelled, a delivery again after the end) and nobody waits for the message's result:
+    it is dropped without reading the job, and nothing else could run in its place."""
 
     reason: str
 
 
-Outcome = Finished | RunAgainLater | LeftAlone | Parked
+Outcome = Finished | RunAgainLater | LeftAlone | Parked | Dropped
 
 
 class JobLog(logging.LoggerAdapter[logging.Logger]):
@@ -172,6 +185,16 @@ def _after_claim(
 ) -> Outcome:
     """What the claim decided: the job ended, waits or is run by another message, or its
     attempt (``claim`` being ``Claimed``), recorded before this returns."""
+    if (
+        isinstance(claim, attempts.AlreadyFinished)
+        and not own_only
+        and claim.job_id == job_id
+        and job_id not in gate.failed
+    ):
+        # Ended before this message came, and nobody waits for its result: its view is not
+        # read and the task does not fail (a cancelled batch leaves thousands of these).
+        after_admission(gate)
+        return Dropped(f"job already {claim.status}")
     finished: dict[str, Any] | None = None
     if isinstance(claim, attempts.AlreadyFinished) or job_id in gate.failed:
         with transaction() as session:
@@ -254,7 +277,10 @@ def _claim(
             conn, job_id, settings, own_only=own_only, claim=lease, first=first
         )
     if ranking.claim_row is not None:
-        return admission.plain(ranking, job_id), attempts.claim_outcome(ranking.claim_row, job_id)
+        own = attempts.claim_outcome(ranking.claim_row, job_id)
+        if isinstance(own, attempts.AlreadyFinished) and ranking.candidates and not own_only:
+            return _in_ended_place(job_id, own, ranking, settings, lease)
+        return admission.plain(ranking, job_id), own
     with transaction() as session:
         gate = admission.admit(session, job_id, ranking, settings)
         claim: attempts.ClaimOutcome | None = None
@@ -266,6 +292,29 @@ def _claim(
     return gate, claim
 
 
+def _in_ended_place(
+    job_id: uuid.UUID,
+    ended: attempts.AlreadyFinished,
+    ranking: flow_db.Ranking,
+    settings: Settings,
+    lease: flow_db.Lease,
+) -> tuple[admission.Admission, attempts.ClaimOutcome]:
+    """A stale message (its job had ended; nobody waits for its result) runs the best-ranked
+    eligible job in its place, as one outranked does (``admission.admit_in_place``): the
+    messages a cancelled batch leaves on the broker carry waiting work instead of holding
+    it up. When none may start, the claim stays ``ended`` and the message is dropped. Only
+    such a message pays this transaction, after the ranking that found it stale."""
+    with transaction() as session:
+        gate = admission.admit_in_place(session, job_id, ranking, settings)
+        if gate.job_id is None:
+            return gate, ended
+        claim = attempts.claim_job(
+            session, gate.job_id, lease_seconds=lease.seconds, holder=lease.holder
+        )
+        admission.claimed(session, gate, claim)
+    return gate, claim
+
+
 def _in_place_of(claim: attempts.Claimed, outcome: Outcome) -> Outcome:
     """What a message that ran another job than its own reports: its own job waits in the
     database, so the message is dropped. The job that ran keeps its own message on the
@@ -273,7 +322,8 @@ def _in_place_of(claim: attempts.Claimed, outcome: Outcome) -> Outcome:
     if isinstance(outcome, RunAgainLater):
         with transaction() as session:
             queries.park(session, claim.job_id)
-    return Parked(f"ran job {claim.job_id} in its place")
+    ran = outcome.result if isinstance(outcome, Finished) else None
+    return Parked(f"ran job {claim.job_id} in its place", ran=ran)
 
 
 def _attempt(

@@ -26,7 +26,7 @@ from service.db.session import UNAVAILABLE, transaction, unavailable_because
 from service.errors import EzqCallerError
 from service.gateway import GatewayClient
 from service.live import publisher as live_publisher
-from service.logsetup import install_redaction, receipts_at_debug_only
+from service.logsetup import ignored_at_debug_only, install_redaction, receipts_at_debug_only
 from service.logwriter import write_in_background
 from service.validation import CompletionRequest, validate_request
 from service.webhooks.tasks import deliver_committed
@@ -34,7 +34,15 @@ from service.worker import maintenance
 from service.worker.app import app
 from service.worker.deadletter import set_aside
 from service.worker.dispatch import publish_jobs
-from service.worker.runner import Finished, LeftAlone, Outcome, Parked, RunAgainLater, run_job
+from service.worker.runner import (
+    Dropped,
+    Finished,
+    LeftAlone,
+    Outcome,
+    Parked,
+    RunAgainLater,
+    run_job,
+)
 from service.worker.sweep import sweep as run_sweep
 from service.worker.warmup import warm_up
 
@@ -65,11 +73,15 @@ def _close_gateway(**_: Any) -> None:
         _gateway.close()
 
 
+ignored_at_debug_only(c.TASK_CHAT_COMPLETION)
+
+
 @after_setup_logger.connect
 @after_setup_task_logger.connect
 def _redact_logs(logger: logging.Logger, loglevel: int | str = logging.INFO, **_: Any) -> None:
     install_redaction([logger])
     receipts_at_debug_only(loglevel)
+    ignored_at_debug_only(c.TASK_CHAT_COMPLETION)
 
 
 @celeryd_after_setup.connect
@@ -227,7 +239,11 @@ def chat_completion(
     if isinstance(outcome, RunAgainLater):
         _retry(self, the_id, countdown=outcome.countdown)
     if isinstance(outcome, Parked):
+        if outcome.ran is not None:
+            live_publisher.job_ended(outcome.ran)  # the job that ran here has ended
         log.debug("[job=%s] parked: %s", the_id, outcome.reason)
+    elif isinstance(outcome, Dropped):
+        log.debug("[job=%s] stale message dropped: %s", the_id, outcome.reason)
     else:
         assert isinstance(outcome, LeftAlone)
     raise Ignore()
@@ -240,6 +256,16 @@ def _failure(job_id: uuid.UUID, view: dict[str, Any]) -> str:
     if not error:
         return f"job {job_id} {view['status']}"
     return f"job {job_id} {view['status']}: {error.get('type')}: {error.get('message')}"
+
+
+def _reports_its_job(task: Task) -> bool:
+    """Whether this message must end with its own job's result: a producer waits for it
+    (a result is stored), or a chain or chord goes on from it. It then runs its own job
+    only (see service.flow.admission), and one that ended is answered, not dropped."""
+    request = task.request
+    if not get_actual_ignore_result(task, request):
+        return True
+    return bool(request.callbacks or request.errbacks or request.chain or request.chord)
 
 
 def _run(task: Task, job_id: uuid.UUID, first_turn: CompletionRequest | None) -> Outcome:
@@ -256,9 +282,7 @@ def _run(task: Task, job_id: uuid.UUID, first_turn: CompletionRequest | None) ->
             publish_webhooks=deliver_committed,
             holder=maintenance.identity.id,
             active=maintenance.active_jobs,
-            # A producer waiting on this message's result must get its own job's result:
-            # the message then runs its own job only (see service.flow.admission).
-            own_only=not get_actual_ignore_result(task, task.request),
+            own_only=_reports_its_job(task),
             create=create,
         )
 
