@@ -171,6 +171,9 @@ def test_cancel_over_http(api: httpx.Client) -> None:
     assert (first.status_code, first.json()["status"]) == (200, "cancelled")
     assert (again.status_code, again.json()["status"]) == (200, "cancelled")
     assert refused.status_code == 409
+    # The openai SDK retries a 409 unless told not to: the same request gets the same answer.
+    assert refused.headers["x-should-retry"] == "false"
+    assert "x-should-retry" not in first.headers
     assert refused.json()["error"] == {
         "type": "job_already_finished",
         "message": f"job {ended} already ended (failed)",

@@ -188,7 +188,7 @@ def test_a_body_is_checked_after_the_key(server: Any) -> None:
         error_of(response, 401, "unauthorized")
 
 
-@pytest.mark.parametrize("extra", ["extra", "expires_after[anchor]", "Purpose"])
+@pytest.mark.parametrize("extra", ["extra", "expires_after[when]", "Purpose"])
 def test_an_upload_with_an_unknown_field_is_refused(api: httpx.Client, extra: str) -> None:
     """POST /v1/files takes OpenAI's `file` and `purpose` (and ezq's `tenant`): any other
     multipart field is a 422 naming it, and nothing is stored."""

@@ -435,3 +435,66 @@ def test_limits_and_a_file_that_no_longer_passes(
     assert counts is not None
     assert (counts.total, counts.completed, counts.failed) == (0, 0, 0)
     assert sql("SELECT total FROM batches WHERE id = :b", b=batch.id) == [(2,)]
+
+
+def test_a_cancelled_line_that_ran_says_after_how_many_attempts() -> None:
+    """A line cancelled while it waited for a retry did run: its error line says how many
+    attempts it had, not "cancelled before it ran"."""
+    from types import SimpleNamespace
+
+    from service.batches.results import result_line
+
+    def cancelled(attempts: int) -> dict[str, Any]:
+        row = SimpleNamespace(id=uuid.uuid4(), custom_id="c", status="cancelled", attempts=attempts)
+        return dict(result_line(row)["error"])  # type: ignore[arg-type]
+
+    assert cancelled(0) == {
+        "code": "batch_cancelled",
+        "message": "the request was cancelled before it ran",
+    }
+    assert cancelled(1)["message"] == "the request was cancelled after 1 attempt"
+    assert cancelled(3) == {
+        "code": "batch_cancelled",
+        "message": "the request was cancelled after 3 attempts",
+    }
+
+
+def test_expiry_fields_the_sdk_sends_are_checked_and_taken(
+    server: Any, keys: dict[str, str]
+) -> None:
+    """`files.create(expires_after=…)` and `batches.create(output_expires_after=…)` work as
+    with OpenAI (ezq keeps files until `ezq purge`); a value OpenAI refuses is a 422 naming
+    it, and a refused upload stores nothing."""
+    client = sdk(server, keys["a"])
+    expiry = {"anchor": "created_at", "seconds": 86400}
+    uploaded = client.files.create(
+        file=("expiring.jsonl", jsonl([line("e1", "expiring")])),
+        purpose="batch",
+        expires_after=expiry,  # type: ignore[arg-type]
+    )
+    batch = client.batches.create(
+        input_file_id=uploaded.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        output_expires_after=expiry,  # type: ignore[arg-type]
+    )
+    assert batch.status == "in_progress"
+    client.batches.cancel(batch.id)
+
+    before = sql("SELECT count(*) FROM batch_files")
+    with pytest.raises(openai.UnprocessableEntityError) as refused:
+        client.files.create(
+            file=("short.jsonl", jsonl([line("e2", "short")])),
+            purpose="batch",
+            expires_after={"anchor": "created_at", "seconds": 60},  # type: ignore[arg-type]
+        )
+    assert refused.value.body["field"] == "expires_after.seconds"  # type: ignore[index]
+    assert sql("SELECT count(*) FROM batch_files") == before
+    with pytest.raises(openai.UnprocessableEntityError) as refused:
+        client.batches.create(
+            input_file_id=uploaded.id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            output_expires_after={"anchor": "last_active_at", "seconds": 3600},  # type: ignore[arg-type]
+        )
+    assert refused.value.body["field"] == "output_expires_after.anchor"  # type: ignore[index]

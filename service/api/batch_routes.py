@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, BackgroundTasks, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
@@ -21,15 +22,29 @@ from starlette.formparsers import MultiPartException
 from service import constants as c
 from service.api.auth import Caller
 from service.api.body import parse_json_object
-from service.api.schemas import BatchCreate, BatchList, BatchView, FileView
+from service.api.schemas import BatchCreate, BatchList, BatchView, ExpiresAfter, FileView
 from service.errors import InvalidRequest
+from service.shapes import first_error
 from service.validation import checked_tenant
 
 router = APIRouter()
 
 CREATE_FIELDS = tuple(BatchCreate.model_fields)
-# The multipart fields of an upload: OpenAI's `file` and `purpose`, and ezq's `tenant`.
-UPLOAD_FIELDS = ("file", "purpose", "tenant")
+# The multipart fields of an upload: OpenAI's `file`, `purpose` and `expires_after` (as the
+# SDK sends it: `expires_after[anchor]`, `expires_after[seconds]`), and ezq's `tenant`.
+EXPIRES_AFTER_FIELDS = ("expires_after[anchor]", "expires_after[seconds]")
+UPLOAD_FIELDS = ("file", "purpose", "tenant", *EXPIRES_AFTER_FIELDS)
+
+
+def _check_expires_after(field: str, value: object) -> None:
+    """OpenAI's ``expires_after`` (a file's) or ``output_expires_after`` (a batch's), checked
+    as OpenAI checks it and not applied: ezq keeps files until ``ezq purge``."""
+    try:
+        ExpiresAfter.model_validate(value)
+    except ValidationError as exc:
+        raise first_error(field, exc) from None
+
+
 MAX_LIST_LIMIT = 100
 UPLOAD_BODY = {
     "required": True,
@@ -89,6 +104,11 @@ async def upload_file(request: Request, principal: Caller) -> dict[str, Any]:
         if not isinstance(upload, UploadFile):
             raise InvalidRequest("file", "is required (a JSONL file)")
         tenant = _tenant(principal, form.get("tenant"))
+        if any(name in form for name in EXPIRES_AFTER_FIELDS):
+            _check_expires_after(
+                "expires_after",
+                {name[14:-1]: form.get(name) for name in EXPIRES_AFTER_FIELDS if name in form},
+            )
         return await run_in_threadpool(
             store_input_file,
             upload.file,
@@ -150,6 +170,8 @@ async def create_batch(
     unknown = sorted(set(payload) - set(CREATE_FIELDS))
     if unknown:
         raise InvalidRequest(unknown[0], "is not a known field")
+    if payload.get("output_expires_after") is not None:
+        _check_expires_after("output_expires_after", payload["output_expires_after"])
     created = await run_in_threadpool(
         create,
         input_file_id=payload.get("input_file_id"),

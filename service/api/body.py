@@ -89,6 +89,7 @@ class BodyLimit:
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(content)).encode()),
                     (b"connection", b"close"),
+                    (b"x-should-retry", b"false"),  # as every 4xx (errors.error_response)
                 ],
             }
         )

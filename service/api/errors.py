@@ -79,7 +79,11 @@ def error_response(
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> Response:
-    """The envelope as an answer."""
+    """The envelope as an answer. Every 4xx says ``x-should-retry: false``: the same request
+    gets the same answer, and the openai SDK otherwise retries a 409 twice before raising
+    (a 503, the database unreachable, may be retried)."""
+    if 400 <= status_code < 500:
+        headers = {**(headers or {}), "x-should-retry": "false"}
     return Response(
         envelope_bytes(kind, message, **extra),
         status_code=status_code,

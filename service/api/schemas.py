@@ -135,6 +135,15 @@ class FileView(BaseModel):
     status_details: str | None = None
 
 
+class ExpiresAfter(BaseModel):
+    """OpenAI's expiry of a file: checked, not applied (ezq keeps files until `ezq purge`)."""
+
+    model_config = {"extra": "forbid"}
+
+    anchor: Literal["created_at"]
+    seconds: int = Field(ge=3600, le=2592000)
+
+
 class BatchCreate(BaseModel):
     """``POST /v1/batches``: OpenAI's fields, and ezq's ``callback_url``."""
 
@@ -154,6 +163,11 @@ class BatchCreate(BaseModel):
         ge=0,
         le=9,
         description="ezq: the lines' priority (0-9); default 1, below interactive work (5).",
+    )
+    output_expires_after: ExpiresAfter | None = Field(
+        default=None,
+        description="Accepted as OpenAI takes it and not applied: ezq keeps output and error"
+        " files as long as the batch's jobs (until `ezq purge`).",
     )
 
 

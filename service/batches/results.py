@@ -80,6 +80,10 @@ def result_line(row: Row[Any]) -> dict[str, Any]:
     elif row.status == "cancelled":
         line["response"] = None
         line["error"] = dict(CANCELLED)
+        if row.attempts:
+            # Cancelled while it waited to retry, or during a call: it did run.
+            tries = f"{row.attempts} attempt{'s' if row.attempts > 1 else ''}"
+            line["error"]["message"] = f"the request was cancelled after {tries}"
     else:
         line["response"] = (
             {

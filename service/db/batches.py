@@ -215,7 +215,7 @@ def cancel_pending_lines(session: Session, batch_id: str) -> int:
 _RESULT_ROWS = text(
     """
     SELECT j.id, j.enqueue_seq, j.custom_id, j.status, j.model, j.finish_reason,
-           j.finished_at, j.error_type, j.error_status, j.error,
+           j.finished_at, j.error_type, j.error_status, j.error, j.attempts,
            m.content, m.tool_calls,
            u.prompt_tokens, u.completion_tokens, u.total_tokens, u.cached_tokens,
            u.reasoning_tokens,
