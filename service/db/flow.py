@@ -789,25 +789,35 @@ class Estimate:
         return self.prompt_tokens * self.input_price + self.max_tokens * self.output_price
 
 
+# Quarter-tokens of a text sent to the gateway: 2 x its UTF-8 bytes - its characters. So
+# ASCII counts 4 characters a token (English runs about 4), a 2-byte character (Cyrillic,
+# Greek, Arabic, Hebrew) 3/4 of a token, a 3-byte one (CJK, kana, Hangul, Devanagari, Thai)
+# 5/4 and a 4-byte one (emoji, rare CJK) 7/4: at least what byte-level BPE tokenizers count
+# for such scripts (about 1 token a CJK character, where characters / 4 said 1/4). One more
+# pass over text already read; no tokenizer.
 def estimate(session: Session, job_id: uuid.UUID, *, default_max_tokens: int) -> Estimate:
-    """Estimate a job's next call in one round trip: about 4 characters a token over its
-    history and new messages (JSON text, so an overestimate), plus 4 tokens a message, and
-    its ``max_tokens`` (else ``max_completion_tokens``, else ``default_max_tokens``)."""
+    """Estimate a job's next call in one round trip: everything it sends as text, its
+    history and new messages and its whole ``params`` (``tools``, ``response_format``,
+    ``tool_choice``...), as JSON text (so an overestimate) in quarter-tokens, plus 4
+    tokens a message and 16 a call, and its ``max_tokens`` (else ``max_completion_tokens``,
+    else ``default_max_tokens``)."""
     row = session.execute(
         text(
             """
-            SELECT ceil((length(j.input_messages::text) + coalesce(h.chars, 0)) / 4.0)
+            SELECT ceil((2 * octet_length(s.sent) - length(s.sent) + coalesce(h.quarters, 0))
+                        / 4.0)
                        + 4 * (jsonb_array_length(j.input_messages) + coalesce(h.n, 0)) + 16,
                    coalesce(j.params->>'max_tokens', j.params->>'max_completion_tokens'),
                    p.input_per_mtok / 1000000, p.output_per_mtok / 1000000
             FROM jobs j
+            CROSS JOIN LATERAL (
+                SELECT j.input_messages::text || coalesce(j.params::text, '') AS sent) s
             LEFT JOIN LATERAL (
-                SELECT sum(length(coalesce(m.content_parts::text, m.content, ''))
-                           + length(coalesce(m.tool_calls::text, ''))
-                           + length(coalesce(m.refusal, ''))
-                           + length(coalesce(m.reasoning_content, ''))) AS chars,
+                SELECT sum(2 * octet_length(m.sent) - length(m.sent)) AS quarters,
                        count(*) AS n
-                FROM messages m WHERE m.conversation_id = j.conversation_id) h ON true
+                FROM (SELECT concat(coalesce(content_parts::text, content), tool_calls::text,
+                                    refusal, reasoning_content) AS sent
+                      FROM messages WHERE conversation_id = j.conversation_id) m) h ON true
             LEFT JOIN LATERAL (
                 SELECT input_per_mtok, output_per_mtok FROM model_prices
                 WHERE model = j.model AND effective_from <= now()
