@@ -67,10 +67,20 @@ class Pending:
     tenant_served_at: datetime | None = None
 
     def outranks(self, other: Pending) -> bool:
-        """Strictly better placed than ``other`` (enqueue order aside): a higher priority
-        after aging, or as high with fewer calls of its tenant running, or as few with its
-        tenant served longer ago."""
-        return self.rank_key() < other.rank_key()
+        """Strictly better placed than ``other``: a higher priority after aging, or as high
+        with fewer calls of its tenant running, or as few with its tenant served longer ago;
+        or placed as well, aged (waiting raised its priority) and enqueued earlier.
+
+        Enqueue order is otherwise aside: among equals a message keeps its own job, since
+        the others have messages of their own on the way (running one of them would park
+        the message's job until a call ends). An aged job tying with the message's is the
+        exception the ranking's last tie-break is for: it has waited longest, often with no
+        message (throttled), and a stream of later jobs of the priority it rose to would
+        otherwise keep it waiting until they all ran, which aging is there to prevent."""
+        mine, theirs = self.rank_key(), other.rank_key()
+        if mine != theirs:
+            return mine < theirs
+        return self.aged_priority > self.priority and self.enqueue_seq < other.enqueue_seq
 
     def rank_key(self) -> tuple[int, int, float]:
         """Ascending: the better placed first (enqueue order aside)."""
@@ -920,13 +930,71 @@ def fail_at_claim(session: Session, job_id: uuid.UUID, *, error_type: str, messa
 # unsettled ones (the calls in flight) through their partial index at each settle.
 _UNSETTLED_ROW = on_row("a.settled_at IS NULL")
 
+_THROTTLED = f"j.needs_publish AND j.throttle_reason IS NOT NULL AND {_PENDING}"
+
+
+def _throttled_heads(scoped: bool) -> str:
+    """Per priority level, the first ``:pool`` throttled jobs in enqueue order (the oldest,
+    which aging raised most): among them are the best ``:pool`` by priority after aging
+    then enqueue order, read in a few index probes per level (``ix_jobs_throttled``, or
+    ``ix_jobs_throttled_scope`` for the ``scope``'s tenant x model), never every throttled
+    job (a batch may leave 50,000)."""
+    scope = "CROSS JOIN scope s" if scoped else ""
+    where = "AND coalesce(j.tenant, '') = s.tenant AND j.model = s.model" if scoped else ""
+    return f"""SELECT {"true" if scoped else "false"} AS in_scope, b.*
+        FROM generate_series(0, 9) AS l(level) {scope}
+        CROSS JOIN LATERAL (
+            SELECT j.id, {_AGED} AS aged, j.enqueue_seq FROM jobs j
+            WHERE {_THROTTLED} {where} AND j.priority = l.level
+            ORDER BY j.enqueue_seq LIMIT :pool
+        ) AS b"""
+
+
+# The throttled jobs to wake (``best``), locked: the best ``:scope_limit`` of the tenant x
+# model of the job ``:scope_of`` (the call that ended: every limit that counted it covers
+# them, so its end can lift their hold), then the best ``:other_limit`` of all, each by
+# priority after aging, then enqueue order (the ranking's order, less its tie-breaks
+# between tenants, which each woken job's claim applies). Locked rows are passed over (another
+# call's end is waking them) and the next taken, their state checked again on the row.
 _BEST_THROTTLED = f"""
-    SELECT j.id FROM jobs j
-    WHERE j.needs_publish AND j.throttle_reason IS NOT NULL AND {_PENDING}
-    ORDER BY j.priority DESC, j.enqueue_seq
-    LIMIT :limit
-    FOR UPDATE OF j SKIP LOCKED
+    scope AS (
+        SELECT coalesce(s.tenant, '') AS tenant, s.model FROM jobs s
+        WHERE s.id = CAST(:scope_of AS uuid)
+    ), throttled_heads AS (
+        {_throttled_heads(True)}
+        UNION ALL
+        {_throttled_heads(False)}
+    ), scope_best AS (
+        SELECT j.id FROM throttled_heads h JOIN jobs j ON j.id = h.id
+        WHERE h.in_scope AND {on_row(_THROTTLED)}
+        ORDER BY h.aged DESC, h.enqueue_seq
+        LIMIT :scope_limit
+        FOR UPDATE OF j SKIP LOCKED
+    ), other_best AS (
+        SELECT j.id FROM throttled_heads h JOIN jobs j ON j.id = h.id
+        WHERE NOT h.in_scope AND {on_row(_THROTTLED)}
+          AND j.id NOT IN (SELECT id FROM scope_best)
+        ORDER BY h.aged DESC, h.enqueue_seq
+        LIMIT :other_limit
+        FOR UPDATE OF j SKIP LOCKED
+    ), best AS (
+        SELECT id FROM scope_best UNION SELECT id FROM other_best
+    )
 """
+
+
+def _wake_params(*, scope_of: uuid.UUID | None, limit: int, aging_s: float) -> dict[str, Any]:
+    """``_BEST_THROTTLED``'s parameters: ``limit`` jobs of ``scope_of``'s scope and the best
+    one of all, or without a scope the best ``limit`` of all."""
+    other = 1 if scope_of is not None else limit
+    return {
+        "scope_of": scope_of,
+        "scope_limit": limit if scope_of is not None else 0,
+        "other_limit": other,
+        # Enough per level for the best of both, with room for jobs locked meanwhile.
+        "pool": limit + other + 2,
+        "aging": aging_s,
+    }
 
 
 def served(session: Session, tenants: Iterable[str | None]) -> dict[str | None, datetime]:
@@ -948,15 +1016,19 @@ def served(session: Session, tenants: Iterable[str | None]) -> dict[str | None, 
     return {tenant: at for tenant, at in rows if at is not None}
 
 
-def settle(session: Session, job_id: uuid.UUID, attempt: int, *, wake: int) -> list[uuid.UUID]:
+def settle(
+    session: Session, job_id: uuid.UUID, attempt: int, *, wake: int, aging_s: float = 60.0
+) -> list[uuid.UUID]:
     """Settle a finished call and wake throttled jobs, in one round trip.
 
     The call's reservation becomes the tokens it really used (its usage row; a call without
     one keeps its prompt estimate) and stops counting against budgets, which from then on
     count its priced usage (run it in the transaction that writes the usage); adaptive
     limits in its scope move with its time to first token (additive increase,
-    multiplicative decrease). Then, as ``wake_throttled``, up to ``wake`` throttled jobs
-    are marked as published and returned, for the caller to publish after the commit."""
+    multiplicative decrease). Then, as ``wake_throttled`` with the call's job as
+    ``scope_of``, up to ``wake`` throttled jobs of its tenant x model and the best one of
+    all are marked as published and returned, for the caller to publish after the
+    commit."""
     rows = session.execute(
         text(
             f"""
@@ -984,33 +1056,83 @@ def settle(session: Session, job_id: uuid.UUID, attempt: int, *, wake: int) -> l
                   AND l.tenant IN (coalesce(settled.tenant, ''), '*')
                   AND l.model IN (settled.model, '*')
                 RETURNING l.id
-            ), best AS ({_BEST_THROTTLED})
+            ), {_BEST_THROTTLED}
             UPDATE jobs SET needs_publish = false, dispatched_at = now()
             FROM best WHERE jobs.id = best.id
             RETURNING jobs.id
             """
         ),
-        {"job_id": job_id, "attempt": attempt, "limit": wake},
+        {
+            "job_id": job_id,
+            "attempt": attempt,
+            **_wake_params(scope_of=job_id, limit=wake, aging_s=aging_s),
+        },
     ).scalars()
     return list(rows)
 
 
-def wake_throttled(session: Session, *, limit: int) -> list[uuid.UUID]:
-    """The highest-priority throttled jobs, marked as published: the caller publishes them
-    after the commit (a capacity just freed). A hint only: each woken job's claim ranks
-    the whole backlog again, and checks its limits."""
+def wake_throttled(
+    session: Session,
+    *,
+    limit: int,
+    scope_of: uuid.UUID | None = None,
+    aging_s: float = 60.0,
+) -> list[uuid.UUID]:
+    """The best-ranked throttled jobs (priority after ``aging_s``, then enqueue order),
+    marked as published: the caller publishes them after the commit (a capacity just
+    freed). With ``scope_of``, the job whose call ended, ``limit`` of its tenant x model
+    (those whose hold its end can lift) and the best one of all; without, the best
+    ``limit`` of all. A hint only: each woken job's claim ranks the whole backlog again,
+    and checks its limits."""
     rows = session.execute(
         text(
             f"""
-            WITH best AS ({_BEST_THROTTLED})
+            WITH {_BEST_THROTTLED}
             UPDATE jobs SET needs_publish = false, dispatched_at = now()
             FROM best WHERE jobs.id = best.id
             RETURNING jobs.id
             """
         ),
-        {"limit": limit},
+        _wake_params(scope_of=scope_of, limit=limit, aging_s=aging_s),
     ).scalars()
     return list(rows)
+
+
+# Throttled jobs that are due (a rate window freed at their ``throttled_until``, or
+# ``EZQ_FLOW_RECHECK`` passed), the most overdue first through ``ix_jobs_throttled_dispatch``,
+# locked and marked as published; then, in a last row, how long until the next one is due
+# (on the database's clock), NULL when none waits.
+_WAKE_DUE = text(
+    f"""
+    WITH due AS (
+        SELECT j.id FROM jobs j
+        WHERE {_THROTTLED} AND j.dispatched_at <= now()
+        ORDER BY j.dispatched_at
+        LIMIT :limit
+        FOR UPDATE OF j SKIP LOCKED
+    ), woken AS (
+        UPDATE jobs SET needs_publish = false, dispatched_at = now()
+        FROM due WHERE jobs.id = due.id
+        RETURNING jobs.id
+    )
+    SELECT w.id, NULL::double precision AS next_in FROM woken w
+    UNION ALL
+    SELECT NULL, extract(epoch FROM (
+        SELECT j.dispatched_at FROM jobs j
+        WHERE {_THROTTLED} AND j.dispatched_at > now()
+        ORDER BY j.dispatched_at LIMIT 1) - now())::double precision
+    """
+)
+
+
+def wake_due(session: Session, *, limit: int) -> tuple[list[uuid.UUID], float | None]:
+    """Up to ``limit`` throttled jobs that are due, marked as published for the caller to
+    publish after the commit, and the seconds until the next one is due (None: none
+    waits). Each job is taken by one caller: rows another holds are passed over, and a
+    job taken is no longer flagged. One round trip."""
+    rows = session.execute(_WAKE_DUE, {"limit": limit}).all()
+    *woken, last = rows
+    return [row[0] for row in woken], last[1]
 
 
 def settle_lost(session: Session, *, limit: int) -> int:

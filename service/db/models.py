@@ -242,6 +242,17 @@ class Job(Base):
                 "needs_publish AND throttle_reason IS NOT NULL AND status IN ('queued', 'retrying')"
             ),
         ),
+        # Throttled jobs of one tenant x model by priority: a call's end wakes its scope's.
+        Index(
+            "ix_jobs_throttled_scope",
+            func.coalesce(text("tenant"), text("''")),
+            "model",
+            text("priority DESC"),
+            "enqueue_seq",
+            postgresql_where=text(
+                "needs_publish AND throttle_reason IS NOT NULL AND status IN ('queued', 'retrying')"
+            ),
+        ),
         # Parked throttled jobs by dispatch time, for the sweep; its condition names
         # ``dispatched_at`` (never NULL) so that only a query bounding it can use it.
         Index(

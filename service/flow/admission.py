@@ -8,7 +8,8 @@ strictly outranks it (a higher priority after aging, or as high with fewer calls
 tenant running, or as few with its tenant served longer ago). Another job than A is
 locked (``FOR UPDATE SKIP LOCKED``) only once it may run in A's place. When B runs, or A's
 limits hold it, A waits in the database with a reason (no message, no thread held) and is
-woken when a call finishes, or by the sweep at its ``throttled_until``. Limits and budgets
+woken when a call of its scope finishes, or at its ``throttled_until`` (else
+``EZQ_FLOW_RECHECK`` later) by the worker's publisher of due throttled jobs. Limits and budgets
 are read and locked in this same transaction, so concurrent claims in one scope decide one
 after the other and cannot overshoot together.
 """
@@ -34,6 +35,7 @@ from service.db import attempts, queries
 from service.db import flow as flow_db
 from service.db.models import Job
 from service.db.session import Executor
+from service.flow.recheck import due_times
 from service.webhooks import outbox as webhook_outbox
 
 log = logging.getLogger(__name__)
@@ -258,9 +260,10 @@ def admit(
     rivals = ranking.candidates
     if ranking.rules_configured and rivals:
         own, rivals = _with_turns(session, own, rivals)
-    # The message runs its own job unless another strictly outranks it. Among equals it
-    # keeps its own: the others have messages of their own on the way (or are woken when a
-    # call ends), and running one of them here would park this one until a call ends.
+    # The message runs its own job unless another outranks it. Among equals it keeps its
+    # own: the others have messages of their own on the way (or are woken when a call
+    # ends), and running one of them here would park this one until a call ends; except an
+    # aged job enqueued earlier, which the ranking puts first (``Pending.outranks``).
     ordered = sorted(rivals, key=flow_db.Pending.order_key)
     better = [job for job in ordered if job.outranks(own)]
     others = [job for job in ordered if not job.outranks(own)]
@@ -284,6 +287,10 @@ def admit(
             until=admission.hold.until,
             recheck_s=settings.ezq_flow_recheck,
         )
+        if admission.hold.until is not None:
+            # Published by this process's publisher when its window frees, whatever the
+            # sweep's interval (without a time, its recheck is within the publisher's cap).
+            due_times.expect((admission.hold.until - datetime.now(UTC)).total_seconds())
     return admission
 
 

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from service import constants as c
 from service import metrics
-from service.config import Settings
+from service.config import Settings, get_settings
 from service.db import flow as flow_db
 from service.db.session import transaction
 from service.flow.admission import Admission
@@ -51,10 +51,12 @@ def settle_in(
     throttled jobs to publish once it commits."""
     if settlement is None:
         return []
+    # The ended call's scope first: its end frees what held them (``flow_db.wake_throttled``).
+    aging = get_settings().ezq_priority_aging
     if settlement.reserved:
-        return flow_db.settle(session, job_id, attempt, wake=c.FLOW_WAKE)
+        return flow_db.settle(session, job_id, attempt, wake=c.FLOW_WAKE, aging_s=aging)
     if settlement.wake:
-        return flow_db.wake_throttled(session, limit=c.FLOW_WAKE)
+        return flow_db.wake_throttled(session, limit=c.FLOW_WAKE, scope_of=job_id, aging_s=aging)
     return []
 
 
@@ -82,6 +84,19 @@ def after_admission(admission: Admission) -> None:
     if admission.deliveries:
         publish_deliveries(admission.deliveries)
     publish_jobs(admission.next_turns)
+
+
+def publish_due_throttled(settings: Settings) -> float | None:
+    """Publish the throttled jobs that are due (a rate limit's ``throttled_until``, or
+    ``EZQ_FLOW_RECHECK`` after a job was held with no time), each by one worker of all; return
+    the seconds until the next one is due (None: none waits). Those the broker refuses are
+    flagged again, due at once."""
+    with transaction() as session:
+        woken, next_in = flow_db.wake_due(session, limit=c.SWEEP_BATCH)
+    publish_jobs(woken)
+    if woken:
+        log.debug("published %d due throttled job(s)", len(woken))
+    return next_in
 
 
 def sweep_flow(settings: Settings) -> int:

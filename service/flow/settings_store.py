@@ -11,6 +11,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from service import constants as c
+from service.config import get_settings
 from service.db import flow as flow_db
 from service.db.models import ANY
 from service.db.session import transaction
@@ -145,7 +146,9 @@ def wake_throttled() -> None:
     from service.worker.dispatch import publish_jobs
 
     with transaction() as session:
-        woken = flow_db.wake_throttled(session, limit=c.FLOW_WAKE_ON_CHANGE)
+        woken = flow_db.wake_throttled(
+            session, limit=c.FLOW_WAKE_ON_CHANGE, aging_s=get_settings().ezq_priority_aging
+        )
     publish_jobs(woken)
 
 

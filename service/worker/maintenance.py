@@ -1,4 +1,5 @@
-"""Threads every worker process runs beside its tasks: the heartbeat and the sweep.
+"""Threads every worker process runs beside its tasks: the heartbeat, the publisher of
+due throttled jobs and the sweep.
 
 They live and die with the worker process, so there is no separate beat process to
 outlive it, and recovery needs nothing but running workers.
@@ -18,6 +19,8 @@ from celery.signals import worker_ready, worker_shutdown
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.config import Settings, get_settings
+from service.flow.recheck import due_times
+from service.flow.release import publish_due_throttled
 from service.worker import deadletter
 from service.worker.liveness import ActiveJobs, Heartbeat, WorkerIdentity
 from service.worker.sweep import sweep
@@ -101,12 +104,51 @@ class Sweeper(threading.Thread):
         self._stop_event.set()
 
 
+class DuePublisher(threading.Thread):
+    """Publishes the throttled jobs that are due (``service.flow.recheck``): a rate-limited
+    one at its ``throttled_until``, any other ``EZQ_FLOW_RECHECK`` after it was held,
+    whatever the sweep's interval."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(name="ezq-flow-due", daemon=True)
+        self.settings = settings
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        failing = False
+        due_times.reset()
+        while not self._stopped.is_set():
+            try:
+                next_in = publish_due_throttled(self.settings)
+            except SQLAlchemyError as exc:
+                if not failing:
+                    log.warning("due throttled jobs: database unavailable: %s", type(exc).__name__)
+                failing = True
+                next_in = None
+            except Exception:  # it must keep running whatever one round hit
+                log.exception("publishing due throttled jobs failed")
+                next_in = None
+            else:
+                failing = False
+            if next_in is not None:
+                due_times.expect(next_in)
+            due_times.wait(self.settings.ezq_flow_recheck)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        due_times.interrupt()
+
+
 def start(settings: Settings) -> None:
-    """Start the heartbeat and, unless ``EZQ_SWEEP_INTERVAL`` is 0, the sweep."""
+    """Start the heartbeat, the publisher of due throttled jobs and, unless
+    ``EZQ_SWEEP_INTERVAL`` is 0, the sweep."""
     deadletter.worker_name = identity.id
     heartbeat = Heartbeat(identity, active_jobs, settings)
     heartbeat.start()
     _threads.append(heartbeat)
+    publisher = DuePublisher(settings)
+    publisher.start()
+    _threads.append(publisher)
     if settings.ezq_sweep_interval > 0:
         sweeper = Sweeper(settings)
         sweeper.start()
