@@ -166,6 +166,7 @@ def worker(
     from service.worker.affinity import AUTO, claim_free_cpu, pin_to_cpu
     from service.worker.app import app
 
+    _take_concurrency(ctx)
     settings = get_settings()
     # First, before anything starts a thread: threads inherit their creator's CPUs.
     choice, setting = (
@@ -204,6 +205,31 @@ def worker(
         *extra,
     ]
     app.worker_main(argv=argv)
+
+
+def _take_concurrency(ctx: click.Context) -> None:
+    """Celery's ``-c N`` / ``--concurrency N`` among the extra arguments becomes
+    ``EZQ_WORKER_CONCURRENCY`` (and leaves them): what else is sized by the concurrency (the
+    database pool: never more connections than threads) follows the threads Celery runs."""
+    args, value = list(ctx.args), None
+    for i, arg in enumerate(args):
+        if arg in ("-c", "--concurrency") and i + 1 < len(args):
+            value, del_from, del_to = args[i + 1], i, i + 2
+            break
+        if arg.startswith("--concurrency="):
+            value, del_from, del_to = arg.split("=", 1)[1], i, i + 1
+            break
+        if arg.startswith("-c") and len(arg) > 2 and not arg.startswith("--"):
+            value, del_from, del_to = arg[2:], i, i + 1
+            break
+    if value is None:
+        return
+    from service.config import get_settings
+
+    os.environ["EZQ_WORKER_CONCURRENCY"] = value
+    get_settings.cache_clear()  # validated there: a bad value is a configuration error
+    del args[del_from:del_to]
+    ctx.args = args
 
 
 def _check_schema() -> None:

@@ -487,8 +487,9 @@ def checked_priority(value: object, default: int) -> int:
 def checked_tenant(value: object, field: str = "tenant") -> str | None:
     """A tenant as given to ezq (a job, a key, a limit, a budget, a batch): a non-empty
     string Postgres can store, without control characters (a newline or a tab would break
-    the lines of logs, tables and CSV that show it) and not starting or ending with
-    whitespace (``"acme "`` would be a tenant apart from ``acme``). Spaces inside are kept."""
+    the lines of logs, tables and CSV that show it). Spaces are kept as given, at the edges
+    too: keys and jobs stored before this check may hold such names, and must keep
+    working."""
     tenant = _text(field, value, c.MAX_TENANT_LENGTH, required=False)
     storable(field, tenant)
     if tenant is None:
@@ -498,6 +499,4 @@ def checked_tenant(value: object, field: str = "tenant") -> str | None:
             raise InvalidRequest(
                 field, f"must not contain control characters ({char!r} at position {position})"
             )
-    if tenant != tenant.strip():
-        raise InvalidRequest(field, "must not start or end with whitespace")
     return tenant

@@ -246,17 +246,14 @@ BAD_TENANTS = [
     ("a\tb", "must not contain control characters"),
     ("a\x7fb", "must not contain control characters"),
     ("a\x85b", "must not contain control characters"),
-    (" acme", "must not start or end with whitespace"),
-    ("acme ", "must not start or end with whitespace"),
-    ("acme\u00a0", "must not start or end with whitespace"),
 ]
-GOOD_TENANTS = ["acme", "acme-eu_2.prod", "acme corp", "Ünïcode 租户", "a/b@c:d", "*x"]
+# Spaces at the edges are taken as given: keys and jobs stored before the check may hold
+# such names and keep working.
+GOOD_TENANTS = ["acme", "acme-eu_2.prod", "acme corp", "Ünïcode 租户", "a/b@c:d", "*x", "acme "]
 
 
 @pytest.mark.parametrize(("tenant", "reason"), BAD_TENANTS)
-def test_checked_tenant_refuses_control_characters_and_outer_whitespace(
-    tenant: str, reason: str
-) -> None:
+def test_checked_tenant_refuses_control_characters(tenant: str, reason: str) -> None:
     with pytest.raises(InvalidRequest) as refused:
         checked_tenant(tenant)
     assert refused.value.field == "tenant"

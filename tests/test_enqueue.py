@@ -264,8 +264,8 @@ def test_idempotent_follow_up_turn_without_tenant_returns_the_first_job() -> Non
     assert sql("SELECT tenant FROM jobs WHERE id = :j", j=turn) == [("inherit",)]
 
 
-@pytest.mark.parametrize("tenant", ["x y\n", "tab\there", " acme", "acme "])
-def test_a_tenant_with_control_characters_or_edge_spaces_is_refused(tenant: str) -> None:
+@pytest.mark.parametrize("tenant", ["x y\n", "tab\there", "bell\x07"])
+def test_a_tenant_with_control_characters_is_refused(tenant: str) -> None:
     """Every way a tenant is given checks it alike: a job from Python, a limit, a budget."""
     before = counts()
     with pytest.raises(InvalidRequest) as caught:

@@ -205,3 +205,20 @@ def test_a_file_is_kept_while_its_batch_runs(server: Any) -> None:
     assert (done.counts.conversations, done.counts.files, done.held_files) == (2, 1, 0)
     assert sql(CHUNKS, f=uploaded["id"]) == [(0, 0)]
     assert places_holding(mark) == [] and sql(SLICES_HOLDING, m=mark) == [(0,)]
+
+
+def test_a_dry_run_by_age_alone_counts_no_kept_files(server: Any) -> None:
+    """By age alone no file is counted as kept (the dry run subtracted the files it would
+    erase from a count that is 0 by age, and printed "-1 batch files … would be kept")."""
+    store_input_file(
+        io.BytesIO(jsonl([line("u1", f"unused-{uuid.uuid4().hex}")])),
+        filename="unused.jsonl",
+        purpose="batch",
+        tenant=None,
+        created_by=None,
+    )
+    dry = purge(Selection(before=now()), dry_run=True)
+    assert dry.counts.files >= 1 and dry.held_files == 0
+    said = run_ezq("purge", "--before", "2099-01-01", "--dry-run")
+    assert said.returncode == 0, said.stderr
+    assert "batch file" not in said.stderr, said.stderr

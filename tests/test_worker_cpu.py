@@ -5,14 +5,17 @@ with the setting named."""
 from __future__ import annotations
 
 import os
+import re
 import secrets
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import run_ezq, wait_for_job
+from tests.conftest import WorkerProcess, run_ezq, wait_for_job
+from tests.test_faults import wait_until
 
 MODEL = "deepseek-v4-pro"
 
@@ -161,3 +164,19 @@ def test_a_cpu_that_is_neither_a_number_nor_auto_is_refused(service_env: dict[st
     assert by_env.returncode != 0
     assert "EZQ_WORKER_CPU: " in by_env.stderr
     assert "expected a CPU number (0 or more) or 'auto' (got 'last')" in by_env.stderr
+
+
+@pytest.mark.parametrize("flag", [["-c", "3"], ["--concurrency=3"], ["-c3"]])
+def test_celerys_concurrency_flag_sizes_the_database_pool_too(
+    worker_factory: Callable[..., WorkerProcess], flag: list[str]
+) -> None:
+    """`ezq worker -c 3` runs three threads and opens at most three connections (never more
+    than its threads), as `EZQ_WORKER_CONCURRENCY=3` does."""
+    queue = f"ezq-conc-{uuid.uuid4().hex[:8]}"
+    process = worker_factory(env={"EZQ_QUEUE": queue}, args=flag)
+    warm_up = r"warm-up: gateway client built, (\d+) database connections"
+    wait_until(lambda: re.search(warm_up, process.log()) is not None, "the warm-up line")
+    log = process.log()
+    assert re.search(r"concurrency:\s+3 \(thread\)", log), log[-2000:]
+    opened = re.search(warm_up, log)
+    assert opened is not None and int(opened.group(1)) <= 3, log[-2000:]

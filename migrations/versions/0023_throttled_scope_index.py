@@ -1,4 +1,4 @@
-"""throttled jobs by tenant x model and priority, for the wake-up of a call's scope
+"""throttled jobs by tenant x model and priority; rate-held jobs by due time
 
 Revision ID: 0023
 Revises: 0022
@@ -16,7 +16,14 @@ entries each, whatever the number of throttled jobs of other scopes or of pendin
 the scope that have a message; ``ix_jobs_throttled`` (by priority across every scope)
 would read every other scope's throttled jobs of a level to find them.
 
-Built while the table is locked against writes (a scan of ``jobs``; it holds only
+- Adds ``ix_jobs_rate_held``: the throttled jobs held by a rate window
+  (``throttled_until IS NOT NULL``) by ``dispatched_at`` (when the window frees them).
+
+Why: every worker publishes rate-held jobs when they are due, whatever the sweep's
+interval (``flow_db.wake_due``): the most overdue first and the next due time, each a few
+index entries, never the jobs held by a concurrency limit (which a call's end wakes).
+
+Both are built while the table is locked against writes (a scan of ``jobs``; they hold only
 throttled jobs).
 """
 
@@ -43,7 +50,15 @@ def upgrade() -> None:
         unique=False,
         postgresql_where=sa.text(_THROTTLED),
     )
+    op.create_index(
+        "ix_jobs_rate_held",
+        "jobs",
+        ["dispatched_at"],
+        unique=False,
+        postgresql_where=sa.text(f"{_THROTTLED} AND throttled_until IS NOT NULL"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_jobs_rate_held", table_name="jobs")
     op.drop_index("ix_jobs_throttled_scope", table_name="jobs")

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from service import constants as c
 from service.db import driver
 from service.db.attempts import CLAIM_COLUMNS
 from service.db.driver import DriverStatement
@@ -893,9 +894,9 @@ def clear_throttle(session: Session, job_id: uuid.UUID) -> None:
 def throttle(
     session: Session, job_id: uuid.UUID, *, reason: str, until: datetime | None, recheck_s: float
 ) -> None:
-    """Hold a pending job back: no message, a reason and a time; the sweep publishes it when
-    ``until`` (or, without one, ``recheck_s`` from now) comes, and a finishing call wakes it
-    sooner."""
+    """Hold a pending job back: no message, a reason and a time. With ``until`` (a rate
+    window), every worker's publisher publishes it then (``wake_due``); without, the sweep
+    does ``recheck_s`` from now, and a finishing call wakes it sooner."""
     session.execute(
         text(
             f"""
@@ -941,13 +942,16 @@ def _throttled_heads(scoped: bool) -> str:
     job (a batch may leave 50,000)."""
     scope = "CROSS JOIN scope s" if scoped else ""
     where = "AND coalesce(j.tenant, '') = s.tenant AND j.model = s.model" if scoped else ""
+    # With nothing throttled (most calls' ends), one probe of ``ix_jobs_throttled`` decides
+    # it, not twenty of the levels: an uncorrelated condition, checked once.
     return f"""SELECT {"true" if scoped else "false"} AS in_scope, b.*
-        FROM generate_series(0, 9) AS l(level) {scope}
+        FROM generate_series({c.PRIORITY_MIN}, {c.PRIORITY_MAX}) AS l(level) {scope}
         CROSS JOIN LATERAL (
             SELECT j.id, {_AGED} AS aged, j.enqueue_seq FROM jobs j
             WHERE {_THROTTLED} {where} AND j.priority = l.level
             ORDER BY j.enqueue_seq LIMIT :pool
-        ) AS b"""
+        ) AS b
+        WHERE EXISTS (SELECT FROM jobs j WHERE {_THROTTLED})"""
 
 
 # The throttled jobs to wake (``best``), locked: the best ``:scope_limit`` of the tenant x
@@ -1098,15 +1102,21 @@ def wake_throttled(
     return list(rows)
 
 
-# Throttled jobs that are due (a rate window freed at their ``throttled_until``, or
-# ``EZQ_FLOW_RECHECK`` passed), the most overdue first through ``ix_jobs_throttled_dispatch``,
-# locked and marked as published; then, in a last row, how long until the next one is due
-# (on the database's clock), NULL when none waits.
+# Jobs held by a rate window (``throttled_until`` set), due when it frees them; through
+# ``ix_jobs_rate_held`` (migration 0023). Jobs held with no time (a concurrency limit, an
+# outranking) are woken by the end of a call, or by the sweep's recheck: publishing each of
+# them every ``EZQ_FLOW_RECHECK`` would make one futile claim each per recheck (a batch of
+# 50,000 lines under a concurrency limit: 10,000 a second).
+_RATE_HELD = f"{_THROTTLED} AND j.throttled_until IS NOT NULL"
+
+# Rate-held jobs that are due, the most overdue first, locked and marked as published;
+# then, in a last row, how long until the next one is due (on the database's clock), NULL
+# when none waits.
 _WAKE_DUE = text(
     f"""
     WITH due AS (
         SELECT j.id FROM jobs j
-        WHERE {_THROTTLED} AND j.dispatched_at <= now()
+        WHERE {_RATE_HELD} AND j.dispatched_at <= now()
         ORDER BY j.dispatched_at
         LIMIT :limit
         FOR UPDATE OF j SKIP LOCKED
@@ -1119,7 +1129,7 @@ _WAKE_DUE = text(
     UNION ALL
     SELECT NULL, extract(epoch FROM (
         SELECT j.dispatched_at FROM jobs j
-        WHERE {_THROTTLED} AND j.dispatched_at > now()
+        WHERE {_RATE_HELD} AND j.dispatched_at > now()
         ORDER BY j.dispatched_at LIMIT 1) - now())::double precision
     """
 )

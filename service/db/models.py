@@ -253,6 +253,16 @@ class Job(Base):
                 "needs_publish AND throttle_reason IS NOT NULL AND status IN ('queued', 'retrying')"
             ),
         ),
+        # Jobs held by a rate window, by the time it frees them: every worker publishes
+        # them when due (``flow_db.wake_due``).
+        Index(
+            "ix_jobs_rate_held",
+            "dispatched_at",
+            postgresql_where=text(
+                "needs_publish AND throttle_reason IS NOT NULL"
+                " AND status IN ('queued', 'retrying') AND throttled_until IS NOT NULL"
+            ),
+        ),
         # Parked throttled jobs by dispatch time, for the sweep; its condition names
         # ``dispatched_at`` (never NULL) so that only a query bounding it can use it.
         Index(

@@ -289,7 +289,7 @@ def admit(
         )
         if admission.hold.until is not None:
             # Published by this process's publisher when its window frees, whatever the
-            # sweep's interval (without a time, its recheck is within the publisher's cap).
+            # sweep's interval (without a time, a call's end wakes it, or the sweep).
             due_times.expect((admission.hold.until - datetime.now(UTC)).total_seconds())
     return admission
 

@@ -1,12 +1,12 @@
-"""When this worker process next publishes throttled jobs that are due.
+"""When this worker process next publishes jobs held by a rate window.
 
-A job held by a rate window is due at its ``throttled_until``; one held with no time (a
-concurrency limit, an outranking) is due ``EZQ_FLOW_RECHECK`` after it was held, in case no
-call's end woke it. Every worker process runs one publisher (``service.worker.maintenance``)
-that sleeps until the next due time it knows of, at most ``EZQ_FLOW_RECHECK``: the times the
-database gave at its last round, and those of the jobs this process throttled since
-(``expect``, called at the throttle). Each due job is published by one publisher of all
-(``flow_db.wake_due`` locks and unflags it), so duplicates do not pile up with workers.
+A job held by a rate window is due at its ``throttled_until``. Every worker process runs one
+publisher (``service.worker.maintenance``) that sleeps until the next due time it knows of,
+at most ``EZQ_FLOW_RECHECK``: the time the database gave at its last round, and those of the
+jobs this process throttled since (``expect``, called at the throttle). Each due job is
+published by one publisher of all (``flow_db.wake_due`` locks and unflags it), so
+duplicates do not pile up with workers. Jobs held with no time (a concurrency limit, an
+outranking) are not its: a call's end wakes them, or the sweep's recheck.
 """
 
 from __future__ import annotations

@@ -87,15 +87,17 @@ def after_admission(admission: Admission) -> None:
 
 
 def publish_due_throttled(settings: Settings) -> float | None:
-    """Publish the throttled jobs that are due (a rate limit's ``throttled_until``, or
-    ``EZQ_FLOW_RECHECK`` after a job was held with no time), each by one worker of all; return
-    the seconds until the next one is due (None: none waits). Those the broker refuses are
-    flagged again, due at once."""
+    """Publish the jobs held by a rate window that are due (their ``throttled_until``), each
+    by one worker of all; return the seconds until the next one is due (None: none waits).
+    Those the broker refuses are flagged again, due at once. Jobs held with no time are
+    woken by a call's end, or by the sweep's recheck."""
     with transaction() as session:
         woken, next_in = flow_db.wake_due(session, limit=c.SWEEP_BATCH)
     publish_jobs(woken)
     if woken:
         log.debug("published %d due throttled job(s)", len(woken))
+    if len(woken) >= c.SWEEP_BATCH:
+        return 0.0  # more may be overdue: the next round at once
     return next_in
 
 

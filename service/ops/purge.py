@@ -75,7 +75,9 @@ def purge(
         with transaction() as session:
             counts = sql.would_purge(session, selection)
             blocked = sql.blocked(session, selection)
-            held = sql.held_files(session, selection) - counts.files
+            # Those of the tenant or conversation it would not erase (none counted for a
+            # selection by age alone, whose erasures are all in ``counts.files``).
+            held = max(0, sql.held_files(session, selection) - counts.files)
         return PurgeResult(True, counts, blocked, held)
     total = sql.Counts()
     batches = 0

@@ -105,9 +105,8 @@ class Sweeper(threading.Thread):
 
 
 class DuePublisher(threading.Thread):
-    """Publishes the throttled jobs that are due (``service.flow.recheck``): a rate-limited
-    one at its ``throttled_until``, any other ``EZQ_FLOW_RECHECK`` after it was held,
-    whatever the sweep's interval."""
+    """Publishes the jobs held by a rate window when it frees them (their
+    ``throttled_until``; ``service.flow.recheck``), whatever the sweep's interval."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(name="ezq-flow-due", daemon=True)
