@@ -37,12 +37,30 @@ def tenant() -> Iterator[str]:
 
 def test_jobs_list_and_status_show_a_tenant_as_written(tenant: str) -> None:
     """`ezq jobs list` and `ezq status` print a tenant with markup in it as typed."""
+    from sqlalchemy import text
+
+    from service import cancel_job
+    from service.db.session import transaction
     from tests.seeding import seed_job
 
-    seed_job(tenant=tenant, status="queued", age_s=5)
-
-    assert tenant in shown("jobs", "list", "--tenant", tenant)
-    assert tenant in shown("status")
+    job_id = seed_job(tenant=tenant, status="queued", age_s=5)
+    # Held for an hour as a rate limit holds a job, so that no worker's sweep publishes and
+    # runs it before `ezq status` looks (the suite's worker sweeps every job of the database).
+    with transaction() as session:
+        session.execute(
+            text(
+                "UPDATE jobs SET needs_publish = true, throttle_reason = 'held by the test',"
+                " throttled_until = now() + interval '1 hour',"
+                " dispatched_at = now() + interval '1 hour' WHERE id = :id"
+            ),
+            {"id": job_id},
+        )
+    try:
+        assert tenant in shown("jobs", "list", "--tenant", tenant)
+        screen = shown("status")
+        assert tenant in screen, screen
+    finally:
+        cancel_job(job_id)
 
 
 def test_limits_and_budgets_list_show_a_tenant_as_written(tenant: str) -> None:

@@ -325,7 +325,11 @@ def test_stale_messages_fail_no_task_and_log_nothing_at_info(
     wait_until(lambda: broker.llen(own_queue) == 0, "the stale messages taken", timeout=60)
     worker.stop()  # a warm shutdown: the messages it holds end, its log is written out
     log = worker.log()
-    assert "raised expected" not in log, [x for x in log.splitlines() if "raised expected" in x]
+    # Its jobs' task lines only: the worker also delivers other tests' webhooks (one pool).
+    failed_tasks = [
+        x for x in log.splitlines() if "raised expected" in x and c.TASK_CHAT_COMPLETION in x
+    ]
+    assert failed_tasks == [], failed_tasks[:5]
     stale = re.compile("|".join(str(j) for j in never_started))
     loud = [x for x in log.splitlines() if stale.search(x)]
     assert loud == [], loud[:5]
