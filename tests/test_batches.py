@@ -201,7 +201,10 @@ def _cancel_while_one_runs(own: Any, keys: dict[str, str], fake_gateway: Any) ->
             chunk_delay=0.3,
         )
     )
-    names = ["first", "slow", "third", "fourth", "fifth"]
+    # Six lines after the slow one: equal lines are claimed about in line order, and with
+    # a throttled line woken after others (a call's end wakes the best few) one or two may
+    # overtake the slow one, never all six.
+    names = ["first", "slow", "third", "fourth", "fifth", "sixth", "seventh", "eighth"]
     prompts = {n: (f"slow-{marker}" if n == "slow" else f"{n} {marker}") for n in names}
     client = sdk(own, keys["a"])
     uploaded = client.files.create(

@@ -43,24 +43,31 @@ def test_jobs_list_and_status_show_a_tenant_as_written(tenant: str) -> None:
     from service.db.session import transaction
     from tests.seeding import seed_job
 
-    job_id = seed_job(tenant=tenant, status="queued", age_s=5)
+    # `ezq status` shows the 20 tenant x model rows with the most jobs: this tenant's row
+    # must be among them, in a database the rest of the suite shares.
+    ((most,),) = sql(
+        "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM jobs"
+        " WHERE status IN ('queued', 'running', 'retrying') GROUP BY tenant, model) AS rows"
+    )
+    job_ids = [seed_job(tenant=tenant, status="queued", age_s=5) for _ in range(most + 1)]
     # Held for an hour as a rate limit holds a job, so that no worker's sweep publishes and
-    # runs it before `ezq status` looks (the suite's worker sweeps every job of the database).
+    # runs them before `ezq status` looks (the suite's worker sweeps every job of the database).
     with transaction() as session:
         session.execute(
             text(
                 "UPDATE jobs SET needs_publish = true, throttle_reason = 'held by the test',"
                 " throttled_until = now() + interval '1 hour',"
-                " dispatched_at = now() + interval '1 hour' WHERE id = :id"
+                " dispatched_at = now() + interval '1 hour' WHERE id = ANY(:ids)"
             ),
-            {"id": job_id},
+            {"ids": job_ids},
         )
     try:
         assert tenant in shown("jobs", "list", "--tenant", tenant)
         screen = shown("status")
         assert tenant in screen, screen
     finally:
-        cancel_job(job_id)
+        for job_id in job_ids:
+            cancel_job(job_id)
 
 
 def test_limits_and_budgets_list_show_a_tenant_as_written(tenant: str) -> None:
