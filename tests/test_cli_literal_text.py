@@ -50,13 +50,13 @@ def test_jobs_list_and_status_show_a_tenant_as_written(tenant: str) -> None:
         " WHERE status IN ('queued', 'running', 'retrying') GROUP BY tenant, model) AS rows"
     )
     job_ids = [seed_job(tenant=tenant, status="queued", age_s=5) for _ in range(most + 1)]
-    # Held for an hour as a rate limit holds a job, so that no worker's sweep publishes and
-    # runs them before `ezq status` looks (the suite's worker sweeps every job of the database).
+    # Waiting an hour for a retry, so that no worker runs them before `ezq status` looks:
+    # the suite's worker sweeps every job of the database, and a message whose job ended
+    # runs a waiting job in its place; a retry not due is neither's.
     with transaction() as session:
         session.execute(
             text(
-                "UPDATE jobs SET needs_publish = true, throttle_reason = 'held by the test',"
-                " throttled_until = now() + interval '1 hour',"
+                "UPDATE jobs SET status = 'retrying', attempts = 1,"
                 " dispatched_at = now() + interval '1 hour' WHERE id = ANY(:ids)"
             ),
             {"ids": job_ids},
