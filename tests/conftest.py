@@ -479,3 +479,17 @@ def api_server_factory(
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def foreign_app(service_env: dict[str, str]) -> Iterator[Any]:
+    """A Celery app that knows nothing of ezq but the task name and queue (another
+    service's producer)."""
+    from celery import Celery
+
+    app = Celery("billing-service", broker=REDIS_URL, backend=REDIS_URL)
+    app.conf.task_serializer = "json"
+    app.conf.result_serializer = "json"
+    app.conf.accept_content = ["json"]
+    yield app
+    app.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -12,21 +11,10 @@ from celery import Celery
 
 from service import cancel_job, enqueue_completion, get_job
 from service.fake_gateway import Fault
-from tests.conftest import REDIS_URL, sql, wait_for_job
+from tests.conftest import sql, wait_for_job
 from tests.test_faults import wait_until
 
 pytestmark = pytest.mark.usefixtures("worker")
-
-
-@pytest.fixture
-def foreign_app(service_env: dict[str, str]) -> Iterator[Celery]:
-    """A Celery app that knows nothing of ezq but the task name and queue."""
-    app = Celery("billing-service", broker=REDIS_URL, backend=REDIS_URL)
-    app.conf.task_serializer = "json"
-    app.conf.result_serializer = "json"
-    app.conf.accept_content = ["json"]
-    yield app
-    app.close()
 
 
 def test_send_task_runs_and_returns_the_json_result(

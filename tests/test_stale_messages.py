@@ -338,16 +338,6 @@ def test_stale_messages_fail_no_task_and_log_nothing_at_info(
 # --- a producer waiting for the result ---------------------------------------------------------
 
 
-@pytest.fixture
-def foreign_app(service_env: dict[str, str]) -> Iterator[Celery]:
-    app = Celery("billing-service", broker=REDIS_URL, backend=REDIS_URL)
-    app.conf.task_serializer = "json"
-    app.conf.result_serializer = "json"
-    app.conf.accept_content = ["json"]
-    yield app
-    app.close()
-
-
 @pytest.mark.usefixtures("worker")
 def test_a_message_waited_on_for_a_job_cancelled_before_it_fails_saying_cancelled(
     foreign_app: Celery, service_env: dict[str, str], own_queue: str
