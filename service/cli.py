@@ -28,6 +28,8 @@ from service.webhooks.cli import webhooks as webhooks_group
 from service.worker.cli import dead_letters
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+# `ezq enqueue --wait`'s exit status when --timeout passed before the job ended.
+WAIT_TIMED_OUT = 124
 
 
 def _print_json(value: Any) -> None:
@@ -272,7 +274,12 @@ def _check_schema() -> None:
     is_flag=True,
     help="Print the reply as it arrives, then the final status (exit 1 unless it succeeded).",
 )
-@click.option("--timeout", default=600.0, show_default=True, help="Seconds to --wait at most.")
+@click.option(
+    "--timeout",
+    default=600.0,
+    show_default=True,
+    help=f"Seconds to --wait at most (then exit {WAIT_TIMED_OUT}, the job still going).",
+)
 @click.argument("prompt")
 def enqueue(
     model: str,
@@ -327,8 +334,13 @@ def enqueue(
                 sys.exit(1)
             return
         if time.monotonic() > deadline:
+            # Its own exit status (as timeout(1) uses): the job has not failed, it is still
+            # going, and a script must be able to tell the two apart.
             _print_json(job)
-            raise EzqError(f"job {job_id} still {job['status']} after {timeout:g}s")
+            click.echo(
+                f"ezq: error: job {job_id} still {job['status']} after {timeout:g}s", err=True
+            )
+            sys.exit(WAIT_TIMED_OUT)
         time.sleep(0.2)
 
 

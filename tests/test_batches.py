@@ -302,8 +302,9 @@ def test_another_tenant_cannot_see_or_cancel_the_batch_or_its_files(
             call()
         assert TENANT_A not in str(caught.value.body)
     assert batch.id not in [b.id for b in other.batches.list(limit=100).data]
-    # As a page cursor, A's batch reads like an unknown id: B's own first page, in full,
-    # with B's batch made after A's (a cursor placed at A's would leave it out).
+    # As a page cursor, A's batch reads like an unknown id: both refused alike (not the
+    # first page again, which would send a paging client round in a loop), while B's own
+    # batch, made after A's, pages as it should.
     own = other.files.create(
         file=("own.jsonl", jsonl([line("own", f"own {uuid.uuid4().hex}")])), purpose="batch"
     )
@@ -311,10 +312,17 @@ def test_another_tenant_cannot_see_or_cancel_the_batch_or_its_files(
         input_file_id=own.id, endpoint="/v1/chat/completions", completion_window="24h"
     )
     unknown = "batch_" + uuid.uuid4().hex
-    others_first = [b.id for b in other.batches.list(limit=100).data]
-    assert others.id in others_first
-    assert [b.id for b in other.batches.list(limit=100, after=batch.id).data] == others_first
-    assert [b.id for b in other.batches.list(limit=100, after=unknown).data] == others_first
+    for cursor in (batch.id, unknown):
+        with pytest.raises(openai.UnprocessableEntityError) as refused:
+            other.batches.list(limit=100, after=cursor)
+        error = refused.value.body
+        assert isinstance(error, dict), error
+        assert (error["field"], error["message"]) == (
+            "after",
+            f"after: no batch {cursor} to page after",
+        )
+    assert others.id in [b.id for b in other.batches.list(limit=100).data]
+    assert batch.id not in [b.id for b in other.batches.list(limit=100, after=others.id).data]
     assert owner.batches.retrieve(batch.id).status in ("in_progress", "finalizing", "completed")
 
 

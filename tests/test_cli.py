@@ -82,6 +82,22 @@ def test_enqueue_prints_the_job_id(service_env: dict[str, str]) -> None:
     assert sql("SELECT model FROM jobs WHERE id = :j", j=job_id) == [("glm-5.1",)]
 
 
+def test_wait_timeout_has_its_own_exit_status(service_env: dict[str, str]) -> None:
+    """--wait that runs out of --timeout prints the job as it stands and exits 124, not 1
+    (a failed job's): the job is still going, and a script must tell the two apart."""
+    # A queue no worker consumes: the job stays queued for as long as the test looks.
+    env = {**service_env, "EZQ_QUEUE": f"nobody-{uuid.uuid4().hex[:8]}"}
+    out = ezq("enqueue", "--model", "m", "--wait", "--timeout", "0.3", "still queued", env=env)
+    try:
+        assert out.returncode == 124, out.stderr
+        job = json.loads(out.stdout)
+        assert job["status"] == "queued"
+        assert f"job {job['job_id']} still queued after 0.3s" in out.stderr
+    finally:
+        if out.stdout.strip():
+            ezq("cancel", json.loads(out.stdout)["job_id"], env=env)
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [

@@ -27,9 +27,10 @@ def failing_turn(gateway: Any, prompt: str, **fields: Any) -> dict[str, Any]:
     return job
 
 
-def replay(*args: str) -> dict[str, Any]:
+def replay(*args: str, status: int = 0) -> dict[str, Any]:
+    """The JSON result; ``status`` 1 when a job id given is skipped (the command fails)."""
     done = run_ezq("jobs", "replay", "--format", "json", *args)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == status, done.stderr
     result: dict[str, Any] = json.loads(done.stdout)
     return result
 
@@ -58,7 +59,7 @@ def test_replay_copies_the_request_and_links_the_original(fake_gateway: Any) -> 
     ) == [(True,)]
     # The original is untouched, and replaying it twice is refused.
     assert get_job(original["job_id"])["status"] == "failed"
-    again = replay(original["job_id"])
+    again = replay(original["job_id"], status=1)
     assert again["count"] == 0 and again["skipped"][0]["reason"] == "already_replayed"
 
 
@@ -108,7 +109,7 @@ def test_turn_whose_history_moved_on_is_skipped(fake_gateway: Any) -> None:
     )
     assert second["status"] == "succeeded"
 
-    result = replay(first["job_id"], middle["job_id"])
+    result = replay(first["job_id"], middle["job_id"], status=1)
     assert [s["reason"] for s in result["skipped"]] == ["history_moved_on"]
     assert result["skipped"][0]["job_id"] == middle["job_id"]
     [made] = result["replays"]
@@ -145,7 +146,7 @@ def test_replay_refuses_no_selection_and_unended_jobs(service_env: dict[str, str
     assert done.returncode != 0 and "at least one filter" in done.stderr
 
     queued = seed_job(status="queued")
-    result = replay(str(queued))
+    result = replay(str(queued), status=1)
     assert result["count"] == 0 and result["skipped"][0]["reason"] == "not_ended"
 
     done = run_ezq("jobs", "replay", "not-a-uuid")
@@ -153,9 +154,11 @@ def test_replay_refuses_no_selection_and_unended_jobs(service_env: dict[str, str
 
     # An id no job has is named, not passed over in silence ("replayed 0 jobs").
     unknown = uuid.uuid4()
-    result = replay(str(unknown))
+    result = replay(str(unknown), status=1)
     assert result["count"] == 0
     assert [(s["job_id"], s["reason"]) for s in result["skipped"]] == [(str(unknown), "not_found")]
+    done = run_ezq("jobs", "replay", str(unknown))  # the table for people fails alike
+    assert done.returncode == 1 and f"skipped {unknown}: not_found" in done.stderr
 
 
 def test_dry_run_skips_what_the_run_would_refuse(service_env: dict[str, str]) -> None:
@@ -170,7 +173,7 @@ def test_dry_run_skips_what_the_run_would_refuse(service_env: dict[str, str]) ->
         )
     for args in (["--dry-run"], []):
         done = run_ezq("jobs", "replay", str(job), "--format", "json", *args, env=env)
-        assert done.returncode == 0, done.stderr
+        assert done.returncode == 1, done.stderr  # the job named is not replayed
         result = json.loads(done.stdout)
         assert result["count"] == 0, result
         assert [s["reason"] for s in result["skipped"]] == ["invalid"]

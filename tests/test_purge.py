@@ -117,7 +117,7 @@ def test_purge_keeps_usage_exact_and_deletes_content(fake_gateway: Any) -> None:
     # Nothing left to purge; a purged job cannot be replayed.
     assert purge("--before", "90d", "--tenant", tenant).startswith("purged 0 conversations")
     replay = run_ezq("jobs", "replay", old["jobs"][0])
-    assert "purged" in replay.stderr and replay.stdout == ""
+    assert "purged" in replay.stderr and replay.stdout == "" and replay.returncode == 1
 
 
 @pytest.mark.usefixtures("worker")

@@ -25,6 +25,7 @@ from service.db.models import (
     TokenUsage,
 )
 from service.db.queries import Tenants, visible
+from service.errors import InvalidRequest
 
 # Ids as the API spells them; anything else is answered like an unknown id, unqueried.
 _FILE_ID = re.compile(r"file-[0-9a-f]{32}")
@@ -123,13 +124,18 @@ def list_batches(
     stmt = select(Batch).order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit)
     if tenants is not None:
         stmt = stmt.where(Batch.tenant.in_(list(tenants)))
-    if after is not None and is_batch_id(after):
+    if after is not None:
+        if not is_batch_id(after):
+            raise InvalidRequest("after", "is not a batch id (the `last_id` of a page)")
         anchor = session.get(Batch, after)
-        # Another tenant's batch is answered like an unknown id: its place is not told.
-        if anchor is not None and visible(anchor.tenant, tenants):
-            stmt = stmt.where(
-                func.row(Batch.created_at, Batch.id) < func.row(anchor.created_at, anchor.id)
-            )
+        # Another tenant's batch is answered like an unknown id: its place is not told. A
+        # cursor that names no batch is refused: the first page again would send a paging
+        # client round in a loop.
+        if anchor is None or not visible(anchor.tenant, tenants):
+            raise InvalidRequest("after", f"no batch {after} to page after")
+        stmt = stmt.where(
+            func.row(Batch.created_at, Batch.id) < func.row(anchor.created_at, anchor.id)
+        )
     return list(session.scalars(stmt))
 
 

@@ -129,8 +129,13 @@ def replay(
     result = replay_jobs(wanted, limit=limit, dry_run=dry_run)
     if fmt == "json":
         write_json(sys.stdout, result.as_dict())
-        return
-    _report(result)
+    else:
+        _report(result)
+    # A job named on the command line that is not replayed fails the command, so that a
+    # script notices; jobs the filters chose may be skipped (e.g. history_moved_on) as a
+    # matter of course, and are reported only.
+    if job_ids and result.skipped:
+        sys.exit(1)
 
 
 def _report(result: Any) -> None:
