@@ -31,4 +31,8 @@ class Completion:
             message["tool_calls"] = self.tool_calls
         if self.thinking_blocks:
             message["thinking_blocks"] = self.thinking_blocks
+        elif self.reasoning_content:
+            # An OpenAI-surface reply's thinking text (paid for as reasoning tokens). An
+            # Anthropic-surface reply's is in its thinking blocks already: not kept twice.
+            message["reasoning_content"] = self.reasoning_content
         return message

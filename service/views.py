@@ -17,6 +17,18 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
+def _thinking_text(blocks: list[Any] | None) -> str | None:
+    """The thinking text of an Anthropic-surface reply's blocks (redacted ones have none)."""
+    text = "".join(
+        b["thinking"]
+        for b in blocks or ()
+        if isinstance(b, dict)
+        and b.get("type") == "thinking"
+        and isinstance(b.get("thinking"), str)
+    )
+    return text or None
+
+
 def job_view(session: Session, job_id: uuid.UUID, *, tenants: Tenants = None) -> dict[str, Any]:
     """The job as callers see it: status, reply, usage and error, JSON-ready.
 
@@ -30,6 +42,7 @@ def job_view(session: Session, job_id: uuid.UUID, *, tenants: Tenants = None) ->
         tool_calls=reply.tool_calls if reply else None,
         usage=read.usage,
         thinking_blocks=reply.thinking_blocks if reply else None,
+        reasoning_content=reply.reasoning_content if reply else None,
     )
 
 
@@ -40,12 +53,15 @@ def view_of(
     tool_calls: list[Any] | None,
     usage: dict[str, int] | None,
     thinking_blocks: list[Any] | None = None,
+    reasoning_content: str | None = None,
 ) -> dict[str, Any]:
     """The JSON view of ``job`` (a ``jobs`` row, ORM or Core) given its reply and usage
     counts (see ``job_view``).
 
     ``thinking_blocks`` (Anthropic surface) are what a producer keeping its own history
     sends back on the reply's assistant message for thinking to continue.
+    ``reasoning_content``: an OpenAI-surface reply's thinking text; an Anthropic-surface
+    reply's is read from its thinking blocks.
     """
     return {
         "job_id": str(job.id),
@@ -57,6 +73,7 @@ def view_of(
         "content": content,
         "tool_calls": tool_calls,
         "thinking_blocks": thinking_blocks,
+        "reasoning_content": reasoning_content or _thinking_text(thinking_blocks),
         "finish_reason": job.finish_reason,
         "usage": usage,
         "error": (

@@ -42,6 +42,10 @@ class JobView(BaseModel):
     thinking_blocks: list[Any] | None = Field(
         default=None, description="Anthropic surface: the reply's thinking blocks."
     )
+    reasoning_content: str | None = Field(
+        default=None,
+        description="The reply's thinking text, on either surface (reasoning models, thinking on).",
+    )
     finish_reason: str | None
     usage: Usage | None
     error: JobError | None

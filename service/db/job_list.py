@@ -38,7 +38,8 @@ class JobFilter:
 
 
 Present = Callable[..., dict[str, Any]]
-"""Makes a job's JSON view: ``present(job, content=, tool_calls=, thinking_blocks=, usage=)``."""
+"""Makes a job's JSON view: ``present(job, content=, tool_calls=, thinking_blocks=,
+reasoning_content=, usage=)``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +113,13 @@ def _views(session: Session, jobs: Sequence[Job], present: Present) -> list[dict
     replies = {
         row.job_id: row
         for row in session.execute(
-            select(Message.job_id, Message.content, Message.tool_calls, Message.thinking_blocks)
+            select(
+                Message.job_id,
+                Message.content,
+                Message.tool_calls,
+                Message.thinking_blocks,
+                Message.reasoning_content,
+            )
             .where(Message.job_id.in_(ids), Message.role == "assistant")
             .order_by(Message.job_id, Message.seq.desc())
             .distinct(Message.job_id)
@@ -140,6 +147,7 @@ def _views(session: Session, jobs: Sequence[Job], present: Present) -> list[dict
                 content=reply.content if reply else None,
                 tool_calls=reply.tool_calls if reply else None,
                 thinking_blocks=reply.thinking_blocks if reply else None,
+                reasoning_content=reply.reasoning_content if reply else None,
                 usage=(
                     {
                         "prompt_tokens": counts.prompt_tokens,

@@ -388,12 +388,18 @@ class JobRead:
     never shows beside the row as it was before (a ``running`` job with content)."""
 
     job: Job
-    reply: Row[Any] | None  # content, tool_calls, thinking_blocks
+    reply: Row[Any] | None  # content, tool_calls, thinking_blocks, reasoning_content
     usage: dict[str, int] | None
 
 
 _REPLY = (
-    select(Message.seq, Message.content, Message.tool_calls, Message.thinking_blocks)
+    select(
+        Message.seq,
+        Message.content,
+        Message.tool_calls,
+        Message.thinking_blocks,
+        Message.reasoning_content,
+    )
     .where(Message.job_id == Job.id, Message.role == "assistant")
     .order_by(Message.seq.desc())
     .limit(1)
@@ -412,6 +418,7 @@ def read_job(session: Session, job_id: uuid.UUID, *, tenants: Tenants = None) ->
             _REPLY.c.content,
             _REPLY.c.tool_calls,
             _REPLY.c.thinking_blocks,
+            _REPLY.c.reasoning_content,
             TokenUsage.id.label("usage_id"),
             *(getattr(TokenUsage, name) for name in _USAGE_COUNTS),
         )

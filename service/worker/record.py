@@ -192,6 +192,7 @@ def _success_view(
         tool_calls=completion.tool_calls,
         usage=usage,
         thinking_blocks=completion.thinking_blocks,
+        reasoning_content=completion.reasoning_content,
     )
 
 
