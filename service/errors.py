@@ -196,6 +196,7 @@ class GatewayError(EzqError):
         status: int | None = None,
         request_id: str | None = None,
         body: Any = None,
+        quoted: bool = False,
     ) -> None:
         from service.logsetup import redact
 
@@ -206,12 +207,22 @@ class GatewayError(EzqError):
         self.status = status
         self.request_id = request_id
         self.body = body
+        # The message holds the gateway's own words, which may quote the request (a
+        # prompt echoed in a 400, a context overflow): stored and answered, never logged.
+        self.quoted = quoted
         super().__init__(message)
 
     def describe(self) -> str:
         """One line for the job's ``error`` column: status first, then the message."""
         prefix = f"HTTP {self.status}: " if self.status is not None else ""
         return f"{prefix}{self.message}"
+
+    def loggable(self) -> str:
+        """``describe()`` for a log line: without the gateway's own words."""
+        if not self.quoted:
+            return self.describe()
+        prefix = f"HTTP {self.status}: " if self.status is not None else ""
+        return f"{prefix}the gateway's message is stored with the attempt, not logged"
 
 
 class RetryableGatewayError(GatewayError):

@@ -261,6 +261,37 @@ def ignored_at_debug_only(task_name: str) -> None:
         trace.addFilter(_IgnoredAtDebug(task_name))
 
 
+class _FailureWithoutText(logging.Filter):
+    """Celery's "Task <name>[<id>] raised expected: JobFailed('job … failed: <type>:
+    <message>')" line without the message: a gateway's message may quote the prompt. The
+    producer still gets the whole text from the result backend; the job keeps it."""
+
+    def __init__(self, task_name: str) -> None:
+        super().__init__()
+        self.task_name = task_name
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        data = getattr(record, "data", None)
+        if (
+            isinstance(data, dict)
+            and data.get("name") == self.task_name
+            and str(data.get("exc", "")).startswith("JobFailed(")
+        ):
+            shown = "JobFailed (the job's error is stored with it, not logged)"
+            record.data = {**data, "exc": shown}
+            if isinstance(record.args, dict):  # the dict the line is formatted with
+                record.args = {**record.args, "exc": shown}
+        return True
+
+
+def failures_without_text(task_name: str) -> None:
+    """Celery's line for a task that raised ``JobFailed`` names the exception only.
+    Idempotent."""
+    trace = logging.getLogger("celery.app.trace")
+    if not any(isinstance(f, _FailureWithoutText) for f in trace.filters):
+        trace.addFilter(_FailureWithoutText(task_name))
+
+
 def configure_logging(level: str = "WARNING") -> None:
     """Plain stderr logging for CLI commands, secrets redacted.
 

@@ -14,6 +14,7 @@ import pytest
 from service.db.migrate import throwaway_database
 from service.errors import GatewayServerError, PermanentGatewayError
 from tests.conftest import ADMIN_DSN, places_holding, run_ezq, sql
+from tests.test_faults import wait_until
 
 # Not key-shaped on purpose: only the exact-value redaction of the configured key catches it.
 ECHOED_KEY = "plainkey" + secrets.token_hex(16)
@@ -89,3 +90,55 @@ def test_echoed_key_is_not_stored_answered_or_logged(
         assert ECHOED_KEY not in shown.stdout + done.stdout + done.stderr
         assert places_holding(ECHOED_KEY, database) == []
         assert ECHOED_KEY not in worker.log()
+
+
+class _QuotingUpstream(BaseHTTPRequestHandler):
+    """An upstream that answers 400 quoting the prompt, as real ones do for bad input."""
+
+    def do_POST(self) -> None:
+        sent = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)))
+        prompt = sent["messages"][-1]["content"]
+        body = json.dumps({"error": {"message": f"invalid content: {prompt}"}}).encode()
+        self.send_response(400)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_gateway_message_quoting_the_prompt_is_stored_not_logged(
+    worker_factory: Callable[..., Any], test_ids: dict[str, str]
+) -> None:
+    """The gateway's own words may quote the prompt: the job and its attempt keep them (the
+    producer reads them), the worker's lines and Celery's say the status only."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _QuotingUpstream)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    marker = "quoted-" + secrets.token_hex(8)
+    try:
+        with throwaway_database(ADMIN_DSN, prefix="ezq_test_quote") as database:
+            env = {
+                "DATABASE_URL": database,
+                "EZROUTER_BASE_URL": f"http://127.0.0.1:{server.server_address[1]}/v1",
+                "EZQ_QUEUE": test_ids["queue"] + "-quote",
+            }
+            worker = worker_factory(env=env)
+            done = run_ezq("enqueue", "-m", "m", "--wait", "--timeout", "30", marker, env=env)
+            job = json.loads(done.stdout)
+            assert job["status"] == "failed", done.stderr
+            assert job["error"]["message"] == f"HTTP 400: invalid content: {marker}"
+            assert sql(
+                "SELECT error FROM job_attempts WHERE job_id = :j",
+                database=database,
+                j=job["job_id"],
+            ) == [(f"invalid content: {marker}",)]
+            line = "HTTP 400: the gateway's message is stored with the attempt, not logged"
+            wait_until(lambda: "raised expected: JobFailed" in worker.log(), "Celery's line")
+            log = worker.log()
+            assert line in log
+            assert marker not in log
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -20,6 +20,7 @@ from service.fake_gateway import Fault
 from service.webhooks.testing import Answer, Receiver
 from service.worker.app import app
 from tests.conftest import WorkerProcess, drop_queue, places_holding, run_ezq, sql, wait_for_job
+from tests.test_faults import wait_until
 
 MODEL = "claude-sonnet-4-6"
 
@@ -257,6 +258,26 @@ def test_500_twice_then_200_is_retried_with_the_same_id(
         (3, 200, None),
     ]
     assert all(a[3] is not None and a[3] >= 0 and a[4] for a in attempts)
+
+
+def test_a_receivers_answer_is_stored_not_logged(
+    webhook_worker: WorkerProcess, receiver: Receiver, fake_gateway: Any
+) -> None:
+    """A receiver may answer with what it got (the event, reply text included): its answer
+    is kept in webhook_attempts for the operator, and the log says the status only."""
+    hook = path()
+    marker = f"echoed-{uuid.uuid4().hex}"
+    receiver.script(hook, Answer(500, body=marker.encode()), Answer(307, body=marker.encode()))
+    job_id = ask(f"answer {marker}", receiver.url(hook))
+    receiver.wait_for(3, hook)
+    delivery = wait_for_delivery(job_id)
+    attempts = attempts_of(delivery["id"])
+    assert [a[:2] for a in attempts] == [(1, 500), (2, 307), (3, 200)]
+    assert marker in attempts[0][2], "the operator still sees what the receiver answered"
+    wait_until(lambda: f"{hook}: HTTP 307; retrying" in webhook_worker.log(), "the 2nd retry")
+    log = webhook_worker.log()
+    assert f"{hook}: HTTP 500; retrying" in log
+    assert marker not in log
 
 
 def test_410_gone_stops_at_once(receiver: Receiver, fake_gateway: Any) -> None:

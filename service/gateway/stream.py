@@ -253,11 +253,12 @@ def error_frame(error: Any) -> GatewayServerError:
     # failing, which is treated like a 5xx.
     # The gateway's own message is kept, like a 4xx's; without one, the frame is not quoted.
     message = error.get("message") if isinstance(error, dict) else None
-    if not message or not isinstance(message, str):
-        if isinstance(error, dict):
-            message = f"no message (error.message is {json_type(error.get('message'))})"
-        else:
-            message = f"no message (error is {json_type(error)})"
+    if message and isinstance(message, str):
+        return GatewayServerError(f"error inside the stream: {message}", body=error, quoted=True)
+    if isinstance(error, dict):
+        message = f"no message (error.message is {json_type(error.get('message'))})"
+    else:
+        message = f"no message (error is {json_type(error)})"
     return GatewayServerError(f"error inside the stream: {message}", body=error)
 
 

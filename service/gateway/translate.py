@@ -84,10 +84,13 @@ def translate(error: Exception, *, request_id: str | None = None) -> GatewayErro
         rid = error.response.headers.get(REQUEST_ID_HEADER) or request_id
         message = _message_of(error.body, error.message)
         cls = GatewayServerError if error.status_code >= 500 else PermanentGatewayError
-        return cls(message, status=error.status_code, request_id=rid, body=error.body)
+        return cls(message, status=error.status_code, request_id=rid, body=error.body, quoted=True)
     if isinstance(error, SDK_ERRORS):
         return GatewayServerError(
-            f"error inside the stream: {error.message}", request_id=request_id, body=error.body
+            f"error inside the stream: {error.message}",
+            request_id=request_id,
+            body=error.body,
+            quoted=True,
         )
     if isinstance(error, TIMEOUT_ERRORS):
         return GatewayTimeout(

@@ -125,10 +125,16 @@ def deliver(
         dlog.info("%s delivered to %s (HTTP %s)", claim.event_type, target, result.status_code)
         return DeliveryOutcome(delivery_id, "delivered", claim.attempt)
     if isinstance(decision, GiveUp):
-        dlog.warning("%s to %s failed for good: %s", claim.event_type, target, decision.reason)
+        # The reason is ezq's own words; of an answer, only its status.
+        last = f" (last answer HTTP {result.status_code})" if result.status_code else ""
+        dlog.warning(
+            "%s to %s failed for good: %s%s", claim.event_type, target, decision.reason, last
+        )
         return DeliveryOutcome(delivery_id, "failed", claim.attempt, result.error)
     assert delay is not None
-    dlog.warning("%s to %s: %s; retrying in %.1fs", claim.event_type, target, result.error, delay)
+    dlog.warning(
+        "%s to %s: %s; retrying in %.1fs", claim.event_type, target, result.loggable(), delay
+    )
     if publish_now:
         try:
             publish(delivery_id, delay)

@@ -28,6 +28,14 @@ class AttemptResult:
     # Refused by the address policy, or a URL that can never work: not worth retrying.
     refused: bool = False
 
+    def loggable(self) -> str:
+        """What a log line may say of it: the status alone when the receiver answered.
+        Its answer (kept in ``webhook_attempts.error``) may quote the event it got, reply
+        text included, and a redirect's location may hold a token."""
+        if self.status_code is not None:
+            return f"HTTP {self.status_code}"
+        return self.error or "no answer"
+
 
 @dataclass(frozen=True, slots=True)
 class Delivered:

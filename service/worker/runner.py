@@ -559,7 +559,7 @@ def _failed_attempt(
     )
     if final:
         jlog.warning(
-            "failed (%s, request_id=%s): %s", error.error_type, error.request_id, error.describe()
+            "failed (%s, request_id=%s): %s", error.error_type, error.request_id, error.loggable()
         )
         _publish_follow_ups(recorded.follow_ups, publish, publish_webhooks)
         _batch_line_ended(recorded.job.batch_id)
@@ -569,7 +569,7 @@ def _failed_attempt(
         error.error_type,
         error.request_id,
         countdown,
-        error.describe(),
+        error.loggable(),
     )
     if park:
         return Parked(f"retry due in {countdown:.0f}s")

@@ -26,7 +26,12 @@ from service.db.session import UNAVAILABLE, transaction, unavailable_because
 from service.errors import EzqCallerError
 from service.gateway import GatewayClient
 from service.live import publisher as live_publisher
-from service.logsetup import ignored_at_debug_only, install_redaction, receipts_at_debug_only
+from service.logsetup import (
+    failures_without_text,
+    ignored_at_debug_only,
+    install_redaction,
+    receipts_at_debug_only,
+)
 from service.logwriter import write_in_background
 from service.validation import CompletionRequest, validate_request
 from service.webhooks.tasks import deliver_committed
@@ -74,6 +79,7 @@ def _close_gateway(**_: Any) -> None:
 
 
 ignored_at_debug_only(c.TASK_CHAT_COMPLETION)
+failures_without_text(c.TASK_CHAT_COMPLETION)
 
 
 @after_setup_logger.connect
@@ -82,6 +88,7 @@ def _redact_logs(logger: logging.Logger, loglevel: int | str = logging.INFO, **_
     install_redaction([logger])
     receipts_at_debug_only(loglevel)
     ignored_at_debug_only(c.TASK_CHAT_COMPLETION)
+    failures_without_text(c.TASK_CHAT_COMPLETION)
 
 
 @celeryd_after_setup.connect
