@@ -255,10 +255,13 @@ def test_bad_file_is_refused_with_line_numbers_and_nothing_written(
     good = line("ok", "fine")
     bad_role = line("r", "x")
     bad_role["body"]["messages"][0]["role"] = "robot"
+    surrogate_id = line("x\ud800y", "x")  # JSON's "\ud800": Postgres cannot store it
+    surrogate_key = {**line("k", "x"), "extra\udfff": 1}
     content = (
         jsonl([good, bad_role])
         + b"{not json\n"
         + jsonl([line("ok", "duplicate id"), line("t", "x", temprature=1)])
+        + jsonl([surrogate_id, surrogate_key])
     )
     client = sdk(server, keys["a"])
     with pytest.raises(openai.UnprocessableEntityError) as caught:
@@ -272,7 +275,10 @@ def test_bad_file_is_refused_with_line_numbers_and_nothing_written(
         (3, "line"),
         (4, "custom_id"),
         (5, "body.temprature"),
+        (6, "custom_id"),
+        (7, "line"),
     ]
+    assert "lone UTF-16 surrogate" in error["errors"][4]["message"]
     assert sql("SELECT count(*) FROM batch_files WHERE filename = :n", n=name) == [(0,)]
 
 

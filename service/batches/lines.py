@@ -16,7 +16,7 @@ from typing import IO, Any
 
 from service import constants as c
 from service.errors import InvalidBatchFile, InvalidRequest
-from service.validation import CompletionRequest, validate_request
+from service.validation import CompletionRequest, storable, validate_request
 
 LINE_FIELDS = frozenset({"custom_id", "method", "url", "body"})
 MAX_CUSTOM_ID_LENGTH = 512
@@ -97,12 +97,15 @@ def check_line(
         raise InvalidRequest("line", f"must be a JSON object, not {type(value).__name__}")
     unknown = sorted(set(value) - LINE_FIELDS)
     if unknown:
+        try:
+            storable("line", unknown[0])
+        except InvalidRequest:  # the name cannot even be shown: it is not Unicode text
+            raise InvalidRequest("line", "has a field name that is not valid Unicode text")
         raise InvalidRequest(unknown[0], "is not a known field")
     custom_id = _text(value.get("custom_id"), "custom_id")
     if len(custom_id) > MAX_CUSTOM_ID_LENGTH:
         raise InvalidRequest("custom_id", f"is longer than {MAX_CUSTOM_ID_LENGTH} characters")
-    if "\x00" in custom_id:
-        raise InvalidRequest("custom_id", "must not contain NUL (\\u0000) characters")
+    storable("custom_id", custom_id)  # NUL or a lone surrogate: Postgres cannot store it
     if value.get("method") != "POST":
         raise InvalidRequest("method", "must be POST")
     if value.get("url") != c.BATCH_ENDPOINT:
