@@ -100,7 +100,9 @@ def check_line(
         try:
             storable("line", unknown[0])
         except InvalidRequest:  # the name cannot even be shown: it is not Unicode text
-            raise InvalidRequest("line", "has a field name that is not valid Unicode text")
+            raise InvalidRequest(
+                "line", "has a field name that is not valid Unicode text"
+            ) from None
         raise InvalidRequest(unknown[0], "is not a known field")
     custom_id = _text(value.get("custom_id"), "custom_id")
     if len(custom_id) > MAX_CUSTOM_ID_LENGTH:
