@@ -6,11 +6,15 @@ import logging
 import uuid
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from service import views
 from service.config import get_settings
 from service.db import queries
 from service.db.session import transaction
-from service.validation import validate_request
+from service.errors import InvalidRequest
+from service.gateway.routing import part_problem
+from service.validation import CompletionRequest, validate_request
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +62,41 @@ def enqueue_completion(
     )
     with transaction() as session:
         job_id, created = queries.create_job(session, request, created_by=created_by)
+        if created:
+            # After create_job: an unknown conversation (or another tenant's) has been
+            # refused as such, and the conversation is locked. Raising rolls the job back.
+            _check_history_surface(session, request)
     if created:
         # The job is durably stored: if the broker is down, this gives up within
         # EZQ_PUBLISH_TIMEOUT and the sweep publishes the job once the broker is back, so
         # the caller gets its id rather than an error that invites a duplicate.
         publish_jobs([job_id])
     return job_id
+
+
+def _check_history_surface(session: Session, request: CompletionRequest) -> None:
+    """A next turn set to the anthropic surface is refused (``surface``) when the stored
+    history holds a part that surface cannot carry; the worker would fail it anyway.
+
+    One query, only for a next turn set to anthropic: a first turn, or a job on ``auto``
+    or ``openai``, costs nothing more. Earlier turns still pending are not in the stored
+    history yet: the worker checks the full list before its call."""
+    if request.surface != "anthropic" or request.conversation_id is None:
+        return
+    for i, j, kind, file_data, url in queries.history_media_parts(session, request.conversation_id):
+        part: dict[str, Any] = {"type": kind}
+        if kind == "file":
+            part["file"] = {"file_data": file_data}
+        elif kind == "image_url":
+            part["image_url"] = {"url": url}
+        problem = part_problem(part)
+        if problem is not None:
+            below, reason = problem
+            raise InvalidRequest(
+                "surface",
+                "anthropic cannot carry the conversation's history "
+                f"(messages[{i}].content[{j}]{below}: {reason})",
+            )
 
 
 def get_job(job_id: uuid.UUID | str, *, tenants: queries.Tenants = None) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 import jsonschema
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -29,9 +30,19 @@ from service.gateway.routing import anthropic_problem
 from service.webhooks.urls import check_callback_url
 
 Role = Literal["system", "user", "assistant", "tool"]
+
+
+def _a_number(value: object) -> object:
+    """A JSON number as given: an int is fine for a float field, a boolean or a string is
+    refused rather than read as one (``true`` was sent as 1.0, ``"0.5"`` as 0.5)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise ValueError(f"must be a number, not {type(value).__name__}")
+    return value
+
+
 # A finite number: NaN and infinities are refused as such (``le=2`` alone said NaN was
 # "not less than or equal to 2").
-Number = Annotated[float, Field(strict=False, allow_inf_nan=False)]
+Number = Annotated[float, BeforeValidator(_a_number), Field(allow_inf_nan=False)]
 
 
 class ChatMessage(BaseModel):

@@ -474,3 +474,32 @@ def next_waiting_job(session: Session, conversation_id: uuid.UUID) -> uuid.UUID 
         .values(needs_publish=False, dispatched_at=func.now())
         .returning(Job.id)
     ).scalar_one_or_none()
+
+
+# The stored history's content parts the Anthropic surface may refuse, with each one's
+# message index in the history (as the worker sends it: by seq, history first) and only
+# the start of its URL or file data: enough for the data URL's media type, never the data.
+_HISTORY_MEDIA_PARTS = text(
+    """
+    SELECT m.i, p.j - 1, p.part->>'type',
+           left(p.part->'file'->>'file_data', 1024), left(p.part->'image_url'->>'url', 1024)
+      FROM (SELECT row_number() OVER (ORDER BY seq) - 1 AS i,
+                   CASE WHEN jsonb_typeof(content_parts) = 'array' THEN content_parts END
+                       AS parts
+              FROM messages WHERE conversation_id = :conversation_id) AS m
+     CROSS JOIN LATERAL jsonb_array_elements(m.parts) WITH ORDINALITY AS p(part, j)
+     WHERE p.part->>'type' IN ('input_audio', 'file', 'image_url')
+     ORDER BY m.i, p.j
+    """
+)
+
+
+MediaPart = tuple[int, int, str, str | None, str | None]
+
+
+def history_media_parts(session: Session, conversation_id: uuid.UUID) -> list[MediaPart]:
+    """The conversation's stored audio, file and image parts, in history order, each as
+    (message index, part index, type, the first 1,024 characters of its file data, of its
+    image URL): enough to read a data URL's media type, never the data."""
+    rows = session.execute(_HISTORY_MEDIA_PARTS, {"conversation_id": conversation_id})
+    return [(i, j, kind, data, url) for i, j, kind, data, url in rows]

@@ -14,6 +14,7 @@ import jsonschema
 
 from service.completion import Completion
 from service.errors import GatewayToolCallsMissing, ReplyNotMatchingSchema
+from service.gateway.routing import anthropic_problem, is_claude
 
 
 def declared_tools(params: dict[str, Any]) -> frozenset[str]:
@@ -59,15 +60,64 @@ def tool_call_problem(
     return None
 
 
-def check_tool_calls(completion: Completion, declared: frozenset[str] = frozenset()) -> None:
-    """GW-001: a ``tool_calls`` finish needs tool calls the caller can run."""
+def gw001_advice(
+    surface: str,
+    requested: str | None,
+    model: str | None,
+    messages: list[dict[str, Any]],
+    params: dict[str, Any],
+) -> str:
+    """What a GW-001 error says after its problem: true for where the call went and why.
+
+    ``surface`` answered; ``requested`` is the job's surface (None: not known, the
+    generic advice). The anthropic surface is never advised to a job that ran there, nor
+    without naming the field that keeps a request off it.
+    """
+    if surface == "anthropic":
+        return "on the anthropic surface"
+    if requested is None:
+        return "ezrouter GW-001; use the anthropic surface or claude-opus-4-7 for tool calls"
+    problem = anthropic_problem(messages, params)
+    if requested == "openai":
+        if problem is None:
+            return (
+                "ezrouter GW-001 on the openai surface, which this job is set to; use the "
+                "anthropic surface or claude-opus-4-7 for tool calls"
+            )
+        path, reason = problem
+        return (
+            "ezrouter GW-001 on the openai surface, which this job is set to; the anthropic "
+            f"surface cannot take this request ({path}: {reason}); use claude-opus-4-7 "
+            "for tool calls"
+        )
+    if model is not None and not is_claude(model):
+        return (
+            "ezrouter GW-001 on the openai surface, where auto keeps non-claude models; "
+            "name the anthropic surface, or use claude-opus-4-7, for tool calls"
+        )
+    if problem is not None:
+        path, reason = problem
+        return (
+            f"ezrouter GW-001 on the openai surface, where {path} kept this job ({reason}); "
+            "without it auto sends claude tool calls to the anthropic surface; or use "
+            "claude-opus-4-7"
+        )
+    return "ezrouter GW-001; use the anthropic surface or claude-opus-4-7 for tool calls"
+
+
+def check_tool_calls(
+    completion: Completion, declared: frozenset[str] = frozenset(), advice: str | None = None
+) -> None:
+    """GW-001: a ``tool_calls`` finish needs tool calls the caller can run; ``advice``
+    (``gw001_advice``) ends the error's message."""
     if completion.finish_reason != "tool_calls":
         return
     problem = tool_call_problem(completion.tool_calls, declared)
     if problem is not None:
+        if advice is None:
+            advice = gw001_advice(completion.surface, None, None, [], {})
         raise GatewayToolCallsMissing(
-            f'finish_reason "tool_calls" but {problem} (ezrouter GW-001; use the anthropic '
-            "surface or claude-opus-4-7 for tool calls)",
+            f'finish_reason "tool_calls" but {problem} ({advice})',
             status=completion.http_status,
             request_id=completion.request_id,
         )
@@ -132,7 +182,21 @@ def check_json_schema(completion: Completion, params: dict[str, Any]) -> None:
         )
 
 
-def check_reply(completion: Completion, params: dict[str, Any]) -> None:
-    """Raise a ReplyDefect when a finished reply is not a usable success."""
-    check_tool_calls(completion, declared_tools(params))
+def check_reply(
+    completion: Completion,
+    params: dict[str, Any],
+    *,
+    requested: str | None = None,
+    model: str | None = None,
+    messages: list[dict[str, Any]] | None = None,
+) -> None:
+    """Raise a ReplyDefect when a finished reply is not a usable success.
+
+    ``requested`` (the job's surface), ``model`` and ``messages`` let a GW-001 error say
+    why the call went where it went; without them its advice is the generic one.
+    """
+    advice = None
+    if completion.finish_reason == "tool_calls":
+        advice = gw001_advice(completion.surface, requested, model, messages or [], params)
+    check_tool_calls(completion, declared_tools(params), advice)
     check_json_schema(completion, params)

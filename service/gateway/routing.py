@@ -5,8 +5,10 @@ that surface does reliably — tool calls (GW-001 breaks them on the OpenAI surf
 every claude model but opus), extended thinking across turns (the OpenAI surface drops
 ``reasoning_content``) and prompt caching with ``cache_control`` (GW-005) — and every
 other request to the OpenAI surface, which carries the whole catalog and every OpenAI
-field. A request using a field the Anthropic surface has no equivalent for stays on the
-OpenAI surface under ``auto``, and is refused at enqueue when it names ``anthropic``.
+field. A request using a field the Anthropic surface has no equivalent for (or a setting
+the Anthropic API refuses beside thinking) stays on the OpenAI surface under ``auto``, and
+is refused at enqueue when it names ``anthropic``; a field set to a value that changes
+nothing (a penalty of 0, ``logprobs: false``) does not count.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ OPENAI_ONLY_PARAMS = (
 )
 # What the Anthropic Messages API reads from a base64 file part.
 ANTHROPIC_FILE_TYPES = ("application/pdf", "text/plain")
+# The only base64 image types the Anthropic Messages API takes.
+ANTHROPIC_IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+# With thinking on, the Anthropic API refuses top_p below this (and any temperature but 1,
+# and a tool_choice that forces a tool).
+THINKING_MIN_TOP_P = 0.95
 
 
 def is_claude(model: str) -> bool:
@@ -63,17 +70,62 @@ def data_url_type(url: str) -> str | None:
     return url[5:].split(";", 1)[0] or None
 
 
-def anthropic_problem(
-    messages: list[dict[str, Any]], params: dict[str, Any]
-) -> tuple[str, str] | None:
-    """The first field the Anthropic surface cannot carry, as (path, reason), or None."""
+def openai_only_param(params: dict[str, Any]) -> str | None:
+    """The first field used that only the OpenAI surface carries, or None.
+
+    A value that changes nothing (OpenAI's default: a penalty of 0, ``logprobs: false``,
+    an empty ``logit_bias``) does not count: the Anthropic surface, which never sends these
+    fields, serves such a request exactly as written. ``seed`` always counts.
+    """
     for name in OPENAI_ONLY_PARAMS:
-        if name in params:
-            return f"params.{name}", "has no equivalent on the anthropic surface"
+        if name in params and not _neutral(name, params[name]):
+            return name
+    return None
+
+
+def _neutral(name: str, value: Any) -> bool:
+    if name in ("presence_penalty", "frequency_penalty"):
+        return isinstance(value, int | float) and not isinstance(value, bool) and value == 0
+    if name == "logprobs":
+        return value is False
+    if name == "logit_bias":
+        return isinstance(value, dict) and not value
+    return False
+
+
+def _forced_tool(choice: Any) -> bool:
+    return choice == "required" or isinstance(choice, dict)
+
+
+def params_problem(params: dict[str, Any]) -> tuple[str, str] | None:
+    """The first parameter the Anthropic surface cannot carry, as (path, reason), or None."""
+    name = openai_only_param(params)
+    if name is not None:
+        return f"params.{name}", "has no equivalent on the anthropic surface"
     response_format = params.get("response_format")
     if isinstance(response_format, dict) and response_format.get("type") != "text":
         return "params.response_format", "has no equivalent on the anthropic surface"
     temperature = params.get("temperature")
+    top_p = params.get("top_p")
+    if thinking_on(params):
+        # What the Anthropic API refuses beside thinking (it would answer 400).
+        if isinstance(temperature, int | float) and temperature != 1:
+            return (
+                "params.temperature",
+                "must be 1 (or unset) with thinking on the anthropic surface",
+            )
+        if isinstance(top_p, int | float) and top_p < THINKING_MIN_TOP_P:
+            return (
+                "params.top_p",
+                f"must be at least {THINKING_MIN_TOP_P} (or unset) with thinking on the "
+                "anthropic surface",
+            )
+        if _forced_tool(params.get("tool_choice")):
+            return (
+                "params.tool_choice",
+                "cannot force a tool with thinking on the anthropic surface "
+                "(only 'auto' or 'none')",
+            )
     if isinstance(temperature, int | float) and temperature > 1:
         return "params.temperature", "must be at most 1 on the anthropic surface"
     limit_name = "max_tokens" if "max_tokens" in params else "max_completion_tokens"
@@ -86,25 +138,54 @@ def anthropic_problem(
                 f"must be above the thinking budget ({budget}) on the anthropic surface, "
                 "where thinking counts against it",
             )
-    for i, j, part in _parts(messages):
-        where = f"messages[{i}].content[{j}]"
-        kind = part.get("type")
-        if kind == "input_audio":
-            return where, "audio input has no equivalent on the anthropic surface"
-        if kind == "file":
-            data = (part.get("file") or {}).get("file_data")
-            media = data_url_type(data) if isinstance(data, str) else None
-            if media not in ANTHROPIC_FILE_TYPES:
-                return (
-                    f"{where}.file",
-                    "the anthropic surface takes files only as base64 data URLs of "
-                    + " or ".join(ANTHROPIC_FILE_TYPES),
-                )
-        if kind == "image_url":
-            url = str((part.get("image_url") or {}).get("url", ""))
-            if not url.startswith(("http://", "https://")) and data_url_type(url) is None:
-                return f"{where}.image_url.url", "must be an http(s) URL or a base64 data URL"
     return None
+
+
+def part_problem(part: dict[str, Any]) -> tuple[str, str] | None:
+    """Why the Anthropic surface cannot carry this content part, as (the path below the
+    part, reason), or None when it can."""
+    kind = part.get("type")
+    if kind == "input_audio":
+        return "", "audio input has no equivalent on the anthropic surface"
+    if kind == "file":
+        data = (part.get("file") or {}).get("file_data")
+        media = data_url_type(data) if isinstance(data, str) else None
+        if media not in ANTHROPIC_FILE_TYPES:
+            return (
+                ".file",
+                "the anthropic surface takes files only as base64 data URLs of "
+                + " or ".join(ANTHROPIC_FILE_TYPES),
+            )
+    if kind == "image_url":
+        url = str((part.get("image_url") or {}).get("url", ""))
+        media = data_url_type(url)
+        if not url.startswith(("http://", "https://")) and media is None:
+            return ".image_url.url", "must be an http(s) URL or a base64 data URL"
+        if media is not None and media not in ANTHROPIC_IMAGE_TYPES:
+            return (
+                ".image_url.url",
+                f"is a {media} image; the anthropic surface takes base64 images only as "
+                + ", ".join(ANTHROPIC_IMAGE_TYPES),
+            )
+    return None
+
+
+def messages_problem(messages: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """The first content part the Anthropic surface cannot carry, as (path, reason), or
+    None; ``messages[i]`` counts from the start of ``messages``."""
+    for i, j, part in _parts(messages):
+        problem = part_problem(part)
+        if problem is not None:
+            below, reason = problem
+            return f"messages[{i}].content[{j}]{below}", reason
+    return None
+
+
+def anthropic_problem(
+    messages: list[dict[str, Any]], params: dict[str, Any]
+) -> tuple[str, str] | None:
+    """The first field the Anthropic surface cannot carry, as (path, reason), or None."""
+    return params_problem(params) or messages_problem(messages)
 
 
 def wants_anthropic(model: str, messages: list[dict[str, Any]], params: dict[str, Any]) -> bool:
