@@ -151,6 +151,54 @@ def test_jobs_failed_at_claim_or_on_a_paid_reply_are_counted(
     assert value(samples, tokens, model=MODEL, tenant=strict, kind="completion") == completion
 
 
+def test_a_call_paid_after_its_job_was_cancelled_is_counted(
+    worker_factory: Callable[..., WorkerProcess], own_queue: str, fake_gateway: Any
+) -> None:
+    """A call that finishes after its job was cancelled was paid for: its usage row is in
+    token_usage (job_cancelled), and in the call, token and cost counters alike, so that
+    Grafana's spend is SQL's."""
+    from service.producer import cancel_job, get_job
+    from tests.test_faults import wait_until
+
+    port = free_port()
+    worker_factory(env={"EZQ_QUEUE": own_queue}, args=["--metrics-port", str(port)])
+    # The cost counter is checked against SQL's, whatever the model's price (none: 0).
+    model, tenant = MODEL, f"c-{uuid.uuid4().hex[:8]}"
+    marker = uuid.uuid4().hex
+    # A reply streamed over about 2 s, each chunk well within the read timeout.
+    reply = " ".join(f"w{i}" for i in range(8))
+    fake_gateway.add_faults(Fault(kind="normal", reply=reply, chunk_delay=0.25, match=marker))
+    job_id = enqueue_completion(model, [{"role": "user", "content": marker}], tenant=tenant)
+    wait_until(lambda: get_job(job_id)["status"] == "running", "the call under way")
+    assert cancel_job(job_id)["status"] == "cancelled"
+    usage = (
+        f"SELECT coalesce(cost_usd, 0) FROM token_usage WHERE job_id = '{job_id}' AND job_cancelled"
+    )
+    wait_until(lambda: bool(sql(usage)), "the cancelled call's usage row")
+    [(cost,)] = sql(usage)
+
+    url = f"http://127.0.0.1:{port}/metrics"
+    # The tenant's series are this job's alone; the model's may also count a job of
+    # another test that this worker (one pool with the suite's) happened to run.
+    tokens = "ezq_tokens_total"
+    wait_until(
+        lambda: value(scrape(url)[1], tokens, model=model, tenant=tenant, kind="prompt") > 0,
+        "the call's tokens counted",
+    )
+    _, samples = scrape(url)
+    counted = Decimal(str(value(samples, "ezq_cost_usd_total", model=model, tenant=tenant)))
+    assert counted == pytest.approx(cost)
+    [(prompt, completion)] = sql(
+        "SELECT prompt_tokens, completion_tokens FROM token_usage WHERE job_id = :j", j=job_id
+    )
+    assert value(samples, tokens, model=model, tenant=tenant, kind="prompt") == prompt > 0
+    assert value(samples, tokens, model=model, tenant=tenant, kind="completion") == completion
+    attempts = "ezq_gateway_attempts_total"
+    assert value(samples, attempts, outcome="success", error_type="none", model=model) >= 1
+    calls = "ezq_gateway_call_duration_seconds_count"
+    assert value(samples, calls, model=model, outcome="success") >= 1
+
+
 def test_worker_processes_add_up(
     worker_factory: Callable[..., WorkerProcess],
     own_queue: str,

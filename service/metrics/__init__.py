@@ -9,8 +9,10 @@ the sum). Gauges of the backlog are computed from Postgres when scraped (see
 from __future__ import annotations
 
 from service.metrics.events import (
+    NONE,
     attempt_failed,
     attempt_lost,
+    call_after_cancel,
     claims_undone,
     dead_letter,
     job_ended_at_claim,
@@ -19,8 +21,10 @@ from service.metrics.events import (
 )
 
 __all__ = [
+    "NONE",
     "attempt_failed",
     "attempt_lost",
+    "call_after_cancel",
     "claims_undone",
     "dead_letter",
     "job_ended_at_claim",

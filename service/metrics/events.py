@@ -86,6 +86,25 @@ def attempt_failed(
         _ended(job)
 
 
+def call_after_cancel(
+    job: Any,
+    *,
+    outcome: str,
+    error_type: str,
+    call_started: datetime,
+    tokens: Any | None,
+    cost_usd: Decimal | None,
+) -> None:
+    """A call that ended after its job was cancelled, counted as it ended (``success``, or
+    ``failure`` with its error type), with the usage row it was paid for; the job's own
+    end was counted by the cancel."""
+    model = model_label(job.model)
+    m.GATEWAY_ATTEMPTS.labels(outcome, error_type, model).inc()
+    m.GATEWAY_DURATION.labels(model, outcome).observe(_since(call_started))
+    if tokens is not None:
+        _usage(job, tokens, cost_usd)
+
+
 def job_ended_at_claim(job: Any) -> None:
     """A job that ended before any call (over budget at its claim)."""
     _ended(job)

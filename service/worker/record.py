@@ -50,6 +50,9 @@ class Recorded:
     view: dict[str, Any]
     follow_ups: FollowUps
     cost_usd: Decimal | None = None
+    # A call that ended after its job was cancelled: the job as its attempt was recorded
+    # (``cost_usd`` is then that call's usage row's, flagged ``job_cancelled``).
+    cancelled: Row[Any] | None = None
 
 
 def _call(completion: Completion) -> CallOutcome:
@@ -100,9 +103,14 @@ def _insert_usage(
     )
 
 
-def _insert_cancelled_usage(session: Session, job: Row[Any], usage: dict[str, Any]) -> None:
-    """Write the priced usage row of a call whose job was cancelled while it ran."""
-    _insert_usage(session, job, usage, job_cancelled=True)
+def _insert_cancelled_usage(
+    session: Session, job: Row[Any] | None, usage: dict[str, Any] | None
+) -> Decimal | None:
+    """Write the priced usage row of a call whose job was cancelled while it ran (if the
+    attempt was recorded and the call sent usage); return its cost."""
+    if job is None or usage is None:
+        return None
+    return _insert_usage(session, job, usage, job_cancelled=True)
 
 
 def _webhooks(session: Session, job: Row[Any], view: dict[str, Any]) -> list[uuid.UUID]:
@@ -159,11 +167,11 @@ def _record_succeeded(
             cancelled = attempts.record_cancelled_attempt(
                 session, claim, _call(completion), error=CANCELLED_REPLY
             )
-            if cancelled is not None and usage is not None:
-                _insert_cancelled_usage(session, cancelled, usage)
+            cost = _insert_cancelled_usage(session, cancelled, usage)
             woken = settle_in(session, settlement, claim.job_id, claim.attempt)
             view = views.job_view(session, claim.job_id)
-            return Recorded(None, view, FollowUps(ended.next_job_id, woken=woken))
+            follow_ups = FollowUps(ended.next_job_id, woken=woken)
+            return Recorded(None, view, follow_ups, cost, cancelled=cancelled)
         woken = settle_in(session, settlement, claim.job_id, claim.attempt)
         view = _success_view(job, completion, summary)
         webhooks = _webhooks(session, job, view) if job.callback_url is not None else []
@@ -250,11 +258,11 @@ def _record_failed(
                 error=f"the job was cancelled while this call ran; it failed: {error.describe()}",
                 retryable=error.retryable,
             )
-            if cancelled is not None and usage is not None:
-                _insert_cancelled_usage(session, cancelled, usage)
+            cost = _insert_cancelled_usage(session, cancelled, usage)
             woken = settle_in(session, settlement, claim.job_id, claim.attempt)
             view = views.job_view(session, claim.job_id)
-            return Recorded(None, view, FollowUps(ended.next_job_id, woken=woken))
+            follow_ups = FollowUps(ended.next_job_id, woken=woken)
+            return Recorded(None, view, follow_ups, cost, cancelled=cancelled)
         # A failed job has no reply; it has usage only when the failed call was paid for.
         cost = _insert_usage(session, job, usage) if usage is not None else None
         summary = tokens.summary() if tokens is not None and usage is not None else None

@@ -470,6 +470,15 @@ def _succeeded_attempt(
     recorded = record_succeeded(claim, completion, tokens, settlement)
     if recorded.job is None:
         jlog.warning("the job is no longer ours (cancelled or taken over); reply discarded")
+        if recorded.cancelled is not None:  # paid for all the same
+            metrics.call_after_cancel(
+                recorded.cancelled,
+                outcome="success",
+                error_type=metrics.NONE,
+                call_started=call_started,
+                tokens=tokens if completion.usage is not None else None,
+                cost_usd=recorded.cost_usd,
+            )
     else:
         jlog.info(
             "succeeded: finish_reason=%s request_id=%s",
@@ -543,6 +552,15 @@ def _failed_attempt(
     view = recorded.view
     if recorded.job is None:
         jlog.warning("the job is no longer ours (cancelled or taken over); failure not recorded")
+        if recorded.cancelled is not None:
+            metrics.call_after_cancel(
+                recorded.cancelled,
+                outcome="failure",
+                error_type=error.error_type,
+                call_started=call_started,
+                tokens=tokens,
+                cost_usd=recorded.cost_usd,
+            )
         _publish_follow_ups(recorded.follow_ups, publish, publish_webhooks)
         return (
             Finished(view)
