@@ -247,6 +247,48 @@ def _cancel_while_one_runs(own: Any, keys: dict[str, str], fake_gateway: Any) ->
     assert client.batches.cancel(batch.id).status == "cancelled"  # a no-op
 
 
+def test_a_line_failing_after_its_batch_was_cancelled_is_not_retried(
+    server: Any, keys: dict[str, str], fake_gateway: Any
+) -> None:
+    """A retry is a new call: a line whose call breaks (retryable) after its batch was
+    cancelled ends cancelled, "after 1 attempt", and the gateway sees no second call."""
+    marker = uuid.uuid4().hex
+    # The stream breaks after about 1.5 s, on every attempt the line would make.
+    fake_gateway.add_faults(
+        Fault(
+            kind="drop_mid_stream",
+            match=marker,
+            reply="broken word " * 8,
+            after_chunks=5,
+            chunk_delay=0.3,
+            times=5,
+        )
+    )
+    client = sdk(server, keys["a"])
+    uploaded = client.files.create(
+        file=("stop.jsonl", jsonl([line("only", f"stop {marker}")])), purpose="batch"
+    )
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    status = "SELECT status FROM jobs WHERE batch_id = :b"
+    wait_until(lambda: sql(status, b=batch.id) == [("running",)], "the line's call under way")
+    assert client.batches.cancel(batch.id).status == "cancelling"
+    done = ended(client, batch.id, "cancelled")
+    assert (done.request_counts.completed, done.request_counts.failed) == (0, 1)
+    errors = lines_of(client, done.error_file_id)
+    assert errors["only"]["error"] == {
+        "code": "batch_cancelled",
+        "message": "the request was cancelled after 1 attempt",
+    }
+    assert sql(
+        "SELECT a.attempt, a.error_type FROM job_attempts a JOIN jobs j ON j.id = a.job_id"
+        " WHERE j.batch_id = :b",
+        b=batch.id,
+    ) == [(1, "broken_stream")]
+    assert len([r for r in fake_gateway.requests if marker in str(r.body)]) == 1
+
+
 def test_bad_file_is_refused_with_line_numbers_and_nothing_written(
     server: Any, keys: dict[str, str]
 ) -> None:

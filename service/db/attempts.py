@@ -308,16 +308,27 @@ SELECT owned.*, (SELECT id FROM next_turn) AS next_job_id, {cost} AS cost_usd
 # Built once each: a success with a usage object, and one without.
 _SUCCESS = {True: _success(True), False: _success(False)}
 
+# A retry is a new call: a batch line whose batch was cancelled while its call ran is
+# cancelled instead of retried (``stopped``), as its lines not started were.
 _FAILURE = text(
     f"""
-WITH owned AS (
+WITH stopped AS (
+    SELECT NOT :final AND EXISTS (
+               SELECT FROM batches b
+                WHERE b.id = j.batch_id AND b.status IN ('cancelling', 'cancelled')
+           ) AS yes
+      FROM jobs j WHERE j.id = :job_id
+),
+owned AS (
     UPDATE jobs SET error_type = :error_type, error_status = :http_status, error = :job_error,
            lease_expires_at = NULL, lease_holder = NULL,
-           status = CASE WHEN :final THEN 'failed' ELSE 'retrying' END,
-           finished_at = CASE WHEN :final THEN now() ELSE finished_at END,
-           dispatched_at = CASE WHEN :final THEN dispatched_at
+           status = CASE WHEN :final THEN 'failed' WHEN stopped.yes THEN 'cancelled'
+                         ELSE 'retrying' END,
+           finished_at = CASE WHEN :final OR stopped.yes THEN now() ELSE finished_at END,
+           dispatched_at = CASE WHEN :final OR stopped.yes THEN dispatched_at
                                 ELSE now() + make_interval(secs => :retry_in_s) END,
-           needs_publish = CASE WHEN :final THEN needs_publish ELSE :park END
+           needs_publish = CASE WHEN :final OR stopped.yes THEN needs_publish ELSE :park END
+      FROM stopped
      WHERE id = :job_id AND {_RUNNING} AND attempts = :attempt
     RETURNING {_JOB}
 ),

@@ -567,14 +567,25 @@ def _failed_attempt(
             if view["status"] in ("succeeded", "failed", "cancelled")
             else LeftAlone()
         )
+    # A batch line whose batch was cancelled meanwhile is not retried: it ended cancelled.
+    stopped = not final and recorded.job.status == "cancelled"
     metrics.attempt_failed(
         recorded.job,
         error_type=error.error_type,
-        final=final,
+        final=final or stopped,
         call_started=call_started,
         tokens=tokens,
         cost_usd=recorded.cost_usd,
     )
+    if stopped:
+        jlog.warning(
+            "attempt failed (%s, request_id=%s), not retried: its batch is cancelled",
+            error.error_type,
+            error.request_id,
+        )
+        _publish_follow_ups(recorded.follow_ups, publish, publish_webhooks)
+        _batch_line_ended(recorded.job.batch_id)
+        return Finished(view)
     if final:
         jlog.warning(
             "failed (%s, request_id=%s): %s", error.error_type, error.request_id, error.loggable()
