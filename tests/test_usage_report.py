@@ -40,6 +40,17 @@ FIELDS = (
     "total_tokens",
     "cost_usd",
     "unpriced_jobs",
+    "cache_write_tokens",  # last in JSON and CSV, as in the usage views
+)
+# The table's token columns: cache writes beside the uncached prompt tokens they are in.
+TABLE_COUNTS = (
+    "jobs",
+    "prompt_tokens",
+    "cached_tokens",
+    "uncached_prompt_tokens",
+    "cache_write_tokens",
+    "completion_tokens",
+    "total_tokens",
 )
 
 
@@ -72,7 +83,8 @@ def expected(
             text(
                 "SELECT count(*), sum(prompt_tokens), sum(cached_tokens),"
                 " sum(uncached_prompt_tokens), sum(completion_tokens), sum(total_tokens),"
-                " sum(cost_usd), count(*) - count(cost_usd) FROM token_usage"
+                " sum(cost_usd), count(*) - count(cost_usd), sum(cache_write_tokens)"
+                " FROM token_usage"
                 f" WHERE created_at >= :start AND created_at < :end AND {where}"
             ),
             {"start": start, "end": end, **params},
@@ -139,7 +151,7 @@ def test_table_shows_totals_and_unpriced(database: str) -> None:
     want = expected(database, today() - timedelta(days=59), today())
     rows = {cells[0]: cells[1:] for cells in map(table_cells, done.stdout.splitlines()) if cells}
     assert rows["Total"] == [
-        *(f"{want[name]:,}" for name in FIELDS[:6]),
+        *(f"{want[name]:,}" for name in TABLE_COUNTS),
         usd_shown(want["cost_usd"]),
         f"{want['unpriced_jobs']:,}",
     ]

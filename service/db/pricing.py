@@ -1,6 +1,7 @@
 """How a usage row is priced, in SQL and NUMERIC end to end: the price in effect for a
 model at a moment, and the cost of a row's tokens at a price. The one definition the
-worker's record statement, the usage module and the synthetic data all price with."""
+worker's record statement, the usage module (``ezq prices recompute``), the synthetic data
+and the replay estimate (``ezq jobs replay --dry-run``) all price with."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     ColumnClause,
     ColumnElement,
     FromClause,
     Numeric,
     Select,
     func,
+    literal,
     literal_column,
     select,
 )
@@ -67,3 +70,23 @@ def price_in_effect(
 def price_at(model: ColumnElement[str], at: ColumnElement[datetime]) -> FromClause:
     """``price_in_effect`` as a lateral subquery named ``price``."""
     return price_in_effect(model, at).lateral("price")
+
+
+def token_counts(
+    *,
+    uncached_prompt_tokens: int,
+    cached_tokens: int,
+    completion_tokens: int,
+    cache_write_tokens: int = 0,
+) -> FromClause:
+    """Token counts as a one-row usage subquery named ``usage``, for ``cost_of``: what some
+    tokens would cost, priced exactly as a usage row of them is."""
+    counts = {
+        "uncached_prompt_tokens": uncached_prompt_tokens,
+        "cached_tokens": cached_tokens,
+        "completion_tokens": completion_tokens,
+        "cache_write_tokens": cache_write_tokens,
+    }
+    return select(
+        *(literal(int(value), BigInteger()).label(name) for name, value in counts.items())
+    ).subquery("usage")

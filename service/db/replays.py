@@ -8,7 +8,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
-from decimal import Decimal
 
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
@@ -18,7 +17,6 @@ from service.db.models import (
     Conversation,
     Job,
     Message,
-    ModelPrice,
     TokenUsage,
 )
 
@@ -69,16 +67,6 @@ def mark_replay(session: Session, replay_id: uuid.UUID, original_id: uuid.UUID) 
     session.execute(update(Job).where(Job.id == replay_id).values(replay_of=original_id))
 
 
-@dataclass(frozen=True, slots=True)
-class TokenGuess:
-    """Tokens a replay is expected to use, and whether they were measured or guessed."""
-
-    uncached_prompt: int
-    cached: int
-    completion: int
-    measured: bool
-
-
 def history_chars(session: Session, job: Job) -> int:
     """Characters of the history the job is sent with (earlier turns' messages)."""
     earlier_turn = select(Job.enqueue_seq).where(Job.id == Message.job_id).scalar_subquery()
@@ -87,18 +75,6 @@ def history_chars(session: Session, job: Job) -> int:
         (Message.job_id.is_(None)) | (earlier_turn < job.enqueue_seq),
     )
     return int(session.execute(stmt).scalar_one())
-
-
-def measured_tokens(session: Session, job_id: uuid.UUID) -> TokenGuess | None:
-    """The original's own usage, when it has one."""
-    row = session.execute(
-        select(
-            TokenUsage.uncached_prompt_tokens,
-            TokenUsage.cached_tokens,
-            TokenUsage.completion_tokens,
-        ).where(TokenUsage.job_id == job_id)
-    ).first()
-    return None if row is None else TokenGuess(row[0], row[1], row[2], measured=True)
 
 
 def typical_completion_tokens(session: Session, model: str) -> int:
@@ -112,18 +88,3 @@ def typical_completion_tokens(session: Session, model: str) -> int:
     )
     value = session.execute(select(func.avg(recent.c.completion_tokens))).scalar_one()
     return int(value or 0)
-
-
-def price_now(session: Session, model: str) -> tuple[Decimal, Decimal, Decimal] | None:
-    """(input, cached input, output) USD per million tokens in effect now, if any."""
-    row = session.execute(
-        select(
-            ModelPrice.input_per_mtok,
-            ModelPrice.cached_input_per_mtok,
-            ModelPrice.output_per_mtok,
-        )
-        .where(ModelPrice.model == model, ModelPrice.effective_from <= func.now())
-        .order_by(ModelPrice.effective_from.desc())
-        .limit(1)
-    ).first()
-    return None if row is None else (row[0], row[1], row[2])

@@ -1,8 +1,16 @@
-"""The counters and histograms, defined once per process."""
+"""The counters and histograms, defined once per process.
+
+Without their ``*_created`` samples: prometheus_client would add one gauge per series (the
+time it was first counted), undocumented and doubling the series count. Turned off here,
+where the metrics are defined, and again where the registry is set up
+(``service.metrics.exposition``), for the worker and ``ezq api`` alike.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Histogram, disable_created_metrics
+
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 JOBS = Counter(
     "ezq_jobs_total",

@@ -28,11 +28,13 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import Text, func, literal, select, true
 from sqlalchemy.orm import Session
 
 from service.config import get_settings
 from service.db import joblist, replays
-from service.db.models import TERMINAL_STATUSES, Job
+from service.db.models import TERMINAL_STATUSES, Job, TokenUsage
+from service.db.pricing import cost_of, price_at, token_counts
 from service.db.session import transaction
 from service.errors import EzqCallerError, JobNotFound, JobNotReplayable
 
@@ -111,38 +113,55 @@ def _decide(session: Session, job: Job, made: set[uuid.UUID]) -> str | Skip:
 
 
 class _Estimator:
-    """Adds up what the replays are expected to cost at today's prices."""
+    """Adds up what the replays are expected to cost at today's prices, each job priced by
+    ``service.db.pricing.cost_of`` (as its usage row would be: cache writes at the
+    cache-write price) at the model's price in effect now."""
 
     def __init__(self, session: Session, result: ReplayResult) -> None:
         self._session = session
         self._result = result
-        self._prices: dict[str, tuple[Decimal, Decimal, Decimal] | None] = {}
         self._typical: dict[str, int] = {}
 
+    def _measured(self, job: Job) -> tuple[bool, Decimal | None]:
+        """(whether the job has a usage row, its tokens' cost at today's price or None)."""
+        usage = TokenUsage.__table__.alias("usage")
+        price = price_at(usage.c.model, func.now())
+        row = self._session.execute(
+            select(price.c.id, cost_of(usage, price))
+            .select_from(usage.outerjoin(price, true()))
+            .where(usage.c.job_id == job.id)
+        ).first()
+        if row is None:
+            return False, None
+        return True, (row[1] if row[0] is not None else None)
+
+    def _guessed(self, job: Job, conversation: str) -> Decimal | None:
+        """What the job's prompt and the model's typical completion cost at today's price."""
+        chars = sum(len(str(m.get("content") or "")) for m in job.input_messages)
+        if conversation == "same":
+            chars += replays.history_chars(self._session, job)
+        if job.model not in self._typical:
+            self._typical[job.model] = replays.typical_completion_tokens(self._session, job.model)
+        usage = token_counts(
+            uncached_prompt_tokens=math.ceil(chars / CHARS_PER_TOKEN),
+            cached_tokens=0,
+            completion_tokens=self._typical[job.model],
+        )
+        price = price_at(literal(job.model, Text()), func.now())
+        cost: Decimal | None = self._session.execute(
+            select(cost_of(usage, price)).select_from(usage.join(price, true()))
+        ).scalar()
+        return cost
+
     def add(self, job: Job, conversation: str) -> None:
-        guess = replays.measured_tokens(self._session, job.id)
-        if guess is None:
-            chars = sum(len(str(m.get("content") or "")) for m in job.input_messages)
-            if conversation == "same":
-                chars += replays.history_chars(self._session, job)
-            if job.model not in self._typical:
-                self._typical[job.model] = replays.typical_completion_tokens(
-                    self._session, job.model
-                )
-            guess = replays.TokenGuess(
-                math.ceil(chars / CHARS_PER_TOKEN), 0, self._typical[job.model], measured=False
-            )
-        else:
+        measured, cost = self._measured(job)
+        if measured:
             self._result.measured_jobs += 1
-        if job.model not in self._prices:
-            self._prices[job.model] = replays.price_now(self._session, job.model)
-        price = self._prices[job.model]
-        if price is None:
+        else:
+            cost = self._guessed(job, conversation)
+        if cost is None:
             self._result.unpriced_jobs += 1
             return
-        cost = (
-            guess.uncached_prompt * price[0] + guess.cached * price[1] + guess.completion * price[2]
-        ) / Decimal(1_000_000)
         self._result.estimated_cost_usd += cost
 
 

@@ -99,10 +99,11 @@ def _unpriced_since(since: datetime, model: str | None) -> list[ColumnElement[bo
 def _recompute_statement(since: datetime, model: str | None) -> Update:
     usage = usage_table().alias("u")
     # The price in effect when the row was written; a row older than its model's first
-    # price (the case this exists for) takes that first price.
+    # price (the case this exists for) takes that first price. A price not in effect yet
+    # is never applied: today's rows would take it now and tomorrow's not.
     price = (
         select(*PRICE_COLUMNS)
-        .where(ModelPrice.model == usage.c.model)
+        .where(ModelPrice.model == usage.c.model, ModelPrice.effective_from <= func.now())
         .order_by(
             (ModelPrice.effective_from <= usage.c.created_at).desc(),
             func.abs(extract("epoch", ModelPrice.effective_from - usage.c.created_at)),

@@ -26,6 +26,7 @@ _HEADINGS = {
     "prompt_tokens": "Prompt",
     "cached_tokens": "Cached",
     "uncached_prompt_tokens": "Uncached",
+    "cache_write_tokens": "Cache writes",
     "completion_tokens": "Completion",
     "total_tokens": "Total tokens",
     "cost_usd": "Cost (USD)",
@@ -107,9 +108,23 @@ def _cost_cell(totals: Totals) -> str | Text:
     return usd_shown(totals.cost_usd)
 
 
+# The table's columns: cache writes beside the uncached prompt tokens they are part of.
+TABLE_FIELDS = (
+    "jobs",
+    "prompt_tokens",
+    "cached_tokens",
+    "uncached_prompt_tokens",
+    "cache_write_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cost_usd",
+    "unpriced_jobs",
+)
+
+
 def _count_cells(totals: Totals) -> list[str | Text]:
     unpriced = Text(f"{totals.unpriced_jobs:,}", style="yellow") if totals.unpriced_jobs else "0"
-    counted = [f"{getattr(totals, name):,}" for name in TOTAL_FIELDS[:6]]
+    counted = [f"{getattr(totals, name):,}" for name in TABLE_FIELDS[:-2]]
     return [*counted, _cost_cell(totals), unpriced]
 
 
@@ -119,7 +134,7 @@ def report_table(report: Report) -> Table:
     table = Table(title=title, title_justify="left")
     for name in report.columns:
         table.add_column(name if name.startswith("tag:") else name.capitalize())
-    for name in TOTAL_FIELDS:
+    for name in TABLE_FIELDS:
         table.add_column(_HEADINGS[name], justify="right")
     for row in report.rows:
         keys = [key if key is not None else Text("(none)", style="dim") for key in row.keys]

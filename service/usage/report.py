@@ -55,6 +55,7 @@ _COUNTS = (
     "uncached_prompt_tokens",
     "completion_tokens",
     "total_tokens",
+    "cache_write_tokens",
 )
 # The rollup (migrations/versions/0012_rollups.py): a key may have several rows, and its
 # cost_usd is 0, not NULL, without priced usage.
@@ -132,6 +133,9 @@ class Totals:
     total_tokens: int = 0
     cost_usd: Decimal | None = None
     unpriced_jobs: int = 0
+    # Prompt tokens written to the prompt cache, within the uncached ones (last, as in the
+    # usage views, so that the machine formats' earlier columns keep their places).
+    cache_write_tokens: int = 0
 
     def __add__(self, other: Totals) -> Totals:
         costs = [cost for cost in (self.cost_usd, other.cost_usd) if cost is not None]
@@ -144,6 +148,7 @@ class Totals:
             total_tokens=self.total_tokens + other.total_tokens,
             cost_usd=sum(costs, Decimal(0)) if costs else None,
             unpriced_jobs=self.unpriced_jobs + other.unpriced_jobs,
+            cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
         )
 
 
@@ -275,7 +280,7 @@ def _key_text(name: str, value: Any) -> str | None:
 
 
 def _totals(values: Sequence[Any]) -> Totals:
-    jobs, prompt, cached, uncached, completion, total, cost, unpriced = values
+    jobs, prompt, cached, uncached, completion, total, cache_writes, cost, unpriced = values
     return Totals(
         jobs=int(jobs or 0),
         prompt_tokens=int(prompt or 0),
@@ -285,6 +290,7 @@ def _totals(values: Sequence[Any]) -> Totals:
         total_tokens=int(total or 0),
         cost_usd=cost,
         unpriced_jobs=int(unpriced or 0),
+        cache_write_tokens=int(cache_writes or 0),
     )
 
 
