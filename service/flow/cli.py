@@ -40,20 +40,21 @@ def _count(value: int | None) -> str:
 
 
 def _scoped_table(headings: Sequence[str], rows: Sequence[tuple[str, str, list[str]]]) -> Any:
-    """TENANT and MODEL share what the numbers leave of the terminal's width; numbers are
-    never cut."""
+    """TENANT and MODEL as wide as their cells, cut (the longer first) to what the numbers
+    leave of the terminal's width; numbers are never cut."""
     from service.ops import output
+    from service.ops.output import Col
 
-    widths = [max(len(h), *(len(cells[i]) for _, _, cells in rows)) for i, h in enumerate(headings)]
-    tenant, model = output.share(output.console().width, widths, (1, 1))
-    table = output.table(
-        ("TENANT", {"width": tenant}),
-        ("MODEL", {"width": model}),
-        *((h, {"justify": "right", "width": w}) for h, w in zip(headings, widths, strict=True)),
+    return output.fitted(
+        [
+            Col("TENANT", [tenant for tenant, _, _ in rows], floor=4),
+            Col("MODEL", [model for _, model, _ in rows], floor=4),
+            *(
+                Col(heading, [cells[i] for _, _, cells in rows], justify="right")
+                for i, heading in enumerate(headings)
+            ),
+        ]
     )
-    for scope_tenant, scope_model, cells in rows:
-        table.add_row(scope_tenant, scope_model, *cells)
-    return table
 
 
 def _limits_table(rows: Sequence[dict[str, Any]]) -> Any:
@@ -173,11 +174,35 @@ def budgets_list(tenant: str | None, fmt: str) -> None:
     The table shows up to 6 decimals (a nonzero amount never reads $0); JSON and CSV carry
     the exact amounts.
     """
-    from service.flow import settings_store
     from service.ops.output import emit
 
-    rows = settings_store.list_budgets(tenant)
-    emit(rows, BUDGET_COLUMNS, fmt, _budgets_table, empty="no budgets")
+    emit(_budget_rows(tenant), BUDGET_COLUMNS, fmt, _budgets_table, empty="no budgets")
+
+
+def _budget_rows(tenant: str | None) -> list[dict[str, Any]]:
+    """Budgets with the exact amounts, as decimal strings (``settings_store.budget_record``
+    rounds what is spent, reserved and left to 6 decimals, which JSON and CSV must not)."""
+    from service.db import flow as flow_db
+    from service.db.session import transaction
+
+    with transaction() as session:
+        budgets = flow_db.list_budgets(session, tenant=tenant)
+    return [
+        {
+            "tenant": b.tenant,
+            "model": b.model,
+            **{
+                key: format(amount, "f")
+                for key, amount in (
+                    ("monthly_usd", b.monthly_usd),
+                    ("spent_usd", b.spent_usd),
+                    ("reserved_usd", b.reserved_usd),
+                    ("remaining_usd", b.remaining_usd),
+                )
+            },
+        }
+        for b in budgets
+    ]
 
 
 @budgets.command("delete")

@@ -20,27 +20,28 @@ def jobs() -> None:
 
 
 def _jobs_table(rows: Sequence[dict[str, Any]]) -> Any:
+    """Job id (always whole), status, age, model, tenant and error type, sized by what the
+    cells hold: the model and tenant are cut first (to 8 characters), the error type is
+    kept whole; when that does not fit, the tenant, model, age, error and status columns
+    are left out in that order."""
     from service.ops import output
+    from service.ops.output import Col, text_floor
 
-    model, tenant, error = output.share(output.console().width, (36, 9, 4), (4, 3, 3))
-    table = output.table(
-        ("JOB ID", output.ID),
-        ("STATUS", {"width": 9}),
-        ("AGE", {"justify": "right", "width": 4}),
-        ("MODEL", {"width": model}),
-        ("TENANT", {"width": tenant}),
-        ("ERROR", {"width": error}),
+    def cells(key: str, default: str = "") -> list[str]:
+        return [str(row[key]) if row[key] else default for row in rows]
+
+    return output.fitted(
+        [
+            Col("JOB ID", cells("job_id")),
+            Col("STATUS", cells("status"), drop=5),
+            Col("AGE", [output.age(row["created_at"]) for row in rows], drop=3, justify="right"),
+            Col("MODEL", cells("model"), floor=text_floor("MODEL", 8), drop=2),
+            Col("TENANT", cells("tenant", "-"), floor=text_floor("TENANT", 8), drop=1),
+            # Error types are names: whole, or left out (one from another producer may be
+            # longer than any of ours: cut to 30).
+            Col("ERROR", cells("error_type"), floor=30, stage=2, drop=4),
+        ]
     )
-    for row in rows:
-        table.add_row(
-            str(row["job_id"]),
-            row["status"],
-            output.age(row["created_at"]),
-            row["model"],
-            row["tenant"] or "-",
-            row["error_type"] or "",
-        )
-    return table
 
 
 @jobs.command("list")
@@ -62,7 +63,7 @@ def list_jobs(
     from service.db import joblist
     from service.db.session import transaction
     from service.ops.filters import build_filter
-    from service.ops.output import emit
+    from service.ops.output import emit, limited
 
     wanted = build_filter(
         statuses=statuses,
@@ -74,8 +75,10 @@ def list_jobs(
         meta=meta,
     )
     with transaction() as session:
-        rows = joblist.list_jobs(session, wanted, limit=limit)
-    emit(rows, joblist.LIST_COLUMNS, fmt, _jobs_table, empty="no jobs match")
+        # One more than asked, to tell whether --limit cut the listing.
+        found = joblist.list_jobs(session, wanted, limit=limit + 1)
+    rows, more = limited(found, limit, "job")
+    emit(rows, joblist.LIST_COLUMNS, fmt, _jobs_table, empty="no jobs match", more=more)
 
 
 @jobs.command("replay")

@@ -45,6 +45,7 @@ def _screen(snap: Any) -> None:
     from rich.text import Text
 
     from service.ops import output
+    from service.ops.output import Col
 
     console = output.console()
     oldest = output.age(snap.oldest_queued_at, snap.now) or "-"
@@ -61,27 +62,31 @@ def _screen(snap: Any) -> None:
     if not snap.backlog:
         console.print("nothing queued or running")
         return
-    tenant, model = output.share(console.width, (6, 9, 8, 9, 6), (1, 1))
-    table = output.table(
-        ("TENANT", {"width": tenant}),
-        ("MODEL", {"width": model}),
-        ("QUEUED", {"justify": "right", "width": 6}),
-        ("IN FLIGHT", {"justify": "right", "width": 9}),
-        ("RETRYING", {"justify": "right", "width": 8}),
-        ("THROTTLED", {"justify": "right", "width": 9}),
-        ("OLDEST", {"justify": "right", "width": 6}),
+
+    shown = snap.backlog[:MAX_ROWS]
+    # TENANT and MODEL as wide as their cells, cut (the longer first) to what the counts
+    # leave; counts are never cut.
+    fitted = output.fitted(
+        [
+            Col("TENANT", [row.tenant or "-" for row in shown], floor=4),
+            Col("MODEL", [row.model for row in shown], floor=4),
+            *(
+                Col(heading, cells, justify="right")
+                for heading, cells in (
+                    ("QUEUED", [str(row.queued) for row in shown]),
+                    ("IN FLIGHT", [str(row.running) for row in shown]),
+                    ("RETRYING", [str(row.retrying) for row in shown]),
+                    ("THROTTLED", [str(row.throttled) for row in shown]),
+                    (
+                        "OLDEST",
+                        [output.age(row.oldest_queued_at, snap.now) or "-" for row in shown],
+                    ),
+                )
+            ),
+        ],
+        console.width,
     )
-    for row in snap.backlog[:MAX_ROWS]:
-        table.add_row(
-            row.tenant or "-",
-            row.model,
-            str(row.queued),
-            str(row.running),
-            str(row.retrying),
-            str(row.throttled),
-            output.age(row.oldest_queued_at, snap.now) or "-",
-        )
-    console.print(table)
+    console.print(fitted.table, crop=False)
     if len(snap.backlog) > MAX_ROWS:
         console.print(f"… and {len(snap.backlog) - MAX_ROWS} more (--format json lists all)")
 

@@ -50,29 +50,43 @@ def _echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
 
 
-def _table(rows: Sequence[dict[str, Any]]) -> Any:
-    """Delivery id (whole), status, tries, event and last answer, in the terminal's width;
-    the job id is in --format json/csv and selectable with --job."""
-    from service.db.models import BATCH_EVENT_TYPES, JOB_EVENT_TYPES
-    from service.ops import output
+def _receiver(url: str) -> str:
+    """The receiver's URL without its query string, which may hold the receiver's tokens."""
+    from service.webhooks.delivery import loggable_url
 
-    # The event whole (`job.succeeded` and `job.failed` cut to `job.su…` read alike):
-    # as wide as the longest event type; the receiver's answer takes what is left.
-    event = max(len(kind) for kind in (*JOB_EVENT_TYPES, *BATCH_EVENT_TYPES))
-    (answer,) = output.share(output.console().width, (36, 9, 5, event), (1,))
-    table = output.table(
-        ("DELIVERY ID", output.ID),
-        ("STATUS", {"width": 9}),
-        ("TRIES", {"justify": "right", "width": 5}),
-        ("EVENT", {"width": event, "no_wrap": True}),
-        ("LAST ANSWER", {"width": answer}),
-    )
-    for row in rows:
-        last = row["last_error"] or (
-            f"HTTP {row['last_status_code']}" if row["last_status_code"] else ""
-        )
-        table.add_row(row["id"], row["status"], str(row["attempts"]), row["event_type"], last)
-    return table
+    try:
+        return loggable_url(url)
+    except ValueError:  # a port that is not a number: still never show the query
+        return url.split("?", 1)[0].split("#", 1)[0].rsplit("@", 1)[-1]
+
+
+def _table(rows: Sequence[dict[str, Any]], *, with_subject: bool = True) -> Any:
+    """Delivery id (always whole), the job (or batch) id, status, tries, event, receiver
+    and last answer, sized by what the cells hold. When the terminal is too narrow, the
+    job id, the receiver, the tries, the event and the answer are left out in that order;
+    the receiver is cut before the answer. ``with_subject=False`` (``--job``) leaves the
+    job id out: it is the one asked for."""
+    from service.ops import output
+    from service.ops.output import Col, text_floor
+
+    answers = [
+        output.one_line(row["last_error"])
+        or (f"HTTP {row['last_status_code']}" if row["last_status_code"] else "")
+        for row in rows
+    ]
+    columns = [
+        Col("DELIVERY ID", [str(row["id"]) for row in rows]),
+        Col("JOB/BATCH ID", [str(row["job_id"] or row["batch_id"] or "") for row in rows], drop=1),
+        Col("STATUS", [row["status"] for row in rows], drop=6),
+        Col("TRIES", [str(row["attempts"]) for row in rows], drop=3, justify="right"),
+        # Whole: `job.succeeded` and `job.failed` cut to `job.su…` would read alike.
+        Col("EVENT", [row["event_type"] for row in rows], drop=4),
+        Col("URL", [_receiver(row["url"]) for row in rows], floor=text_floor("URL", 16), drop=2),
+        Col("LAST ANSWER", answers, floor=text_floor("LAST ANSWER", 16), stage=2, drop=5),
+    ]
+    if not with_subject:
+        del columns[1]
+    return output.fitted(columns)
 
 
 def _no_delivery(delivery_id: uuid.UUID) -> EzqError:
@@ -97,27 +111,47 @@ def webhooks() -> None:
 
 @webhooks.command("list")
 @click.option("--job", "job", help="Only this job's deliveries (job id).")
-@click.option("--status", type=click.Choice(STATUSES), help="Only deliveries in this status.")
+@click.option(
+    "--status",
+    "statuses",
+    type=click.Choice(STATUSES),
+    multiple=True,
+    help="Only deliveries in this status (repeat for any of several).",
+)
 @click.option("--since", metavar="7d|DATE", help=f"Only events created at or after: {HELP}")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
 @format_option
 @click.option("--json", "as_json", is_flag=True, hidden=True, help="Same as --format json.")
 def list_deliveries(
-    job: str | None, status: str | None, since: str | None, limit: int, fmt: str, as_json: bool
+    job: str | None,
+    statuses: tuple[str, ...],
+    since: str | None,
+    limit: int,
+    fmt: str,
+    as_json: bool,
 ) -> None:
     """List deliveries, newest first."""
     from service.db.session import transaction
-    from service.ops.output import emit
+    from service.ops.output import emit, limited
     from service.ops.when import parse_moment
     from service.webhooks import outbox
 
     job_id = _uuid(job, "--job") if job else None
     start = parse_moment(since, "--since") if since else None
     with transaction() as session:
-        rows = outbox.list_deliveries(
-            session, job_id=job_id, status=status, since=start, limit=limit
+        # One more than asked, to tell whether --limit cut the listing.
+        found = outbox.list_deliveries(
+            session, job_id=job_id, statuses=statuses, since=start, limit=limit + 1
         )
-    emit(rows, COLUMNS, "json" if as_json else fmt, _table, empty="no webhook deliveries")
+    rows, more = limited(found, limit, "delivery", "deliveries")
+    emit(
+        rows,
+        COLUMNS,
+        "json" if as_json else fmt,
+        lambda shown: _table(shown, with_subject=job_id is None),
+        empty="no webhook deliveries",
+        more=more,
+    )
 
 
 @webhooks.command("show")

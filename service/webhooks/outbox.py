@@ -10,6 +10,7 @@ autocommit connection, one round trip apiece.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -354,18 +355,19 @@ def list_deliveries(
     session: Session,
     *,
     job_id: uuid.UUID | None = None,
-    status: str | None = None,
+    statuses: Sequence[str] = (),
     since: datetime | None = None,
     limit: int = 50,
 ) -> list[dict[str, Any]]:
-    """The newest deliveries first, optionally of one job, in one status, or created since."""
+    """The newest deliveries first, optionally of one job, in any of ``statuses``, or
+    created since."""
     stmt = select(WebhookDelivery).order_by(WebhookDelivery.created_at.desc()).limit(limit)
     if since is not None:
         stmt = stmt.where(WebhookDelivery.created_at >= since)
     if job_id is not None:
         stmt = stmt.where(WebhookDelivery.job_id == job_id)
-    if status is not None:
-        stmt = stmt.where(WebhookDelivery.status == status)
+    if statuses:
+        stmt = stmt.where(WebhookDelivery.status.in_(statuses))
     return [delivery_view(row) for row in session.scalars(stmt)]
 
 
