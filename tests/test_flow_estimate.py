@@ -240,3 +240,43 @@ def test_the_estimate_counts_response_format_and_tool_choice() -> None:
     assert (base.max_tokens, full.max_tokens) == (10, 10)
     extra = [_tool(5), tool_choice, response_format]
     assert full.prompt_tokens - base.prompt_tokens >= _real_tokens_at_least(extra)
+
+
+def test_a_call_on_the_anthropic_surface_reserves_the_cap_it_sends(
+    worker_factory: Callable[..., WorkerProcess], fake_gateway: Any, own_queue: str
+) -> None:
+    """A request naming no max_tokens is sent to the Anthropic surface with 8192 (plus the
+    thinking budget with thinking on), not EZQ_FLOW_DEFAULT_MAX_TOKENS (4096): flow control
+    reserves that cap, so a budget cannot be overshot by the surface's own default. The same
+    request on the OpenAI surface reserves the default."""
+    from service.producer import enqueue_completion
+
+    tenant, marker = new_tenant(), f"est-cap-{secrets.token_hex(4)}"
+    assert run_ezq("limits", "set", "--tenant", tenant, "--tpm", "1000000").returncode == 0
+    worker_factory(env={"EZQ_QUEUE": own_queue})
+    tools = {"tools": [_tool(2)], "tool_choice": "none"}  # a plain reply on both surfaces
+    thinking = {"thinking": {"type": "enabled", "budget_tokens": 2048}}
+    cases = [("openai", tools), ("auto", tools), ("openai", thinking), ("anthropic", thinking)]
+    jobs = [
+        enqueue_completion(
+            "claude-sonnet-4-6",
+            [{"role": "user", "content": f"{marker} cap"}],
+            tenant=tenant,
+            params=params,
+            surface=surface,
+        )
+        for surface, params in cases
+    ]
+    for job_id in jobs:
+        ended = wait_for_job(job_id)
+        assert ended["status"] == "succeeded", ended["error"]
+    wait_until(lambda: len(_settled(jobs)) == 4, "every call settled")
+    reserved = {job: tokens for job, tokens, _, _ in _settled(jobs)}
+    openai_tools, anthropic_tools, openai_thinking, anthropic_thinking = (
+        reserved[str(j)] for j in jobs
+    )
+    # The same messages and params: the prompt estimates are equal, the caps differ.
+    assert anthropic_tools - openai_tools == 8192 - 4096
+    assert anthropic_thinking - openai_thinking == 2048 + 8192 - 4096
+    paths = {r.path for r in fake_gateway.requests if marker in str(r.body)}
+    assert paths == {"/v1/chat/completions", "/anthropic/v1/messages"}

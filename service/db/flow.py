@@ -10,7 +10,7 @@ counted over ``flow_admissions`` (one row per admitted call) within the rate win
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -806,12 +806,20 @@ class Estimate:
 # 5/4 and a 4-byte one (emoji, rare CJK) 7/4: at least what byte-level BPE tokenizers count
 # for such scripts (about 1 token a CJK character, where characters / 4 said 1/4). One more
 # pass over text already read; no tokenizer.
-def estimate(session: Session, job_id: uuid.UUID, *, default_max_tokens: int) -> Estimate:
+# What decides the completion cap of a request that names none: (model, surface, the params
+# that size it: ``thinking``, ``reasoning_effort`` and whether it has ``tools``).
+DefaultCap = Callable[[str, str, dict[str, Any]], int]
+
+
+def estimate(
+    session: Session, job_id: uuid.UUID, *, default_max_tokens: int | DefaultCap
+) -> Estimate:
     """Estimate a job's next call in one round trip: everything it sends as text, its
     history and new messages and its whole ``params`` (``tools``, ``response_format``,
     ``tool_choice``...), as JSON text (so an overestimate) in quarter-tokens, plus 4
     tokens a message and 16 a call, and its ``max_tokens`` (else ``max_completion_tokens``,
-    else ``default_max_tokens``)."""
+    else ``default_max_tokens``: a number, or what it says for the job's model, surface and
+    sizing params, since a surface may send a cap of its own)."""
     row = session.execute(
         text(
             """
@@ -819,7 +827,14 @@ def estimate(session: Session, job_id: uuid.UUID, *, default_max_tokens: int) ->
                         / 4.0)
                        + 4 * (jsonb_array_length(j.input_messages) + coalesce(h.n, 0)) + 16,
                    coalesce(j.params->>'max_tokens', j.params->>'max_completion_tokens'),
-                   p.input_per_mtok / 1000000, p.output_per_mtok / 1000000
+                   p.input_per_mtok / 1000000, p.output_per_mtok / 1000000,
+                   j.model, j.surface,
+                   jsonb_strip_nulls(jsonb_build_object(
+                       'thinking', j.params->'thinking',
+                       'reasoning_effort', j.params->'reasoning_effort',
+                       'tools', CASE WHEN jsonb_typeof(j.params->'tools') = 'array'
+                                      AND jsonb_array_length(j.params->'tools') > 0
+                                     THEN true END))
             FROM jobs j
             CROSS JOIN LATERAL (
                 SELECT j.input_messages::text || coalesce(j.params::text, '') AS sent) s
@@ -838,7 +853,12 @@ def estimate(session: Session, job_id: uuid.UUID, *, default_max_tokens: int) ->
         ),
         {"id": job_id},
     ).one()
-    max_tokens = int(row[1]) if row[1] is not None else default_max_tokens
+    if row[1] is not None:
+        max_tokens = int(row[1])
+    elif callable(default_max_tokens):
+        max_tokens = default_max_tokens(row[4], row[5], row[6])
+    else:
+        max_tokens = default_max_tokens
     return Estimate(int(row[0]), max_tokens, row[2], row[3])
 
 

@@ -36,6 +36,8 @@ from service.db import flow as flow_db
 from service.db.models import Job
 from service.db.session import Executor
 from service.flow.recheck import due_times
+from service.gateway.anthropic_wire import anthropic_max_tokens
+from service.gateway.routing import is_claude, thinking_on
 from service.webhooks import outbox as webhook_outbox
 
 log = logging.getLogger(__name__)
@@ -121,9 +123,18 @@ class _Checker:
         return self._rules[key]
 
     def estimate(self, job_id: uuid.UUID) -> flow_db.Estimate:
-        return flow_db.estimate(
-            self.session, job_id, default_max_tokens=self.settings.ezq_flow_default_max_tokens
-        )
+        return flow_db.estimate(self.session, job_id, default_max_tokens=self._default_cap)
+
+    def _default_cap(self, model: str, surface: str, params: dict[str, Any]) -> int:
+        """The completion cap of a request that names none: EZQ_FLOW_DEFAULT_MAX_TOKENS,
+        or what the Anthropic surface sends (8192, plus the thinking budget) when the job
+        may run there: named, or ``auto`` with a claude model and tools or thinking."""
+        default = self.settings.ezq_flow_default_max_tokens
+        if not is_claude(model) or surface == "openai":
+            return default
+        if surface != "anthropic" and not (params.get("tools") or thinking_on(params)):
+            return default
+        return max(default, anthropic_max_tokens(params))
 
     def limits_hold(self, job: flow_db.Pending, est: flow_db.Estimate | None) -> Hold | None:
         window = self.settings.ezq_flow_window

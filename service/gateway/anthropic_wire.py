@@ -267,6 +267,12 @@ def _limits(params: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
     return max_tokens, {"type": "enabled", "budget_tokens": budget}
 
 
+def anthropic_max_tokens(params: dict[str, Any]) -> int:
+    """The ``max_tokens`` this surface sends for ``params`` (its own default when they name
+    none), which flow control reserves."""
+    return _limits(params)[0]
+
+
 def to_anthropic(
     model: str, messages: list[dict[str, Any]], params: dict[str, Any]
 ) -> dict[str, Any]:
