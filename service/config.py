@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     )
     ezq_webhook_threads: int = Field(default=c.WEBHOOK_LOCAL_THREADS, ge=0, le=64)
     ezq_webhook_keepalive_s: float = Field(default=c.WEBHOOK_KEEPALIVE_S, ge=0, le=60)
+    # Also sign tenants' events with WEBHOOK_SECRET itself, while their receivers move to
+    # their tenant's own secret (see README, Webhooks).
+    ezq_webhook_shared_signature: bool = False
 
     @field_validator("ezq_worker_cpu", mode="before")
     @classmethod

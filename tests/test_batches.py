@@ -386,7 +386,12 @@ def test_one_signed_webhook_per_batch(
     own = api_server_factory(EZQ_API_TOKENS=ADMIN_TOKEN, **env)
     client = sdk(own, keys["a"])
     marker = uuid.uuid4().hex
-    with Receiver([secret]) as receiver:
+    # Signed with the batch's tenant's own secret, which the operator hands to that tenant,
+    # and not with WEBHOOK_SECRET itself.
+    shown = run_ezq("webhooks", "secret", "--tenant", TENANT_A, env={"WEBHOOK_SECRET": secret})
+    assert shown.returncode == 0, shown.stderr
+    (own_secret,) = shown.stdout.split()
+    with Receiver([own_secret, secret]) as receiver:
         uploaded = client.files.create(
             file=("hook.jsonl", jsonl([line(f"l{i}", f"hook {i} {marker}") for i in range(3)])),
             purpose="batch",

@@ -573,6 +573,61 @@ def test_rotation_signs_with_every_secret(
         assert len(got.headers["webhook-signature"].split(" ")) == 2
 
 
+def tenant_secrets(tenant: str, configured: str) -> list[str]:
+    done = ezq("webhooks", "secret", "--tenant", tenant, env={"WEBHOOK_SECRET": configured})
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def test_a_tenants_events_are_signed_with_its_own_secret(
+    worker_factory: Callable[..., WorkerProcess],
+    monkeypatch: pytest.MonkeyPatch,
+    fake_gateway: Any,
+) -> None:
+    """Every tenant's receivers verify with the tenant's own secret (from `ezq webhooks
+    secret`), which neither WEBHOOK_SECRET nor another tenant's verifies: a tenant cannot
+    forge another's events. With two configured secrets, two tenant signatures (rotation);
+    with EZQ_WEBHOOK_SHARED_SIGNATURE, WEBHOOK_SECRET's too, while receivers move over."""
+    old, new = new_secret(), new_secret()
+    acme, globex = f"acme-{secrets.token_hex(3)}", f"globex-{secrets.token_hex(3)}"
+    acme_old, acme_new = tenant_secrets(acme, f"{old},{new}")
+    (globex_old,) = tenant_secrets(globex, old)
+    assert len({acme_old, acme_new, globex_old, old, new}) == 5
+    queue = f"ezq-webhooks-tenant-{secrets.token_hex(4)}"
+    env = {**WEBHOOK_ENV, "EZQ_QUEUE": queue, "WEBHOOK_SECRET": f"{old},{new}"}
+    worker_factory(env=env)
+    use_producer_env(monkeypatch, EZQ_QUEUE=queue, WEBHOOK_SECRET=f"{old},{new}")
+    hooks = {"acme": path(), "globex": path(), "none": path()}
+    with Receiver([acme_old, acme_new, globex_old, old, new]) as receiver:
+        for tenant in (acme, globex, None):
+            enqueue_completion(
+                MODEL,
+                [{"role": "user", "content": f"signed for {tenant}"}],
+                tenant=tenant,
+                callback_url=receiver.url(hooks[str(tenant).split("-")[0].lower()]),
+            )
+        [to_acme] = receiver.wait_for(1, hooks["acme"])
+        [to_globex] = receiver.wait_for(1, hooks["globex"])
+        [to_none] = receiver.wait_for(1, hooks["none"])
+    assert to_acme.verified_by == (0, 1), "acme's own secrets only, one per configured"
+    assert to_globex.verified_by == (2,), "globex's own, derived from the first secret"
+    assert to_none.verified_by == (3, 4), "a job with no tenant: the configured secrets"
+
+    shared_queue = f"{queue}-shared"
+    worker_factory(env={**env, "EZQ_QUEUE": shared_queue, "EZQ_WEBHOOK_SHARED_SIGNATURE": "1"})
+    use_producer_env(monkeypatch, EZQ_QUEUE=shared_queue)
+    hook = path()
+    with Receiver([acme_old, acme_new, globex_old, old, new]) as receiver:
+        enqueue_completion(
+            MODEL,
+            [{"role": "user", "content": "shared"}],
+            tenant=acme,
+            callback_url=receiver.url(hook),
+        )
+        [moving] = receiver.wait_for(1, hook)
+    assert moving.verified_by == (0, 1, 3, 4)
+
+
 def test_secret_never_reaches_logs_messages_or_the_database(
     webhook_worker: WorkerProcess, receiver: Receiver, fake_gateway: Any
 ) -> None:

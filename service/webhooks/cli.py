@@ -206,3 +206,25 @@ def redeliver(delivery_id: str | None, failed: bool, since: str | None) -> None:
         )
     for the_id in found:
         click.echo(str(the_id))
+
+
+@webhooks.command("secret")
+@click.option("--tenant", required=True, help="The tenant whose receivers verify with it.")
+def secret(tenant: str) -> None:
+    """Print the secret that signs TENANT's webhook events, for its receivers to verify.
+
+    One line per WEBHOOK_SECRET, in its order (the current one first; during a rotation,
+    the next): each tenant's is its own, derived from WEBHOOK_SECRET, which stays the
+    operator's. Treat it as a secret: hand it to that tenant only.
+    """
+    from service.config import get_settings
+    from service.validation import checked_tenant
+    from service.webhooks.signing import tenant_secret
+
+    secrets = get_settings().webhook_signing_secrets()
+    if not secrets:
+        raise EzqError("WEBHOOK_SECRET is not set: webhooks are off, nothing is signed")
+    name = checked_tenant(tenant, "--tenant")
+    assert name is not None  # a required option
+    for configured in secrets:
+        click.echo(tenant_secret(configured, name))

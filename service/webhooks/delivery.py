@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import uuid
@@ -17,7 +18,7 @@ from service.errors import ConfigError
 from service.webhooks import outbox
 from service.webhooks.retry import Delivered, GiveUp, RetryIn, decide
 from service.webhooks.sender import post_event
-from service.webhooks.signing import signed_headers
+from service.webhooks.signing import signed_headers, signing_secrets
 from service.webhooks.ssrf import AddressPolicy
 from service.webhooks.transport import Resolver, resolve_host
 
@@ -64,6 +65,14 @@ def loggable_url(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
 
 
+def _tenant_of(payload: str) -> str | None:
+    """The tenant of the job or batch an event is about, as its ``data`` says (the job
+    view and the Batch both carry ``tenant``), which picks the secret that signs it."""
+    data = json.loads(payload).get("data")
+    tenant = data.get("tenant") if isinstance(data, dict) else None
+    return tenant if isinstance(tenant, str) else None
+
+
 def deliver(
     delivery_id: uuid.UUID,
     *,
@@ -93,7 +102,10 @@ def deliver(
     dlog = DeliveryLog(
         log, {"webhook": claim.delivery_id, "job": claim.job_id, "attempt": claim.attempt}
     )
-    headers = signed_headers(secrets, str(claim.delivery_id), claim.payload)
+    signers = signing_secrets(
+        secrets, _tenant_of(claim.payload), shared=settings.ezq_webhook_shared_signature
+    )
+    headers = signed_headers(signers, str(claim.delivery_id), claim.payload)
     result = post_event(
         claim.url,
         claim.payload,

@@ -2,10 +2,18 @@
 
 Every configured secret signs, so during a rotation receivers holding either the old or
 the new secret can verify: the header carries one ``v1,<signature>`` per secret.
+
+A tenant's events are signed with the tenant's own secret, derived from each configured
+one (``tenant_secret``), so that a tenant, who holds only its own, can neither forge
+another tenant's events nor verify them; events of jobs with no tenant are signed with the
+configured secrets themselves, which only the operator holds.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -13,6 +21,30 @@ from datetime import UTC, datetime
 from standardwebhooks import Webhook
 
 from service.errors import ConfigError
+
+_PREFIX = "whsec_"
+# What the derivation signs before the tenant's name: a key used for nothing else.
+_TENANT_LABEL = b"ezq webhook tenant\x00"
+
+
+def tenant_secret(secret: str, tenant: str) -> str:
+    """The ``whsec_`` secret that signs ``tenant``'s events, derived from ``secret`` (one
+    of WEBHOOK_SECRET's): HMAC-SHA256 of the tenant's name under the secret's key. It
+    cannot be turned back into ``secret`` nor into another tenant's."""
+    body = secret.removeprefix(_PREFIX)
+    key = base64.b64decode(body + "=" * (-len(body) % 4))
+    derived = hmac.new(key, _TENANT_LABEL + tenant.encode("utf-8"), hashlib.sha256).digest()
+    return _PREFIX + base64.b64encode(derived).decode("ascii")
+
+
+def signing_secrets(secrets: Sequence[str], tenant: str | None, *, shared: bool) -> list[str]:
+    """The secrets that sign an event of ``tenant`` (None: a job with no tenant): the
+    tenant's own, one per configured secret, and with ``shared`` the configured ones too
+    (EZQ_WEBHOOK_SHARED_SIGNATURE, while receivers move to their tenant's secret)."""
+    if tenant is None:
+        return list(secrets)
+    own = [tenant_secret(secret, tenant) for secret in secrets]
+    return own + list(secrets) if shared else own
 
 
 def signed_headers(
