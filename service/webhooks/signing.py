@@ -12,6 +12,7 @@ configured secrets themselves, which only the operator holds.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import time
@@ -27,6 +28,7 @@ _PREFIX = "whsec_"
 _TENANT_LABEL = b"ezq webhook tenant\x00"
 
 
+@functools.lru_cache(maxsize=1024)
 def tenant_secret(secret: str, tenant: str) -> str:
     """The ``whsec_`` secret that signs ``tenant``'s events, derived from ``secret`` (one
     of WEBHOOK_SECRET's): HMAC-SHA256 of the tenant's name under the secret's key. It
