@@ -209,4 +209,9 @@ def test_dead_letters_are_counted_in_the_worker_metrics(
             break
         time.sleep(0.2)
     assert counts == (1.0, 1.0)
+    # Each says which queue it was read from (a message that is not JSON too).
+    assert sql(
+        "SELECT reason LIKE 'not a JSON message%', queue FROM dead_letters WHERE raw = :r",
+        r=b"not json at all",
+    ) == [(True, queue)]
     client.delete(queue)

@@ -447,7 +447,12 @@ class Channel(redis.Channel):
         try:
             read = super()._brpop_read(**options)
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError: not JSON text
-            set_aside(_raw_of(exc), f"not a JSON message: {type(exc).__name__}", kind="not_json")
+            set_aside(
+                _raw_of(exc),
+                f"not a JSON message: {type(exc).__name__}",
+                kind="not_json",
+                queue=_popped_queue(exc),
+            )
             read = True
         except BaseException:
             self._give_back(self._taken_now())
@@ -486,7 +491,9 @@ class Channel(redis.Channel):
             payload = loads(bytes_to_str(item))
         except ValueError as exc:  # JSON Lua reads and Python does not
             self.qos._remove_from_indices(tag).execute()
-            set_aside(item, f"not a JSON message: {type(exc).__name__}", kind="not_json")
+            set_aside(
+                item, f"not a JSON message: {type(exc).__name__}", kind="not_json", queue=queue
+            )
             return
         problem = envelope_problem(payload)
         if problem is not None or payload["properties"]["delivery_tag"] != tag:
@@ -598,6 +605,19 @@ def _triples(taken: list[bytes]) -> list[tuple[str, bytes, str]]:
 def _set_aside_envelope(message: Any, problem: str, queue: str) -> None:
     # Decoded already: kept as JSON again (the same text up to spacing).
     set_aside(json.dumps(message, default=repr).encode(), problem, kind="bad_envelope", queue=queue)
+
+
+def _popped_queue(exc: ValueError) -> str | None:
+    """The queue kombu's ``_brpop_read`` had popped the message from when its ``loads``
+    failed: its local ``dest`` (the only place it is kept), else None."""
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        dest = frame.f_locals.get("dest") if frame.f_code.co_name == "_brpop_read" else None
+        if isinstance(dest, str):
+            return dest
+        tb = tb.tb_next
+    return None
 
 
 def _raw_of(exc: ValueError) -> Any:
