@@ -94,6 +94,8 @@ def view_of(
         "first_token_at": _iso(job.first_token_at),
         "finished_at": _iso(job.finished_at),
         "replay_of": str(job.replay_of) if job.replay_of else None,
+        # When ``ezq purge`` deleted its content: a null ``content`` is then no empty reply.
+        "purged_at": _iso(getattr(job, "purged_at", None)),
     }
 
 

@@ -107,6 +107,10 @@ def test_purge_keeps_usage_exact_and_deletes_content(fake_gateway: Any) -> None:
     purged = get_job(old["jobs"][1])
     assert purged["status"] == "succeeded" and purged["content"] is None
     assert purged["usage"] is not None and purged["tenant"] == tenant
+    # Said so, rather than reading like an empty reply.
+    [(when,)] = sql("SELECT purged_at FROM jobs WHERE id = :j", j=old["jobs"][1])
+    assert purged["purged_at"] == when.isoformat()
+    assert get_job(recent["jobs"][0])["purged_at"] is None
     assert sql(
         "SELECT input_messages, params, purged_at IS NOT NULL FROM jobs WHERE id = :j",
         j=old["jobs"][0],

@@ -56,6 +56,9 @@ class JobView(BaseModel):
     first_token_at: datetime | None
     finished_at: datetime | None
     replay_of: uuid.UUID | None = Field(description="The job this one replays, if any.")
+    purged_at: datetime | None = Field(
+        default=None, description="When `ezq purge` deleted the job's content, if it did."
+    )
 
 
 class JobList(BaseModel):
