@@ -370,7 +370,10 @@ def test_another_tenant_cannot_see_or_cancel_the_batch_or_its_files(
             f"after: no batch {cursor} to page after",
         )
     assert others.id in [b.id for b in other.batches.list(limit=100).data]
-    assert batch.id not in [b.id for b in other.batches.list(limit=100, after=others.id).data]
+    # B pages after its own batch: what follows is B's older batches, none of A's.
+    after_own = other.batches.list(limit=100, after=others.id).data
+    assert others.id not in [b.id for b in after_own]
+    assert {b.tenant for b in after_own} <= {TENANT_B}  # type: ignore[attr-defined]
     assert owner.batches.retrieve(batch.id).status in ("in_progress", "finalizing", "completed")
 
 

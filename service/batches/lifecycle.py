@@ -104,7 +104,9 @@ def finalize_ended(*, limit: int = c.BATCH_FINALIZE_LIMIT, batch_id: str | None 
 
 def cancel_batch(batch_id: str, *, tenants: Tenants = None) -> dict[str, Any]:
     """Cancel a batch: lines not started never run; running lines finish and keep their
-    outcome, and the batch is ``cancelled`` once they have (at once if none runs).
+    outcome (one whose call fails is not retried: it ends cancelled, see
+    ``attempts.record_failure``), and the batch is ``cancelled`` once they have (at once if
+    none runs).
     Cancelling twice is a no-op; an ended batch raises BatchAlreadyFinished."""
     with transaction() as session:
         batch = db.get_batch(session, batch_id, tenants=tenants, lock=True)

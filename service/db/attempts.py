@@ -313,9 +313,12 @@ _SUCCESS = {True: _success(True), False: _success(False)}
 _FAILURE = text(
     f"""
 WITH stopped AS (
+    -- FOR SHARE: a batch cancel not yet committed is waited for and read once it is (a
+    -- plain read would see the batch still running and schedule the retry).
     SELECT NOT :final AND EXISTS (
                SELECT FROM batches b
                 WHERE b.id = j.batch_id AND b.status IN ('cancelling', 'cancelled')
+                  FOR SHARE
            ) AS yes
       FROM jobs j WHERE j.id = :job_id
 ),
@@ -338,7 +341,7 @@ attempt AS (
            retryable = :retryable, surface = :surface
      WHERE job_id = :job_id AND attempt = :attempt AND EXISTS (SELECT FROM owned)
 ),
-{_NEXT_TURN.format(condition=":final AND")}
+{_NEXT_TURN.format(condition="(:final OR (SELECT yes FROM stopped)) AND")}
 {_RESULT}
 """
 ).columns(meta=JSONB)

@@ -806,8 +806,9 @@ class Estimate:
 # 5/4 and a 4-byte one (emoji, rare CJK) 7/4: at least what byte-level BPE tokenizers count
 # for such scripts (about 1 token a CJK character, where characters / 4 said 1/4). One more
 # pass over text already read; no tokenizer.
-# What decides the completion cap of a request that names none: (model, surface, the params
-# that size it: ``thinking``, ``reasoning_effort`` and whether it has ``tools``).
+# What decides the completion cap of a request that names none: (model, surface, what sizes
+# it and picks its surface: ``thinking``, ``reasoning_effort``, and whether it has
+# ``tools``, ``cache_hints`` or a ``thinking_history``).
 DefaultCap = Callable[[str, str, dict[str, Any]], int]
 
 
@@ -834,15 +835,18 @@ def estimate(
                        'reasoning_effort', j.params->'reasoning_effort',
                        'tools', CASE WHEN jsonb_typeof(j.params->'tools') = 'array'
                                       AND jsonb_array_length(j.params->'tools') > 0
-                                     THEN true END))
+                                     THEN true END,
+                       'cache_hints', CASE WHEN s.sent LIKE '%"cache_control"%' THEN true END,
+                       'thinking_history', CASE WHEN h.thought THEN true END))
             FROM jobs j
             CROSS JOIN LATERAL (
                 SELECT j.input_messages::text || coalesce(j.params::text, '') AS sent) s
             LEFT JOIN LATERAL (
                 SELECT sum(2 * octet_length(m.sent) - length(m.sent)) AS quarters,
-                       count(*) AS n
+                       count(*) AS n, bool_or(m.thought) AS thought
                 FROM (SELECT concat(coalesce(content_parts::text, content), tool_calls::text,
-                                    refusal, reasoning_content) AS sent
+                                    refusal, reasoning_content) AS sent,
+                             thinking_blocks IS NOT NULL AS thought
                       FROM messages WHERE conversation_id = j.conversation_id) m) h ON true
             LEFT JOIN LATERAL (
                 SELECT input_per_mtok, output_per_mtok FROM model_prices

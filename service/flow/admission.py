@@ -128,13 +128,20 @@ class _Checker:
     def _default_cap(self, model: str, surface: str, params: dict[str, Any]) -> int:
         """The completion cap of a request that names none: EZQ_FLOW_DEFAULT_MAX_TOKENS,
         or what the Anthropic surface sends (8192, plus the thinking budget) when the job
-        may run there: named, or ``auto`` with a claude model and tools or thinking."""
+        may run there: named, or ``auto`` with a claude model and what sends it there
+        (tools, thinking, cache hints, thinking blocks in its history)."""
         default = self.settings.ezq_flow_default_max_tokens
-        if not is_claude(model) or surface == "openai":
-            return default
-        if surface != "anthropic" and not (params.get("tools") or thinking_on(params)):
-            return default
-        return max(default, anthropic_max_tokens(params))
+        if surface == "anthropic":
+            return max(default, anthropic_max_tokens(params))
+        may_go = surface == "auto" and is_claude(model)
+        if may_go and (
+            params.get("tools")
+            or thinking_on(params)
+            or params.get("cache_hints")
+            or params.get("thinking_history")
+        ):
+            return max(default, anthropic_max_tokens(params))
+        return default
 
     def limits_hold(self, job: flow_db.Pending, est: flow_db.Estimate | None) -> Hold | None:
         window = self.settings.ezq_flow_window

@@ -70,7 +70,8 @@ def _image(part: dict[str, Any]) -> dict[str, Any]:
 def _plain_text(encoded: str, where: str) -> str:
     """A base64 text/plain payload as text: the Messages API takes plain text decoded."""
     try:
-        return base64.b64decode(encoded, validate=True).decode("utf-8")
+        # Line breaks (MIME-wrapped base64) are no error; any other stray character is.
+        return base64.b64decode("".join(encoded.split()), validate=True).decode("utf-8")
     except binascii.Error:
         raise UntranslatablePart(where, "file_data is not valid base64") from None
     except UnicodeDecodeError:

@@ -8,6 +8,7 @@ request can come back with text that does not match. Neither is stored as a succ
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import jsonschema
@@ -77,6 +78,11 @@ def gw001_advice(
         return "on the anthropic surface"
     if requested is None:
         return "ezrouter GW-001; use the anthropic surface or claude-opus-4-7 for tool calls"
+    if requested != "openai" and model is not None and not is_claude(model):
+        return (
+            "ezrouter GW-001 on the openai surface, where auto keeps non-claude models; "
+            "name the anthropic surface, or use claude-opus-4-7, for tool calls"
+        )
     problem = anthropic_problem(messages, params)
     if requested == "openai":
         if problem is None:
@@ -90,11 +96,6 @@ def gw001_advice(
             f"surface cannot take this request ({path}: {reason}); use claude-opus-4-7 "
             "for tool calls"
         )
-    if model is not None and not is_claude(model):
-        return (
-            "ezrouter GW-001 on the openai surface, where auto keeps non-claude models; "
-            "name the anthropic surface, or use claude-opus-4-7, for tool calls"
-        )
     if problem is not None:
         path, reason = problem
         return (
@@ -106,18 +107,21 @@ def gw001_advice(
 
 
 def check_tool_calls(
-    completion: Completion, declared: frozenset[str] = frozenset(), advice: str | None = None
+    completion: Completion,
+    declared: frozenset[str] = frozenset(),
+    advice: Callable[[], str] | None = None,
 ) -> None:
     """GW-001: a ``tool_calls`` finish needs tool calls the caller can run; ``advice``
-    (``gw001_advice``) ends the error's message."""
+    (``gw001_advice``, worked out only for an error) ends the error's message."""
     if completion.finish_reason != "tool_calls":
         return
     problem = tool_call_problem(completion.tool_calls, declared)
     if problem is not None:
-        if advice is None:
-            advice = gw001_advice(completion.surface, None, None, [], {})
+        said = advice() if advice is not None else None
+        if said is None:
+            said = gw001_advice(completion.surface, None, None, [], {})
         raise GatewayToolCallsMissing(
-            f'finish_reason "tool_calls" but {problem} ({advice})',
+            f'finish_reason "tool_calls" but {problem} ({said})',
             status=completion.http_status,
             request_id=completion.request_id,
         )
@@ -195,8 +199,9 @@ def check_reply(
     ``requested`` (the job's surface), ``model`` and ``messages`` let a GW-001 error say
     why the call went where it went; without them its advice is the generic one.
     """
-    advice = None
-    if completion.finish_reason == "tool_calls":
-        advice = gw001_advice(completion.surface, requested, model, messages or [], params)
+
+    def advice() -> str:
+        return gw001_advice(completion.surface, requested, model, messages or [], params)
+
     check_tool_calls(completion, declared_tools(params), advice)
     check_json_schema(completion, params)

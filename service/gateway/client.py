@@ -56,9 +56,9 @@ class GatewayClient:
     ) -> Completion:
         """One attempt on the chosen surface: a usable completion, or a GatewayError."""
         chosen = choose_surface(surface, model, messages, params)
-        if chosen == "anthropic":
+        if surface == "anthropic":
             # Enqueue checked the job's new messages; the history it joins was not
-            # (``auto`` never picks anthropic for such a list, so this is a named surface).
+            # (``auto`` never picks anthropic for such a list: it checked the whole list).
             refused = anthropic_refusal(messages, params)
             if refused is not None:
                 raise refused

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from service.metrics.labels import TenantLabels
+from service.metrics.labels import OTHER, TenantLabels
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -112,10 +112,20 @@ class BacklogCollector(Collector):
             while len(self._known) > most:
                 self._known.popitem(last=False)
             self._seeded = True
+        # Labels are handed out anew at each scrape: once some pair spilled into "other"
+        # (more tenants or models than the caps), a known pair may be counted there now,
+        # and a 0 under its own name would say it has nothing. No zeros then.
+        spilled = any(
+            model == OTHER or (tenant == OTHER and not settings.metrics_tenants())
+            for tenant, model in counts["queued"].keys()
+            | counts["running"].keys()
+            | counts["retrying"].keys()
+            | counts["throttled"].keys()
+        )
         metrics: list[Metric] = [up]
         for field, (name, text) in _GAUGES.items():
             gauge = GaugeMetricFamily(name, text, labels=["tenant", "model"])
-            values = {key: 0.0 for key in self._known}
+            values = {} if spilled else {key: 0.0 for key in self._known}
             values.update(counts[field])
             for (tenant, model), value in sorted(values.items()):
                 gauge.add_metric([tenant, model], value)

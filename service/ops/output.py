@@ -165,6 +165,7 @@ def fit(total: int, columns: Sequence[Col]) -> list[int | None]:
     """
     shown = list(range(len(columns)))
     floors = [column.narrowest() for column in columns]
+    dropped: list[int] = []
 
     def needed(indexes: Sequence[int], widths: Sequence[int]) -> int:
         return sum(widths[i] for i in indexes) + GAP * (len(indexes) - 1)
@@ -173,7 +174,12 @@ def fit(total: int, columns: Sequence[Col]) -> list[int | None]:
         droppable = [i for i in shown if columns[i].drop is not None]
         if not droppable:
             break
-        shown.remove(min(droppable, key=lambda i: columns[i].drop or 0))
+        dropped.append(min(droppable, key=lambda i: columns[i].drop or 0))
+        shown.remove(dropped[-1])
+    # Leaving a wide column out may have made room for a narrow one left out before it.
+    for i in reversed(dropped[:-1]):
+        if needed(sorted([*shown, i]), floors) <= total:
+            shown = sorted([*shown, i])
     widths = [column.natural for column in columns]
     excess = needed(shown, widths) - total
     for stage in sorted({columns[i].stage for i in shown}):

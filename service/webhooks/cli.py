@@ -57,7 +57,11 @@ def _receiver(url: str) -> str:
     try:
         return loggable_url(url)
     except ValueError:  # a port that is not a number: still never show the query
-        return url.split("?", 1)[0].split("#", 1)[0].rsplit("@", 1)[-1]
+        bare = url.split("?", 1)[0].split("#", 1)[0]
+        scheme, _, rest = bare.partition("://")
+        authority, slash, path = rest.partition("/")
+        # Credentials are the authority's, before its last "@" (a path may hold one too).
+        return f"{scheme}://{authority.rsplit('@', 1)[-1]}{slash}{path}"
 
 
 def _table(rows: Sequence[dict[str, Any]], *, with_subject: bool = True) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import uuid
@@ -65,14 +64,6 @@ def loggable_url(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
 
 
-def _tenant_of(payload: str) -> str | None:
-    """The tenant of the job or batch an event is about, as its ``data`` says (the job
-    view and the Batch both carry ``tenant``), which picks the secret that signs it."""
-    data = json.loads(payload).get("data")
-    tenant = data.get("tenant") if isinstance(data, dict) else None
-    return tenant if isinstance(tenant, str) else None
-
-
 def deliver(
     delivery_id: uuid.UUID,
     *,
@@ -102,9 +93,7 @@ def deliver(
     dlog = DeliveryLog(
         log, {"webhook": claim.delivery_id, "job": claim.job_id, "attempt": claim.attempt}
     )
-    signers = signing_secrets(
-        secrets, _tenant_of(claim.payload), shared=settings.ezq_webhook_shared_signature
-    )
+    signers = signing_secrets(secrets, claim.tenant, shared=settings.ezq_webhook_shared_signature)
     headers = signed_headers(signers, str(claim.delivery_id), claim.payload)
     result = post_event(
         claim.url,

@@ -120,6 +120,8 @@ class Claimed:
     payload: str
     attempt: int  # counts every attempt ever made; numbers the webhook_attempts rows
     round_attempt: int  # counts attempts since the delivery was created or redelivered
+    # The job's or batch's tenant, whose own secret signs the event (None: no tenant).
+    tenant: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,8 +156,8 @@ _CLAIM = DriverStatement.of(
               AND c.status = 'pending'
               AND (c.lease_expires_at IS NULL OR c.lease_expires_at <= now())
               AND c.next_attempt_at <= now() + make_interval(secs => :early_seconds)
-            RETURNING d.id, d.job_id, d.event_type, d.url, d.payload, d.attempts,
-                      d.round_attempts
+            RETURNING d.id, d.job_id, d.batch_id, d.event_type, d.url, d.payload,
+                      d.attempts, d.round_attempts
         ), lost AS (
             UPDATE webhook_attempts a
             SET finished_at = now(), error = :lost_error
@@ -171,7 +173,9 @@ _CLAIM = DriverStatement.of(
         )
         SELECT c.status, c.lease_expires_at > now() AS busy,
                t.id AS taken_id, t.job_id, t.event_type, t.url, t.payload, t.attempts,
-               t.round_attempts
+               t.round_attempts,
+               coalesce((SELECT j.tenant FROM jobs j WHERE j.id = t.job_id),
+                        (SELECT b.tenant FROM batches b WHERE b.id = t.batch_id)) AS tenant
         FROM current c LEFT JOIN taken t ON true
         """
     )
@@ -211,6 +215,7 @@ def claim(
         payload=row.payload,
         attempt=row.attempts,
         round_attempt=row.round_attempts,
+        tenant=row.tenant,
     )
 
 
