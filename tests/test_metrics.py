@@ -28,9 +28,10 @@ MODEL = "glm-5.1"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def scrape(url: str) -> tuple[set[str], Samples]:
-    """Family names and every sample of a /metrics page."""
-    text = httpx.get(url, timeout=10).text
+def scrape(url: str, headers: dict[str, str] | None = None) -> tuple[set[str], Samples]:
+    """Family names and every sample of a /metrics page (``ezq api``'s needs the admin
+    token in ``headers``)."""
+    text = httpx.get(url, timeout=10, headers=headers).text
     names: set[str] = set()
     samples: Samples = {}
     for family in text_string_to_metric_families(text):
@@ -283,10 +284,11 @@ def test_every_dashboard_metric_exists(
 
 
 def test_api_serves_metrics(api: httpx.Client) -> None:  # noqa: F811
-    """`ezq api` answers GET /metrics without a token, with the Postgres gauges."""
+    """`ezq api` answers GET /metrics to an admin token, with the Postgres gauges."""
     base = str(api.base_url).rstrip("/")
     waiting = f"w-{uuid.uuid4().hex[:8]}"
     seed_job(tenant=waiting, status="queued")
-    names, samples = scrape(f"{base}/metrics")
+    admin = {"Authorization": api.headers["Authorization"]}
+    names, samples = scrape(f"{base}/metrics", headers=admin)
     assert {"ezq_queue_depth", "ezq_oldest_queued_job_age_seconds", "ezq_webhook_backlog"} <= names
     assert value(samples, "ezq_queue_depth", tenant=waiting, model=MODEL) == 1

@@ -226,7 +226,8 @@ def test_worker_exports_no_created_series(
 
 def test_api_exports_no_created_series(api: httpx.Client) -> None:  # noqa: F811
     """``ezq api``'s /metrics has no ``*_created`` samples either."""
-    page = httpx.get(f"{str(api.base_url).rstrip('/')}/metrics", timeout=10).text
+    admin = {"Authorization": api.headers["Authorization"]}  # the API's admin token
+    page = httpx.get(f"{str(api.base_url).rstrip('/')}/metrics", timeout=10, headers=admin).text
     assert "ezq_claims_undone_total" in page
     assert _CREATED.findall(page) == []
 

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 
 from service.api import batch_routes, events_route, flow_routes, replay_routes
-from service.api.auth import Caller
+from service.api.auth import AdminCaller, Caller
 from service.api.body import BodyLimit, parse_json_object
 from service.api.errors import install_error_handlers
 from service.api.listing import (
@@ -303,8 +303,10 @@ def create_app() -> FastAPI:
         return JSONResponse(status_code=200 if healthy else 503, content=checks)
 
     @app.get("/metrics", include_in_schema=False)
-    def metrics() -> Response:
-        """Prometheus metrics; without a key like /healthz, for the scraper."""
+    def metrics(_: AdminCaller) -> Response:
+        """Prometheus metrics, for an admin key or an EZQ_API_TOKENS token (Prometheus's
+        `authorization: credentials:`): the series name every tenant. 401 without a key,
+        403 for a key bound to tenants."""
         from service.metrics.exposition import render
 
         body, content_type = render()

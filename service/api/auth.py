@@ -40,6 +40,25 @@ def authenticate(
     return principal
 
 
+def authenticate_admin(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """The caller behind the request's bearer token if it is an admin (an EZQ_API_TOKENS
+    token or a key made with ``--admin``): a 401 without a working key, a 403 for a key
+    bound to tenants. For ``/metrics``, whose series name every tenant; its query is not
+    checked (a scraper may add parameters of its own)."""
+    principal = _principal(credentials)
+    if not principal.admin:
+        raise ApiError(
+            403,
+            "forbidden",
+            f"{request.url.path} needs an admin key: an EZQ_API_TOKENS token or a key"
+            " from `ezq keys create --admin`",
+        )
+    return principal
+
+
 def _principal(credentials: HTTPAuthorizationCredentials | None) -> Principal:
     from service.db.session import transaction
     from service.keys.store import principal_for
@@ -62,3 +81,4 @@ def _principal(credentials: HTTPAuthorizationCredentials | None) -> Principal:
 
 
 Caller = Annotated[Principal, Depends(authenticate)]
+AdminCaller = Annotated[Principal, Depends(authenticate_admin)]

@@ -100,6 +100,11 @@ async def upload_file(request: Request, principal: Caller) -> dict[str, Any]:
         if unknown:
             shown = unknown[0].replace("\x00", "\\x00") or "body"
             raise InvalidRequest(shown, "is not a known field (send file, purpose and tenant)")
+        repeated = sorted(name for name in set(form.keys()) if len(form.getlist(name)) > 1)
+        if repeated:
+            # Taking the last of several values silently would act on what was not meant
+            # (another of the key's tenants), as `GET /v1/jobs` refuses a repeated filter.
+            raise InvalidRequest(repeated[0], "may be given once")
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise InvalidRequest("file", "is required (a JSONL file)")

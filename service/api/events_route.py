@@ -4,7 +4,7 @@ Async end to end: an open listener is a coroutine blocked in one ``XREAD`` on th
 stream (one Redis connection from the process's pool), never a thread. Postgres is asked
 only at the start, then once per quiet heartbeat for an end that left no final entry (a
 job taken over and failed by the sweep, an expired stream), and once a heartbeat whether
-the caller's key still works.
+the caller's key still works and still sees the job's tenant.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from service.api.auth import Caller
 from service.config import get_settings
 from service.errors import JobNotFound
 from service.keys.principal import Principal
-from service.live.events import Follower, final_event, stream_key
+from service.live.events import ENDED_STATUSES, Follower, final_event, stream_key
 from service.live.follow import READ_COUNT, ended_view, entries_of, read_timeout
 
 router = APIRouter()
@@ -81,16 +81,16 @@ def _client(url: str) -> aioredis.Redis:
     return client
 
 
-def _key_still_valid(principal: Principal) -> bool:
+def _key_still_valid(principal: Principal, tenant: str | None) -> bool:
     from service.db.session import transaction
     from service.keys.store import still_valid
 
     with transaction() as session:
-        return still_valid(session, principal)
+        return still_valid(session, principal, tenant=tenant)
 
 
 async def _events(
-    job_id: uuid.UUID, principal: Principal, last_event_id: str | None
+    job_id: uuid.UUID, principal: Principal, job_tenant: str | None, last_event_id: str | None
 ) -> AsyncIterator[bytes]:
     settings = get_settings()
     url = settings.live_redis_url
@@ -102,9 +102,10 @@ async def _events(
     yield _OPENING
     while True:
         if time.monotonic() - key_checked >= settings.ezq_live_heartbeat:
-            # A key revoked or expired while its stream is open ends the stream within a
-            # heartbeat: the client's reconnection then gets the 401 any request gets.
-            if not await run_in_threadpool(_key_still_valid, principal):
+            # A key revoked or expired while its stream is open, or whose tenants no longer
+            # include the job's, ends the stream within a heartbeat: the client's
+            # reconnection then gets the 401 (or 404) any request gets.
+            if not await run_in_threadpool(_key_still_valid, principal, job_tenant):
                 return
             key_checked = time.monotonic()
         events = []
@@ -158,15 +159,17 @@ def job_events(
     ] = None,
 ) -> StreamingResponse:
     """Stream the job's live events (see the description)."""
+    from service.producer import get_job
+
     last_event_id = last_event_id if last_event_id is not None else last_event_id_query
     try:
         the_id = uuid.UUID(job_id)
     except ValueError:
         raise JobNotFound(job_id) from None
-    view = ended_view(the_id, principal.tenants)  # JobNotFound outside the key's tenants
+    view = get_job(the_id, tenants=principal.tenants)  # JobNotFound outside the key's tenants
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    if view is not None:
+    if view["status"] in ENDED_STATUSES:
         body: Any = iter([final_event(view).sse()])
     else:
-        body = _events(the_id, principal, last_event_id)
+        body = _events(the_id, principal, view["tenant"], last_event_id)
     return StreamingResponse(body, media_type="text/event-stream", headers=headers)

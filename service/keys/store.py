@@ -98,21 +98,25 @@ def revoke_key(session: Session, ref: str) -> ApiKey:
     return row
 
 
-def still_valid(session: Session, principal: Principal) -> bool:
-    """Whether the key behind ``principal`` still works (not revoked, not expired): for a
-    request that outlasts its start, an event stream. EZQ_API_TOKENS tokens (``env:N``)
-    change only with a restart."""
+def still_valid(session: Session, principal: Principal, *, tenant: str | None) -> bool:
+    """Whether the key behind ``principal`` still works (not revoked, not expired) and
+    still sees rows of ``tenant`` (its ``tenants`` or ``admin`` may have been changed
+    since, by ``UPDATE api_keys``): for a request that outlasts its start, an event
+    stream of a job of ``tenant``. EZQ_API_TOKENS tokens (``env:N``) change only with a
+    restart."""
     if principal.key_id.startswith("env:"):
         return True
-    return bool(
-        session.scalar(
-            select(ApiKey.id).where(
-                ApiKey.id == uuid.UUID(principal.key_id),
-                ApiKey.revoked_at.is_(None),
-                or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > func.now()),
-            )
+    row = session.execute(
+        select(ApiKey.tenants, ApiKey.admin).where(
+            ApiKey.id == uuid.UUID(principal.key_id),
+            ApiKey.revoked_at.is_(None),
+            or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > func.now()),
         )
-    )
+    ).first()
+    if row is None:
+        return False
+    # As ``principal_for`` reads the key: an admin key sees every tenant, another only its own.
+    return bool(row.admin) or (tenant is not None and tenant in (row.tenants or ()))
 
 
 def principal_for(session: Session, key: str) -> Principal | None:

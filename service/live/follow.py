@@ -13,6 +13,7 @@ import redis
 from service import constants as c
 from service.config import get_settings
 from service.db.queries import Tenants
+from service.errors import JobNotFound
 from service.live.events import (
     ENDED_STATUSES,
     Follower,
@@ -66,9 +67,14 @@ def stream_job(
     ``job.succeeded`` / ``job.failed`` / ``job.cancelled`` whose ``payload`` is the webhook
     body. What was produced before the call is yielded first; ``last_event_id`` (an
     event's ``id``) resumes after that event. A job that has ended yields its final event
-    only. Raises ``JobNotFound`` for an unknown job (or one outside ``tenants``).
+    only. Raises ``JobNotFound`` for an unknown job (or one outside ``tenants``), and for
+    an id that is not a UUID.
     """
-    the_id = uuid.UUID(str(job_id))
+    try:
+        the_id = uuid.UUID(str(job_id))
+    except ValueError:
+        # A malformed id is an unknown job, as `GET /v1/jobs/{id}/events` answers it.
+        raise JobNotFound(job_id) from None
     view = ended_view(the_id, tenants)
     if view is not None:
         yield final_event(view)
