@@ -491,6 +491,7 @@ def run_paced(
     """Jobs at a steady ``rate``, every fourth with a webhook, to ``processes`` workers
     just started (32 threads in all): the latency percentiles over ``seconds`` after their
     first ``START_S``, and over those."""
+    from service.webhooks.signing import tenant_secret
     from service.webhooks.testing import Receiver
 
     queue = env["EZQ_QUEUE"]
@@ -500,7 +501,10 @@ def run_paced(
     jobs = starting + max(int(rate * seconds), 20)
     sent: dict[str, tuple[int, float]] = {}
     sending: list[float] = []  # how long the producer's send_task took, per steady job
-    with Receiver([secret]) as receiver, worker_running(env, 32, processes) as workers:
+    # The tenant's jobs are signed with the tenant's own secret (WEBHOOK_SECRET signed them
+    # before it had one: both verify, so code of either kind can be measured).
+    signers = [tenant_secret(secret, tenant), secret]
+    with Receiver(signers) as receiver, worker_running(env, 32, processes) as workers:
         gateway.latency(0, 1)
         callback = receiver.url("/hook")
 
