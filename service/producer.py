@@ -12,7 +12,7 @@ from service import views
 from service.config import get_settings
 from service.db import queries
 from service.db.session import transaction
-from service.errors import InvalidRequest
+from service.errors import ConversationNotFound, InvalidRequest, JobNotFound
 from service.gateway.routing import part_problem
 from service.validation import CompletionRequest, validate_request
 
@@ -99,21 +99,35 @@ def _check_history_surface(session: Session, request: CompletionRequest) -> None
             )
 
 
+def _job_id(value: uuid.UUID | str) -> uuid.UUID:
+    """``value`` as a job id; one that is not a UUID names no job (as ``stream_job`` and
+    the HTTP routes answer it)."""
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise JobNotFound(value) from None
+
+
 def get_job(job_id: uuid.UUID | str, *, tenants: queries.Tenants = None) -> dict[str, Any]:
     """The job's JSON view: status, attempts, reply content, finish reason, usage, error.
 
-    With ``tenants``, a job of any other tenant raises ``JobNotFound`` like an unknown id.
+    With ``tenants``, a job of any other tenant raises ``JobNotFound`` like an unknown id
+    (and like an id that is not a UUID).
     """
     with transaction() as session:
-        return views.job_view(session, uuid.UUID(str(job_id)), tenants=tenants)
+        return views.job_view(session, _job_id(job_id), tenants=tenants)
 
 
 def get_conversation(
     conversation_id: uuid.UUID | str, *, tenants: queries.Tenants = None
 ) -> dict[str, Any]:
     """The conversation's ordered messages and its jobs (scoped to ``tenants`` if given)."""
+    try:
+        the_id = uuid.UUID(str(conversation_id))
+    except ValueError:
+        raise ConversationNotFound(conversation_id) from None
     with transaction() as session:
-        return views.conversation_view(session, uuid.UUID(str(conversation_id)), tenants=tenants)
+        return views.conversation_view(session, the_id, tenants=tenants)
 
 
 def cancel_job(job_id: uuid.UUID | str, *, tenants: queries.Tenants = None) -> dict[str, Any]:
@@ -129,7 +143,7 @@ def cancel_job(job_id: uuid.UUID | str, *, tenants: queries.Tenants = None) -> d
     from service.webhooks.tasks import publish_deliveries
     from service.worker.dispatch import publish_jobs
 
-    the_id = uuid.UUID(str(job_id))
+    the_id = _job_id(job_id)
     with transaction() as session:
         job = queries.cancel_job(session, the_id, tenants=tenants)
         view = views.job_view(session, the_id)

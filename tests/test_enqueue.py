@@ -278,3 +278,15 @@ def test_a_tenant_with_control_characters_is_refused(tenant: str) -> None:
     ):
         done = run_ezq(*command, "--tenant", tenant)
         assert done.returncode != 0 and "--tenant: must not" in done.stderr, done.stderr
+
+
+def test_an_id_that_is_not_a_uuid_names_no_job_or_conversation() -> None:
+    """The Python API answers a malformed id as the HTTP routes and stream_job do: not
+    found (a ValueError from uuid said nothing of the job)."""
+    from service import JobNotFound, cancel_job, get_conversation, get_job
+
+    for call in (get_job, cancel_job):
+        with pytest.raises(JobNotFound):
+            call("not-a-uuid")
+    with pytest.raises(ConversationNotFound):
+        get_conversation("not-a-uuid")
