@@ -20,13 +20,15 @@ from tests.test_faults import wait_until
 ECHOED_KEY = "plainkey" + secrets.token_hex(16)
 
 
-class _EchoingUpstream(BaseHTTPRequestHandler):
-    """An upstream that answers 400 and quotes the caller's key."""
+class _Answering400(BaseHTTPRequestHandler):
+    """An upstream that answers every request 400 with the message ``message`` makes."""
+
+    def message(self, sent: bytes) -> str:
+        raise NotImplementedError
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("content-length") or 0))
-        key = str(self.headers.get("authorization")).removeprefix("Bearer ")
-        body = json.dumps({"error": {"message": f"unknown key {key}"}}).encode()
+        sent = self.rfile.read(int(self.headers.get("content-length") or 0))
+        body = json.dumps({"error": {"message": self.message(sent)}}).encode()
         self.send_response(400)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
@@ -35,6 +37,14 @@ class _EchoingUpstream(BaseHTTPRequestHandler):
 
     def log_message(self, *args: Any) -> None:
         pass
+
+
+class _EchoingUpstream(_Answering400):
+    """An upstream that answers 400 and quotes the caller's key."""
+
+    def message(self, sent: bytes) -> str:
+        key = str(self.headers.get("authorization")).removeprefix("Bearer ")
+        return f"unknown key {key}"
 
 
 @pytest.fixture
@@ -92,21 +102,11 @@ def test_echoed_key_is_not_stored_answered_or_logged(
         assert ECHOED_KEY not in worker.log()
 
 
-class _QuotingUpstream(BaseHTTPRequestHandler):
+class _QuotingUpstream(_Answering400):
     """An upstream that answers 400 quoting the prompt, as real ones do for bad input."""
 
-    def do_POST(self) -> None:
-        sent = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)))
-        prompt = sent["messages"][-1]["content"]
-        body = json.dumps({"error": {"message": f"invalid content: {prompt}"}}).encode()
-        self.send_response(400)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+    def message(self, sent: bytes) -> str:
+        return f"invalid content: {json.loads(sent)['messages'][-1]['content']}"
 
 
 def test_a_gateway_message_quoting_the_prompt_is_stored_not_logged(
