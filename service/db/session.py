@@ -59,10 +59,13 @@ _factories: dict[str, sessionmaker[Session]] = {}
 def pool_sizes(settings: Settings) -> tuple[int, int]:
     """How many database connections a process opens when it starts, and the most it holds:
     ``EZQ_DB_POOL_SIZE`` and ``DB_POOL_BURST`` more, each at most the worker's concurrency
-    (a thread holds one connection at a time)."""
+    (a job's thread holds one connection at a time), and ``DB_POOL_MAINTENANCE`` more for
+    the process's own threads. Without those, a worker of concurrency 1 had one connection:
+    its sweep held it for its lock and waited for a second one for its first transaction,
+    and every thread of the process waited with it until the pool's timeout (30 s)."""
     concurrency = settings.ezq_worker_concurrency
     steady = min(settings.ezq_db_pool_size, concurrency)
-    return steady, min(steady + c.DB_POOL_BURST, concurrency)
+    return steady, min(steady + c.DB_POOL_BURST, concurrency) + c.DB_POOL_MAINTENANCE
 
 
 def _make_engine(url: str) -> Engine:
