@@ -1,18 +1,32 @@
-"""A worker's own threads have connections of their own beside its job threads' share: the
-sweep holds one for its advisory lock while its transactions take another, so a pool sized
-for the job threads alone (one connection at concurrency 1) stalled the sweep, and every
-job of the process with it, for the pool's timeout (30 s) at each of its turns."""
+"""A thread that holds a pooled connection and asks for another waits for the pool to free
+one: with as many such threads as connections, until the pool's timeout (30 s). A worker's
+own threads have connections of their own beside its job threads' share (the sweep holds
+one for its advisory lock while its transactions take another: a pool sized for the job
+threads alone, one connection at concurrency 1, stalled the sweep and every job of the
+process with it at each of its turns), and creating a batch holds one at a time."""
 
 from __future__ import annotations
 
+import io
+import json
+import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
+import pytest
+from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 
 from service import enqueue_completion
+from service.batches.files import store_input_file
+from service.batches.lifecycle import cancel_batch
+from service.batches.submit import create_batch
+from service.config import get_settings
+from service.constants import BATCH_CHUNK_BYTES
+from service.db.session import get_engine
+from service.worker import sweep as sweep_module
 from tests.conftest import wait_for_job
 from tests.test_faults import wait_until
 
@@ -54,3 +68,76 @@ def test_a_worker_of_concurrency_one_sweeps_and_runs_jobs_without_stalling(
     ]
     assert [wait_for_job(job, timeout=WITHIN_S)["status"] for job in jobs] == ["succeeded"] * 3
     assert "database unavailable" not in worker.log()
+
+
+@pytest.mark.usefixtures("service_env")
+def test_creating_a_batch_holds_one_pooled_connection_at_a_time() -> None:
+    """The batch's transaction reads its input file through its own session: as many
+    creations at once as the pool has connections each held one and waited for a second
+    until the pool's timeout (the API answered 503 to all of them)."""
+    engine = get_engine()
+    held = threading.local()
+    most = {"held": 0}
+
+    def checkout(*_: Any) -> None:
+        held.count = getattr(held, "count", 0) + 1
+        most["held"] = max(most["held"], held.count)
+
+    def checkin(*_: Any) -> None:
+        held.count = getattr(held, "count", 0) - 1
+
+    # Lines over three stored slices, so that the file is read slice by slice.
+    lines = [
+        {
+            "custom_id": f"line-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": MODEL, "messages": [{"role": "user", "content": "x" * 10_000}]},
+        }
+        for i in range(5 * BATCH_CHUNK_BYTES // 2 // 10_000)
+    ]
+    body = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    uploaded = store_input_file(
+        io.BytesIO(body), filename="pool.jsonl", purpose="batch", tenant=None, created_by=None
+    )
+    event.listen(engine, "checkout", checkout)
+    event.listen(engine, "checkin", checkin)
+    try:
+        created = create_batch(
+            input_file_id=uploaded["id"], endpoint="/v1/chat/completions", completion_window="24h"
+        )
+    finally:
+        event.remove(engine, "checkout", checkout)
+        event.remove(engine, "checkin", checkin)
+    cancel_batch(created.view["id"])  # its lines are not published: none runs
+    assert len(created.job_ids) == len(lines)
+    assert most["held"] == 1
+
+
+@pytest.mark.usefixtures("service_env")
+def test_the_sweep_holds_its_lock_outside_a_transaction(
+    own_database_settings: tuple[str, Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep's lock connection is not idle in a transaction while the sweep runs: a
+    server that ends such sessions (``idle_in_transaction_session_timeout``) would end it
+    part way, and the sweep would fail at its unlock."""
+    url, engine = own_database_settings
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                f'ALTER DATABASE "{url.rsplit("/", 1)[1]}"'
+                " SET idle_in_transaction_session_timeout = '200ms'"
+            )
+        )
+
+    def slow_finalize() -> int:
+        time.sleep(1.0)  # a step that takes a while (a long batch's result files)
+        return 0
+
+    monkeypatch.setattr(sweep_module, "finalize_ended", slow_finalize)
+    report = sweep_module.sweep(get_settings(), worker="test", force=True)
+    assert report is not None
+    with engine.connect() as conn:  # the lock was released: it can be taken again
+        key = {"k": sweep_module._LOCK_KEY}
+        assert conn.execute(text("SELECT pg_try_advisory_lock(:k)"), key).scalar()
+        conn.execute(text("SELECT pg_advisory_unlock(:k)"), key)

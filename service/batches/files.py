@@ -131,12 +131,18 @@ def get_file(file_id: str, *, tenants: Tenants = None) -> dict[str, Any]:
         return file_view(row, purged=is_purged(session, row))
 
 
-def input_chunks(file_id: str) -> Iterator[bytes]:
-    """An input file's bytes, one stored slice per short transaction."""
+def input_chunks(file_id: str, session: Session | None = None) -> Iterator[bytes]:
+    """An input file's bytes, one stored slice per short transaction, or each read through
+    ``session``: a caller in a transaction of its own passes it, rather than take a second
+    pooled connection while it holds one (as many such callers at once as the pool has
+    connections would each wait for another until the pool's timeout)."""
     seq = 0
     while True:
-        with transaction() as session:
+        if session is not None:
             data = db.read_chunk(session, file_id, seq)
+        else:
+            with transaction() as own:
+                data = db.read_chunk(own, file_id, seq)
         if data is None:
             return
         yield data

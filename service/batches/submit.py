@@ -132,7 +132,7 @@ def _write_lines(
         job_ids.extend(job["id"] for job in jobs)
         pending.clear()
 
-    stream = io.BufferedReader(_ChunkReader(input_chunks(file_id)), c.BATCH_CHUNK_BYTES)
+    stream = io.BufferedReader(_ChunkReader(input_chunks(file_id, session)), c.BATCH_CHUNK_BYTES)
     for line in checker.lines_of(stream):
         if line is None or checker.errors:
             pending.clear()  # nothing more is written; the rest is only checked

@@ -82,6 +82,10 @@ def sweep(
         got = lock_conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _LOCK_KEY})
         if not got.scalar():
             return None
+        # The lock is the session's, not the transaction's: ended now, the connection is
+        # not left idle in a transaction for the whole sweep (which a server's
+        # ``idle_in_transaction_session_timeout`` would end part way).
+        lock_conn.commit()
         try:
             with transaction() as session:
                 turn = recovery.take_sweep_turn(
