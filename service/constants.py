@@ -87,8 +87,9 @@ GC_THRESHOLD_MAX: Final = 2**31 - 1
 DB_POOL_SIZE: Final = 20
 DB_POOL_BURST: Final = 10
 # Connections beyond the job threads' share for a worker's own threads: the sweep holds
-# one for its advisory lock while its transactions take another, and the heartbeat and the
-# publisher of due throttled jobs must not wait behind a full pool of jobs for theirs.
+# one for its advisory lock while its transactions take another (with none to spare, a
+# worker of concurrency 1 waited for itself); the heartbeat, the publisher of due throttled
+# jobs and the metrics scrape share them with the job threads, each for a moment.
 DB_POOL_MAINTENANCE: Final = 2
 # How long a thread waits for a pooled connection before the database counts as unavailable.
 DB_POOL_TIMEOUT_S: Final = 30.0
