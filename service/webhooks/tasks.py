@@ -35,12 +35,22 @@ def publish_delivery(delivery_id: uuid.UUID, countdown: float | None = None) -> 
 
 
 def publish_deliveries(delivery_ids: list[uuid.UUID]) -> None:
-    """Publish deliveries just committed; one that cannot be published waits for the sweep."""
-    for delivery_id in delivery_ids:
+    """Publish deliveries just committed; those that cannot be published wait for the sweep.
+
+    Once the broker refuses one, the rest are not tried: each would wait on it again (its
+    connect timeout, seconds), and the sweep, which publishes hundreds at a time, held its
+    lock for minutes while the broker was down."""
+    for index, delivery_id in enumerate(delivery_ids):
         try:
             publish_delivery(delivery_id)
-        except Exception:  # the row is committed: the sweep publishes it later
-            log.warning("[webhook=%s] could not publish; the sweep will", delivery_id)
+        except Exception as exc:  # the rows are committed: the sweep publishes them later
+            log.warning(
+                "broker unavailable (%s): %d webhook deliveries stored, the sweep publishes"
+                " them when it is back",
+                type(exc).__name__,
+                len(delivery_ids) - index,
+            )
+            return
 
 
 def deliver_here(delivery_id: uuid.UUID) -> None:
