@@ -16,14 +16,19 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from service import constants as c
 from service.errors import ConfigError
 
-REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://")
+# The schemes both kombu and redis-py take: the worker's own Redis clients (the sweep's
+# broker depth, live tokens, ``/healthz``) read the broker's URL too.
+REDIS_SCHEMES = ("redis://", "rediss://")
 AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
 
 
 class Settings(BaseSettings):
     """Every setting ezq reads. Field names are the environment variable names."""
 
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+    # No setting means forever: "inf" (or "nan") would overflow a wait or reach Postgres.
+    model_config = SettingsConfigDict(
+        case_sensitive=False, extra="ignore", frozen=True, allow_inf_nan=False
+    )
 
     ezrouter_api_key: SecretStr | None = None
     ezrouter_base_url: str = c.DEFAULT_EZROUTER_BASE_URL
@@ -169,7 +174,10 @@ class Settings(BaseSettings):
     @classmethod
     def _broker_url(cls, value: str) -> str:
         if not value.startswith(REDIS_SCHEMES + AMQP_SCHEMES):
-            raise ValueError("must be a redis:// or amqp:// URL (Redis or RabbitMQ)")
+            raise ValueError(
+                "must be a Redis (redis://, rediss://) or RabbitMQ (amqp://, amqps://,"
+                " pyamqp://) URL"
+            )
         return value
 
     @model_validator(mode="after")

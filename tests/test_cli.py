@@ -129,6 +129,11 @@ def test_errors_are_one_clear_line(
         ({"EZQ_MAX_ATTEMPTS": "lots"}, "EZQ_MAX_ATTEMPTS"),
         ({"DATABASE_URL": "mysql://admin:hunter2@db/ezq"}, "DATABASE_URL"),
         ({"CELERY_BROKER_URL": "kafka://guest@localhost//"}, "CELERY_BROKER_URL"),
+        # kombu takes it, but not the Redis client the worker's sweep and live tokens use.
+        ({"CELERY_BROKER_URL": "redis+socket:///tmp/redis.sock"}, "CELERY_BROKER_URL"),
+        ({"EZQ_LIVE_REDIS_URL": "redis+socket:///tmp/redis.sock"}, "EZQ_LIVE_REDIS_URL"),
+        ({"EZQ_SWEEP_INTERVAL": "inf"}, "EZQ_SWEEP_INTERVAL"),
+        ({"EZQ_LEASE_SECONDS": "nan"}, "EZQ_LEASE_SECONDS"),
         ({"EZROUTER_BASE_URL": "ftp://x"}, "EZROUTER_BASE_URL"),
         ({"EZQ_GATEWAY_READ_TIMEOUT": "-1"}, "EZQ_GATEWAY_READ_TIMEOUT"),
         ({"EZQ_SURFACE_DEFAULTS": "claude-*=anthropc"}, "EZQ_SURFACE_DEFAULTS"),

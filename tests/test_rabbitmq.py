@@ -9,10 +9,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 from kombu import Connection
 
-from tests.conftest import WorkerProcess, run_ezq, sql, wait_for_job
+from tests.conftest import WorkerProcess, free_port, run_ezq, sql, wait_for_job
 
 AMQP_URL = os.environ.get("EZQ_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
@@ -87,3 +88,20 @@ def test_poison_messages_on_rabbitmq_are_dead_lettered(
     reasons = [r for (r,) in sql("SELECT reason FROM dead_letters WHERE id > :b", b=before)]
     assert any("unknown task 'someone.else'" in r for r in reasons), reasons
     assert worker.proc.poll() is None
+
+
+def test_healthz_checks_a_rabbitmq_broker(
+    amqp_env: dict[str, str], api_server_factory: Callable[..., Any]
+) -> None:
+    """``/healthz`` connects to RabbitMQ as RabbitMQ (it once pinged it as Redis, and
+    answered 503 whatever the broker's state), and says when it cannot be reached."""
+    up = api_server_factory(**amqp_env)
+    response = httpx.get(f"{up.url}/healthz", timeout=10)
+    assert (response.status_code, response.json()) == (200, {"database": "ok", "broker": "ok"})
+
+    nobody = f"amqp://guest:guest@127.0.0.1:{free_port()}//"
+    down = api_server_factory(**{**amqp_env, "CELERY_BROKER_URL": nobody})
+    response = httpx.get(f"{down.url}/healthz", timeout=20)
+    assert response.status_code == 503
+    assert response.json()["database"] == "ok"
+    assert response.json()["broker"].startswith("error: ")

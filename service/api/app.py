@@ -329,10 +329,18 @@ def _check_database() -> str:
 
 
 def _check_broker() -> str:
-    import redis
-
+    settings = get_settings()
     try:
-        redis.Redis.from_url(get_settings().celery_broker_url, socket_timeout=2).ping()
+        if settings.broker_is_redis:
+            import redis
+
+            redis.Redis.from_url(settings.celery_broker_url, socket_timeout=2).ping()
+        else:  # RabbitMQ: a connection opened (and closed), as the producer opens one
+            from kombu.connection import Connection
+
+            broker = Connection(settings.celery_broker_url, connect_timeout=2)  # type: ignore[no-untyped-call]
+            with broker as conn:
+                conn.ensure_connection(max_retries=1)
     except Exception as exc:  # reported, not raised: this is a health check
         return f"error: {type(exc).__name__}"
     return "ok"

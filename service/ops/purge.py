@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from service.config import get_settings
+from service.config import REDIS_SCHEMES, get_settings
 from service.db import purge as sql
 from service.db.session import transaction
 
@@ -43,9 +43,8 @@ def forget_job_keys(job_ids: list[uuid.UUID] | list[str]) -> None:
     from service.live.events import stream_key
 
     settings = get_settings()
-    redis_schemes = ("redis://", "rediss://", "redis+socket://")
     places: dict[str, list[str]] = {}
-    if settings.result_backend.startswith(redis_schemes):
+    if settings.result_backend.startswith(REDIS_SCHEMES):
         places[settings.result_backend] = [f"celery-task-meta-{i}" for i in job_ids]
     if settings.live_redis_url:
         places.setdefault(settings.live_redis_url, []).extend(stream_key(i) for i in job_ids)
