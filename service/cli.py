@@ -169,6 +169,7 @@ def worker(
     from service.worker.app import app
 
     _take_concurrency(ctx)
+    _refuse_fixed_options(ctx.args)
     settings = get_settings()
     # First, before anything starts a thread: threads inherit their creator's CPUs.
     choice, setting = (
@@ -207,6 +208,28 @@ def worker(
         *extra,
     ]
     app.worker_main(argv=argv)
+
+
+# Celery options the worker sets itself, and the setting to use instead. Passed on, the
+# later one won: under ``--pool prefork`` jobs ran in child processes while the heartbeat
+# renewed the (empty) leases of the parent, so every call longer than a lease was taken
+# over and made again; under ``-Q`` the worker's recorded queue was not the one it read.
+_FIXED_OPTIONS = {
+    "-P": "the worker runs Celery's threads pool (size it with -c or EZQ_WORKER_CONCURRENCY)",
+    "--pool": "the worker runs Celery's threads pool (size it with -c or EZQ_WORKER_CONCURRENCY)",
+    "-Q": "set EZQ_QUEUE to the queue the worker consumes",
+    "--queues": "set EZQ_QUEUE to the queue the worker consumes",
+}
+
+
+def _refuse_fixed_options(args: list[str]) -> None:
+    """A ConfigError naming the first option among ``args`` that the worker sets itself."""
+    for arg in args:
+        name = arg.split("=", 1)[0]
+        if name not in _FIXED_OPTIONS and arg[:2] in ("-P", "-Q"):
+            name = arg[:2]  # -Pprefork, -Qname
+        if name in _FIXED_OPTIONS:
+            raise ConfigError(f"{name}: ezq worker sets it itself; {_FIXED_OPTIONS[name]}")
 
 
 def _take_concurrency(ctx: click.Context) -> None:

@@ -153,6 +153,28 @@ def test_bad_settings_fail_with_one_line(env: dict[str, str], expected: str) -> 
     assert "hunter2" not in out.stderr, "a URL's password is never echoed"
 
 
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["-P", "prefork"], "-P"),
+        (["--pool=prefork"], "--pool"),
+        (["-Qjobs"], "-Q"),
+        (["-c", "4", "--queues", "other"], "--queues"),
+    ],
+)
+def test_worker_refuses_the_options_it_sets_itself(
+    service_env: dict[str, str], args: list[str], named: str
+) -> None:
+    """The pool and the queue are the worker's own (under prefork, its heartbeat renewed
+    no job's lease): passed on to Celery they are refused in one line, naming the option."""
+    out = ezq("worker", *args, env=service_env, timeout=30)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"ezq: configuration error: {named}: "), (
+        out.stderr
+    )
+
+
 def test_worker_without_api_key_refuses_to_start(service_env: dict[str, str]) -> None:
     """The worker needs EZROUTER_API_KEY and says so in one line."""
     env = {**service_env, "EZROUTER_API_KEY": ""}
