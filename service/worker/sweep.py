@@ -96,15 +96,27 @@ def sweep(
                 )
             if turn is None:
                 return None
-            interval = settings.ezq_sweep_interval or settings.ezq_heartbeat_interval
             return _sweep(
                 settings,
-                takeovers=turn.continuous_for(CONTINUITY_INTERVALS * interval),
+                takeovers=turn.continuous_for(continuity_window(settings)),
                 broker_depth=broker_depth,
             )
         finally:
             lock_conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY})
             lock_conn.commit()
+
+
+def continuity_window(settings: Settings) -> float:
+    """How recent the previous sweep must be for this one to take leases over.
+
+    A few sweep intervals, and never as long as a lease less a beat: a database outage that
+    long (a failover) lets live leases expire unrenewed, and the first sweep after it, its
+    previous run from before the outage, must leave them to their workers' next beats."""
+    interval = settings.ezq_sweep_interval or settings.ezq_heartbeat_interval
+    return min(
+        CONTINUITY_INTERVALS * interval,
+        settings.lease_seconds - settings.ezq_heartbeat_interval,
+    )
 
 
 def _sweep(settings: Settings, *, takeovers: bool, broker_depth: BrokerDepth | None) -> SweepReport:
