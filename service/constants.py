@@ -88,8 +88,9 @@ DB_POOL_SIZE: Final = 20
 DB_POOL_BURST: Final = 10
 # Connections beyond the job threads' share for a worker's own threads: the sweep holds
 # one for its advisory lock while its transactions take another (with none to spare, a
-# worker of concurrency 1 waited for itself); the heartbeat, the publisher of due throttled
-# jobs and the metrics scrape share them with the job threads, each for a moment.
+# worker of concurrency 1 waited for itself); the publisher of due throttled jobs and the
+# metrics scrape share them with the job threads, each for a moment. The heartbeat has a
+# connection of its own, outside the pool (``session.own_connection``).
 DB_POOL_MAINTENANCE: Final = 2
 # How long a thread waits for a pooled connection before the database counts as unavailable.
 DB_POOL_TIMEOUT_S: Final = 30.0

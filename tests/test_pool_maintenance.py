@@ -141,3 +141,29 @@ def test_the_sweep_holds_its_lock_outside_a_transaction(
         key = {"k": sweep_module._LOCK_KEY}
         assert conn.execute(text("SELECT pg_try_advisory_lock(:k)"), key).scalar()
         conn.execute(text("SELECT pg_advisory_unlock(:k)"), key)
+
+
+@pytest.mark.usefixtures("service_env")
+def test_the_heartbeat_renews_leases_while_the_pool_is_taken(
+    own_database_settings: tuple[str, Engine],
+) -> None:
+    """The heartbeat has a connection of its own: while job threads hold every pooled
+    connection (claims waiting on a lock, say), it still renews its leases, where it once
+    waited up to the pool's timeout (30 s, the default lease) for one."""
+    from contextlib import ExitStack
+
+    from service.db.session import pool_sizes
+    from service.worker.liveness import ActiveJobs, Heartbeat, WorkerIdentity
+
+    _, engine = own_database_settings
+    heartbeat = Heartbeat(WorkerIdentity.new(), ActiveJobs(), get_settings())
+    with ExitStack() as held:
+        for _ in range(pool_sizes(get_settings())[1]):
+            held.enter_context(get_engine().connect())
+        beat = threading.Thread(target=heartbeat.beat, daemon=True)
+        beat.start()
+        beat.join(WITHIN_S)
+        assert not beat.is_alive(), "the heartbeat waited for a pooled connection"
+    assert heartbeat.beats == 1
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM workers")).scalar_one() == 1

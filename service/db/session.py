@@ -68,11 +68,11 @@ def pool_sizes(settings: Settings) -> tuple[int, int]:
     return steady, min(steady + c.DB_POOL_BURST, concurrency) + c.DB_POOL_MAINTENANCE
 
 
-def _make_engine(url: str) -> Engine:
+def _make_engine(url: str, size: int | None = None) -> Engine:
     # Worker threads hold a connection only for short transactions, never across a gateway
     # call, so a modest pool serves many threads: the others wait their turn for a
     # connection (a few milliseconds) rather than open one each.
-    _, most = pool_sizes(get_settings())
+    most = pool_sizes(get_settings())[1] if size is None else size
     engine = create_engine(
         url,
         # A connection opened for a burst is kept, not closed when it is handed back (what
@@ -127,6 +127,26 @@ def session_factory(url: str | None = None) -> sessionmaker[Session]:
             if factory is None:
                 factory = sessionmaker(_make_engine(key), expire_on_commit=False)
                 _factories[key] = factory
+    return factory
+
+
+_own_factories: dict[tuple[str, str], sessionmaker[Session]] = {}
+
+
+def own_connection(purpose: str) -> sessionmaker[Session]:
+    """A session factory on one connection of its own, for ``purpose`` (a thread's name),
+    outside the process's pool: for a thread that must never wait behind the job threads
+    for a connection. The heartbeat is one: a lease it cannot renew while claims hold every
+    pooled connection (waiting on a lock, say) expires, and the sweep of another worker
+    takes the job over while its call still runs."""
+    key = (get_settings().database_url, purpose)
+    factory = _own_factories.get(key)
+    if factory is None:
+        with _lock:
+            factory = _own_factories.get(key)
+            if factory is None:
+                factory = sessionmaker(_make_engine(key[0], size=1), expire_on_commit=False)
+                _own_factories[key] = factory
     return factory
 
 
@@ -206,6 +226,7 @@ def autocommit(url: str | None = None) -> Iterator[DriverConnection]:
 def dispose_engines() -> None:
     """Drop pooled connections (after a fork, or at shutdown)."""
     with _lock:
-        for factory in _factories.values():
+        for factory in (*_factories.values(), *_own_factories.values()):
             factory.kw["bind"].dispose()
         _factories.clear()
+        _own_factories.clear()

@@ -20,7 +20,7 @@ from service import constants as c
 from service import metrics
 from service.config import Settings
 from service.db import recovery
-from service.db.session import UNAVAILABLE, transaction
+from service.db.session import UNAVAILABLE, own_connection
 from service.worker.dispatch import republish
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ class Heartbeat(threading.Thread):
         self.beats = 0
 
     def beat(self) -> None:
-        with transaction() as session:
+        with own_connection(self.name).begin() as session:
             recovery.heartbeat(
                 session,
                 worker_id=self.identity.id,
@@ -194,7 +194,7 @@ class Heartbeat(threading.Thread):
         with settling as kept:
             if kept is None:
                 return undone
-            with transaction() as session:
+            with own_connection(self.name).begin() as session:
                 undone = recovery.undo_lost_claims(session, holder=self.identity.id, keep=kept)
         if undone:
             metrics.claims_undone(len(undone))
@@ -232,7 +232,7 @@ class Heartbeat(threading.Thread):
         """Stop beating and mark the worker stopped (a clean shutdown)."""
         self._stop_event.set()
         try:
-            with transaction() as session:
+            with own_connection(self.name).begin() as session:
                 recovery.worker_stopped(session, self.identity.id)
         except SQLAlchemyError:
             log.warning("could not mark worker %s stopped", self.identity.id)
