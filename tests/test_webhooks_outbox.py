@@ -324,3 +324,18 @@ def _wait_until_blocked_on_a_lock(timeout: float = 10.0) -> None:
             if waiting:
                 return
     raise AssertionError("the second claim never waited for the first's lock")
+
+
+def test_a_worker_without_a_secret_leaves_the_delivery_to_the_sweep(
+    delivery: uuid.UUID,
+) -> None:
+    """A worker that cannot sign (no WEBHOOK_SECRET) notes why on the delivery and leaves it
+    to the sweep after its grace, no longer counted as a message on the broker (counted,
+    every sweep saw fewer messages than expected and republished the whole backlog)."""
+    _set(delivery, "dispatched_at = now()")
+    with transaction() as session:
+        outbox.note_problem(session, delivery, "WEBHOOK_SECRET is not set on the worker")
+    row = _row(delivery)  # ``recovery.messages_expected`` counts those with dispatched_at
+    assert row["last_error"] == "WEBHOOK_SECRET is not set on the worker"
+    assert row["dispatched_at"] is None
+    assert _close(row["next_attempt_at"], row["now"] + timedelta(seconds=120))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Row, func, select, text, update
@@ -295,11 +295,18 @@ def finish(
 
 
 def note_problem(session: Session, delivery_id: uuid.UUID, message: str) -> None:
-    """Show why a delivery is not moving (a worker misconfiguration) without an attempt."""
+    """Show why a delivery is not moving (a worker misconfiguration) without an attempt,
+    and leave it to the sweep after its grace: its message is spent, and a delivery counted
+    as having one made every sweep believe the broker had lost messages (and republish
+    every job waiting in the backlog)."""
     session.execute(
         update(WebhookDelivery)
         .where(WebhookDelivery.id == delivery_id, text(_PENDING_ROW))
-        .values(last_error=message)
+        .values(
+            last_error=message,
+            dispatched_at=None,
+            next_attempt_at=func.now() + timedelta(seconds=c.WEBHOOK_SWEEP_GRACE_S),
+        )
     )
 
 
