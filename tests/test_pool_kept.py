@@ -38,7 +38,7 @@ def test_a_worker_under_steady_load_opens_no_connection_beyond_its_pool(
     worker_factory: Callable[..., Any],
 ) -> None:
     url, engine = own_database_settings
-    worker_factory(
+    worker = worker_factory(
         env={
             "DATABASE_URL": url,
             "EZQ_QUEUE": own_queue,
@@ -47,6 +47,8 @@ def test_a_worker_under_steady_load_opens_no_connection_beyond_its_pool(
             "EZQ_SWEEP_INTERVAL": "0",
         }
     )
+    # Off in a worker, the sweep says so: some worker of the database must run it.
+    assert "the sweep is off in this worker (EZQ_SWEEP_INTERVAL=0)" in worker.log()
     # This process's producer and the test's engine make their connections here, and
     # reuse them from now on.
     wait_for_job(enqueue_completion(MODEL, [{"role": "user", "content": "first"}]))

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import text
 
 from service import get_job
 from tests.conftest import run_ezq, sql
@@ -41,3 +45,55 @@ def test_status_counts_the_backlog_per_tenant_and_model(service_env: dict[str, s
     assert max(len(line) for line in screen.stdout.splitlines()) <= 80
     assert f"{error_type} 2" in " ".join(screen.stdout.split())
     assert "IN FLIGHT" in screen.stdout and "THROTTLED" in screen.stdout
+
+
+def test_status_says_when_no_worker_sweeps(
+    own_database_settings: tuple[str, Any], service_env: dict[str, str]
+) -> None:
+    """With no worker sweeping (EZQ_SWEEP_INTERVAL=0 on all), nothing else says that
+    recovery has stopped: ``ezq status`` does, and says when the sweep last ran."""
+    url, engine = own_database_settings
+    env = {**service_env, "DATABASE_URL": url}
+
+    never = run_ezq("status", env={**env, "COLUMNS": "200"})
+    assert never.returncode == 0, never.stderr
+    assert "never ran: no worker sweeps this database" in never.stdout
+    assert (
+        json.loads(run_ezq("status", "--format", "json", env=env).stdout)["last_sweep_at"] is None
+    )
+
+    with engine.begin() as conn:  # a sweep ran a minute ago, and none since
+        conn.execute(
+            text(
+                "INSERT INTO sweep_runs (name, last_run_at, last_worker)"
+                " VALUES ('sweep', now() - interval '60 seconds', 'w')"
+            )
+        )
+    stale = run_ezq("status", env={**env, "COLUMNS": "200"})
+    assert "no worker sweeps now" in stale.stdout, stale.stdout
+    document = json.loads(run_ezq("status", "--format", "json", env=env).stdout)
+    [(last,)] = sql("SELECT last_run_at FROM sweep_runs", database=url)
+    assert document["last_sweep_at"] == last.isoformat()
+
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE sweep_runs SET last_run_at = now()"))
+    fresh = run_ezq("status", env={**env, "COLUMNS": "200"})
+    assert "sweep     last ran" in fresh.stdout and "no worker" not in fresh.stdout, fresh.stdout
+
+
+@pytest.mark.usefixtures("service_env")
+def test_the_sweep_age_gauge_follows_the_sweep(own_database_settings: tuple[str, Any]) -> None:
+    """``ezq_sweep_age_seconds``: absent while no sweep ever ran, then the seconds since."""
+    from service.config import get_settings
+    from service.metrics.backlog import BacklogCollector
+    from service.worker.sweep import sweep
+
+    def gauge() -> list[float]:
+        families = BacklogCollector(ttl_seconds=0).collect()
+        [family] = [f for f in families if f.name == "ezq_sweep_age_seconds"]
+        return [sample.value for sample in family.samples]
+
+    assert gauge() == []
+    assert sweep(get_settings(), worker="test", force=True) is not None
+    [age] = gauge()
+    assert 0 <= age < 10

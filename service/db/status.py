@@ -36,6 +36,9 @@ class Snapshot:
     failures_last_hour: dict[str, int]  # error_type -> failed jobs
     webhook_backlog: int  # pending deliveries
     oldest_webhook_at: datetime | None
+    # When a worker last ran the sweep (None: never on this database). Nothing else says
+    # that no worker sweeps (EZQ_SWEEP_INTERVAL=0 on all of them): recovery stops quietly.
+    last_sweep_at: datetime | None = None
 
     def total(self, name: str) -> int:
         return sum(int(getattr(row, name)) for row in self.backlog)
@@ -73,15 +76,18 @@ _FAILURES = text(
     """
 )
 _WEBHOOKS = text(
-    "SELECT now(), count(*), min(created_at) FROM webhook_deliveries WHERE status = 'pending'"
+    "SELECT now(), count(*), min(created_at),"
+    " (SELECT last_run_at FROM sweep_runs WHERE name = 'sweep' AND last_worker IS NOT NULL)"
+    " FROM webhook_deliveries WHERE status = 'pending'"
 )
 
 
 def snapshot(session: Session) -> Snapshot:
-    """Backlog per tenant and model, failures of the last hour, the webhook backlog."""
+    """Backlog per tenant and model, failures of the last hour, the webhook backlog and
+    when the sweep last ran."""
     backlog = [Backlog(*row) for row in session.execute(_BACKLOG).all()]
     failures: dict[str, Any] = dict(
         session.execute(_FAILURES, {"window": FAILURE_WINDOW_S}).tuples().all()
     )
-    now, pending, oldest = session.execute(_WEBHOOKS).one()
-    return Snapshot(now, backlog, failures, int(pending), oldest)
+    now, pending, oldest, last_sweep_at = session.execute(_WEBHOOKS).one()
+    return Snapshot(now, backlog, failures, int(pending), oldest, last_sweep_at)

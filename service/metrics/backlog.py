@@ -143,6 +143,13 @@ class BacklogCollector(Collector):
         )
         webhooks.add_metric([], snap.webhook_backlog)
         metrics.append(webhooks)
+        sweep = GaugeMetricFamily(
+            "ezq_sweep_age_seconds",
+            "Seconds since a worker last ran the sweep, from Postgres (absent: never).",
+        )
+        if snap.last_sweep_at is not None:
+            sweep.add_metric([], (snap.now - snap.last_sweep_at).total_seconds())
+        metrics.append(sweep)
         return metrics
 
     def _remember(self, key: tuple[str, str], most: int) -> None:

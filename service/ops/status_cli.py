@@ -7,9 +7,12 @@ from typing import Any
 
 import click
 
+from service import constants as c
 from service.ops.output import formats
 
 MAX_ROWS = 20  # tenant x model lines on the screen; JSON has them all
+# A sweep this many intervals old is reported as stopped.
+STALE_SWEEP_INTERVALS = 3
 
 
 def _document(snap: Any) -> dict[str, Any]:
@@ -26,6 +29,7 @@ def _document(snap: Any) -> dict[str, Any]:
         ),
         "failures_last_hour": snap.failures_last_hour,
         "webhook_backlog": snap.webhook_backlog,
+        "last_sweep_at": snap.last_sweep_at,
         "by_tenant_model": [
             {
                 "tenant": row.tenant,
@@ -59,6 +63,7 @@ def _screen(snap: Any) -> None:
     console.print(f"webhooks  backlog {snap.webhook_backlog} (oldest {webhook_age})")
     failures = ", ".join(f"{kind} {n}" for kind, n in snap.failures_last_hour.items())
     console.print(f"failed    in the last hour: {failures or 'none'}")
+    console.print(f"sweep     {_sweep_line(snap)}")
     if not snap.backlog:
         console.print("nothing queued or running")
         return
@@ -89,6 +94,20 @@ def _screen(snap: Any) -> None:
     console.print(fitted.table, crop=False)
     if len(snap.backlog) > MAX_ROWS:
         console.print(f"… and {len(snap.backlog) - MAX_ROWS} more (--format json lists all)")
+
+
+def _sweep_line(snap: Any) -> str:
+    """When the sweep last ran, and a warning when no worker seems to run it."""
+    from service.config import get_settings
+    from service.ops import output
+
+    if snap.last_sweep_at is None:
+        return "never ran: no worker sweeps this database (EZQ_SWEEP_INTERVAL=0 on all?)"
+    ago = f"last ran {output.age(snap.last_sweep_at, snap.now)} ago"
+    interval = get_settings().ezq_sweep_interval or c.SWEEP_INTERVAL_S
+    if (snap.now - snap.last_sweep_at).total_seconds() > STALE_SWEEP_INTERVALS * interval:
+        return f"{ago}: no worker sweeps now (recovery, parked retries and webhooks wait)"
+    return ago
 
 
 BACKLOG_COLUMNS = (

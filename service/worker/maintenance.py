@@ -153,12 +153,20 @@ def start(settings: Settings) -> None:
         sweeper.start()
         _threads.append(sweeper)
     log.info(
-        "worker %s: heartbeat every %.0fs, lease %.0fs, sweep every %.0fs",
+        "worker %s: heartbeat every %.0fs, lease %.0fs, %s",
         identity.id,
         settings.ezq_heartbeat_interval,
         settings.lease_seconds,
-        settings.ezq_sweep_interval,
+        f"sweep every {settings.ezq_sweep_interval:.0f}s"
+        if settings.ezq_sweep_interval
+        else "sweep off",
     )
+    if not settings.ezq_sweep_interval:
+        log.warning(
+            "the sweep is off in this worker (EZQ_SWEEP_INTERVAL=0): at least one worker on"
+            " the database must run it, or dead workers' jobs, parked retries and webhook"
+            " retries wait forever (ezq status and ezq_sweep_age_seconds say when it last ran)"
+        )
 
 
 def stop() -> None:
