@@ -187,6 +187,24 @@ class Settings(BaseSettings):
             raise ValueError("EZQ_HEARTBEAT_INTERVAL must be at most a third of EZQ_LEASE_SECONDS")
         return self
 
+    @model_validator(mode="after")
+    def _live_stream_outlasts_an_attempt(self) -> Settings:
+        # An attempt sets its stream's TTL once, at its first write; later writes never
+        # make the stream again. A stream that expired mid-attempt would drop the rest of
+        # the attempt's tokens without a word.
+        longest = (
+            self.ezq_gateway_attempt_deadline
+            + self.ezq_gateway_read_timeout
+            + self.ezq_gateway_connect_timeout
+        )
+        if self.ezq_live_ttl <= longest:
+            raise ValueError(
+                f"EZQ_LIVE_TTL ({self.ezq_live_ttl:g} s) must be longer than an attempt can"
+                f" last: EZQ_GATEWAY_ATTEMPT_DEADLINE + EZQ_GATEWAY_READ_TIMEOUT +"
+                f" EZQ_GATEWAY_CONNECT_TIMEOUT = {longest:g} s"
+            )
+        return self
+
     @field_validator("ezq_log_level")
     @classmethod
     def _log_level(cls, value: str) -> str:
