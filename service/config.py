@@ -188,6 +188,21 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _sweeps_close_enough_to_take_over(self) -> Settings:
+        # A sweep takes leases over only when the one before ran less than a lease less a
+        # heartbeat ago (``sweep.continuity_window``): sweeps further apart than that never
+        # would, and a dead worker's jobs would stay running for ever.
+        window = self.ezq_lease_seconds - self.ezq_heartbeat_interval
+        if self.ezq_sweep_interval * 2 > window:
+            raise ValueError(
+                f"EZQ_SWEEP_INTERVAL ({self.ezq_sweep_interval:g} s) must be at most half of"
+                f" EZQ_LEASE_SECONDS - EZQ_HEARTBEAT_INTERVAL ({window:g} s), or 0 (off):"
+                " a sweep takes a dead worker's jobs over only when the one before ran"
+                " less than that ago"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _live_stream_outlasts_an_attempt(self) -> Settings:
         # An attempt sets its stream's TTL once, at its first write; later writes never
         # make the stream again. A stream that expired mid-attempt would drop the rest of
@@ -197,7 +212,7 @@ class Settings(BaseSettings):
             + self.ezq_gateway_read_timeout
             + self.ezq_gateway_connect_timeout
         )
-        if self.ezq_live_ttl <= longest:
+        if self.live_redis_url is not None and self.ezq_live_ttl <= longest:
             raise ValueError(
                 f"EZQ_LIVE_TTL ({self.ezq_live_ttl:g} s) must be longer than an attempt can"
                 f" last: EZQ_GATEWAY_ATTEMPT_DEADLINE + EZQ_GATEWAY_READ_TIMEOUT +"

@@ -134,6 +134,8 @@ def test_errors_are_one_clear_line(
         ({"EZQ_LIVE_REDIS_URL": "redis+socket:///tmp/redis.sock"}, "EZQ_LIVE_REDIS_URL"),
         ({"EZQ_SWEEP_INTERVAL": "inf"}, "EZQ_SWEEP_INTERVAL"),
         ({"EZQ_LEASE_SECONDS": "nan"}, "EZQ_LEASE_SECONDS"),
+        # Sweeps a lease apart would never take a dead worker's jobs over.
+        ({"EZQ_SWEEP_INTERVAL": "60"}, "EZQ_SWEEP_INTERVAL"),
         # A live stream must outlast the attempt writing to it (its TTL is set once).
         ({"EZQ_GATEWAY_ATTEMPT_DEADLINE": "3600"}, "EZQ_LIVE_TTL"),
         ({"EZROUTER_BASE_URL": "ftp://x"}, "EZROUTER_BASE_URL"),

@@ -149,27 +149,3 @@ def test_a_failing_attempt_is_logged_and_the_thread_goes_on(
         assert recorder.wait_attempted(2) == bad + good
     assert f"[webhook={bad[0]}] delivery attempt failed" in caplog.text
     assert recorder.published == []
-
-
-def test_publishing_stops_at_the_first_refusal(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Once the broker refuses a delivery's message, the rest are left to the sweep without
-    waiting on it again for each (the sweep publishes hundreds at a time, under its lock)."""
-    from service.webhooks import tasks
-
-    tried: list[uuid.UUID] = []
-
-    def refused(delivery_id: uuid.UUID, countdown: float | None = None) -> None:
-        tried.append(delivery_id)
-        raise ConnectionRefusedError(111, "Connection refused")
-
-    monkeypatch.setattr(tasks, "publish_delivery", refused)
-    ids = [uuid.uuid4() for _ in range(5)]
-    with caplog.at_level(logging.WARNING, logger=tasks.__name__):
-        tasks.publish_deliveries(ids)
-    assert tried == ids[:1]
-    assert [r.getMessage() for r in caplog.records] == [
-        "broker unavailable (ConnectionRefusedError): 5 webhook deliveries stored,"
-        " the sweep publishes them when it is back"
-    ]

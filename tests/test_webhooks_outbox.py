@@ -339,3 +339,32 @@ def test_a_worker_without_a_secret_leaves_the_delivery_to_the_sweep(
     assert row["last_error"] == "WEBHOOK_SECRET is not set on the worker"
     assert row["dispatched_at"] is None
     assert _close(row["next_attempt_at"], row["now"] + timedelta(seconds=120))
+
+
+def test_publishing_stops_at_the_first_refusal(
+    delivery: uuid.UUID, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once the broker refuses a delivery's message, the rest are left to the sweep without
+    waiting on it again for each (the sweep publishes hundreds at a time, under its lock),
+    and none of them counts as a message on the broker any more."""
+    import logging
+
+    from service.webhooks import tasks
+
+    tried: list[uuid.UUID] = []
+
+    def refused(delivery_id: uuid.UUID, countdown: float | None = None) -> None:
+        tried.append(delivery_id)
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    _set(delivery, "dispatched_at = now()")
+    monkeypatch.setattr(tasks, "publish_delivery", refused)
+    ids = [delivery, *(uuid.uuid4() for _ in range(4))]
+    with caplog.at_level(logging.WARNING, logger=tasks.__name__):
+        tasks.publish_deliveries(ids)
+    assert tried == ids[:1]
+    assert [r.getMessage() for r in caplog.records] == [
+        "broker unavailable (ConnectionRefusedError): 5 webhook deliveries stored,"
+        " the sweep publishes them when it is back"
+    ]
+    assert _row(delivery)["dispatched_at"] is None

@@ -89,10 +89,15 @@ class SweepTurn:
     previous_run_at: datetime
     now: datetime
 
+    @property
+    def age_s(self) -> float:
+        """Seconds since the previous run."""
+        return (self.now - self.previous_run_at).total_seconds()
+
     def continuous_for(self, seconds: float) -> bool:
         """Whether the previous run was less than ``seconds`` ago: the database has been
         reachable recently enough that live workers have had time to beat."""
-        return (self.now - self.previous_run_at).total_seconds() < seconds
+        return self.age_s < seconds
 
 
 def take_sweep_turn(

@@ -101,12 +101,13 @@ def _sweep_line(snap: Any) -> str:
     from service.config import get_settings
     from service.ops import output
 
+    # Short enough for 80 columns after the label: wrapped, the words people grep for split.
     if snap.last_sweep_at is None:
-        return "never ran: no worker sweeps this database (EZQ_SWEEP_INTERVAL=0 on all?)"
+        return "never ran (EZQ_SWEEP_INTERVAL=0 everywhere?)"
     ago = f"last ran {output.age(snap.last_sweep_at, snap.now)} ago"
     interval = get_settings().ezq_sweep_interval or c.SWEEP_INTERVAL_S
     if (snap.now - snap.last_sweep_at).total_seconds() > STALE_SWEEP_INTERVALS * interval:
-        return f"{ago}: no worker sweeps now (recovery, parked retries and webhooks wait)"
+        return f"{ago}: stopped? no worker sweeps now"
     return ago
 
 

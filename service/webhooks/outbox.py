@@ -310,6 +310,17 @@ def note_problem(session: Session, delivery_id: uuid.UUID, message: str) -> None
     )
 
 
+def mark_unpublished(session: Session, delivery_ids: list[uuid.UUID]) -> None:
+    """Deliveries whose message could not be published: no longer counted as on the
+    broker (``recovery.messages_expected``), so that the sweep neither takes them for lost
+    jobs' messages nor waits out a grace before publishing them."""
+    session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id.in_(delivery_ids), text(_PENDING_ROW))
+        .values(dispatched_at=None)
+    )
+
+
 # --- the sweep -----------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from celery import Task
 from celery.signals import worker_shutdown
+from sqlalchemy.exc import SQLAlchemyError
 
 from service import constants as c
 from service import metrics
@@ -44,12 +45,18 @@ def publish_deliveries(delivery_ids: list[uuid.UUID]) -> None:
         try:
             publish_delivery(delivery_id)
         except Exception as exc:  # the rows are committed: the sweep publishes them later
+            unpublished = delivery_ids[index:]
             log.warning(
                 "broker unavailable (%s): %d webhook deliveries stored, the sweep publishes"
                 " them when it is back",
                 type(exc).__name__,
-                len(delivery_ids) - index,
+                len(unpublished),
             )
+            try:
+                with transaction() as session:
+                    outbox.mark_unpublished(session, unpublished)
+            except SQLAlchemyError:  # and the database is down: the sweep's grace
+                log.warning("could not flag %d unpublished deliveries", len(unpublished))
             return
 
 

@@ -82,11 +82,11 @@ def sweep(
         got = lock_conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _LOCK_KEY})
         if not got.scalar():
             return None
-        # The lock is the session's, not the transaction's: ended now, the connection is
-        # not left idle in a transaction for the whole sweep (which a server's
-        # ``idle_in_transaction_session_timeout`` would end part way).
-        lock_conn.commit()
         try:
+            # The lock is the session's, not the transaction's: ended now, the connection
+            # is not left idle in a transaction for the whole sweep (which a server's
+            # ``idle_in_transaction_session_timeout`` would end part way).
+            lock_conn.commit()
             with transaction() as session:
                 turn = recovery.take_sweep_turn(
                     session,
@@ -96,11 +96,16 @@ def sweep(
                 )
             if turn is None:
                 return None
-            return _sweep(
-                settings,
-                takeovers=turn.continuous_for(continuity_window(settings)),
-                broker_depth=broker_depth,
-            )
+            window = continuity_window(settings)
+            takeovers = turn.continuous_for(window)
+            if not takeovers:
+                log.info(
+                    "sweep: the previous sweep ran %.0fs ago (more than %.0fs): no lease is"
+                    " taken over this time, live workers renew theirs first",
+                    turn.age_s,
+                    window,
+                )
+            return _sweep(settings, takeovers=takeovers, broker_depth=broker_depth)
         finally:
             lock_conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY})
             lock_conn.commit()
