@@ -86,8 +86,9 @@ def snapshot(session: Session) -> Snapshot:
     """Backlog per tenant and model, failures of the last hour, the webhook backlog and
     when the sweep last ran."""
     backlog = [Backlog(*row) for row in session.execute(_BACKLOG).all()]
-    failures: dict[str, Any] = dict(
-        session.execute(_FAILURES, {"window": FAILURE_WINDOW_S}).tuples().all()
-    )
+    failures: dict[str, Any] = {
+        error_type: count
+        for error_type, count in session.execute(_FAILURES, {"window": FAILURE_WINDOW_S})
+    }
     now, pending, oldest, last_sweep_at = session.execute(_WEBHOOKS).one()
     return Snapshot(now, backlog, failures, int(pending), oldest, last_sweep_at)
