@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import threading
-import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -130,8 +129,26 @@ def test_the_sweep_holds_its_lock_outside_a_transaction(
             )
         )
 
-    def slow_finalize() -> int:
-        time.sleep(1.0)  # a step that takes a while (a long batch's result files)
+    def lock_idle_past_the_timeout() -> bool:
+        """The session holding the sweep's lock has been idle for longer than the timeout,
+        or the server has ended it."""
+        with engine.connect() as conn:
+            return bool(
+                conn.execute(
+                    text(
+                        "SELECT NOT EXISTS (SELECT 1 FROM pg_locks l"
+                        " JOIN pg_stat_activity a USING (pid)"
+                        " WHERE l.locktype = 'advisory' AND l.granted"
+                        " AND l.objid::bigint = :k AND l.database = (SELECT oid"
+                        " FROM pg_database WHERE datname = current_database())"
+                        " AND now() - a.state_change < interval '600 milliseconds')"
+                    ),
+                    {"k": sweep_module._LOCK_KEY},
+                ).scalar()
+            )
+
+    def slow_finalize() -> int:  # a step that takes a while (a long batch's result files)
+        wait_until(lock_idle_past_the_timeout, "the lock's session idle past the timeout")
         return 0
 
     monkeypatch.setattr(sweep_module, "finalize_ended", slow_finalize)

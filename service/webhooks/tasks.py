@@ -21,6 +21,7 @@ from service.webhooks.delivery import deliver
 from service.webhooks.kept import kept_clients
 from service.webhooks.local import LocalDeliveries
 from service.worker.app import app
+from service.worker.dispatch import publish_until_refused
 
 log = logging.getLogger(__name__)
 
@@ -41,23 +42,20 @@ def publish_deliveries(delivery_ids: list[uuid.UUID]) -> None:
     Once the broker refuses one, the rest are not tried: each would wait on it again (its
     connect timeout, seconds), and the sweep, which publishes hundreds at a time, held its
     lock for minutes while the broker was down."""
-    for index, delivery_id in enumerate(delivery_ids):
-        try:
-            publish_delivery(delivery_id)
-        except Exception as exc:  # the rows are committed: the sweep publishes them later
-            unpublished = delivery_ids[index:]
-            log.warning(
-                "broker unavailable (%s): %d webhook deliveries stored, the sweep publishes"
-                " them when it is back",
-                type(exc).__name__,
-                len(unpublished),
-            )
-            try:
-                with transaction() as session:
-                    outbox.mark_unpublished(session, unpublished)
-            except SQLAlchemyError:  # and the database is down: the sweep's grace
-                log.warning("could not flag %d unpublished deliveries", len(unpublished))
-            return
+    unpublished, problem = publish_until_refused(delivery_ids, publish_delivery)
+    if not unpublished:
+        return
+    log.warning(
+        "broker unavailable (%s): %d webhook deliveries stored, the sweep publishes"
+        " them when it is back",
+        type(problem).__name__,
+        len(unpublished),
+    )
+    try:
+        with transaction() as session:
+            outbox.mark_unpublished(session, unpublished)
+    except SQLAlchemyError:  # and the database is down: the sweep's grace
+        log.warning("could not flag %d unpublished deliveries", len(unpublished))
 
 
 def deliver_here(delivery_id: uuid.UUID) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -19,21 +19,25 @@ from service.worker.app import publish_job
 log = logging.getLogger(__name__)
 
 
+def publish_until_refused(
+    ids: Sequence[uuid.UUID], publish: Callable[[uuid.UUID], None]
+) -> tuple[list[uuid.UUID], Exception | None]:
+    """Publish a message for each id in turn until the broker refuses one; return those left
+    (that one and the rest, not tried: each would wait on the broker again, seconds apiece)
+    and why."""
+    for index, message_id in enumerate(ids):
+        try:
+            publish(message_id)
+        except Exception as exc:  # any publish failure leaves the rest to the sweep
+            return list(ids[index:]), exc
+    return [], None
+
+
 def publish_jobs(job_ids: Iterable[uuid.UUID | None]) -> list[uuid.UUID]:
     """Publish a run message for each committed job; return those left to the sweep."""
-    unpublished: list[uuid.UUID] = []
-    problem: Exception | None = None
-    for job_id in job_ids:
-        if job_id is None:
-            continue
-        if unpublished:  # the broker just failed: do not wait on it again for each job
-            unpublished.append(job_id)
-            continue
-        try:
-            publish_job(job_id)
-        except Exception as exc:  # any publish failure leaves the job to the sweep
-            problem = exc
-            unpublished.append(job_id)
+    unpublished, problem = publish_until_refused(
+        [job_id for job_id in job_ids if job_id is not None], publish_job
+    )
     if unpublished:
         log.warning(
             "broker unavailable (%s): %d job(s) stored, to be dispatched when it is back",
