@@ -405,22 +405,74 @@ def _parent_of(pid: int) -> int | None:
 
 @pytest.mark.usefixtures("service_env")
 def test_a_sweep_steps_aside_while_another_runs() -> None:
-    """While one sweep holds the lock, another returns without doing anything; once it is
-    released the next one runs."""
+    """While one sweep holds the lock, a periodic one returns without doing anything, and a
+    forced one that may wait only so long gives up; once it is released the next one runs."""
     from sqlalchemy import text
 
     from service.config import get_settings
     from service.db.session import get_engine
     from service.worker import sweep as sweep_module
 
+    settings = get_settings()
     with get_engine().connect() as holder:
         holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": sweep_module._LOCK_KEY})
         try:
-            assert sweep_module.sweep(get_settings(), worker="test", force=True) is None
+            assert (
+                sweep_module.sweep(
+                    settings.model_copy(update={"ezq_sweep_interval": 0.001}), worker="test"
+                )
+                is None
+            )
+            assert sweep_module.sweep(settings, worker="test", force=True, lock_wait_s=0.2) is None
         finally:
             holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": sweep_module._LOCK_KEY})
             holder.commit()
-    assert sweep_module.sweep(get_settings(), worker="test", force=True) is not None
+    assert sweep_module.sweep(settings, worker="test", force=True) is not None
+
+
+@pytest.mark.usefixtures("service_env")
+def test_a_forced_sweep_waits_for_the_running_one_then_runs() -> None:
+    """The ``ezq.sweep`` task's sweep, asked for while another runs, runs once that one ends
+    (a sweep that started before its caller's rows were written may have missed them)."""
+    import threading
+
+    from sqlalchemy import text
+
+    from service.config import get_settings
+    from service.db.session import get_engine
+    from service.worker import sweep as sweep_module
+
+    reports: list[object] = []
+    with get_engine().connect() as holder:
+        holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": sweep_module._LOCK_KEY})
+        holder.commit()
+        forced = threading.Thread(
+            target=lambda: reports.append(
+                sweep_module.sweep(get_settings(), worker="test", force=True)
+            )
+        )
+        forced.start()
+        try:
+            wait_until(
+                lambda: (
+                    sql(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                        " AND objid::bigint = :k AND NOT granted"
+                        " AND database = (SELECT oid FROM pg_database"
+                        " WHERE datname = current_database())",
+                        k=sweep_module._LOCK_KEY,
+                    )
+                    == [(1,)]
+                ),
+                "the forced sweep waiting on the lock",
+                10,
+            )
+            assert reports == []
+        finally:
+            holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": sweep_module._LOCK_KEY})
+            holder.commit()
+        forced.join(timeout=30)
+    assert len(reports) == 1 and reports[0] is not None
 
 
 @pytest.mark.usefixtures("service_env")

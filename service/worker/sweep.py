@@ -29,7 +29,8 @@ import zlib
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
-from sqlalchemy import text
+from sqlalchemy import Connection, text
+from sqlalchemy.exc import OperationalError
 
 from service import metrics, views
 from service.batches.lifecycle import finalize_ended
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 
 SWEEP_NAME = "sweep"
 _LOCK_KEY = zlib.crc32(b"ezq.sweep")
+# How long a forced sweep (the ``ezq.sweep`` task) waits for one running elsewhere to end.
+FORCED_LOCK_WAIT_S = 30.0
+LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock_timeout
 # Takeovers need the previous sweep to have run within this many intervals.
 CONTINUITY_INTERVALS = 3.0
 
@@ -75,12 +79,19 @@ def sweep(
     worker: str | None,
     broker_depth: BrokerDepth | None = None,
     force: bool = False,
+    lock_wait_s: float | None = None,
 ) -> SweepReport | None:
-    """Run one sweep if it is this process's turn (always with ``force``); None if not."""
+    """Run one sweep if it is this process's turn; None if not.
+
+    ``force`` runs it whenever the previous one ran, and first waits up to ``lock_wait_s``
+    (default ``FORCED_LOCK_WAIT_S``) for a sweep running elsewhere to end: one asked for
+    runs after the rows its caller wrote, rather than stepping aside for a sweep that may
+    have started before them. A periodic sweep never waits."""
+    if lock_wait_s is None:
+        lock_wait_s = FORCED_LOCK_WAIT_S if force else 0.0
     engine = get_engine()
     with engine.connect() as lock_conn:
-        got = lock_conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _LOCK_KEY})
-        if not got.scalar():
+        if not _take_lock(lock_conn, wait_s=lock_wait_s):
             return None
         try:
             # The lock is the session's, not the transaction's: ended now, the connection
@@ -109,6 +120,26 @@ def sweep(
         finally:
             lock_conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY})
             lock_conn.commit()
+
+
+def _take_lock(lock_conn: Connection, *, wait_s: float) -> bool:
+    """The sweep's advisory lock on this connection, waiting up to ``wait_s`` for it."""
+    if wait_s <= 0:
+        got = lock_conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _LOCK_KEY})
+        return bool(got.scalar())
+    # Local to this transaction, which the caller commits once it holds the lock.
+    lock_conn.execute(
+        text("SELECT set_config('lock_timeout', :ms, true)"), {"ms": f"{int(wait_s * 1000)}ms"}
+    )
+    try:
+        lock_conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _LOCK_KEY})
+    except OperationalError as exc:
+        if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+            raise
+        lock_conn.rollback()
+        log.info("sweep: another sweep held the lock for %.0fs; this one did not run", wait_s)
+        return False
+    return True
 
 
 def continuity_window(settings: Settings) -> float:
