@@ -344,6 +344,53 @@ def sql(query: str, *, database: str | None = None, **params: Any) -> list[tuple
         return [tuple(row) for row in conn.execute(text(query), params).all()]
 
 
+class SweepPause:
+    """The sweep's advisory lock, held on the test database by this process (``sweep_paused``)."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def wait_for_forced_sweep(self, timeout: float = 30.0) -> None:
+        """Until a forced sweep (the ``ezq.sweep`` task) waits for the lock: released then,
+        the lock goes to it, not to a periodic sweep (those never queue for it)."""
+        from sqlalchemy import text
+
+        from service.worker.sweep import _LOCK_KEY
+
+        deadline = time.monotonic() + timeout
+        while not self._conn.execute(
+            text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                " AND objid::bigint = :k AND NOT granted AND database ="
+                " (SELECT oid FROM pg_database WHERE datname = current_database())"
+            ),
+            {"k": _LOCK_KEY},
+        ).scalar_one():
+            assert time.monotonic() < deadline, f"no forced sweep waited within {timeout}s"
+            time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def sweep_paused() -> Iterator[SweepPause]:
+    """No worker's periodic sweep runs on the test database meanwhile (each steps aside at
+    the lock); a forced one waits, and runs as soon as this ends. For a test whose rows the
+    suite's worker would otherwise sweep (it does every second) before the test looks:
+    a seeded job that has no message, a delivery made overdue."""
+    from sqlalchemy import text
+
+    from service.db.session import get_engine
+    from service.worker.sweep import _LOCK_KEY
+
+    with get_engine().connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _LOCK_KEY})
+        conn.commit()
+        try:
+            yield SweepPause(conn)
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY})
+            conn.commit()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

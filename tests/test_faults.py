@@ -18,7 +18,7 @@ import redis
 
 from service.fake_gateway import Fault
 from service.worker.app import app
-from tests.conftest import REDIS_URL, WorkerProcess, run_ezq, sql, wait_for_job
+from tests.conftest import REDIS_URL, WorkerProcess, run_ezq, sql, sweep_paused, wait_for_job
 from tests.private_services import PrivatePostgres, PrivateRedis
 
 MODEL = "glm-5.1"
@@ -436,51 +436,29 @@ def test_a_forced_sweep_waits_for_the_running_one_then_runs() -> None:
     (a sweep that started before its caller's rows were written may have missed them)."""
     import threading
 
-    from sqlalchemy import text
-
     from service.config import get_settings
-    from service.db.session import get_engine
     from service.worker import sweep as sweep_module
 
     reports: list[object] = []
-    with get_engine().connect() as holder:
-        holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": sweep_module._LOCK_KEY})
-        holder.commit()
-        forced = threading.Thread(
-            target=lambda: reports.append(
-                sweep_module.sweep(get_settings(), worker="test", force=True)
-            )
-        )
+    forced = threading.Thread(
+        target=lambda: reports.append(sweep_module.sweep(get_settings(), worker="test", force=True))
+    )
+    with sweep_paused() as paused:
         forced.start()
-        try:
-            wait_until(
-                lambda: (
-                    sql(
-                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
-                        " AND objid::bigint = :k AND NOT granted"
-                        " AND database = (SELECT oid FROM pg_database"
-                        " WHERE datname = current_database())",
-                        k=sweep_module._LOCK_KEY,
-                    )
-                    == [(1,)]
-                ),
-                "the forced sweep waiting on the lock",
-                10,
-            )
-            assert reports == []
-        finally:
-            holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": sweep_module._LOCK_KEY})
-            holder.commit()
-        forced.join(timeout=30)
+        paused.wait_for_forced_sweep(timeout=10)
+        assert reports == []
+    forced.join(timeout=30)
     assert len(reports) == 1 and reports[0] is not None
 
 
-@pytest.mark.usefixtures("service_env")
+@pytest.mark.usefixtures("service_env", "own_database_settings")
 def test_one_sweep_per_interval_across_processes() -> None:
-    """A sweep that is not forced does nothing when another ran within the interval."""
+    """A sweep that is not forced does nothing when another ran within the interval (on a
+    database of its own, where no worker's sweep holds the lock or took the turn)."""
     from service.config import get_settings
     from service.worker.sweep import sweep
 
     settings = get_settings().model_copy(update={"ezq_sweep_interval": 3600.0})
-    sweep(settings, worker="test", force=True)
+    assert sweep(settings.model_copy(update={"ezq_sweep_interval": 0.001}), worker="t") is not None
     assert sweep(settings, worker="test") is None
+    assert sweep(settings, worker="test", force=True) is not None

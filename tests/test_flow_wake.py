@@ -15,8 +15,23 @@ from tests.conftest import WorkerProcess, run_ezq, sql, wait_for_job
 from tests.flow_support import enqueue_many, new_tenant, slow
 
 # The sweep cannot be what publishes a throttled job in these tests: it is off in their
-# workers (the session's worker sweeps the database, but consumes none of their queues).
+# workers, and they run on a database of their own (the session's worker, which sweeps its
+# database every second, would publish due jobs onto its own queue and run them).
 NO_SWEEP = {"EZQ_SWEEP_INTERVAL": "0"}
+
+
+@pytest.fixture
+def worker_factory(
+    worker_factory: Callable[..., WorkerProcess], own_database_settings: tuple[str, Any]
+) -> Callable[..., WorkerProcess]:
+    """The suite's ``worker_factory``, its workers (and this process) on the test's own
+    database."""
+    url, _ = own_database_settings
+
+    def start(*, env: dict[str, str] | None = None, args: list[str] | None = None) -> WorkerProcess:
+        return worker_factory(env={"DATABASE_URL": url, **(env or {})}, args=args)
+
+    return start
 
 
 @pytest.fixture
@@ -55,9 +70,9 @@ def test_a_rate_limited_job_starts_when_the_window_frees_not_at_the_sweep(
 ) -> None:
     """3 requests per window (the suite's 2 s), 8 jobs, no sweep: each job past the first 3
     starts within 2 s of the moment the window let it (the admission 3 calls before it,
-    plus the window), though no call is running then to wake it. The window is the suite's:
-    every worker on the database is one pool (the suite's own worker publishes and runs
-    due jobs too), and a worker counts the window its own setting says."""
+    plus the window), though no call is running then to wake it. The window is the suite's
+    (every worker on a database is one pool, and a worker counts the window its own setting
+    says)."""
     tenant, marker = new_tenant(), f"due-{secrets.token_hex(4)}"
     limits(tenant, "--rpm", "3")
     slow(fake_gateway, marker, latency=0.1)

@@ -522,9 +522,12 @@ def test_idle_listeners_hold_no_thread_each(server: Any, client: httpx.Client) -
 PAST_REDIS_DEFAULT_S = 5
 
 
-def running_job() -> str:
+@pytest.fixture
+def running_job() -> Iterator[str]:
     """A job of TENANT that is running as far as anyone can tell (a lease an hour long,
-    so the sweep leaves it alone) while the test writes its stream itself."""
+    so the sweep leaves it alone) while the test writes its stream itself; ended
+    afterwards (left running, it would count as a message the broker should hold, for
+    every later sweep of the suite's database)."""
     from service.db import queries
     from service.db.session import transaction
     from service.validation import validate_request
@@ -541,7 +544,12 @@ def running_job() -> str:
         " needs_publish = false, lease_expires_at = now() + interval '1 hour' WHERE id = :j",
         j=str(job_id),
     )
-    return str(job_id)
+    yield str(job_id)
+    sql_exec(
+        "UPDATE jobs SET status = 'cancelled', finished_at = now(), lease_expires_at = NULL"
+        " WHERE id = :j",
+        j=str(job_id),
+    )
 
 
 def sql_exec(statement: str, **params: Any) -> None:
@@ -587,12 +595,12 @@ def write_reply(job_id: str) -> None:
 
 
 def test_a_listener_waiting_long_for_the_first_token_gets_every_delta(
-    api_server_factory: Any,
+    api_server_factory: Any, running_job: str
 ) -> None:
     """A job whose first token comes after a long quiet wait (queued behind others, a
     slow gateway) streams its deltas over HTTP as they come, not only its final event."""
     server = api_server_factory(EZQ_API_TOKENS=ADMIN_TOKEN, EZQ_LIVE_HEARTBEAT="8")
-    job_id = running_job()
+    job_id = running_job
     headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     with (
         httpx.Client(base_url=server.url, headers=headers, timeout=30) as admin,
@@ -613,14 +621,14 @@ def test_a_listener_waiting_long_for_the_first_token_gets_every_delta(
     assert named[-1][0] == "job.succeeded"
 
 
-def test_stream_job_waiting_long_for_the_first_token_gets_every_delta() -> None:
+def test_stream_job_waiting_long_for_the_first_token_gets_every_delta(running_job: str) -> None:
     """The same from Python: `stream_job` (and so `ezq enqueue --follow`) yields every
     delta of a job whose first token came after a long quiet wait."""
     import threading
 
     from service import stream_job
 
-    job_id = running_job()
+    job_id = running_job
     received: list[Any] = []
     failure: list[BaseException] = []
 

@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from service import enqueue_completion, get_conversation, get_job
 from service.db.session import transaction
-from tests.conftest import REDIS_URL, WorkerProcess, run_ezq, sql, wait_for_job
+from tests.conftest import REDIS_URL, WorkerProcess, run_ezq, sql, sweep_paused, wait_for_job
 from tests.seeding import seed_job
 from tests.test_faults import wait_until
 
@@ -129,22 +129,25 @@ def test_erasure_of_one_conversation_and_unfinished_ones(fake_gateway: Any) -> N
     """--conversation erases that conversation at once; one with a queued job is left alone."""
     tenant = f"t-{uuid.uuid4().hex[:8]}"
     chat = conversation(tenant)
-    busy = seed_job(tenant=tenant, status="queued")
+    # ``busy`` has no message: the suite's worker, which sweeps this database every
+    # second, would publish and run it before the purge looks.
+    with sweep_paused():
+        busy = seed_job(tenant=tenant, status="queued")
 
-    assert purge("--conversation", chat["id"]) == (
-        "purged 1 conversation: 2 jobs, 4 messages, 0 webhook payloads, 0 batch files"
-    )
-    assert get_conversation(chat["id"])["messages"] == []
+        assert purge("--conversation", chat["id"]) == (
+            "purged 1 conversation: 2 jobs, 4 messages, 0 webhook payloads, 0 batch files"
+        )
+        assert get_conversation(chat["id"])["messages"] == []
 
-    done = run_ezq("purge", "--tenant", tenant)
-    assert done.returncode == 0
-    assert done.stdout.startswith("purged 0 conversations")
-    assert "1 selected conversation still has unfinished jobs" in done.stderr
-    assert sql("SELECT purged_at FROM jobs WHERE id = :j", j=busy) == [(None,)]
+        done = run_ezq("purge", "--tenant", tenant)
+        assert done.returncode == 0
+        assert done.stdout.startswith("purged 0 conversations")
+        assert "1 selected conversation still has unfinished jobs" in done.stderr
+        assert sql("SELECT purged_at FROM jobs WHERE id = :j", j=busy) == [(None,)]
 
-    # Purging by age alone reports nothing held back: running conversations are in use.
-    by_age = run_ezq("purge", "--before", "3650d")
-    assert by_age.returncode == 0 and by_age.stderr == ""
+        # Purging by age alone reports nothing held back: running conversations are in use.
+        by_age = run_ezq("purge", "--before", "3650d")
+        assert by_age.returncode == 0 and by_age.stderr == ""
 
 
 @pytest.mark.usefixtures("worker")
@@ -153,16 +156,19 @@ def test_dry_run_counts_the_conversations_it_would_leave_alone(fake_gateway: Any
     unfinished job holds back; it deletes nothing."""
     tenant = f"t-{uuid.uuid4().hex[:8]}"
     chat = conversation(tenant)
-    busy = seed_job(tenant=tenant, status="queued")
+    # ``busy`` has no message: the suite's worker, which sweeps this database every
+    # second, would publish and run it before the purge looks.
+    with sweep_paused():
+        busy = seed_job(tenant=tenant, status="queued")
 
-    dry = run_ezq("purge", "--tenant", tenant, "--dry-run")
-    assert dry.returncode == 0, dry.stderr
-    assert dry.stdout.strip() == (
-        "would purge 1 conversation: 2 jobs, 4 messages, 0 webhook payloads, 0 batch files"
-    )
-    assert "1 selected conversation still has unfinished jobs" in dry.stderr
-    assert len(get_conversation(chat["id"])["messages"]) == 4
-    assert sql("SELECT purged_at FROM jobs WHERE id = :j", j=busy) == [(None,)]
+        dry = run_ezq("purge", "--tenant", tenant, "--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        assert dry.stdout.strip() == (
+            "would purge 1 conversation: 2 jobs, 4 messages, 0 webhook payloads, 0 batch files"
+        )
+        assert "1 selected conversation still has unfinished jobs" in dry.stderr
+        assert len(get_conversation(chat["id"])["messages"]) == 4
+        assert sql("SELECT purged_at FROM jobs WHERE id = :j", j=busy) == [(None,)]
 
 
 def test_retention_runs_from_the_sweep(

@@ -18,7 +18,7 @@ from service.batches.files import store_input_file
 from service.batches.submit import create_batch, publish_lines
 from service.db.purge import Selection
 from service.ops.purge import purge
-from tests.conftest import REDIS_URL, places_holding, run_ezq, sql
+from tests.conftest import REDIS_URL, places_holding, run_ezq, sql, sweep_paused
 from tests.test_batches import jsonl, line, wait_until
 
 ADMIN_TOKEN = "purge-batch-admin-" + uuid.uuid4().hex
@@ -176,23 +176,25 @@ def test_a_file_is_kept_while_its_batch_runs(server: Any) -> None:
     uploaded = store_input_file(
         stream, filename="running.jsonl", purpose="batch", tenant=tenant, created_by=None
     )
-    created = create_batch(
-        input_file_id=uploaded["id"], endpoint="/v1/chat/completions", completion_window="24h"
-    )
-    # Not published yet: the lines are queued.
-    selection = Selection(before=now(), tenant=tenant)
-    dry = purge(selection, dry_run=True)
-    assert (dry.counts.files, dry.held_files, dry.blocked) == (0, 1, 2)
-    said = run_ezq("purge", "--tenant", tenant, "--dry-run")
-    assert said.returncode == 0, said.stderr
-    assert said.stdout.strip().endswith(", 0 batch files")
-    assert "2 selected conversations still have unfinished jobs" in said.stderr
-    assert "would be left alone" in said.stderr
-    assert "1 batch file of the selection still holds requests" in said.stderr
-    assert "would be kept" in said.stderr
-    held = purge(selection)
-    assert (held.counts.files, held.held_files, held.blocked) == (0, 1, 2)
-    assert sql(CHUNKS, f=uploaded["id"])[0][0] == 1
+    # Not published yet, the lines are queued without messages: the suite's worker, which
+    # sweeps this database every second, would publish and run them before the purge looks.
+    with sweep_paused():
+        created = create_batch(
+            input_file_id=uploaded["id"], endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        selection = Selection(before=now(), tenant=tenant)
+        dry = purge(selection, dry_run=True)
+        assert (dry.counts.files, dry.held_files, dry.blocked) == (0, 1, 2)
+        said = run_ezq("purge", "--tenant", tenant, "--dry-run")
+        assert said.returncode == 0, said.stderr
+        assert said.stdout.strip().endswith(", 0 batch files")
+        assert "2 selected conversations still have unfinished jobs" in said.stderr
+        assert "would be left alone" in said.stderr
+        assert "1 batch file of the selection still holds requests" in said.stderr
+        assert "would be kept" in said.stderr
+        held = purge(selection)
+        assert (held.counts.files, held.held_files, held.blocked) == (0, 1, 2)
+        assert sql(CHUNKS, f=uploaded["id"])[0][0] == 1
 
     publish_lines(created.job_ids)
     batch_id = created.view["id"]

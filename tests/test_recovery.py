@@ -16,7 +16,7 @@ from service.fake_gateway import Fault
 from service.validation import validate_request
 from service.worker.app import publish_job
 from service.worker.runner import Finished, run_job
-from tests.conftest import sql, wait_for_job
+from tests.conftest import sql, sweep_paused, wait_for_job
 
 
 def stranded_job(prompt: str, *, attempts: int) -> uuid.UUID:
@@ -98,15 +98,18 @@ def test_a_bug_during_the_call_fails_the_job_as_internal_error() -> None:
 def test_an_early_message_does_not_skip_the_backoff(fake_gateway: Any) -> None:
     """A retrying job delivered before its retry is due waits for the due time."""
     marker = uuid.uuid4().hex
-    job_id = stranded_job(f"backoff {marker}", attempts=1)
-    with transaction() as session:
-        session.execute(
-            text(
-                "UPDATE jobs SET status = 'retrying', lease_expires_at = NULL,"
-                " dispatched_at = now() + interval '2 seconds' WHERE id = :j"
-            ),
-            {"j": job_id},
-        )
+    # Stranded (running, its lease expired) until the next statement: no sweep in between
+    # takes it over and runs it before its retry is due.
+    with sweep_paused():
+        job_id = stranded_job(f"backoff {marker}", attempts=1)
+        with transaction() as session:
+            session.execute(
+                text(
+                    "UPDATE jobs SET status = 'retrying', lease_expires_at = NULL,"
+                    " dispatched_at = now() + interval '2 seconds' WHERE id = :j"
+                ),
+                {"j": job_id},
+            )
     (due,) = sql("SELECT extract(epoch FROM dispatched_at) FROM jobs WHERE id = :j", j=job_id)[0]
 
     publish_job(job_id)

@@ -19,7 +19,15 @@ from service.config import get_settings
 from service.fake_gateway import Fault
 from service.webhooks.testing import Answer, Receiver
 from service.worker.app import app
-from tests.conftest import WorkerProcess, drop_queue, places_holding, run_ezq, sql, wait_for_job
+from tests.conftest import (
+    WorkerProcess,
+    drop_queue,
+    places_holding,
+    run_ezq,
+    sql,
+    sweep_paused,
+    wait_for_job,
+)
 from tests.test_faults import wait_until
 
 MODEL = "claude-sonnet-4-6"
@@ -415,34 +423,39 @@ def test_worker_killed_between_commit_and_publish_still_delivers(
     def die(_: list[uuid.UUID]) -> None:
         raise WorkerKilled
 
-    client = GatewayClient(get_settings())
-    try:
-        with pytest.raises(WorkerKilled):
-            run_job(
-                job_id,
-                gateway=client,
-                settings=get_settings(),
-                publish=lambda _: None,
-                publish_webhooks=die,
+    # No sweep finds the delivery until the test asks for one: the suite's worker, which
+    # sweeps this database every second without the secret, would set it 2 minutes back.
+    with sweep_paused() as paused:
+        client = GatewayClient(get_settings())
+        try:
+            with pytest.raises(WorkerKilled):
+                run_job(
+                    job_id,
+                    gateway=client,
+                    settings=get_settings(),
+                    publish=lambda _: None,
+                    publish_webhooks=die,
+                )
+        finally:
+            client.close()
+
+        assert sql("SELECT status FROM jobs WHERE id = :j", j=str(job_id)) == [("succeeded",)]
+        assert delivery_of(job_id)["status"] == "pending"
+        time.sleep(0.5)
+        assert receiver.received(hook) == []
+
+        # Time passes: the message that should have gone out is now long overdue; the
+        # sweep of this module's worker (which signs with the secret) finds it.
+        with transaction() as session:
+            session.execute(
+                text(
+                    "UPDATE webhook_deliveries SET dispatched_at = now() - interval '1 hour'"
+                    " WHERE job_id = :j"
+                ),
+                {"j": str(job_id)},
             )
-    finally:
-        client.close()
-
-    assert sql("SELECT status FROM jobs WHERE id = :j", j=str(job_id)) == [("succeeded",)]
-    assert delivery_of(job_id)["status"] == "pending"
-    time.sleep(0.5)
-    assert receiver.received(hook) == []
-
-    # Time passes: the message that should have gone out is now long overdue.
-    with transaction() as session:
-        session.execute(
-            text(
-                "UPDATE webhook_deliveries SET dispatched_at = now() - interval '1 hour'"
-                " WHERE job_id = :j"
-            ),
-            {"j": str(job_id)},
-        )
-    app.send_task(c.TASK_SWEEP, queue=QUEUE)
+        app.send_task(c.TASK_SWEEP, queue=QUEUE)
+        paused.wait_for_forced_sweep()
 
     (got,) = receiver.wait_for(1, hook)
     assert got.verified_by == (0,)

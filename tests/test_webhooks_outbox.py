@@ -24,6 +24,7 @@ from service.db.session import autocommit, transaction
 from service.validation import validate_request
 from service.webhooks import outbox
 from service.webhooks.retry import AttemptResult, Decision, Delivered, GiveUp, RetryIn
+from tests.conftest import sweep_paused
 
 pytestmark = pytest.mark.usefixtures("service_env")
 
@@ -34,21 +35,24 @@ BROKEN = AttemptResult(503, "HTTP 503: down", 40)
 
 @pytest.fixture
 def delivery() -> Iterator[uuid.UUID]:
-    """A pending delivery of a job's event, due now, never attempted."""
+    """A pending delivery of a job's event, due now, never attempted. No sweep runs while
+    the test does: the suite's worker, which sweeps this database every second, would
+    publish a due delivery without a message and claim it itself."""
     request = validate_request(
         model="glm-5.1", messages=[{"role": "user", "content": "outbox"}], callback_url=None
     )
-    with transaction() as session:
-        job_id, _ = queries.create_job(session, request)
-        delivery_id = outbox.add_delivery(
-            session,
-            job_id=job_id,
-            event_type="job.succeeded",
-            url="http://127.0.0.1:9/hook",
-            payload='{"type": "job.succeeded"}',
-        )
-    assert delivery_id is not None
-    yield delivery_id
+    with sweep_paused():
+        with transaction() as session:
+            job_id, _ = queries.create_job(session, request)
+            delivery_id = outbox.add_delivery(
+                session,
+                job_id=job_id,
+                event_type="job.succeeded",
+                url="http://127.0.0.1:9/hook",
+                payload='{"type": "job.succeeded"}',
+            )
+        assert delivery_id is not None
+        yield delivery_id
     with transaction() as session:
         session.execute(text("DELETE FROM jobs WHERE id = :id"), {"id": job_id})
 
