@@ -16,7 +16,7 @@ from service.db.session import transaction
 from service.fake_gateway import Fault
 from service.validation import validate_request
 from service.worker.app import publish_job
-from tests.conftest import run_ezq, sql, wait_for_job
+from tests.conftest import run_ezq, sql, sweep_paused, wait_for_job
 
 MODEL = "deepseek-v4-pro"
 
@@ -138,8 +138,11 @@ def test_cancel_writes_a_job_cancelled_webhook(
 
 def test_cancel_from_the_cli(service_env: dict[str, str]) -> None:
     """`ezq cancel JOB_ID` prints the cancelled job; an ended job exits 1 with one line."""
-    job_id = unpublished_job("cli")
-    out = run_ezq("cancel", str(job_id), env=service_env)
+    # The job has no message: the suite's worker, which sweeps this database every
+    # second, would publish and run it before the command cancels it.
+    with sweep_paused():
+        job_id = unpublished_job("cli")
+        out = run_ezq("cancel", str(job_id), env=service_env)
     assert out.returncode == 0, out.stderr
     assert '"status": "cancelled"' in out.stdout
     with transaction() as session:

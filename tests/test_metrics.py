@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service import enqueue_completion
 from service.fake_gateway import Fault
 from service.metrics.labels import NO_TENANT, OTHER, TenantLabels
-from tests.conftest import WorkerProcess, free_port, sql, wait_for_job
+from tests.conftest import WorkerProcess, free_port, sql, sweep_paused, wait_for_job
 from tests.seeding import seed_job
 from tests.test_api import api  # noqa: F401  (the running `ezq api` fixture)
 
@@ -68,45 +68,49 @@ def test_worker_metrics_match_the_database(
     tenant, waiting = f"t-{uuid.uuid4().hex[:8]}", f"w-{uuid.uuid4().hex[:8]}"
     jobs = run_jobs(fake_gateway, tenant, succeed=2, fail=1)
     assert sorted(j["status"] for j in jobs) == ["failed", "succeeded", "succeeded"]
-    for _ in range(2):
-        seed_job(tenant=waiting, status="queued", age_s=30)
+    # The waiting jobs have no message: the suite's worker, which sweeps this database
+    # every second, would publish and run them before the scrape.
+    with sweep_paused():
+        for _ in range(2):
+            seed_job(tenant=waiting, status="queued", age_s=30)
+        names, samples = scrape(f"http://127.0.0.1:{port}/metrics")
 
-    names, samples = scrape(f"http://127.0.0.1:{port}/metrics")
+        assert value(samples, "ezq_jobs_total", status="succeeded", model=MODEL, tenant=tenant) == 2
+        assert value(samples, "ezq_jobs_total", status="failed", model=MODEL, tenant=tenant) == 1
+        attempts = "ezq_gateway_attempts_total"
+        assert value(samples, attempts, outcome="success", error_type="none", model=MODEL) == 2
+        assert (
+            value(samples, attempts, outcome="failure", error_type="client_error", model=MODEL) == 1
+        )
+        [(prompt, completion, cached, cost)] = sql(
+            "SELECT sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens),"
+            " coalesce(sum(cost_usd), 0) FROM token_usage WHERE tenant = :t",
+            t=tenant,
+        )
+        tokens = "ezq_tokens_total"
+        assert value(samples, tokens, model=MODEL, tenant=tenant, kind="prompt") == prompt > 0
+        assert value(samples, tokens, model=MODEL, tenant=tenant, kind="completion") == completion
+        assert value(samples, tokens, model=MODEL, tenant=tenant, kind="cached") == cached
+        assert Decimal(str(value(samples, "ezq_cost_usd_total", model=MODEL, tenant=tenant))) == (
+            pytest.approx(cost)
+        )
+        durations = "ezq_job_duration_seconds_count"
+        assert value(samples, durations, model=MODEL, status="succeeded") == 2
+        assert value(samples, "ezq_time_to_first_token_seconds_count", model=MODEL) == 2
 
-    assert value(samples, "ezq_jobs_total", status="succeeded", model=MODEL, tenant=tenant) == 2
-    assert value(samples, "ezq_jobs_total", status="failed", model=MODEL, tenant=tenant) == 1
-    attempts = "ezq_gateway_attempts_total"
-    assert value(samples, attempts, outcome="success", error_type="none", model=MODEL) == 2
-    assert value(samples, attempts, outcome="failure", error_type="client_error", model=MODEL) == 1
-    [(prompt, completion, cached, cost)] = sql(
-        "SELECT sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens),"
-        " coalesce(sum(cost_usd), 0) FROM token_usage WHERE tenant = :t",
-        t=tenant,
-    )
-    tokens = "ezq_tokens_total"
-    assert value(samples, tokens, model=MODEL, tenant=tenant, kind="prompt") == prompt > 0
-    assert value(samples, tokens, model=MODEL, tenant=tenant, kind="completion") == completion
-    assert value(samples, tokens, model=MODEL, tenant=tenant, kind="cached") == cached
-    assert Decimal(str(value(samples, "ezq_cost_usd_total", model=MODEL, tenant=tenant))) == (
-        pytest.approx(cost)
-    )
-    durations = "ezq_job_duration_seconds_count"
-    assert value(samples, durations, model=MODEL, status="succeeded") == 2
-    assert value(samples, "ezq_time_to_first_token_seconds_count", model=MODEL) == 2
-
-    assert value(samples, "ezq_queue_depth", tenant=waiting, model=MODEL) == 2
-    [(age,)] = sql(
-        "SELECT extract(epoch FROM now() - min(created_at)) FROM jobs"
-        " WHERE tenant = :t AND status = 'queued'",
-        t=waiting,
-    )
-    oldest = value(samples, "ezq_oldest_queued_job_age_seconds", tenant=waiting, model=MODEL)
-    assert 30 <= oldest <= float(age) + 1
-    [(pending,)] = sql("SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'")
-    assert value(samples, "ezq_webhook_backlog") == pending
-    assert value(samples, "ezq_metrics_database_up") == 1
-    assert {"ezq_jobs_in_flight", "ezq_jobs_retrying", "ezq_jobs_throttled"} <= names
-    assert "ezq_webhook_deliveries" in names or "ezq_webhook_deliveries_total" in names
+        assert value(samples, "ezq_queue_depth", tenant=waiting, model=MODEL) == 2
+        [(age,)] = sql(
+            "SELECT extract(epoch FROM now() - min(created_at)) FROM jobs"
+            " WHERE tenant = :t AND status = 'queued'",
+            t=waiting,
+        )
+        oldest = value(samples, "ezq_oldest_queued_job_age_seconds", tenant=waiting, model=MODEL)
+        assert 30 <= oldest <= float(age) + 1
+        [(pending,)] = sql("SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'")
+        assert value(samples, "ezq_webhook_backlog") == pending
+        assert value(samples, "ezq_metrics_database_up") == 1
+        assert {"ezq_jobs_in_flight", "ezq_jobs_retrying", "ezq_jobs_throttled"} <= names
+        assert "ezq_webhook_deliveries" in names or "ezq_webhook_deliveries_total" in names
 
 
 def test_jobs_failed_at_claim_or_on_a_paid_reply_are_counted(
