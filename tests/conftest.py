@@ -357,15 +357,18 @@ class SweepPause:
 
         from service.worker.sweep import _LOCK_KEY
 
+        # A one-bigint key is held as classid (its high half: 0 here), objid, objsubid 1.
+        waiting = text(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 0"
+            " AND objid::bigint = :k AND objsubid = 1 AND NOT granted AND database ="
+            " (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
         deadline = time.monotonic() + timeout
-        while not self._conn.execute(
-            text(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
-                " AND objid::bigint = :k AND NOT granted AND database ="
-                " (SELECT oid FROM pg_database WHERE datname = current_database())"
-            ),
-            {"k": _LOCK_KEY},
-        ).scalar_one():
+        while True:
+            found = self._conn.execute(waiting, {"k": _LOCK_KEY}).scalar_one()
+            self._conn.rollback()  # not left idle in a transaction between looks
+            if found:
+                return
             assert time.monotonic() < deadline, f"no forced sweep waited within {timeout}s"
             time.sleep(0.02)
 
@@ -382,13 +385,21 @@ def sweep_paused() -> Iterator[SweepPause]:
     from service.worker.sweep import _LOCK_KEY
 
     with get_engine().connect() as conn:
+        conn.execute(text("SELECT set_config('lock_timeout', '30s', true)"))
         conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _LOCK_KEY})
         conn.commit()
         try:
             yield SweepPause(conn)
         finally:
-            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY})
-            conn.commit()
+            try:
+                conn.rollback()  # whatever a failed look left open
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY})
+                conn.commit()
+            except Exception:
+                # Not back to the pool holding the lock: the server releases it when the
+                # connection closes.
+                conn.invalidate()
+                raise
 
 
 def free_port() -> int:

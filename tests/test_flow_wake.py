@@ -22,10 +22,10 @@ NO_SWEEP = {"EZQ_SWEEP_INTERVAL": "0"}
 
 @pytest.fixture
 def worker_factory(
-    worker_factory: Callable[..., WorkerProcess], own_database_settings: tuple[str, Any]
+    own_database_settings: tuple[str, Any], worker_factory: Callable[..., WorkerProcess]
 ) -> Callable[..., WorkerProcess]:
     """The suite's ``worker_factory``, its workers (and this process) on the test's own
-    database."""
+    database (set up first, so that it is dropped after the workers have stopped)."""
     url, _ = own_database_settings
 
     def start(*, env: dict[str, str] | None = None, args: list[str] | None = None) -> WorkerProcess:

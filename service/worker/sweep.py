@@ -24,6 +24,7 @@ after its commit, so even two sweeps at once would be harmless.
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 import zlib
 from collections.abc import Callable, Collection
@@ -128,9 +129,9 @@ def _take_lock(lock_conn: Connection, *, wait_s: float) -> bool:
         got = lock_conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _LOCK_KEY})
         return bool(got.scalar())
     # Local to this transaction, which the caller commits once it holds the lock.
-    lock_conn.execute(
-        text("SELECT set_config('lock_timeout', :ms, true)"), {"ms": f"{int(wait_s * 1000)}ms"}
-    )
+    # At least 1 ms: a lock_timeout of 0 would wait for ever.
+    wait_ms = max(1, math.ceil(wait_s * 1000))
+    lock_conn.execute(text("SELECT set_config('lock_timeout', :ms, true)"), {"ms": f"{wait_ms}ms"})
     try:
         lock_conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _LOCK_KEY})
     except OperationalError as exc:
