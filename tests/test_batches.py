@@ -248,14 +248,15 @@ def test_a_line_failing_after_its_batch_was_cancelled_is_not_retried(
     """A retry is a new call: a line whose call breaks (retryable) after its batch was
     cancelled ends cancelled, "after 1 attempt", and the gateway sees no second call."""
     marker = uuid.uuid4().hex
-    # The stream breaks after about 1.5 s, on every attempt the line would make.
+    # The stream breaks after about 2.75 s (before the suite's 4 s attempt deadline), on
+    # every attempt the line would make: time for the cancel to land first.
     fake_gateway.add_faults(
         Fault(
             kind="drop_mid_stream",
             match=marker,
             reply="broken word " * 8,
             after_chunks=5,
-            chunk_delay=0.3,
+            chunk_delay=0.55,
             times=5,
         )
     )

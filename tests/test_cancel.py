@@ -51,7 +51,11 @@ def test_cancelled_running_job_discards_its_reply_but_keeps_its_spend(fake_gatew
     """A job cancelled mid-call stays cancelled with no reply, but the call it paid for is
     recorded: a usage row flagged job_cancelled and the attempt's outcome."""
     marker = uuid.uuid4().hex
-    fake_gateway.add_faults(Fault(kind="normal", latency=1.0, match=marker))
+    # About 2.7 s of stream (frames 0.3 s apart, each within the suite's 1.5 s read timeout
+    # and the whole within its 4 s attempt deadline): time to cancel it mid-call.
+    fake_gateway.add_faults(
+        Fault(kind="normal", reply="a slow reply " * 4, chunk_delay=0.3, match=marker)
+    )
     job_id = enqueue_completion(MODEL, [{"role": "user", "content": f"slow {marker}"}])
     deadline = time.monotonic() + 10
     while get_job(job_id)["status"] != "running":

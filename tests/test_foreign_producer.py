@@ -292,7 +292,9 @@ def test_a_cancelled_job_fails_the_task_saying_so(
 ) -> None:
     """A job cancelled while it runs fails its task with "cancelled", not an empty error."""
     marker = uuid.uuid4().hex
-    fake_gateway.add_faults(Fault(latency=2.0, match=marker))
+    # About 2.7 s of stream (frames 0.3 s apart, each within the suite's 1.5 s read timeout
+    # and the whole within its 4 s attempt deadline): time to cancel it mid-call.
+    fake_gateway.add_faults(Fault(reply="a slow reply " * 4, chunk_delay=0.3, match=marker))
     result = foreign_app.send_task(
         "ezq.chat_completion",
         kwargs={"model": "glm-5.1", "messages": [{"role": "user", "content": marker}]},

@@ -239,10 +239,15 @@ def test_remote_control_answers_without_a_task_s_arguments(
     from service.worker.app import app
 
     node = f"inspect-{secrets.token_hex(3)}"
-    worker_factory(env={"EZQ_QUEUE": own_queue}, args=["-n", f"{node}@%h"])
+    # The call waits 3 s for its first byte, within the worker's read timeout: the job is
+    # running for all of that, however slowly the inspect replies come.
+    worker_factory(
+        env={"EZQ_QUEUE": own_queue, "EZQ_GATEWAY_READ_TIMEOUT": "10"},
+        args=["-n", f"{node}@%h"],
+    )
     nodename = f"{node}@{socket.gethostname()}"
     marker = f"private-prompt-{secrets.token_hex(4)}"
-    fake_gateway.add_faults(Fault(kind="normal", latency=3.0, match=marker))
+    fake_gateway.add_faults(Fault(kind="normal", latency=3.0, match=marker, times=1))
     foreign = Celery("billing-service", broker=REDIS_URL)
     foreign.conf.task_serializer = "json"
     try:

@@ -296,7 +296,15 @@ def test_a_worker_acknowledges_every_job_it_ran(
     Counted by job: every worker sharing the database may be sent other jobs (its sweep
     republishes stale ones of the whole pool to its own queue), whose messages a stopping
     worker rightly leaves on the broker."""
-    worker = worker_factory(env={"EZQ_QUEUE": own_queue, "EZQ_WORKER_CONCURRENCY": "8"})
+    # The last calls wait 1 s for their first byte: a read timeout far above it, so that
+    # none is retried (a second request) on a slow host.
+    worker = worker_factory(
+        env={
+            "EZQ_QUEUE": own_queue,
+            "EZQ_WORKER_CONCURRENCY": "8",
+            "EZQ_GATEWAY_READ_TIMEOUT": "10",
+        }
+    )
     marker = f"acks-{uuid.uuid4().hex[:8]}"
     jobs = [
         enqueue_completion(MODEL, [{"role": "user", "content": f"{marker} {i}"}]) for i in range(24)

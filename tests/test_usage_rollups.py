@@ -145,8 +145,11 @@ def turn(
 def cancelled_spend(fake_gateway: Any, model: str, tenant: str) -> uuid.UUID:
     """A job cancelled while its call runs: the call's usage is still written."""
     marker = uuid.uuid4().hex
-    # Under EZQ_GATEWAY_READ_TIMEOUT (1.5 s in the tests), long enough to cancel it meanwhile.
-    fake_gateway.add_faults(Fault(kind="normal", latency=1.0, match=marker))
+    # About 2.7 s of stream (frames 0.3 s apart, each within the suite's 1.5 s read timeout
+    # and the whole within its 4 s attempt deadline): time to cancel it mid-call.
+    fake_gateway.add_faults(
+        Fault(kind="normal", reply="a slow reply " * 4, chunk_delay=0.3, match=marker)
+    )
     job_id = enqueue_completion(
         model, [{"role": "user", "content": f"slow {marker}"}], tenant=tenant
     )

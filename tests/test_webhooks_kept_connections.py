@@ -31,7 +31,8 @@ def receiver() -> Iterator[Receiver]:
 def send(
     url: str,
     *,
-    keepalive_s: float = 1.0,
+    # Kept well past any stall of a slow host between two sends (the idle test gives less).
+    keepalive_s: float = 30.0,
     timeout: float = 5.0,
     policy: AddressPolicy = LOOPBACK_ALLOWED,
 ) -> AttemptResult:
