@@ -9,7 +9,6 @@ from typing import Any
 
 from celery import Task
 from celery.signals import worker_shutdown
-from sqlalchemy.exc import SQLAlchemyError
 
 from service import constants as c
 from service import metrics
@@ -21,7 +20,7 @@ from service.webhooks.delivery import deliver
 from service.webhooks.kept import kept_clients
 from service.webhooks.local import LocalDeliveries
 from service.worker.app import app
-from service.worker.dispatch import publish_until_refused
+from service.worker.dispatch import publish_or_flag
 
 log = logging.getLogger(__name__)
 
@@ -37,25 +36,11 @@ def publish_delivery(delivery_id: uuid.UUID, countdown: float | None = None) -> 
 
 
 def publish_deliveries(delivery_ids: list[uuid.UUID]) -> None:
-    """Publish deliveries just committed; those that cannot be published wait for the sweep.
-
-    Once the broker refuses one, the rest are not tried: each would wait on it again (its
-    connect timeout, seconds), and the sweep, which publishes hundreds at a time, held its
-    lock for minutes while the broker was down."""
-    unpublished, problem = publish_until_refused(delivery_ids, publish_delivery)
-    if not unpublished:
-        return
-    log.warning(
-        "broker unavailable (%s): %d webhook deliveries stored, the sweep publishes"
-        " them when it is back",
-        type(problem).__name__,
-        len(unpublished),
+    """Publish deliveries just committed; from the broker's first refusal on, they are
+    flagged unpublished for the sweep (``dispatch.publish_or_flag``)."""
+    publish_or_flag(
+        delivery_ids, publish_delivery, flag=outbox.mark_unpublished, noun="webhook deliveries"
     )
-    try:
-        with transaction() as session:
-            outbox.mark_unpublished(session, unpublished)
-    except SQLAlchemyError:  # and the database is down: the sweep's grace
-        log.warning("could not flag %d unpublished deliveries", len(unpublished))
 
 
 def deliver_here(delivery_id: uuid.UUID) -> None:

@@ -1,7 +1,9 @@
-"""The one way run messages reach the broker after a commit.
+"""The one way messages reach the broker after a commit: jobs' run messages, and (through
+``publish_or_flag``) webhook deliveries'.
 
-Whatever could not be published (the broker is down) is flagged ``needs_publish`` in the
-database, and the sweep publishes it once the broker answers again.
+Whatever could not be published (the broker is down) is flagged in the database (a job's
+``needs_publish``, a delivery's ``dispatched_at`` cleared), and the sweep publishes it once
+the broker answers again.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from service.db import recovery
 from service.db.session import transaction
@@ -19,39 +22,46 @@ from service.worker.app import publish_job
 log = logging.getLogger(__name__)
 
 
-def publish_until_refused(
-    ids: Sequence[uuid.UUID], publish: Callable[[uuid.UUID], None]
-) -> tuple[list[uuid.UUID], Exception | None]:
-    """Publish a message for each id in turn until the broker refuses one; return those left
-    (that one and the rest, not tried: each would wait on the broker again, seconds apiece)
-    and why."""
+def publish_or_flag(
+    ids: Sequence[uuid.UUID],
+    publish: Callable[[uuid.UUID], None],
+    *,
+    flag: Callable[[Session, list[uuid.UUID]], None],
+    noun: str,
+    then: str = "the sweep publishes them when it is back",
+) -> list[uuid.UUID]:
+    """Publish a message for each id in turn; return those left to the sweep.
+
+    Once the broker refuses one, the rest are not tried (each would wait on the broker
+    again, seconds apiece: minutes under the sweep's lock), one warning counts them, and
+    ``flag`` marks them unpublished in one transaction, for the sweep to publish when the
+    broker is back. With the database down too, the sweep finds them by age instead."""
     for index, message_id in enumerate(ids):
         try:
             publish(message_id)
         except Exception as exc:  # any publish failure leaves the rest to the sweep
-            return list(ids[index:]), exc
-    return [], None
+            left, problem = list(ids[index:]), type(exc).__name__
+            break
+    else:
+        return []
+    log.warning("broker unavailable (%s): %d %s stored, %s", problem, len(left), noun, then)
+    try:
+        with transaction() as session:
+            flag(session, left)
+    except SQLAlchemyError:
+        log.warning("could not flag %d unpublished %s for the sweep", len(left), noun)
+    return left
 
 
 def publish_jobs(job_ids: Iterable[uuid.UUID | None]) -> list[uuid.UUID]:
     """Publish a run message for each committed job; return those left to the sweep."""
-    unpublished, problem = publish_until_refused(
-        [job_id for job_id in job_ids if job_id is not None], publish_job
+    return publish_or_flag(
+        [job_id for job_id in job_ids if job_id is not None],
+        publish_job,
+        flag=recovery.mark_unpublished,
+        noun="job(s)",
+        then="to be dispatched when it is back",
     )
-    if unpublished:
-        log.warning(
-            "broker unavailable (%s): %d job(s) stored, to be dispatched when it is back",
-            type(problem).__name__,
-            len(unpublished),
-        )
-        try:
-            with transaction() as session:
-                recovery.mark_unpublished(session, unpublished)
-        except SQLAlchemyError:
-            # Both the broker and the database are down: the sweep's stale window
-            # republishes these jobs once both are back.
-            log.warning("could not flag %d unpublished job(s) for the sweep", len(unpublished))
-    return unpublished
 
 
 def republish(job_ids: list[uuid.UUID]) -> list[uuid.UUID]:
