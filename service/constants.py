@@ -150,10 +150,6 @@ WEBHOOK_LOCAL_THREADS: Final = 4
 # does not close one just as it is reused.
 WEBHOOK_KEEPALIVE_S: Final = 1.0
 WEBHOOK_SECRET_MIN_BYTES: Final = 24  # Standard Webhooks: 24 to 64 random bytes
-# Retries due within this long are published with a countdown; later ones wait in the
-# database for the sweep, because ETA messages sit in worker memory and the broker
-# redelivers them only after its visibility timeout.
-WEBHOOK_COUNTDOWN_MAX_S: Final = 300.0
 # A delivery's message runs this much early at most (clock skew between worker and database).
 WEBHOOK_EARLY_S: Final = 1.0
 # The sweep republishes a due delivery once its last message is this overdue.

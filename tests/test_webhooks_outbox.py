@@ -372,3 +372,79 @@ def test_publishing_stops_at_the_first_refusal(
         " the sweep publishes them when it is back"
     ]
     assert _row(delivery)["dispatched_at"] is None
+
+
+@pytest.mark.parametrize(
+    ("schedule", "visibility_timeout", "as_message"),
+    [("5", "45", True), ("60", "45", False), ("60", "300", True)],
+    ids=["5s-of-45s", "60s-of-45s", "60s-of-300s"],
+)
+def test_a_retry_goes_out_as_a_countdown_only_within_a_third_of_the_visibility_timeout(
+    delivery: uuid.UUID,
+    monkeypatch: pytest.MonkeyPatch,
+    schedule: str,
+    visibility_timeout: str,
+    as_message: bool,
+) -> None:
+    """A retry due within a third of the broker's visibility timeout is published with its
+    countdown. A later one is not: the broker would hand its held-back message to another
+    worker every visibility timeout while it waited (the default schedule's 5-minute step
+    came back every 45 s). It waits in the database with no message, and the sweep
+    publishes it once it is due."""
+    import base64
+    import random
+    import secrets
+
+    from service.config import get_settings
+    from service.webhooks.delivery import deliver
+
+    for name, value in {
+        "WEBHOOK_SECRET": "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode(),
+        "WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",  # its URL, port 9, refuses: a retry
+        "EZQ_WEBHOOK_RETRY_SCHEDULE": schedule,
+        "EZQ_BROKER_VISIBILITY_TIMEOUT": visibility_timeout,
+    }.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        settings = get_settings()
+        published: list[tuple[uuid.UUID, float | None]] = []
+        outcome = deliver(
+            delivery,
+            settings=settings,
+            publish=lambda delivery_id, countdown=None: published.append((delivery_id, countdown)),
+            rng=random.Random(7),
+        )
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+
+    assert outcome.status == "retrying", outcome
+    row = _row(delivery)
+    delay = (row["next_attempt_at"] - row["now"]).total_seconds()
+    assert 0.8 * float(schedule) - 2 <= delay <= 1.2 * float(schedule), delay
+    if as_message:
+        assert [d for d, _ in published] == [delivery]
+        assert abs((published[0][1] or 0) - delay) < 2, (published, delay)
+        assert row["dispatched_at"] is not None  # counted as a message on the broker
+        return
+    assert published == []
+    assert row["dispatched_at"] is None  # no message: the sweep's to publish
+    assert delivery not in _taken_by_the_sweep()  # not due yet
+    _set(delivery, "next_attempt_at = now()")
+    assert delivery in _taken_by_the_sweep()
+
+
+def _taken_by_the_sweep() -> list[uuid.UUID]:
+    """The due deliveries the sweep's next run would publish (taken, then rolled back, so
+    that other rows of the shared database stay as they are)."""
+    from sqlalchemy.orm import Session
+
+    from service import constants as c
+    from service.db.session import get_engine
+
+    with Session(get_engine()) as session:
+        try:
+            return outbox.take_republishable(session, grace_seconds=c.WEBHOOK_SWEEP_GRACE_S)
+        finally:
+            session.rollback()

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from service import constants as c
 from service.config import Settings
 from service.db.session import autocommit, transaction
 from service.errors import ConfigError
@@ -76,8 +75,8 @@ def deliver(
 
     No transaction is held across the POST: the claim commits a lease first, and the
     result is written in a second short transaction that checks the lease is still ours.
-    A retry due soon is published with a countdown after that commit; a later one waits
-    in the database for the sweep.
+    A retry due within ``settings.max_countdown_seconds`` is published with a countdown
+    after that commit; a later one waits in the database for the sweep.
     """
     secrets = settings.webhook_signing_secrets()
     if not secrets:
@@ -113,7 +112,10 @@ def deliver(
         rng=rng,
     )
     delay = decision.seconds if isinstance(decision, RetryIn) else None
-    publish_now = delay is not None and delay <= c.WEBHOOK_COUNTDOWN_MAX_S
+    # A message held back longer than a third of the broker's visibility timeout would be
+    # delivered again as a duplicate while the first still waits: a later retry waits in
+    # the database, and the sweep publishes it when it is due.
+    publish_now = delay is not None and delay <= settings.max_countdown_seconds
     with autocommit() as conn:
         recorded = outbox.finish(
             conn, claim, result, decision, retry_delay=delay, published=publish_now
