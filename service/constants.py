@@ -86,6 +86,10 @@ GC_THRESHOLD_MAX: Final = 2**31 - 1
 # a thousand connections (Postgres refuses past max_connections, 100 by default).
 DB_POOL_SIZE: Final = 20
 DB_POOL_BURST: Final = 10
+# Threads of an HTTP interface process that may each hold a connection at once: anyio's
+# default thread pool, which runs FastAPI's routes written as plain functions and every
+# ``run_in_threadpool`` call. Its pool is sized for these, not for a worker's threads.
+API_THREADS: Final = 40
 # Connections beyond the job threads' share for a worker's own threads: the sweep holds
 # one for its advisory lock while its transactions take another (with none to spare, a
 # worker of concurrency 1 waited for itself); the publisher of due throttled jobs and the

@@ -26,7 +26,7 @@ from service.config import get_settings
 from service.constants import BATCH_CHUNK_BYTES
 from service.db.session import get_engine
 from service.worker import sweep as sweep_module
-from tests.conftest import wait_for_job
+from tests.conftest import reset_settings, wait_for_job
 from tests.test_faults import wait_until
 
 MODEL = "deepseek-v4-flash"
@@ -184,3 +184,31 @@ def test_the_heartbeat_renews_leases_while_the_pool_is_taken(
     assert heartbeat.beats == 1
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM workers")).scalar_one() == 1
+
+
+@pytest.mark.usefixtures("service_env")
+def test_the_http_interface_sizes_its_pool_for_its_threads_not_a_workers(
+    own_database_settings: tuple[str, Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's pool is sized for its job threads; the HTTP interface's for its own 40
+    request threads, whatever ``EZQ_WORKER_CONCURRENCY`` an environment shared with small
+    workers says (with 4 there, its 40 threads shared 6 connections and a burst of requests
+    waited for one, up to the pool's 30 s)."""
+    from service import constants as c
+    from service.api.app import create_app
+    from service.db import session as db_session
+
+    monkeypatch.setattr(db_session, "_threads", None)  # and back to it afterwards
+    monkeypatch.setenv("EZQ_WORKER_CONCURRENCY", "4")
+    reset_settings()
+    try:
+        assert db_session.pool_sizes(get_settings()) == (4, 4 + c.DB_POOL_MAINTENANCE)
+        create_app()
+        steady = c.DB_POOL_SIZE
+        most = min(steady + c.DB_POOL_BURST, c.API_THREADS) + c.DB_POOL_MAINTENANCE
+        assert db_session.pool_sizes(get_settings()) == (steady, most)
+        db_session.dispose_engines()  # the next engine is built as the interface's is
+        assert get_engine().pool.size() == most  # type: ignore[attr-defined]
+    finally:
+        monkeypatch.undo()
+        reset_settings()

@@ -17,6 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 
+from service import constants as c
 from service.api import batch_routes, events_route, flow_routes, replay_routes
 from service.api.auth import AdminCaller, Caller
 from service.api.body import BodyLimit, parse_json_object
@@ -38,6 +39,7 @@ from service.api.schemas import (
     JobView,
 )
 from service.config import get_settings
+from service.db.session import size_pools_for
 from service.errors import ConversationNotFound, InvalidRequest, JobNotFound
 from service.validation import ENQUEUE_FIELDS, EnqueueRequest, checked_tenant
 
@@ -129,6 +131,9 @@ def create_app() -> FastAPI:
     """The application; settings are read here, so a bad variable fails at start-up."""
     settings = get_settings()
     settings.api_tokens()
+    # Its threads, not a worker's: an environment shared with workers of a few threads
+    # (EZQ_WORKER_CONCURRENCY=4) left 40 request threads waiting on 6 connections.
+    size_pools_for(c.API_THREADS)
     app = FastAPIOffline(
         title="ezq",
         summary="LLM chat completions as background jobs",

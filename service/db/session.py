@@ -56,14 +56,27 @@ _lock = threading.Lock()
 _factories: dict[str, sessionmaker[Session]] = {}
 
 
+# Threads of this process that may each hold a connection, when it is not a worker (whose
+# job threads are ``EZQ_WORKER_CONCURRENCY``): set by the HTTP interface at its start.
+_threads: int | None = None
+
+
+def size_pools_for(threads: int) -> None:
+    """Size this process's pools (those built from now on) for ``threads`` threads that may
+    each hold a connection at once, instead of a worker's ``EZQ_WORKER_CONCURRENCY``."""
+    global _threads
+    _threads = threads
+
+
 def pool_sizes(settings: Settings) -> tuple[int, int]:
     """How many database connections a process opens when it starts, and the most it holds:
-    ``EZQ_DB_POOL_SIZE`` and ``DB_POOL_BURST`` more, each at most the worker's concurrency
-    (a job's thread holds one connection at a time), and ``DB_POOL_MAINTENANCE`` more for
-    the process's own threads. Without those, a worker of concurrency 1 had one connection:
-    its sweep held it for its lock and waited for a second one for its first transaction,
-    and every thread of the process waited with it until the pool's timeout (30 s)."""
-    concurrency = settings.ezq_worker_concurrency
+    ``EZQ_DB_POOL_SIZE`` and ``DB_POOL_BURST`` more, each at most the process's concurrency
+    (a worker's job threads, each holding one connection at a time, or the threads given to
+    ``size_pools_for``), and ``DB_POOL_MAINTENANCE`` more for the process's own threads.
+    Without those, a worker of concurrency 1 had one connection: its sweep held it for its
+    lock and waited for a second one for its first transaction, and every thread of the
+    process waited with it until the pool's timeout (30 s)."""
+    concurrency = settings.ezq_worker_concurrency if _threads is None else _threads
     steady = min(settings.ezq_db_pool_size, concurrency)
     return steady, min(steady + c.DB_POOL_BURST, concurrency) + c.DB_POOL_MAINTENANCE
 
