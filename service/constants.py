@@ -159,6 +159,9 @@ WEBHOOK_EARLY_S: Final = 1.0
 # The sweep republishes a due delivery once its last message is this overdue.
 WEBHOOK_SWEEP_GRACE_S: Final = 120.0
 WEBHOOK_SWEEP_BATCH: Final = 500
+# Batches of due deliveries a sweep publishes at most (each a transaction, then its
+# messages): 10,000 a sweep, 1,000 a second at the default interval.
+WEBHOOK_SWEEP_BATCHES: Final = 20
 # A claimed delivery is owned for the attempt deadline plus this margin.
 WEBHOOK_LEASE_MARGIN_S: Final = 30.0
 

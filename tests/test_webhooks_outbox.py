@@ -445,6 +445,89 @@ def _taken_by_the_sweep() -> list[uuid.UUID]:
 
     with Session(get_engine()) as session:
         try:
-            return outbox.take_republishable(session, grace_seconds=c.WEBHOOK_SWEEP_GRACE_S)
+            # Every due one, so that others of the shared database cannot crowd it out.
+            return outbox.take_republishable(
+                session, grace_seconds=c.WEBHOOK_SWEEP_GRACE_S, limit=1_000_000
+            )
         finally:
             session.rollback()
+
+
+def test_a_retry_whose_message_the_broker_refused_is_left_to_the_sweep(
+    delivery: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry recorded as published whose message the broker then refused no longer counts
+    as a message on the broker: the sweep publishes it when it is due, not after its grace
+    (and no sweep meanwhile believes the broker lost messages)."""
+    import base64
+    import secrets
+
+    from service.config import get_settings
+    from service.webhooks.delivery import deliver
+
+    def refused(delivery_id: uuid.UUID, countdown: float | None = None) -> None:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    for name, value in {
+        "WEBHOOK_SECRET": "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode(),
+        "WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
+        "EZQ_WEBHOOK_RETRY_SCHEDULE": "5",
+    }.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        outcome = deliver(delivery, settings=get_settings(), publish=refused)
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+    assert outcome.status == "retrying", outcome
+    assert _row(delivery)["dispatched_at"] is None
+    _set(delivery, "next_attempt_at = now()")
+    assert delivery in _taken_by_the_sweep()
+
+
+@pytest.mark.usefixtures("service_env")
+def test_the_sweep_publishes_every_due_delivery_a_batch_at_a_time(
+    own_database_settings: tuple[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Due deliveries beyond one batch go out in the same sweep, a batch at a time (every
+    retry after the first short ones is published by the sweep); a batch the broker
+    refuses ends it, the rest flagged for the next sweep."""
+    from service.webhooks import tasks
+
+    request = validate_request(model="glm-5.1", messages=[{"role": "user", "content": "due"}])
+    with transaction() as session:
+        due = [
+            outbox.add_delivery(
+                session,
+                job_id=queries.create_job(session, request)[0],
+                event_type="job.succeeded",
+                url="http://127.0.0.1:9/hook",
+                payload="{}",
+            )
+            for _ in range(5)
+        ]
+        # Committed without a message (their publish was refused, or the worker died)
+        session.execute(text("UPDATE webhook_deliveries SET dispatched_at = NULL"))
+    published: list[uuid.UUID] = []
+    monkeypatch.setattr(tasks, "publish_delivery", lambda d, countdown=None: published.append(d))
+    assert tasks.republish_due_deliveries(batch=2) == 5
+    assert sorted(published) == sorted(due)
+    assert tasks.republish_due_deliveries(batch=2) == 0  # each has its message now
+
+    tried: list[uuid.UUID] = []
+
+    def refused(delivery_id: uuid.UUID, countdown: float | None = None) -> None:
+        tried.append(delivery_id)
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    with transaction() as session:
+        session.execute(text("UPDATE webhook_deliveries SET dispatched_at = NULL"))
+    monkeypatch.setattr(tasks, "publish_delivery", refused)
+    assert tasks.republish_due_deliveries(batch=2) == 0
+    assert len(tried) == 1  # one refusal, not one a batch
+    with transaction() as session:
+        waiting = session.execute(
+            text("SELECT count(*) FROM webhook_deliveries WHERE dispatched_at IS NULL")
+        ).scalar_one()
+    assert waiting == 5  # all of them the next sweep's

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from service.config import Settings
 from service.db.session import autocommit, transaction
 from service.errors import ConfigError
@@ -141,6 +143,18 @@ def deliver(
     if publish_now:
         try:
             publish(delivery_id, delay)
-        except Exception:  # the sweep publishes it once it is overdue
-            dlog.warning("could not publish the retry; the sweep will", exc_info=True)
+        except Exception as exc:  # the sweep publishes it once it is due
+            dlog.warning("could not publish the retry (%s); the sweep will", type(exc).__name__)
+            _flag_unpublished(delivery_id)
     return DeliveryOutcome(delivery_id, "retrying", claim.attempt, result.error)
+
+
+def _flag_unpublished(delivery_id: uuid.UUID) -> None:
+    """No longer count the delivery as a message on the broker: counted, every sweep saw
+    fewer messages than it expected and republished the backlog, and the sweep itself left
+    this one until its grace had passed."""
+    try:
+        with transaction() as session:
+            outbox.mark_unpublished(session, [delivery_id])
+    except SQLAlchemyError:  # found by its age instead
+        log.warning("[webhook=%s] could not flag its retry unpublished", delivery_id)

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[list[uuid.UUID]], None]
+Publish = Callable[[list[uuid.UUID]], object]  # what it returns is not used
 DeliverOne = Callable[[uuid.UUID], None]
 
 

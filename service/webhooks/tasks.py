@@ -35,10 +35,10 @@ def publish_delivery(delivery_id: uuid.UUID, countdown: float | None = None) -> 
     )
 
 
-def publish_deliveries(delivery_ids: list[uuid.UUID]) -> None:
+def publish_deliveries(delivery_ids: list[uuid.UUID]) -> list[uuid.UUID]:
     """Publish deliveries just committed; from the broker's first refusal on, they are
-    flagged unpublished for the sweep (``dispatch.publish_or_flag``)."""
-    publish_or_flag(
+    flagged unpublished for the sweep (``dispatch.publish_or_flag``): returns those."""
+    return publish_or_flag(
         delivery_ids, publish_delivery, flag=outbox.mark_unpublished, noun="webhook deliveries"
     )
 
@@ -91,14 +91,25 @@ def _close_local_deliveries(**_: Any) -> None:
     kept_clients.close()
 
 
-def republish_due_deliveries(*, grace_seconds: float = c.WEBHOOK_SWEEP_GRACE_S) -> int:
-    """Publish due deliveries that have no message in flight; return how many."""
-    with transaction() as session:
-        due = outbox.take_republishable(session, grace_seconds=grace_seconds)
-    publish_deliveries(due)
-    if due:
-        log.info("sweep published %d due webhook deliveries", len(due))
-    return len(due)
+def republish_due_deliveries(
+    *, grace_seconds: float = c.WEBHOOK_SWEEP_GRACE_S, batch: int = c.WEBHOOK_SWEEP_BATCH
+) -> int:
+    """Publish due deliveries that have no message in flight, ``batch`` at a time while a
+    batch comes back full, up to ``WEBHOOK_SWEEP_BATCHES`` (every retry after the first
+    short ones is published here: a receiver down while 200 jobs a second end has 200
+    deliveries a second fall due again, more than one batch a sweep); return how many
+    reached the broker."""
+    published = 0
+    for _ in range(c.WEBHOOK_SWEEP_BATCHES):
+        with transaction() as session:
+            due = outbox.take_republishable(session, grace_seconds=grace_seconds, limit=batch)
+        left = publish_deliveries(due)
+        published += len(due) - len(left)
+        if left or len(due) < batch:  # the broker refused, or nothing more is due
+            break
+    if published:
+        log.info("sweep published %d due webhook deliveries", published)
+    return published
 
 
 @app.task(
