@@ -195,7 +195,7 @@ def test_the_http_interface_sizes_its_pool_for_its_threads_not_a_workers(
     workers says (with 4 there, its 40 threads shared 6 connections and a burst of requests
     waited for one, up to the pool's 30 s)."""
     from service import constants as c
-    from service.api.app import create_app
+    from service.api.app import create_server_app
     from service.db import session as db_session
 
     monkeypatch.setattr(db_session, "_threads", None)  # and back to it afterwards
@@ -203,7 +203,7 @@ def test_the_http_interface_sizes_its_pool_for_its_threads_not_a_workers(
     reset_settings()
     try:
         assert db_session.pool_sizes(get_settings()) == (4, 4 + c.DB_POOL_MAINTENANCE)
-        create_app()
+        create_server_app()  # what `ezq api` serves
         steady = c.DB_POOL_SIZE
         most = min(steady + c.DB_POOL_BURST, c.API_THREADS) + c.DB_POOL_MAINTENANCE
         assert db_session.pool_sizes(get_settings()) == (steady, most)

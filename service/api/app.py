@@ -131,9 +131,6 @@ def create_app() -> FastAPI:
     """The application; settings are read here, so a bad variable fails at start-up."""
     settings = get_settings()
     settings.api_tokens()
-    # Its threads, not a worker's: an environment shared with workers of a few threads
-    # (EZQ_WORKER_CONCURRENCY=4) left 40 request threads waiting on 6 connections.
-    size_pools_for(c.API_THREADS)
     app = FastAPIOffline(
         title="ezq",
         summary="LLM chat completions as background jobs",
@@ -360,4 +357,8 @@ def create_server_app() -> FastAPI:
     # uvicorn has configured its loggers by now; keep tokens out of what they print.
     names = ("uvicorn", "uvicorn.access", "uvicorn.error")
     install_redaction([logging.getLogger(name) for name in names])
+    # The process's pools serve its request threads, not a worker's: an environment shared
+    # with workers of a few threads (EZQ_WORKER_CONCURRENCY=4) left 40 request threads
+    # waiting on 6 connections. Before the first engine is built (none is before this).
+    size_pools_for(c.API_THREADS)
     return create_app()

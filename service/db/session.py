@@ -62,8 +62,9 @@ _threads: int | None = None
 
 
 def size_pools_for(threads: int) -> None:
-    """Size this process's pools (those built from now on) for ``threads`` threads that may
-    each hold a connection at once, instead of a worker's ``EZQ_WORKER_CONCURRENCY``."""
+    """Size this process's pools for ``threads`` threads that may each hold a connection at
+    once, instead of a worker's ``EZQ_WORKER_CONCURRENCY``: those built from now on (an
+    engine already built keeps its size, though ``pool_sizes`` answers the new one)."""
     global _threads
     _threads = threads
 
