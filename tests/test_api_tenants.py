@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from service.db import queries
 from service.db.session import transaction
@@ -386,3 +387,47 @@ def test_idempotency_key_in_header_and_body_must_agree(teams: dict[str, Team]) -
     again = client.post("/v1/jobs", json=body)
     assert agree.status_code == again.status_code == 202, agree.text
     assert agree.json()["job_id"] == again.json()["job_id"]
+
+
+@pytest.fixture
+def running_job(teams: dict[str, Team]) -> Iterator[str]:
+    """A job of team A's that a worker (``bench-host:4242:w1``) is running, ended after."""
+    job_id = queued_job(teams["a"].tenant)
+    with transaction() as session:
+        session.execute(
+            text(
+                "UPDATE jobs SET status = 'running', attempts = 1, started_at = now(),"
+                " lease_holder = 'bench-host:4242:w1',"
+                " lease_expires_at = now() + interval '1 hour' WHERE id = :j"
+            ),
+            {"j": job_id},
+        )
+    yield job_id
+    with transaction() as session:  # no later sweep may take it for a job gone missing
+        session.execute(
+            text(
+                "UPDATE jobs SET status = 'cancelled', finished_at = now(),"
+                " lease_holder = NULL, lease_expires_at = NULL WHERE id = :j"
+            ),
+            {"j": job_id},
+        )
+
+
+def test_a_tenant_sees_its_running_job_s_lease_but_not_the_worker_holding_it(
+    teams: dict[str, Team], admin: httpx.Client, running_job: str
+) -> None:
+    """A tenant key sees until when a running job's lease holds, not the worker's host and
+    process id; an admin key sees both, as ``ezq show`` does."""
+    own = teams["a"].client
+    seen = [own.get(f"/v1/jobs/{running_job}").json()]
+    listed = own.get("/v1/jobs", params={"status": "running", "limit": 200}).json()["jobs"]
+    seen += [job for job in listed if job["job_id"] == running_job]
+    assert len(seen) == 2, listed
+    for view in seen:
+        assert view["status"] == "running"
+        assert set(view["lease"]) == {"expires_at"}, view["lease"]
+    as_admin = admin.get(f"/v1/jobs/{running_job}").json()["lease"]
+    assert as_admin["holder"] == "bench-host:4242:w1"
+    assert as_admin["expires_at"] == seen[0]["lease"]["expires_at"]
+    shown = run_ezq("show", running_job)
+    assert json.loads(shown.stdout)["lease"]["holder"] == "bench-host:4242:w1", shown.stderr

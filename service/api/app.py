@@ -201,7 +201,7 @@ def create_app() -> FastAPI:
                 )
             payload["idempotency_key"] = idempotency_key
         payload["tenant"] = principal.tenant_for(checked_tenant(payload.get("tenant")))
-        view = await run_in_threadpool(_enqueue, payload, principal.key_id)
+        view = principal.job_as_seen(await run_in_threadpool(_enqueue, payload, principal.key_id))
         return JSONResponse(
             view, status_code=202, headers={"Location": f"/v1/jobs/{view['job_id']}"}
         )
@@ -244,7 +244,7 @@ def create_app() -> FastAPI:
         with transaction() as session:
             page = list_page(session, flt, limit=limit, after=after, present=view_of)
         return {
-            "jobs": page.views,
+            "jobs": [principal.job_as_seen(view) for view in page.views],
             "next_cursor": encode_cursor(page.next_after) if page.next_after else None,
         }
 
@@ -263,7 +263,7 @@ def create_app() -> FastAPI:
         """The job: status, attempts, content, finish reason, usage, error, timestamps."""
         from service.producer import get_job
 
-        return get_job(_uuid(job_id, JobNotFound), tenants=principal.tenants)
+        return principal.job_as_seen(get_job(_uuid(job_id, JobNotFound), tenants=principal.tenants))
 
     app.include_router(events_route.router, responses=_responses(401, 404, 422, 503))
 
@@ -276,7 +276,9 @@ def create_app() -> FastAPI:
         """Cancel a job that has not ended; 409 if it already succeeded or failed."""
         from service.producer import cancel_job
 
-        return cancel_job(_uuid(job_id, JobNotFound), tenants=principal.tenants)
+        return principal.job_as_seen(
+            cancel_job(_uuid(job_id, JobNotFound), tenants=principal.tenants)
+        )
 
     @app.get(
         "/v1/conversations/{conversation_id}",

@@ -152,4 +152,4 @@ def replay_one(job_id: str, response: Response, principal: Caller, _body: NoBody
             detail={"type": "job_not_replayable", "message": str(exc), "reason": exc.reason},
         ) from None
     response.headers["Location"] = f"/v1/jobs/{new_id}"
-    return get_job(new_id, tenants=principal.tenants)
+    return principal.job_as_seen(get_job(new_id, tenants=principal.tenants))

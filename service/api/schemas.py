@@ -28,6 +28,16 @@ class JobError(BaseModel):
     message: str | None
 
 
+class JobLease(BaseModel):
+    """A running job's lease, renewed by its worker's heartbeat while the call runs."""
+
+    expires_at: datetime = Field(description="Until when the lease holds, as last renewed.")
+    holder: str | None = Field(
+        default=None,
+        description="The worker running the job (host:pid:id); shown to admin keys only.",
+    )
+
+
 class JobView(BaseModel):
     """A job as ``GET /v1/jobs/{id}`` and ``ezq show`` return it."""
 
@@ -51,6 +61,7 @@ class JobView(BaseModel):
     error: JobError | None
     tenant: str | None
     metadata: dict[str, Any]
+    lease: JobLease | None = Field(default=None, description="A running job's lease; else null.")
     created_at: datetime | None
     started_at: datetime | None
     first_token_at: datetime | None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from service.errors import InvalidRequest, TenantForbidden
 
@@ -21,6 +22,15 @@ class Principal:
     @property
     def admin(self) -> bool:
         return self.tenants is None
+
+    def job_as_seen(self, view: dict[str, Any]) -> dict[str, Any]:
+        """A job's view as this caller may see it. A tenant key sees until when a running
+        job's lease holds, not which worker holds it: a host name and process id of the
+        deployment, which operators (admin keys, ``ezq show``) need and tenants do not."""
+        lease = view.get("lease")
+        if self.tenants is not None and lease is not None and "holder" in lease:
+            view["lease"] = {k: v for k, v in lease.items() if k != "holder"}
+        return view
 
     def tenant_for(self, requested: object) -> object:
         """The tenant a new job is written for.
