@@ -523,15 +523,21 @@ def test_a_cancelled_line_that_ran_says_after_how_many_attempts() -> None:
 
 
 def test_expiry_fields_the_sdk_sends_are_checked_and_taken(
-    server: Any, keys: dict[str, str]
+    server: Any, keys: dict[str, str], fake_gateway: Any
 ) -> None:
     """`files.create(expires_after=…)` and `batches.create(output_expires_after=…)` work as
     with OpenAI (ezq keeps files until `ezq purge`); a value OpenAI refuses is a 422 naming
     it, and a refused upload stores nothing."""
     client = sdk(server, keys["a"])
     expiry = {"anchor": "created_at", "seconds": 86400}
+    marker = uuid.uuid4().hex
+    # Its one line streams for about 2.7 s, so that the batch is still running when it is
+    # cancelled (answered at once, the line ran and the sweep completed the batch first).
+    fake_gateway.add_faults(
+        Fault(kind="normal", match=marker, reply="slow word " * 7, chunk_delay=0.3)
+    )
     uploaded = client.files.create(
-        file=("expiring.jsonl", jsonl([line("e1", "expiring")])),
+        file=("expiring.jsonl", jsonl([line("e1", f"expiring {marker}")])),
         purpose="batch",
         expires_after=expiry,  # type: ignore[arg-type]
     )
