@@ -84,8 +84,7 @@ def throwaway_database(admin_dsn: str, prefix: str = "ezq_scratch") -> Iterator[
         yield url
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                (name,),
-            )
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            # FORCE ends the sessions still on it and drops it under one lock (Postgres 13
+            # or later): terminated first and dropped after, a process still running on it
+            # (a worker's pool, its heartbeat) reconnected in between, and the drop failed.
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
