@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from service.config import Settings
 from service.db.session import autocommit, transaction
 from service.errors import ConfigError
@@ -21,6 +19,7 @@ from service.webhooks.sender import post_event
 from service.webhooks.signing import signed_headers, signing_secrets
 from service.webhooks.ssrf import AddressPolicy
 from service.webhooks.transport import Resolver, resolve_host
+from service.worker.dispatch import publish_or_flag
 
 log = logging.getLogger(__name__)
 
@@ -141,20 +140,12 @@ def deliver(
         "%s to %s: %s; retrying in %.1fs", claim.event_type, target, result.loggable(), delay
     )
     if publish_now:
-        try:
-            publish(delivery_id, delay)
-        except Exception as exc:  # the sweep publishes it once it is due
-            dlog.warning("could not publish the retry (%s); the sweep will", type(exc).__name__)
-            _flag_unpublished(delivery_id)
+        # Refused, it is flagged unpublished: counted as a message on the broker, every
+        # sweep saw fewer messages than expected, and this one waited out the grace.
+        publish_or_flag(
+            [delivery_id],
+            lambda the_id: publish(the_id, delay),
+            flag=outbox.mark_unpublished,
+            noun="webhook deliveries",
+        )
     return DeliveryOutcome(delivery_id, "retrying", claim.attempt, result.error)
-
-
-def _flag_unpublished(delivery_id: uuid.UUID) -> None:
-    """No longer count the delivery as a message on the broker: counted, every sweep saw
-    fewer messages than it expected and republished the backlog, and the sweep itself left
-    this one until its grace had passed."""
-    try:
-        with transaction() as session:
-            outbox.mark_unpublished(session, [delivery_id])
-    except SQLAlchemyError:  # found by its age instead
-        log.warning("[webhook=%s] could not flag its retry unpublished", delivery_id)
