@@ -139,7 +139,21 @@ def db_current() -> None:
 # --- running -------------------------------------------------------------------------
 
 
-@cli.command("worker", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+class _WorkerCommand(click.Command):
+    """``ezq worker``: the options it sets itself are refused before click parses the line.
+    Parsed first, ``-Qhigh`` was read as a cluster of short options whose ``h`` is
+    ``-h``, and the worker printed its help and exited 0 instead of refusing ``-Q``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        _refuse_fixed_options(args[: args.index("--")] if "--" in args else args)
+        return super().parse_args(ctx, args)
+
+
+@cli.command(
+    "worker",
+    cls=_WorkerCommand,
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+)
 @click.option(
     "--metrics-port",
     type=click.IntRange(1, 65535),
@@ -169,7 +183,6 @@ def worker(
     from service.worker.app import app
 
     _take_concurrency(ctx)
-    _refuse_fixed_options(ctx.args)
     settings = get_settings()
     # First, before anything starts a thread: threads inherit their creator's CPUs.
     choice, setting = (

@@ -163,6 +163,8 @@ def test_bad_settings_fail_with_one_line(env: dict[str, str], expected: str) -> 
         (["-P", "prefork"], "-P"),
         (["--pool=prefork"], "--pool"),
         (["-Qjobs"], "-Q"),
+        (["-Qhigh"], "-Q"),  # its "h" is not read as -h (help, exit 0)
+        (["-Phigh"], "-P"),
         (["-c", "4", "--queues", "other"], "--queues"),
     ],
 )
