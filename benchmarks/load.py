@@ -52,6 +52,7 @@ import psycopg
 import redis
 from celery import Celery
 
+from benchmarks import bounds
 from benchmarks.neighbours import Neighbours, describe, running
 from benchmarks.procstat import CpuMeter, cpu_seconds, machine_ticks, peak_rss_mb
 from benchmarks.raw_client import steady_throughput
@@ -583,6 +584,28 @@ def _workers(processes: int) -> str:
     return "the worker" if processes == 1 else f"the {processes} workers"
 
 
+def _print_bounds(
+    rows: list[Row],
+    paced: dict[str, float] | None,
+    processes: int,
+    *,
+    paced_fixed: bool,
+    steady: bool,
+) -> None:
+    """Issue 7's bounds this run measured, each with ``met`` or ``NOT met`` (one worker)."""
+    if processes != 1:
+        return
+    measured = [
+        bounds.Measured(r.latency, r.concurrency, r.raw, r.ezq, statistics.median(r.ratios))
+        for r in rows
+    ]
+    found = bounds.lines(measured, paced, steady=steady, half_of_saturation=not paced_fixed)
+    if found:
+        print("issue 7's bounds, as this run measured them:")
+        for line in found:
+            print(f"  {line}")
+
+
 def _print(
     rows: list[Row],
     paced: dict[str, float] | None,
@@ -679,6 +702,7 @@ def _print(
             f" before them: enqueue -> first gateway byte p50 {paced['start_p50']:.1f} ms,"
             f" p99 {paced['start_p99']:.1f} ms)"
         )
+    _print_bounds(rows, paced, processes, paced_fixed=paced_fixed, steady=steady)
 
 
 def main() -> None:

@@ -1,10 +1,12 @@
 """The load benchmark's steady-window arithmetic (``benchmarks.raw_client``), which both
-its raw-client and its ezq figures go through under ``--steady``, and the machine's load
-that its paced run reports (``benchmarks.procstat``)."""
+its raw-client and its ezq figures go through under ``--steady``, the machine's load that
+its paced run reports (``benchmarks.procstat``), and its verdict on issue 7's bounds
+(``benchmarks.bounds``)."""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
@@ -133,3 +135,38 @@ def test_neighbours_end_by_themselves_when_the_benchmark_is_killed() -> None:
             os.close(fd)
         if bench.stdin is not None:
             bench.stdin.close()
+
+
+def _measured(latency: float, concurrency: int, **ezq: float) -> Any:
+    from benchmarks.bounds import Measured
+
+    figures = {"per_s": 300.0, "worker_cpu_ms": 2.0, "pg_cpu_ms": 1.5, "redis_cpu_ms": 0.1}
+    figures.update(ezq)
+    return Measured(latency, concurrency, {"cpu_ms": 2.0}, figures, ratio=0.6)
+
+
+def test_the_load_benchmark_says_which_of_issue_7s_bounds_its_figures_meet() -> None:
+    """P2 holds at 3.6 ms of service CPU against a 2.0 ms raw call and fails at 4.1; P1 is
+    read from a steady 5 s / 1000 row only; P3 from a run at half of saturation only."""
+    from benchmarks.bounds import lines
+
+    within = _measured(0, 32)
+    over = _measured(0, 32, pg_cpu_ms=2.0)
+    p1 = _measured(5.0, 1000, per_s=191.0, rss_mb=390.0)
+    p1_slow = _measured(5.0, 1000, per_s=185.0, rss_mb=300.0)
+    paced = {"rate": 150.0, "first_byte_p50": 4.0, "first_byte_p99": 26.0, "webhook_p50": 5.0}
+
+    found = lines([within, over, p1, p1_slow], paced, steady=True, half_of_saturation=True)
+    assert [line.split(":")[0] for line in found] == [
+        "P1 in flight (5 s, 1000)",
+        "P1 in flight (5 s, 1000)",
+        "P2 overhead (0 ms, 32)",
+        "P2 overhead (0 ms, 32)",
+        "P3 latency (at 150 jobs/s)",
+    ]
+    assert [line.endswith(": met") for line in found] == [True, False, True, False, False]
+    assert "3.60 ms = 1.80x the raw call's 2.00 ms" in found[2]
+    assert "4.10 ms = 2.05x" in found[3]
+
+    # All at once, a 5 s row is not P1's load; a fixed paced rate is not half of saturation.
+    assert lines([p1], paced, steady=False, half_of_saturation=False) == []
