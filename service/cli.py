@@ -145,7 +145,8 @@ class _WorkerCommand(click.Command):
     ``-h``, and the worker printed its help and exited 0 instead of refusing ``-Q``."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        _refuse_fixed_options(args[: args.index("--")] if "--" in args else args)
+        # After a ``--`` too: click passes what follows it on to Celery as well.
+        _refuse_fixed_options(args)
         return super().parse_args(ctx, args)
 
 

@@ -165,6 +165,7 @@ def test_bad_settings_fail_with_one_line(env: dict[str, str], expected: str) -> 
         (["-Qjobs"], "-Q"),
         (["-Qhigh"], "-Q"),  # its "h" is not read as -h (help, exit 0)
         (["-Phigh"], "-P"),
+        (["--", "-Q", "high"], "-Q"),
         (["-c", "4", "--queues", "other"], "--queues"),
     ],
 )
