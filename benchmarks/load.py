@@ -80,6 +80,8 @@ class Row:
     ezq: dict[str, float] = field(default_factory=dict)
     # Each run's ezq/s over raw/s, in the order run (one per ``--repeat``).
     ratios: list[float] = field(default_factory=list)
+    # Each run's service CPU a job over the raw call's, in the order run.
+    cpu_ratios: list[float] = field(default_factory=list)
 
     @classmethod
     def parse(cls, spec: str) -> Row:
@@ -596,7 +598,14 @@ def _print_bounds(
     if processes != 1:
         return
     measured = [
-        bounds.Measured(r.latency, r.concurrency, r.raw, r.ezq, statistics.median(r.ratios))
+        bounds.Measured(
+            r.latency,
+            r.concurrency,
+            r.raw,
+            r.ezq,
+            statistics.median(r.ratios),
+            statistics.median(r.cpu_ratios),
+        )
         for r in rows
     ]
     found = bounds.lines(measured, paced, steady=steady, half_of_saturation=not paced_fixed)
@@ -851,12 +860,14 @@ def main() -> None:
                         raws.append(row.raw)
                         ezqs.append(row.ezq)
                         row.ratios.append(row.ezq["per_s"] / row.raw["per_s"])
+                        row.cpu_ratios.append(bounds.service_cpu_over_raw(row.raw, row.ezq))
                         print(
                             f"  {row.latency:g}s/{row.concurrency}: raw {row.raw['per_s']:.0f}/s,"
                             f" ezq {row.ezq['per_s']:.0f}/s",
                             flush=True,
                         )
                     row.raw, row.ezq = _medians(raws), _medians(ezqs)
+                    row.ezq["rss_mb"] = max(run["rss_mb"] for run in ezqs)  # a peak
                 paced = None
                 saturated = next((r for r in rows if r.latency == 0), None)
                 rate = args.paced_rate

@@ -140,14 +140,43 @@ def db_current() -> None:
 
 
 class _WorkerCommand(click.Command):
-    """``ezq worker``: the options it sets itself are refused before click parses the line.
-    Parsed first, ``-Qhigh`` was read as a cluster of short options whose ``h`` is
-    ``-h``, and the worker printed its help and exited 0 instead of refusing ``-Q``."""
+    """``ezq worker``: its own options are parsed by click, every other argument goes to
+    Celery as it was written. Parsed by click, an argument it did not know was split into
+    short options (``-nworker1@%h``, ``-Qhigh``), and an ``h`` among them was ``-h``: the
+    worker printed its help and exited 0. The options the worker sets itself are refused
+    first."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        # After a ``--`` too: click passes what follows it on to Celery as well.
-        _refuse_fixed_options(args)
-        return super().parse_args(ctx, args)
+        own, celery = _split_worker_arguments(args)
+        _refuse_fixed_options(celery)
+        return super().parse_args(ctx, [*own, "--", *celery] if celery else own)
+
+
+# ``ezq worker``'s own options that take a value, and its help.
+_WORKER_VALUE_OPTIONS = ("--metrics-port", "--metrics-host", "--cpu")
+_WORKER_HELP = ("-h", "--help")
+
+
+def _split_worker_arguments(args: list[str]) -> tuple[list[str], list[str]]:
+    """``args`` as the worker's own options (with their values) and Celery's arguments."""
+    own: list[str] = []
+    celery: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            celery += args[i + 1 :]
+            break
+        if arg in _WORKER_VALUE_OPTIONS:
+            own += args[i : i + 2]
+            i += 2
+            continue
+        if arg.split("=", 1)[0] in _WORKER_VALUE_OPTIONS or arg in _WORKER_HELP:
+            own.append(arg)
+        else:
+            celery.append(arg)
+        i += 1
+    return own, celery
 
 
 @cli.command(
@@ -236,14 +265,30 @@ _FIXED_OPTIONS = {
 }
 
 
+# Celery worker's short options that take no value: in a group (``-EQ high``) the letter
+# after one of them is another option, after any other the option's value.
+_CELERY_SHORT_FLAGS = "BES"
+
+
+def _short_options(arg: str) -> list[str]:
+    """The short options a single-dash argument names, as Celery reads it: ``-EQ`` is
+    ``-E -Q``, ``-Qhigh`` is ``-Q`` with the value ``high``."""
+    if arg[:1] != "-" or arg[:2] == "--" or len(arg) < 2:
+        return []
+    names = []
+    for letter in arg[1:]:
+        names.append(f"-{letter}")
+        if letter not in _CELERY_SHORT_FLAGS:
+            break
+    return names
+
+
 def _refuse_fixed_options(args: list[str]) -> None:
     """A ConfigError naming the first option among ``args`` that the worker sets itself."""
     for arg in args:
-        name = arg.split("=", 1)[0]
-        if name not in _FIXED_OPTIONS and arg[:2] in ("-P", "-Q"):
-            name = arg[:2]  # -Pprefork, -Qname
-        if name in _FIXED_OPTIONS:
-            raise ConfigError(f"{name}: ezq worker sets it itself; {_FIXED_OPTIONS[name]}")
+        for name in (arg.split("=", 1)[0], *_short_options(arg)):
+            if name in _FIXED_OPTIONS:
+                raise ConfigError(f"{name}: ezq worker sets it itself; {_FIXED_OPTIONS[name]}")
 
 
 def _take_concurrency(ctx: click.Context) -> None:

@@ -166,6 +166,7 @@ def test_bad_settings_fail_with_one_line(env: dict[str, str], expected: str) -> 
         (["-Qhigh"], "-Q"),  # its "h" is not read as -h (help, exit 0)
         (["-Phigh"], "-P"),
         (["--", "-Q", "high"], "-Q"),
+        (["-EQ", "high"], "-Q"),  # Celery reads -E -Q high
         (["-c", "4", "--queues", "other"], "--queues"),
     ],
 )
@@ -180,6 +181,17 @@ def test_worker_refuses_the_options_it_sets_itself(
     assert len(lines) == 1 and lines[0].startswith(f"ezq: configuration error: {named}: "), (
         out.stderr
     )
+
+
+def test_worker_passes_celery_s_own_arguments_on_as_written(service_env: dict[str, str]) -> None:
+    """``-nworker1@%h`` is Celery's hostname, not a cluster of short options whose ``h`` is
+    ``-h``: the worker goes on to its start-up checks (here the missing key) instead of
+    printing its help and exiting 0."""
+    env = {**service_env, "EZROUTER_API_KEY": ""}
+    out = ezq("worker", "-nworker1@%h", env=env, timeout=30)
+    assert out.returncode == 2, out.stdout
+    assert "EZROUTER_API_KEY" in out.stderr
+    assert "Usage:" not in out.stdout
 
 
 def test_worker_without_api_key_refuses_to_start(service_env: dict[str, str]) -> None:

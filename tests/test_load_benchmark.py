@@ -170,3 +170,63 @@ def test_the_load_benchmark_says_which_of_issue_7s_bounds_its_figures_meet() -> 
 
     # All at once, a 5 s row is not P1's load; a fixed paced rate is not half of saturation.
     assert lines([p1], paced, steady=False, half_of_saturation=False) == []
+
+
+@pytest.mark.parametrize(
+    ("figures", "ratio", "failing"),
+    [
+        ({"per_s": 191.0, "rss_mb": 401.0}, 0.6, "P1"),  # RSS alone over
+        ({"per_s": 189.9, "rss_mb": 300.0}, 0.6, "P1"),  # throughput alone under
+        ({}, 0.49, "P2"),  # throughput ratio alone under, CPU within
+    ],
+)
+def test_each_condition_of_a_bound_fails_it_alone(
+    figures: dict[str, float], ratio: float, failing: str
+) -> None:
+    from benchmarks.bounds import Measured, lines
+
+    base = {"per_s": 300.0, "worker_cpu_ms": 2.0, "pg_cpu_ms": 1.5, "redis_cpu_ms": 0.1}
+    latency, concurrency = (5.0, 1000) if failing == "P1" else (0.0, 32)
+    row = Measured(latency, concurrency, {"cpu_ms": 2.0}, {**base, **figures}, ratio=ratio)
+    (line,) = lines([row], None, steady=True, half_of_saturation=True)
+    assert line.startswith(failing) and line.endswith(": NOT met"), line
+
+
+@pytest.mark.parametrize(
+    ("paced", "holds"),
+    [
+        ({"first_byte_p50": 5.0, "first_byte_p99": 25.0, "webhook_p50": 50.0}, True),
+        ({"first_byte_p50": 5.1, "first_byte_p99": 5.0, "webhook_p50": 3.0}, False),
+        ({"first_byte_p50": 2.0, "first_byte_p99": 5.0, "webhook_p50": 50.5}, False),
+    ],
+)
+def test_p3_holds_at_its_limits_and_fails_on_p50_or_the_webhook_alone(
+    paced: dict[str, float], holds: bool
+) -> None:
+    from benchmarks.bounds import lines
+
+    (line,) = lines([], {"rate": 100.0, **paced}, steady=False, half_of_saturation=True)
+    assert line.endswith(": met") is holds, line
+
+
+def test_a_figure_just_over_its_limit_is_not_printed_as_the_limit() -> None:
+    """2.004 times the raw call's CPU reads 2.004, not 2.00 beside NOT met; a repeated row's
+    verdict takes the median of its runs' CPU ratios."""
+    from benchmarks.bounds import Measured, lines
+
+    ezq = {"per_s": 300.0, "worker_cpu_ms": 2.004, "pg_cpu_ms": 1.9, "redis_cpu_ms": 0.1}
+    (over,) = lines(
+        [Measured(0, 32, {"cpu_ms": 2.0}, ezq, ratio=0.5)],
+        None,
+        steady=False,
+        half_of_saturation=True,
+    )
+    assert "2.002x" in over and over.endswith("NOT met"), over
+    assert "throughput 0.500 of" in over, over
+    (repeated,) = lines(
+        [Measured(0, 32, {"cpu_ms": 2.0}, ezq, ratio=0.6, cpu_over_raw=1.9)],
+        None,
+        steady=False,
+        half_of_saturation=True,
+    )
+    assert "1.90x" in repeated and repeated.endswith(": met"), repeated
